@@ -1,0 +1,129 @@
+"""The error root of mailrepl.
+
+::
+
+    MailreplError                      retryable: bool, back_off: float seconds
+    ├── ConfigError                    a wrong or missing setting (one line, names the key)
+    ├── AdapterError                   a mail server said no or could not be reached
+    │   ├── ServerUnavailable          connect/IO failure, timeout, BYE           (retryable)
+    │   ├── AuthenticationFailed       service account refused                     (not retryable)
+    │   ├── MailboxNotFound            the server has no such user/mailbox
+    │   ├── FolderNotFound             no such folder
+    │   ├── CursorInvalid              UIDVALIDITY changed / sync state expired -> resync folder
+    │   ├── MessageRejected            the server refused one message (APPEND NO)
+    │   └── ProtocolError              the server answered something we cannot parse
+    ├── StoreError                     the state database failed
+    ├── WireError                      a batch could not be encoded/decoded
+    │   └── UnsupportedVersion         a batch of an unknown/newer format version
+    ├── TransportError                 the peer gateway could not be reached     (retryable)
+    ├── ConflictError                  same sequence number, different content
+    └── GapError                       a batch does not continue where the receiver stands
+
+Library errors (socket, ssl, httpx, sqlalchemy) are translated at the boundary with
+``raise ... from exc`` so callers only ever catch these.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "MailreplError",
+    "ConfigError",
+    "AdapterError",
+    "ServerUnavailable",
+    "AuthenticationFailed",
+    "MailboxNotFound",
+    "FolderNotFound",
+    "CursorInvalid",
+    "MessageRejected",
+    "ProtocolError",
+    "StoreError",
+    "WireError",
+    "UnsupportedVersion",
+    "TransportError",
+    "ConflictError",
+    "GapError",
+]
+
+
+class MailreplError(Exception):
+    """Root of every error mailrepl raises on purpose."""
+
+    retryable: bool = False
+    back_off: float = 0.0  # seconds the caller should wait before retrying
+
+    def __init__(self, message: str = "", *, retryable: bool | None = None, back_off: float | None = None):
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+        if back_off is not None:
+            self.back_off = back_off
+
+
+class ConfigError(MailreplError):
+    """A setting is wrong or missing; the message is one line and names the key."""
+
+
+class AdapterError(MailreplError):
+    """A mail server refused a request or could not be reached."""
+
+
+class ServerUnavailable(AdapterError):
+    retryable = True
+    back_off = 1.0
+
+
+class AuthenticationFailed(AdapterError):
+    """The service account (or the authorization identity) was refused."""
+
+
+class MailboxNotFound(AdapterError):
+    """The server has no such mailbox (user)."""
+
+
+class FolderNotFound(AdapterError):
+    pass
+
+
+class CursorInvalid(AdapterError):
+    """The folder's cursor is no longer valid (UIDVALIDITY changed): resync that folder."""
+
+
+class MessageRejected(AdapterError):
+    """The server refused to store one message; ``index`` says which of a batch, if known."""
+
+    def __init__(self, message: str = "", *, index: int | None = None, **kw):
+        super().__init__(message, **kw)
+        self.index = index
+
+
+class ProtocolError(AdapterError):
+    """The server answered something we cannot parse or did not expect."""
+
+
+class StoreError(MailreplError):
+    retryable = True
+    back_off = 0.5
+
+
+class WireError(MailreplError):
+    pass
+
+
+class UnsupportedVersion(WireError):
+    pass
+
+
+class TransportError(MailreplError):
+    retryable = True
+    back_off = 1.0
+
+
+class ConflictError(MailreplError):
+    """Same sequence number, different content: reported, never overwritten."""
+
+
+class GapError(MailreplError):
+    """A batch starts past what the receiver has; ``resend_from`` says where to resume."""
+
+    def __init__(self, message: str = "", *, resend_from: int, **kw):
+        super().__init__(message, **kw)
+        self.resend_from = resend_from
