@@ -1,0 +1,54 @@
+"""REST admin API of the source gateway (under /api/v1)."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException
+
+from gateway.registry import Ambiguous, NotFound, Registry
+from shared.api_common import MailboxDetail, MailboxList, MailboxStatus, ProtectionBody, ServerProtection
+
+__all__ = ["admin_router"]
+
+
+def admin_router(registry: Registry, auth, on_change) -> APIRouter:
+    r = APIRouter(prefix="/api/v1", dependencies=[Depends(auth)], tags=["admin"])
+
+    def resolve(address: str, server: str | None) -> tuple[str, str]:
+        try:
+            return registry.resolve(address, server)
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        except Ambiguous as exc:
+            raise HTTPException(409, str(exc)) from exc
+
+    @r.get("/mailboxes", response_model=MailboxList)
+    def list_mailboxes() -> MailboxList:
+        return MailboxList(mailboxes=registry.list_status())
+
+    @r.get("/mailboxes/{address}", response_model=MailboxDetail)
+    def get_mailbox(address: str, server: str | None = None) -> MailboxDetail:
+        srv, addr = resolve(address, server)
+        try:
+            return registry.detail(srv, addr)
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+
+    @r.put("/mailboxes/{address}/protection", response_model=MailboxStatus)
+    def put_protection(address: str, body: ProtectionBody, server: str | None = None) -> MailboxStatus:
+        srv, addr = resolve(address, server)
+        try:
+            status = registry.set_protection(srv, addr, body.enabled)
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        on_change()
+        return status
+
+    @r.put("/servers/{server}/protection", response_model=ServerProtection)
+    def put_server_protection(server: str, body: ProtectionBody) -> ServerProtection:
+        try:
+            statuses = registry.set_server_protection(server, body.enabled)
+        except NotFound as exc:
+            raise HTTPException(404, str(exc)) from exc
+        on_change()
+        return ServerProtection(server=server, mailboxes=statuses)
+
+    return r

@@ -1,0 +1,136 @@
+"""The source gateway: composition root (settings -> store, adapters, engines, API)."""
+from __future__ import annotations
+
+import logging
+import threading
+
+import httpx
+import uvicorn
+from prometheus_client import CollectorRegistry, Gauge
+from sqlalchemy import select
+
+from gateway.api import admin_router
+from gateway.registry import Registry
+from gateway.shipper import Shipper
+from shared.adapters.factory import make_adapter
+from shared.api_common import bearer_auth, make_app
+from shared.capture import CaptureEngine
+from shared.store import open_store
+from shared.store.models import Mailbox
+from shared.workers import Job, MailboxWorkers
+
+__all__ = ["SourceGateway", "run"]
+
+log = logging.getLogger("mailrepl.source")
+
+
+class SourceGateway:
+    def __init__(self, settings, *, transport: httpx.BaseTransport | None = None) -> None:
+        g, peer = settings.gateway, settings.peer
+        self.settings = settings
+        self.store = open_store(g.state_url)
+        self.store.migrate()
+        self.adapters = {srv.name: make_adapter(srv) for srv in settings.servers}
+        self.body_lock = threading.Lock()
+        self.capture = CaptureEngine(self.store, chunk_messages=g.fetch_chunk, body_lock=self.body_lock)
+        verify = peer.ca_file if getattr(peer, "ca_file", None) else True
+        self.client = httpx.Client(base_url=peer.url, timeout=peer.timeout, transport=transport, verify=verify)
+        self.shipper = Shipper(
+            self.store, g.id, self.client, token=peer.token,
+            max_changes=peer.batch_max_changes, max_bytes=peer.batch_max_bytes,
+            retry_initial=peer.retry_initial, retry_max=peer.retry_max, body_lock=self.body_lock,
+        )
+        self.registry = Registry(self.store, self.adapters, shipper_error=lambda: self.shipper.last_error)
+        self.workers = MailboxWorkers(
+            "capture", self._jobs, workers=g.workers, poll_interval=g.poll_interval,
+            on_error=self.registry.record_error,
+        )
+        self.metrics = CollectorRegistry()
+        self._gauges = {
+            name: Gauge(f"mailrepl_source_{name}", doc, ["server", "address"], registry=self.metrics)
+            for name, doc in (
+                ("copy_queue", "Changes captured, not yet received by the recovery gateway"),
+                ("replay_queue", "Changes received by the recovery gateway, not yet applied"),
+                ("last_captured_seq", "Sequence number of the last captured change"),
+            )
+        }
+        self._shipped = Gauge("mailrepl_source_wire_bytes", "Bytes sent to the recovery gateway", registry=self.metrics)
+        self._shipped.set_function(lambda: self.shipper.stats.wire_bytes)
+
+    # ------------------------------------------------------------------ work
+
+    def _jobs(self) -> list[Job]:
+        with self.store.tx() as s:
+            rows = list(
+                s.execute(
+                    select(Mailbox.id, Mailbox.server, Mailbox.address).where(
+                        Mailbox.protected.is_(True), Mailbox.active_site == "primary"
+                    )
+                )
+            )
+        jobs = []
+        for mid, server, address in rows:
+            adapter = self.adapters.get(server)
+            if adapter is None:
+                continue
+            jobs.append(
+                Job(
+                    key=mid,
+                    open_session=lambda a=adapter, addr=address: a.open(addr),
+                    run=lambda sess, m=mid: self._cycle(m, sess),
+                )
+            )
+        return jobs
+
+    def _cycle(self, mailbox_id: int, session) -> None:
+        report = self.capture.cycle(mailbox_id, session)
+        if report.changes:
+            self.shipper.wake_event.set()
+
+    def start(self) -> None:
+        try:
+            self.registry.discover()
+        except Exception as exc:  # a server may be down: keep serving, discovery repeats on toggles
+            log.warning("discovery failed: %s", exc)
+        self.workers.start()
+        self.shipper.start()
+
+    def stop(self) -> None:
+        self.workers.stop()
+        self.shipper.stop()
+        self.client.close()
+        self.store.dispose()
+
+    # ------------------------------------------------------------------ API
+
+    def _refresh_metrics(self) -> None:
+        for st in self.registry.list_status():
+            labels = (st.server, st.address)
+            self._gauges["copy_queue"].labels(*labels).set(st.copy_queue or 0)
+            self._gauges["replay_queue"].labels(*labels).set(st.replay_queue or 0)
+            self._gauges["last_captured_seq"].labels(*labels).set(st.last_captured_seq)
+
+    def app(self):
+        def health() -> dict:
+            return {"role": "source", "id": self.settings.gateway.id, "peer_error": self.shipper.last_error}
+
+        app = make_app("mailrepl source gateway", self.metrics, health, self._refresh_metrics)
+        app.include_router(admin_router(self.registry, bearer_auth(self.settings.gateway.admin_token), self.workers.wake))
+
+        @app.on_event("startup")
+        def _start() -> None:
+            self.start()
+
+        @app.on_event("shutdown")
+        def _stop() -> None:
+            self.stop()
+
+        return app
+
+
+def run(settings) -> None:
+    logging.basicConfig(level=getattr(settings.gateway, "log_level", "info").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    gw = SourceGateway(settings)
+    host, port = settings.gateway.listen
+    uvicorn.run(gw.app(), host=host, port=port, log_level="warning")

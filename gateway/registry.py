@@ -1,0 +1,184 @@
+"""Protected mailboxes of the source gateway: discovery, protection toggles and status views."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Mapping
+
+from sqlalchemy import func, select
+
+from shared.adapters.base import Adapter
+from shared.api_common import FolderStatus, MailboxDetail, MailboxStatus, RejectedInfo, SeedingProgress
+from shared.errors import AdapterError, MailboxNotFound, MailreplError
+from shared.model import UidSet, utcnow
+from shared.store import Store
+from shared.store.models import FolderState, Mailbox, OutboxRow
+
+__all__ = ["Registry", "NotFound", "Ambiguous"]
+
+log = logging.getLogger("mailrepl.registry")
+
+
+class NotFound(MailreplError):
+    """No such server or mailbox (HTTP 404)."""
+
+
+class Ambiguous(MailreplError):
+    """The address exists on several servers; the request must name one (HTTP 409)."""
+
+
+class Registry:
+    def __init__(self, store: Store, adapters: Mapping[str, Adapter], shipper_error=lambda: None) -> None:
+        self.store = store
+        self.adapters = adapters
+        self.shipper_error = shipper_error
+
+    # ------------------------------------------------------------------ discovery
+
+    def discover(self) -> int:
+        """Register every mailbox the servers can list (configured user lists); returns how many are new."""
+        added = 0
+        for name, adapter in self.adapters.items():
+            try:
+                listed = adapter.list_mailboxes() or []
+            except AdapterError as exc:
+                log.warning("server %s: cannot list mailboxes: %s", name, exc)
+                continue
+            with self.store.tx() as s:
+                known = set(s.scalars(select(Mailbox.address).where(Mailbox.server == name)))
+                for address in listed:
+                    if address not in known:
+                        s.add(Mailbox(server=name, address=address))
+                        added += 1
+        return added
+
+    def resolve(self, address: str, server: str | None) -> tuple[str, str]:
+        """(server, address) for a request; raises NotFound / Ambiguous with a clear message."""
+        if server is not None:
+            if server not in self.adapters:
+                raise NotFound(f"unknown server {server!r} (configured: {', '.join(sorted(self.adapters))})")
+            return server, address
+        with self.store.tx() as s:
+            servers = sorted(set(s.scalars(select(Mailbox.server).where(Mailbox.address == address))))
+        servers = [x for x in servers if x in self.adapters]
+        if len(servers) > 1:
+            raise Ambiguous(f"{address!r} exists on servers {', '.join(servers)}; name one with ?server=")
+        if servers:
+            return servers[0], address
+        if len(self.adapters) == 1:
+            return next(iter(self.adapters)), address
+        raise NotFound(f"no configured server lists mailbox {address!r}; name the server with ?server=")
+
+    # ------------------------------------------------------------------ protection
+
+    def set_protection(self, server: str, address: str, enabled: bool) -> MailboxStatus:
+        with self.store.tx() as s:
+            mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
+        if mbx is None:
+            if not enabled:
+                raise NotFound(f"mailbox {address!r} is not known on server {server!r}")
+            self._check_exists(server, address)
+            with self.store.tx() as s:
+                s.add(Mailbox(server=server, address=address))
+        with self.store.tx() as s:
+            mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
+            if enabled and not mbx.protected:
+                seeded = s.scalar(select(func.count()).select_from(FolderState).where(FolderState.mailbox_id == mbx.id))
+                mbx.protected = True
+                mbx.phase = "replicating" if seeded else "seeding"
+                mbx.error = None
+                if not seeded:
+                    mbx.seed_msgs_total = mbx.seed_msgs_done = mbx.seed_bytes_total = mbx.seed_bytes_done = 0
+                log.info("protection enabled for %s/%s", server, address)
+            elif not enabled and mbx.protected:
+                mbx.protected = False
+                mbx.phase = "idle"
+                log.info("protection disabled for %s/%s", server, address)
+            return self._status(s, mbx)
+
+    def set_server_protection(self, server: str, enabled: bool) -> list[MailboxStatus]:
+        if server not in self.adapters:
+            raise NotFound(f"unknown server {server!r} (configured: {', '.join(sorted(self.adapters))})")
+        self.discover()
+        with self.store.tx() as s:
+            addresses = list(s.scalars(select(Mailbox.address).where(Mailbox.server == server).order_by(Mailbox.address)))
+        return [self.set_protection(server, a, enabled) for a in addresses]
+
+    def _check_exists(self, server: str, address: str) -> None:
+        adapter = self.adapters[server]
+        listed = adapter.list_mailboxes()
+        try:
+            session = adapter.open(address)
+        except MailboxNotFound as exc:
+            raise NotFound(f"server {server!r} has no mailbox {address!r}: {exc}") from exc
+        session.close()
+        if listed is not None and address not in listed:
+            log.info("%s/%s is not in the configured user list but the server has it", server, address)
+
+    # ------------------------------------------------------------------ status
+
+    def list_status(self) -> list[MailboxStatus]:
+        with self.store.tx() as s:
+            return [self._status(s, m) for m in s.scalars(select(Mailbox).order_by(Mailbox.server, Mailbox.address))]
+
+    def detail(self, server: str, address: str) -> MailboxDetail:
+        with self.store.tx() as s:
+            mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
+            if mbx is None:
+                raise NotFound(f"mailbox {address!r} is not known on server {server!r}")
+            base = self._status(s, mbx)
+            folders = [
+                FolderStatus(
+                    name=f.name, cursor=f.cursor, messages=f.messages,
+                    pending=len(UidSet.parse(f.pending_uids)) if f.pending_uids else 0,
+                )
+                for f in s.scalars(select(FolderState).where(FolderState.mailbox_id == mbx.id).order_by(FolderState.name))
+            ]
+            rejected = [RejectedInfo(**r) for r in json.loads(mbx.rejected or "[]")]
+            return MailboxDetail(
+                **base.model_dump(),
+                folders=folders,
+                seeding=SeedingProgress(
+                    messages_done=mbx.seed_msgs_done, messages_total=mbx.seed_msgs_total,
+                    bytes_done=mbx.seed_bytes_done, bytes_total=mbx.seed_bytes_total,
+                ),
+                rejected_messages=rejected,
+            )
+
+    def _status(self, s, mbx: Mailbox) -> MailboxStatus:
+        lag = 0.0
+        if mbx.applied_seq < mbx.last_seq:
+            oldest = s.scalar(
+                select(OutboxRow.created_at).where(OutboxRow.mailbox_id == mbx.id, OutboxRow.seq == mbx.applied_seq + 1)
+            )
+            if oldest is not None:
+                if oldest.tzinfo is None:
+                    oldest = oldest.replace(tzinfo=utcnow().tzinfo)
+                lag = max(0.0, (utcnow() - oldest).total_seconds())
+        error = mbx.ship_error or mbx.error
+        if error is None and mbx.acked_seq < mbx.last_seq:
+            error = self.shipper_error()
+        phase = mbx.phase if mbx.protected else "idle"
+        if mbx.error or mbx.ship_error:
+            phase = "error"
+        return MailboxStatus(
+            address=mbx.address,
+            server=mbx.server,
+            protected=mbx.protected,
+            phase=phase,
+            active_site="primary" if mbx.active_site == "primary" else "dr",
+            copy_queue=mbx.last_seq - mbx.acked_seq,
+            replay_queue=mbx.acked_seq - mbx.applied_seq,
+            lag_seconds=round(lag, 3),
+            last_captured_seq=mbx.last_seq,
+            last_applied_seq=mbx.applied_seq,
+            error=error,
+            rejected=len(json.loads(mbx.rejected or "[]")),
+        )
+
+    def record_error(self, mailbox_id: int, exc: BaseException) -> None:
+        with self.store.tx() as s:
+            mbx = s.get(Mailbox, mailbox_id)
+            if mbx is not None:
+                mbx.error = f"{exc.__class__.__name__}: {exc}"
+                mbx.last_capture_at = utcnow()

@@ -1,0 +1,106 @@
+"""REST API of the recovery gateway: batch ingest for source gateways, admin status under /api/v1."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, HTTPException, Request
+from sqlalchemy import select
+
+from shared.api_common import MailboxDetail, MailboxList, MailboxStatus, RejectedInfo, SeedingProgress
+from shared.errors import UnsupportedVersion, WireError
+from shared.model import utcnow
+from shared.store import Store
+from shared.store.models import InboxRow, RejectedMessage, Replica
+from shared.wire import MEDIA_TYPE, decode_batch
+from recovery.receiver import Receiver
+
+__all__ = ["ingest_router", "admin_router", "replica_status"]
+
+
+def ingest_router(receiver: Receiver, auth, max_bytes: int) -> APIRouter:
+    r = APIRouter(prefix="/api/v1/ingest", dependencies=[Depends(auth)], tags=["ingest"])
+
+    @r.post("/batches")
+    async def post_batch(request: Request) -> dict:
+        ctype = request.headers.get("content-type", "")
+        if ctype.split(";")[0].strip() != MEDIA_TYPE:
+            raise HTTPException(415, f"expected Content-Type {MEDIA_TYPE}")
+        data = await request.body()
+        if len(data) > max_bytes:
+            raise HTTPException(413, f"batch larger than {max_bytes} bytes")
+        try:
+            batch = decode_batch(data)
+        except UnsupportedVersion as exc:
+            raise HTTPException(400, str(exc)) from exc
+        except WireError as exc:
+            raise HTTPException(400, f"malformed batch: {exc}") from exc
+        from starlette.concurrency import run_in_threadpool
+
+        ack = await run_in_threadpool(receiver.ingest, batch)
+        return ack.to_json()
+
+    @r.get("/progress")
+    def progress(source: str) -> dict:
+        return receiver.progress(source).to_json()
+
+    return r
+
+
+def replica_status(s, rep: Replica) -> MailboxStatus:
+    lag = 0.0
+    if rep.applied_seq < rep.received_seq:
+        oldest = s.scalar(
+            select(InboxRow.captured_at).where(InboxRow.replica_id == rep.id, InboxRow.seq == rep.applied_seq + 1)
+        )
+        if oldest is not None:
+            lag = max(0.0, (utcnow() - oldest).total_seconds()) if oldest.tzinfo else 0.0
+    rejected = s.scalars(select(RejectedMessage.id).where(RejectedMessage.replica_id == rep.id)).all()
+    return MailboxStatus(
+        address=rep.address,
+        server=rep.server,
+        protected=True,
+        phase="error" if rep.error else "replicating",
+        active_site="primary",
+        copy_queue=None,
+        replay_queue=rep.received_seq - rep.applied_seq,
+        lag_seconds=round(lag, 3),
+        last_captured_seq=rep.received_seq,
+        last_applied_seq=rep.applied_seq,
+        error=rep.error,
+        rejected=len(rejected),
+    )
+
+
+def admin_router(store: Store, auth) -> APIRouter:
+    r = APIRouter(prefix="/api/v1", dependencies=[Depends(auth)], tags=["admin"])
+
+    def find(s, address: str, server: str | None) -> Replica:
+        q = select(Replica).where(Replica.address == address)
+        if server is not None:
+            q = q.where(Replica.server == server)
+        reps = list(s.scalars(q))
+        if not reps:
+            raise HTTPException(404, f"no replicated mailbox {address!r}" + (f" of server {server!r}" if server else ""))
+        if len(reps) > 1:
+            raise HTTPException(409, f"{address!r} is replicated from several servers; name one with ?server=")
+        return reps[0]
+
+    @r.get("/mailboxes", response_model=MailboxList)
+    def list_mailboxes() -> MailboxList:
+        with store.tx() as s:
+            reps = s.scalars(select(Replica).order_by(Replica.server, Replica.address))
+            return MailboxList(mailboxes=[replica_status(s, rep) for rep in reps])
+
+    @r.get("/mailboxes/{address}", response_model=MailboxDetail)
+    def get_mailbox(address: str, server: str | None = None) -> MailboxDetail:
+        with store.tx() as s:
+            rep = find(s, address, server)
+            base = replica_status(s, rep)
+            rejected = [
+                RejectedInfo(seq=x.seq, folder=x.folder, reason=x.reason)
+                for x in s.scalars(select(RejectedMessage).where(RejectedMessage.replica_id == rep.id).order_by(RejectedMessage.seq))
+            ]
+            return MailboxDetail(
+                **base.model_dump(), folders=[], rejected_messages=rejected,
+                seeding=SeedingProgress(messages_done=0, messages_total=0, bytes_done=0, bytes_total=0),
+            )
+
+    return r

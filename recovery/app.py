@@ -1,0 +1,118 @@
+"""The recovery gateway: composition root (settings -> store, receiver, replay workers, API)."""
+from __future__ import annotations
+
+import logging
+import threading
+
+import uvicorn
+from prometheus_client import CollectorRegistry, Gauge
+from sqlalchemy import select
+
+from recovery.api import admin_router, ingest_router
+from recovery.receiver import Receiver
+from shared.adapters.factory import make_adapter
+from shared.api_common import bearer_auth, make_app
+from shared.replay import ReplayEngine
+from shared.store import open_store
+from shared.store.models import Replica
+from shared.workers import Job, MailboxWorkers
+
+__all__ = ["RecoveryGateway", "run"]
+
+log = logging.getLogger("mailrepl.recovery")
+
+MAX_BATCH_BYTES = 512 * 1024 * 1024
+
+
+class RecoveryGateway:
+    def __init__(self, settings) -> None:
+        g = settings.gateway
+        self.settings = settings
+        self.store = open_store(g.state_url)
+        self.store.migrate()
+        self.adapters = {srv.name: make_adapter(srv) for srv in settings.servers}
+        self.routes = dict(getattr(settings, "routes", {}) or {})
+        self.body_lock = threading.Lock()
+        self.replay = ReplayEngine(self.store, append_batch=g.append_batch, body_lock=self.body_lock)
+        self.workers = MailboxWorkers(
+            "replay", self._jobs, workers=g.workers, poll_interval=1.0, on_error=self._record_error
+        )
+        self.receiver = Receiver(self.store, self.route, body_lock=self.body_lock, on_received=self.workers.wake)
+        self.metrics = CollectorRegistry()
+        self._queue = Gauge("mailrepl_recovery_replay_queue", "Changes received, not yet applied",
+                            ["server", "address"], registry=self.metrics)
+
+    def route(self, primary_server: str) -> str | None:
+        if primary_server in self.routes:
+            return self.routes[primary_server]
+        if len(self.adapters) == 1:
+            return next(iter(self.adapters))
+        return None
+
+    def _jobs(self) -> list[Job]:
+        with self.store.tx() as s:
+            rows = list(
+                s.execute(
+                    select(Replica.id, Replica.target, Replica.address).where(Replica.received_seq > Replica.applied_seq)
+                )
+            )
+        jobs = []
+        for rid, target, address in rows:
+            adapter = self.adapters.get(target)
+            if adapter is None:
+                continue
+            jobs.append(Job(key=rid, open_session=lambda a=adapter, addr=address: a.open(addr),
+                            run=lambda sess, r=rid: self._replay(r, sess)))
+        return jobs
+
+    def _replay(self, rid: int, session) -> None:
+        report = self.replay.replay(rid, session)
+        with self.store.tx() as s:
+            rep = s.get(Replica, rid)
+            if rep.error and not rep.error.startswith("conflict"):
+                rep.error = None
+        if report.applied:
+            log.debug("replica %s: applied %d", rid, report.applied)
+
+    def _record_error(self, rid, exc: BaseException) -> None:
+        with self.store.tx() as s:
+            rep = s.get(Replica, rid)
+            if rep is not None:
+                rep.error = f"{exc.__class__.__name__}: {exc}"
+
+    def _refresh_metrics(self) -> None:
+        with self.store.tx() as s:
+            for rep in s.scalars(select(Replica)):
+                self._queue.labels(rep.server, rep.address).set(rep.received_seq - rep.applied_seq)
+
+    def start(self) -> None:
+        self.workers.start()
+
+    def stop(self) -> None:
+        self.workers.stop()
+        self.store.dispose()
+
+    def app(self):
+        g = self.settings.gateway
+        app = make_app("mailrepl recovery gateway", self.metrics,
+                       lambda: {"role": "recovery", "id": g.id}, self._refresh_metrics)
+        app.include_router(ingest_router(self.receiver, bearer_auth(g.ingest_token), MAX_BATCH_BYTES))
+        app.include_router(admin_router(self.store, bearer_auth(g.admin_token)))
+
+        @app.on_event("startup")
+        def _start() -> None:
+            self.start()
+
+        @app.on_event("shutdown")
+        def _stop() -> None:
+            self.stop()
+
+        return app
+
+
+def run(settings) -> None:
+    logging.basicConfig(level=getattr(settings.gateway, "log_level", "info").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    gw = RecoveryGateway(settings)
+    host, port = settings.gateway.listen
+    uvicorn.run(gw.app(), host=host, port=port, log_level="warning")

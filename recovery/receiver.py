@@ -1,0 +1,149 @@
+"""Receiver: validates a batch, persists it, then acknowledges (durable before acknowledged).
+
+Per segment (one mailbox's contiguous range), in its own transaction:
+
+- the range must continue what is held (``received_seq + 1``) or overlap it; a range that
+  starts further on is a *gap*: nothing is stored, ``resend_from`` says where to resume;
+- an overlapping sequence number must carry the same change digest as before (a no-op);
+  a different digest is a *conflict*: reported, nothing of the segment stored or overwritten;
+- every body a new change refers to must be in the batch or already held, with a matching hash.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from datetime import datetime
+from typing import Callable
+
+from sqlalchemy import func, select
+
+from shared.model import utcnow
+from shared.store import Store
+from shared.store.models import InboxBody, InboxRow, RejectedMessage, Replica
+from shared.wire import Ack, Batch, Segment, SegmentResult
+
+__all__ = ["Receiver"]
+
+log = logging.getLogger("mailrepl.receiver")
+
+
+class Receiver:
+    def __init__(
+        self,
+        store: Store,
+        route: Callable[[str], str | None],
+        *,
+        body_lock: threading.Lock | None = None,
+        on_received: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.route = route  # capturing server name -> server replayed into (None: no route)
+        self.body_lock = body_lock or threading.Lock()
+        self.on_received = on_received
+
+    def ingest(self, batch: Batch) -> Ack:
+        results = [self._segment(batch, seg) for seg in batch.segments]
+        if self.on_received is not None and any(r.status == "ok" for r in results):
+            self.on_received()
+        return Ack(tuple(results))
+
+    def progress(self, source: str) -> Ack:
+        with self.store.tx() as s:
+            reps = list(s.scalars(select(Replica).where(Replica.source_id == source)))
+            return Ack(tuple(self._result(s, rep, "ok") for rep in reps))
+
+    # ------------------------------------------------------------------ internals
+
+    def _result(self, s, rep: Replica, status: str, **kw) -> SegmentResult:
+        rejected = tuple(
+            {"seq": r.seq, "folder": r.folder, "reason": r.reason}
+            for r in s.scalars(
+                select(RejectedMessage).where(RejectedMessage.replica_id == rep.id).order_by(RejectedMessage.seq)
+            )
+        )
+        return SegmentResult(
+            server=rep.server, address=rep.address, status=status, acked=rep.received_seq,
+            applied=rep.applied_seq, rejected=rejected, **kw,
+        )
+
+    def _segment(self, batch: Batch, seg: Segment) -> SegmentResult:
+        target = self.route(seg.server)
+        if target is None:
+            return SegmentResult(
+                server=seg.server, address=seg.address, status="error", acked=0,
+                detail=f"no standby server is configured for primary server {seg.server!r}",
+            )
+        with self.body_lock, self.store.tx() as s:
+            rep = s.scalar(
+                select(Replica).where(
+                    Replica.source_id == batch.source, Replica.server == seg.server, Replica.address == seg.address
+                )
+            )
+            if rep is None:
+                rep = Replica(source_id=batch.source, server=seg.server, address=seg.address, target=target)
+                s.add(rep)
+                s.flush()
+            expected = rep.received_seq + 1
+            if seg.range.first > expected:
+                return self._result(s, rep, "gap", resend_from=expected,
+                                    detail=f"expected sequence {expected}, batch starts at {seg.range.first}")
+            digests = [c.digest() for c in seg.changes]
+            overlap_last = min(seg.range.last, rep.received_seq)
+            if overlap_last >= seg.range.first:
+                held = dict(
+                    s.execute(
+                        select(InboxRow.seq, InboxRow.digest).where(
+                            InboxRow.replica_id == rep.id,
+                            InboxRow.seq >= seg.range.first,
+                            InboxRow.seq <= overlap_last,
+                        )
+                    ).all()
+                )
+                for seq in range(seg.range.first, overlap_last + 1):
+                    old = held.get(seq)
+                    if old is not None and old != digests[seq - seg.range.first]:
+                        detail = f"sequence {seq} of {seg.server}/{seg.address} differs from what was received before"
+                        log.error("conflict: %s", detail)
+                        rep.phase, rep.error = "error", f"conflict: {detail}"
+                        return self._result(s, rep, "conflict", detail=detail)
+            new = [
+                (seq, ch, digests[seq - seg.range.first], seg.captured[seq - seg.range.first] if seg.captured else "")
+                for seq, ch in zip(seg.range, seg.changes)
+                if seq > rep.received_seq
+            ]
+            for seq, ch, _, _ in new:  # validate everything before storing anything
+                if ch.sha256 is None or s.get(InboxBody, ch.sha256) is not None:
+                    continue
+                data = batch.blobs.get(ch.sha256)
+                if data is None:
+                    return self._result(s, rep, "error", detail=f"body {ch.sha256[:16]}… of sequence {seq} is missing")
+                if hashlib.sha256(data).hexdigest() != ch.sha256:
+                    return self._result(s, rep, "error", detail=f"body of sequence {seq} does not match its hash")
+            for seq, ch, digest, captured in new:
+                if ch.sha256 is not None and s.get(InboxBody, ch.sha256) is None:
+                    data = batch.blobs[ch.sha256]
+                    s.add(InboxBody(sha256=ch.sha256, size=len(data), data=data))
+                    s.flush()
+                s.add(
+                    InboxRow(
+                        replica_id=rep.id, seq=seq, change=json.dumps(ch.to_dict(), separators=(",", ":")),
+                        digest=digest, sha256=ch.sha256, captured_at=_parse(captured),
+                    )
+                )
+            if new:
+                rep.received_seq = new[-1][0]
+                rep.last_received_at = utcnow()
+            return self._result(s, rep, "ok")
+
+    def queue_depth(self) -> int:
+        with self.store.tx() as s:
+            return int(s.scalar(select(func.coalesce(func.sum(Replica.received_seq - Replica.applied_seq), 0))))
+
+
+def _parse(text: str) -> datetime | None:
+    try:
+        return datetime.fromisoformat(text) if text else None
+    except ValueError:
+        return None

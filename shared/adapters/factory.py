@@ -1,0 +1,26 @@
+"""Build an adapter from a server's settings (EWS is imported lazily, only when configured)."""
+from __future__ import annotations
+
+from shared.adapters.base import Adapter
+from shared.errors import ConfigError
+
+__all__ = ["make_adapter"]
+
+
+def make_adapter(server) -> Adapter:  # server: shared.settings_common.ImapServerSettings
+    if server.kind == "imap":
+        from shared.adapters.imap import ImapAdapter, ImapEndpoint
+
+        endpoint = ImapEndpoint(
+            host=server.host,
+            port=server.port,
+            tls=server.tls,
+            service_user=server.service_user,
+            service_password=server.service_password,
+            auth=server.auth,
+            timeout=server.timeout,
+            verify_tls=server.verify_tls,
+            ca_file=str(server.ca_file) if server.ca_file else None,
+        )
+        return ImapAdapter(server.name, endpoint, users=list(server.users) or None)
+    raise ConfigError(f"servers.{server.name}.kind: unsupported server kind {server.kind!r}")

@@ -1,0 +1,117 @@
+"""What both gateways' REST APIs share: bearer-token auth, health, metrics, the status schema."""
+from __future__ import annotations
+
+import hmac
+from typing import Callable, Literal
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel, ConfigDict
+
+from shared.errors import MailreplError
+
+__all__ = [
+    "bearer_auth",
+    "make_app",
+    "MailboxStatus",
+    "MailboxDetail",
+    "FolderStatus",
+    "SeedingProgress",
+    "RejectedInfo",
+    "ProtectionBody",
+    "ServerProtection",
+    "MailboxList",
+]
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def bearer_auth(token: str) -> Callable:
+    """A dependency accepting exactly ``Authorization: Bearer <token>`` (constant-time compare)."""
+
+    def check(creds: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> None:
+        if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def make_app(
+    title: str, registry: CollectorRegistry, health: Callable[[], dict], refresh: Callable[[], None] = lambda: None
+) -> FastAPI:
+    app = FastAPI(title=title, version="1", openapi_url="/openapi.json")
+
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict:
+        return {"status": "ok", **health()}
+
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    def metrics() -> PlainTextResponse:
+        refresh()
+        return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(MailreplError)
+    def _mailrepl_error(_: Request, exc: MailreplError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503 if exc.retryable else 500)
+
+    return app
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ProtectionBody(_Model):
+    enabled: bool
+
+
+class RejectedInfo(_Model):
+    seq: int
+    folder: str
+    reason: str
+
+
+class MailboxStatus(_Model):
+    address: str
+    server: str
+    protected: bool
+    phase: Literal["idle", "seeding", "replicating", "error"]
+    active_site: Literal["primary", "dr"]
+    copy_queue: int | None
+    replay_queue: int | None
+    lag_seconds: float | None
+    last_captured_seq: int
+    last_applied_seq: int | None
+    error: str | None
+    rejected: int
+
+
+class FolderStatus(_Model):
+    name: str
+    cursor: str | None
+    messages: int | None
+    pending: int
+
+
+class SeedingProgress(_Model):
+    messages_done: int
+    messages_total: int
+    bytes_done: int
+    bytes_total: int
+
+
+class MailboxDetail(MailboxStatus):
+    folders: list[FolderStatus]
+    seeding: SeedingProgress
+    rejected_messages: list[RejectedInfo]
+
+
+class MailboxList(_Model):
+    mailboxes: list[MailboxStatus]
+
+
+class ServerProtection(_Model):
+    server: str
+    mailboxes: list[MailboxStatus]

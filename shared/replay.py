@@ -1,0 +1,456 @@
+"""Replay engine: received changes -> writes on this side's server, in order, exactly once.
+
+Two parts:
+
+- :func:`plan` (pure): cuts the next contiguous run of changes into groups the server can take
+  in one command (consecutive adds to one folder -> one MULTIAPPEND; consecutive expunges,
+  flag sets or moves of one folder -> one UID command). Order is never changed.
+- :class:`ReplayEngine`: applies groups through an adapter session and records the result
+  (id map, applied sequence number) in one transaction per group.
+
+Exactly once across crashes: a group that creates messages (add, replace, move) first commits a
+``replay_intent`` (folder, UIDVALIDITY, UIDNEXT before the write). If the process dies after the
+server stored the messages but before the id map was recorded, the next run finds the intent,
+reads the messages at UID >= that UIDNEXT, matches them by SHA-256 to the intended changes and
+records them instead of writing again. An add whose mid is already mapped is a no-op; expunge,
+flag and folder operations are idempotent on the server.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from sqlalchemy import delete, select, update
+
+from shared.adapters.base import AppendItem, MailboxSession
+from shared.errors import FolderNotFound, MessageRejected, StoreError
+from shared.model import Change, Kind, parse_internaldate, utcnow
+from shared.store import Store
+from shared.store.models import (
+    IdMapEntry,
+    InboxBody,
+    InboxRow,
+    Orphan,
+    RejectedMessage,
+    Replica,
+    ReplayIntent,
+)
+
+__all__ = ["Group", "plan", "ReplayEngine", "ReplayReport", "DEFAULT_APPEND_BATCH", "DEFAULT_APPEND_BYTES"]
+
+log = logging.getLogger("mailrepl.replay")
+
+DEFAULT_APPEND_BATCH = 100
+DEFAULT_APPEND_BYTES = 32 * 1024 * 1024
+_GROUPABLE = (Kind.MSG_ADD, Kind.MSG_EXPUNGE, Kind.MSG_FLAGS, Kind.MSG_MOVE)
+
+
+@dataclass
+class Group:
+    kind: Kind
+    folder: str
+    items: list[tuple[int, Change]] = field(default_factory=list)
+
+    @property
+    def first_seq(self) -> int:
+        return self.items[0][0]
+
+    @property
+    def last_seq(self) -> int:
+        return self.items[-1][0]
+
+
+def _group_key(ch: Change) -> tuple:
+    if ch.kind == Kind.MSG_FLAGS:
+        return (ch.kind, ch.folder, ch.flags)
+    if ch.kind == Kind.MSG_MOVE:
+        return (ch.kind, ch.folder, ch.new_folder)
+    return (ch.kind, ch.folder)
+
+
+def plan(
+    changes: Sequence[tuple[int, Change]],
+    *,
+    append_batch: int = DEFAULT_APPEND_BATCH,
+    append_bytes: int = DEFAULT_APPEND_BYTES,
+    max_group: int = 500,
+) -> list[Group]:
+    """Group consecutive same-kind changes of one folder; never reorders. ``changes`` must be
+    contiguous and ascending by sequence number (``ValueError`` otherwise)."""
+    groups: list[Group] = []
+    size = 0
+    prev_seq = None
+    for seq, ch in changes:
+        if prev_seq is not None and seq != prev_seq + 1:
+            raise ValueError(f"changes not contiguous: {prev_seq} then {seq}")
+        prev_seq = seq
+        last = groups[-1] if groups else None
+        if (
+            last is not None
+            and ch.kind in _GROUPABLE
+            and _group_key(last.items[-1][1]) == _group_key(ch)
+            and len(last.items) < (append_batch if ch.kind == Kind.MSG_ADD else max_group)
+            and not (ch.kind == Kind.MSG_ADD and size + (ch.size or 0) > append_bytes)
+        ):
+            last.items.append((seq, ch))
+            size += ch.size or 0
+            continue
+        groups.append(Group(ch.kind, ch.folder, [(seq, ch)]))
+        size = ch.size or 0
+    return groups
+
+
+@dataclass
+class ReplayReport:
+    applied: int = 0
+    appended: int = 0
+    rejected: int = 0
+    recovered: int = 0  # messages found on the server after a crash instead of written again
+
+
+class ReplayEngine:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        append_batch: int = DEFAULT_APPEND_BATCH,
+        append_bytes: int = DEFAULT_APPEND_BYTES,
+        window: int = 1000,
+        body_lock: threading.Lock | None = None,
+    ) -> None:
+        self.store = store
+        self.body_lock = body_lock or threading.Lock()  # held with the receiver's body inserts
+        self.append_batch = append_batch
+        self.append_bytes = append_bytes
+        self.window = window
+
+    # ------------------------------------------------------------------ driver
+
+    def replay(self, replica_id: int, session: MailboxSession) -> ReplayReport:
+        """Apply every received change that continues the applied sequence; stop at a gap."""
+        report = ReplayReport()
+        self._reconcile(replica_id, session, report)
+        while True:
+            with self.store.tx() as s:
+                rep = s.get(Replica, replica_id)
+                start = rep.applied_seq + 1
+                rows = list(
+                    s.execute(
+                        select(InboxRow.seq, InboxRow.change)
+                        .where(InboxRow.replica_id == replica_id, InboxRow.seq >= start)
+                        .order_by(InboxRow.seq)
+                        .limit(self.window)
+                    )
+                )
+            changes: list[tuple[int, Change]] = []
+            for seq, text in rows:
+                if seq != start + len(changes):
+                    break  # a gap: stop this mailbox until it is filled
+                changes.append((seq, Change.from_dict(json.loads(text))))
+            if not changes:
+                break
+            for group in plan(changes, append_batch=self.append_batch, append_bytes=self.append_bytes):
+                self._apply(replica_id, group, session, report)
+        if report.applied:
+            self._gc_bodies()
+        return report
+
+    # ------------------------------------------------------------------ groups
+
+    def _apply(self, rid: int, g: Group, session: MailboxSession, report: ReplayReport) -> None:
+        k = g.kind
+        if k == Kind.MSG_ADD:
+            self._apply_adds(rid, g, session, report)
+        elif k == Kind.MSG_REPLACE:
+            self._apply_adds(rid, g, session, report)
+        elif k == Kind.MSG_EXPUNGE:
+            entries = self._mapped(rid, [c.mid for _, c in g.items])
+            by_folder: dict[str, list[int]] = {}
+            for e in entries.values():
+                by_folder.setdefault(e.folder, []).append(e.uid)
+            for folder, uids in by_folder.items():
+                session.expunge(folder, uids)
+            self._done(rid, g, report, drop_mids=list(entries))
+        elif k == Kind.MSG_FLAGS:
+            entries = self._mapped(rid, [c.mid for _, c in g.items])
+            flags = frozenset(g.items[0][1].flags or ())
+            by_folder = {}
+            for e in entries.values():
+                by_folder.setdefault(e.folder, []).append(e.uid)
+            for folder, uids in by_folder.items():
+                session.store_flags(folder, uids, flags)
+            self._done(rid, g, report)
+        elif k == Kind.MSG_MOVE:
+            self._apply_moves(rid, g, session, report)
+        elif k == Kind.FOLDER_CREATE:
+            ch = g.items[0][1]
+            session.create_folder(ch.folder, frozenset(ch.special_use or ()))
+            self._done(rid, g, report)
+        elif k == Kind.FOLDER_RENAME:
+            ch = g.items[0][1]
+            session.rename_folder(ch.folder, ch.new_folder)
+            self._done(rid, g, report, rename=(ch.folder, ch.new_folder))
+        elif k == Kind.FOLDER_DELETE:
+            session.delete_folder(g.folder)
+            self._done(rid, g, report, drop_folder=g.folder)
+        elif k == Kind.FOLDER_RESET:
+            with self.store.tx() as s:
+                for e in s.scalars(select(IdMapEntry).where(IdMapEntry.replica_id == rid, IdMapEntry.folder == g.folder)):
+                    s.add(Orphan(replica_id=rid, folder=e.folder, uidvalidity=e.uidvalidity, uid=e.uid, sha256=e.sha256))
+                    s.delete(e)
+                self._advance(s, rid, g, report)
+        elif k == Kind.FOLDER_RESET_DONE:
+            with self.store.tx() as s:
+                orphans = list(s.scalars(select(Orphan).where(Orphan.replica_id == rid, Orphan.folder == g.folder)))
+            if orphans:
+                session.expunge(g.folder, [o.uid for o in orphans])
+            with self.store.tx() as s:
+                s.execute(delete(Orphan).where(Orphan.replica_id == rid, Orphan.folder == g.folder))
+                self._advance(s, rid, g, report)
+        else:  # pragma: no cover - Kind is closed
+            raise ValueError(f"unknown change kind {k}")
+
+    def _apply_adds(self, rid: int, g: Group, session: MailboxSession, report: ReplayReport) -> None:
+        with self.store.tx() as s:
+            mapped = set(
+                s.scalars(
+                    select(IdMapEntry.mid).where(
+                        IdMapEntry.replica_id == rid, IdMapEntry.mid.in_([c.mid for _, c in g.items])
+                    )
+                )
+            )
+            orphans: dict[str, list[Orphan]] = {}
+            for o in s.scalars(select(Orphan).where(Orphan.replica_id == rid, Orphan.folder == g.folder)):
+                orphans.setdefault(o.sha256, []).append(o)
+        claims: list[tuple[Change, Orphan]] = []
+        todo: list[tuple[int, Change]] = []
+        for seq, ch in g.items:
+            if ch.mid in mapped:
+                continue  # written before a crash and recovered: not again
+            bucket = orphans.get(ch.sha256)
+            if bucket:
+                claims.append((ch, bucket.pop()))
+            else:
+                todo.append((seq, ch))
+        for ch, o in claims:  # a reset folder keeps the message it already has
+            session.store_flags(g.folder, [o.uid], frozenset(ch.flags or ()))
+        new_entries: list[IdMapEntry] = [
+            IdMapEntry(replica_id=rid, mid=ch.mid, folder=g.folder, uidvalidity=o.uidvalidity, uid=o.uid, sha256=o.sha256)
+            for ch, o in claims
+        ]
+        rejected: list[tuple[int, Change, str]] = []
+        if todo:
+            new_entries += self._append(rid, g.folder, todo, session, rejected, report)
+        replaced = [c.old_mid for _, c in g.items if c.kind == Kind.MSG_REPLACE]
+        if replaced:
+            old = self._mapped(rid, replaced)
+            for e in old.values():
+                session.expunge(e.folder, [e.uid])
+        with self.store.tx() as s:
+            for e in new_entries:
+                s.merge(e)
+            for o in (o for _, o in claims):
+                s.execute(delete(Orphan).where(Orphan.id == o.id))
+            if replaced:
+                s.execute(delete(IdMapEntry).where(IdMapEntry.replica_id == rid, IdMapEntry.mid.in_(replaced)))
+            for seq, ch, reason in rejected:
+                s.add(RejectedMessage(replica_id=rid, seq=seq, mid=ch.mid, folder=ch.folder, sha256=ch.sha256, reason=reason))
+                s.execute(update(InboxRow).where(InboxRow.replica_id == rid, InboxRow.seq == seq).values(state="rejected"))
+                log.warning("standby rejected message seq=%s folder=%s: %s", seq, ch.folder, reason)
+            s.execute(delete(ReplayIntent).where(ReplayIntent.replica_id == rid))
+            self._advance(s, rid, g, report, skip_states={seq for seq, _, _ in rejected})
+        report.rejected += len(rejected)
+
+    def _append(self, rid, folder, todo, session, rejected, report) -> list[IdMapEntry]:
+        """MULTIAPPEND ``todo`` under an intent; on rejection retry one by one to find the culprit."""
+        bodies = self._bodies([c.sha256 for _, c in todo])
+        items = [
+            AppendItem(bodies[c.sha256], frozenset(c.flags or ()), parse_internaldate(c.internaldate))
+            for _, c in todo
+        ]
+        info = session.folder_info(folder)
+        if info is None:
+            session.create_folder(folder)
+            info = session.folder_info(folder)
+            if info is None:
+                raise FolderNotFound(f"folder {folder!r} could not be created")
+        with self.store.tx() as s:
+            s.merge(
+                ReplayIntent(
+                    replica_id=rid, folder=folder, uidvalidity=info.uidvalidity, uidnext=info.uidnext,
+                    first_seq=todo[0][0], last_seq=todo[-1][0],
+                )
+            )
+        try:
+            res = session.append(folder, items)
+        except MessageRejected as exc:
+            if len(todo) == 1:
+                rejected.append((todo[0][0], todo[0][1], str(exc) or "rejected by the server"))
+                return []
+            out: list[IdMapEntry] = []
+            for one in todo:
+                out += self._append(rid, folder, [one], session, rejected, report)
+            return out
+        report.appended += len(todo)
+        return [
+            IdMapEntry(replica_id=rid, mid=c.mid, folder=folder, uidvalidity=res.uidvalidity, uid=uid, sha256=c.sha256)
+            for (_, c), uid in zip(todo, res.uids)
+        ]
+
+    def _apply_moves(self, rid: int, g: Group, session: MailboxSession, report: ReplayReport) -> None:
+        dest = g.items[0][1].new_folder
+        entries = self._mapped(rid, [c.mid for _, c in g.items])
+        todo = {mid: e for mid, e in entries.items() if e.folder != dest}
+        moved: dict[int, tuple[int, int]] = {}  # mid -> (uidvalidity, uid)
+        if todo:
+            info = session.folder_info(dest)
+            if info is None:
+                session.create_folder(dest)
+                info = session.folder_info(dest)
+            with self.store.tx() as s:
+                s.merge(
+                    ReplayIntent(
+                        replica_id=rid, folder=dest, uidvalidity=info.uidvalidity, uidnext=info.uidnext,
+                        first_seq=g.first_seq, last_seq=g.last_seq,
+                    )
+                )
+            by_folder: dict[str, list[IdMapEntry]] = {}
+            for e in todo.values():
+                by_folder.setdefault(e.folder, []).append(e)
+            for folder, es in by_folder.items():
+                uidmap = session.move(folder, [e.uid for e in es], dest)
+                for e in es:
+                    if e.uid in uidmap:
+                        moved[e.mid] = (info.uidvalidity, uidmap[e.uid])
+        # flags travel with the move (they may have changed in the same capture cycle)
+        by_flags: dict[frozenset[str], list[int]] = {}
+        for _, c in g.items:
+            loc = moved.get(c.mid) or ((entries[c.mid].uidvalidity, entries[c.mid].uid) if c.mid in entries and c.mid not in todo else None)
+            if loc is not None and c.flags is not None:
+                by_flags.setdefault(frozenset(c.flags), []).append(loc[1])
+        for flags, uids in by_flags.items():
+            session.store_flags(dest, uids, flags)
+        missing = [(seq, c) for seq, c in g.items if c.mid in todo and c.mid not in moved]
+        with self.store.tx() as s:
+            for mid, (uv, uid) in moved.items():
+                s.execute(
+                    update(IdMapEntry)
+                    .where(IdMapEntry.replica_id == rid, IdMapEntry.mid == mid)
+                    .values(folder=dest, uidvalidity=uv, uid=uid)
+                )
+            for seq, c in missing:
+                s.execute(delete(IdMapEntry).where(IdMapEntry.replica_id == rid, IdMapEntry.mid == c.mid))
+                s.add(RejectedMessage(replica_id=rid, seq=seq, mid=c.mid, folder=c.folder, sha256=None,
+                                      reason=f"message to move to {dest!r} was missing on this server"))
+            s.execute(delete(ReplayIntent).where(ReplayIntent.replica_id == rid))
+            self._advance(s, rid, g, report)
+
+    # ------------------------------------------------------------------ crash recovery
+
+    def _reconcile(self, rid: int, session: MailboxSession, report: ReplayReport) -> None:
+        with self.store.tx() as s:
+            intent = s.get(ReplayIntent, rid)
+            if intent is None:
+                return
+            rows = list(
+                s.scalars(
+                    select(InboxRow.change).where(
+                        InboxRow.replica_id == rid, InboxRow.seq >= intent.first_seq, InboxRow.seq <= intent.last_seq
+                    ).order_by(InboxRow.seq)
+                )
+            )
+            folder, uv, uidnext = intent.folder, intent.uidvalidity, intent.uidnext
+            wanted: list[tuple[int, str]] = []  # (mid, sha) in order
+            mapped = {e.mid: e for e in s.scalars(select(IdMapEntry).where(IdMapEntry.replica_id == rid))}
+            for text in rows:
+                ch = Change.from_dict(json.loads(text))
+                if ch.kind in (Kind.MSG_ADD, Kind.MSG_REPLACE) and ch.mid not in mapped:
+                    wanted.append((ch.mid, ch.sha256))
+                elif ch.kind == Kind.MSG_MOVE and ch.mid in mapped and mapped[ch.mid].folder != folder:
+                    wanted.append((ch.mid, mapped[ch.mid].sha256))
+        found: list[IdMapEntry] = []
+        info = session.folder_info(folder)
+        if wanted and info is not None and info.uidvalidity == uv and info.uidnext > uidnext:
+            on_server = [
+                (m.uid, hashlib.sha256(m.body).hexdigest())
+                for m in session.fetch(folder, list(range(uidnext, info.uidnext)))
+            ]
+            used: set[int] = set()
+            for mid, sha in wanted:
+                for uid, got in on_server:
+                    if uid not in used and got == sha:
+                        used.add(uid)
+                        found.append(IdMapEntry(replica_id=rid, mid=mid, folder=folder, uidvalidity=uv, uid=uid, sha256=sha))
+                        break
+        with self.store.tx() as s:
+            for e in found:
+                s.merge(e)
+            s.execute(delete(ReplayIntent).where(ReplayIntent.replica_id == rid))
+        if found:
+            log.info("recovered %d message(s) written before a crash in %r", len(found), folder)
+        report.recovered += len(found)
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _mapped(self, rid: int, mids: Sequence[int]) -> dict[int, IdMapEntry]:
+        out: dict[int, IdMapEntry] = {}
+        with self.store.tx() as s:
+            for i in range(0, len(mids), 500):
+                for e in s.scalars(
+                    select(IdMapEntry).where(IdMapEntry.replica_id == rid, IdMapEntry.mid.in_(mids[i : i + 500]))
+                ):
+                    out[e.mid] = e
+        return out
+
+    def _bodies(self, shas: Sequence[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        with self.store.tx() as s:
+            for b in s.scalars(select(InboxBody).where(InboxBody.sha256.in_(set(shas)))):
+                if hashlib.sha256(b.data).hexdigest() != b.sha256:
+                    raise StoreError(f"stored body {b.sha256[:16]}… does not match its hash", retryable=False)
+                out[b.sha256] = b.data
+        missing = set(shas) - set(out)
+        if missing:
+            raise StoreError(f"body {sorted(missing)[0][:16]}… not received", retryable=False)
+        return out
+
+    def _done(self, rid, g, report, *, drop_mids=(), rename=None, drop_folder=None) -> None:
+        with self.store.tx() as s:
+            if drop_mids:
+                mids = list(drop_mids)
+                for i in range(0, len(mids), 500):
+                    s.execute(delete(IdMapEntry).where(IdMapEntry.replica_id == rid, IdMapEntry.mid.in_(mids[i : i + 500])))
+            if rename:
+                old, new = rename
+                for model in (IdMapEntry, Orphan):
+                    for e in s.scalars(select(model).where(model.replica_id == rid)):
+                        if e.folder == old or e.folder.startswith(old + "/"):
+                            e.folder = new + e.folder[len(old):]
+            if drop_folder:
+                s.execute(delete(IdMapEntry).where(IdMapEntry.replica_id == rid, IdMapEntry.folder == drop_folder))
+                s.execute(delete(Orphan).where(Orphan.replica_id == rid, Orphan.folder == drop_folder))
+            self._advance(s, rid, g, report)
+
+    def _advance(self, s, rid: int, g: Group, report: ReplayReport, skip_states=frozenset()) -> None:
+        rep = s.get(Replica, rid)
+        if rep.applied_seq != g.first_seq - 1:
+            raise StoreError(f"replica {rid}: applied {rep.applied_seq}, group starts at {g.first_seq}", retryable=False)
+        rep.applied_seq = g.last_seq
+        rep.last_applied_at = utcnow()
+        s.execute(
+            update(InboxRow)
+            .where(InboxRow.replica_id == rid, InboxRow.seq >= g.first_seq, InboxRow.seq <= g.last_seq,
+                   InboxRow.state == "received", InboxRow.seq.not_in(list(skip_states) or [-1]))
+            .values(state="applied")
+        )
+        report.applied += len(g.items)
+
+    def _gc_bodies(self) -> None:
+        """Drop received bodies no change still waiting to be applied refers to."""
+        with self.body_lock, self.store.tx() as s:
+            waiting = select(InboxRow.sha256).where(InboxRow.state == "received", InboxRow.sha256.is_not(None))
+            s.execute(delete(InboxBody).where(InboxBody.sha256.not_in(waiting)))

@@ -1,0 +1,244 @@
+"""SQLAlchemy 2 models of the state store.
+
+Two groups of tables, one per side of the data path. A gateway uses the capture tables for
+the mailboxes it captures (the source gateway; the recovery gateway after cutover) and the
+replay tables for the mailboxes it replays into its server.
+
+Capture side: ``mailbox`` (one per protected or known account), ``folder_state`` (cursor and
+pending capture work per folder), ``catalog`` (what capture knows of each message: mid, uid,
+GUID, hash, flags), ``outbox`` (sequenced changes, kept until the peer has applied them) and
+``outbox_body`` (message bodies by SHA-256, shared by outbox rows).
+
+Replay side: ``replica`` (one per mailbox received from a peer), ``inbox`` (received changes
+by sequence number, with their digest kept after application for idempotency), ``inbox_body``,
+``idmap`` (mid -> folder/uid on this server), ``replay_intent`` (a write in flight, to recover
+the id map from the server after a crash), ``orphan`` (messages of a folder being reset) and
+``rejected_message``.
+"""
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from shared.model import utcnow
+
+__all__ = [
+    "Base",
+    "Mailbox",
+    "FolderState",
+    "CatalogEntry",
+    "OutboxRow",
+    "OutboxBody",
+    "Replica",
+    "InboxRow",
+    "InboxBody",
+    "IdMapEntry",
+    "ReplayIntent",
+    "Orphan",
+    "RejectedMessage",
+]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _ts() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+
+
+# --------------------------------------------------------------------------- capture side
+
+
+class Mailbox(Base):
+    __tablename__ = "mailbox"
+    __table_args__ = (UniqueConstraint("server", "address", name="uq_mailbox_server_address"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    server: Mapped[str] = mapped_column(String(200), nullable=False)
+    address: Mapped[str] = mapped_column(String(320), nullable=False)
+    protected: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    phase: Mapped[str] = mapped_column(String(20), default="idle", nullable=False)
+    active_site: Mapped[str] = mapped_column(String(10), default="primary", nullable=False)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)  # last captured
+    acked_seq: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)  # received by peer
+    applied_seq: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)  # applied by peer
+    error: Mapped[str | None] = mapped_column(Text)
+    ship_error: Mapped[str | None] = mapped_column(Text)  # conflict/gap reported by the peer
+    rejected: Mapped[str | None] = mapped_column(Text)  # JSON list the peer reported: seq, folder, reason
+    seed_msgs_total: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    seed_msgs_done: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    seed_bytes_total: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    seed_bytes_done: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    last_capture_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _ts()
+
+
+class FolderState(Base):
+    __tablename__ = "folder_state"
+    __table_args__ = (UniqueConstraint("mailbox_id", "name", name="uq_folder_mailbox_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"), nullable=False)
+    name: Mapped[str] = mapped_column(String(1000), nullable=False)
+    fid: Mapped[str] = mapped_column(String(200), default="", nullable=False)
+    cursor: Mapped[str | None] = mapped_column(String(100))  # Cursor text once committed
+    pending_cursor: Mapped[str | None] = mapped_column(String(100))  # target of work in progress
+    pending_uids: Mapped[str | None] = mapped_column(Text)  # UidSet text still to capture
+    pending_replace: Mapped[str | None] = mapped_column(Text)  # JSON {uid: old_mid} (draft edits)
+    resetting: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)
+    messages: Mapped[int | None] = mapped_column(Integer)
+
+
+class CatalogEntry(Base):
+    __tablename__ = "catalog"
+    __table_args__ = (
+        Index("ix_catalog_folder_uid", "folder_id", "uid", unique=True),
+        Index("ix_catalog_mailbox_guid", "mailbox_id", "guid"),
+    )
+
+    mid: Mapped[int] = mapped_column(Integer, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"), nullable=False)
+    folder_id: Mapped[int] = mapped_column(ForeignKey("folder_state.id", ondelete="CASCADE"), nullable=False)
+    uid: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    guid: Mapped[str | None] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    flags: Mapped[str] = mapped_column(Text, default="", nullable=False)  # space-separated, sorted
+
+
+class OutboxRow(Base):
+    __tablename__ = "outbox"
+
+    mailbox_id: Mapped[int] = mapped_column(
+        ForeignKey("mailbox.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    change: Mapped[str] = mapped_column(Text, nullable=False)  # Change JSON
+    digest: Mapped[str] = mapped_column(String(64), nullable=False)
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)  # body reference
+    size: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    created_at: Mapped[datetime] = _ts()
+
+
+class OutboxBody(Base):
+    __tablename__ = "outbox_body"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+# --------------------------------------------------------------------------- replay side
+
+
+class Replica(Base):
+    __tablename__ = "replica"
+    __table_args__ = (
+        UniqueConstraint("source_id", "server", "address", name="uq_replica_source_server_address"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_id: Mapped[str] = mapped_column(String(200), nullable=False)
+    server: Mapped[str] = mapped_column(String(200), nullable=False)  # the capturing side's server
+    address: Mapped[str] = mapped_column(String(320), nullable=False)
+    target: Mapped[str] = mapped_column(String(200), nullable=False)  # server replayed into
+    received_seq: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    applied_seq: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    phase: Mapped[str] = mapped_column(String(20), default="replicating", nullable=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    last_received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_applied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _ts()
+
+
+class InboxRow(Base):
+    __tablename__ = "inbox"
+
+    replica_id: Mapped[int] = mapped_column(
+        ForeignKey("replica.id", ondelete="CASCADE"), primary_key=True
+    )
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    change: Mapped[str] = mapped_column(Text, nullable=False)
+    digest: Mapped[str] = mapped_column(String(64), nullable=False)
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(10), default="received", nullable=False)
+    captured_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = _ts()
+
+
+class InboxBody(Base):
+    __tablename__ = "inbox_body"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+
+
+class IdMapEntry(Base):
+    __tablename__ = "idmap"
+    __table_args__ = (Index("ix_idmap_replica_folder", "replica_id", "folder"),)
+
+    replica_id: Mapped[int] = mapped_column(
+        ForeignKey("replica.id", ondelete="CASCADE"), primary_key=True
+    )
+    mid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    folder: Mapped[str] = mapped_column(String(1000), nullable=False)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    uid: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+class ReplayIntent(Base):
+    """A write that creates messages on the server is in flight (or was, before a crash)."""
+
+    __tablename__ = "replay_intent"
+
+    replica_id: Mapped[int] = mapped_column(
+        ForeignKey("replica.id", ondelete="CASCADE"), primary_key=True
+    )
+    folder: Mapped[str] = mapped_column(String(1000), nullable=False)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    uidnext: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    first_seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    last_seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    created_at: Mapped[datetime] = _ts()
+
+
+class Orphan(Base):
+    """A message of a folder under reset, waiting to be claimed by a re-add or removed."""
+
+    __tablename__ = "orphan"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    replica_id: Mapped[int] = mapped_column(ForeignKey("replica.id", ondelete="CASCADE"), nullable=False)
+    folder: Mapped[str] = mapped_column(String(1000), nullable=False)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    uid: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+class RejectedMessage(Base):
+    __tablename__ = "rejected_message"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    replica_id: Mapped[int] = mapped_column(ForeignKey("replica.id", ondelete="CASCADE"), nullable=False)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    mid: Mapped[int | None] = mapped_column(BigInteger)
+    folder: Mapped[str] = mapped_column(String(1000), nullable=False)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text, nullable=False)
+    at: Mapped[datetime] = _ts()

@@ -1,0 +1,138 @@
+"""A small pool that runs per-mailbox work (capture cycles, replay) on worker threads.
+
+Policy kept here, not in adapters: one job per mailbox at a time, a cached adapter session per
+mailbox (reopened after a failure), exponential back-off per mailbox after errors, and a wake-up
+event so that new work (a received batch, an admin toggle) starts at once instead of at the
+next poll.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, Hashable
+
+from shared.adapters.base import MailboxSession
+from shared.errors import MailreplError
+
+__all__ = ["MailboxWorkers", "Job"]
+
+log = logging.getLogger("mailrepl.workers")
+
+
+@dataclass(frozen=True)
+class Job:
+    key: Hashable  # mailbox id / replica id
+    open_session: Callable[[], MailboxSession]
+    run: Callable[[MailboxSession], object]
+
+
+@dataclass
+class _Slot:
+    session: MailboxSession | None = None
+    future: Future | None = None
+    failures: int = 0
+    not_before: float = 0.0
+
+
+class MailboxWorkers:
+    """Runs ``list_jobs()`` every ``poll_interval`` (or when woken) on ``workers`` threads."""
+
+    def __init__(
+        self,
+        name: str,
+        list_jobs: Callable[[], list[Job]],
+        *,
+        workers: int = 4,
+        poll_interval: float = 2.0,
+        on_error: Callable[[Hashable, BaseException], None] | None = None,
+        back_off_max: float = 60.0,
+    ) -> None:
+        self.name = name
+        self.list_jobs = list_jobs
+        self.poll_interval = poll_interval
+        self.on_error = on_error
+        self.back_off_max = back_off_max
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        self._slots: dict[Hashable, _Slot] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=f"{self.name}-loop", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            for slot in self._slots.values():
+                if slot.session is not None:
+                    slot.session.close()
+            self._slots.clear()
+
+    def forget(self, key: Hashable) -> None:
+        """Drop the cached session of ``key`` (e.g. after protection was turned off)."""
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is not None and slot.future is None and slot.session is not None:
+                slot.session.close()
+                slot.session = None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                jobs = self.list_jobs()
+            except Exception:  # the store may be briefly unavailable; try again next tick
+                log.exception("%s: listing work failed", self.name)
+                jobs = []
+            now = time.monotonic()
+            with self._lock:
+                for job in jobs:
+                    slot = self._slots.setdefault(job.key, _Slot())
+                    if slot.future is not None or slot.not_before > now:
+                        continue
+                    slot.future = self._pool.submit(self._run, job, slot)
+            self._wake.wait(self.poll_interval)
+            self._wake.clear()
+
+    def _run(self, job: Job, slot: _Slot) -> None:
+        try:
+            if slot.session is None:
+                slot.session = job.open_session()
+            job.run(slot.session)
+            slot.failures = 0
+            slot.not_before = 0.0
+        except BaseException as exc:  # noqa: BLE001 - recorded and retried, never lost
+            slot.failures += 1
+            retryable = isinstance(exc, MailreplError) and exc.retryable
+            base = getattr(exc, "back_off", 0.0) or 1.0
+            delay = min(self.back_off_max, base * (2 ** min(slot.failures - 1, 6)))
+            if not retryable:
+                delay = max(delay, 5.0)
+            slot.not_before = time.monotonic() + delay
+            if slot.session is not None:
+                slot.session.close()
+                slot.session = None
+            if not isinstance(exc, MailreplError):
+                log.exception("%s: job %s failed", self.name, job.key)
+            else:
+                log.warning("%s: job %s: %s (retry in %.1fs)", self.name, job.key, exc, delay)
+            if self.on_error is not None:
+                try:
+                    self.on_error(job.key, exc)
+                except Exception:
+                    log.exception("%s: recording an error failed", self.name)
+        finally:
+            with self._lock:
+                slot.future = None

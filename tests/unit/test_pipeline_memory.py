@@ -1,0 +1,241 @@
+"""Capture -> outbox -> wire -> receiver -> replay, in one process against in-memory servers.
+
+Exercises the engines' ordering, move/replace detection, idempotency and crash recovery
+quickly; the same scenarios run against real Dovecot servers in tests/e2e.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from gateway.shipper import Shipper
+from recovery.api import ingest_router
+from recovery.receiver import Receiver
+from shared.api_common import bearer_auth
+from shared.capture import CaptureEngine
+from shared.errors import ServerUnavailable
+from shared.model import Change, Kind, SeqRange
+from shared.replay import ReplayEngine
+from shared.store import open_store
+from shared.store.models import InboxRow, Mailbox, RejectedMessage, Replica
+from shared.wire import Batch, Segment, decode_batch, encode_batch
+from tests.unit.memory_server import MemoryServer
+
+TOKEN = "t0ken"
+
+
+def snapshot(server: MemoryServer, user: str) -> dict[str, Counter]:
+    return {
+        name: Counter(
+            (hashlib.sha256(m.body).hexdigest(), frozenset(m.flags), int(m.date.timestamp())) for m in f.msgs.values()
+        )
+        for name, f in server.box(user).items()
+    }
+
+
+class Pipeline:
+    def __init__(self, tmp_path, *, guids=True, folder_ids=True, chunk=3):
+        self.primary = MemoryServer(["alice", "bob"], guids=guids, folder_ids=folder_ids)
+        self.standby = MemoryServer(["alice", "bob"])
+        self.src = open_store(f"sqlite:///{tmp_path}/src.sqlite")
+        self.src.migrate()
+        self.dst = open_store(f"sqlite:///{tmp_path}/dst.sqlite")
+        self.dst.migrate()
+        self.capture = CaptureEngine(self.src, chunk_messages=chunk)
+        self.receiver = Receiver(self.dst, lambda server: "standby")
+        app = FastAPI()
+        app.include_router(ingest_router(self.receiver, bearer_auth(TOKEN), 1 << 30))
+        self.client = TestClient(app, base_url="http://recovery")
+        self.shipper = Shipper(self.src, "hq", self.client, token=TOKEN, max_changes=7)
+        self.replay = ReplayEngine(self.dst, append_batch=4)
+        with self.src.tx() as s:
+            s.add(Mailbox(server="primary", address="alice", protected=True, phase="seeding"))
+
+    def mailbox(self) -> Mailbox:
+        with self.src.tx() as s:
+            return s.scalar(select(Mailbox).where(Mailbox.address == "alice"))
+
+    def sync(self):
+        mid = self.mailbox().id
+        self.capture.cycle(mid, self.primary.open("alice"))
+        while self.shipper.ship_once():
+            pass
+        with self.dst.tx() as s:
+            rid = s.scalar(select(Replica.id).where(Replica.address == "alice"))
+        if rid is not None:
+            self.replay.replay(rid, self.standby.open("alice"))
+        self.shipper.poll_progress()
+
+    def assert_equal(self):
+        assert snapshot(self.primary, "alice") == snapshot(self.standby, "alice")
+
+
+def _msg(i: int, size: int = 100) -> bytes:
+    return f"Subject: m{i}\r\nMessage-ID: <{i}@x>\r\n\r\n".encode() + bytes([65 + i % 26]) * size + b"\r\n"
+
+
+def test_seed_then_every_kind_of_change(tmp_path):
+    p = Pipeline(tmp_path)
+    for i in range(10):
+        p.primary.deliver("alice", _msg(i), flags={"\\Seen"} if i % 2 else set())
+    for i in range(10, 15):
+        p.primary.deliver("alice", _msg(i), folder="Archive")
+    p.primary.deliver("bob", _msg(99))  # not protected
+    p.sync()
+    p.assert_equal()
+    mbx = p.mailbox()
+    assert mbx.phase == "replicating" and mbx.seed_msgs_done == 15 and mbx.seed_msgs_total == 15
+    assert mbx.applied_seq == mbx.last_seq
+    assert "bob" not in {r for r in p.standby.boxes if len(p.standby.box(r)["INBOX"].msgs)}
+
+    p.primary.set_flags("alice", "INBOX", 1, {"\\Flagged"})
+    p.primary.set_flags("alice", "INBOX", 2, set())
+    p.primary.expunge("alice", "INBOX", [3])
+    p.sync()
+    p.assert_equal()
+
+    raw_before = p.shipper.stats.raw_bytes
+    p.primary.move("alice", "INBOX", 4, "Archive")
+    p.sync()
+    p.assert_equal()
+    assert p.shipper.stats.raw_bytes == raw_before, "a move must not ship the body again"
+
+    box = p.primary.box("alice")
+    box["Projects"] = box.pop("Archive")  # rename keeps the folder id
+    box["Projects"].name = "Projects"
+    p.primary.deliver("alice", _msg(50), folder="Projects/2024")
+    p.sync()
+    p.assert_equal()
+    p.primary.box("alice").pop("Projects/2024")
+    p.sync()
+    p.assert_equal()
+
+
+def test_draft_replace_is_one_change(tmp_path):
+    p = Pipeline(tmp_path)
+    uid = p.primary.deliver("alice", b"Subject: draft v1\r\n\r\nhello\r\n", folder="Drafts", flags={"\\Draft"})
+    p.sync()
+    p.primary.deliver("alice", b"Subject: draft v2\r\n\r\nhello world\r\n", folder="Drafts", flags={"\\Draft"})
+    p.primary.expunge("alice", "Drafts", [uid])
+    p.sync()
+    p.assert_equal()
+    with p.dst.tx() as s:
+        kinds = [Change.from_dict(__import__("json").loads(r.change)).kind for r in s.scalars(select(InboxRow))]
+    assert kinds.count(Kind.MSG_REPLACE) == 1 and Kind.MSG_EXPUNGE not in kinds
+
+
+def test_uidvalidity_change_resyncs_without_duplicates(tmp_path):
+    p = Pipeline(tmp_path)
+    for i in range(6):
+        p.primary.deliver("alice", _msg(i))
+    p.sync()
+    appends = p.standby.appends
+    p.primary.reset_uidvalidity("alice", "INBOX")
+    p.primary.deliver("alice", _msg(77))
+    p.sync()
+    p.assert_equal()
+    assert p.standby.appends == appends + 1, "only the new message is written; the rest are kept"
+
+
+def test_moves_detected_by_content_hash_without_guids(tmp_path):
+    p = Pipeline(tmp_path, guids=False, folder_ids=False)
+    for i in range(4):
+        p.primary.deliver("alice", _msg(i, 5000))
+    p.sync()
+    raw = p.shipper.stats.raw_bytes
+    p.primary.move("alice", "INBOX", 2, "Archive")
+    p.sync()
+    p.assert_equal()
+    assert p.shipper.stats.raw_bytes == raw
+
+
+def test_crash_after_standby_stored_append_does_not_duplicate(tmp_path):
+    p = Pipeline(tmp_path)
+    for i in range(5):
+        p.primary.deliver("alice", _msg(i))
+    p.standby.fail_after_append = True
+    with pytest.raises(ServerUnavailable):
+        p.sync()
+    # a new engine (process restart) recovers the id map from the server instead of re-appending
+    p.replay = ReplayEngine(p.dst, append_batch=4)
+    p.sync()
+    p.assert_equal()
+    assert sum(len(f.msgs) for f in p.standby.box("alice").values()) == 5
+
+
+def test_rejected_message_is_reported_and_does_not_stop_the_rest(tmp_path):
+    p = Pipeline(tmp_path)
+    bad = _msg(3)
+    p.standby.reject.add(bad)
+    for i in range(6):
+        p.primary.deliver("alice", _msg(i))
+    p.sync()
+    with p.dst.tx() as s:
+        rej = list(s.scalars(select(RejectedMessage)))
+    assert len(rej) == 1 and rej[0].folder == "INBOX"
+    assert len(p.standby.box("alice")["INBOX"].msgs) == 5
+    mbx = p.mailbox()
+    assert mbx.applied_seq == mbx.last_seq and '"folder": "INBOX"' in mbx.rejected
+    p.primary.set_flags("alice", "INBOX", 4, {"\\Seen"})  # a change to the rejected one is harmless
+    p.primary.set_flags("alice", "INBOX", 5, {"\\Seen"})
+    p.sync()
+    by_body = {m.body: m for m in p.standby.box("alice")["INBOX"].msgs.values()}
+    assert by_body[_msg(4)].flags == {"\\Seen"} and bad not in by_body
+
+
+def test_redelivered_batch_is_a_noop_and_different_content_is_a_conflict(tmp_path):
+    p = Pipeline(tmp_path)
+    p.primary.deliver("alice", _msg(1))
+    mid = p.mailbox().id
+    p.capture.cycle(mid, p.primary.open("alice"))
+    batch, _ = p.shipper.build_batch()
+    data = encode_batch(batch)
+    hdr = {"Content-Type": "application/vnd.mailrepl.batch", "Authorization": f"Bearer {TOKEN}"}
+    r1 = p.client.post("/api/v1/ingest/batches", content=data, headers=hdr).json()
+    r2 = p.client.post("/api/v1/ingest/batches", content=data, headers=hdr).json()
+    assert r1["results"][0]["status"] == r2["results"][0]["status"] == "ok"
+    with p.dst.tx() as s:
+        assert len(list(s.scalars(select(InboxRow)))) == len(batch.segments[0].changes)
+    seg = batch.segments[0]
+    forged = list(seg.changes)
+    forged[-1] = Change(Kind.MSG_FLAGS, "INBOX", mid=1, flags=("\\Seen",))
+    bad = Batch(batch.source, (Segment(seg.server, seg.address, seg.range, tuple(forged)),), batch.blobs)
+    r3 = p.client.post("/api/v1/ingest/batches", content=encode_batch(bad), headers=hdr).json()
+    assert r3["results"][0]["status"] == "conflict"
+    # a batch that starts past what is held is a gap, nothing stored
+    gap = Batch(batch.source, (Segment(seg.server, seg.address, SeqRange(50, 50), (forged[-1],)),))
+    r4 = p.client.post("/api/v1/ingest/batches", content=encode_batch(gap), headers=hdr).json()
+    assert r4["results"][0]["status"] == "gap" and r4["results"][0]["resend_from"] == len(seg.changes) + 1
+    assert decode_batch(data).segments[0].range == seg.range
+
+
+def test_ingest_requires_the_token_and_rejects_garbage(tmp_path):
+    p = Pipeline(tmp_path)
+    assert p.client.post("/api/v1/ingest/batches", content=b"x").status_code == 401
+    r = p.client.post(
+        "/api/v1/ingest/batches", content=b"MRPL\x09\x01zzz",
+        headers={"Content-Type": "application/vnd.mailrepl.batch", "Authorization": f"Bearer {TOKEN}"},
+    )
+    assert r.status_code == 400 and "version 9" in r.json()["detail"]
+
+
+def test_unreachable_peer_keeps_everything_and_resumes(tmp_path):
+    p = Pipeline(tmp_path)
+    for i in range(5):
+        p.primary.deliver("alice", _msg(i))
+    def down(request):
+        raise httpx.ConnectError("refused")
+    p.shipper.client = httpx.Client(transport=httpx.MockTransport(down), base_url="http://recovery")
+    p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
+    with pytest.raises(Exception):
+        p.shipper.ship_once()
+    assert p.mailbox().acked_seq == 0 and p.mailbox().last_seq > 0
+    p.shipper.client = p.client
+    p.sync()
+    p.assert_equal()
