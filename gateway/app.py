@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 
 import httpx
@@ -12,6 +13,7 @@ from sqlalchemy import select
 from gateway.api import admin_router
 from gateway.registry import Registry
 from gateway.shipper import Shipper
+from gateway.watcher import PushWatchers
 from shared.adapters.factory import make_adapter
 from shared.api_common import bearer_auth, make_app
 from shared.capture import CaptureEngine
@@ -33,7 +35,7 @@ class SourceGateway:
         self.adapters = {srv.name: make_adapter(srv) for srv in settings.servers}
         self.body_lock = threading.Lock()
         self.capture = CaptureEngine(self.store, chunk_messages=g.fetch_chunk, body_lock=self.body_lock)
-        verify = peer.ca_file if getattr(peer, "ca_file", None) else True
+        verify = ssl.create_default_context(cafile=str(peer.ca_file)) if peer.ca_file else True
         self.client = httpx.Client(base_url=peer.url, timeout=peer.timeout, transport=transport, verify=verify)
         self.shipper = Shipper(
             self.store, g.id, self.client, token=peer.token,
@@ -45,6 +47,7 @@ class SourceGateway:
             "capture", self._jobs, workers=g.workers, poll_interval=g.poll_interval,
             on_error=self.registry.record_error,
         )
+        self.watchers = PushWatchers(self.workers.wake)
         self.metrics = CollectorRegistry()
         self._gauges = {
             name: Gauge(f"mailrepl_source_{name}", doc, ["server", "address"], registry=self.metrics)
@@ -69,10 +72,12 @@ class SourceGateway:
                 )
             )
         jobs = []
+        watch = {}
         for mid, server, address in rows:
             adapter = self.adapters.get(server)
             if adapter is None:
                 continue
+            watch[mid] = lambda a=adapter, addr=address: a.open(addr)
             jobs.append(
                 Job(
                     key=mid,
@@ -80,6 +85,7 @@ class SourceGateway:
                     run=lambda sess, m=mid: self._cycle(m, sess),
                 )
             )
+        self.watchers.sync(watch)
         return jobs
 
     def _cycle(self, mailbox_id: int, session) -> None:
@@ -96,6 +102,7 @@ class SourceGateway:
         self.shipper.start()
 
     def stop(self) -> None:
+        self.watchers.stop()
         self.workers.stop()
         self.shipper.stop()
         self.client.close()
@@ -129,7 +136,7 @@ class SourceGateway:
 
 
 def run(settings) -> None:
-    logging.basicConfig(level=getattr(settings.gateway, "log_level", "info").upper(),
+    logging.basicConfig(level=settings.gateway.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     gw = SourceGateway(settings)
     host, port = settings.gateway.listen

@@ -31,7 +31,7 @@ class RecoveryGateway:
         self.store = open_store(g.state_url)
         self.store.migrate()
         self.adapters = {srv.name: make_adapter(srv) for srv in settings.servers}
-        self.routes = dict(getattr(settings, "routes", {}) or {})
+        self.routes = dict(settings.routes)
         self.body_lock = threading.Lock()
         self.replay = ReplayEngine(self.store, append_batch=g.append_batch, body_lock=self.body_lock)
         self.workers = MailboxWorkers(
@@ -111,7 +111,7 @@ class RecoveryGateway:
 
 
 def run(settings) -> None:
-    logging.basicConfig(level=getattr(settings.gateway, "log_level", "info").upper(),
+    logging.basicConfig(level=settings.gateway.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     gw = RecoveryGateway(settings)
     host, port = settings.gateway.listen

@@ -1,0 +1,117 @@
+"""Settings of the recovery gateway, read from a TOML file (the only place that reads them).
+
+::
+
+    [gateway]   id, state_url, listen, admin_token, ingest_token, workers, append_batch, log_level
+    [[servers]] the standby mail servers (see ``shared.settings_common``)
+    [routes]    optional: primary server name (as the source gateway calls it) = standby server name
+
+Without ``routes`` a single standby server receives everything. ``deploy/examples/recovery.toml``
+documents every key.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Mapping
+
+from shared.settings_common import (
+    ENV_ADMIN_TOKEN,
+    ListenAddress,
+    ServerSettings,
+    describe_server,
+    display_state_url,
+    read_gateway_id,
+    read_listen,
+    read_log_level,
+    read_servers,
+    read_state_url,
+    read_token,
+)
+from shared.toml_reader import Table, open_config
+
+__all__ = [
+    "ENV_INGEST_TOKEN",
+    "RecoveryGatewaySettings",
+    "RecoverySettings",
+    "load_recovery_settings",
+]
+
+ENV_INGEST_TOKEN = "MAILREPL_INGEST_TOKEN"
+
+DEFAULT_STATE_URL = "sqlite:///mailrepl-recovery.sqlite"
+DEFAULT_LISTEN = "127.0.0.1:8471"
+DEFAULT_WORKERS = 4
+DEFAULT_APPEND_BATCH = 100
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecoveryGatewaySettings:
+    id: str
+    state_url: str = field(repr=False)  # may hold a database password
+    listen: ListenAddress
+    admin_token: str = field(repr=False)
+    ingest_token: str = field(repr=False)
+    workers: int = DEFAULT_WORKERS
+    append_batch: int = DEFAULT_APPEND_BATCH
+    log_level: str = "info"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RecoverySettings:
+    gateway: RecoveryGatewaySettings
+    servers: tuple[ServerSettings, ...]
+    routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def summary(self) -> str:
+        """What ``check-config`` prints: the parsed settings without secrets."""
+        g = self.gateway
+        lines = [
+            f'recovery gateway "{g.id}": listen {g.listen}, state {display_state_url(g.state_url)}',
+            f"  {g.workers} workers, append {g.append_batch} messages per batch, log level {g.log_level}",
+        ]
+        lines += [describe_server(s) for s in self.servers]
+        lines += [f'route "{primary}" -> "{standby}"' for primary, standby in self.routes.items()]
+        return "\n".join(lines)
+
+
+def _read_gateway(table: Table) -> RecoveryGatewaySettings:
+    settings = RecoveryGatewaySettings(
+        id=read_gateway_id(table),
+        state_url=read_state_url(table, DEFAULT_STATE_URL),
+        listen=read_listen(table, DEFAULT_LISTEN),
+        admin_token=read_token(table, "admin_token", ENV_ADMIN_TOKEN),
+        ingest_token=read_token(table, "ingest_token", ENV_INGEST_TOKEN),
+        workers=table.integer("workers", DEFAULT_WORKERS, minimum=1),
+        append_batch=table.integer("append_batch", DEFAULT_APPEND_BATCH, minimum=1),
+        log_level=read_log_level(table),
+    )
+    table.finish()
+    return settings
+
+
+def _read_routes(table: Table, servers: tuple[ServerSettings, ...]) -> Mapping[str, str]:
+    names = [s.name for s in servers]
+    routes = {}
+    for primary in table.keys():
+        standby = table.string(primary)
+        if standby not in names:
+            raise table.error(primary, f'unknown server "{standby}" (configured: {", ".join(names)})')
+        routes[primary] = standby
+    return MappingProxyType(routes)
+
+
+def load_recovery_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> RecoverySettings:
+    """Read and validate a recovery gateway's config; raises ``ConfigError`` naming the key.
+
+    ``environ`` (default: the process environment) supplies the ``MAILREPL_*`` overrides.
+    """
+    root = open_config(path, os.environ if environ is None else environ)
+    gateway = _read_gateway(root.table("gateway"))
+    servers = read_servers(root)
+    settings = RecoverySettings(gateway=gateway, servers=servers,
+                                routes=_read_routes(root.table("routes", required=False), servers))
+    root.finish()
+    return settings

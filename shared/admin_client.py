@@ -1,0 +1,128 @@
+"""A small client of the source gateway's admin API (``/api/v1``), for the ``mailrepl`` commands.
+
+It returns the API's JSON as plain dicts (``--json`` prints them unchanged) and maps every
+failure to one of two errors with a one-line, human message::
+
+    AdminApiError            the request did not succeed
+    ├── ApiUnreachable       no HTTP answer at all (refused, DNS, TLS, timeout)
+    └── ApiRefused           an HTTP error status; ``status`` and the API's ``detail``
+"""
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from shared.errors import MailreplError
+
+__all__ = ["AdminApiError", "ApiUnreachable", "ApiRefused", "AdminClient"]
+
+DEFAULT_TIMEOUT = 30.0  # protecting a whole server lists its mailboxes first
+
+
+class AdminApiError(MailreplError):
+    """An admin API request failed; the message is one line for the operator."""
+
+
+class ApiUnreachable(AdminApiError):
+    retryable = True
+
+
+class ApiRefused(AdminApiError):
+    def __init__(self, message: str, *, status: int, detail: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.detail = detail
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _detail(response: httpx.Response) -> str:
+    """The API's ``detail`` (a string, or FastAPI's list of validation errors), else the body."""
+    try:
+        detail = response.json().get("detail")
+    except (ValueError, AttributeError):
+        detail = None
+    if isinstance(detail, list):  # FastAPI request validation errors
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in item.get('loc', ()))}: {item.get('msg', '')}" if isinstance(item, dict)
+            else str(item)
+            for item in detail
+        )
+    if not detail:
+        detail = response.text or response.reason_phrase
+    return _one_line(detail)[:500]
+
+
+class AdminClient:
+    """Admin API of one source gateway at ``url``, authenticated with ``token``."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport,
+                                  headers={"Authorization": f"Bearer {token}"})
+
+    def __enter__(self) -> AdminClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # ------------------------------------------------------------------ operations
+
+    def mailboxes(self) -> dict[str, Any]:
+        """``{"mailboxes": [status, ...]}``: every mailbox the gateway knows."""
+        return self._request("GET", "/api/v1/mailboxes")
+
+    def mailbox(self, address: str, server: str | None = None) -> dict[str, Any]:
+        """One mailbox's status with folders, seeding progress and rejected messages."""
+        return self._request("GET", f"/api/v1/mailboxes/{_segment(address)}", params=_server(server))
+
+    def set_protection(self, address: str, enabled: bool, server: str | None = None) -> dict[str, Any]:
+        return self._request("PUT", f"/api/v1/mailboxes/{_segment(address)}/protection",
+                             params=_server(server), json={"enabled": enabled})
+
+    def set_server_protection(self, server: str, enabled: bool) -> dict[str, Any]:
+        """``{"server": ..., "mailboxes": [status, ...]}`` for every mailbox of ``server``."""
+        return self._request("PUT", f"/api/v1/servers/{_segment(server)}/protection", json={"enabled": enabled})
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise ApiUnreachable(f"the source gateway API at {self.url} did not answer in time") from None
+        except httpx.HTTPError as exc:
+            reason = _one_line(str(exc)) or exc.__class__.__name__
+            raise ApiUnreachable(f"cannot reach the source gateway API at {self.url}: {reason}") from None
+        if response.status_code == 401:
+            raise ApiRefused(
+                f"the source gateway API at {self.url} refused the admin token (missing or wrong): "
+                "check --token, MAILREPL_ADMIN_TOKEN or the config's gateway.admin_token",
+                status=401, detail=_detail(response),
+            )
+        if response.is_error:
+            detail = _detail(response)
+            raise ApiRefused(f"{detail} (HTTP {response.status_code})", status=response.status_code, detail=detail)
+        try:
+            return response.json()
+        except ValueError:
+            raise ApiRefused(f"{self.url} answered something other than JSON; is it a mailrepl source gateway?",
+                             status=response.status_code, detail="") from None
+
+
+def _segment(value: str) -> str:
+    """A path segment: everything but the characters addresses commonly hold is %-encoded."""
+    return quote(value, safe="@+")
+
+
+def _server(server: str | None) -> dict[str, str]:
+    return {"server": server} if server else {}

@@ -1,0 +1,224 @@
+"""``mailrepl``: run the gateways, check their configs, and administer a source gateway.
+
+::
+
+    mailrepl source|recovery run --config FILE
+    mailrepl source|recovery check-config --config FILE
+    mailrepl protect ADDRESS... [--server NAME] [--wait [--wait-timeout S]]
+    mailrepl protect --all --server NAME [--wait [--wait-timeout S]]
+    mailrepl unprotect ADDRESS... [--server NAME] | --all --server NAME
+    mailrepl status [ADDRESS] [--server NAME] [--json | --watch [SECONDS]]
+
+The admin commands find the source gateway's API from ``--url``/``--token``, else from a source
+config (``--config``: its ``gateway.listen`` and ``admin_token``), else from ``MAILREPL_URL`` /
+``MAILREPL_ADMIN_TOKEN``.
+
+Exit status: 0 done; 1 the API or a gateway failed (one line on stderr); 2 a wrong setting or
+usage (one line naming the key). Expected failures never print a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from gateway.settings import DEFAULT_LISTEN
+from shared.errors import ConfigError, MailreplError
+from shared.settings_common import ENV_ADMIN_TOKEN, ListenAddress
+
+__all__ = ["main", "build_parser", "ENV_URL"]
+
+ENV_URL = "MAILREPL_URL"
+DEFAULT_API_URL = f"http://{DEFAULT_LISTEN}"
+DEFAULT_WATCH_INTERVAL = 2.0
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+# ---------------------------------------------------------------------------- gateways
+
+
+def _load(role: str, config: Path):
+    if role == "source":
+        from gateway.settings import load_source_settings
+
+        return load_source_settings(config)
+    from recovery.settings import load_recovery_settings
+
+    return load_recovery_settings(config)
+
+
+def _run_gateway(args: argparse.Namespace) -> int:
+    settings = _load(args.role, args.config)
+    if args.role == "source":
+        from gateway.app import run
+    else:
+        from recovery.app import run
+    run(settings)
+    return EXIT_OK
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = _load(args.role, args.config)
+    print(f"ok: {args.config}")
+    print(settings.summary())
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------------------- admin commands
+
+
+def _listen_url(listen: ListenAddress) -> str:
+    """The URL a local client uses for a listen address (a wildcard address means this host)."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listen.host, listen.host)
+    return f"http://{ListenAddress(host, listen.port)}"
+
+
+def _api_location(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, str]:
+    """(url, token) of the source gateway API: flags, then --config, then the environment."""
+    url, token = args.url, args.token
+    if args.config is not None and (url is None or token is None):
+        from gateway.settings import load_source_gateway
+
+        gateway = load_source_gateway(args.config, environ)
+        url = url or _listen_url(gateway.listen)
+        token = token or gateway.admin_token
+    url = url or environ.get(ENV_URL) or DEFAULT_API_URL
+    token = token or environ.get(ENV_ADMIN_TOKEN)
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"--url: expected an http:// or https:// URL, got {url!r}")
+    if not token:
+        raise ConfigError(f"no admin token: give --token or --config FILE, or set {ENV_ADMIN_TOKEN}")
+    return url, token
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from shared import admin_commands
+    from shared.admin_client import AdminClient
+
+    url, token = _api_location(args, os.environ)
+    console = Console()
+    with AdminClient(url, token) as client:
+        if args.command == "status":
+            if args.watch is not None:
+                return admin_commands.watch_status(client, console, address=args.address, server=args.server,
+                                                   interval=args.watch)
+            return admin_commands.show_status(client, console, address=args.address, server=args.server,
+                                              as_json=args.json)
+        return admin_commands.set_protection(
+            client, console, enabled=args.command == "protect", addresses=args.addresses, server=args.server,
+            whole_server=args.all, wait=getattr(args, "wait", False), wait_timeout=getattr(args, "wait_timeout", None),
+        )
+
+
+# ---------------------------------------------------------------------------- parser
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _api_options() -> argparse.ArgumentParser:
+    api = argparse.ArgumentParser(add_help=False)
+    group = api.add_argument_group("source gateway API")
+    group.add_argument("--url", help=f"API URL (else from --config, else ${ENV_URL}, else {DEFAULT_API_URL})")
+    group.add_argument("--token", help=f"admin token (else from --config, else ${ENV_ADMIN_TOKEN})")
+    group.add_argument("--config", type=Path, metavar="FILE",
+                       help="a source gateway config: the API is at its gateway.listen, with its admin_token")
+    return api
+
+
+def _add_protection_parser(sub, name: str, enabled: bool, api: argparse.ArgumentParser) -> None:
+    verb = "protect" if enabled else "stop protecting"
+    p = sub.add_parser(name, parents=[api], help=f"{verb} mailboxes",
+                       description=f"{verb.capitalize()} mailboxes on the source gateway.")
+    p.add_argument("addresses", nargs="*", metavar="ADDRESS", help="mailbox address (user name on the server)")
+    p.add_argument("--server", metavar="NAME", help="the server holding the addresses (needed if several list one)")
+    p.add_argument("--all", action="store_true", help="every mailbox the server lists (with --server)")
+    if enabled:
+        p.add_argument("--wait", action="store_true",
+                       help="show seeding progress until every mailbox replicates with empty queues")
+        p.add_argument("--wait-timeout", type=_seconds, metavar="SECONDS",
+                       help="give up waiting after SECONDS (exit 1)")
+    p.set_defaults(handler=_admin, usage_error=p.error)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailrepl", description="Mailbox replication gateway.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    for role, what in (("source", "source gateway (primary side)"), ("recovery", "recovery gateway (standby side)")):
+        p = sub.add_parser(role, help=f"the {what}")
+        actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+        for action, handler, help_text in (("run", _run_gateway, "run the gateway"),
+                                           ("check-config", _check_config, "validate the config and summarize it")):
+            a = actions.add_parser(action, help=help_text)
+            a.add_argument("--config", type=Path, required=True, metavar="FILE", help="the gateway's TOML config")
+            a.set_defaults(handler=handler, role=role)
+
+    api = _api_options()
+    _add_protection_parser(sub, "protect", True, api)
+    _add_protection_parser(sub, "unprotect", False, api)
+
+    p = sub.add_parser("status", parents=[api], help="show replication status",
+                       description="Show every mailbox, or one in detail, as the source gateway sees it.")
+    p.add_argument("address", nargs="?", metavar="ADDRESS", help="one mailbox in detail (folders, rejects)")
+    p.add_argument("--server", metavar="NAME", help="the server holding ADDRESS (needed if several list it)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print the API's JSON")
+    out.add_argument("--watch", nargs="?", type=_seconds, const=DEFAULT_WATCH_INTERVAL, metavar="SECONDS",
+                     help=f"redraw every SECONDS (default {DEFAULT_WATCH_INTERVAL:g}) until Ctrl-C")
+    p.set_defaults(handler=_admin, usage_error=p.error)
+    return parser
+
+
+def _check_usage(args: argparse.Namespace) -> None:
+    """Combinations argparse cannot express; exits 2 with the subcommand's usage."""
+    if args.command == "status" and args.server and not args.address:
+        args.usage_error("--server goes with an ADDRESS")
+    if args.command not in ("protect", "unprotect"):
+        return
+    if args.all and args.addresses:
+        args.usage_error("give either ADDRESS... or --all, not both")
+    if args.all and not args.server:
+        args.usage_error("--all needs --server NAME")
+    if not args.all and not args.addresses:
+        args.usage_error("give at least one ADDRESS, or --all --server NAME")
+    if getattr(args, "wait_timeout", None) is not None and not args.wait:
+        args.usage_error("--wait-timeout needs --wait")
+
+
+# ---------------------------------------------------------------------------- entry point
+
+
+def _error(message: object) -> None:
+    print(f"mailrepl: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _check_usage(args)
+    try:
+        return args.handler(args)
+    except ConfigError as exc:
+        _error(exc)
+        return EXIT_CONFIG
+    except MailreplError as exc:
+        _error(exc)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

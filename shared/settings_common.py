@@ -1,0 +1,257 @@
+"""What both gateways' settings share: the listen address, the state URL, tokens, mail servers.
+
+Configuration is read once, at the edge (``gateway.settings``, ``recovery.settings``), into
+frozen dataclasses; nothing below the composition roots ever sees TOML or the environment.
+Mistakes are one ``ConfigError`` line naming the file and the key (``shared.toml_reader``).
+
+Secrets can be kept out of the file: ``MAILREPL_*`` environment variables override them at load
+(see ``ENV_*`` and :func:`server_password_env`).
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from shared.toml_reader import Table, show_value
+
+__all__ = [
+    "ENV_STATE_URL",
+    "ENV_ADMIN_TOKEN",
+    "LOG_LEVELS",
+    "ListenAddress",
+    "ImapServerSettings",
+    "ServerSettings",
+    "parse_listen",
+    "server_password_env",
+    "read_gateway_id",
+    "read_state_url",
+    "read_listen",
+    "read_token",
+    "read_log_level",
+    "read_servers",
+    "describe_server",
+    "display_state_url",
+]
+
+ENV_STATE_URL = "MAILREPL_STATE_URL"
+ENV_ADMIN_TOKEN = "MAILREPL_ADMIN_TOKEN"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+DEFAULT_IMAP_TIMEOUT = 30.0
+DEFAULT_IMAP_AUTH = "sasl-plain"
+IMAP_TLS_MODES = ("none", "starttls", "tls")
+IMAP_AUTH_MODES = ("sasl-plain", "login-master")
+IMAP_PORTS = {"none": 143, "starttls": 143, "tls": 993}
+
+
+# ---------------------------------------------------------------------------- values
+
+
+class ListenAddress(NamedTuple):
+    """Where a gateway's API listens; unpacks as ``host, port`` for uvicorn."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+
+def parse_listen(text: str) -> ListenAddress:
+    """``"host:port"`` or ``"[v6-address]:port"`` -> ListenAddress; ValueError says what is wrong."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f'expected "host:port", got {show_value(text)}')
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if not host:
+            raise ValueError(f'expected "host:port", got {show_value(text)}')
+    elif ":" in host:
+        raise ValueError(f'an IPv6 address needs brackets ("[::1]:8470"), got {show_value(text)}')
+    if any(c.isspace() for c in host):
+        raise ValueError(f"the host must not contain spaces, got {show_value(text)}")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"expected a port 1-65535 after the last colon, got {show_value(text)}")
+    return ListenAddress(host, int(port_text))
+
+
+def server_password_env(name: str) -> str:
+    """``MAILREPL_SERVER_<NAME>_PASSWORD``: the name upper-cased, anything but letters/digits -> ``_``."""
+    return "MAILREPL_SERVER_" + re.sub(r"[^A-Z0-9]", "_", name.upper()) + "_PASSWORD"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImapServerSettings:
+    """One IMAP server reached with one service (master) account."""
+
+    name: str
+    kind: str = "imap"
+    host: str
+    port: int
+    tls: str  # "none" | "starttls" | "tls"
+    service_user: str
+    service_password: str = field(repr=False)
+    auth: str = DEFAULT_IMAP_AUTH  # "sasl-plain" (PLAIN with an authorization identity) | "login-master"
+    timeout: float = DEFAULT_IMAP_TIMEOUT
+    verify_tls: bool = True
+    ca_file: Path | None = None
+    users: tuple[str, ...] = ()  # the list and users_file merged, in order, without duplicates
+    users_file: Path | None = None  # kept to say where the users came from
+
+
+# Each server kind adds its settings class here (and a reader in _SERVER_READERS).
+ServerSettings = ImapServerSettings
+
+
+def describe_server(server: ServerSettings) -> str:
+    """One line for ``check-config``: where the server is and how it is reached, no secrets."""
+    users = f"{len(server.users)} users" if server.users else "no user list"
+    if server.users_file is not None:
+        users += f" (incl. {server.users_file})"
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    return (
+        f'server "{server.name}" ({server.kind}): {host}:{server.port}, tls {server.tls}, '
+        f'{server.auth} as "{server.service_user}", {users}'
+    )
+
+
+def display_state_url(url: str) -> str:
+    """The state URL with any password masked, for printing."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+# ---------------------------------------------------------------------------- shared keys
+
+
+def read_gateway_id(table: Table) -> str:
+    return table.name("id")
+
+
+def read_state_url(table: Table, default: str) -> str:
+    """``state_url`` (or ``MAILREPL_STATE_URL``): SQLite or PostgreSQL; relative SQLite paths
+    are made absolute against the config file's directory, so the gateway's working directory
+    never decides where its state lives."""
+    value = table.string("state_url", default)
+    origin = ""
+    if ENV_STATE_URL in table.environ:
+        value, origin = table.environ[ENV_STATE_URL], f" (from {ENV_STATE_URL})"
+    try:
+        url = make_url(value)
+    except ArgumentError:
+        shown = show_value(value, secret=True)  # a URL may hold a password
+        raise table.error("state_url", f"expected a database URL{origin}, got {shown}") from None
+    backend = url.get_backend_name()
+    if backend == "postgresql":
+        return value
+    if backend != "sqlite":
+        raise table.error("state_url", f'expected a "sqlite:///..." or "postgresql+psycopg://..." URL{origin}, '
+                                       f"got a {backend} URL")
+    prefix, sep, rest = value.partition(":///")
+    path, qmark, query = rest.partition("?")
+    if not sep or not path or path == ":memory:":
+        raise table.error("state_url", f'expected "sqlite:///FILE" with a file path{origin}, got {show_value(value)}')
+    if not path.startswith("/"):
+        path = str(table.resolve(path))
+    return f"{prefix}:///{path}{qmark}{query}"
+
+
+def read_listen(table: Table, default: str) -> ListenAddress:
+    value = table.string("listen", default)
+    try:
+        return parse_listen(value)
+    except ValueError as exc:
+        raise table.error("listen", str(exc)) from None
+
+
+def read_token(table: Table, name: str, env_var: str) -> str:
+    return table.secret(name, env_var, token=True)
+
+
+def read_log_level(table: Table) -> str:
+    return table.choice("log_level", LOG_LEVELS, "info")
+
+
+# ---------------------------------------------------------------------------- servers
+
+
+def _read_users_file(table: Table, path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise table.error("users_file", f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    users = []
+    for number, line in enumerate(lines, 1):
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        if any(c.isspace() for c in entry):
+            raise table.error("users_file", f"{path} line {number}: expected one address, got {show_value(entry)}")
+        users.append(entry)
+    return users
+
+
+def _read_users(table: Table) -> tuple[tuple[str, ...], Path | None]:
+    users = list(table.strings("users", []))
+    for i, user in enumerate(users):
+        if not user or any(c.isspace() for c in user):
+            raise table.error(f"users[{i}]", f"expected an address without spaces, got {show_value(user)}")
+    users_file = table.file("users_file")
+    if users_file is not None:
+        users += _read_users_file(table, users_file)
+    return tuple(dict.fromkeys(users)), users_file
+
+
+def _read_imap_server(table: Table, name: str) -> ImapServerSettings:
+    tls = table.choice("tls", IMAP_TLS_MODES)
+    users, users_file = _read_users(table)
+    return ImapServerSettings(
+        name=name,
+        kind="imap",
+        host=table.string("host"),
+        port=table.integer("port", IMAP_PORTS[tls], minimum=1, maximum=65535),
+        tls=tls,
+        service_user=table.string("service_user"),
+        service_password=table.secret("service_password", server_password_env(name)),
+        auth=table.choice("auth", IMAP_AUTH_MODES, DEFAULT_IMAP_AUTH),
+        timeout=table.seconds("timeout", DEFAULT_IMAP_TIMEOUT),
+        verify_tls=table.boolean("verify_tls", True),
+        ca_file=table.file("ca_file"),
+        users=users,
+        users_file=users_file,
+    )
+
+
+_SERVER_READERS: dict[str, Callable[[Table, str], ServerSettings]] = {"imap": _read_imap_server}
+
+
+def read_servers(root: Table) -> tuple[ServerSettings, ...]:
+    """The ``[[servers]]`` array: at least one, unique names, distinct password variables."""
+    tables = root.tables("servers")
+    if not tables:
+        raise root.error("servers", "missing (at least one [[servers]] table is required)")
+    servers: list[ServerSettings] = []
+    env_owner: dict[str, str] = {}
+    for table in tables:
+        name = table.name("name")
+        if any(s.name == name for s in servers):
+            raise table.error("name", f"duplicate server name {show_value(name)}")
+        env_var = server_password_env(name)
+        if env_var in env_owner:
+            raise table.error("name", f"{show_value(name)} and {show_value(env_owner[env_var])} would share "
+                                      f"the environment variable {env_var}; rename one")
+        env_owner[env_var] = name
+        kind = table.string("kind", "imap")
+        reader = _SERVER_READERS.get(kind)
+        if reader is None:
+            supported = ", ".join(json.dumps(k) for k in _SERVER_READERS)
+            raise table.error("kind", f"unsupported server kind {show_value(kind)} (supported: {supported})")
+        servers.append(reader(table, name))
+        table.finish()
+    return tuple(servers)

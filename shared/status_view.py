@@ -1,0 +1,143 @@
+"""How ``mailrepl status`` and ``protect --wait`` show mailboxes: rich tables and progress bars.
+
+Pure functions from the admin API's JSON (``shared.api_common`` schema) to rich renderables,
+so the same views serve one-shot output, ``--watch`` and ``--wait`` (inside ``rich.live``).
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+from rich.console import Group, RenderableType
+from rich.filesize import decimal
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+__all__ = ["is_settled", "mailbox_table", "progress_table", "overview", "detail_view"]
+
+_PHASE_STYLE = {"idle": "dim", "seeding": "yellow", "replicating": "green", "error": "bold red"}
+BAR_WIDTH = 30
+
+
+def is_settled(status: Mapping[str, Any]) -> bool:
+    """Replicating with nothing left to ship or apply: the standby has every captured change."""
+    return status["phase"] == "replicating" and not status["copy_queue"] and not status["replay_queue"]
+
+
+def _number(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def _lag(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _phase(phase: str) -> Text:
+    return Text(phase, style=_PHASE_STYLE.get(phase, ""))
+
+
+def mailbox_table(mailboxes: Iterable[Mapping[str, Any]], *, title: str | None = None) -> Table:
+    """One row per mailbox with every status column of the API."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("Address", no_wrap=True)
+    table.add_column("Server", no_wrap=True)
+    table.add_column("Protected")
+    table.add_column("Phase", no_wrap=True)
+    table.add_column("Active site")
+    for heading in ("Copy queue", "Replay queue", "Lag", "Last captured", "Last applied", "Rejected"):
+        table.add_column(heading, justify="right")
+    table.add_column("Error", style="red", overflow="fold")
+    for m in mailboxes:
+        table.add_row(
+            m["address"], m["server"], "yes" if m["protected"] else "no", _phase(m["phase"]), m["active_site"],
+            _number(m["copy_queue"]), _number(m["replay_queue"]), _lag(m["lag_seconds"]),
+            _number(m["last_captured_seq"]), _number(m["last_applied_seq"]), str(m["rejected"]),
+            m["error"] or "",
+        )
+    return table
+
+
+def _bar(detail: Mapping[str, Any]) -> ProgressBar:
+    seeding = detail["seeding"]
+    if detail["phase"] != "seeding":
+        done = is_settled(detail)
+        return ProgressBar(total=1, completed=1 if done else 0, width=BAR_WIDTH)
+    if seeding["bytes_total"]:
+        return ProgressBar(total=seeding["bytes_total"], completed=seeding["bytes_done"], width=BAR_WIDTH)
+    if seeding["messages_total"]:
+        return ProgressBar(total=seeding["messages_total"], completed=seeding["messages_done"], width=BAR_WIDTH)
+    return ProgressBar(total=None, width=BAR_WIDTH)  # still counting what there is to copy
+
+
+def _percent(seeding: Mapping[str, int]) -> str:
+    if seeding["bytes_total"]:
+        return f"{100 * seeding['bytes_done'] // seeding['bytes_total']}%"
+    if seeding["messages_total"]:
+        return f"{100 * seeding['messages_done'] // seeding['messages_total']}%"
+    return ""
+
+
+def progress_table(details: Iterable[Mapping[str, Any]], *, title: str | None = "Seeding") -> Table:
+    """A progress bar per mailbox: seeding copied messages/bytes, then the queues draining."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("Address", no_wrap=True)
+    table.add_column("Phase", no_wrap=True)
+    table.add_column("Progress", no_wrap=True)
+    table.add_column("", justify="right")
+    table.add_column("Messages", justify="right")
+    table.add_column("Bytes", justify="right")
+    table.add_column("Queues (copy/replay)", justify="right")
+    table.add_column("Error", style="red", overflow="fold")
+    for d in details:
+        s = d["seeding"]
+        table.add_row(
+            d["address"], _phase(d["phase"]), _bar(d), _percent(s) if d["phase"] == "seeding" else "",
+            f"{s['messages_done']}/{s['messages_total']}",
+            f"{decimal(s['bytes_done'])} / {decimal(s['bytes_total'])}",
+            f"{_number(d['copy_queue'])}/{_number(d['replay_queue'])}",
+            d["error"] or "",
+        )
+    return table
+
+
+def overview(mailboxes: list[Mapping[str, Any]], seeding_details: list[Mapping[str, Any]],
+             *, source: str) -> RenderableType:
+    """``mailrepl status``: every mailbox, then a progress bar per mailbox still seeding."""
+    if not mailboxes:
+        return Text(f"{source}: no mailboxes known yet (none configured, or the servers could not list them)")
+    parts: list[RenderableType] = [mailbox_table(mailboxes, title=f"{source}: {len(mailboxes)} mailboxes")]
+    if seeding_details:
+        parts.append(progress_table(seeding_details))
+    return Group(*parts)
+
+
+def detail_view(detail: Mapping[str, Any]) -> RenderableType:
+    """``mailrepl status ADDRESS``: the status row, seeding progress, folders, rejected messages."""
+    parts: list[RenderableType] = [mailbox_table([detail])]
+    if detail["phase"] == "seeding":
+        parts.append(progress_table([detail]))
+    if detail["folders"]:
+        folders = Table(title="Folders", title_justify="left", header_style="bold")
+        folders.add_column("Folder")
+        folders.add_column("Messages", justify="right")
+        folders.add_column("Pending", justify="right")
+        folders.add_column("Cursor", overflow="fold")
+        for f in detail["folders"]:
+            folders.add_row(f["name"], _number(f["messages"]), str(f["pending"]), f["cursor"] or "")
+        parts.append(folders)
+    if detail["rejected_messages"]:
+        rejected = Table(title="Rejected by the standby", title_justify="left", header_style="bold")
+        rejected.add_column("Seq", justify="right")
+        rejected.add_column("Folder")
+        rejected.add_column("Reason", overflow="fold")
+        for r in detail["rejected_messages"]:
+            rejected.add_row(str(r["seq"]), r["folder"], r["reason"])
+        parts.append(rejected)
+    return Group(*parts)
