@@ -22,7 +22,14 @@ from shared.adapters.base import (
     MessageMeta,
     ServerFeatures,
 )
-from shared.errors import CursorInvalid, FolderNotFound, MailboxNotFound, MessageRejected, ServerUnavailable
+from shared.errors import (
+    AuthenticationFailed,
+    CursorInvalid,
+    FolderNotFound,
+    MailboxNotFound,
+    MessageRejected,
+    ServerUnavailable,
+)
 from shared.model import Cursor
 
 _uv = itertools.count(1000)
@@ -58,6 +65,7 @@ class MemoryServer:
         self.reject: set[bytes] = set()  # bodies the server refuses
         self.fail_after_append = False  # simulate a crash after the server stored an append
         self.appends = 0
+        self.service_password = "secret"  # what MemoryAdapter must present
 
     # test-side manipulation ---------------------------------------------------------
     def box(self, user: str) -> dict[str, Folder]:
@@ -211,3 +219,26 @@ class MemorySession:
 
     def close(self) -> None:
         pass
+
+
+class MemoryAdapter:
+    """The ``Adapter`` face of a :class:`MemoryServer`, reached with a service password."""
+
+    def __init__(self, name: str, server: MemoryServer, service_password: str = "secret") -> None:
+        self.name, self.server, self.service_password = name, server, service_password
+
+    def _login(self) -> None:
+        if self.server.down:
+            raise ServerUnavailable("memory server is down")
+        if self.service_password != self.server.service_password:
+            raise AuthenticationFailed("service account refused")
+
+    def open(self, address: str) -> MemorySession:
+        self._login()
+        return self.server.open(address)
+
+    def list_mailboxes(self) -> list[str]:
+        return sorted(self.server.boxes)
+
+    def check(self) -> None:
+        self._login()

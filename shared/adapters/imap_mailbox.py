@@ -1,0 +1,191 @@
+"""The state one IMAP session keeps about its mailbox: detected features, folder-name mapping,
+and which folder is selected.
+
+Shared by the session's folder operations (``shared.adapters.imap``) and its bulk message paths
+(``shared.adapters.imap_messages``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.adapters.base import ServerFeatures
+from shared.adapters.imap_client import ImapClient, Result
+from shared.adapters.imap_format import decode_mutf7, encode_mutf7, quoted, uid_set_batches
+from shared.adapters.imap_protocol import ListEntry, Response, as_text, parse_list
+from shared.errors import FolderNotFound, ProtocolError, ServerUnavailable
+
+__all__ = ["REQUIRED_CAPABILITIES", "TRANSIENT_CODES", "FolderNames", "Mailbox", "detect", "raise_for"]
+
+# CONDSTORE/QRESYNC give cursors and deltas; UIDPLUS gives the UIDs the contract returns from
+# append and move, and UID EXPUNGE, which removes exactly the given messages.
+REQUIRED_CAPABILITIES = ("CONDSTORE", "QRESYNC", "UIDPLUS")
+
+# Codes after which a NO is worth retrying later rather than a refusal of the request itself.
+TRANSIENT_CODES = frozenset({"UNAVAILABLE", "INUSE", "OVERQUOTA"})
+
+
+class FolderNames:
+    """Canonical folder names (``/`` between levels, Unicode, ``INBOX``) <-> the server's names
+    (its hierarchy delimiter, modified UTF-7).
+
+    A level whose name contains the server's delimiter cannot be expressed and would be read
+    back as two levels; servers with ``/`` as delimiter (Dovecot, Cyrus with unixhierarchysep)
+    have no such names.
+    """
+
+    def __init__(self, delimiter: str | None) -> None:
+        self.delimiter = delimiter
+
+    def to_server(self, name: str) -> str:
+        if not name:
+            raise ValueError("empty folder name")
+        levels = name.split("/")
+        if levels[0].upper() == "INBOX":
+            levels[0] = "INBOX"
+        return encode_mutf7((self.delimiter or "/").join(levels))
+
+    def from_server(self, raw: str) -> str:
+        try:
+            name = decode_mutf7(raw)
+        except ValueError:
+            name = raw  # not valid modified UTF-7 (servers sending UTF-8): take it as it is
+        levels = name.split(self.delimiter) if self.delimiter else [name]
+        if levels[0].upper() == "INBOX":
+            levels[0] = "INBOX"
+        return "/".join(levels)
+
+    def arg(self, name: str) -> bytes:
+        """The folder as a command argument (modified UTF-7 is ASCII, so always a quoted string)."""
+        return quoted(self.to_server(name))
+
+
+@dataclass
+class Mailbox:
+    """One authenticated connection to one mailbox and what the session knows about it."""
+
+    client: ImapClient
+    names: FolderNames
+    features: ServerFeatures
+    guid_item: str | None  # FETCH item for MessageMeta.guid: EMAILID, X-GUID or None
+    fid_item: str | None  # STATUS item for FolderInfo.fid: MAILBOXID, X-GUID or None
+    selected: tuple[bytes, bool] | None = None  # (mailbox argument, read-only)
+
+    def has(self, capability: str) -> bool:
+        return capability in self.client.capabilities
+
+    def select(self, folder: str, *, readonly: bool, fresh: bool = False, params: bytes = b"") -> Result | None:
+        """Select ``folder`` (EXAMINE if ``readonly``) unless it already is suitably selected.
+
+        Returns the SELECT/EXAMINE result, or None if nothing had to be sent; ``fresh`` always
+        sends one (its untagged responses are the folder's current state). ``params`` are
+        appended to the command (QRESYNC). Raises ``FolderNotFound`` on NO.
+        """
+        arg = self.names.arg(folder)
+        current = self.selected
+        if not fresh and current is not None and current[0] == arg and (readonly or not current[1]):
+            return None
+        res = self.client.run(b"EXAMINE " if readonly else b"SELECT ", arg, params)
+        if not res.ok:
+            self.selected = None  # a failed SELECT leaves no mailbox selected (RFC 3501 6.3.1)
+            if res.status == "NO" and res.code not in TRANSIENT_CODES:
+                raise FolderNotFound(f"folder {folder!r}: {res.describe()}")
+            raise_for(res, f"selecting {folder!r}")
+        self.selected = (arg, readonly)
+        return res
+
+    def deselect(self) -> None:
+        """Leave the selected folder (UNSELECT, not waited for: it costs no round trip).
+
+        Dovecot disconnects a session whose selected folder another session deletes or
+        renames ("IMAP session state is inconsistent"), so a session never stays in a folder
+        between operations. A dead connection is left for the next call to report.
+        """
+        if self.selected is None or not self.has("UNSELECT") or self.client.closed:
+            return
+        self.selected = None
+        try:
+            self.client.discard(self.client.send(b"UNSELECT"))
+        except ServerUnavailable:
+            pass
+
+    def expunge(self, folder: str, uids: list[int]) -> None:
+        """Remove exactly ``uids``: ``UID STORE +FLAGS.SILENT (\\Deleted)`` then ``UID EXPUNGE``
+        (UIDPLUS), so other messages marked \\Deleted stay. A missing folder is ignored."""
+        try:
+            self.select(folder, readonly=False)
+        except FolderNotFound:
+            return
+        try:
+            tags = []
+            for batch in uid_set_batches(uids):
+                tags.append(self.client.send(b"UID STORE ", batch.encode("ascii"), b" +FLAGS.SILENT (\\Deleted)"))
+                tags.append(self.client.send(b"UID EXPUNGE ", batch.encode("ascii")))
+            for tag in tags:
+                raise_for(self.client.result(tag), f"expunging in {folder!r}")
+        finally:
+            self.deselect()
+
+    def list_entries(self, pattern: str, returns: bytes = b"") -> tuple[list[ListEntry], Result]:
+        """``LIST "" pattern [RETURN (...)]`` -> its entries and the result (STATUS responses included)."""
+        res = raise_for(self.client.run(b'LIST "" ', quoted(pattern), returns), f"LIST {pattern!r}")
+        return [parse_list(r) for r in res.untagged if r.name == "LIST"], res
+
+    def entry(self, folder: str) -> ListEntry | None:
+        """The LIST entry of exactly ``folder`` (selectable or not), or None if it does not exist."""
+        raw = self.names.to_server(folder)
+        entries, _ = self.list_entries(raw)
+        for e in entries:
+            if e.name == raw and not e.has("\\NonExistent"):
+                return e
+        return None
+
+
+def raise_for(res: Result, what: str) -> Result:
+    """Pass an OK result through; NO with a transient code -> ServerUnavailable; else ProtocolError."""
+    if res.ok:
+        return res
+    if res.status == "NO" and res.code in TRANSIENT_CODES:
+        raise ServerUnavailable(f"{what}: server answered {res.describe()}")
+    raise ProtocolError(f"{what}: server answered {res.describe()}")
+
+
+def detect(client: ImapClient) -> Mailbox:
+    """Check required capabilities, enable QRESYNC and find the delimiter and id items, in one
+    pipelined round trip.
+
+    Dovecot 2.3 does not advertise X-GUID, but answers ``STATUS (X-GUID)`` with the mailbox
+    GUID and ``FETCH (X-GUID)`` with the message GUID; a BAD to the probe means no GUIDs.
+    OBJECTID servers (RFC 8474) give EMAILID/MAILBOXID instead.
+    """
+    missing = [c for c in REQUIRED_CAPABILITIES if c not in client.capabilities]
+    if missing:
+        raise ProtocolError(f"{client.host} lacks {', '.join(missing)}, which mailrepl needs "
+                            "(CONDSTORE/QRESYNC for change tracking, UIDPLUS for exact UIDs)")
+    objectid = "OBJECTID" in client.capabilities
+    untagged: list[Response] = []  # one collector: pipelined commands may interleave their responses
+    enable = client.send(b"ENABLE QRESYNC", collect=untagged.append)
+    delimiter = client.send(b'LIST "" ""', collect=untagged.append)
+    probe = None if objectid else client.send(b"STATUS INBOX (X-GUID)", collect=untagged.append)
+    raise_for(client.result(enable), "ENABLE QRESYNC")
+    raise_for(client.result(delimiter), "LIST")
+    xguid = probe is not None and client.result(probe).ok
+    if not any(r.name == "ENABLED" and "QRESYNC" in map(str.upper, map(as_text, r.args)) for r in untagged):
+        raise ProtocolError(f"{client.host} did not enable QRESYNC")
+    entries = [parse_list(r) for r in untagged if r.name == "LIST"]
+    caps = client.capabilities
+    features = ServerFeatures(
+        message_guid=objectid or xguid,
+        folder_id=objectid or xguid,
+        move="MOVE" in caps,
+        multiappend="MULTIAPPEND" in caps,
+        notify="NOTIFY" in caps,
+        idle="IDLE" in caps,
+        names=caps,
+    )
+    return Mailbox(
+        client=client,
+        names=FolderNames(entries[0].delimiter if entries else None),
+        features=features,
+        guid_item="EMAILID" if objectid else "X-GUID" if xguid else None,
+        fid_item="MAILBOXID" if objectid else "X-GUID" if xguid else None,
+    )

@@ -1,0 +1,1 @@
+"""The adapter contract suite (``shared.adapters.base``), run against every adapter."""

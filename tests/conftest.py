@@ -1,0 +1,80 @@
+"""Fixtures shared by all test layers: real Dovecot instances and gateway state stores.
+
+``tests`` is a package (``tests/__init__.py``) and this is its top-level conftest, so pytest puts
+the repository root on ``sys.path`` and ``tests.support...`` imports work however pytest is
+started. Servers that are missing make a test skip on a workstation and fail in CI (see
+``tests.support.environment``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from tests.support.dovecot import DovecotServer, DovecotUnavailable, dovecot_missing_reason
+from tests.support.environment import unavailable
+
+
+@pytest.fixture
+def dovecot_factory() -> Iterator[Callable[..., DovecotServer]]:
+    """``dovecot_factory(name, users, **options)`` → a started ``DovecotServer``.
+
+    Options are ``DovecotServer``'s keyword arguments, e.g. ``max_mail_size="1M"``,
+    ``mail_format="maildir"``, ``mail_fsync="optimized"``. Every instance is stopped and its
+    directory removed at teardown.
+    """
+    reason = dovecot_missing_reason()
+    if reason:
+        unavailable(reason)
+    servers: list[DovecotServer] = []
+
+    def make(name: str, users, **options) -> DovecotServer:
+        try:
+            server = DovecotServer(name, users, **options)
+        except DovecotUnavailable as exc:
+            unavailable(str(exc))
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    errors = []
+    for server in reversed(servers):
+        try:
+            server.cleanup()
+        except Exception as exc:  # keep cleaning up the others
+            errors.append(f"{server!r}: {exc}")
+    if errors:
+        raise RuntimeError("could not stop Dovecot instances: " + "; ".join(errors))
+
+
+@pytest.fixture
+def postgres_databases():
+    """A ``PostgresDatabases``: ``.create()`` → SQLAlchemy URL of a fresh database, all dropped afterwards."""
+    try:
+        from tests.support.postgres import PostgresDatabases, PostgresUnavailable
+    except ImportError as exc:
+        unavailable(f"PostgreSQL driver missing ({exc}); install the 'postgres' extra")
+    try:
+        databases = PostgresDatabases()
+    except PostgresUnavailable as exc:
+        unavailable(str(exc))
+    try:
+        yield databases
+    finally:
+        databases.drop_all()
+
+
+@pytest.fixture
+def postgres_url(postgres_databases) -> str:
+    """SQLAlchemy URL (``postgresql+psycopg://...``) of a fresh, empty database."""
+    return postgres_databases.create()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def gateway_states(request, tmp_path) -> tuple[str, str]:
+    """``(source_state_url, recovery_state_url)``: two fresh, separate state stores of one kind."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'source.sqlite'}", f"sqlite:///{tmp_path / 'recovery.sqlite'}"
+    databases = request.getfixturevalue("postgres_databases")
+    return databases.create(), databases.create()

@@ -1,0 +1,179 @@
+"""Run a source and a recovery gateway as real processes (`mailrepl ... run --config`) for e2e tests."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ADMIN_TOKEN = "admin-secret"
+INGEST_TOKEN = "ingest-secret"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _server_toml(name: str, server, users) -> str:
+    return f"""
+[[servers]]
+name = "{name}"
+kind = "imap"
+host = "127.0.0.1"
+port = {server.imap_port}
+tls = "none"
+service_user = "{server.master_user}"
+service_password = "{server.master_password}"
+auth = "sasl-plain"
+users = [{", ".join(f'"{u}"' for u in users)}]
+"""
+
+
+class GatewayProcess:
+    def __init__(self, role: str, config: Path, port: int, log: Path) -> None:
+        self.role, self.config, self.port, self.log = role, config, port, log
+        self.proc: subprocess.Popen | None = None
+        self.url = f"http://127.0.0.1:{port}"
+
+    def start(self, wait: float = 30.0) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shared.cli", self.role, "run", "--config", str(self.config)],
+            stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[2],
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.role} gateway exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.role} gateway did not come up:\n{self.log.read_text()[-3000:]}")
+
+    def kill9(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+    def api(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=30)
+
+
+class GatewayPair:
+    """A source gateway watching ``primary`` and a recovery gateway replaying into ``standby``."""
+
+    def __init__(self, tmp: Path, primary, standby, *, users, source_state: str, recovery_state: str,
+                 poll_interval: float = 0.5, fetch_chunk: int = 200) -> None:
+        self.tmp = tmp
+        sport, rport = free_port(), free_port()
+        src = tmp / "source.toml"
+        src.write_text(
+            f"""
+[gateway]
+id = "hq"
+state_url = "{source_state}"
+listen = "127.0.0.1:{sport}"
+admin_token = "{ADMIN_TOKEN}"
+poll_interval = {poll_interval}
+workers = 4
+fetch_chunk = {fetch_chunk}
+
+[peer]
+url = "http://127.0.0.1:{rport}"
+token = "{INGEST_TOKEN}"
+retry_initial = 0.2
+retry_max = 2.0
+"""
+            + _server_toml("primary", primary, users)
+        )
+        rec = tmp / "recovery.toml"
+        rec.write_text(
+            f"""
+[gateway]
+id = "dr"
+state_url = "{recovery_state}"
+listen = "127.0.0.1:{rport}"
+admin_token = "{ADMIN_TOKEN}"
+ingest_token = "{INGEST_TOKEN}"
+workers = 4
+"""
+            + _server_toml("standby", standby, users)
+        )
+        self.source = GatewayProcess("source", src, sport, tmp / "source.log")
+        self.recovery = GatewayProcess("recovery", rec, rport, tmp / "recovery.log")
+
+    def start(self) -> None:
+        self.recovery.start()
+        self.source.start()
+
+    def stop(self) -> None:
+        self.source.stop()
+        self.recovery.stop()
+
+    def protect(self, *addresses: str) -> None:
+        with self.source.api() as c:
+            for a in addresses:
+                r = c.put(f"/api/v1/mailboxes/{a}/protection", json={"enabled": True})
+                assert r.status_code == 200, r.text
+
+    def status(self) -> dict[str, dict]:
+        with self.source.api() as c:
+            r = c.get("/api/v1/mailboxes")
+            r.raise_for_status()
+            return {m["address"]: m for m in r.json()["mailboxes"]}
+
+    def wait_synced(self, addresses, timeout: float = 120.0, settle: float = 1.5) -> dict[str, dict]:
+        """Wait until every address is fully captured, shipped and applied, and stays so for ``settle`` s."""
+        deadline = time.monotonic() + timeout
+        stable_since = None
+        last = None
+        while time.monotonic() < deadline:
+            try:
+                st = self.status()
+            except httpx.HTTPError:
+                st = {}
+            ok = all(
+                a in st and st[a]["phase"] == "replicating" and st[a]["copy_queue"] == 0
+                and st[a]["replay_queue"] == 0 and st[a]["last_applied_seq"] == st[a]["last_captured_seq"]
+                for a in addresses
+            )
+            snap = {a: st.get(a, {}).get("last_captured_seq") for a in addresses}
+            if ok and snap == last:
+                stable_since = stable_since or time.monotonic()
+                if time.monotonic() - stable_since >= settle:
+                    return st
+            else:
+                stable_since = None
+            last = snap
+            time.sleep(0.2)
+        raise AssertionError(
+            f"not in sync after {timeout}s: {self.status()}\n--- source log ---\n"
+            f"{self.source.log.read_text()[-4000:]}\n--- recovery log ---\n{self.recovery.log.read_text()[-4000:]}"
+        )
+
+    def wire_bytes(self) -> float:
+        r = httpx.get(self.source.url + "/metrics", timeout=10)
+        for line in r.text.splitlines():
+            if line.startswith("mailrepl_source_wire_bytes "):
+                return float(line.split()[1])
+        raise AssertionError("no mailrepl_source_wire_bytes metric")
