@@ -219,14 +219,31 @@ def _recover_nul_bytes(mb: Mailbox, folder: str, items: dict[int, FetchItem], bi
     if not suspects:
         return
     mb.select(folder, readonly=True)  # again if the caller used the session in between
-    tags = [mb.client.send(b"UID FETCH ", batch.encode("ascii"), b" (UID BINARY.PEEK[])", collect=collect)
-            for batch in uid_set_batches(suspects)]
-    for tag in tags:
-        raise_for(mb.client.result(tag), "UID FETCH BINARY")
+    groups = [suspects[i:i + 200] for i in range(0, len(suspects), 200)]
+    tags = [mb.client.send(b"UID FETCH ", uid_set(group).encode("ascii"), b" (UID BINARY.PEEK[])",
+                           collect=collect) for group in groups]
+    refused: list[int] = []
+    for group, tag in zip(groups, tags):
+        res = mb.client.result(tag)
+        if _undecodable(res):
+            # The server cannot decode some part of one of these (Dovecot: NO [PARSE]
+            # Invalid data in MIME part) and refuses the whole command: ask one by one.
+            refused.extend(group)
+        else:
+            raise_for(res, "UID FETCH BINARY")
+    for uid in refused:
+        res = mb.client.result(mb.client.send(b"UID FETCH %d (UID BINARY.PEEK[])" % uid, collect=collect))
+        if not _undecodable(res):  # undecodable: keep its BODY[] bytes, as the server stores them
+            raise_for(res, "UID FETCH BINARY")
     for uid in suspects:
         binary = binaries.pop(uid, None)
         if binary is not None:
             items[uid].body = restore_nul(items[uid].body, binary)
+
+
+def _undecodable(res: Result) -> bool:
+    """A BINARY fetch refused for the content itself, not for a passing server condition."""
+    return res.status == "NO" and res.code not in TRANSIENT_CODES
 
 
 def append(mb: Mailbox, folder: str, items: Sequence[AppendItem],
