@@ -63,7 +63,7 @@ class SourceGateway:
     # ------------------------------------------------------------------ work
 
     def _jobs(self) -> list[Job]:
-        with self.store.tx() as s:
+        with self.store.read() as s:
             rows = list(
                 s.execute(
                     select(Mailbox.id, Mailbox.server, Mailbox.address).where(
@@ -121,16 +121,9 @@ class SourceGateway:
         def health() -> dict:
             return {"role": "source", "id": self.settings.gateway.id, "peer_error": self.shipper.last_error}
 
-        app = make_app("mailrepl source gateway", self.metrics, health, self._refresh_metrics)
+        app = make_app("mailrepl source gateway", self.metrics, health, self._refresh_metrics,
+                       start=self.start, stop=self.stop)
         app.include_router(admin_router(self.registry, bearer_auth(self.settings.gateway.admin_token), self.workers.wake))
-
-        @app.on_event("startup")
-        def _start() -> None:
-            self.start()
-
-        @app.on_event("shutdown")
-        def _stop() -> None:
-            self.stop()
 
         return app
 

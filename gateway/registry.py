@@ -58,7 +58,7 @@ class Registry:
             if server not in self.adapters:
                 raise NotFound(f"unknown server {server!r} (configured: {', '.join(sorted(self.adapters))})")
             return server, address
-        with self.store.tx() as s:
+        with self.store.read() as s:
             servers = sorted(set(s.scalars(select(Mailbox.server).where(Mailbox.address == address))))
         servers = [x for x in servers if x in self.adapters]
         if len(servers) > 1:
@@ -72,7 +72,7 @@ class Registry:
     # ------------------------------------------------------------------ protection
 
     def set_protection(self, server: str, address: str, enabled: bool) -> MailboxStatus:
-        with self.store.tx() as s:
+        with self.store.read() as s:
             mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
         if mbx is None:
             if not enabled:
@@ -100,7 +100,7 @@ class Registry:
         if server not in self.adapters:
             raise NotFound(f"unknown server {server!r} (configured: {', '.join(sorted(self.adapters))})")
         self.discover()
-        with self.store.tx() as s:
+        with self.store.read() as s:
             addresses = list(s.scalars(select(Mailbox.address).where(Mailbox.server == server).order_by(Mailbox.address)))
         return [self.set_protection(server, a, enabled) for a in addresses]
 
@@ -118,11 +118,11 @@ class Registry:
     # ------------------------------------------------------------------ status
 
     def list_status(self) -> list[MailboxStatus]:
-        with self.store.tx() as s:
+        with self.store.read() as s:
             return [self._status(s, m) for m in s.scalars(select(Mailbox).order_by(Mailbox.server, Mailbox.address))]
 
     def detail(self, server: str, address: str) -> MailboxDetail:
-        with self.store.tx() as s:
+        with self.store.read() as s:
             mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
             if mbx is None:
                 raise NotFound(f"mailbox {address!r} is not known on server {server!r}")

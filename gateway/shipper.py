@@ -11,12 +11,14 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
+from typing import Mapping
 
 import httpx
 from sqlalchemy import delete, func, select
 
-from shared.errors import TransportError, WireError
+from shared.errors import StoreError, TransportError, WireError
 from shared.model import Change, SeqRange
 from shared.store import Store
 from shared.store.models import Mailbox, OutboxBody, OutboxRow
@@ -63,15 +65,21 @@ class Shipper:
         self.wake_event = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shipper-prepare")
 
     # ------------------------------------------------------------------ building
 
-    def build_batch(self) -> tuple[Batch, int] | None:
-        """The next batch and its raw size, or None when nothing waits."""
+    def build_batch(self, after: Mapping[tuple[str, str], int] | None = None) -> tuple[Batch, int] | None:
+        """The next batch and its raw size, or None when nothing waits.
+
+        Each mailbox's segment starts after its acknowledged sequence number, or after
+        ``after[(server, address)]`` when that is further (a batch already in flight).
+        """
+        after = after or {}
         segments: list[Segment] = []
         blobs: dict[str, bytes] = {}
         budget_changes, budget_bytes, raw = self.max_changes, self.max_bytes, 0
-        with self.store.tx() as s:
+        with self.store.read() as s:
             mailboxes = list(
                 s.scalars(
                     select(Mailbox)
@@ -82,10 +90,13 @@ class Shipper:
             for mbx in mailboxes:
                 if budget_changes <= 0 or budget_bytes <= 0:
                     break
+                start = max(mbx.acked_seq, after.get((mbx.server, mbx.address), 0))
+                if start >= mbx.last_seq:
+                    continue
                 rows = list(
                     s.execute(
                         select(OutboxRow.seq, OutboxRow.change, OutboxRow.sha256, OutboxRow.size, OutboxRow.created_at)
-                        .where(OutboxRow.mailbox_id == mbx.id, OutboxRow.seq > mbx.acked_seq)
+                        .where(OutboxRow.mailbox_id == mbx.id, OutboxRow.seq > start)
                         .order_by(OutboxRow.seq)
                         .limit(budget_changes)
                     )
@@ -96,14 +107,19 @@ class Shipper:
                         break
                     picked.append((seq, text, sha, size, created))
                     budget_bytes -= size
-                if not picked or picked[0][0] != mbx.acked_seq + 1:
-                    log.error("outbox of %s/%s does not continue at %d", mbx.server, mbx.address, mbx.acked_seq + 1)
+                if not picked or picked[0][0] != start + 1:
+                    log.error("outbox of %s/%s does not continue at %d", mbx.server, mbx.address, start + 1)
                     continue
-                for _, _, sha, _, _ in picked:
-                    if sha and sha not in blobs:
-                        body = s.get(OutboxBody, sha)
-                        blobs[sha] = body.data
-                        raw += len(body.data)
+                wanted = sorted({sha for _, _, sha, _, _ in picked if sha and sha not in blobs})
+                for i in range(0, len(wanted), 500):
+                    for sha, data in s.execute(
+                        select(OutboxBody.sha256, OutboxBody.data).where(OutboxBody.sha256.in_(wanted[i : i + 500]))
+                    ):
+                        blobs[sha] = data
+                        raw += len(data)
+                missing = [sha for sha in wanted if sha not in blobs]
+                if missing:
+                    raise StoreError(f"outbox body {missing[0][:16]}… of {mbx.address} is missing", retryable=False)
                 budget_changes -= len(picked)
                 segments.append(
                     Segment(
@@ -128,12 +144,52 @@ class Shipper:
         batch, raw = built
         data = encode_batch(batch)
         ack = self._post(data)
+        self._account(batch, raw, data)
+        self._record(ack)
+        return True
+
+    def ship_pipelined(self) -> int:
+        """Send batches until the outbox is drained; returns how many were sent.
+
+        The next batch is read and compressed while the current one is in flight (both release
+        the GIL), so the link and the peer are kept busy. Any failure or any answer other than
+        "ok" ends the run: the next run starts again from what the peer acknowledged.
+        """
+        sent = 0
+        upto: dict[tuple[str, str], int] = {}
+        pending = self._prepare(upto)
+        while pending is not None and not self._stop.is_set():
+            batch, raw, data = pending
+            for seg in batch.segments:
+                upto[(seg.server, seg.address)] = seg.range.last
+            ahead = self._ahead.submit(self._prepare, dict(upto))
+            try:
+                ack = self._post(data)
+                self._account(batch, raw, data)
+                self._record(ack)
+            finally:
+                try:
+                    pending = ahead.result()
+                except Exception as exc:  # noqa: BLE001 - built again from the store next run
+                    log.warning("preparing the next batch failed: %s", exc)
+                    pending = None
+            sent += 1
+            if any(res.status != "ok" for res in ack.results):
+                break
+        return sent
+
+    def _prepare(self, after: Mapping[tuple[str, str], int]) -> tuple[Batch, int, bytes] | None:
+        built = self.build_batch(after)
+        if built is None:
+            return None
+        batch, raw = built
+        return batch, raw, encode_batch(batch)
+
+    def _account(self, batch: Batch, raw: int, data: bytes) -> None:
         self.stats.batches += 1
         self.stats.changes += sum(len(seg.range) for seg in batch.segments)
         self.stats.wire_bytes += len(data)
         self.stats.raw_bytes += raw
-        self._record(ack)
-        return True
 
     def _post(self, data: bytes) -> Ack:
         try:
@@ -170,6 +226,7 @@ class Shipper:
         self._record(Ack.from_json(r.json()))
 
     def _record(self, ack: Ack) -> None:
+        released: set[str] = set()
         with self.body_lock, self.store.tx() as s:
             for res in ack.results:
                 mbx = s.scalar(select(Mailbox).where(Mailbox.server == res.server, Mailbox.address == res.address))
@@ -193,11 +250,17 @@ class Shipper:
                     mbx.acked_seq = max(mbx.acked_seq, min(res.acked, mbx.last_seq))
                 if res.applied > mbx.applied_seq:
                     mbx.applied_seq = min(res.applied, mbx.last_seq)
-                    s.execute(delete(OutboxRow).where(OutboxRow.mailbox_id == mbx.id, OutboxRow.seq <= mbx.applied_seq))
+                    done = (OutboxRow.mailbox_id == mbx.id) & (OutboxRow.seq <= mbx.applied_seq)
+                    released.update(s.scalars(select(OutboxRow.sha256).where(done, OutboxRow.sha256.is_not(None))))
+                    s.execute(delete(OutboxRow).where(done))
                 mbx.rejected = json.dumps(list(res.rejected)) if res.rejected else mbx.rejected
             s.flush()
-            used = select(OutboxRow.sha256).where(OutboxRow.sha256.is_not(None))
-            s.execute(delete(OutboxBody).where(OutboxBody.sha256.not_in(used)))
+            # bodies of the removed rows that no remaining row refers to (same message elsewhere)
+            gone = sorted(released)
+            for i in range(0, len(gone), 500):
+                part = gone[i : i + 500]
+                used = select(OutboxRow.sha256).where(OutboxRow.sha256.in_(part))
+                s.execute(delete(OutboxBody).where(OutboxBody.sha256.in_(part), OutboxBody.sha256.not_in(used)))
 
     # ------------------------------------------------------------------ loop
 
@@ -210,9 +273,10 @@ class Shipper:
         self.wake_event.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._ahead.shutdown(wait=False, cancel_futures=True)
 
     def _pending_apply(self) -> bool:
-        with self.store.tx() as s:
+        with self.store.read() as s:
             return bool(s.scalar(select(func.count()).select_from(Mailbox).where(Mailbox.applied_seq < Mailbox.acked_seq)))
 
     def _loop(self) -> None:
@@ -220,7 +284,7 @@ class Shipper:
         last_poll = 0.0
         while not self._stop.is_set():
             try:
-                sent = self.ship_once()
+                sent = self.ship_pipelined() > 0
                 if not sent and self._pending_apply() and time.monotonic() - last_poll > 0.5:
                     self.poll_progress()
                     last_poll = time.monotonic()

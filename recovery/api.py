@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
 
 from shared.api_common import MailboxDetail, MailboxList, MailboxStatus, RejectedInfo, SeedingProgress
 from shared.errors import UnsupportedVersion, WireError
@@ -26,22 +27,25 @@ def ingest_router(receiver: Receiver, auth, max_bytes: int) -> APIRouter:
         data = await request.body()
         if len(data) > max_bytes:
             raise HTTPException(413, f"batch larger than {max_bytes} bytes")
-        try:
-            batch = decode_batch(data)
-        except UnsupportedVersion as exc:
-            raise HTTPException(400, str(exc)) from exc
-        except WireError as exc:
-            raise HTTPException(400, f"malformed batch: {exc}") from exc
-        from starlette.concurrency import run_in_threadpool
-
-        ack = await run_in_threadpool(receiver.ingest, batch)
-        return ack.to_json()
+        # decompressing, hash checks and the store write run off the event loop, so the API
+        # keeps answering while a large batch is taken in
+        return await run_in_threadpool(_ingest, receiver, data)
 
     @r.get("/progress")
     def progress(source: str) -> dict:
         return receiver.progress(source).to_json()
 
     return r
+
+
+def _ingest(receiver: Receiver, data: bytes) -> dict:
+    try:
+        batch = decode_batch(data)
+    except UnsupportedVersion as exc:
+        raise HTTPException(400, str(exc)) from exc
+    except WireError as exc:
+        raise HTTPException(400, f"malformed batch: {exc}") from exc
+    return receiver.ingest(batch).to_json()
 
 
 def replica_status(s, rep: Replica) -> MailboxStatus:
@@ -85,13 +89,13 @@ def admin_router(store: Store, auth) -> APIRouter:
 
     @r.get("/mailboxes", response_model=MailboxList)
     def list_mailboxes() -> MailboxList:
-        with store.tx() as s:
+        with store.read() as s:
             reps = s.scalars(select(Replica).order_by(Replica.server, Replica.address))
             return MailboxList(mailboxes=[replica_status(s, rep) for rep in reps])
 
     @r.get("/mailboxes/{address}", response_model=MailboxDetail)
     def get_mailbox(address: str, server: str | None = None) -> MailboxDetail:
-        with store.tx() as s:
+        with store.read() as s:
             rep = find(s, address, server)
             base = replica_status(s, rep)
             rejected = [

@@ -50,7 +50,7 @@ class RecoveryGateway:
         return None
 
     def _jobs(self) -> list[Job]:
-        with self.store.tx() as s:
+        with self.store.read() as s:
             rows = list(
                 s.execute(
                     select(Replica.id, Replica.target, Replica.address).where(Replica.received_seq > Replica.applied_seq)
@@ -81,7 +81,7 @@ class RecoveryGateway:
                 rep.error = f"{exc.__class__.__name__}: {exc}"
 
     def _refresh_metrics(self) -> None:
-        with self.store.tx() as s:
+        with self.store.read() as s:
             for rep in s.scalars(select(Replica)):
                 self._queue.labels(rep.server, rep.address).set(rep.received_seq - rep.applied_seq)
 
@@ -95,18 +95,10 @@ class RecoveryGateway:
     def app(self):
         g = self.settings.gateway
         app = make_app("mailrepl recovery gateway", self.metrics,
-                       lambda: {"role": "recovery", "id": g.id}, self._refresh_metrics)
+                       lambda: {"role": "recovery", "id": g.id}, self._refresh_metrics,
+                       start=self.start, stop=self.stop)
         app.include_router(ingest_router(self.receiver, bearer_auth(g.ingest_token), MAX_BATCH_BYTES))
         app.include_router(admin_router(self.store, bearer_auth(g.admin_token)))
-
-        @app.on_event("startup")
-        def _start() -> None:
-            self.start()
-
-        @app.on_event("shutdown")
-        def _stop() -> None:
-            self.stop()
-
         return app
 
 

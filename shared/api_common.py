@@ -1,8 +1,10 @@
 """What both gateways' REST APIs share: bearer-token auth, health, metrics, the status schema."""
 from __future__ import annotations
 
+import contextlib
+
 import hmac
-from typing import Callable, Literal
+from typing import AsyncIterator, Callable, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -39,9 +41,20 @@ def bearer_auth(token: str) -> Callable:
 
 
 def make_app(
-    title: str, registry: CollectorRegistry, health: Callable[[], dict], refresh: Callable[[], None] = lambda: None
+    title: str, registry: CollectorRegistry, health: Callable[[], dict], refresh: Callable[[], None] = lambda: None,
+    *, start: Callable[[], None] = lambda: None, stop: Callable[[], None] = lambda: None,
 ) -> FastAPI:
-    app = FastAPI(title=title, version="1", openapi_url="/openapi.json")
+    """The FastAPI app of a gateway: ``start``/``stop`` run the gateway's workers with the server."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        start()
+        try:
+            yield
+        finally:
+            stop()
+
+    app = FastAPI(title=title, version="1", openapi_url="/openapi.json", lifespan=lifespan)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict:

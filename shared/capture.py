@@ -29,7 +29,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
 from shared.adapters.base import FolderDelta, FolderInfo, MailboxSession, MessageMeta
@@ -381,30 +381,37 @@ class CaptureEngine:
             self._commit_chunk(mailbox_id, folder_id, batch, todo.above(done_upto), replace, report)
 
     def _commit_chunk(self, mailbox_id, folder_id, batch, remaining: UidSet, replace, report) -> None:
+        shas = [hashlib.sha256(msg.body).hexdigest() for msg in batch]  # outside the write lock
         with self.body_lock, self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id, with_for_update=True)
             row = s.get(FolderState, folder_id)
             seq = _Seq(s, mbx, report)
-            for msg in batch:
-                sha = hashlib.sha256(msg.body).hexdigest()
-                if s.get(OutboxBody, sha) is None:
-                    s.add(OutboxBody(sha256=sha, size=len(msg.body), data=msg.body))
-                    s.flush()
-                cat = CatalogEntry(
-                    mailbox_id=mailbox_id, folder_id=folder_id, uid=msg.uid, guid=msg.guid,
-                    sha256=sha, size=len(msg.body), flags=_flags_text(msg.flags),
-                )
-                s.add(cat)
-                s.flush()
+            # set-based: one query for the bodies already held, one insert for the new ones,
+            # one flush for the catalog rows (their ids are the changes' message ids)
+            have = set(s.scalars(select(OutboxBody.sha256).where(OutboxBody.sha256.in_(set(shas))))) if shas else set()
+            fresh: dict[str, bytes] = {}
+            for msg, sha in zip(batch, shas):
+                if sha not in have:
+                    fresh.setdefault(sha, msg.body)
+            if fresh:
+                s.execute(insert(OutboxBody), [dict(sha256=k, size=len(v), data=v) for k, v in fresh.items()])
+            cats = [
+                CatalogEntry(mailbox_id=mailbox_id, folder_id=folder_id, uid=msg.uid, guid=msg.guid, sha256=sha,
+                             size=len(msg.body), flags=_flags_text(msg.flags))
+                for msg, sha in zip(batch, shas)
+            ]
+            s.add_all(cats)
+            s.flush()
+            for msg, sha, cat in zip(batch, shas, cats):
                 fields = dict(
                     mid=cat.mid, sha256=sha, size=len(msg.body), flags=tuple(cat.flags.split()),
                     internaldate=format_internaldate(msg.internaldate),
                 )
                 old_mid = replace.pop(msg.uid, None)
-                if old_mid is not None and s.get(CatalogEntry, old_mid) is not None:
+                old = s.get(CatalogEntry, old_mid) if old_mid is not None else None
+                if old is not None:
                     seq.emit(Change(Kind.MSG_REPLACE, row.name, old_mid=old_mid, **fields), size=len(msg.body))
-                    s.delete(s.get(CatalogEntry, old_mid))
-                    s.flush()
+                    s.delete(old)
                 else:
                     seq.emit(Change(Kind.MSG_ADD, row.name, **fields), size=len(msg.body))
                 report.messages += 1

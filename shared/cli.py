@@ -101,7 +101,8 @@ def _admin(args: argparse.Namespace) -> int:
     from shared.admin_client import AdminClient
 
     url, token = _api_location(args, os.environ)
-    console = Console()
+    # piped output (logs, scripts) is not cut to 80 columns; a terminal keeps its own width
+    console = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)
     with AdminClient(url, token) as client:
         if args.command == "status":
             if args.watch is not None:

@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, insert, select, update
 
 from shared.adapters.base import AppendItem, MailboxSession
 from shared.errors import FolderNotFound, MessageRejected, StoreError
@@ -251,8 +251,14 @@ class ReplayEngine:
             for e in old.values():
                 session.expunge(e.folder, [e.uid])
         with self.store.tx() as s:
-            for e in new_entries:
-                s.merge(e)
+            if new_entries:  # set-based: replace whatever rows these message ids had
+                mids = [e.mid for e in new_entries]
+                for i in range(0, len(mids), 500):
+                    s.execute(delete(IdMapEntry).where(IdMapEntry.replica_id == rid, IdMapEntry.mid.in_(mids[i : i + 500])))
+                s.execute(insert(IdMapEntry), [
+                    dict(replica_id=e.replica_id, mid=e.mid, folder=e.folder, uidvalidity=e.uidvalidity, uid=e.uid,
+                         sha256=e.sha256) for e in new_entries
+                ])
             for o in (o for _, o in claims):
                 s.execute(delete(Orphan).where(Orphan.id == o.id))
             if replaced:

@@ -54,6 +54,12 @@ def vm_hwm_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def mailbox_size(server: DovecotServer) -> tuple[int, int]:
     """(messages, bytes) of the user's whole mailbox as the server counts them (RFC822.SIZE)."""
     out = server.doveadm("-f", "flow", "mailbox", "status", "-u", USER, "messages vsize", "*")
@@ -68,7 +74,7 @@ def mailbox_size(server: DovecotServer) -> tuple[int, int]:
 def timed(cmd: list[str], log: Path) -> float:
     t0 = time.monotonic()
     with open(log, "ab") as f:
-        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, env={"PATH": os.environ["PATH"]})
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT, env={"PATH": os.environ["PATH"], "HOME": str(log.parent)})
     return time.monotonic() - t0
 
 
@@ -132,10 +138,12 @@ def burst(primary: DovecotServer, harness: Path) -> int:
     rnd = random.Random(7)
     M = primary.imap(USER)
     M.select("INBOX")
-    typ, data = M.uid("SEARCH", None, "ALL")
-    uids = data[0].split()
-    picked = rnd.sample(uids, 80)
-    flag, delete, move = picked[:40], picked[40:60], picked[60:80]
+    typ, data = M.uid("SEARCH", None, "UNFLAGGED")  # so that each STORE below is a real change
+    unflagged = data[0].split()
+    flag = rnd.sample(unflagged, 40)
+    rest = sorted(set(unflagged) - set(flag))
+    picked = rnd.sample(rest, 40)
+    delete, move = picked[:20], picked[20:]
     for u in flag:
         M.uid("STORE", u, "+FLAGS", "(\\Flagged)")
     M.uid("STORE", b",".join(delete), "+FLAGS", "(\\Deleted)")
@@ -204,15 +212,20 @@ def main() -> int:
         pair = GatewayPair(work, primary, standby, users=[USER], source_state=states[0], recovery_state=states[1],
                            poll_interval=0.5)
         pair.start()
+        cpu0 = {g.role: cpu_seconds(g.proc.pid) for g in (pair.source, pair.recovery)}
         t_protect = time.monotonic()
         pair.protect(USER)
         secs, st = wait_until(pair, 1, timeout=1800)
         secs = time.monotonic() - t_protect
+        cpu = {g.role: cpu_seconds(g.proc.pid) - cpu0[g.role] for g in (pair.source, pair.recovery)}
         figures.update(seed_s=secs, seed_msgs_per_s=msgs / secs, seed_mb_per_s=size / 1e6 / secs,
                        source_peak_rss_mb=vm_hwm_mb(pair.source.proc.pid),
-                       recovery_peak_rss_mb=vm_hwm_mb(pair.recovery.proc.pid), wire_bytes=pair.wire_bytes())
+                       recovery_peak_rss_mb=vm_hwm_mb(pair.recovery.proc.pid), wire_bytes=pair.wire_bytes(),
+                       source_cpu_s=cpu["source"], recovery_cpu_s=cpu["recovery"])
         print(f"mailrepl seed    {secs:6.2f}s  {msgs / secs:7.0f} msg/s  {size / 1e6 / secs:6.1f} MB/s  "
               f"wire {figures['wire_bytes'] / 1e6:.1f} MB")
+        print(f"CPU during seeding: source gateway {cpu['source']:.2f}s ({cpu['source'] / msgs * 1e3:.2f} ms/msg), "
+              f"recovery gateway {cpu['recovery']:.2f}s ({cpu['recovery'] / msgs * 1e3:.2f} ms/msg)")
         assert_same_mailbox(primary, standby, USER)
         print("standby equal to primary after seeding: yes")
 

@@ -239,3 +239,46 @@ def test_unreachable_peer_keeps_everything_and_resumes(tmp_path):
     p.shipper.client = p.client
     p.sync()
     p.assert_equal()
+
+
+def test_pipelined_shipping_sends_every_batch_in_order(tmp_path):
+    p = Pipeline(tmp_path)
+    for i in range(40):
+        p.primary.deliver("alice", _msg(i), folder="Archive" if i % 3 == 0 else "INBOX")
+    p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
+    last = p.mailbox().last_seq
+    sent = p.shipper.ship_pipelined()
+    assert sent == -(-last // 7), "one batch per 7 changes (max_changes), each prepared while the previous flew"
+    assert p.mailbox().acked_seq == last and p.mailbox().ship_error is None
+    with p.dst.tx() as s:
+        rep = s.scalar(select(Replica).where(Replica.address == "alice"))
+        seqs = list(s.scalars(select(InboxRow.seq).where(InboxRow.replica_id == rep.id).order_by(InboxRow.seq)))
+    assert seqs == list(range(1, last + 1)) and rep.error is None
+    p.sync()
+    p.assert_equal()
+
+
+def test_pipelined_shipping_stops_at_a_failure_and_resumes_from_the_acknowledgement(tmp_path):
+    p = Pipeline(tmp_path)
+    for i in range(30):
+        p.primary.deliver("alice", _msg(i))
+    p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
+    posts = []
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        posts.append(request)
+        if len(posts) == 3:
+            raise httpx.ConnectError("link down")
+        r = p.client.post(request.url.path, content=request.content, headers=dict(request.headers))
+        return httpx.Response(r.status_code, content=r.content, headers=r.headers)
+
+    p.shipper.client = httpx.Client(transport=httpx.MockTransport(flaky), base_url="http://recovery")
+    with pytest.raises(Exception, match="link down"):
+        p.shipper.ship_pipelined()
+    assert p.mailbox().acked_seq == 14, "the two batches before the failure are acknowledged, nothing more"
+    p.shipper.client = p.client
+    p.sync()
+    p.assert_equal()
+    with p.dst.tx() as s:
+        rep = s.scalar(select(Replica).where(Replica.address == "alice"))
+        assert rep.received_seq == p.mailbox().last_seq and rep.error is None
