@@ -151,7 +151,7 @@ def wait_synced(timeout: float = 180) -> None:
 
 
 def start_gateway(role: str, base: Path) -> subprocess.Popen:
-    env = dict(os.environ, MAILREPL_STATE_URL=f"sqlite:///{base}/{role}.sqlite")
+    env = dict(os.environ, MAILREPL_STATE_URL=f"sqlite:///{base}/{role}.sqlite", MAILREPL_BLOB_DIR=f"{base}/blobs")
     log = open(base / f"{role}.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "shared.cli", role, "run", "--config", str(EXAMPLES / f"{role}.toml")],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

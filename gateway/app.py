@@ -8,6 +8,7 @@ import threading
 import httpx
 import uvicorn
 from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import CounterMetricFamily
 from sqlalchemy import select
 
 from gateway.api import admin_router
@@ -39,7 +40,7 @@ class SourceGateway:
         self.client = httpx.Client(base_url=peer.url, timeout=peer.timeout, transport=transport, verify=verify)
         self.shipper = Shipper(
             self.store, g.id, self.client, token=peer.token,
-            max_changes=peer.batch_max_changes, max_bytes=peer.batch_max_bytes,
+            max_changes=peer.batch_max_changes, max_bytes=peer.batch_max_bytes, part_threshold=peer.part_threshold,
             retry_initial=peer.retry_initial, retry_max=peer.retry_max, body_lock=self.body_lock,
         )
         self.registry = Registry(self.store, self.adapters, shipper_error=lambda: self.shipper.last_error)
@@ -59,6 +60,7 @@ class SourceGateway:
         }
         self._shipped = Gauge("mailrepl_source_wire_bytes", "Bytes sent to the recovery gateway", registry=self.metrics)
         self._shipped.set_function(lambda: self.shipper.stats.wire_bytes)
+        self.metrics.register(_ByteCounters(self.registry))
 
     # ------------------------------------------------------------------ work
 
@@ -126,6 +128,26 @@ class SourceGateway:
         app.include_router(admin_router(self.registry, bearer_auth(self.settings.gateway.admin_token), self.workers.wake))
 
         return app
+
+
+class _ByteCounters:
+    """``mailrepl_source_bytes_total{server,address,kind}`` from the persisted accounting."""
+
+    KINDS = ("captured", "shipped_raw", "sent_before_compression", "wire", "saved_by_dedup", "saved_by_compression")
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def collect(self):
+        family = CounterMetricFamily("mailrepl_source_bytes", "Message bytes captured, shipped and saved, per mailbox",
+                                     labels=["server", "address", "kind"])
+        for st in self.registry.list_status():
+            if st.bytes is None:
+                continue
+            counts = st.bytes.model_dump()
+            for kind in self.KINDS:
+                family.add_metric([st.server, st.address, kind], counts[kind])
+        yield family
 
 
 def run(settings) -> None:

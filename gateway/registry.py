@@ -8,7 +8,7 @@ from typing import Mapping
 from sqlalchemy import func, select
 
 from shared.adapters.base import Adapter
-from shared.api_common import FolderStatus, MailboxDetail, MailboxStatus, RejectedInfo, SeedingProgress
+from shared.api_common import ByteCounts, FolderStatus, MailboxDetail, MailboxStatus, RejectedInfo, SeedingProgress
 from shared.errors import AdapterError, MailboxNotFound, MailreplError
 from shared.model import UidSet, utcnow
 from shared.store import Store
@@ -174,6 +174,8 @@ class Registry:
             last_applied_seq=mbx.applied_seq,
             error=error,
             rejected=len(json.loads(mbx.rejected or "[]")),
+            bytes=ByteCounts.of(mbx.captured_bytes, mbx.shipped_raw_bytes, mbx.shipped_payload_bytes,
+                                mbx.shipped_wire_bytes),
         )
 
     def record_error(self, mailbox_id: int, exc: BaseException) -> None:

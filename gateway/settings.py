@@ -3,7 +3,8 @@
 ::
 
     [gateway]   id, state_url, listen, admin_token, poll_interval, workers, fetch_chunk, log_level
-    [peer]      url, token, batch_max_changes, batch_max_bytes, timeout, retry_initial, retry_max, ca_file
+    [peer]      url, token, batch_max_changes, batch_max_bytes, part_threshold, timeout, retry_initial,
+                retry_max, ca_file
     [[servers]] the primary mail servers (see ``shared.settings_common``)
 
 ``deploy/examples/source.toml`` documents every key.
@@ -49,6 +50,7 @@ DEFAULT_WORKERS = 4
 DEFAULT_FETCH_CHUNK = 200
 DEFAULT_BATCH_MAX_CHANGES = 2000
 DEFAULT_BATCH_MAX_BYTES = 32 * 1024 * 1024
+DEFAULT_PART_THRESHOLD = 4096  # MIME part bodies from this size on travel content-addressed
 DEFAULT_PEER_TIMEOUT = 60.0
 DEFAULT_RETRY_INITIAL = 1.0
 DEFAULT_RETRY_MAX = 60.0
@@ -74,6 +76,7 @@ class PeerSettings:
     token: str = field(repr=False)
     batch_max_changes: int = DEFAULT_BATCH_MAX_CHANGES
     batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
+    part_threshold: int = DEFAULT_PART_THRESHOLD
     timeout: float = DEFAULT_PEER_TIMEOUT
     retry_initial: float = DEFAULT_RETRY_INITIAL
     retry_max: float = DEFAULT_RETRY_MAX
@@ -127,6 +130,7 @@ def _read_peer(table: Table) -> PeerSettings:
         token=read_token(table, "token", ENV_PEER_TOKEN),
         batch_max_changes=table.integer("batch_max_changes", DEFAULT_BATCH_MAX_CHANGES, minimum=1),
         batch_max_bytes=table.integer("batch_max_bytes", DEFAULT_BATCH_MAX_BYTES, minimum=1),
+        part_threshold=table.integer("part_threshold", DEFAULT_PART_THRESHOLD, minimum=256),
         timeout=table.seconds("timeout", DEFAULT_PEER_TIMEOUT),
         retry_initial=retry_initial,
         retry_max=retry_max,

@@ -12,21 +12,23 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
-from typing import Mapping
+from typing import Collection, Mapping, Sequence
 
 import httpx
 from sqlalchemy import delete, func, select
 
-from shared.errors import StoreError, TransportError, WireError
-from shared.model import Change, SeqRange
+from gateway.batch_builder import BatchBuilder, Built
+from shared.errors import TransportError, WireError
+from shared.mime_split import BLOB_THRESHOLD
 from shared.store import Store
 from shared.store.models import Mailbox, OutboxBody, OutboxRow
-from shared.wire import MEDIA_TYPE, Ack, Batch, Segment, encode_batch
+from shared.wire import MEDIA_TYPE, Ack, encode_batch
 
 __all__ = ["Shipper", "ShipStats"]
 
 log = logging.getLogger("mailrepl.shipper")
+
+HELD_QUERY_MAX = 10_000  # bodies or parts asked about per request
 
 
 class ShipStats:
@@ -34,7 +36,8 @@ class ShipStats:
         self.batches = 0
         self.changes = 0
         self.wire_bytes = 0
-        self.raw_bytes = 0
+        self.raw_bytes = 0  # bodies the shipped changes refer to, as captured
+        self.payload_bytes = 0  # skeletons and parts actually sent, before compression
 
 
 class Shipper:
@@ -47,6 +50,7 @@ class Shipper:
         token: str,
         max_changes: int = 1000,
         max_bytes: int = 32 * 1024 * 1024,
+        part_threshold: int = BLOB_THRESHOLD,
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         body_lock: threading.Lock | None = None,
@@ -66,73 +70,38 @@ class Shipper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shipper-prepare")
+        self.builder = BatchBuilder(store, source_id, self._held, max_changes=max_changes, max_bytes=max_bytes,
+                                    part_threshold=part_threshold)
 
     # ------------------------------------------------------------------ building
 
-    def build_batch(self, after: Mapping[tuple[str, str], int] | None = None) -> tuple[Batch, int] | None:
-        """The next batch and its raw size, or None when nothing waits.
+    def build_batch(self, after: Mapping[tuple[str, str], int] | None = None,
+                    in_flight: Collection[str] = frozenset()) -> Built | None:
+        """The next batch (see ``gateway.batch_builder``), or None when nothing waits."""
+        return self.builder.build(after, in_flight)
 
-        Each mailbox's segment starts after its acknowledged sequence number, or after
-        ``after[(server, address)]`` when that is further (a batch already in flight).
-        """
-        after = after or {}
-        segments: list[Segment] = []
-        blobs: dict[str, bytes] = {}
-        budget_changes, budget_bytes, raw = self.max_changes, self.max_bytes, 0
-        with self.store.read() as s:
-            mailboxes = list(
-                s.scalars(
-                    select(Mailbox)
-                    .where(Mailbox.last_seq > Mailbox.acked_seq, Mailbox.ship_error.is_(None))
-                    .order_by(Mailbox.acked_seq - Mailbox.last_seq, Mailbox.id)
+    def _held(self, shas: Sequence[str], keys: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Ask the recovery gateway which of these bodies and parts it lacks."""
+        missing_shas: list[str] = []
+        missing_keys: list[str] = []
+        for i in range(0, max(len(shas), len(keys)), HELD_QUERY_MAX):
+            try:
+                r = self.client.post(
+                    "/api/v1/ingest/missing",
+                    json={"messages": list(shas[i : i + HELD_QUERY_MAX]), "parts": list(keys[i : i + HELD_QUERY_MAX])},
+                    headers={"Authorization": f"Bearer {self.token}"},
                 )
-            )
-            for mbx in mailboxes:
-                if budget_changes <= 0 or budget_bytes <= 0:
-                    break
-                start = max(mbx.acked_seq, after.get((mbx.server, mbx.address), 0))
-                if start >= mbx.last_seq:
-                    continue
-                rows = list(
-                    s.execute(
-                        select(OutboxRow.seq, OutboxRow.change, OutboxRow.sha256, OutboxRow.size, OutboxRow.created_at)
-                        .where(OutboxRow.mailbox_id == mbx.id, OutboxRow.seq > start)
-                        .order_by(OutboxRow.seq)
-                        .limit(budget_changes)
-                    )
-                )
-                picked = []
-                for seq, text, sha, size, created in rows:
-                    if picked and (seq != picked[-1][0] + 1 or size > budget_bytes):
-                        break
-                    picked.append((seq, text, sha, size, created))
-                    budget_bytes -= size
-                if not picked or picked[0][0] != start + 1:
-                    log.error("outbox of %s/%s does not continue at %d", mbx.server, mbx.address, start + 1)
-                    continue
-                wanted = sorted({sha for _, _, sha, _, _ in picked if sha and sha not in blobs})
-                for i in range(0, len(wanted), 500):
-                    for sha, data in s.execute(
-                        select(OutboxBody.sha256, OutboxBody.data).where(OutboxBody.sha256.in_(wanted[i : i + 500]))
-                    ):
-                        blobs[sha] = data
-                        raw += len(data)
-                missing = [sha for sha in wanted if sha not in blobs]
-                if missing:
-                    raise StoreError(f"outbox body {missing[0][:16]}… of {mbx.address} is missing", retryable=False)
-                budget_changes -= len(picked)
-                segments.append(
-                    Segment(
-                        server=mbx.server,
-                        address=mbx.address,
-                        range=SeqRange(picked[0][0], picked[-1][0]),
-                        changes=tuple(Change.from_dict(json.loads(t)) for _, t, _, _, _ in picked),
-                        captured=tuple(_iso(c) for *_, c in picked),
-                    )
-                )
-        if not segments:
-            return None
-        return Batch(source=self.source_id, segments=tuple(segments), blobs=blobs), raw
+            except httpx.HTTPError as exc:
+                raise TransportError(f"recovery gateway unreachable: {exc.__class__.__name__}: {exc}") from exc
+            if r.status_code != 200:
+                raise TransportError(f"recovery gateway answered {r.status_code} to a body query: {_detail(r)}")
+            try:
+                answer = r.json()
+                missing_shas += answer["messages"]
+                missing_keys += answer["parts"]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise WireError(f"unreadable answer to a body query: {exc}") from exc
+        return missing_shas, missing_keys
 
     # ------------------------------------------------------------------ sending
 
@@ -141,32 +110,30 @@ class Shipper:
         built = self.build_batch()
         if built is None:
             return False
-        batch, raw = built
-        data = encode_batch(batch)
+        data = encode_batch(built.batch)
         ack = self._post(data)
-        self._account(batch, raw, data)
-        self._record(ack)
+        self._record(ack, built, len(data))
         return True
 
     def ship_pipelined(self) -> int:
         """Send batches until the outbox is drained; returns how many were sent.
 
-        The next batch is read and compressed while the current one is in flight (both release
-        the GIL), so the link and the peer are kept busy. Any failure or any answer other than
-        "ok" ends the run: the next run starts again from what the peer acknowledged.
+        The next batch is read, split and compressed while the current one is in flight (the
+        store, zstd and the socket release the GIL), so the link and the peer are kept busy.
+        Any failure or any answer other than "ok" ends the run: the next run starts again from
+        what the peer acknowledged.
         """
         sent = 0
         upto: dict[tuple[str, str], int] = {}
-        pending = self._prepare(upto)
+        pending = self._prepare(upto, frozenset())
         while pending is not None and not self._stop.is_set():
-            batch, raw, data = pending
-            for seg in batch.segments:
+            built, data = pending
+            for seg in built.batch.segments:
                 upto[(seg.server, seg.address)] = seg.range.last
-            ahead = self._ahead.submit(self._prepare, dict(upto))
+            ahead = self._ahead.submit(self._prepare, dict(upto), frozenset(built.batch.parts))
             try:
                 ack = self._post(data)
-                self._account(batch, raw, data)
-                self._record(ack)
+                self._record(ack, built, len(data))
             finally:
                 try:
                     pending = ahead.result()
@@ -178,18 +145,11 @@ class Shipper:
                 break
         return sent
 
-    def _prepare(self, after: Mapping[tuple[str, str], int]) -> tuple[Batch, int, bytes] | None:
-        built = self.build_batch(after)
+    def _prepare(self, after: Mapping[tuple[str, str], int], in_flight: Collection[str]) -> tuple[Built, bytes] | None:
+        built = self.build_batch(after, in_flight)
         if built is None:
             return None
-        batch, raw = built
-        return batch, raw, encode_batch(batch)
-
-    def _account(self, batch: Batch, raw: int, data: bytes) -> None:
-        self.stats.batches += 1
-        self.stats.changes += sum(len(seg.range) for seg in batch.segments)
-        self.stats.wire_bytes += len(data)
-        self.stats.raw_bytes += raw
+        return built, encode_batch(built.batch)
 
     def _post(self, data: bytes) -> Ack:
         try:
@@ -225,13 +185,22 @@ class Shipper:
             raise TransportError(f"recovery gateway answered {r.status_code} to a progress query: {_detail(r)}")
         self._record(Ack.from_json(r.json()))
 
-    def _record(self, ack: Ack) -> None:
+    def _record(self, ack: Ack, built: Built | None = None, wire_bytes: int = 0) -> None:
+        """Apply an acknowledgement (and, for a sent batch, its bytes accounting) to the store."""
         released: set[str] = set()
+        if built is not None:
+            self.stats.batches += 1
+            self.stats.changes += sum(len(seg.range) for seg in built.batch.segments)
+            self.stats.wire_bytes += wire_bytes
+            self.stats.raw_bytes += built.raw_total
+            self.stats.payload_bytes += built.payload_total
         with self.body_lock, self.store.tx() as s:
             for res in ack.results:
                 mbx = s.scalar(select(Mailbox).where(Mailbox.server == res.server, Mailbox.address == res.address))
                 if mbx is None:
                     continue
+                if built is not None and res.status == "ok":
+                    self._account(mbx, built, wire_bytes)
                 if res.status == "conflict":
                     mbx.ship_error = f"recovery gateway reports a conflict: {res.detail}"
                     log.error("%s/%s: %s", res.server, res.address, mbx.ship_error)
@@ -246,8 +215,16 @@ class Shipper:
                         mbx.acked_seq = min(mbx.acked_seq, resend - 1)
                 elif res.status == "error":
                     mbx.ship_error = f"recovery gateway: {res.detail}"
+                elif res.status == "missing":  # asked again and sent on the next run
+                    log.info("%s/%s: recovery gateway lacks %d bodies or parts it was said to hold",
+                             res.server, res.address, len(res.missing))
                 if res.status == "ok":
-                    mbx.acked_seq = max(mbx.acked_seq, min(res.acked, mbx.last_seq))
+                    if res.acked < mbx.acked_seq:
+                        # the peer holds less than it acknowledged before (it dropped a damaged
+                        # body and asks again): send again from there
+                        mbx.acked_seq = max(res.acked, mbx.applied_seq)
+                    else:
+                        mbx.acked_seq = min(res.acked, mbx.last_seq)
                 if res.applied > mbx.applied_seq:
                     mbx.applied_seq = min(res.applied, mbx.last_seq)
                     done = (OutboxRow.mailbox_id == mbx.id) & (OutboxRow.seq <= mbx.applied_seq)
@@ -261,6 +238,16 @@ class Shipper:
                 part = gone[i : i + 500]
                 used = select(OutboxRow.sha256).where(OutboxRow.sha256.in_(part))
                 s.execute(delete(OutboxBody).where(OutboxBody.sha256.in_(part), OutboxBody.sha256.not_in(used)))
+
+    @staticmethod
+    def _account(mbx: Mailbox, built: Built, wire_bytes: int) -> None:
+        who = (mbx.server, mbx.address)
+        payload = built.payload.get(who, 0)
+        mbx.shipped_raw_bytes += built.raw.get(who, 0)
+        mbx.shipped_payload_bytes += payload
+        # the compressed batch is shared: each mailbox carries its share of the payload
+        total = built.payload_total
+        mbx.shipped_wire_bytes += round(wire_bytes * payload / total) if total else 0
 
     # ------------------------------------------------------------------ loop
 
@@ -299,10 +286,6 @@ class Shipper:
                 log.warning("shipping failed: %s (retry in %.1fs)", exc, delay)
                 self._stop.wait(max(delay, getattr(exc, "back_off", 0.0)))
                 delay = min(self.retry_max, delay * 2)
-
-
-def _iso(dt: datetime | None) -> str:
-    return dt.isoformat() if dt is not None else ""
 
 
 def _detail(r: httpx.Response) -> str:

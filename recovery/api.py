@@ -1,7 +1,11 @@
 """REST API of the recovery gateway: batch ingest for source gateways, admin status under /api/v1."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+import dataclasses
+from typing import Annotated, Callable
+
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -34,6 +38,12 @@ def ingest_router(receiver: Receiver, auth, max_bytes: int) -> APIRouter:
     @r.get("/progress")
     def progress(source: str) -> dict:
         return receiver.progress(source).to_json()
+
+    @r.post("/missing", response_model=HeldQuery)
+    def missing(query: HeldQuery) -> HeldQuery:
+        """Of these message bodies (SHA-256) and parts (XXH3-128), the ones this side lacks."""
+        shas, keys = receiver.bodies.missing(query.messages, query.parts)
+        return HeldQuery(messages=shas, parts=keys)
 
     return r
 
@@ -73,8 +83,28 @@ def replica_status(s, rep: Replica) -> MailboxStatus:
     )
 
 
-def admin_router(store: Store, auth) -> APIRouter:
+class HeldQuery(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    messages: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]] = Field(default=[], max_length=100_000)
+    parts: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]] = Field(default=[], max_length=100_000)
+
+
+class GcResult(BaseModel):
+    bodies_deleted: int
+    parts_scanned: int
+    parts_deleted: int
+    bytes_freed: int
+    parts_kept_recent: int
+
+
+def admin_router(store: Store, auth, collect_garbage: Callable[[float | None], object] | None = None) -> APIRouter:
     r = APIRouter(prefix="/api/v1", dependencies=[Depends(auth)], tags=["admin"])
+
+    if collect_garbage is not None:
+        @r.post("/gc", response_model=GcResult)
+        def gc(grace_seconds: float | None = Query(default=None, ge=0)) -> GcResult:
+            """Delete received bodies nothing refers to, then the parts no kept body refers to."""
+            return GcResult(**dataclasses.asdict(collect_garbage(grace_seconds)))
 
     def find(s, address: str, server: str | None) -> Replica:
         q = select(Replica).where(Replica.address == address)

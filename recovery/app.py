@@ -12,6 +12,8 @@ from recovery.api import admin_router, ingest_router
 from recovery.receiver import Receiver
 from shared.adapters.factory import make_adapter
 from shared.api_common import bearer_auth, make_app
+from shared.blobstore import BlobStore
+from shared.bodies import BodyStore
 from shared.replay import ReplayEngine
 from shared.store import open_store
 from shared.store.models import Replica
@@ -22,6 +24,7 @@ __all__ = ["RecoveryGateway", "run"]
 log = logging.getLogger("mailrepl.recovery")
 
 MAX_BATCH_BYTES = 512 * 1024 * 1024
+GC_INTERVAL = 3600.0  # seconds between garbage collections of bodies and parts
 
 
 class RecoveryGateway:
@@ -32,12 +35,14 @@ class RecoveryGateway:
         self.store.migrate()
         self.adapters = {srv.name: make_adapter(srv) for srv in settings.servers}
         self.routes = dict(settings.routes)
-        self.body_lock = threading.Lock()
-        self.replay = ReplayEngine(self.store, append_batch=g.append_batch, body_lock=self.body_lock)
+        self.bodies = BodyStore(self.store, BlobStore(g.blob_dir))
+        self.replay = ReplayEngine(self.store, self.bodies, append_batch=g.append_batch)
         self.workers = MailboxWorkers(
             "replay", self._jobs, workers=g.workers, poll_interval=1.0, on_error=self._record_error
         )
-        self.receiver = Receiver(self.store, self.route, body_lock=self.body_lock, on_received=self.workers.wake)
+        self.receiver = Receiver(self.store, self.bodies, self.route, on_received=self.workers.wake)
+        self._gc_stop = threading.Event()
+        self._gc_thread: threading.Thread | None = None
         self.metrics = CollectorRegistry()
         self._queue = Gauge("mailrepl_recovery_replay_queue", "Changes received, not yet applied",
                             ["server", "address"], registry=self.metrics)
@@ -85,10 +90,24 @@ class RecoveryGateway:
             for rep in s.scalars(select(Replica)):
                 self._queue.labels(rep.server, rep.address).set(rep.received_seq - rep.applied_seq)
 
+    def collect_garbage(self, grace_seconds: float | None = None):
+        grace = self.settings.gateway.blob_grace_seconds if grace_seconds is None else grace_seconds
+        return self.bodies.collect_garbage(grace_seconds=grace)
+
+    def _gc_loop(self) -> None:
+        while not self._gc_stop.wait(GC_INTERVAL):
+            try:
+                self.collect_garbage()
+            except Exception:  # noqa: BLE001 - logged; the next round tries again
+                log.exception("garbage collection failed")
+
     def start(self) -> None:
         self.workers.start()
+        self._gc_thread = threading.Thread(target=self._gc_loop, name="blob-gc", daemon=True)
+        self._gc_thread.start()
 
     def stop(self) -> None:
+        self._gc_stop.set()
         self.workers.stop()
         self.store.dispose()
 
@@ -98,7 +117,7 @@ class RecoveryGateway:
                        lambda: {"role": "recovery", "id": g.id}, self._refresh_metrics,
                        start=self.start, stop=self.stop)
         app.include_router(ingest_router(self.receiver, bearer_auth(g.ingest_token), MAX_BATCH_BYTES))
-        app.include_router(admin_router(self.store, bearer_auth(g.admin_token)))
+        app.include_router(admin_router(self.store, bearer_auth(g.admin_token), self.collect_garbage))
         return app
 
 

@@ -6,21 +6,24 @@ Per segment (one mailbox's contiguous range), in its own transaction:
   starts further on is a *gap*: nothing is stored, ``resend_from`` says where to resume;
 - an overlapping sequence number must carry the same change digest as before (a no-op);
   a different digest is a *conflict*: reported, nothing of the segment stored or overwritten;
-- every body a new change refers to must be in the batch or already held, with a matching hash.
+- every body a new change refers to must be in the batch or already held; a body in the batch
+  must reassemble (skeleton + parts from the batch or the blob store) to its SHA-256. A body or
+  part that the sender was told is held but is not (garbage-collected meanwhile) is answered
+  ``missing``: nothing of the segment is stored and the sender sends it again.
 """
 from __future__ import annotations
 
 import json
 import logging
-import threading
 from datetime import datetime
 from typing import Callable
 
 from sqlalchemy import func, insert, select
 
+from shared.bodies import BodyStore
 from shared.model import utcnow
 from shared.store import Store
-from shared.store.models import InboxBody, InboxRow, RejectedMessage, Replica
+from shared.store.models import InboxRow, RejectedMessage, Replica
 from shared.wire import Ack, Batch, Segment, SegmentResult
 
 __all__ = ["Receiver"]
@@ -32,14 +35,15 @@ class Receiver:
     def __init__(
         self,
         store: Store,
+        bodies: BodyStore,
         route: Callable[[str], str | None],
         *,
-        body_lock: threading.Lock | None = None,
         on_received: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
+        self.bodies = bodies
         self.route = route  # capturing server name -> server replayed into (None: no route)
-        self.body_lock = body_lock or threading.Lock()
+        self.body_lock = bodies.lock
         self.on_received = on_received
 
     def ingest(self, batch: Batch) -> Ack:
@@ -112,22 +116,15 @@ class Receiver:
                 for seq, ch in zip(seg.range, seg.changes)
                 if seq > rep.received_seq
             ]
-            wanted = {ch.sha256 for _, ch, _, _ in new if ch.sha256 is not None}
-            have: set[str] = set()
-            ordered = sorted(wanted)
-            for i in range(0, len(ordered), 500):
-                have.update(s.scalars(select(InboxBody.sha256).where(InboxBody.sha256.in_(ordered[i : i + 500]))))
-            fresh: dict[str, bytes] = {}
-            for seq, ch, _, _ in new:  # validate everything before storing anything
-                if ch.sha256 is None or ch.sha256 in have or ch.sha256 in fresh:
-                    continue
-                data = batch.blobs.get(ch.sha256)
-                if data is None:
-                    return self._result(s, rep, "error", detail=f"body {ch.sha256[:16]}… of sequence {seq} is missing")
-                # decode_batch has checked every blob against its SHA-256 key
-                fresh[ch.sha256] = data
-            if fresh:
-                s.execute(insert(InboxBody), [dict(sha256=k, size=len(v), data=v) for k, v in fresh.items()])
+            staged = self.bodies.stage(s, (ch.sha256 for _, ch, _, _ in new if ch.sha256 is not None),
+                                       batch.messages, batch.parts)
+            if staged.error:
+                return self._result(s, rep, "error", detail=staged.error)
+            if staged.missing:
+                # told it was held, but it is not (collected meanwhile or damaged): ask again
+                return self._result(s, rep, "missing", missing=tuple(staged.missing),
+                                    detail=f"{len(staged.missing)} bodies or parts must be sent again")
+            self.bodies.store_staged(s, staged)
             if new:
                 s.execute(insert(InboxRow), [
                     dict(replica_id=rep.id, seq=seq, change=json.dumps(ch.to_dict(), separators=(",", ":")),

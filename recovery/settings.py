@@ -2,7 +2,8 @@
 
 ::
 
-    [gateway]   id, state_url, listen, admin_token, ingest_token, workers, append_batch, log_level
+    [gateway]   id, state_url, listen, admin_token, ingest_token, workers, append_batch, blob_dir,
+                blob_grace_seconds, log_level
     [[servers]] the standby mail servers (see ``shared.settings_common``)
     [routes]    optional: primary server name (as the source gateway calls it) = standby server name
 
@@ -40,11 +41,14 @@ __all__ = [
 ]
 
 ENV_INGEST_TOKEN = "MAILREPL_INGEST_TOKEN"
+ENV_BLOB_DIR = "MAILREPL_BLOB_DIR"
 
 DEFAULT_STATE_URL = "sqlite:///mailrepl-recovery.sqlite"
 DEFAULT_LISTEN = "127.0.0.1:8471"
 DEFAULT_WORKERS = 4
 DEFAULT_APPEND_BATCH = 100
+DEFAULT_BLOB_DIR = "mailrepl-blobs"
+DEFAULT_BLOB_GRACE = 600
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -56,6 +60,8 @@ class RecoveryGatewaySettings:
     ingest_token: str = field(repr=False)
     workers: int = DEFAULT_WORKERS
     append_batch: int = DEFAULT_APPEND_BATCH
+    blob_dir: str = DEFAULT_BLOB_DIR  # content-addressed message parts (absolute after loading)
+    blob_grace_seconds: int = DEFAULT_BLOB_GRACE  # GC never deletes a part younger than this
     log_level: str = "info"
 
 
@@ -71,6 +77,7 @@ class RecoverySettings:
         lines = [
             f'recovery gateway "{g.id}": listen {g.listen}, state {display_state_url(g.state_url)}',
             f"  {g.workers} workers, append {g.append_batch} messages per batch, log level {g.log_level}",
+            f"  blob store {g.blob_dir} (GC grace {g.blob_grace_seconds}s)",
         ]
         lines += [describe_server(s) for s in self.servers]
         lines += [f'route "{primary}" -> "{standby}"' for primary, standby in self.routes.items()]
@@ -86,6 +93,8 @@ def _read_gateway(table: Table) -> RecoveryGatewaySettings:
         ingest_token=read_token(table, "ingest_token", ENV_INGEST_TOKEN),
         workers=table.integer("workers", DEFAULT_WORKERS, minimum=1),
         append_batch=table.integer("append_batch", DEFAULT_APPEND_BATCH, minimum=1),
+        blob_dir=str(table.resolve(table.environ.get(ENV_BLOB_DIR) or table.string("blob_dir", DEFAULT_BLOB_DIR))),
+        blob_grace_seconds=table.integer("blob_grace_seconds", DEFAULT_BLOB_GRACE, minimum=60),
         log_level=read_log_level(table),
     )
     table.finish()

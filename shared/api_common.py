@@ -17,6 +17,7 @@ from shared.errors import MailreplError
 __all__ = [
     "bearer_auth",
     "make_app",
+    "ByteCounts",
     "MailboxStatus",
     "MailboxDetail",
     "FolderStatus",
@@ -86,6 +87,22 @@ class RejectedInfo(_Model):
     reason: str
 
 
+class ByteCounts(_Model):
+    """What crossed the WAN for a mailbox, and what dedup and compression saved."""
+
+    captured: int  # message bodies as captured from the server
+    shipped_raw: int  # bodies the shipped changes refer to
+    sent_before_compression: int  # skeletons and parts not already held at DR
+    wire: int  # bytes on the wire (this mailbox's share of the compressed batches)
+    saved_by_dedup: int  # shipped_raw - sent_before_compression
+    saved_by_compression: int  # sent_before_compression - wire
+
+    @classmethod
+    def of(cls, captured: int, raw: int, payload: int, wire: int) -> "ByteCounts":
+        return cls(captured=captured, shipped_raw=raw, sent_before_compression=payload, wire=wire,
+                   saved_by_dedup=max(0, raw - payload), saved_by_compression=max(0, payload - wire))
+
+
 class MailboxStatus(_Model):
     address: str
     server: str
@@ -99,6 +116,7 @@ class MailboxStatus(_Model):
     last_applied_seq: int | None
     error: str | None
     rejected: int
+    bytes: ByteCounts | None = None  # on the capturing side
 
 
 class FolderStatus(_Model):

@@ -416,6 +416,7 @@ class CaptureEngine:
                     seq.emit(Change(Kind.MSG_ADD, row.name, **fields), size=len(msg.body))
                 report.messages += 1
                 report.bytes += len(msg.body)
+                mbx.captured_bytes += len(msg.body)
                 if mbx.phase == "seeding":
                     mbx.seed_msgs_done += 1
                     mbx.seed_bytes_done += len(msg.body)

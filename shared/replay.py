@@ -20,19 +20,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
 from sqlalchemy import delete, insert, select, update
 
 from shared.adapters.base import AppendItem, MailboxSession
+from shared.bodies import BodyCorrupt, BodyStore
 from shared.errors import FolderNotFound, MessageRejected, StoreError
 from shared.model import Change, Kind, parse_internaldate, utcnow
 from shared.store import Store
 from shared.store.models import (
     IdMapEntry,
-    InboxBody,
     InboxRow,
     Orphan,
     RejectedMessage,
@@ -116,14 +115,14 @@ class ReplayEngine:
     def __init__(
         self,
         store: Store,
+        bodies: BodyStore,
         *,
         append_batch: int = DEFAULT_APPEND_BATCH,
         append_bytes: int = DEFAULT_APPEND_BYTES,
         window: int = 1000,
-        body_lock: threading.Lock | None = None,
     ) -> None:
         self.store = store
-        self.body_lock = body_lock or threading.Lock()  # held with the receiver's body inserts
+        self.bodies = bodies  # received bodies: skeletons + parts, checked on every read
         self.append_batch = append_batch
         self.append_bytes = append_bytes
         self.window = window
@@ -155,8 +154,6 @@ class ReplayEngine:
                 break
             for group in plan(changes, append_batch=self.append_batch, append_bytes=self.append_bytes):
                 self._apply(replica_id, group, session, report)
-        if report.applied:
-            self._gc_bodies()
         return report
 
     # ------------------------------------------------------------------ groups
@@ -273,7 +270,7 @@ class ReplayEngine:
 
     def _append(self, rid, folder, todo, session, rejected, report) -> list[IdMapEntry]:
         """MULTIAPPEND ``todo`` under an intent; on rejection retry one by one to find the culprit."""
-        bodies = self._bodies([c.sha256 for _, c in todo])
+        bodies = self._bodies(rid, [c.sha256 for _, c in todo])
         items = [
             AppendItem(bodies[c.sha256], frozenset(c.flags or ()), parse_internaldate(c.internaldate))
             for _, c in todo
@@ -412,17 +409,23 @@ class ReplayEngine:
                     out[e.mid] = e
         return out
 
-    def _bodies(self, shas: Sequence[str]) -> dict[str, bytes]:
-        out: dict[str, bytes] = {}
+    def _bodies(self, rid: int, shas: Sequence[str]) -> dict[str, bytes]:
+        try:
+            return self.bodies.load(shas)
+        except BodyCorrupt as exc:
+            # never replay wrong bytes: drop the damaged body and ask the source for it again
+            self.bodies.forget(exc.sha256)
+            self._request_resend(rid, str(exc))
+            raise
+
+    def _request_resend(self, rid: int, reason: str) -> None:
+        """Forget what was received beyond what is applied; the source sends it again."""
         with self.store.tx() as s:
-            for b in s.scalars(select(InboxBody).where(InboxBody.sha256.in_(set(shas)))):
-                if hashlib.sha256(b.data).hexdigest() != b.sha256:
-                    raise StoreError(f"stored body {b.sha256[:16]}… does not match its hash", retryable=False)
-                out[b.sha256] = b.data
-        missing = set(shas) - set(out)
-        if missing:
-            raise StoreError(f"body {sorted(missing)[0][:16]}… not received", retryable=False)
-        return out
+            rep = s.get(Replica, rid)
+            s.execute(delete(InboxRow).where(InboxRow.replica_id == rid, InboxRow.seq > rep.applied_seq))
+            rep.received_seq = rep.applied_seq
+            rep.error = f"{reason}; asked the source to send it again"
+        log.error("replica %s: %s; re-requesting from sequence %d", rid, reason, rep.applied_seq + 1)
 
     def _done(self, rid, g, report, *, drop_mids=(), rename=None, drop_folder=None) -> None:
         with self.store.tx() as s:
@@ -454,9 +457,3 @@ class ReplayEngine:
             .values(state="applied")
         )
         report.applied += len(g.items)
-
-    def _gc_bodies(self) -> None:
-        """Drop received bodies no change still waiting to be applied refers to."""
-        with self.body_lock, self.store.tx() as s:
-            waiting = select(InboxRow.sha256).where(InboxRow.state == "received", InboxRow.sha256.is_not(None))
-            s.execute(delete(InboxBody).where(InboxBody.sha256.not_in(waiting)))

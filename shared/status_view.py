@@ -39,6 +39,17 @@ def _lag(seconds: float | None) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def _size(n: int | None) -> str:
+    """Bytes in a short human form (SI units, as mail sizes are usually quoted)."""
+    if n is None:
+        return ""
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return ""  # pragma: no cover
+
+
 def _phase(phase: str) -> Text:
     return Text(phase, style=_PHASE_STYLE.get(phase, ""))
 
@@ -51,14 +62,18 @@ def mailbox_table(mailboxes: Iterable[Mapping[str, Any]], *, title: str | None =
     table.add_column("Protected")
     table.add_column("Phase", no_wrap=True)
     table.add_column("Active site")
-    for heading in ("Copy queue", "Replay queue", "Lag", "Last captured", "Last applied", "Rejected"):
+    for heading in ("Copy queue", "Replay queue", "Lag", "Last captured", "Last applied", "Rejected",
+                    "Shipped", "Wire", "Saved dedup/zstd"):
         table.add_column(heading, justify="right")
     table.add_column("Error", style="red", overflow="fold")
     for m in mailboxes:
+        b = m.get("bytes") or {}
         table.add_row(
             m["address"], m["server"], "yes" if m["protected"] else "no", _phase(m["phase"]), m["active_site"],
             _number(m["copy_queue"]), _number(m["replay_queue"]), _lag(m["lag_seconds"]),
             _number(m["last_captured_seq"]), _number(m["last_applied_seq"]), str(m["rejected"]),
+            _size(b.get("shipped_raw")), _size(b.get("wire")),
+            f"{_size(b.get('saved_by_dedup'))} / {_size(b.get('saved_by_compression'))}" if b else "",
             m["error"] or "",
         )
     return table

@@ -3,29 +3,36 @@
 Layout of an encoded batch (all integers big-endian)::
 
     b"MRPL"            magic
-    u8  version        WIRE_VERSION (a receiver rejects any other with UnsupportedVersion)
+    u8  version        WIRE_VERSION; 1 is still read, anything else is refused (UnsupportedVersion)
     u8  codec          0 = none, 1 = zstd
     ...                payload, compressed with the codec:
         u32 header_len
         header_len bytes of UTF-8 JSON header
-        the blob bytes, concatenated in the order the header lists them
+        version 2: the skeletons, then the part bodies, concatenated in the order the header
+        lists them; version 1: the whole message bodies
 
-Header JSON (version 1)::
+Header JSON (version 2)::
 
     {"source": "<gateway id>", "created": "<ISO 8601>",
      "segments": [{"server": "...", "address": "...", "range": "FIRST-LAST",
                    "captured": ["<ISO 8601>", ...],        # one per change
                    "changes": [<Change.to_dict()>, ...]}],  # exactly len(range) changes
-     "blobs": [{"sha256": "<hex>", "size": N}, ...]}
+     "messages": [{"sha256": "<hex>", "size": N}, ...],     # skeleton of each message
+     "parts": [{"key": "<xxh3-128 hex>", "size": N}, ...]}  # part bodies the skeletons refer to
 
-A segment is a contiguous range of one mailbox's sequence numbers. Every blob's bytes must hash
-to its ``sha256``; every body a change refers to (``sha256``) must either travel in the batch
-or already be held by the receiver (``Batch.blobs`` then simply lacks it).
+A message body travels as its *skeleton* (see :mod:`shared.mime_split`: MIME structure and small
+parts literal, large part bodies as references to content-addressed parts). Every part's bytes
+must hash to its key (XXH3-128); the whole message, reassembled, must hash to its ``sha256`` —
+the receiver checks that before it stores anything. A body a change refers to, or a part a
+skeleton refers to, that the receiver already holds does not travel again (the sender asks first,
+see ``/api/v1/ingest/missing``). Version 1 carried ``"blobs": [{"sha256", "size"}]`` of whole
+bodies; they are read as whole-message skeletons.
 
 The acknowledgement is JSON (see :class:`Ack`): per segment the highest sequence number the
 receiver holds durably (``acked``), how far it has applied (``applied``), and a status:
-``ok``, ``gap`` (``resend_from`` says where to resume) or ``conflict`` (``detail`` says which
-sequence number carries different content).
+``ok``, ``gap`` (``resend_from`` says where to resume), ``missing`` (a body or part it was told
+it had is gone: ``missing`` lists them; the sender asks again and re-sends) or ``conflict``
+(``detail`` says which sequence number carries different content).
 """
 from __future__ import annotations
 
@@ -36,9 +43,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import xxhash
 import zstandard
 
 from shared.errors import UnsupportedVersion, WireError
+from shared.mime_split import whole_skeleton
 from shared.model import Change, SeqRange
 
 __all__ = [
@@ -53,7 +62,8 @@ __all__ = [
     "decode_batch",
 ]
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MEDIA_TYPE = "application/vnd.mailrepl.batch"
 MAGIC = b"MRPL"
 CODEC_NONE, CODEC_ZSTD = 0, 1
@@ -83,7 +93,8 @@ class Segment:
 class Batch:
     source: str
     segments: tuple[Segment, ...]
-    blobs: dict[str, bytes] = field(default_factory=dict)
+    messages: dict[str, bytes] = field(default_factory=dict)  # whole-message SHA-256 -> skeleton
+    parts: dict[str, bytes] = field(default_factory=dict)  # XXH3-128 key -> part body
     created: str = ""
 
 
@@ -91,22 +102,25 @@ class Batch:
 class SegmentResult:
     server: str
     address: str
-    status: str  # ok | gap | conflict | error
+    status: str  # ok | gap | missing | conflict | error
     acked: int  # highest contiguous sequence number held durably
     applied: int = 0
     resend_from: int | None = None
     detail: str | None = None
     rejected: tuple[dict[str, Any], ...] = ()
+    missing: tuple[str, ...] = ()  # status "missing": message SHA-256s / part keys to send again
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if v is not None}
         d["rejected"] = list(self.rejected)
+        d["missing"] = list(self.missing)
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SegmentResult":
         d = dict(d)
         d["rejected"] = tuple(d.get("rejected") or ())
+        d["missing"] = tuple(d.get("missing") or ())
         return cls(**d)
 
 
@@ -120,7 +134,7 @@ class Ack:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Ack":
-        if d.get("v") != WIRE_VERSION:
+        if d.get("v") not in READABLE_VERSIONS:
             raise UnsupportedVersion(f"acknowledgement version {d.get('v')!r}, this gateway speaks {WIRE_VERSION}")
         try:
             return cls(tuple(SegmentResult.from_dict(r) for r in d["results"]))
@@ -142,15 +156,16 @@ def encode_batch(batch: Batch, *, level: int = 3, compress: bool = True) -> byte
             }
             for seg in batch.segments
         ],
-        "blobs": [{"sha256": sha, "size": len(data)} for sha, data in batch.blobs.items()],
+        "messages": [{"sha256": sha, "size": len(data)} for sha, data in batch.messages.items()],
+        "parts": [{"key": key, "size": len(data)} for key, data in batch.parts.items()],
     }
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    parts = [_U32.pack(len(head)), head, *batch.blobs.values()]
+    chunks = [_U32.pack(len(head)), head, *batch.messages.values(), *batch.parts.values()]
     if compress:
         cctx = zstandard.ZstdCompressor(level=level)
-        payload = cctx.compress(b"".join(parts))
+        payload = cctx.compress(b"".join(chunks))
         return _PREFIX.pack(MAGIC, WIRE_VERSION, CODEC_ZSTD) + payload
-    return _PREFIX.pack(MAGIC, WIRE_VERSION, CODEC_NONE) + b"".join(parts)
+    return _PREFIX.pack(MAGIC, WIRE_VERSION, CODEC_NONE) + b"".join(chunks)
 
 
 def decode_batch(data: bytes, *, max_bytes: int = MAX_DECODED_BYTES) -> Batch:
@@ -159,10 +174,10 @@ def decode_batch(data: bytes, *, max_bytes: int = MAX_DECODED_BYTES) -> Batch:
     magic, version, codec = _PREFIX.unpack_from(data)
     if magic != MAGIC:
         raise WireError("not a mailrepl batch (bad magic)")
-    if version != WIRE_VERSION:
+    if version not in READABLE_VERSIONS:
         raise UnsupportedVersion(
-            f"batch wire version {version} is not supported (this gateway speaks version {WIRE_VERSION}); "
-            "upgrade the recovery gateway first"
+            f"batch wire version {version} is not supported (this gateway reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}); upgrade the recovery gateway first"
         )
     body = memoryview(data)[_PREFIX.size :]
     if codec == CODEC_ZSTD:
@@ -192,22 +207,37 @@ def decode_batch(data: bytes, *, max_bytes: int = MAX_DECODED_BYTES) -> Batch:
             )
             for s in header["segments"]
         )
-        blob_list = header["blobs"]
         source = header["source"]
+        if version == 1:
+            listed = [(b["sha256"], int(b["size"])) for b in header["blobs"]]
+            part_list: list[tuple[str, int]] = []
+        else:
+            listed = [(m["sha256"], int(m["size"])) for m in header["messages"]]
+            part_list = [(p["key"], int(p["size"])) for p in header["parts"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise WireError(f"malformed batch header: {exc}") from exc
-    blobs: dict[str, bytes] = {}
-    off = 4 + hlen
     view = memoryview(payload)
-    for b in blob_list:
-        size = int(b["size"])
+    off = 4 + hlen
+    messages: dict[str, bytes] = {}
+    for sha, size in listed:
         chunk = bytes(view[off : off + size])
         if len(chunk) != size:
-            raise WireError("batch truncated inside a blob")
-        if hashlib.sha256(chunk).hexdigest() != b["sha256"]:
-            raise WireError(f"blob {b['sha256'][:16]}… does not match its hash")
-        blobs[b["sha256"]] = chunk
+            raise WireError("batch truncated inside a message")
+        if version == 1:  # whole bodies: check them here and carry them as whole skeletons
+            if hashlib.sha256(chunk).hexdigest() != sha:
+                raise WireError(f"message {sha[:16]}… does not match its hash")
+            chunk = whole_skeleton(chunk)
+        messages[sha] = chunk
+        off += size
+    parts: dict[str, bytes] = {}
+    for key, size in part_list:
+        chunk = bytes(view[off : off + size])
+        if len(chunk) != size:
+            raise WireError("batch truncated inside a part")
+        if xxhash.xxh3_128(chunk).hexdigest() != key:
+            raise WireError(f"part {key[:16]}… does not match its hash")
+        parts[key] = chunk
         off += size
     if off != len(payload):
-        raise WireError("trailing bytes after the last blob")
-    return Batch(source=source, segments=segments, blobs=blobs, created=header.get("created", ""))
+        raise WireError("trailing bytes after the last part")
+    return Batch(source=source, segments=segments, messages=messages, parts=parts, created=header.get("created", ""))

@@ -10,7 +10,9 @@ GUID, hash, flags), ``outbox`` (sequenced changes, kept until the peer has appli
 ``outbox_body`` (message bodies by SHA-256, shared by outbox rows).
 
 Replay side: ``replica`` (one per mailbox received from a peer), ``inbox`` (received changes
-by sequence number, with their digest kept after application for idempotency), ``inbox_body``,
+by sequence number, with their digest kept after application for idempotency), ``inbox_body``
+(message skeletons by SHA-256, kept while a standby message or a waiting change refers to them),
+``inbox_part`` (which content-addressed parts of the blob store each skeleton refers to),
 ``idmap`` (mid -> folder/uid on this server), ``replay_intent`` (a write in flight, to recover
 the id map from the server after a crash), ``orphan`` (messages of a folder being reset) and
 ``rejected_message``.
@@ -45,6 +47,7 @@ __all__ = [
     "Replica",
     "InboxRow",
     "InboxBody",
+    "InboxPart",
     "IdMapEntry",
     "ReplayIntent",
     "Orphan",
@@ -84,6 +87,12 @@ class Mailbox(Base):
     seed_bytes_total: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
     seed_bytes_done: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
     last_capture_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # bytes accounting: bodies as captured; bodies the shipped changes refer to (raw), what was
+    # put on the wire for them before compression (skeletons + parts not already at DR) and after
+    captured_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", nullable=False)
+    shipped_raw_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", nullable=False)
+    shipped_payload_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", nullable=False)
+    shipped_wire_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", nullable=False)
     created_at: Mapped[datetime] = _ts()
 
 
@@ -181,16 +190,28 @@ class InboxRow(Base):
 
 
 class InboxBody(Base):
+    """A received message body as its skeleton (``shared.mime_split``); the parts are in the blob store."""
+
     __tablename__ = "inbox_body"
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
-    size: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    size: Mapped[int] = mapped_column(BigInteger, nullable=False)  # of the whole message
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # the skeleton
+
+
+class InboxPart(Base):
+    """Skeleton ``sha256`` refers to part ``key``: the blob store keeps every part referenced here."""
+
+    __tablename__ = "inbox_part"
+    __table_args__ = (Index("ix_inbox_part_key", "key"),)
+
+    sha256: Mapped[str] = mapped_column(ForeignKey("inbox_body.sha256", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
 
 
 class IdMapEntry(Base):
     __tablename__ = "idmap"
-    __table_args__ = (Index("ix_idmap_replica_folder", "replica_id", "folder"),)
+    __table_args__ = (Index("ix_idmap_replica_folder", "replica_id", "folder"), Index("ix_idmap_sha256", "sha256"))
 
     replica_id: Mapped[int] = mapped_column(
         ForeignKey("replica.id", ondelete="CASCADE"), primary_key=True

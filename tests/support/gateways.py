@@ -83,7 +83,7 @@ class GatewayPair:
     """A source gateway watching ``primary`` and a recovery gateway replaying into ``standby``."""
 
     def __init__(self, tmp: Path, primary, standby, *, users, source_state: str, recovery_state: str,
-                 poll_interval: float = 0.5, fetch_chunk: int = 200) -> None:
+                 poll_interval: float = 0.5, fetch_chunk: int = 200, part_threshold: int | None = None) -> None:
         self.tmp = tmp
         sport, rport = free_port(), free_port()
         src = tmp / "source.toml"
@@ -104,6 +104,7 @@ token = "{INGEST_TOKEN}"
 retry_initial = 0.2
 retry_max = 2.0
 """
+            + (f"part_threshold = {part_threshold}\n" if part_threshold is not None else "")
             + _server_toml("primary", primary, users)
         )
         rec = tmp / "recovery.toml"
@@ -116,6 +117,7 @@ listen = "127.0.0.1:{rport}"
 admin_token = "{ADMIN_TOKEN}"
 ingest_token = "{INGEST_TOKEN}"
 workers = 4
+blob_dir = "{tmp}/blobs"
 """
             + _server_toml("standby", standby, users)
         )
@@ -177,3 +179,15 @@ workers = 4
             if line.startswith("mailrepl_source_wire_bytes "):
                 return float(line.split()[1])
         raise AssertionError("no mailrepl_source_wire_bytes metric")
+
+    def collect_garbage(self, grace_seconds: float = 0.0) -> dict:
+        """Run the recovery gateway's garbage collection of bodies and parts now."""
+        with self.recovery.api() as c:
+            r = c.post("/api/v1/gc", params={"grace_seconds": grace_seconds})
+            r.raise_for_status()
+            return r.json()
+
+    def blob_files(self) -> dict[str, int]:
+        """Parts in the recovery gateway's blob store: key -> size."""
+        root = self.tmp / "blobs"
+        return {p.name: p.stat().st_size for p in root.glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*") if p.is_file()}

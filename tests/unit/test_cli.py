@@ -312,7 +312,7 @@ def test_status_table_lists_configured_mailboxes(site):
     assert f"{site.url}: 4 mailboxes" in result.stdout
     assert table_row(result.stdout, "Address")[1:] == [
         "Server", "Protected", "Phase", "Active site", "Copy queue", "Replay queue", "Lag",
-        "Last captured", "Last applied", "Rejected", "Error"]
+        "Last captured", "Last applied", "Rejected", "Shipped", "Wire", "Saved dedup/zstd", "Error"]
     assert table_row(result.stdout, "alice")[:5] == ["alice", "primary", "no", "idle", "primary"]
     assert table_row(result.stdout, "erin")[:4] == ["erin", "branch", "no", "idle"]
 

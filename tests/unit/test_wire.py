@@ -6,29 +6,53 @@ import pytest
 
 from shared.errors import UnsupportedVersion, WireError
 from shared.model import Change, Kind, SeqRange
+from shared.mime_split import reassemble, split_message, whole_skeleton
 from shared.wire import WIRE_VERSION, Ack, Batch, Segment, SegmentResult, decode_batch, encode_batch
 
-GOLDEN = Path(__file__).with_name("golden") / "batch-v1.bin"
+GOLDEN_V1 = Path(__file__).with_name("golden") / "batch-v1.bin"
+GOLDEN = Path(__file__).with_name("golden") / "batch-v2.bin"
 BODY = b"Subject: hi\r\n\r\nbody \x00\xff\r\n"
 SHA = hashlib.sha256(BODY).hexdigest()
+ATTACHMENT = bytes(range(256)) * 20
+MIXED = (b'Subject: report\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n\r\nsee attached\r\n'
+         b"--b\r\nContent-Type: application/octet-stream\r\n\r\n" + ATTACHMENT + b"\r\n--b--\r\n")
+MIXED_SHA = hashlib.sha256(MIXED).hexdigest()
 
 
-def sample() -> Batch:
-    changes = (
+def _changes() -> tuple[Change, ...]:
+    return (
         Change(Kind.FOLDER_CREATE, "Lists/dev", special_use=()),
         Change(Kind.MSG_ADD, "Lists/dev", mid=1, sha256=SHA, size=len(BODY), flags=("\\Seen",),
                internaldate="2024-01-02T03:04:05+00:00"),
         Change(Kind.MSG_MOVE, "Lists/dev", mid=1, new_folder="INBOX", flags=("\\Seen",)),
     )
-    seg = Segment("primary", "alice", SeqRange(1, 3), changes, captured=("2024-01-02T03:04:06+00:00",) * 3)
-    return Batch("hq", (seg,), {SHA: BODY}, created="2024-01-02T03:04:07+00:00")
+
+
+def sample() -> Batch:
+    """Version 2: one whole-message body, one split into a skeleton and a part."""
+    changes = _changes() + (
+        Change(Kind.MSG_ADD, "INBOX", mid=2, sha256=MIXED_SHA, size=len(MIXED), flags=(),
+               internaldate="2024-01-02T03:04:05+00:00"),
+    )
+    seg = Segment("primary", "alice", SeqRange(1, 4), changes, captured=("2024-01-02T03:04:06+00:00",) * 4)
+    split = split_message(MIXED)
+    assert not split.whole
+    return Batch("hq", (seg,), {SHA: whole_skeleton(BODY), MIXED_SHA: split.skeleton}, dict(split.blobs),
+                 created="2024-01-02T03:04:07+00:00")
 
 
 def test_golden_file_decodes_to_the_same_batch():
-    # The golden file pins version 1 (written once by encode_batch(sample(), compress=False) and
+    # The golden file pins version 2 (written once by encode_batch(sample(), compress=False) and
     # committed): an encoder change that breaks old receivers fails here.
     assert decode_batch(GOLDEN.read_bytes()) == sample()
     assert encode_batch(sample(), compress=False) == GOLDEN.read_bytes()
+
+
+def test_version_1_batches_are_still_read_as_whole_bodies():
+    seg = Segment("primary", "alice", SeqRange(1, 3), _changes(), captured=("2024-01-02T03:04:06+00:00",) * 3)
+    v1 = decode_batch(GOLDEN_V1.read_bytes())
+    assert v1 == Batch("hq", (seg,), {SHA: whole_skeleton(BODY)}, {}, created="2024-01-02T03:04:07+00:00")
+    assert reassemble(v1.messages[SHA], {}) == BODY
 
 
 def test_compressed_round_trip():
@@ -44,9 +68,9 @@ def test_newer_version_is_rejected_clearly():
         decode_batch(bytes(data))
 
 
-def test_corrupted_blob_is_rejected():
+def test_corrupted_part_is_rejected():
     data = bytearray(encode_batch(sample(), compress=False))
-    data[-3] ^= 0xFF
+    data[-3] ^= 0xFF  # inside the part, the last thing in the payload
     with pytest.raises(WireError, match="does not match its hash"):
         decode_batch(bytes(data))
 

@@ -1,0 +1,186 @@
+"""Build the next batch from the outbox, sending each body and each part across the WAN once.
+
+1. Per mailbox (most behind first), the next contiguous range of unacknowledged changes, up to
+   ``max_changes`` in all.
+2. Ask the recovery gateway which of the bodies these changes refer to it lacks (one round trip).
+   Bodies it holds — the same message delivered to many mailboxes, a message that came back —
+   do not travel at all.
+3. Trim the ranges so that the bodies that must travel stay within ``max_bytes``; split each into
+   its skeleton and parts (``shared.mime_split``).
+4. Ask which of those parts it lacks (a second round trip): an attachment it already holds, from
+   any message, mailbox or server, does not travel either. Parts already in a batch in flight
+   count as held.
+
+Accounting per mailbox: ``raw`` (the bodies its changes refer to, as captured) and ``payload``
+(the skeleton and part bytes it put into the batch, before compression); the shipper adds the
+wire bytes after compression.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Callable, Collection, Mapping, Sequence
+
+from sqlalchemy import select
+
+from shared.errors import StoreError
+from shared.mime_split import BLOB_THRESHOLD, split_message
+from shared.model import Change, SeqRange
+from shared.store import Store
+from shared.store.models import Mailbox, OutboxBody, OutboxRow
+from shared.wire import Batch, Segment
+
+__all__ = ["BatchBuilder", "Built", "Held"]
+
+Held = Callable[[Sequence[str], Sequence[str]], tuple[list[str], list[str]]]  # -> missing (bodies, parts)
+
+
+@dataclass
+class Built:
+    batch: Batch
+    raw: dict[tuple[str, str], int] = field(default_factory=dict)  # per mailbox
+    payload: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    @property
+    def raw_total(self) -> int:
+        return sum(self.raw.values())
+
+    @property
+    def payload_total(self) -> int:
+        return sum(self.payload.values())
+
+
+@dataclass
+class _Range:
+    mbx: tuple[int, str, str]  # id, server, address
+    rows: list[tuple[int, str, str | None, int, datetime | None]]  # seq, change, sha256, size, created
+
+
+class BatchBuilder:
+    def __init__(self, store: Store, source_id: str, held: Held, *, max_changes: int, max_bytes: int,
+                 part_threshold: int = BLOB_THRESHOLD) -> None:
+        self.store = store
+        self.source_id = source_id
+        self.held = held  # asks the recovery gateway; must raise on failure, never guess
+        self.max_changes = max_changes
+        self.max_bytes = max_bytes
+        self.part_threshold = part_threshold
+
+    def build(self, after: Mapping[tuple[str, str], int] | None = None,
+              in_flight: Collection[str] = frozenset()) -> Built | None:
+        """The next batch, or None when nothing waits.
+
+        Each mailbox's range starts after its acknowledged sequence number, or after
+        ``after[(server, address)]`` when that is further (a batch already in flight).
+        """
+        ranges = self._candidates(after or {})
+        if not ranges:
+            return None
+        shas = list(dict.fromkeys(r[2] for rng in ranges for r in rng.rows if r[2]))
+        lacking = set(self.held(shas, [])[0]) if shas else set()
+        ranges = self._trim(ranges, lacking)
+        built = Built(Batch(self.source_id, ()))
+        messages: dict[str, bytes] = {}
+        parts: dict[str, bytes] = {}
+        owner: dict[str, tuple[str, str]] = {}  # body / part -> first mailbox that needed it
+        with self.store.read() as s:
+            for rng in ranges:
+                who = (rng.mbx[1], rng.mbx[2])
+                built.raw[who] = built.raw.get(who, 0) + sum(r[3] for r in rng.rows if r[2])
+                need = [r[2] for r in rng.rows if r[2] in lacking and r[2] not in messages]
+                for sha, data in self._bodies(s, dict.fromkeys(need), rng.mbx[2]):
+                    split = split_message(data, threshold=self.part_threshold)
+                    messages[sha] = split.skeleton
+                    owner[sha] = who
+                    for key, body in split.blobs:
+                        if key not in parts:
+                            parts[key] = body
+                            owner[key] = who
+        candidates = [k for k in parts if k not in in_flight]
+        missing_parts = set(self.held([], candidates)[1]) if candidates else set()
+        parts = {k: v for k, v in parts.items() if k in missing_parts}
+        for sha, skeleton in messages.items():
+            built.payload[owner[sha]] = built.payload.get(owner[sha], 0) + len(skeleton)
+        for key, body in parts.items():
+            built.payload[owner[key]] = built.payload.get(owner[key], 0) + len(body)
+        segments = tuple(
+            Segment(
+                server=rng.mbx[1], address=rng.mbx[2],
+                range=SeqRange(rng.rows[0][0], rng.rows[-1][0]),
+                changes=tuple(Change.from_dict(json.loads(r[1])) for r in rng.rows),
+                captured=tuple(r[4].isoformat() if r[4] is not None else "" for r in rng.rows),
+            )
+            for rng in ranges
+        )
+        built.batch = Batch(source=self.source_id, segments=segments, messages=messages, parts=parts)
+        return built
+
+    # ------------------------------------------------------------------ steps
+
+    def _candidates(self, after: Mapping[tuple[str, str], int]) -> list[_Range]:
+        budget = self.max_changes
+        out: list[_Range] = []
+        with self.store.read() as s:
+            mailboxes = list(s.execute(
+                select(Mailbox.id, Mailbox.server, Mailbox.address, Mailbox.acked_seq, Mailbox.last_seq)
+                .where(Mailbox.last_seq > Mailbox.acked_seq, Mailbox.ship_error.is_(None))
+                .order_by(Mailbox.acked_seq - Mailbox.last_seq, Mailbox.id)
+            ))
+            for mid, server, address, acked, last in mailboxes:
+                if budget <= 0:
+                    break
+                start = max(acked, after.get((server, address), 0))
+                if start >= last:
+                    continue
+                rows = list(s.execute(
+                    select(OutboxRow.seq, OutboxRow.change, OutboxRow.sha256, OutboxRow.size, OutboxRow.created_at)
+                    .where(OutboxRow.mailbox_id == mid, OutboxRow.seq > start)
+                    .order_by(OutboxRow.seq)
+                    .limit(budget)
+                ))
+                picked = []
+                for row in rows:
+                    if picked and row[0] != picked[-1][0] + 1:
+                        break
+                    picked.append(tuple(row))
+                if not picked or picked[0][0] != start + 1:
+                    raise StoreError(f"outbox of {server}/{address} does not continue at {start + 1}", retryable=False)
+                budget -= len(picked)
+                out.append(_Range((mid, server, address), picked))
+        return out
+
+    def _trim(self, ranges: list[_Range], lacking: set[str]) -> list[_Range]:
+        """Cut the ranges where the bodies that must travel would exceed ``max_bytes``."""
+        budget = self.max_bytes
+        counted: set[str] = set()
+        out: list[_Range] = []
+        for rng in ranges:
+            keep = []
+            for row in rng.rows:
+                sha, size = row[2], row[3]
+                cost = size if sha in lacking and sha not in counted else 0
+                if cost and cost > budget and (keep or out):
+                    break
+                keep.append(row)
+                if cost:
+                    counted.add(sha)
+                    budget -= cost
+            if keep:
+                out.append(_Range(rng.mbx, keep))
+            if len(keep) < len(rng.rows) or budget <= 0:
+                break
+        return out
+
+    @staticmethod
+    def _bodies(s, shas: Mapping[str, None], address: str):
+        wanted = list(shas)
+        found = 0
+        for i in range(0, len(wanted), 100):
+            for sha, data in s.execute(
+                select(OutboxBody.sha256, OutboxBody.data).where(OutboxBody.sha256.in_(wanted[i : i + 100]))
+            ):
+                found += 1
+                yield sha, data
+        if found != len(wanted):
+            raise StoreError(f"an outbox body of {address} is missing", retryable=False)

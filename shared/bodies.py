@@ -1,0 +1,185 @@
+"""Received message bodies: skeletons in the state store, their parts in the blob store.
+
+A body arrives as a skeleton (``shared.mime_split``) plus the parts the recovery gateway does
+not hold yet. Before anything is stored, every body is reassembled and must hash to its SHA-256;
+parts are made durable in the blob store before the transaction that records the skeleton and
+its part references commits, so an acknowledged body is always complete.
+
+Bodies are kept while a standby message (id map) or a change waiting to be applied refers to
+them; that is what lets a later message with the same content — or the same attachment in a new
+message — cross the WAN without its bytes. ``collect_garbage`` removes the rest, then the parts
+no kept skeleton refers to.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Sequence
+
+from sqlalchemy import delete, insert, select
+
+from shared.blobstore import BlobCorrupt, BlobMissing, BlobStore
+from shared.errors import StoreError
+from shared.mime_split import SkeletonError, reassemble, skeleton_keys
+from shared.store import Store
+from shared.store.models import IdMapEntry, InboxBody, InboxPart, InboxRow
+
+__all__ = ["BodyStore", "BodyCorrupt", "Staged", "GcReport"]
+
+log = logging.getLogger("mailrepl.bodies")
+
+
+class BodyCorrupt(StoreError):
+    """A stored body no longer reassembles to its hash (disk damage): it must come again."""
+
+    def __init__(self, message: str, *, sha256: str) -> None:
+        super().__init__(message, retryable=False)
+        self.sha256 = sha256
+
+
+@dataclass
+class Staged:
+    """Bodies of one segment, checked and ready to store (see ``BodyStore.stage``)."""
+
+    skeletons: dict[str, tuple[bytes, int, tuple[str, ...]]]  # sha256 -> (skeleton, size, part keys)
+    parts: dict[str, bytes]  # parts to write (not yet in the blob store)
+    missing: list[str]  # message SHA-256s / part keys neither in the batch nor held
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class GcReport:
+    bodies_deleted: int
+    parts_scanned: int
+    parts_deleted: int
+    bytes_freed: int
+    parts_kept_recent: int
+
+
+class BodyStore:
+    def __init__(self, store: Store, blobs: BlobStore, *, lock: threading.Lock | None = None) -> None:
+        self.store = store
+        self.blobs = blobs
+        self.lock = lock or threading.Lock()  # held by ingest writes and by garbage collection
+
+    # ------------------------------------------------------------------ ingest
+
+    def missing(self, shas: Sequence[str], keys: Sequence[str]) -> tuple[list[str], list[str]]:
+        """Which of these bodies (SHA-256) and parts (XXH3-128) this side does not hold."""
+        held: set[str] = set()
+        wanted = sorted(set(shas))
+        with self.store.read() as s:
+            for i in range(0, len(wanted), 500):
+                held.update(s.scalars(select(InboxBody.sha256).where(InboxBody.sha256.in_(wanted[i : i + 500]))))
+        return [sha for sha in dict.fromkeys(shas) if sha not in held], self.blobs.missing(keys)
+
+    def stage(self, s, shas: Iterable[str], messages: Mapping[str, bytes], parts: Mapping[str, bytes]) -> Staged:
+        """Check the bodies ``shas`` that are not held yet, inside the receiver's transaction."""
+        wanted = sorted(set(shas))
+        held: set[str] = set()
+        for i in range(0, len(wanted), 500):
+            held.update(s.scalars(select(InboxBody.sha256).where(InboxBody.sha256.in_(wanted[i : i + 500]))))
+        staged = Staged(skeletons={}, parts={}, missing=[])
+        for sha in wanted:
+            if sha in held:
+                continue
+            skeleton = messages.get(sha)
+            if skeleton is None:
+                staged.missing.append(sha)
+                continue
+            try:
+                keys = tuple(skeleton_keys(skeleton))
+            except SkeletonError as exc:
+                staged.error = f"body {sha[:16]}… has a malformed skeleton: {exc}"
+                return staged
+            found: dict[str, bytes] = {}
+            for key in keys:
+                data = parts.get(key)
+                if data is None:
+                    try:
+                        data = self.blobs.get(key)
+                    except (BlobMissing, BlobCorrupt):
+                        staged.missing.append(key)
+                        continue
+                else:
+                    staged.parts[key] = data
+                found[key] = data
+            if len(found) != len(keys):
+                continue
+            try:
+                raw = reassemble(skeleton, found)
+            except SkeletonError as exc:
+                staged.error = f"body {sha[:16]}… does not reassemble: {exc}"
+                return staged
+            if hashlib.sha256(raw).hexdigest() != sha:
+                staged.error = f"body {sha[:16]}… does not reassemble to its hash"
+                return staged
+            staged.skeletons[sha] = (skeleton, len(raw), keys)
+        return staged
+
+    def store_staged(self, s, staged: Staged) -> None:
+        """Parts durable first (files, fsync), then the skeleton rows in the caller's transaction."""
+        if staged.parts:
+            self.blobs.put_many(staged.parts.items())
+        if staged.skeletons:
+            s.execute(insert(InboxBody), [
+                dict(sha256=sha, size=size, data=skeleton) for sha, (skeleton, size, _) in staged.skeletons.items()
+            ])
+            refs = [dict(sha256=sha, key=key) for sha, (_, _, keys) in staged.skeletons.items() for key in set(keys)]
+            if refs:
+                s.execute(insert(InboxPart), refs)
+
+    # ------------------------------------------------------------------ replay
+
+    def load(self, shas: Sequence[str]) -> dict[str, bytes]:
+        """The whole bodies, each checked against its SHA-256 (BodyCorrupt if one fails)."""
+        out: dict[str, bytes] = {}
+        with self.store.read() as s:
+            rows = list(s.execute(select(InboxBody.sha256, InboxBody.data).where(InboxBody.sha256.in_(set(shas)))))
+        for sha, skeleton in rows:
+            try:
+                keys = skeleton_keys(skeleton)
+                raw = reassemble(skeleton, {key: self.blobs.get(key) for key in set(keys)})
+            except (SkeletonError, BlobMissing, BlobCorrupt) as exc:
+                raise BodyCorrupt(f"stored body {sha[:16]}… is damaged: {exc}", sha256=sha) from exc
+            if hashlib.sha256(raw).hexdigest() != sha:
+                raise BodyCorrupt(f"stored body {sha[:16]}… does not match its hash", sha256=sha)
+            out[sha] = raw
+        missing = set(shas) - set(out)
+        if missing:
+            raise StoreError(f"body {sorted(missing)[0][:16]}… not received", retryable=False)
+        return out
+
+    def forget(self, sha: str) -> None:
+        """Drop a damaged body so that it is asked for again (its parts are re-checked on arrival)."""
+        with self.lock, self.store.tx() as s:
+            s.execute(delete(InboxPart).where(InboxPart.sha256 == sha))
+            s.execute(delete(InboxBody).where(InboxBody.sha256 == sha))
+
+    # ------------------------------------------------------------------ garbage collection
+
+    def collect_garbage(self, *, grace_seconds: float) -> GcReport:
+        """Delete bodies nothing refers to any more, then the parts no kept body refers to.
+
+        Runs under the ingest lock, so a batch being stored cannot lose a part it relies on;
+        the grace period also spares parts written moments ago by another process.
+        """
+        with self.lock:
+            with self.store.tx() as s:
+                in_use = select(IdMapEntry.sha256)
+                waiting = select(InboxRow.sha256).where(InboxRow.state == "received", InboxRow.sha256.is_not(None))
+                dead = list(s.scalars(
+                    select(InboxBody.sha256).where(InboxBody.sha256.not_in(in_use), InboxBody.sha256.not_in(waiting))
+                ))
+                for i in range(0, len(dead), 500):
+                    s.execute(delete(InboxPart).where(InboxPart.sha256.in_(dead[i : i + 500])))
+                    s.execute(delete(InboxBody).where(InboxBody.sha256.in_(dead[i : i + 500])))
+            with self.store.read() as s:
+                referenced = set(s.scalars(select(InboxPart.key).distinct()))
+            sweep = self.blobs.sweep(referenced, grace_seconds=grace_seconds)
+        report = GcReport(bodies_deleted=len(dead), parts_scanned=sweep.scanned, parts_deleted=sweep.deleted,
+                          bytes_freed=sweep.bytes_freed, parts_kept_recent=sweep.kept_recent)
+        log.info("garbage collection: %s", report)
+        return report

@@ -1,0 +1,47 @@
+"""content-addressed parts: skeletons in inbox_body, part references, bytes accounting
+
+Received bodies are now kept as skeletons (``shared.mime_split``) whose large parts live in the
+blob store; ``inbox_part`` records which parts each skeleton refers to, so that the blob store's
+garbage collection knows what is still in use. Bodies received before this revision are whole
+messages: they become whole-message skeletons (no parts). The mailbox table gains the bytes
+accounting counters.
+
+Revision ID: 0003
+Revises: 0002
+"""
+import sqlalchemy as sa
+from alembic import op
+
+from shared.mime_split import whole_skeleton
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+_COUNTERS = ("captured_bytes", "shipped_raw_bytes", "shipped_payload_bytes", "shipped_wire_bytes")
+
+
+def upgrade() -> None:
+    op.create_table(
+        "inbox_part",
+        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("key", sa.String(length=32), nullable=False),
+        sa.ForeignKeyConstraint(["sha256"], ["inbox_body.sha256"], ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("sha256", "key"),
+    )
+    op.create_index("ix_inbox_part_key", "inbox_part", ["key"])
+    op.create_index("ix_idmap_sha256", "idmap", ["sha256"])
+    with op.batch_alter_table("mailbox") as batch:
+        for name in _COUNTERS:
+            batch.add_column(sa.Column(name, sa.BigInteger(), server_default="0", nullable=False))
+    bind = op.get_bind()
+    body = sa.table("inbox_body", sa.column("sha256", sa.String), sa.column("data", sa.LargeBinary))
+    shas = [row[0] for row in bind.execute(sa.select(body.c.sha256))]
+    for sha in shas:  # one at a time: bodies can be large
+        data = bind.execute(sa.select(body.c.data).where(body.c.sha256 == sha)).scalar_one()
+        bind.execute(sa.update(body).where(body.c.sha256 == sha).values(data=whole_skeleton(bytes(data))))
+
+
+def downgrade() -> None:
+    raise NotImplementedError("skeletons cannot be turned back into whole bodies without the blob store")

@@ -1,0 +1,114 @@
+"""Bodies and parts cross once; damaged parts at DR are detected and fetched again.
+
+Runs the capture -> ship -> replay pipeline of ``test_pipeline_memory`` against in-memory
+servers; the same behaviour on real Dovecot servers is in tests/e2e/test_dedup.py.
+"""
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+from sqlalchemy import select
+
+from shared.bodies import BodyCorrupt
+from shared.store.models import InboxBody, InboxPart, Replica
+from tests.unit.test_pipeline_memory import Pipeline
+
+
+def with_attachment(subject: str, payload: bytes) -> bytes:
+    b64 = base64.b64encode(payload).decode()
+    body = "\r\n".join(b64[i : i + 76] for i in range(0, len(b64), 76))
+    return (f"Subject: {subject}\r\nMessage-ID: <{subject.replace(' ', '.')}@x>\r\n"
+            'Content-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n\r\nsee attached\r\n'
+            "--b\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+            f"{body}\r\n--b--\r\n").encode()
+
+
+def part_files(p: Pipeline) -> list:
+    return [f for f in (p.blobs.root).glob("[0-9a-f][0-9a-f]/[0-9a-f][0-9a-f]/*") if f.is_file()]
+
+
+def test_an_attachment_in_many_messages_is_sent_once(tmp_path):
+    p = Pipeline(tmp_path)
+    payload = os.urandom(200_000)
+    for i in range(10):
+        p.primary.deliver("alice", with_attachment(f"copy {i}", payload), folder="INBOX" if i % 2 else "Archive")
+    p.sync()
+    p.assert_equal()
+    stats = p.shipper.stats
+    assert stats.raw_bytes > 10 * len(payload)
+    assert stats.payload_bytes < 1.5 * len(payload), "the attachment must travel once"
+    assert len(part_files(p)) == 1
+
+    # the same message again (same bytes): the body is not sent at all
+    before = stats.payload_bytes
+    p.primary.deliver("alice", with_attachment("copy 3", payload), folder="Sent")
+    p.sync()
+    p.assert_equal()
+    assert stats.payload_bytes == before
+    mbx = p.mailbox()
+    assert mbx.shipped_raw_bytes == stats.raw_bytes and mbx.shipped_payload_bytes == stats.payload_bytes
+    assert mbx.shipped_wire_bytes > 0 and mbx.captured_bytes >= mbx.shipped_raw_bytes
+
+
+def test_a_damaged_part_is_never_replayed_and_is_fetched_again(tmp_path):
+    p = Pipeline(tmp_path)
+    payload = os.urandom(50_000)
+    p.primary.deliver("alice", with_attachment("one", payload))
+    p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
+    while p.shipper.ship_once():
+        pass
+    (stored,) = part_files(p)
+    data = bytearray(stored.read_bytes())
+    data[100] ^= 0x01
+    stored.write_bytes(bytes(data))  # disk damage after receipt, before replay
+    with p.dst.tx() as s:
+        rid = s.scalar(select(Replica.id))
+    with pytest.raises(BodyCorrupt):
+        p.replay.replay(rid, p.standby.open("alice"))
+    assert sum(len(f.msgs) for f in p.standby.box("alice").values()) == 0, "damaged bytes must not be replayed"
+    with p.dst.tx() as s:
+        rep = s.get(Replica, rid)
+        assert rep.received_seq == rep.applied_seq and "send it again" in rep.error
+        assert s.scalar(select(InboxBody.sha256)) is None
+    p.shipper.poll_progress()  # the source learns the DR side holds less and sends again
+    p.sync()
+    p.assert_equal()
+
+
+def test_missing_part_answer_makes_the_source_send_it(tmp_path):
+    p = Pipeline(tmp_path)
+    payload = os.urandom(30_000)
+    p.primary.deliver("alice", with_attachment("first", payload))
+    p.sync()
+    # the DR side's part vanishes (garbage collected by an older version, restored backup...)
+    with p.dst.tx() as s:
+        s.execute(InboxPart.__table__.delete())
+        s.execute(InboxBody.__table__.delete())
+    for f in part_files(p):
+        f.unlink()
+    p.primary.deliver("alice", with_attachment("second", payload))
+    p.sync()
+    p.assert_equal()
+
+
+def test_garbage_collection_drops_unreferenced_bodies_and_parts(tmp_path):
+    p = Pipeline(tmp_path)
+    keep, drop = os.urandom(40_000), os.urandom(40_000)
+    p.primary.deliver("alice", with_attachment("keep", keep))
+    p.primary.deliver("alice", with_attachment("drop", drop))
+    p.sync()
+    assert len(part_files(p)) == 2
+    report = p.bodies.collect_garbage(grace_seconds=0)
+    assert report.parts_deleted == 0 and report.bodies_deleted == 0
+    p.primary.expunge("alice", "INBOX", [2])
+    p.sync()
+    p.assert_equal()
+    report = p.bodies.collect_garbage(grace_seconds=0)
+    assert report.bodies_deleted == 1 and report.parts_deleted == 1
+    (left,) = part_files(p)
+    assert left.stat().st_size < 60_000
+    p.primary.deliver("alice", with_attachment("keep again", keep))
+    p.sync()
+    p.assert_equal()
