@@ -55,7 +55,7 @@ apt_install() {
 }
 
 # --- Dovecot --------------------------------------------------------------------------------
-apt_install dovecot-imapd dovecot-lmtpd
+apt_install dovecot-imapd dovecot-lmtpd openssl  # openssl: S/MIME signatures checked after split and reassembly
 # the system instance is not wanted (it would only hold ports 143/993 and memory)
 if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
   if systemctl is-active --quiet dovecot 2>/dev/null || systemctl is-enabled --quiet dovecot 2>/dev/null; then

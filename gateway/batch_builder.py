@@ -9,7 +9,8 @@
    its skeleton and parts (``shared.mime_split``).
 4. Ask which of those parts it lacks (a second round trip): an attachment it already holds, from
    any message, mailbox or server, does not travel either. Parts already in a batch in flight
-   count as held.
+   count as held. A body the recovery gateway could not reassemble to its hash is sent
+   unsplit (``send_whole``) from then on.
 
 Accounting per mailbox: ``raw`` (the bodies its changes refer to, as captured) and ``payload``
 (the skeleton and part bytes it put into the batch, before compression); the shipper adds the
@@ -25,7 +26,7 @@ from typing import Callable, Collection, Mapping, Sequence
 from sqlalchemy import select
 
 from shared.errors import StoreError
-from shared.mime_split import BLOB_THRESHOLD, split_message
+from shared.mime_split import BLOB_THRESHOLD, split_message, whole_skeleton
 from shared.model import Change, SeqRange
 from shared.store import Store
 from shared.store.models import Mailbox, OutboxBody, OutboxRow
@@ -66,6 +67,8 @@ class BatchBuilder:
         self.max_changes = max_changes
         self.max_bytes = max_bytes
         self.part_threshold = part_threshold
+        # bodies the recovery gateway could not reassemble: sent unsplit from now on
+        self.send_whole: set[str] = set()
 
     def build(self, after: Mapping[tuple[str, str], int] | None = None,
               in_flight: Collection[str] = frozenset()) -> Built | None:
@@ -90,6 +93,10 @@ class BatchBuilder:
                 built.raw[who] = built.raw.get(who, 0) + sum(r[3] for r in rng.rows if r[2])
                 need = [r[2] for r in rng.rows if r[2] in lacking and r[2] not in messages]
                 for sha, data in self._bodies(s, dict.fromkeys(need), rng.mbx[2]):
+                    if sha in self.send_whole:
+                        messages[sha] = whole_skeleton(data)
+                        owner[sha] = who
+                        continue
                     split = split_message(data, threshold=self.part_threshold)
                     messages[sha] = split.skeleton
                     owner[sha] = who

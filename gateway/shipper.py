@@ -218,6 +218,10 @@ class Shipper:
                 elif res.status == "missing":  # asked again and sent on the next run
                     log.info("%s/%s: recovery gateway lacks %d bodies or parts it was said to hold",
                              res.server, res.address, len(res.missing))
+                    if res.whole:
+                        log.warning("%s/%s: %d bodies did not reassemble at the recovery gateway; "
+                                    "sending them unsplit", res.server, res.address, len(res.whole))
+                        self.builder.send_whole.update(res.whole)
                 if res.status == "ok":
                     if res.acked < mbx.acked_seq:
                         # the peer holds less than it acknowledged before (it dropped a damaged

@@ -9,7 +9,9 @@ Per segment (one mailbox's contiguous range), in its own transaction:
 - every body a new change refers to must be in the batch or already held; a body in the batch
   must reassemble (skeleton + parts from the batch or the blob store) to its SHA-256. A body or
   part that the sender was told is held but is not (garbage-collected meanwhile) is answered
-  ``missing``: nothing of the segment is stored and the sender sends it again.
+  ``missing``: nothing of the segment is stored and the sender sends it again. A body that does
+  not reassemble to its hash is answered ``missing`` with its hash in ``whole``: the sender sends
+  it again unsplit, and wrong bytes are never stored.
 """
 from __future__ import annotations
 
@@ -118,12 +120,12 @@ class Receiver:
             ]
             staged = self.bodies.stage(s, (ch.sha256 for _, ch, _, _ in new if ch.sha256 is not None),
                                        batch.messages, batch.parts)
-            if staged.error:
-                return self._result(s, rep, "error", detail=staged.error)
-            if staged.missing:
-                # told it was held, but it is not (collected meanwhile or damaged): ask again
-                return self._result(s, rep, "missing", missing=tuple(staged.missing),
-                                    detail=f"{len(staged.missing)} bodies or parts must be sent again")
+            if staged.missing or staged.whole:
+                # told it was held, but it is not (collected meanwhile or damaged), or it does not
+                # reassemble to its hash (never stored, never replayed): ask again, those whole
+                return self._result(s, rep, "missing", missing=tuple(staged.missing), whole=tuple(staged.whole),
+                                    detail=f"{len(staged.missing)} bodies or parts must be sent again, "
+                                           f"{len(staged.whole)} of them unsplit")
             self.bodies.store_staged(s, staged)
             if new:
                 s.execute(insert(InboxRow), [

@@ -36,8 +36,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Container, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from shared.errors import StoreError
 from shared.mime_split import blob_key  # the key of a part: XXH3-128 of its exact bytes
@@ -49,6 +51,9 @@ __all__ = [
 
 DEFAULT_GRACE_SECONDS = 600.0  # a sweep keeps blobs written (or claimed) less than this long ago
 REFRESH_AFTER = 60.0  # seconds: a re-put or missing() of an older blob refreshes its mtime
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 _KEY = re.compile(r"[0-9a-f]{32}")
 _FANOUT = re.compile(r"[0-9a-f]{2}")
@@ -140,20 +145,18 @@ class BlobStore:
                 hits += 1
                 if age < REFRESH_AFTER:  # maybe another writer's, not yet fsynced: help make it durable
                     dirs.add(path.parent)
-            for key, data in todo.items():
-                pending[key] = self._write_tmp(key, data)
-            if self.fsync:
-                for tmp in pending.values():
-                    _fsync(tmp, os.O_RDONLY)
+            # written and fsynced side by side: the filesystem folds concurrent fsyncs into a
+            # few journal commits, where one after the other each waits for its own
+            for key, tmp in zip(todo, _each(self._write_tmp, todo.items(), undo=_unlink_quietly)):
+                pending[key] = tmp
             for key in todo:
                 path = self.path(key)
                 dirs.update(_make_dirs(path.parent))
                 os.replace(pending[key], path)
                 del pending[key]
                 dirs.add(path.parent)
-            if self.fsync:
-                for directory in sorted(dirs, reverse=True):  # leaves before their parents
-                    _fsync(directory, _DIR_FLAGS)
+            if self.fsync:  # every directory that gained an entry; all done before we return
+                _each(lambda d: _fsync(d, _DIR_FLAGS), sorted(dirs))
         except OSError as exc:
             raise StoreError(f"cannot store blobs in {self.root}: {exc}") from exc
         finally:
@@ -175,11 +178,15 @@ class BlobStore:
             return None  # also when a sweep took it between our stat and utime: write it again
         return age
 
-    def _write_tmp(self, key: str, data: bytes) -> str:
+    def _write_tmp(self, item: tuple[str, bytes]) -> str:
+        key, data = item
         fd, tmp = tempfile.mkstemp(prefix=f"{key}.", suffix=".tmp", dir=self._tmp_dir)
         try:
             with open(fd, "wb") as f:  # closes fd
                 f.write(data)
+                if self.fsync:
+                    f.flush()
+                    os.fsync(f.fileno())
         except BaseException:
             _unlink_quietly(tmp)
             raise
@@ -329,6 +336,44 @@ def _make_dirs(leaf: Path) -> list[Path]:
             continue
         changed.append(directory.parent)
     return changed
+
+
+_IO_THREADS = 16
+_io_pool: ThreadPoolExecutor | None = None
+_io_pool_lock = threading.Lock()
+
+
+def _each(fn: Callable[[T], R], items: Iterable[T], undo: Callable[[R], object] | None = None) -> list[R]:
+    """``fn`` over ``items`` side by side on a shared I/O pool; the results in order.
+
+    Returns once every call has ended. If one raised, ``undo`` is called on the results of the
+    others and the first error is raised.
+    """
+    items = list(items)
+    if len(items) < 2:
+        return [fn(item) for item in items]  # an error leaves nothing of ours to undo
+    global _io_pool
+    with _io_pool_lock:
+        if _io_pool is None:
+            _io_pool = ThreadPoolExecutor(max_workers=_IO_THREADS, thread_name_prefix="blob-io")
+    futures = [_io_pool.submit(fn, item) for item in items]
+    wait(futures)
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        if undo is not None:
+            for f in futures:
+                if f.exception() is None:
+                    undo(f.result())
+        raise errors[0]
+    return [f.result() for f in futures]
+
+
+def _forget_pool_in_child() -> None:
+    global _io_pool, _io_pool_lock
+    _io_pool, _io_pool_lock = None, threading.Lock()  # a forked child has none of the threads
+
+
+os.register_at_fork(after_in_child=_forget_pool_in_child)
 
 
 def _fsync(path: str | Path, flags: int) -> None:

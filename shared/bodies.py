@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
 from sqlalchemy import delete, insert, select
@@ -46,7 +46,7 @@ class Staged:
     skeletons: dict[str, tuple[bytes, int, tuple[str, ...]]]  # sha256 -> (skeleton, size, part keys)
     parts: dict[str, bytes]  # parts to write (not yet in the blob store)
     missing: list[str]  # message SHA-256s / part keys neither in the batch nor held
-    error: str | None = None
+    whole: list[str] = field(default_factory=list)  # bodies that do not reassemble: send them unsplit
 
 
 @dataclass(frozen=True)
@@ -92,8 +92,9 @@ class BodyStore:
             try:
                 keys = tuple(skeleton_keys(skeleton))
             except SkeletonError as exc:
-                staged.error = f"body {sha[:16]}… has a malformed skeleton: {exc}"
-                return staged
+                log.warning("body %s… has a malformed skeleton (%s): asking for it whole", sha[:16], exc)
+                staged.whole.append(sha)
+                continue
             found: dict[str, bytes] = {}
             for key in keys:
                 data = parts.get(key)
@@ -111,11 +112,13 @@ class BodyStore:
             try:
                 raw = reassemble(skeleton, found)
             except SkeletonError as exc:
-                staged.error = f"body {sha[:16]}… does not reassemble: {exc}"
-                return staged
+                log.warning("body %s… does not reassemble (%s): asking for it whole", sha[:16], exc)
+                staged.whole.append(sha)
+                continue
             if hashlib.sha256(raw).hexdigest() != sha:
-                staged.error = f"body {sha[:16]}… does not reassemble to its hash"
-                return staged
+                log.warning("body %s… does not reassemble to its hash: asking for it whole", sha[:16])
+                staged.whole.append(sha)
+                continue
             staged.skeletons[sha] = (skeleton, len(raw), keys)
         return staged
 

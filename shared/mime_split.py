@@ -62,6 +62,8 @@ _CONTENT_TYPE = re.compile(rb"^content-type[ \t]*:", re.IGNORECASE | re.MULTILIN
 _CTE = re.compile(rb"^content-transfer-encoding[ \t]*:", re.IGNORECASE | re.MULTILINE)
 _LINE_BREAK = re.compile(rb"\r?\n")
 _EMPTY_LINE = re.compile(rb"\n\r?\n")  # a line break, then an empty CRLF or LF line
+# what follows "--boundary" on a delimiter line: "--" if it closes, transport padding, line end
+_DELIMITER_TAIL = re.compile(rb"(--)?[ \t]*(?:\r\n|\n|\Z)")
 _IDENTITY_CTE = (b"7bit", b"8bit", b"binary")
 _EMBEDDED = (b"message/rfc822", b"message/global")
 
@@ -218,19 +220,18 @@ class _Scanner:
         # It counts only at the start of a line; the body starts after one (its header block's
         # empty line), so the search starts on that line break.
         prefix = b"\n--" + boundary
-        delimiter = re.compile(re.escape(prefix) + rb"(--)?[ \t]*(?:\r\n|\n|\Z)")
         part = -1  # where the part after the previous delimiter line starts
         pos = max(start - 1, 0)
-        while (hit := raw.find(prefix, pos, end)) >= 0:  # find skips fast, the regex checks in C
-            found = delimiter.search(raw, hit, end)
-            if found is None:
-                return
+        while (hit := raw.find(prefix, pos, end)) >= 0:  # find skips fast, one static regex checks
+            tail = _DELIMITER_TAIL.match(raw, hit + len(prefix), end)
+            if tail is None:  # "--boundary" followed by more text: not a delimiter line
+                pos = hit + 1
+                continue
             if part >= 0:
-                self._entity(part, _before_line_break(raw, part, found.start() + 1), depth + 1,
-                             in_digest=in_digest)
-            if found.group(1):  # close delimiter: the rest is epilogue
+                self._entity(part, _before_line_break(raw, part, hit + 1), depth + 1, in_digest=in_digest)
+            if tail.group(1):  # close delimiter: the rest is epilogue
                 return
-            part = found.end()
+            part = tail.end()
             pos = part - 1
 
     def _leaf(self, start: int, end: int) -> None:

@@ -109,11 +109,13 @@ class SegmentResult:
     detail: str | None = None
     rejected: tuple[dict[str, Any], ...] = ()
     missing: tuple[str, ...] = ()  # status "missing": message SHA-256s / part keys to send again
+    whole: tuple[str, ...] = ()  # status "missing": message SHA-256s to send again unsplit
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if v is not None}
         d["rejected"] = list(self.rejected)
         d["missing"] = list(self.missing)
+        d["whole"] = list(self.whole)
         return d
 
     @classmethod
@@ -121,6 +123,7 @@ class SegmentResult:
         d = dict(d)
         d["rejected"] = tuple(d.get("rejected") or ())
         d["missing"] = tuple(d.get("missing") or ())
+        d["whole"] = tuple(d.get("whole") or ())
         return cls(**d)
 
 

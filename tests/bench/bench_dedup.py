@@ -14,12 +14,13 @@ only whole identical messages are deduplicated). Printed per run: raw bytes (the
 shipped changes refer to), bytes sent before compression, wire bytes, wire/raw, and seeding
 throughput. The standby is compared with the primary after each run.
 
-    python tests/bench/bench_dedup.py [--users 4] [--count 500] [--json FILE]
+    python tests/bench/bench_dedup.py [--users 4] [--count 500] [--repeat 1] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -38,6 +39,12 @@ from tests.support.gateways import GatewayPair  # noqa: E402
 from tests.support.mailcompare import assert_same_mailbox, corpus_files  # noqa: E402
 
 NO_PARTS = 1 << 40  # a part threshold no part reaches: whole messages only
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def harness_dir(arg: str | None) -> Path:
@@ -82,6 +89,40 @@ def fill_realistic(primary: DovecotServer, user: str) -> int:
     return stored
 
 
+def information_floor(primary: DovecotServer, users: list[str]) -> tuple[int, int]:
+    """(raw bytes, bytes no lossless scheme can avoid sending): every distinct non-text part,
+    base64-decoded and zstd-compressed, once. The generator's attachments are random bytes, so
+    no dedup or compression can put fewer than these bytes on the wire."""
+    import email
+    import hashlib
+    from email import policy
+
+    import zstandard
+
+    endpoint = ImapEndpoint(host="127.0.0.1", port=primary.imap_port, tls="none", service_user=primary.master_user,
+                            service_password=primary.master_password, auth="sasl-plain")
+    adapter = ImapAdapter("primary", endpoint)
+    cctx = zstandard.ZstdCompressor(level=3)
+    raw, distinct = 0, {}
+    for user in users:
+        session = adapter.open(user)
+        try:
+            for folder in session.list_folders():
+                uids = [m.uid for m in session.changes_since(folder.name, None).new]
+                for msg in session.fetch(folder.name, uids):
+                    raw += len(msg.body)
+                    for part in email.message_from_bytes(msg.body, policy=policy.compat32).walk():
+                        if part.is_multipart() or part.get_content_maintype() == "text":
+                            continue
+                        data = part.get_payload(decode=True) or b""
+                        key = hashlib.sha256(data).digest()
+                        if key not in distinct:
+                            distinct[key] = min(len(data), len(cctx.compress(data)))
+        finally:
+            session.close()
+    return raw, sum(distinct.values())
+
+
 def seed(primary: DovecotServer, users: list[str], work: Path, label: str, part_threshold: int | None) -> dict:
     standby = DovecotServer("standby", users)
     standby.start()
@@ -91,10 +132,13 @@ def seed(primary: DovecotServer, users: list[str], work: Path, label: str, part_
                        recovery_state=f"sqlite:///{run}/r.sqlite", part_threshold=part_threshold)
     try:
         pair.start()
+        procs = {g.role: g.proc.pid for g in (pair.source, pair.recovery)}
+        cpu0 = {role: cpu_seconds(pid) for role, pid in procs.items()}
         t0 = time.monotonic()
         pair.protect(*users)
         st = pair.wait_synced(users, timeout=1800, settle=0.5)
         secs = time.monotonic() - t0
+        cpu = {role: cpu_seconds(pid) - cpu0[role] for role, pid in procs.items()}
         for u in users:
             assert_same_mailbox(primary, standby, u)
         raw = sum(m["bytes"]["shipped_raw"] for m in st.values() if m["address"] in users)
@@ -102,7 +146,7 @@ def seed(primary: DovecotServer, users: list[str], work: Path, label: str, part_
         wire = pair.wire_bytes()
         msgs = sum(m["last_captured_seq"] for m in st.values() if m["address"] in users)
         return dict(label=label, seconds=secs, raw=raw, payload=payload, wire=wire, changes=msgs,
-                    parts_stored=len(pair.blob_files()))
+                    parts_stored=len(pair.blob_files()), cpu=cpu)
     finally:
         pair.stop()
         standby.stop()
@@ -113,7 +157,16 @@ def show(corpus: str, messages: int, r: dict) -> None:
     print(f"{corpus:10s} {r['label']:10s} raw {r['raw'] / 1e6:8.1f} MB  sent {r['payload'] / 1e6:8.1f} MB  "
           f"wire {r['wire'] / 1e6:8.1f} MB  wire/raw {r['wire'] / r['raw']:.3f}  "
           f"{messages / r['seconds']:6.0f} msg/s  {r['raw'] / 1e6 / r['seconds']:6.1f} MB/s raw  "
-          f"parts at DR {r['parts_stored']}", flush=True)
+          f"parts at DR {r['parts_stored']}  CPU source {r['cpu']['source']:.2f} s, "
+          f"recovery {r['cpu']['recovery']:.2f} s", flush=True)
+
+
+def runs(repeat: int):
+    """Both modes ``repeat`` times, in alternating order (the machine's load drifts)."""
+    modes = [("parts", None), ("no-parts", NO_PARTS)]
+    for rnd in range(repeat):
+        for mode in (modes if rnd % 2 == 0 else modes[::-1]):
+            yield rnd, mode
 
 
 def main() -> int:
@@ -121,6 +174,7 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=4)
     ap.add_argument("--count", type=int, default=500, help="messages per user in the generated corpus")
     ap.add_argument("--harness", help="directory holding make-corpus.py (default: ../shared/harness)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each mode, in alternating order")
     ap.add_argument("--json", help="also write the figures to this file")
     a = ap.parse_args()
     harness = harness_dir(a.harness)
@@ -133,10 +187,14 @@ def main() -> int:
         try:
             fill_generated(primary, users, a.count, harness)
             n = a.users * a.count
-            for label, threshold in (("parts", None), ("no-parts", NO_PARTS)):
-                r = seed(primary, users, work, f"gen-{label}", threshold)
+            raw, floor = information_floor(primary, users)
+            figures["generated_floor"] = dict(raw=raw, floor=floor)
+            print(f"generated  floor: {floor / 1e6:.1f} MB of distinct incompressible attachment bytes in "
+                  f"{raw / 1e6:.1f} MB = {floor / raw:.3f} x raw, the least any lossless scheme can send", flush=True)
+            for rnd, (label, threshold) in runs(a.repeat):
+                r = seed(primary, users, work, f"gen-{label}-{rnd}", threshold)
                 r["label"] = label
-                figures[f"generated_{label}"] = r
+                figures.setdefault(f"generated_{label}", []).append(r)
                 show("generated", n, r)
         finally:
             primary.stop()
@@ -146,10 +204,10 @@ def main() -> int:
         primary.start()
         try:
             n = fill_realistic(primary, "alice")
-            for label, threshold in (("parts", None), ("no-parts", NO_PARTS)):
-                r = seed(primary, ["alice"], work, f"real-{label}", threshold)
+            for rnd, (label, threshold) in runs(a.repeat):
+                r = seed(primary, ["alice"], work, f"real-{label}-{rnd}", threshold)
                 r["label"] = label
-                figures[f"realistic_{label}"] = r
+                figures.setdefault(f"realistic_{label}", []).append(r)
                 show("realistic", n, r)
         finally:
             primary.stop()

@@ -340,3 +340,28 @@ def test_crash_mid_put_leaves_a_tmp_file_for_the_sweep(tmp_path):
     assert store.sweep(set(), grace_seconds=0, now=time.time() + 1) == SweepReport(tmp_removed=1)
     assert tmp_files(store) == []
     assert store.put(key, data) is True and store.get(key) == data
+
+
+def test_failed_write_in_a_batch_leaves_no_file_of_it(tmp_path, monkeypatch):
+    """Blobs are written side by side: one failing write undoes the others, none is renamed in."""
+    store = BlobStore(tmp_path / "blobs", fsync=True)
+    items = [blob(n, 4000) for n in range(20)]
+    real_fsync, calls = os.fsync, []
+    lock = threading.Lock()
+
+    def flaky_fsync(fd):
+        with lock:
+            calls.append(fd)
+            nth = len(calls)
+        if nth == 7:
+            raise OSError(5, "Input/output error")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", flaky_fsync)
+    with pytest.raises(StoreError) as info:
+        store.put_many(items)
+    assert info.value.retryable
+    monkeypatch.undo()
+    assert len(calls) >= 7
+    assert list(store.keys()) == [] and tmp_files(store) == []
+    assert store.put_many(items) == 20 and all(store.get(k) == v for k, v in items)

@@ -297,6 +297,21 @@ def eventually(predicate, timeout: float = 30.0):
     raise AssertionError("condition not reached in time")
 
 
+def connected_to(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a TCP connection to 127.0.0.1:``port`` (Linux /proc)."""
+    try:
+        inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")}
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        remote_port = int(fields[2].split(":")[1], 16)
+        if remote_port == port and fields[9] in inodes:
+            return True
+    return False
+
+
 def table_row(text: str, first_cell: str) -> list[str]:
     """The cells of the rich table row (or header) whose first cell is ``first_cell``."""
     for line in text.splitlines():
@@ -403,7 +418,10 @@ def test_status_watch_redraws_until_interrupted(site):
                              "--token", TOKEN], cwd=REPO, env=_env(None), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
-        time.sleep(2.5)
+        # interrupt once it is polling the API (a loaded machine may take seconds to start it)
+        port = int(site.url.rsplit(":", 1)[1].split("/")[0])
+        eventually(lambda: proc.poll() is not None or connected_to(proc.pid, port), timeout=60)
+        time.sleep(1.0)  # a few redraws
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=20)
     finally:

@@ -112,3 +112,31 @@ def test_garbage_collection_drops_unreferenced_bodies_and_parts(tmp_path):
     p.primary.deliver("alice", with_attachment("keep again", keep))
     p.sync()
     p.assert_equal()
+
+
+def test_a_body_that_does_not_reassemble_is_sent_again_unsplit(tmp_path, monkeypatch):
+    import gateway.batch_builder as builder_module
+
+    real_split = builder_module.split_message
+    damaged: list[bytes] = []
+
+    def faulty_split(raw: bytes, **kw):  # a splitter bug: the skeleton rebuilds other bytes
+        damaged.append(raw)
+        return real_split(raw.replace(b"see attached", b"see ATTACHED"), **kw)
+
+    monkeypatch.setattr(builder_module, "split_message", faulty_split)
+    p = Pipeline(tmp_path)
+    payload = os.urandom(30_000)
+    p.primary.deliver("alice", with_attachment("odd", payload))
+    p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
+    p.shipper.ship_once()
+    with p.dst.tx() as s:
+        assert s.scalar(select(InboxBody.sha256)) is None, "wrong bytes must never be stored"
+        rep = s.scalar(select(Replica))
+        assert rep.received_seq == 0
+    assert len(damaged) == 1 and len(p.shipper.builder.send_whole) == 1
+    p.sync()
+    p.assert_equal()  # byte-exact on the standby: the body came unsplit the second time
+    assert len(damaged) == 1, "a body asked for whole is not split again"
+    with p.dst.tx() as s:
+        assert s.scalar(select(InboxPart.key)) is None
