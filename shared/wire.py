@@ -5,11 +5,18 @@ Layout of an encoded batch (all integers big-endian)::
     b"MRPL"            magic
     u8  version        WIRE_VERSION; 1 is still read, anything else is refused (UnsupportedVersion)
     u8  codec          0 = none, 1 = zstd
-    ...                payload, compressed with the codec:
+    version 2, codec 1: u64 frame_len, then frame_len bytes of one zstd frame holding the
+        payload below except the *stored* parts, then the stored parts as they are
+    otherwise:          the payload, compressed with the codec (version 1: one zstd frame)
+
+    payload:
         u32 header_len
         header_len bytes of UTF-8 JSON header
-        version 2: the skeletons, then the part bodies, concatenated in the order the header
-        lists them; version 1: the whole message bodies
+        version 2: the skeletons, then the part bodies that are not stored, then the stored
+        ones, each in the order the header lists them; version 1: the whole message bodies
+
+A part is *stored* (``"stored": true`` in its header entry) when a sample of it does not
+shrink under zstd — a JPEG, ZIP or PDF stream sent in binary: it is not compressed again.
 
 Header JSON (version 2)::
 
@@ -18,7 +25,7 @@ Header JSON (version 2)::
                    "captured": ["<ISO 8601>", ...],        # one per change
                    "changes": [<Change.to_dict()>, ...]}],  # exactly len(range) changes
      "messages": [{"sha256": "<hex>", "size": N}, ...],     # skeleton of each message
-     "parts": [{"key": "<xxh3-128 hex>", "size": N}, ...]}  # part bodies the skeletons refer to
+     "parts": [{"key": "<xxh3-128 hex>", "size": N, "stored": true?}, ...]}  # part bodies the skeletons refer to
 
 A message body travels as its *skeleton* (see :mod:`shared.mime_split`: MIME structure and small
 parts literal, large part bodies as references to content-addressed parts). Every part's bytes
@@ -70,6 +77,10 @@ CODEC_NONE, CODEC_ZSTD = 0, 1
 MAX_DECODED_BYTES = 1 << 30  # refuse to inflate a batch beyond 1 GiB
 _PREFIX = struct.Struct(">4sBB")
 _U32 = struct.Struct(">I")
+_U64 = struct.Struct(">Q")
+STORE_MIN = 16 * 1024  # parts smaller than this are always compressed (the sample test costs more)
+_SAMPLE = 64 * 1024
+_SHRINK = 0.97  # a sample that zstd cannot bring below this fraction of its size: stored
 
 
 @dataclass(frozen=True)
@@ -160,15 +171,31 @@ def encode_batch(batch: Batch, *, level: int = 3, compress: bool = True) -> byte
             for seg in batch.segments
         ],
         "messages": [{"sha256": sha, "size": len(data)} for sha, data in batch.messages.items()],
-        "parts": [{"key": key, "size": len(data)} for key, data in batch.parts.items()],
+        "parts": [],
     }
+    stored = {key for key, data in batch.parts.items() if not _shrinks(data)} if compress else set()
+    packed = [key for key in batch.parts if key not in stored]
+    for key in packed:
+        header["parts"].append({"key": key, "size": len(batch.parts[key])})
+    for key in batch.parts:
+        if key in stored:
+            header["parts"].append({"key": key, "size": len(batch.parts[key]), "stored": True})
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    chunks = [_U32.pack(len(head)), head, *batch.messages.values(), *batch.parts.values()]
+    chunks = [_U32.pack(len(head)), head, *batch.messages.values(), *(batch.parts[k] for k in packed)]
     if compress:
-        cctx = zstandard.ZstdCompressor(level=level)
-        payload = cctx.compress(b"".join(chunks))
-        return _PREFIX.pack(MAGIC, WIRE_VERSION, CODEC_ZSTD) + payload
+        frame = zstandard.ZstdCompressor(level=level).compress(b"".join(chunks))
+        tail = [batch.parts[k] for k in batch.parts if k in stored]
+        return b"".join([_PREFIX.pack(MAGIC, WIRE_VERSION, CODEC_ZSTD), _U64.pack(len(frame)), frame, *tail])
     return _PREFIX.pack(MAGIC, WIRE_VERSION, CODEC_NONE) + b"".join(chunks)
+
+
+def _shrinks(data: bytes) -> bool:
+    """Whether zstd makes ``data`` noticeably smaller, judged on a sample from its middle."""
+    if len(data) < STORE_MIN:
+        return True
+    mid = max(0, len(data) // 2 - _SAMPLE // 2)
+    sample = data[mid : mid + _SAMPLE]
+    return len(zstandard.ZstdCompressor(level=1).compress(sample)) < _SHRINK * len(sample)
 
 
 def decode_batch(data: bytes, *, max_bytes: int = MAX_DECODED_BYTES) -> Batch:
@@ -184,13 +211,24 @@ def decode_batch(data: bytes, *, max_bytes: int = MAX_DECODED_BYTES) -> Batch:
         )
     body = memoryview(data)[_PREFIX.size :]
     if codec == CODEC_ZSTD:
+        if version >= 2:
+            if len(body) < _U64.size:
+                raise WireError("batch too short")
+            (frame_len,) = _U64.unpack_from(body)
+            if frame_len > len(body) - _U64.size:
+                raise WireError("batch truncated inside its compressed frame")
+            frame, tail = body[_U64.size : _U64.size + frame_len], body[_U64.size + frame_len :]
+        else:
+            frame, tail = body, memoryview(b"")
         try:
             dobj = zstandard.ZstdDecompressor().decompressobj()
-            payload = dobj.decompress(body)
+            payload = dobj.decompress(frame)
         except zstandard.ZstdError as exc:
             raise WireError(f"batch does not decompress: {exc}") from exc
-        if len(payload) > max_bytes:
+        if len(payload) + len(tail) > max_bytes:
             raise WireError(f"batch inflates beyond {max_bytes} bytes")
+        if len(tail):
+            payload += tail  # the stored parts follow the compressed ones
     elif codec == CODEC_NONE:
         payload = bytes(body)
     else:

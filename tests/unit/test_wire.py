@@ -61,6 +61,38 @@ def test_compressed_round_trip():
     assert decode_batch(data) == sample()
 
 
+def test_parts_that_do_not_shrink_travel_stored_not_compressed():
+    import json
+    import os
+    import struct
+
+    import xxhash
+    import zstandard
+
+    jpeg_like = os.urandom(200_000)  # what a JPEG or ZIP stream looks like to zstd
+    text_like = b"quarterly figures, region by region\r\n" * 5000
+    base = sample()
+    parts = dict(base.parts)
+    parts[xxhash.xxh3_128(jpeg_like).hexdigest()] = jpeg_like
+    parts[xxhash.xxh3_128(text_like).hexdigest()] = text_like
+    batch = Batch(base.source, base.segments, base.messages, parts, created=base.created)
+    data = encode_batch(batch)
+    assert decode_batch(data) == batch
+    (frame_len,) = struct.unpack_from(">Q", data, 6)
+    frame = data[14 : 14 + frame_len]
+    assert data[14 + frame_len :] == jpeg_like, "the incompressible part follows the frame as it is"
+    payload = zstandard.ZstdDecompressor().decompressobj().decompress(frame)
+    (hlen,) = struct.unpack_from(">I", payload)
+    listed = json.loads(payload[4 : 4 + hlen])["parts"]
+    assert [p.get("stored", False) for p in listed] == [False] * (len(listed) - 1) + [True]
+    assert len(data) < len(jpeg_like) + len(text_like) // 20, "the text part is still compressed"
+    # a frame length pointing past the end is refused
+    broken = bytearray(data)
+    struct.pack_into(">Q", broken, 6, len(data))
+    with pytest.raises(WireError, match="truncated"):
+        decode_batch(bytes(broken))
+
+
 def test_newer_version_is_rejected_clearly():
     data = bytearray(encode_batch(sample()))
     data[4] = WIRE_VERSION + 1
@@ -75,7 +107,8 @@ def test_corrupted_part_is_rejected():
         decode_batch(bytes(data))
 
 
-@pytest.mark.parametrize("data", [b"", b"MRP", b"XXXX\x01\x01", b"MRPL\x01\x07abc", b"MRPL\x01\x01notzstd"])
+@pytest.mark.parametrize("data", [b"", b"MRP", b"XXXX\x01\x01", b"MRPL\x01\x07abc", b"MRPL\x01\x01notzstd",
+                                  b"MRPL\x02\x01abc", b"MRPL\x02\x01" + (3).to_bytes(8, "big") + b"abc"])
 def test_garbage_is_a_wire_error(data):
     with pytest.raises(WireError):
         decode_batch(data)
