@@ -104,6 +104,7 @@ class BlobStore:
         self._tmp_dir = self.root / "tmp"
         self._quarantine_dir = self.root / "quarantine"
         self._stats_lock = threading.Lock()  # guards the counters only; blob I/O takes no lock
+        self._fanout_known: set[Path] = set()  # fan-out directories seen to exist
         try:
             self._tmp_dir.mkdir(parents=True, exist_ok=True)
             self._quarantine_dir.mkdir(exist_ok=True)
@@ -151,8 +152,14 @@ class BlobStore:
                 pending[key] = tmp
             for key in todo:
                 path = self.path(key)
-                dirs.update(_make_dirs(path.parent))
-                os.replace(pending[key], path)
+                if path.parent not in self._fanout_known:  # fan-out directories are never removed
+                    dirs.update(_make_dirs(path.parent))
+                    self._fanout_known.add(path.parent)
+                try:
+                    os.replace(pending[key], path)
+                except FileNotFoundError:  # removed behind our back after all: make it again
+                    dirs.update(_make_dirs(path.parent))
+                    os.replace(pending[key], path)
                 del pending[key]
                 dirs.add(path.parent)
             if self.fsync:  # every directory that gained an entry; all done before we return

@@ -365,3 +365,12 @@ def test_failed_write_in_a_batch_leaves_no_file_of_it(tmp_path, monkeypatch):
     assert len(calls) >= 7
     assert list(store.keys()) == [] and tmp_files(store) == []
     assert store.put_many(items) == 20 and all(store.get(k) == v for k, v in items)
+
+
+def test_fan_out_directory_removed_behind_the_stores_back_is_made_again(store):
+    import shutil
+
+    key, data = blob(1)
+    assert store.put(key, data) and store.delete(key)
+    shutil.rmtree(store.path(key).parent.parent)  # e.g. an admin cleaning up by hand
+    assert store.put(key, data) and store.get(key) == data
