@@ -1,0 +1,261 @@
+"""Microsoft Exchange adapter over EWS (exchangelib), imported only for servers of kind "ews".
+
+Access: one service account for every mailbox, by impersonation (ExchangeImpersonation header,
+the ApplicationImpersonation role) or delegate access; HTTP Basic or NTLM, or OAuth2 client
+credentials; an explicit EWS endpoint or autodiscover. exchangelib runs fail-fast; retries and
+error translation are ``shared.adapters.ews_calls``.
+
+How the IMAP-shaped contract maps onto EWS:
+
+- **UIDs** are ``PR_INTERNET_ARTICLE_NUMBER`` (0x0E23), which Exchange assigns per folder in
+  increasing order (its IMAP service uses them as UIDs); a moved item gets a new one in the
+  destination, like an IMAP MOVE. UIDs are resolved to ItemIds with FindItem restricted to
+  the article-number range (and cached per session).
+- **Cursor** = ``(UIDVALIDITY, generation, UIDNEXT, token)``: UIDVALIDITY hashes the FolderId;
+  the token is the folder's SyncFolderItems sync state; the generation counts deltas with
+  changes (it is the contract's HIGHESTMODSEQ and each reported message's MODSEQ); UIDNEXT is
+  one above the highest article number reported. ``FolderInfo.highestmodseq`` is 0, so a
+  folder's status never equals a stored cursor and capture always asks SyncFolderItems.
+- **changes_since** calls the SyncFolderItems *service* page by page (``MaxChangesReturned``
+  = ``page_size``) and takes each page's sync state: ``Folder.sync_items()`` would only hand
+  out the state after the whole generator is consumed. It stops after ``max_changes`` changes
+  even if ``IncludesLastItemInRange`` is false: the delta's cursor is that page's sync state,
+  so capture checkpoints it, and ``wait_for_change`` returns True at once to bring the next
+  cycle. An unknown or expired state (ErrorInvalidSyncStateData, ErrorSyncFolderNotFound)
+  raises ``CursorInvalid``: capture resyncs the folder from scratch.
+- **vanished**: a SyncFolderItems Delete names only an ItemId, so when a page has deletes the
+  folder's present article numbers are listed (FindItem, ids only) and every number below the
+  old UIDNEXT that is no longer present is reported; the caller ignores the ones it never saw.
+- Items gone between the sync and GetItem (ErrorItemNotFound) are skipped.
+- **Flags**: see ``shared.adapters.ews_mapping``. Items are created from MIME with
+  PR_MESSAGE_FLAGS set (read, and unsent only for ``\\Draft``), so they are not left as drafts,
+  and with PR_MESSAGE_DELIVERY_TIME for the received time.
+- **append** is one CreateItem request; Exchange stores item by item, so on a refusal the
+  items created by that request are deleted again (all or none) before ``MessageRejected``.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+from exchangelib import (
+    BASIC,
+    DELEGATE,
+    IMPERSONATION,
+    NTLM,
+    OAUTH2,
+    Account,
+    Configuration,
+    Credentials,
+    FailFast,
+    Identity,
+    OAuth2Credentials,
+)
+from exchangelib import errors as ex
+from exchangelib.folders import Folder
+from exchangelib.services import ConvertId
+
+from shared.adapters.base import AppendItem, AppendResult, FetchedMessage, FolderDelta, FolderInfo, ServerFeatures
+from shared.adapters.ews_calls import DEFAULT_MAX_WAIT, call_with_retry
+from shared.adapters.ews_folders import FolderTree
+from shared.adapters.ews_items import ItemOps
+from shared.adapters.ews_mapping import folder_uidvalidity
+from shared.errors import CursorInvalid, MailboxNotFound
+from shared.model import Cursor
+
+__all__ = ["EwsEndpoint", "EwsAdapter", "EwsSession", "DEFAULT_PAGE_SIZE", "DEFAULT_MAX_CHANGES"]
+
+log = logging.getLogger("mailrepl.ews")
+
+DEFAULT_PAGE_SIZE = 512  # MaxChangesReturned per SyncFolderItems page (Exchange allows 1..512)
+DEFAULT_MAX_CHANGES = 10_000  # changes per changes_since call before it returns a partial delta
+
+
+@dataclass(frozen=True)
+class EwsEndpoint:
+    service_endpoint: str | None  # https://mail.example.org/EWS/Exchange.asmx; None = autodiscover
+    service_user: str
+    service_password: str = ""
+    auth: str = "basic"  # basic | ntlm | oauth2
+    access: str = "impersonation"  # impersonation | delegate
+    client_id: str = ""  # oauth2
+    tenant_id: str = ""  # oauth2
+    timeout: float = 120.0
+    max_wait: float = DEFAULT_MAX_WAIT  # retry budget per request (seconds)
+    max_connections: int = 4
+    page_size: int = DEFAULT_PAGE_SIZE
+    max_changes: int = DEFAULT_MAX_CHANGES
+    access_token: str = ""  # oauth2: a token obtained elsewhere (used as is)
+
+
+class EwsAdapter:
+    """One Exchange organisation (one EWS endpoint), reached with one service account."""
+
+    def __init__(self, name: str, endpoint: EwsEndpoint, users: Sequence[str] | None = None) -> None:
+        self.name, self.endpoint = name, endpoint
+        self.users = list(users) if users else None
+        self._config: Configuration | None = None
+        self._lock = threading.Lock()
+
+    def _configuration(self, address: str) -> Configuration:
+        ep = self.endpoint
+        if ep.auth == "oauth2":
+            token = {"access_token": ep.access_token, "token_type": "Bearer", "expires_in": 3600,
+                     "expires_at": time.time() + 3600} if ep.access_token else None
+            creds = OAuth2Credentials(client_id=ep.client_id, client_secret=ep.service_password,
+                                      tenant_id=ep.tenant_id, identity=Identity(primary_smtp_address=address),
+                                      access_token=token)
+            return Configuration(service_endpoint=ep.service_endpoint, credentials=creds, auth_type=OAUTH2,
+                                 retry_policy=FailFast(), max_connections=ep.max_connections)
+        with self._lock:
+            if self._config is None:
+                creds = Credentials(ep.service_user, ep.service_password)
+                self._config = Configuration(
+                    service_endpoint=ep.service_endpoint, credentials=creds,
+                    auth_type=NTLM if ep.auth == "ntlm" else BASIC, retry_policy=FailFast(),
+                    max_connections=ep.max_connections,
+                )
+            return self._config
+
+    def _account(self, address: str) -> Account:
+        ep = self.endpoint
+        config = self._configuration(address)
+
+        def make() -> Account:
+            account = Account(
+                primary_smtp_address=address, config=None if ep.service_endpoint is None else config,
+                credentials=config.credentials if ep.service_endpoint is None else None,
+                autodiscover=ep.service_endpoint is None,
+                access_type=IMPERSONATION if ep.access == "impersonation" else DELEGATE,
+            )
+            account.protocol.TIMEOUT = ep.timeout
+            return account
+
+        return call_with_retry(f"{self.name}: connect for {address}", make, max_wait=ep.max_wait)
+
+    def open(self, address: str) -> "EwsSession":
+        if self.users is not None and address.lower() not in {u.lower() for u in self.users}:
+            raise MailboxNotFound(f"{self.name}: {address} is not among the configured users", retryable=False)
+        session = EwsSession(self, self._account(address), address)
+        session.bind()
+        return session
+
+    def list_mailboxes(self) -> list[str] | None:
+        return list(self.users) if self.users else None
+
+    def check(self) -> None:
+        """One ConvertId round trip: reachable, TLS fine and the service account accepted."""
+        from exchangelib.properties import EWS_ID, AlternateId, ENTRY_ID
+
+        address = self.users[0] if self.users else self.endpoint.service_user
+        account = self._account(address)
+
+        def probe() -> None:
+            for res in ConvertId(protocol=account.protocol).call(
+                [AlternateId(id="AAAA", format=EWS_ID, mailbox=address)], ENTRY_ID
+            ):
+                if isinstance(res, (ex.UnauthorizedError, ex.ErrorServerBusy)):
+                    raise res
+
+        call_with_retry(f"{self.name}: check", probe, max_wait=self.endpoint.max_wait)
+
+
+class EwsSession:
+    """One mailbox through EWS; see the module docstring for the contract mapping."""
+
+    features = ServerFeatures(message_guid=False, folder_id=True, move=True, multiappend=False,
+                              names=frozenset({"EWS", "SyncFolderItems"}))
+
+    def __init__(self, adapter: EwsAdapter, account: Account, address: str) -> None:
+        self.adapter, self.account, self.address = adapter, account, address
+        self.max_wait = adapter.endpoint.max_wait
+        self.tree = FolderTree(self)
+        self.items = ItemOps(self)
+        self._more = False
+
+    def call(self, what: str, fn, repeatable: bool = True):
+        return call_with_retry(f"{self.adapter.name}/{self.address}: {what}", fn, max_wait=self.max_wait,
+                               repeatable=repeatable)
+
+    def bind(self) -> None:
+        self.tree.bind()
+
+    # --- listing -------------------------------------------------------------------------
+
+    def list_folders(self) -> list[FolderInfo]:
+        folders = self.tree.refresh()
+        infos = [self._info(name, f) for name, f in folders.items()]
+        return sorted(infos, key=lambda i: (i.name != "INBOX", i.name))
+
+    def folder_info(self, folder: str) -> FolderInfo | None:
+        f = self.tree.find(folder)
+        return None if f is None else self._info(folder, f)
+
+    def _info(self, name: str, f: Folder) -> FolderInfo:
+        return FolderInfo(
+            name=name, fid=self.tree.fid(f), uidvalidity=folder_uidvalidity(f.id),
+            uidnext=self.items.highest_uid(f) + 1, highestmodseq=0, messages=f.total_count or 0,
+            special_use=self.tree.special_use(f),
+        )
+
+    # --- deltas --------------------------------------------------------------------------
+
+    def changes_since(self, folder: str, since: Cursor | None) -> FolderDelta:
+        f = self.tree.require(folder)
+        uidvalidity = folder_uidvalidity(f.id)
+        if since is not None and (since.uidvalidity != uidvalidity or not since.token):
+            raise CursorInvalid(f"{folder}: cursor {since} is not this folder's sync state")
+        delta, more = self.items.sync(f, uidvalidity, since)
+        self._more = self._more or more
+        return delta
+
+    def fetch(self, folder: str, uids: Sequence[int]) -> Iterator[FetchedMessage]:
+        f = self.tree.require(folder)
+        return self.items.fetch(f, uids)
+
+    # --- changes -------------------------------------------------------------------------
+
+    def append(self, folder: str, items: Sequence[AppendItem]) -> AppendResult:
+        f = self.tree.ensure(folder)
+        uids = self.items.create(f, items)
+        return AppendResult(folder_uidvalidity(f.id), tuple(uids))
+
+    def store_flags(self, folder: str, uids: Sequence[int], flags: frozenset[str]) -> None:
+        f = self.tree.find(folder)
+        if f is not None and uids:
+            self.items.set_flags(f, uids, flags)
+
+    def expunge(self, folder: str, uids: Sequence[int]) -> None:
+        f = self.tree.find(folder)
+        if f is not None and uids:
+            self.items.delete(f, uids)
+
+    def move(self, folder: str, uids: Sequence[int], dest: str) -> dict[int, int]:
+        f = self.tree.find(folder)
+        if f is None or not uids:
+            return {}
+        return self.items.move(f, uids, self.tree.ensure(dest))
+
+    def create_folder(self, folder: str, special_use: frozenset[str] = frozenset()) -> None:
+        self.tree.ensure(folder)  # EWS cannot mark a folder as special-use
+
+    def rename_folder(self, old: str, new: str) -> None:
+        self.tree.rename(old, new)
+
+    def delete_folder(self, folder: str) -> None:
+        self.tree.delete(folder)
+
+    def wait_for_change(self, timeout: float) -> bool:
+        """True at once while a partial delta left changes on the server; else sleep (no push)."""
+        if self._more:
+            self._more = False
+            return True
+        time.sleep(max(0.0, timeout))
+        return False
+
+    def close(self) -> None:
+        self.tree.forget()
+        self.items.forget()
