@@ -63,7 +63,7 @@ from shared.adapters.ews_calls import DEFAULT_MAX_WAIT, call_with_retry
 from shared.adapters.ews_folders import FolderTree
 from shared.adapters.ews_items import ItemOps
 from shared.adapters.ews_mapping import folder_uidvalidity
-from shared.errors import CursorInvalid, MailboxNotFound
+from shared.errors import CursorInvalid, FolderNotFound, MailboxNotFound
 from shared.model import Cursor
 
 __all__ = ["EwsEndpoint", "EwsAdapter", "EwsSession", "DEFAULT_PAGE_SIZE", "DEFAULT_MAX_CHANGES"]
@@ -148,19 +148,26 @@ class EwsAdapter:
 
     def check(self) -> None:
         """One ConvertId round trip: reachable, TLS fine and the service account accepted."""
-        from exchangelib.properties import EWS_ID, AlternateId, ENTRY_ID
+        from exchangelib.properties import ENTRY_ID, EWS_ID, AlternateId
+        from exchangelib.protocol import Protocol
 
-        address = self.users[0] if self.users else self.endpoint.service_user
-        account = self._account(address)
+        address = self.users[0] if self.users else "postmaster@invalid.example"
+        config = self._configuration(address)
 
         def probe() -> None:
-            for res in ConvertId(protocol=account.protocol).call(
-                [AlternateId(id="AAAA", format=EWS_ID, mailbox=address)], ENTRY_ID
-            ):
+            if config.service_endpoint is None:  # autodiscover: an account finds the endpoint
+                protocol = self._account(address).protocol
+            else:
+                protocol = Protocol(config=config)
+                protocol.version  # noqa: B018 (asks the server once: ConvertId with a dummy id)
+            for res in ConvertId(protocol=protocol).call([AlternateId(id="AAAA", format=EWS_ID, mailbox=address)], ENTRY_ID):
                 if isinstance(res, (ex.UnauthorizedError, ex.ErrorServerBusy)):
                     raise res
 
         call_with_retry(f"{self.name}: check", probe, max_wait=self.endpoint.max_wait)
+
+
+_RAISE = object()
 
 
 class EwsSession:
@@ -191,7 +198,7 @@ class EwsSession:
         return sorted(infos, key=lambda i: (i.name != "INBOX", i.name))
 
     def folder_info(self, folder: str) -> FolderInfo | None:
-        f = self.tree.find(folder)
+        f = self.tree.find(folder, fresh=True)
         return None if f is None else self._info(folder, f)
 
     def _info(self, name: str, f: Folder) -> FolderInfo:
@@ -203,17 +210,36 @@ class EwsSession:
 
     # --- deltas --------------------------------------------------------------------------
 
+    def _on_folder(self, name: str, fn, missing=_RAISE):
+        """``fn(folder)``; when the cached folder is gone, once more with a fresh tree."""
+        for fresh in (False, True):
+            f = self.tree.find(name, fresh=fresh)
+            if f is None:
+                if fresh:
+                    if missing is _RAISE:
+                        raise FolderNotFound(f"{self.address}: no folder {name!r}")
+                    return missing
+                continue
+            try:
+                return fn(f)
+            except (FolderNotFound, CursorInvalid):
+                if fresh:
+                    raise
+        raise AssertionError("unreachable")
+
     def changes_since(self, folder: str, since: Cursor | None) -> FolderDelta:
-        f = self.tree.require(folder)
-        uidvalidity = folder_uidvalidity(f.id)
-        if since is not None and (since.uidvalidity != uidvalidity or not since.token):
-            raise CursorInvalid(f"{folder}: cursor {since} is not this folder's sync state")
-        delta, more = self.items.sync(f, uidvalidity, since)
-        self._more = self._more or more
-        return delta
+        def delta(f: Folder) -> FolderDelta:
+            uidvalidity = folder_uidvalidity(f.id)
+            if since is not None and (since.uidvalidity != uidvalidity or not since.token):
+                raise CursorInvalid(f"{folder}: cursor {since} is not this folder's sync state")
+            result, more = self.items.sync(f, uidvalidity, since)
+            self._more = self._more or more
+            return result
+
+        return self._on_folder(folder, delta)
 
     def fetch(self, folder: str, uids: Sequence[int]) -> Iterator[FetchedMessage]:
-        f = self.tree.require(folder)
+        f = self.tree.require(folder, fresh=self.tree.find(folder) is None)
         return self.items.fetch(f, uids)
 
     # --- changes -------------------------------------------------------------------------
@@ -224,20 +250,17 @@ class EwsSession:
         return AppendResult(folder_uidvalidity(f.id), tuple(uids))
 
     def store_flags(self, folder: str, uids: Sequence[int], flags: frozenset[str]) -> None:
-        f = self.tree.find(folder)
-        if f is not None and uids:
-            self.items.set_flags(f, uids, flags)
+        if uids:
+            self._on_folder(folder, lambda f: self.items.set_flags(f, uids, flags), missing=None)
 
     def expunge(self, folder: str, uids: Sequence[int]) -> None:
-        f = self.tree.find(folder)
-        if f is not None and uids:
-            self.items.delete(f, uids)
+        if uids:
+            self._on_folder(folder, lambda f: self.items.delete(f, uids), missing=None)
 
     def move(self, folder: str, uids: Sequence[int], dest: str) -> dict[int, int]:
-        f = self.tree.find(folder)
-        if f is None or not uids:
+        if not uids:
             return {}
-        return self.items.move(f, uids, self.tree.ensure(dest))
+        return self._on_folder(folder, lambda f: self.items.move(f, uids, self.tree.ensure(dest)), missing={})
 
     def create_folder(self, folder: str, special_use: frozenset[str] = frozenset()) -> None:
         self.tree.ensure(folder)  # EWS cannot mark a folder as special-use

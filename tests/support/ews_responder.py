@@ -22,6 +22,7 @@ compatibility with any Exchange release.
 from __future__ import annotations
 
 import base64
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -70,6 +71,14 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:  # quiet
         pass
 
+    def setup(self) -> None:
+        super().setup()
+        self.server.connections.add(self.connection)
+
+    def finish(self) -> None:
+        self.server.connections.discard(self.connection)
+        super().finish()
+
     def _send(self, status: int, body: bytes, ctype: str = "text/xml; charset=utf-8", headers=None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", ctype)
@@ -99,7 +108,7 @@ class _Handler(BaseHTTPRequestHandler):
             if faults.drop_left:
                 faults.drop_left -= 1
                 self.close_connection = True
-                self.connection.shutdown(2)
+                self.connection.shutdown(socket.SHUT_RDWR)
                 return
             if faults.http_500_left:
                 faults.http_500_left -= 1
@@ -138,6 +147,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
     responder: "EwsResponder"
+
+    def __init__(self, *args, **kwargs) -> None:
+        self.connections: set[socket.socket] = set()
+        super().__init__(*args, **kwargs)
 
 
 class EwsResponder:
@@ -183,9 +196,15 @@ class EwsResponder:
         return self
 
     def stop(self) -> None:
+        """Stop listening and cut every open connection (kept-alive ones too)."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
+            for conn in list(self._server.connections):
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
             self._server = None
 
     def __enter__(self) -> "EwsResponder":
