@@ -126,9 +126,7 @@ class EwsAdapter:
 
         def make() -> Account:
             account = Account(
-                primary_smtp_address=address, config=None if ep.service_endpoint is None else config,
-                credentials=config.credentials if ep.service_endpoint is None else None,
-                autodiscover=ep.service_endpoint is None,
+                primary_smtp_address=address, config=config, autodiscover=ep.service_endpoint is None,
                 access_type=IMPERSONATION if ep.access == "impersonation" else DELEGATE,
             )
             account.protocol.TIMEOUT = ep.timeout
