@@ -76,6 +76,13 @@ def translate(exc: BaseException, what: str) -> AdapterError:
     return ProtocolError(text)
 
 
+def _rewrapped(exc: ex.ErrorServerBusy) -> bool:
+    """exchangelib turns HTTP 5xx pages and (with a pool > 1) connection errors into
+    ``ErrorServerBusy("Reraised from ...", back_off=10)``: those are not the server's throttling
+    answer, the request may have run, and the 10 s are exchangelib's guess."""
+    return isinstance(exc.__context__, TRANSIENT) or str(exc).startswith("Reraised from")
+
+
 def call_with_retry(what: str, fn: Callable[[], T], *, max_wait: float = DEFAULT_MAX_WAIT, repeatable: bool = True) -> T:
     """Run ``fn`` (one or more complete EWS requests) under the retry policy above."""
     deadline = time.monotonic() + max_wait
@@ -86,7 +93,12 @@ def call_with_retry(what: str, fn: Callable[[], T], *, max_wait: float = DEFAULT
         except AdapterError:
             raise
         except ex.ErrorServerBusy as exc:
-            wait, err = (exc.back_off or delay), exc
+            if _rewrapped(exc):  # a connection/server error exchangelib re-raised as "busy"
+                if not repeatable:
+                    raise translate(exc.__context__ or exc, what) from exc
+                wait, err = delay, exc
+            else:
+                wait, err = (exc.back_off or delay), exc
         except TRANSIENT as exc:
             if not repeatable:
                 raise translate(exc, what) from exc

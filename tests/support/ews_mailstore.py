@@ -207,6 +207,48 @@ class Mailbox:
         it = self.find_item(item_id)
         del self.folders[it.folder_id].items[it.id]
 
+    # --- what a mail user (Outlook, OWA, delivery) does, for tests ---------------------------
+
+    def path(self, name: str, create: bool = False) -> StoreFolder:
+        """The folder at canonical path ``name`` ("INBOX/x", "Archive/2024")."""
+        parts = name.split("/")
+        f = self.distinguished("inbox") if parts[0] == "INBOX" else None
+        if f is not None:
+            parts = parts[1:]
+        else:
+            f = self.distinguished("msgfolderroot")
+        for seg in parts:
+            child = next((c for c in self.children(f.id) if c.name == seg), None)
+            if child is None:
+                if not create:
+                    raise StoreError("ErrorFolderNotFound", f"no folder {name}")
+                child = self.create_folder(f.id, seg)
+            f = child
+        return f
+
+    def deliver(self, name: str, mime: bytes, *, is_read: bool = False, flagged: bool = False,
+                categories=(), received: datetime | None = None) -> Item:
+        props = {PR_MESSAGE_FLAGS: str(MSGFLAG_READ if is_read else 0)}
+        if flagged:
+            props[PR_FLAG_STATUS] = "2"
+        if received is not None:
+            props[PR_DELIVERY_TIME] = received.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return self.add_item(self.path(name, create=True).id, mime, is_read, categories, props)
+
+    def set_read(self, item_id: str, is_read: bool) -> None:
+        it = self.find_item(item_id)
+        if it.is_read != is_read:
+            it.is_read = is_read
+            it.read_version += 1
+
+    def set_flagged(self, item_id: str, flagged: bool) -> None:
+        it = self.find_item(item_id)
+        if flagged:
+            it.props[PR_FLAG_STATUS] = "2"
+        else:
+            it.props.pop(PR_FLAG_STATUS, None)
+        it.version += 1
+
 
 class MailStore:
     """All mailboxes of one responder, their sync states, and a lock around both."""
