@@ -154,7 +154,7 @@ def parse_item_fields(msg) -> dict:
         if name == "MimeContent":
             out["mime"] = base64.b64decode(child.text or "")
         elif name == "IsRead":
-            out["is_read"] = (child.text or "").strip() == "true"
+            out["is_read"] = (child.text or "").strip() in ("true", "1")  # xs:boolean
         elif name == "Categories":
             out["categories"] = [s.text or "" for s in child]
         elif name == "ExtendedProperty":
