@@ -18,10 +18,12 @@ How the IMAP-shaped contract maps onto EWS:
   folder's status never equals a stored cursor and capture always asks SyncFolderItems.
 - **changes_since** calls the SyncFolderItems *service* page by page (``MaxChangesReturned``
   = ``page_size``) and takes each page's sync state: ``Folder.sync_items()`` would only hand
-  out the state after the whole generator is consumed. It stops after ``max_changes`` changes
-  even if ``IncludesLastItemInRange`` is false: the delta's cursor is that page's sync state,
-  so capture checkpoints it, and ``wait_for_change`` returns True at once to bring the next
-  cycle. An unknown or expired state (ErrorInvalidSyncStateData, ErrorSyncFolderNotFound)
+  out the state after the whole generator is consumed. From a cursor it stops after
+  ``max_changes`` changes even if ``IncludesLastItemInRange`` is false: the delta's cursor is
+  that page's sync state, so capture checkpoints it, and ``wait_for_change`` returns True at
+  once to bring the next cycle. A full sync (``since=None``: seeding, or a resync) reads every
+  page, because capture takes it for the whole folder (bodies are then fetched and committed
+  in chunks by capture's pending work). An unknown or expired state (ErrorInvalidSyncStateData, ErrorSyncFolderNotFound)
   raises ``CursorInvalid``: capture resyncs the folder from scratch.
 - **vanished**: a SyncFolderItems Delete names only an ItemId, so when a page has deletes the
   folder's present article numbers are listed (FindItem, ids only) and every number below the

@@ -136,7 +136,9 @@ class ItemOps:
         return out
 
     def sync(self, f: "Folder", uidvalidity: int, since: Cursor | None) -> tuple[FolderDelta, bool]:
-        """One delta: SyncFolderItems pages until the last item in range or ``max_changes``."""
+        """One delta: SyncFolderItems pages until the last item in range, or (from a cursor)
+        until ``max_changes`` changes. A full sync (``since=None``, also a resync after
+        CursorInvalid) always reads to the end: capture treats it as the whole folder."""
         ep = self.s.adapter.endpoint
         fields = {fp for fp in f.normalize_fields(META_FIELDS) if not fp.field.is_attribute}
         token = since.token if since is not None else None
@@ -176,7 +178,7 @@ class ItemOps:
             token = svc.sync_state
             if svc.includes_last_item_in_range or same:
                 break
-            if count >= ep.max_changes:
+            if since is not None and count >= ep.max_changes:
                 more = True
                 break
         if read_changes:

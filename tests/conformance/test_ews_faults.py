@@ -173,10 +173,12 @@ def test_error_responses_carry_an_empty_sync_state(ews):
 
 def test_sync_pages_are_checkpointed_and_a_new_session_resumes_from_the_cursor(ews):
     writer = adapter(ews).open(ALICE)
-    uids = list(writer.append("Paged", [AppendItem(msg(i), frozenset(), DATE) for i in range(12)]).uids)
     reader = adapter(ews, page_size=3, max_changes=5).open(ALICE)
+    writer.create_folder("Paged")
+    start = reader.changes_since("Paged", None)
+    uids = list(writer.append("Paged", [AppendItem(msg(i), frozenset(), DATE) for i in range(12)]).uids)
     ews.log.clear()
-    first = reader.changes_since("Paged", None)
+    first = reader.changes_since("Paged", start.cursor)
     assert [m.uid for m in first.new] == uids[:6]  # two pages of three, then stop (>= 5 changes)
     assert ews.operations().count("SyncFolderItems") == 2
     started = time.monotonic()
@@ -186,6 +188,14 @@ def test_sync_pages_are_checkpointed_and_a_new_session_resumes_from_the_cursor(e
     assert [m.uid for m in second.new] == uids[6:]
     assert second.cursor.token != first.cursor.token and second.cursor.uidnext == uids[-1] + 1
     assert resumed.changes_since("Paged", second.cursor).new == ()
+
+
+def test_a_full_sync_reads_every_page_whatever_max_changes_says(ews):
+    session = adapter(ews, page_size=3, max_changes=5).open(ALICE)
+    uids = list(session.append("Full", [AppendItem(msg(i), frozenset(), DATE) for i in range(12)]).uids)
+    ews.log.clear()
+    assert [m.uid for m in session.changes_since("Full", None).new] == uids
+    assert ews.operations().count("SyncFolderItems") == 4 and session.wait_for_change(0.01) is False
 
 
 def test_paging_until_includes_last_item_in_range(ews):
