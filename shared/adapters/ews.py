@@ -90,7 +90,6 @@ class EwsEndpoint:
     max_connections: int = 4
     page_size: int = DEFAULT_PAGE_SIZE
     max_changes: int = DEFAULT_MAX_CHANGES
-    access_token: str = ""  # oauth2: a token obtained elsewhere (used as is)
 
 
 class EwsAdapter:
@@ -105,11 +104,9 @@ class EwsAdapter:
     def _configuration(self, address: str) -> Configuration:
         ep = self.endpoint
         if ep.auth == "oauth2":
-            token = {"access_token": ep.access_token, "token_type": "Bearer", "expires_in": 3600,
-                     "expires_at": time.time() + 3600} if ep.access_token else None
+            # client credentials; the token comes from the tenant's identity platform
             creds = OAuth2Credentials(client_id=ep.client_id, client_secret=ep.service_password,
-                                      tenant_id=ep.tenant_id, identity=Identity(primary_smtp_address=address),
-                                      access_token=token)
+                                      tenant_id=ep.tenant_id, identity=Identity(primary_smtp_address=address))
             return Configuration(service_endpoint=ep.service_endpoint, credentials=creds, auth_type=OAUTH2,
                                  retry_policy=FailFast(), max_connections=ep.max_connections)
         with self._lock:

@@ -23,7 +23,7 @@ from shared.bodies import BodyStore
 from shared.capture import CaptureEngine
 from shared.replay import ReplayEngine
 from shared.store import open_store
-from shared.store.models import Mailbox, Replica
+from shared.store.models import FolderState, Mailbox, Replica
 from tests.support.ews_responder import SERVICE_PASSWORD, SERVICE_USER, EwsResponder
 from tests.unit.memory_server import MemoryServer
 
@@ -80,11 +80,12 @@ class MemorySide:
 
 
 class Pipeline:
-    def __init__(self, tmp_path, primary, standby) -> None:
+    def __init__(self, tmp_path, primary, standby, states: tuple[str, str] | None = None) -> None:
         self.primary, self.standby = primary, standby
-        self.src = open_store(f"sqlite:///{tmp_path}/src.sqlite")
+        src_url, dst_url = states or (f"sqlite:///{tmp_path}/src.sqlite", f"sqlite:///{tmp_path}/dst.sqlite")
+        self.src = open_store(src_url)
         self.src.migrate()
-        self.dst = open_store(f"sqlite:///{tmp_path}/dst.sqlite")
+        self.dst = open_store(dst_url)
         self.dst.migrate()
         self.capture = CaptureEngine(self.src, chunk_messages=3)
         self.bodies = BodyStore(self.dst, BlobStore(tmp_path / "blobs"))
@@ -113,10 +114,13 @@ class Pipeline:
 
 
 @pytest.fixture
-def ews_to_memory(tmp_path):
-    p = Pipeline(tmp_path, EwsSide(), MemorySide())
+def ews_to_memory(tmp_path, gateway_states):
+    # on PostgreSQL too: cursors carrying sync states are longer than IMAP's (migration 0004)
+    p = Pipeline(tmp_path, EwsSide(), MemorySide(), gateway_states)
     yield p
     p.primary.stop()
+    p.src.dispose()
+    p.dst.dispose()
 
 
 @pytest.fixture
@@ -165,6 +169,9 @@ def test_exchange_primary_expired_sync_state_resyncs_without_duplicates(ews_to_m
     for i in range(6):
         p.primary.box.deliver("INBOX", _msg(i), received=DATE)
     p.sync()
+    with p.src.tx() as s:
+        cursors = list(s.scalars(select(FolderState.cursor).where(FolderState.cursor.is_not(None))))
+    assert cursors and all(len(c) > 100 and "#" in c for c in cursors)  # sync states kept whole
     appends = p.standby.server.appends
     p.primary.responder.store.forget_sync_states()
     p.primary.box.deliver("INBOX", _msg(77), received=DATE)

@@ -33,7 +33,7 @@ from lxml import etree
 
 from tests.support.ews_mailstore import MailStore, StoreError
 from tests.support.ews_operations import OPERATIONS, Context
-from tests.support.ews_soap import M, S, T, envelope, q, soap_fault
+from tests.support.ews_soap import S, T, envelope, q, soap_fault
 
 __all__ = ["EwsResponder", "Faults", "SERVICE_USER", "SERVICE_PASSWORD"]
 
