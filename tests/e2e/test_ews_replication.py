@@ -4,17 +4,19 @@
 - Exchange primary -> Dovecot standby: mail, read/flag changes, deletes, moves, folder create,
   rename and delete replicate; MIME arrives byte-exact (the responder stores it verbatim).
 - Dovecot primary -> Exchange standby: the same kinds of change made over IMAP.
+- Refused credentials show in the status; throttling is waited out; nothing is lost.
 
 Mailboxes are SMTP addresses on both sides (Dovecot strips the domain at login).
 """
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 
 import pytest
 
 from tests.support.ews_compare import ews_snapshot, non_empty
-from tests.support.ews_responder import EwsResponder
+from tests.support.ews_responder import SERVICE_PASSWORD, EwsResponder
 from tests.support.gateways import GatewayPair
 from tests.support.mailcompare import describe_difference, snapshot
 
@@ -117,5 +119,37 @@ def test_dovecot_primary_to_exchange_standby(responder, dovecot_factory, tmp_pat
         assert "Projects" not in exchange and "Scratch" not in exchange
         stored = [i for f in responder.store.mailbox(ALICE).folders.values() for i in f.items.values()]
         assert stored and all(not i.message_flags & 0x8 for i in stored), "nothing left as a draft"
+    finally:
+        pair.stop()
+
+
+def test_refused_credentials_and_throttling_show_in_status_and_lose_nothing(responder, dovecot_factory, tmp_path):
+    standby = dovecot_factory("standby", ["alice"])
+    pair = GatewayPair(tmp_path, responder, standby, users=[ALICE],
+                       source_state=f"sqlite:///{tmp_path / 'source.sqlite'}",
+                       recovery_state=f"sqlite:///{tmp_path / 'recovery.sqlite'}")
+    box = responder.store.mailbox(ALICE)
+    with responder.store.lock:
+        for i in range(4):
+            box.deliver("INBOX", message(i), received=DATE)
+    pair.start()
+    try:
+        pair.protect(ALICE)
+        pair.wait_synced([ALICE])
+        responder.password = "rotated-elsewhere"  # the service account's password changed on Exchange
+        with responder.store.lock:
+            for i in range(4, 7):
+                box.deliver("INBOX", message(i), received=DATE)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (pair.status()[ALICE].get("error") or ""):
+            time.sleep(0.2)
+        error = pair.status()[ALICE]["error"] or ""
+        assert "AuthenticationFailed" in error and "credentials" in error.lower(), error
+        responder.password = SERVICE_PASSWORD  # put back
+        responder.faults.busy(3, back_off_ms=300)  # and Exchange is busy for a moment
+        pair.wait_synced([ALICE])
+        assert pair.status()[ALICE]["error"] is None
+        assert_same(ews_snapshot(responder, ALICE), snapshot(standby, ALICE), "exchange", "dovecot")
+        assert sum(snapshot(standby, ALICE)["INBOX"].values()) == 7
     finally:
         pair.stop()
