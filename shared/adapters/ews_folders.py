@@ -1,6 +1,8 @@
 """The mail folder tree of one mailbox over EWS: canonical names <-> EWS folders.
 
-Folders are listed with one deep FindFolder under ``msgfolderroot`` (paged). The distinguished
+Folders are listed with one SyncFolderHierarchy below ``msgfolderroot`` from no sync state (the
+whole IPM subtree with parent ids in one answer); capture's folder-id comparison then finds
+creates, renames, moves and deletes. The distinguished
 Inbox is ``INBOX``; other folders are named by their display names joined with ``/``. Only mail
 folders (FolderClass ``IPF.Note...`` or none) are listed, and never the Outbox (items there are
 sent). Sent Items, Drafts, Deleted Items, Junk Email and Archive carry their special-use flag.
@@ -12,8 +14,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from exchangelib import errors as ex
+from exchangelib.fields import FieldPath
 from exchangelib.folders import Folder, FolderCollection
+from exchangelib.items import ID_ONLY
 from exchangelib.properties import DistinguishedFolderId, Mailbox
+from exchangelib.services import SyncFolderHierarchy
 
 from shared.adapters.ews_mapping import SPECIAL_USE, folder_fid, name_to_segment, segment_to_name
 from shared.errors import FolderNotFound, ProtocolError
@@ -24,6 +29,8 @@ if TYPE_CHECKING:
 __all__ = ["FolderTree", "split_name"]
 
 _DISTINGUISHED = tuple(SPECIAL_USE) + ("outbox",)
+_FIELDS = {FieldPath(field=Folder.get_field_by_fieldname(name))
+           for name in ("name", "folder_class", "parent_folder_id", "total_count")}
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -66,8 +73,14 @@ class FolderTree:
     def refresh(self) -> dict[str, Folder]:
         account = self.session.account
 
+        # a plain Folder for the top: exchangelib would give every answer the distinguished id
+        # of the folder it was asked about (and then address them all as msgfolderroot)
+        top = Folder(root=self.root, id=self.top.id, changekey=self.top.changekey)
+
         def fetch():
-            return list(FolderCollection(account=account, folders=[self.top]).find_folders(depth="Deep"))
+            svc = SyncFolderHierarchy(account=account)
+            return [f for kind, f in svc.call(folder=top, shape=ID_ONLY, additional_fields=_FIELDS,
+                                               sync_state=None) if kind == svc.CREATE]
 
         folders = [f for f in self.session.call("list folders", fetch) if not isinstance(f, Exception)]
         by_id = {f.id: f for f in folders}

@@ -11,10 +11,12 @@ import threading
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from exchangelib import EWSDateTime, EWSTimeZone, ExtendedProperty, Message
+from exchangelib import EWSDateTime, EWSTimeZone, ExtendedProperty, Message, Q
 from exchangelib import errors as ex
+from exchangelib.fields import FieldOrder, FieldPath
 from exchangelib.items import ALWAYS_OVERWRITE, HARD_DELETE, ID_ONLY, SAVE_ONLY
-from exchangelib.services import SyncFolderItems
+from exchangelib.restriction import Restriction
+from exchangelib.services import FindItem, SyncFolderItems
 
 from shared.adapters.base import AppendItem, FetchedMessage, FolderDelta, MessageMeta
 from shared.adapters.ews_calls import translate
@@ -96,29 +98,38 @@ class ItemOps:
 
     # --- reading -----------------------------------------------------------------------------
 
-    def highest_uid(self, f: "Folder") -> int:
-        def query():
-            return list(f.all().order_by("-mr_article").only("mr_article")[:1])
+    def _find(self, f: "Folder", what: str, q: Q | None = None, descending: bool = False, max_items: int | None = None):
+        """FindItem (paged) returning items with their article number. Called at the service level:
+        exchangelib counts extended properties as complex, refuses them in its FindItem helpers
+        and would add a GetItem of every item, though FindItem returns them as additional
+        properties of the view."""
+        fields = {FieldPath(field=Message.get_field_by_fieldname("mr_article"))}
+        order = [FieldOrder.from_string("-mr_article" if descending else "mr_article", folder=f)]
 
-        top = [i for i in self.s.call("highest article number", query) if not isinstance(i, Exception)]
-        return (top[0].mr_article or 0) if top else 0
+        restriction = Restriction(q, folders=[f], applies_to=Restriction.ITEMS) if q is not None else None
+
+        def find():
+            svc = FindItem(account=self.account, page_size=min(max_items or 1000, 1000))
+            found = svc.call(folders=[f], additional_fields=fields, restriction=restriction, order_fields=order,
+                             shape=ID_ONLY, query_string=None, depth="Shallow", calendar_view=None,
+                             max_items=max_items, offset=0)
+            return [i for i in found if not isinstance(i, Exception) and i.mr_article is not None]
+
+        return self.s.call(what, find)
+
+    def highest_uid(self, f: "Folder") -> int:
+        top = self._find(f, "highest article number", descending=True, max_items=1)
+        return top[0].mr_article if top else 0
 
     def _present(self, f: "Folder") -> set[int]:
-        def query():
-            return [i.mr_article for i in f.all().only("mr_article") if not isinstance(i, Exception)]
-
-        return {u for u in self.s.call("list article numbers", query) if u is not None}
+        return {i.mr_article for i in self._find(f, "list article numbers")}
 
     def _resolve(self, f: "Folder", uids: Sequence[int]) -> dict[int, tuple[str, str]]:
         cached = self._ids.setdefault(f.id, {})
         missing = sorted({u for u in uids if u not in cached})
         for lo, hi in _runs(missing):
-            def query(lo=lo, hi=hi):
-                return list(f.filter(mr_article__gte=lo, mr_article__lte=hi).only("mr_article"))
-
-            for item in self.s.call("find items", query):
-                if not isinstance(item, Exception) and item.mr_article is not None:
-                    self._remember(f, item.mr_article, item)
+            for item in self._find(f, "find items", Q(mr_article__gte=lo) & Q(mr_article__lte=hi)):
+                self._remember(f, item.mr_article, item)
         return {u: cached[u] for u in sorted(set(uids)) if u in cached}
 
     def _get(self, f: "Folder", ids: list[tuple[str, str]], fields: list[str], what: str) -> list:

@@ -48,7 +48,7 @@ def test_server_busy_is_retried_after_the_servers_back_off(ews):
     ews.faults.busy(2, back_off_ms=400)
     names = [f.name for f in session.list_folders()]
     assert names[0] == "INBOX"
-    finds = times_of(ews, "FindFolder")
+    finds = times_of(ews, "SyncFolderHierarchy")
     assert len(finds) == 3, ews.operations()  # two busy answers, then the real one
     assert finds[1] - finds[0] >= 0.39 and finds[2] - finds[1] >= 0.39
 

@@ -269,6 +269,29 @@ class MailStore:
         with self.lock:
             self.sync_states.clear()
 
+    def sync_hierarchy(self, box: Mailbox, fid: str, token: str | None):
+        """One SyncFolderHierarchy answer below ``fid``: ([(kind, folder-or-id)], new token)."""
+        box.folder(fid)
+        known: dict[str, tuple[int, int]] = {}
+        if token:
+            state = self.sync_states.get(token)
+            if state is None or state[0] != "hierarchy:" + fid:
+                raise StoreError("ErrorInvalidSyncStateData", "Synchronization state data is corrupt or otherwise invalid.")
+            known = dict(state[1])
+        changes: list[tuple[str, object]] = []
+        below = box.descendants(fid)
+        for f in below:
+            seen = known.get(f.id)
+            if seen is None:
+                changes.append(("Create", f))
+            elif seen[0] != f.version:
+                changes.append(("Update", f))
+        ids = {f.id for f in below}
+        changes += [("Delete", i) for i in known if i not in ids]
+        new_token = base64.b64encode(b"MmTH" + os.urandom(60)).decode()
+        self.sync_states[new_token] = ("hierarchy:" + fid, {f.id: (f.version, 0) for f in below})
+        return changes, new_token
+
     def sync_items(self, box: Mailbox, fid: str, token: str | None, max_changes: int):
         """One SyncFolderItems page: ([(kind, item-or-id, is_read)], new token, includes_last)."""
         folder = box.folder(fid)

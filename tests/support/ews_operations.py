@@ -8,7 +8,8 @@ learn.microsoft.com/exchange/client-developer/web-service-reference/<operation>-
 ``getitem-operation-email-message``, ``createitem-operation-email-message``,
 ``updateitem-operation``, ``moveitem-operation``, ``deleteitem-operation``,
 ``createfolder-operation``, ``updatefolder-operation``, ``movefolder-operation``,
-``deletefolder-operation``, ``finditem-operation``, ``convertid-operation``.
+``deletefolder-operation``, ``finditem-operation``, ``syncfolderhierarchy-operation``,
+``convertid-operation``.
 """
 from __future__ import annotations
 
@@ -338,6 +339,37 @@ def sync_folder_items(req, ctx: Context):
     return resp
 
 
+def sync_folder_hierarchy(req, ctx: Context):
+    resp, msgs = _response("SyncFolderHierarchy")
+    token = req.findtext(q(M, "SyncState")) or None
+    msg = response_message(msgs, "SyncFolderHierarchy")
+    try:
+        target = req.find(q(M, "SyncFolderId"))
+        if target is not None:
+            box, f = ctx.folder(target[0])
+        elif ctx.box is not None:
+            box, f = ctx.box, ctx.box.distinguished("root")
+        else:
+            raise StoreError("ErrorMissingEmailAddress", "A mailbox is needed.")
+        changes, new_token = ctx.store.sync_hierarchy(box, f.id, token)
+    except StoreError as exc:
+        msgs.remove(msg)
+        msg = response_message(msgs, "SyncFolderHierarchy", exc.code, str(exc))
+        sub(msg, M, "SyncState")
+        sub(msg, M, "IncludesLastFolderInRange", "true")
+        return resp
+    sub(msg, M, "SyncState", new_token)
+    sub(msg, M, "IncludesLastFolderInRange", "true")
+    container = sub(msg, M, "Changes")
+    for kind, obj in changes:
+        el = sub(container, T, kind)
+        if kind == "Delete":
+            sub(el, T, "FolderId", Id=obj, ChangeKey="AQAAAA==")
+        else:
+            folder_xml(el, box, obj)
+    return resp
+
+
 def convert_id(req, ctx: Context):
     # exchangelib probes the server version with a ConvertId of a dummy id; any answer with a
     # ServerVersionInfo header will do, and Exchange answers a malformed id like this.
@@ -361,5 +393,6 @@ OPERATIONS = {
     "MoveFolder": move_folder,
     "DeleteFolder": delete_folder,
     "SyncFolderItems": sync_folder_items,
+    "SyncFolderHierarchy": sync_folder_hierarchy,
     "ConvertId": convert_id,
 }
