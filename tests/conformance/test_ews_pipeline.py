@@ -21,6 +21,7 @@ from shared.api_common import bearer_auth
 from shared.blobstore import BlobStore
 from shared.bodies import BodyStore
 from shared.capture import CaptureEngine
+from shared.errors import ServerUnavailable
 from shared.replay import ReplayEngine
 from shared.store import open_store
 from shared.store.models import FolderState, Mailbox, Replica
@@ -214,3 +215,18 @@ def test_exchange_standby_every_kind_of_change(memory_to_ews):
     assert "Projects/2024" not in {f.name for f in p.standby.open().list_folders()}
     stored = [i for f in p.standby.box.folders.values() for i in f.items.values()]
     assert stored and all(not (int(i.props.get(0x0E07, "0")) & 0x8) for i in stored), "nothing left as a draft"
+
+
+def test_exchange_standby_create_whose_answer_was_lost_is_not_written_twice(memory_to_ews):
+    p = memory_to_ews
+    for i in range(5):
+        p.primary.server.deliver(ALICE, _msg(i), date=DATE)
+    p.standby.responder.faults.lose_answer("CreateItem")
+    with pytest.raises(ServerUnavailable):
+        p.sync()
+    assert sum(len(f.items) for f in p.standby.box.folders.values()) > 0  # Exchange did store them
+    # a new engine (process restart) recovers the id map from the server instead of re-creating
+    p.replay = ReplayEngine(p.dst, p.bodies, append_batch=4)
+    p.sync()
+    p.assert_equal()
+    assert sum(len(f.items) for f in p.standby.box.folders.values()) == 5

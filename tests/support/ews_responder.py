@@ -15,7 +15,8 @@ compatibility with any Exchange release.
   Exchange")
 - Faults to inject: ``busy(n, back_off_ms)`` (ErrorServerBusy SOAP fault with
   BackOffMilliseconds, "EWS throttling in Exchange"), ``http_500(n)`` (the IIS error page),
-  ``drop(n)`` (connection closed without an answer), ``before(op, fn)`` (run ``fn`` just before
+  ``drop(n)`` (connection closed without an answer), ``lose_answer(op)`` (the request runs,
+  the answer is lost), ``before(op, fn)`` (run ``fn`` just before
   an operation, e.g. delete an item between a sync and the fetch), ``store.forget_sync_states()``
   (every sync state becomes ErrorInvalidSyncStateData).
 """
@@ -48,6 +49,7 @@ class Faults:
     busy_back_off_ms: int = 0
     http_500_left: int = 0
     drop_left: int = 0
+    lose_answer_of: set[str] = field(default_factory=set)
     hooks: dict[str, list[Callable[[], None]]] = field(default_factory=dict)
 
     def busy(self, n: int, back_off_ms: int) -> None:
@@ -58,6 +60,10 @@ class Faults:
 
     def drop(self, n: int) -> None:
         self.drop_left = n
+
+    def lose_answer(self, op: str) -> None:
+        """Run the next ``op`` request, then close the connection instead of answering."""
+        self.lose_answer_of.add(op)
 
     def before(self, op: str, fn: Callable[[], None]) -> None:
         """Run ``fn`` once, just before the next ``op`` request is answered."""
@@ -121,7 +127,19 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             for fn in faults.hooks.pop(op, []):
                 fn()
+            if op in faults.lose_answer_of:
+                faults.lose_answer_of.discard(op)
+                handler = OPERATIONS[op]
+                handler(op_el, Context(responder.store, responder.store.mailbox(self._impersonated(root))))
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
             self._answer(root, op, op_el)
+
+    @staticmethod
+    def _impersonated(root) -> str | None:
+        path = f"{q(S, 'Header')}/{q(T, 'ExchangeImpersonation')}/{q(T, 'ConnectingSID')}/{q(T, 'PrimarySmtpAddress')}"
+        return root.findtext(path)
 
     def _answer(self, root, op: str, op_el) -> None:
         responder = self.server.responder
@@ -129,7 +147,7 @@ class _Handler(BaseHTTPRequestHandler):
         if handler is None:
             self._send(500, soap_fault("ErrorInvalidRequest", f"The request is invalid: {op} is not supported here."))
             return
-        smtp = root.findtext(f"{q(S, 'Header')}/{q(T, 'ExchangeImpersonation')}/{q(T, 'ConnectingSID')}/{q(T, 'PrimarySmtpAddress')}")
+        smtp = self._impersonated(root)
         try:
             box = None
             if smtp:
