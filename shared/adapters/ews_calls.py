@@ -20,6 +20,7 @@ import logging
 import time
 from typing import Callable, TypeVar
 
+import requests
 from exchangelib import errors as ex
 
 from shared.errors import (
@@ -48,6 +49,8 @@ TRANSIENT = (
     ex.ErrorMailboxStoreUnavailable,
     ex.ErrorMailboxMoveInProgress,
     ex.MalformedResponseError,  # an HTTP error page we cannot read
+    requests.exceptions.ConnectionError,  # e.g. an OAuth2 token endpoint out of reach
+    requests.exceptions.Timeout,
     ConnectionError,
     TimeoutError,
 )

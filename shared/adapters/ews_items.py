@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Iterator, Sequence
 from exchangelib import EWSDateTime, EWSTimeZone, ExtendedProperty, Message, Q
 from exchangelib import errors as ex
 from exchangelib.fields import FieldOrder, FieldPath
-from exchangelib.items import ALWAYS_OVERWRITE, HARD_DELETE, ID_ONLY, SAVE_ONLY
+from exchangelib.items import ALWAYS_OVERWRITE, HARD_DELETE, ID_ONLY, ITEM_CLASSES, SAVE_ONLY
 from exchangelib.restriction import Restriction
 from exchangelib.services import FindItem, SyncFolderItems
 
@@ -48,7 +48,8 @@ def to_ews(dt: datetime) -> EWSDateTime:
 
 
 def _register_properties() -> None:
-    """The MAPI properties the adapter reads and writes, as fields of ``Message``."""
+    """The MAPI properties the adapter reads and writes, as fields of every item class (mail
+    folders also hold meeting requests/responses, posts and items of unknown classes)."""
     with _REGISTER_LOCK:
         for attr, tag, ptype in (
             ("mr_article", 0x0E23, "Integer"),
@@ -57,9 +58,10 @@ def _register_properties() -> None:
             ("mr_message_flags", 0x0E07, "Integer"),
             ("mr_delivery_time", 0x0E06, "SystemTime"),
         ):
-            if attr not in {f.name for f in Message.FIELDS}:
-                prop = type(f"MapiProp{tag:04X}", (ExtendedProperty,), {"property_tag": tag, "property_type": ptype})
-                Message.register(attr, prop)
+            prop = type(f"MapiProp{tag:04X}", (ExtendedProperty,), {"property_tag": tag, "property_type": ptype})
+            for cls in ITEM_CLASSES:
+                if attr not in {f.name for f in cls.FIELDS}:
+                    cls.register(attr, prop)
 
 
 _REGISTER_LOCK = threading.Lock()
@@ -67,7 +69,8 @@ _register_properties()
 
 
 def _flags(item) -> frozenset[str]:
-    return state_to_flags(item.is_read, item.mr_flag_status, item.mr_last_verb, item.mr_message_flags, item.categories)
+    return state_to_flags(getattr(item, "is_read", None), item.mr_flag_status, item.mr_last_verb,
+                          item.mr_message_flags, item.categories)
 
 
 def _runs(uids: list[int]) -> list[tuple[int, int]]:

@@ -232,3 +232,13 @@ def test_read_and_flag_changes_made_in_the_mailbox_are_reported(ews):
     delta = session.changes_since("INBOX", first.cursor)
     assert {m.uid: m.flags for m in delta.changed} == {
         a.article: {"\\Seen", "Red_category"}, b.article: {"\\Seen", "\\Flagged"}}
+
+
+def test_meeting_requests_and_posts_in_mail_folders_are_items_too(ews):
+    session = adapter(ews).open(ALICE)
+    box = ews.store.mailbox(ALICE)
+    meeting = box.deliver("INBOX", msg(1), tag="MeetingRequest", is_read=True, received=DATE)
+    post = box.deliver("INBOX", msg(2), tag="PostItem", categories=["Team"], received=DATE)
+    delta = session.changes_since("INBOX", None)
+    assert {m.uid: m.flags for m in delta.new} == {meeting.article: {"\\Seen"}, post.article: {"Team"}}
+    assert [m.body for m in session.fetch("INBOX", [meeting.article, post.article])] == [msg(1), msg(2)]

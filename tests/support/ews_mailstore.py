@@ -82,6 +82,7 @@ class Item:
     created: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     version: int = 1  # bumped on every change except IsRead
     read_version: int = 1
+    tag: str = "Message"  # the item's element: Message, MeetingRequest, PostItem, ...
 
     @property
     def changekey(self) -> str:
@@ -200,7 +201,7 @@ class Mailbox:
         dest = self.folder(dest_id)
         del self.folders[it.folder_id].items[it.id]
         moved = self.add_item(dest.id, it.mime, it.is_read, it.categories, it.props)
-        moved.created = it.created
+        moved.created, moved.tag = it.created, it.tag
         return moved
 
     def delete_item(self, item_id: str) -> None:
@@ -227,13 +228,15 @@ class Mailbox:
         return f
 
     def deliver(self, name: str, mime: bytes, *, is_read: bool = False, flagged: bool = False,
-                categories=(), received: datetime | None = None) -> Item:
+                categories=(), received: datetime | None = None, tag: str = "Message") -> Item:
         props = {PR_MESSAGE_FLAGS: str(MSGFLAG_READ if is_read else 0)}
         if flagged:
             props[PR_FLAG_STATUS] = "2"
         if received is not None:
             props[PR_DELIVERY_TIME] = received.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return self.add_item(self.path(name, create=True).id, mime, is_read, categories, props)
+        it = self.add_item(self.path(name, create=True).id, mime, is_read, categories, props)
+        it.tag = tag
+        return it
 
     def set_read(self, item_id: str, is_read: bool) -> None:
         it = self.find_item(item_id)

@@ -116,17 +116,18 @@ def ext_tag(el) -> tuple[int, str]:
     return int(el.get("PropertyTag"), 16), el.get("PropertyType")
 
 
+_ITEM_CLASSES = {"MeetingRequest": "IPM.Schedule.Meeting.Request", "PostItem": "IPM.Post"}
 _PROP_TYPES = {PR_DELIVERY_TIME: "SystemTime"}  # the others the store keeps are Integer
 
 
-def item_xml(parent, box: Mailbox, it: Item, mime: bool = False, tag: str = "Message"):
-    el = sub(parent, T, tag)
+def item_xml(parent, box: Mailbox, it: Item, mime: bool = False):
+    el = sub(parent, T, it.tag)
     if mime:
         sub(el, T, "MimeContent", base64.b64encode(it.mime).decode(), CharacterSet="UTF-8")
     sub(el, T, "ItemId", Id=it.id, ChangeKey=it.changekey)
     f = box.folders[it.folder_id]
     sub(el, T, "ParentFolderId", Id=f.id, ChangeKey=f.changekey)
-    sub(el, T, "ItemClass", "IPM.Note")
+    sub(el, T, "ItemClass", _ITEM_CLASSES.get(it.tag, "IPM.Note"))
     received = it.received.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     sub(el, T, "DateTimeReceived", received)
     sub(el, T, "Size", str(len(it.mime)))
