@@ -20,8 +20,7 @@ How the IMAP-shaped contract maps onto EWS:
   = ``page_size``) and takes each page's sync state: ``Folder.sync_items()`` would only hand
   out the state after the whole generator is consumed. From a cursor it stops after
   ``max_changes`` changes even if ``IncludesLastItemInRange`` is false: the delta's cursor is
-  that page's sync state, so capture checkpoints it, and ``wait_for_change`` returns True at
-  once to bring the next cycle. A full sync (``since=None``: seeding, or a resync) reads every
+  that page's sync state, so capture checkpoints it and its next cycle goes on from there. A full sync (``since=None``: seeding, or a resync) reads every
   page, because capture takes it for the whole folder (bodies are then fetched and committed
   in chunks by capture's pending work). An unknown or expired state (ErrorInvalidSyncStateData, ErrorSyncFolderNotFound)
   raises ``CursorInvalid``: capture resyncs the folder from scratch.
@@ -178,7 +177,6 @@ class EwsSession:
         self.max_wait = adapter.endpoint.max_wait
         self.tree = FolderTree(self)
         self.items = ItemOps(self)
-        self._more = False
 
     def call(self, what: str, fn, repeatable: bool = True):
         return call_with_retry(f"{self.adapter.name}/{self.address}: {what}", fn, max_wait=self.max_wait,
@@ -229,9 +227,7 @@ class EwsSession:
             uidvalidity = folder_uidvalidity(f.id)
             if since is not None and (since.uidvalidity != uidvalidity or not since.token):
                 raise CursorInvalid(f"{folder}: cursor {since} is not this folder's sync state")
-            result, more = self.items.sync(f, uidvalidity, since)
-            self._more = self._more or more
-            return result
+            return self.items.sync(f, uidvalidity, since)
 
         return self._on_folder(folder, delta)
 
@@ -269,10 +265,7 @@ class EwsSession:
         self.tree.delete(folder)
 
     def wait_for_change(self, timeout: float) -> bool:
-        """True at once while a partial delta left changes on the server; else sleep (no push)."""
-        if self._more:
-            self._more = False
-            return True
+        """No push yet (streaming notifications are future work): sleep and return False."""
         time.sleep(max(0.0, timeout))
         return False
 

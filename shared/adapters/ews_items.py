@@ -149,7 +149,7 @@ class ItemOps:
                 out.append(item)
         return out
 
-    def sync(self, f: "Folder", uidvalidity: int, since: Cursor | None) -> tuple[FolderDelta, bool]:
+    def sync(self, f: "Folder", uidvalidity: int, since: Cursor | None) -> FolderDelta:
         """One delta: SyncFolderItems pages until the last item in range, or (from a cursor)
         until ``max_changes`` changes. A full sync (``since=None``, also a resync after
         CursorInvalid) always reads to the end: capture treats it as the whole folder."""
@@ -160,7 +160,7 @@ class ItemOps:
         changed: dict[str, object] = {}
         read_changes: dict[str, bool] = {}
         deleted: set[str] = set()
-        count, more = 0, False
+        count = 0
         while True:
             svc = SyncFolderItems(account=self.account)
 
@@ -193,15 +193,14 @@ class ItemOps:
             if svc.includes_last_item_in_range or same:
                 break
             if since is not None and count >= ep.max_changes:
-                more = True
-                break
+                break  # a partial delta: its cursor is this page's sync state
         if read_changes:
             ids = [(i, None) for i in read_changes]
             for item in self._get(f, ids, META_FIELDS, "read flags"):
                 if item is not None:
                     changed[item.id] = item
         if since is not None and not (created or changed or deleted):
-            return FolderDelta(since), more
+            return FolderDelta(since)
         old_next = since.uidnext if since is not None else 1
         modseq = (since.highestmodseq if since is not None else 0) + 1
         new = sorted((self._meta(f, i, modseq) for i in created.values() if i.mr_article is not None),
@@ -215,7 +214,7 @@ class ItemOps:
                                      if i.mr_article is not None and i.mr_article not in new_uids), key=lambda m: m.uid))
         uidnext = max([old_next] + [m.uid + 1 for m in new])
         cursor = Cursor(uidvalidity, modseq, uidnext, token or "")
-        return FolderDelta(cursor, vanished=vanished, changed=changed_meta, new=tuple(new)), more
+        return FolderDelta(cursor, vanished=vanished, changed=changed_meta, new=tuple(new))
 
     def _meta(self, f: "Folder", item, modseq: int) -> MessageMeta:
         self._remember(f, item.mr_article, item)

@@ -181,8 +181,6 @@ def test_sync_pages_are_checkpointed_and_a_new_session_resumes_from_the_cursor(e
     first = reader.changes_since("Paged", start.cursor)
     assert [m.uid for m in first.new] == uids[:6]  # two pages of three, then stop (>= 5 changes)
     assert ews.operations().count("SyncFolderItems") == 2
-    started = time.monotonic()
-    assert reader.wait_for_change(10.0) is True and time.monotonic() - started < 1
     resumed = adapter(ews, page_size=3, max_changes=5).open(ALICE)  # e.g. after a restart
     second = resumed.changes_since("Paged", first.cursor)
     assert [m.uid for m in second.new] == uids[6:]
@@ -195,7 +193,7 @@ def test_a_full_sync_reads_every_page_whatever_max_changes_says(ews):
     uids = list(session.append("Full", [AppendItem(msg(i), frozenset(), DATE) for i in range(12)]).uids)
     ews.log.clear()
     assert [m.uid for m in session.changes_since("Full", None).new] == uids
-    assert ews.operations().count("SyncFolderItems") == 4 and session.wait_for_change(0.01) is False
+    assert ews.operations().count("SyncFolderItems") == 4
 
 
 def test_paging_until_includes_last_item_in_range(ews):
