@@ -31,6 +31,8 @@ How the IMAP-shaped contract maps onto EWS:
 - **Flags**: see ``shared.adapters.ews_mapping``. Items are created from MIME with
   PR_MESSAGE_FLAGS set (read, and unsent only for ``\\Draft``), so they are not left as drafts,
   and with PR_MESSAGE_DELIVERY_TIME for the received time.
+- **Push**: ``wait_for_change`` waits for EWS streaming notifications (all folders); they are
+  wake-ups only, SyncFolderItems stays the truth.
 - **append** is one CreateItem request; Exchange stores item by item, so on a refusal the
   items created by that request are deleted again (all or none) before ``MessageRejected``.
 """
@@ -64,6 +66,7 @@ from shared.adapters.ews_calls import DEFAULT_MAX_WAIT, call_with_retry
 from shared.adapters.ews_folders import FolderTree
 from shared.adapters.ews_items import ItemOps
 from shared.adapters.ews_mapping import folder_uidvalidity
+from shared.adapters.ews_push import StreamWatcher
 from shared.errors import CursorInvalid, FolderNotFound, MailboxNotFound
 from shared.model import Cursor
 
@@ -169,14 +172,15 @@ _RAISE = object()
 class EwsSession:
     """One mailbox through EWS; see the module docstring for the contract mapping."""
 
-    features = ServerFeatures(message_guid=False, folder_id=True, move=True, multiappend=False,
-                              names=frozenset({"EWS", "SyncFolderItems"}))
+    features = ServerFeatures(message_guid=False, folder_id=True, move=True, multiappend=False, notify=True,
+                              names=frozenset({"EWS", "SyncFolderItems", "StreamingNotifications"}))
 
     def __init__(self, adapter: EwsAdapter, account: Account, address: str) -> None:
         self.adapter, self.account, self.address = adapter, account, address
         self.max_wait = adapter.endpoint.max_wait
         self.tree = FolderTree(self)
         self.items = ItemOps(self)
+        self.push: StreamWatcher | None = None
 
     def call(self, what: str, fn, repeatable: bool = True):
         return call_with_retry(f"{self.adapter.name}/{self.address}: {what}", fn, max_wait=self.max_wait,
@@ -265,10 +269,21 @@ class EwsSession:
         self.tree.delete(folder)
 
     def wait_for_change(self, timeout: float) -> bool:
-        """No push yet (streaming notifications are future work): sleep and return False."""
-        time.sleep(max(0.0, timeout))
+        """Wait for a streaming notification (``shared.adapters.ews_push``); while streaming is
+        unavailable, sleep and return False."""
+        if self.push is None:
+            self.push = StreamWatcher(self.account, f"{self.adapter.name}/{self.address}")
+        if not self.push.ensure_running():
+            time.sleep(max(0.0, timeout))
+            return False
+        if self.push.changed.wait(max(0.0, timeout)):
+            self.push.changed.clear()
+            return True
         return False
 
     def close(self) -> None:
+        if self.push is not None:
+            self.push.stop()
+            self.push = None
         self.tree.forget()
         self.items.forget()

@@ -240,3 +240,25 @@ def test_meeting_requests_and_posts_in_mail_folders_are_items_too(ews):
     delta = session.changes_since("INBOX", None)
     assert {m.uid: m.flags for m in delta.new} == {meeting.article: {"\\Seen"}, post.article: {"Team"}}
     assert [m.body for m in session.fetch("INBOX", [meeting.article, post.article])] == [msg(1), msg(2)]
+
+
+# --- streaming notifications --------------------------------------------------------------------
+
+
+def test_streaming_notifications_wake_and_survive_a_closed_stream(ews):
+    ews.stream_seconds = 1.0  # the server closes each GetStreamingEvents after a second
+    watcher = adapter(ews).open(ALICE)
+    assert watcher.features.notify
+    assert watcher.wait_for_change(0.3) is False  # subscribes; nothing happened yet
+    box = ews.store.mailbox(ALICE)
+    time.sleep(2.5)  # at least one stream closed and was opened again
+    box.deliver("INBOX", msg(1))
+    started = time.monotonic()
+    assert watcher.wait_for_change(10.0) is True and time.monotonic() - started < 3
+    assert watcher.wait_for_change(0.3) is False  # the wake-up was consumed
+    box.deliver("Elsewhere/deep", msg(2))  # any folder
+    assert watcher.wait_for_change(10.0) is True
+    ops = ews.operations()
+    assert ops.count("Subscribe") == 1 and ops.count("GetStreamingEvents") >= 2
+    watcher.close()
+    assert not ews.store.subscriptions, "close() unsubscribes"

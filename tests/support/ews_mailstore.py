@@ -33,7 +33,7 @@ __all__ = [
     "StoreFolder",
     "Mailbox",
     "MailStore",
-]
+]  # MailStore.subscriptions serve Subscribe/GetStreamingEvents (tests.support.ews_streaming)
 
 PR_ARTICLE_NUMBER = 0x0E23
 PR_DELIVERY_TIME = 0x0E06
@@ -118,6 +118,7 @@ class StoreFolder:
 class Mailbox:
     def __init__(self, smtp: str) -> None:
         self.smtp = smtp
+        self.on_change = lambda event, obj_id, parent_id, is_folder: None  # set by MailStore
         self.folders: dict[str, StoreFolder] = {}
         self.by_name: dict[str, str] = {}
         root = StoreFolder(_new_id(b"FR"), None, "root", "", "root")
@@ -166,6 +167,7 @@ class Mailbox:
             raise StoreError("ErrorFolderExists", "A folder with the specified name already exists.")
         f = StoreFolder(_new_id(b"FC"), parent_id, name, folder_class or "IPF.Note")
         self.folders[f.id] = f
+        self.on_change("CreatedEvent", f.id, parent_id, True)
         return f
 
     def update_folder(self, fid: str, name: str | None = None, parent_id: str | None = None) -> StoreFolder:
@@ -180,6 +182,7 @@ class Mailbox:
             raise StoreError("ErrorFolderExists", "A folder with the specified name already exists.")
         f.name, f.parent_id = new_name, new_parent
         f.version += 1
+        self.on_change("ModifiedEvent", f.id, new_parent, True)
         return f
 
     def delete_folder(self, fid: str) -> None:
@@ -188,12 +191,14 @@ class Mailbox:
             raise StoreError("ErrorDeleteDistinguishedFolder", "Distinguished folders cannot be deleted.")
         for d in self.descendants(fid) + [f]:
             del self.folders[d.id]
+        self.on_change("DeletedEvent", fid, f.parent_id, True)
 
     def add_item(self, fid: str, mime: bytes, is_read: bool = False, categories=(), props=None) -> Item:
         f = self.folder(fid)
         it = Item(_new_id(b"IT"), fid, mime, f.next_article, is_read, list(categories), dict(props or {}))
         f.next_article += 1
         f.items[it.id] = it
+        self.on_change("CreatedEvent", it.id, fid, False)
         return it
 
     def move_item(self, item_id: str, dest_id: str) -> Item:
@@ -207,6 +212,11 @@ class Mailbox:
     def delete_item(self, item_id: str) -> None:
         it = self.find_item(item_id)
         del self.folders[it.folder_id].items[it.id]
+        self.on_change("DeletedEvent", it.id, it.folder_id, False)
+
+    def touch(self, it: Item) -> None:
+        """An item's properties changed (UpdateItem)."""
+        self.on_change("ModifiedEvent", it.id, it.folder_id, False)
 
     # --- what a mail user (Outlook, OWA, delivery) does, for tests ---------------------------
 
@@ -243,6 +253,7 @@ class Mailbox:
         if it.is_read != is_read:
             it.is_read = is_read
             it.read_version += 1
+            self.touch(it)
 
     def set_flagged(self, item_id: str, flagged: bool) -> None:
         it = self.find_item(item_id)
@@ -251,6 +262,7 @@ class Mailbox:
         else:
             it.props.pop(PR_FLAG_STATUS, None)
         it.version += 1
+        self.touch(it)
 
 
 class MailStore:
@@ -258,8 +270,30 @@ class MailStore:
 
     def __init__(self, users) -> None:
         self.lock = threading.RLock()
+        self.changed = threading.Condition(self.lock)
         self.mailboxes = {u.lower(): Mailbox(u) for u in users}
         self.sync_states: dict[str, tuple[str, dict[str, tuple[int, int]]]] = {}
+        # subscription id -> (mailbox, folder ids or None for all, pending events)
+        self.subscriptions: dict[str, tuple[Mailbox, set[str] | None, list[tuple]]] = {}
+        for box in self.mailboxes.values():
+            box.on_change = self._notifier(box)
+
+    def _notifier(self, box: Mailbox):
+        def notify(event: str, obj_id: str, parent_id: str | None, is_folder: bool) -> None:
+            with self.changed:
+                stamp = datetime.now(timezone.utc)
+                for sub_box, folders, pending in self.subscriptions.values():
+                    if sub_box is box and (folders is None or parent_id in folders or obj_id in folders):
+                        pending.append((event, obj_id, parent_id, is_folder, stamp))
+                self.changed.notify_all()
+
+        return notify
+
+    def subscribe(self, box: Mailbox, folders: set[str] | None) -> str:
+        with self.lock:
+            sid = base64.b64encode(b"SUB" + os.urandom(21)).decode()
+            self.subscriptions[sid] = (box, folders, [])
+            return sid
 
     def mailbox(self, smtp: str) -> Mailbox:
         box = self.mailboxes.get(smtp.lower())

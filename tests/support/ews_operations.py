@@ -16,6 +16,7 @@ from __future__ import annotations
 from lxml import etree
 
 from tests.support.ews_mailstore import MSGFLAG_READ, Item, Mailbox, MailStore, StoreError, StoreFolder
+from tests.support.ews_streaming import subscribe, unsubscribe
 from tests.support.ews_soap import M, T, ext_tag, folder_xml, item_xml, parse_item_fields, q, response_message, sub, wants_mime
 
 __all__ = ["Context", "OPERATIONS"]
@@ -223,6 +224,8 @@ def update_item(req, ctx: Context):
                 it.version += 1
             if it.is_read != read_before:
                 it.read_version += 1
+            if it.is_read != read_before or (it.props, it.categories) != before:
+                box.touch(it)
             items = sub(msg, M, "Items")
             sub(sub(items, T, "Message"), T, "ItemId", Id=it.id, ChangeKey=it.changekey)
             conflicts = sub(msg, M, "ConflictResults")
@@ -395,4 +398,6 @@ OPERATIONS = {
     "SyncFolderItems": sync_folder_items,
     "SyncFolderHierarchy": sync_folder_hierarchy,
     "ConvertId": convert_id,
+    "Subscribe": subscribe,
+    "Unsubscribe": unsubscribe,
 }

@@ -19,6 +19,8 @@ compatibility with any Exchange release.
   the answer is lost), ``before(op, fn)`` (run ``fn`` just before
   an operation, e.g. delete an item between a sync and the fetch), ``store.forget_sync_states()``
   (every sync state becomes ErrorInvalidSyncStateData).
+- Streaming notifications: Subscribe / GetStreamingEvents / Unsubscribe
+  (``tests.support.ews_streaming``).
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from lxml import etree
 from tests.support.ews_mailstore import MailStore, StoreError
 from tests.support.ews_operations import OPERATIONS, Context
 from tests.support.ews_soap import S, T, envelope, q, soap_fault
+from tests.support.ews_streaming import stream_events
 
 __all__ = ["EwsResponder", "Faults", "SERVICE_USER", "SERVICE_PASSWORD"]
 
@@ -109,6 +112,9 @@ class _Handler(BaseHTTPRequestHandler):
             return
         op = etree.QName(op_el).localname
         responder.log.append((op, time.monotonic()))
+        if op == "GetStreamingEvents":  # a long-lived answer: never under the store lock
+            stream_events(self, responder.store, op_el, responder.stream_seconds)
+            return
         faults = responder.faults
         with responder.store.lock:
             if faults.drop_left:
@@ -168,6 +174,7 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, *args, **kwargs) -> None:
         self.connections: set[socket.socket] = set()
+        self.stopping = False
         super().__init__(*args, **kwargs)
 
 
@@ -182,6 +189,7 @@ class EwsResponder:
         self.log: list[tuple[str, float]] = []
         self.user, self.password, self.bearer_token = user, password, bearer_token
         self.impersonation_allowed = impersonation_allowed
+        self.stream_seconds = 30.0  # GetStreamingEvents connections close after this (or ConnectionTimeout)
         self.port = 0
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -216,6 +224,9 @@ class EwsResponder:
     def stop(self) -> None:
         """Stop listening and cut every open connection (kept-alive ones too)."""
         if self._server is not None:
+            self._server.stopping = True
+            with self.store.changed:
+                self.store.changed.notify_all()
             self._server.shutdown()
             self._server.server_close()
             for conn in list(self._server.connections):
