@@ -5,7 +5,7 @@ whole IPM subtree with parent ids in one answer); capture's folder-id comparison
 creates, renames, moves and deletes. The distinguished
 Inbox is ``INBOX``; other folders are named by their display names joined with ``/``. Only mail
 folders (FolderClass ``IPF.Note...`` or none) are listed, and never the Outbox (items there are
-sent). Sent Items, Drafts, Deleted Items, Junk Email and Archive carry their special-use flag.
+sent). Sent Items, Drafts, Deleted Items and Junk Email carry their special-use flag.
 The tree is cached per session and re-read before every folder change and whenever a cached
 folder turns out to be gone.
 """
@@ -20,6 +20,7 @@ from exchangelib.items import ID_ONLY
 from exchangelib.properties import DistinguishedFolderId, Mailbox
 from exchangelib.services import SyncFolderHierarchy
 
+from shared.adapters.ews_calls import translate
 from shared.adapters.ews_mapping import SPECIAL_USE, folder_fid, name_to_segment, segment_to_name
 from shared.errors import FolderNotFound, ProtocolError
 
@@ -65,7 +66,7 @@ class FolderTree:
         root, found = self.session.call("open mailbox", fetch)
         for key in ("msgfolderroot", "inbox"):
             if isinstance(found[key], Exception):
-                raise found[key]
+                raise translate(found[key], f"{self.session.address}: open mailbox") from found[key]
         self.root, self.top, self.inbox = root, found["msgfolderroot"], found["inbox"]
         root._subfolders.update({f.id: f for f in (root, self.top, self.inbox)})
         self._special = {f.id: d for d, f in found.items() if d in _DISTINGUISHED and not isinstance(f, Exception)}

@@ -58,8 +58,7 @@ SPECIAL_USE = {
     "drafts": "\\Drafts",
     "deleteditems": "\\Trash",
     "junkemail": "\\Junk",
-    "archive": "\\Archive",
-}
+}  # ("archive" is left out: older Exchange builds reject it as a DistinguishedFolderId)
 
 _ATOM_SPECIALS = re.compile(r'[\x00-\x20\x7f()\{%*"\\\]]')
 

@@ -19,7 +19,7 @@ from tests.support.ews_mailstore import MSGFLAG_READ, Item, Mailbox, MailStore, 
 from tests.support.ews_streaming import subscribe, unsubscribe
 from tests.support.ews_soap import M, T, ext_tag, folder_xml, item_xml, parse_item_fields, q, response_message, sub, wants_mime
 
-__all__ = ["Context", "OPERATIONS"]
+__all__ = ["Context", "OPERATIONS", "folder_ids", "new_response"]
 
 
 class Context:
@@ -55,7 +55,7 @@ class Context:
         raise StoreError("ErrorItemNotFound", "The specified object was not found in the store.")
 
 
-def _folder_ids(el):
+def folder_ids(el):
     return [c for c in el if etree.QName(c).localname in ("FolderId", "DistinguishedFolderId")]
 
 
@@ -67,14 +67,14 @@ def _per(container, op: str, fn) -> None:
         response_message(container, op, exc.code, str(exc))
 
 
-def _response(op: str):
+def new_response(op: str):
     resp = etree.Element(q(M, f"{op}Response"), nsmap={"m": M, "t": T})
     return resp, sub(resp, M, "ResponseMessages")
 
 
 def get_folder(req, ctx: Context):
-    resp, msgs = _response("GetFolder")
-    for el in _folder_ids(req.find(q(M, "FolderIds"))):
+    resp, msgs = new_response("GetFolder")
+    for el in folder_ids(req.find(q(M, "FolderIds"))):
         def one(msg, el=el):
             box, f = ctx.folder(el)
             folder_xml(sub(msg, M, "Folders"), box, f)
@@ -83,10 +83,10 @@ def get_folder(req, ctx: Context):
 
 
 def find_folder(req, ctx: Context):
-    resp, msgs = _response("FindFolder")
+    resp, msgs = new_response("FindFolder")
     deep = req.get("Traversal") == "Deep"
     view = req.find(q(M, "IndexedPageFolderView"))
-    for el in _folder_ids(req.find(q(M, "ParentFolderIds"))):
+    for el in folder_ids(req.find(q(M, "ParentFolderIds"))):
         def one(msg, el=el):
             box, f = ctx.folder(el)
             found = box.descendants(f.id) if deep else box.children(f.id)
@@ -143,12 +143,12 @@ def _matches(it: Item, expr) -> bool:
 
 
 def find_item(req, ctx: Context):
-    resp, msgs = _response("FindItem")
+    resp, msgs = new_response("FindItem")
     restriction = req.find(q(M, "Restriction"))
     order = req.find(f"{q(M, 'SortOrder')}/{q(T, 'FieldOrder')}")
     view = req.find(q(M, "IndexedPageItemView"))
     mime = wants_mime(req.find(q(M, "ItemShape")))
-    for el in _folder_ids(req.find(q(M, "ParentFolderIds"))):
+    for el in folder_ids(req.find(q(M, "ParentFolderIds"))):
         def one(msg, el=el):
             box, f = ctx.folder(el)
             found = [i for i in f.items.values() if restriction is None or _matches(i, restriction[0])]
@@ -165,7 +165,7 @@ def find_item(req, ctx: Context):
 
 
 def get_item(req, ctx: Context):
-    resp, msgs = _response("GetItem")
+    resp, msgs = new_response("GetItem")
     mime = wants_mime(req.find(q(M, "ItemShape")))
     for el in req.find(q(M, "ItemIds")):
         def one(msg, el=el):
@@ -176,7 +176,7 @@ def get_item(req, ctx: Context):
 
 
 def create_item(req, ctx: Context):
-    resp, msgs = _response("CreateItem")
+    resp, msgs = new_response("CreateItem")
     target = req.find(q(M, "SavedItemFolderId"))
     reject = getattr(ctx.store, "reject", set())
     for msg_el in req.find(q(M, "Items")):
@@ -198,7 +198,7 @@ def create_item(req, ctx: Context):
 
 
 def update_item(req, ctx: Context):
-    resp, msgs = _response("UpdateItem")
+    resp, msgs = new_response("UpdateItem")
     for change in req.find(q(M, "ItemChanges")):
         def one(msg, change=change):
             box, it = ctx.item(change.find(q(T, "ItemId")).get("Id"))
@@ -235,7 +235,7 @@ def update_item(req, ctx: Context):
 
 
 def move_item(req, ctx: Context):
-    resp, msgs = _response("MoveItem")
+    resp, msgs = new_response("MoveItem")
     dest = req.find(q(M, "ToFolderId"))[0]
     for el in req.find(q(M, "ItemIds")):
         def one(msg, el=el):
@@ -249,7 +249,7 @@ def move_item(req, ctx: Context):
 
 
 def delete_item(req, ctx: Context):
-    resp, msgs = _response("DeleteItem")
+    resp, msgs = new_response("DeleteItem")
     for el in req.find(q(M, "ItemIds")):
         def one(msg, el=el):
             box, it = ctx.item(el.get("Id"))
@@ -263,7 +263,7 @@ def _folder_reply(msg, f: StoreFolder) -> None:
 
 
 def create_folder(req, ctx: Context):
-    resp, msgs = _response("CreateFolder")
+    resp, msgs = new_response("CreateFolder")
     parent = req.find(q(M, "ParentFolderId"))[0]
     for el in req.find(q(M, "Folders")):
         def one(msg, el=el):
@@ -276,10 +276,10 @@ def create_folder(req, ctx: Context):
 
 
 def update_folder(req, ctx: Context):
-    resp, msgs = _response("UpdateFolder")
+    resp, msgs = new_response("UpdateFolder")
     for change in req.find(q(M, "FolderChanges")):
         def one(msg, change=change):
-            box, f = ctx.folder(_folder_ids(change)[0])
+            box, f = ctx.folder(folder_ids(change)[0])
             for upd in change.find(q(T, "Updates")):
                 if upd[0].get("FieldURI") == "folder:DisplayName" and len(upd) > 1:
                     box.update_folder(f.id, name=upd[1].findtext(q(T, "DisplayName")))
@@ -289,9 +289,9 @@ def update_folder(req, ctx: Context):
 
 
 def move_folder(req, ctx: Context):
-    resp, msgs = _response("MoveFolder")
+    resp, msgs = new_response("MoveFolder")
     dest = req.find(q(M, "ToFolderId"))[0]
-    for el in _folder_ids(req.find(q(M, "FolderIds"))):
+    for el in folder_ids(req.find(q(M, "FolderIds"))):
         def one(msg, el=el):
             box, f = ctx.folder(el)
             _, d = ctx.folder(dest)
@@ -301,8 +301,8 @@ def move_folder(req, ctx: Context):
 
 
 def delete_folder(req, ctx: Context):
-    resp, msgs = _response("DeleteFolder")
-    for el in _folder_ids(req.find(q(M, "FolderIds"))):
+    resp, msgs = new_response("DeleteFolder")
+    for el in folder_ids(req.find(q(M, "FolderIds"))):
         def one(msg, el=el):
             box, f = ctx.folder(el)
             box.delete_folder(f.id)
@@ -311,7 +311,7 @@ def delete_folder(req, ctx: Context):
 
 
 def sync_folder_items(req, ctx: Context):
-    resp, msgs = _response("SyncFolderItems")
+    resp, msgs = new_response("SyncFolderItems")
     mime = wants_mime(req.find(q(M, "ItemShape")))
     token = req.findtext(q(M, "SyncState")) or None
     max_changes = int(req.findtext(q(M, "MaxChangesReturned")) or "512")
@@ -343,7 +343,7 @@ def sync_folder_items(req, ctx: Context):
 
 
 def sync_folder_hierarchy(req, ctx: Context):
-    resp, msgs = _response("SyncFolderHierarchy")
+    resp, msgs = new_response("SyncFolderHierarchy")
     token = req.findtext(q(M, "SyncState")) or None
     msg = response_message(msgs, "SyncFolderHierarchy")
     try:
@@ -376,7 +376,7 @@ def sync_folder_hierarchy(req, ctx: Context):
 def convert_id(req, ctx: Context):
     # exchangelib probes the server version with a ConvertId of a dummy id; any answer with a
     # ServerVersionInfo header will do, and Exchange answers a malformed id like this.
-    resp, msgs = _response("ConvertId")
+    resp, msgs = new_response("ConvertId")
     for _ in req.find(q(M, "SourceIds")):
         response_message(msgs, "ConvertId", "ErrorInvalidIdMalformed", "Id is malformed.")
     return resp

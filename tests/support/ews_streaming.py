@@ -22,9 +22,9 @@ __all__ = ["subscribe", "unsubscribe", "stream_events"]
 
 
 def subscribe(req, ctx):
-    from tests.support.ews_operations import _folder_ids, _response
+    from tests.support.ews_operations import folder_ids, new_response
 
-    resp, msgs = _response("Subscribe")
+    resp, msgs = new_response("Subscribe")
     request = req.find(q(M, "StreamingSubscriptionRequest"))
     msg = response_message(msgs, "Subscribe")
     try:
@@ -35,7 +35,7 @@ def subscribe(req, ctx):
                 raise StoreError("ErrorMissingEmailAddress", "A mailbox is needed.")
             box, folders = ctx.box, None
         else:
-            found = [ctx.folder(el) for el in _folder_ids(request.find(q(T, "FolderIds")))]
+            found = [ctx.folder(el) for el in folder_ids(request.find(q(T, "FolderIds")))]
             box, folders = found[0][0], {f.id for _, f in found}
         sid = ctx.store.subscribe(box, folders)
     except StoreError as exc:
@@ -47,18 +47,18 @@ def subscribe(req, ctx):
 
 
 def unsubscribe(req, ctx):
-    from tests.support.ews_operations import _response
+    from tests.support.ews_operations import new_response
 
-    resp, msgs = _response("Unsubscribe")
+    resp, msgs = new_response("Unsubscribe")
     ctx.store.subscriptions.pop(req.findtext(q(M, "SubscriptionId")) or "", None)
     response_message(msgs, "Unsubscribe")
     return resp
 
 
 def _document(status: str, notifications=()) -> bytes:
-    from tests.support.ews_operations import _response
+    from tests.support.ews_operations import new_response
 
-    resp, msgs = _response("GetStreamingEvents")
+    resp, msgs = new_response("GetStreamingEvents")
     msg = response_message(msgs, "GetStreamingEvents")
     if notifications:
         container = sub(msg, M, "Notifications")
@@ -83,9 +83,9 @@ def stream_events(handler, store: MailStore, op_el, stream_seconds: float) -> No
     with store.lock:
         missing = [s for s in sids if s not in store.subscriptions]
     if missing or not sids:
-        from tests.support.ews_operations import _response
+        from tests.support.ews_operations import new_response
 
-        resp, msgs = _response("GetStreamingEvents")
+        resp, msgs = new_response("GetStreamingEvents")
         response_message(msgs, "GetStreamingEvents", "ErrorSubscriptionNotFound", "The specified subscription was not found.")
         handler._send(200, envelope(resp))
         return
