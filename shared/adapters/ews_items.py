@@ -21,7 +21,7 @@ from exchangelib.services import FindItem, SyncFolderItems
 from shared.adapters.base import AppendItem, FetchedMessage, FolderDelta, MessageMeta
 from shared.adapters.ews_calls import translate
 from shared.adapters.ews_mapping import flags_to_state, state_to_flags
-from shared.errors import MessageRejected
+from shared.errors import MessageRejected, ProtocolError
 from shared.model import Cursor
 
 if TYPE_CHECKING:
@@ -187,6 +187,11 @@ class ItemOps:
                     for d in (created, changed, read_changes):
                         d.pop(obj.id, None)
                     deleted.add(obj.id)
+            if any(k in (SyncFolderItems.CREATE, SyncFolderItems.UPDATE) and getattr(o, "mr_article", None) is None
+                   for k, o in changes):
+                # Without it there is no UID; skipping such items would lose them silently.
+                raise ProtocolError(f"{self.s.address}: {f.name!r}: an item came without PR_INTERNET_ARTICLE_NUMBER "
+                                    "(0x0E23); this server cannot be captured by article number")
             count += len(changes)
             same = svc.sync_state == token
             token = svc.sync_state

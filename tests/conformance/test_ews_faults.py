@@ -11,7 +11,8 @@ import pytest
 
 from shared.adapters.base import AppendItem
 from shared.adapters.ews import EwsAdapter, EwsEndpoint
-from shared.errors import AuthenticationFailed, CursorInvalid, MailboxNotFound, ServerUnavailable
+from shared.errors import AuthenticationFailed, CursorInvalid, MailboxNotFound, ProtocolError, ServerUnavailable
+from tests.support import ews_soap
 from tests.support.ews_responder import SERVICE_PASSWORD, SERVICE_USER, EwsResponder
 
 ALICE = "alice@example.org"
@@ -262,3 +263,13 @@ def test_streaming_notifications_wake_and_survive_a_closed_stream(ews):
     assert ops.count("Subscribe") == 1 and ops.count("GetStreamingEvents") >= 2
     watcher.close()
     assert not ews.store.subscriptions, "close() unsubscribes"
+
+
+def test_an_item_without_an_article_number_stops_capture_loudly(ews, monkeypatch):
+    session = adapter(ews).open(ALICE)
+    box = ews.store.mailbox(ALICE)
+    box.deliver("INBOX", msg(1))
+    monkeypatch.setattr(ews_soap, "PR_ARTICLE_NUMBER", 0x7FFF)  # the responder stops sending 0x0E23
+    with pytest.raises(ProtocolError) as err:
+        session.changes_since("INBOX", None)
+    assert "PR_INTERNET_ARTICLE_NUMBER" in str(err.value)
