@@ -19,6 +19,7 @@ import json
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
+from urllib.parse import quote, unquote
 
 __all__ = [
     "Cursor",
@@ -34,33 +35,45 @@ __all__ = [
 
 @dataclass(frozen=True, order=True)
 class Cursor:
-    """Position of capture in one IMAP folder (RFC 7162 CONDSTORE/QRESYNC state).
+    """Position of capture in one folder: IMAP CONDSTORE/QRESYNC state (UIDVALIDITY,
+    HIGHESTMODSEQ, UIDNEXT), plus an optional opaque ``token`` for servers whose position is a
+    server-issued state (EWS: the SyncFolderItems sync state). IMAP cursors have no token.
 
-    Text form: ``"<uidvalidity>:<highestmodseq>:<uidnext>"``.
+    Text form: ``"<uidvalidity>:<highestmodseq>:<uidnext>"``, with a token
+    ``"<uidvalidity>:<highestmodseq>:<uidnext>#<token>"`` (the token percent-encoded, so it
+    never contains ``#``; base64 sync states pass unchanged).
     """
 
     uidvalidity: int
     highestmodseq: int
     uidnext: int
+    token: str = ""
 
     def __post_init__(self) -> None:
         for name in ("uidvalidity", "highestmodseq", "uidnext"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"cursor {name} must be a non-negative integer, got {v!r}")
+        if not isinstance(self.token, str):
+            raise ValueError(f"cursor token must be a string, got {self.token!r}")
 
     def format(self) -> str:
-        return f"{self.uidvalidity}:{self.highestmodseq}:{self.uidnext}"
+        head = f"{self.uidvalidity}:{self.highestmodseq}:{self.uidnext}"
+        return f"{head}#{quote(self.token, safe=_TOKEN_SAFE)}" if self.token else head
 
     @classmethod
     def parse(cls, text: str) -> "Cursor":
-        parts = text.split(":")
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
-            raise ValueError(f"not a cursor: {text!r} (want UIDVALIDITY:HIGHESTMODSEQ:UIDNEXT)")
-        return cls(int(parts[0]), int(parts[1]), int(parts[2]))
+        head, sep, token = text.partition("#")
+        parts = head.split(":")
+        if len(parts) != 3 or not all(p.isdigit() for p in parts) or (sep and not token):
+            raise ValueError(f"not a cursor: {text!r} (want UIDVALIDITY:HIGHESTMODSEQ:UIDNEXT[#TOKEN])")
+        return cls(int(parts[0]), int(parts[1]), int(parts[2]), unquote(token))
 
     def __str__(self) -> str:
         return self.format()
+
+
+_TOKEN_SAFE = "+/=_-."
 
 
 @dataclass(frozen=True, order=True)

@@ -26,6 +26,7 @@ __all__ = [
     "LOG_LEVELS",
     "ListenAddress",
     "ImapServerSettings",
+    "EwsServerSettings",
     "ServerSettings",
     "parse_listen",
     "server_password_env",
@@ -48,6 +49,11 @@ DEFAULT_IMAP_AUTH = "sasl-plain"
 IMAP_TLS_MODES = ("none", "starttls", "tls")
 IMAP_AUTH_MODES = ("sasl-plain", "login-master")
 IMAP_PORTS = {"none": 143, "starttls": 143, "tls": 993}
+
+DEFAULT_EWS_TIMEOUT = 120.0
+DEFAULT_EWS_RETRY_MAX_WAIT = 60.0
+EWS_AUTH_MODES = ("basic", "ntlm", "oauth2")
+EWS_ACCESS_MODES = ("impersonation", "delegate")
 
 
 # ---------------------------------------------------------------------------- values
@@ -106,8 +112,40 @@ class ImapServerSettings:
     users_file: Path | None = None  # kept to say where the users came from
 
 
+@dataclass(frozen=True, kw_only=True)
+class EwsServerSettings:
+    """One Exchange organisation over EWS, reached with one service account.
+
+    ``endpoint`` is the EWS URL (``https://mail.example.org/EWS/Exchange.asmx``), or None with
+    ``autodiscover = true``. ``auth``: "basic" / "ntlm" (``service_user`` may be
+    ``DOMAIN\\user`` or a UPN) or "oauth2" (client credentials: ``client_id``, ``tenant_id``,
+    the client secret in ``service_password``). ``access``: "impersonation" (the service account
+    has the ApplicationImpersonation role) or "delegate" (full access to each mailbox).
+    """
+
+    name: str
+    kind: str = "ews"
+    endpoint: str | None
+    autodiscover: bool = False
+    auth: str = "basic"
+    access: str = "impersonation"
+    service_user: str
+    service_password: str = field(repr=False)
+    client_id: str = ""
+    tenant_id: str = ""
+    timeout: float = DEFAULT_EWS_TIMEOUT
+    retry_max_wait: float = DEFAULT_EWS_RETRY_MAX_WAIT
+    max_connections: int = 0  # 0: one per user, at least 2 and at most 16
+    users: tuple[str, ...] = ()
+    users_file: Path | None = None
+
+    @property
+    def connections(self) -> int:
+        return self.max_connections or max(2, min(16, len(self.users)))
+
+
 # Each server kind adds its settings class here (and a reader in _SERVER_READERS).
-ServerSettings = ImapServerSettings
+ServerSettings = ImapServerSettings | EwsServerSettings
 
 
 def describe_server(server: ServerSettings) -> str:
@@ -115,6 +153,10 @@ def describe_server(server: ServerSettings) -> str:
     users = f"{len(server.users)} users" if server.users else "no user list"
     if server.users_file is not None:
         users += f" (incl. {server.users_file})"
+    if isinstance(server, EwsServerSettings):
+        where = server.endpoint or "autodiscover"
+        return (f'server "{server.name}" (ews): {where}, {server.auth} as "{server.service_user}", '
+                f"{server.access}, {users}")
     host = f"[{server.host}]" if ":" in server.host else server.host
     return (
         f'server "{server.name}" ({server.kind}): {host}:{server.port}, tls {server.tls}, '
@@ -228,7 +270,43 @@ def _read_imap_server(table: Table, name: str) -> ImapServerSettings:
     )
 
 
-_SERVER_READERS: dict[str, Callable[[Table, str], ServerSettings]] = {"imap": _read_imap_server}
+def _read_ews_server(table: Table, name: str) -> EwsServerSettings:
+    autodiscover = table.boolean("autodiscover", False)
+    endpoint = table.http_url("endpoint") if "endpoint" in table.keys() else None
+    if endpoint is None and not autodiscover:
+        raise table.error("endpoint", "missing (give the EWS URL, or set autodiscover = true)")
+    if endpoint is not None and autodiscover:
+        raise table.error("autodiscover", "set either endpoint or autodiscover = true, not both")
+    auth = table.choice("auth", EWS_AUTH_MODES, "basic")
+    client_id = table.string("client_id", "")
+    tenant_id = table.string("tenant_id", "")
+    if auth == "oauth2":
+        for key, value in (("client_id", client_id), ("tenant_id", tenant_id)):
+            if not value:
+                raise table.error(key, 'missing (auth = "oauth2" needs client_id and tenant_id)')
+    users, users_file = _read_users(table)
+    return EwsServerSettings(
+        name=name,
+        endpoint=endpoint,
+        autodiscover=autodiscover,
+        auth=auth,
+        access=table.choice("access", EWS_ACCESS_MODES, "impersonation"),
+        service_user=table.string("service_user"),
+        service_password=table.secret("service_password", server_password_env(name)),
+        client_id=client_id,
+        tenant_id=tenant_id,
+        timeout=table.seconds("timeout", DEFAULT_EWS_TIMEOUT),
+        retry_max_wait=table.seconds("retry_max_wait", DEFAULT_EWS_RETRY_MAX_WAIT),
+        max_connections=table.integer("max_connections", 0, minimum=0, maximum=256),
+        users=users,
+        users_file=users_file,
+    )
+
+
+_SERVER_READERS: dict[str, Callable[[Table, str], ServerSettings]] = {
+    "imap": _read_imap_server,
+    "ews": _read_ews_server,
+}
 
 
 def read_servers(root: Table) -> tuple[ServerSettings, ...]:

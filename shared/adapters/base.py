@@ -19,7 +19,8 @@ Errors an adapter may raise (all from ``shared.errors``):
 - ``MailboxNotFound``: the server has no such user.
 - ``FolderNotFound``: the folder does not exist (``select``-like operations only; the
   idempotent folder operations below never raise it).
-- ``CursorInvalid``: ``changes_since`` found the folder's UIDVALIDITY changed.
+- ``CursorInvalid``: ``changes_since`` found the folder's UIDVALIDITY changed (or the
+  server-issued state in the cursor's token expired, e.g. an EWS sync state).
 - ``MessageRejected``: ``append`` could not store a message (``index`` = which one when known).
 - ``ProtocolError``: anything else the server said NO/BAD to.
 """

@@ -7,7 +7,7 @@ from shared.errors import ConfigError
 __all__ = ["make_adapter"]
 
 
-def make_adapter(server) -> Adapter:  # server: shared.settings_common.ImapServerSettings
+def make_adapter(server) -> Adapter:  # server: shared.settings_common.ServerSettings
     if server.kind == "imap":
         from shared.adapters.imap import ImapAdapter, ImapEndpoint
 
@@ -23,4 +23,20 @@ def make_adapter(server) -> Adapter:  # server: shared.settings_common.ImapServe
             ca_file=str(server.ca_file) if server.ca_file else None,
         )
         return ImapAdapter(server.name, endpoint, users=list(server.users) or None)
+    if server.kind == "ews":
+        from shared.adapters.ews import EwsAdapter, EwsEndpoint
+
+        endpoint = EwsEndpoint(
+            service_endpoint=server.endpoint,
+            service_user=server.service_user,
+            service_password=server.service_password,
+            auth=server.auth,
+            access=server.access,
+            client_id=server.client_id,
+            tenant_id=server.tenant_id,
+            timeout=server.timeout,
+            max_wait=server.retry_max_wait,
+            max_connections=server.connections,
+        )
+        return EwsAdapter(server.name, endpoint, users=list(server.users) or None)
     raise ConfigError(f"servers.{server.name}.kind: unsupported server kind {server.kind!r}")

@@ -104,8 +104,8 @@ class FolderState(Base):
     mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"), nullable=False)
     name: Mapped[str] = mapped_column(String(1000), nullable=False)
     fid: Mapped[str] = mapped_column(String(200), default="", nullable=False)
-    cursor: Mapped[str | None] = mapped_column(String(100))  # Cursor text once committed
-    pending_cursor: Mapped[str | None] = mapped_column(String(100))  # target of work in progress
+    cursor: Mapped[str | None] = mapped_column(Text)  # Cursor text once committed (EWS: with sync state)
+    pending_cursor: Mapped[str | None] = mapped_column(Text)  # target of work in progress
     pending_uids: Mapped[str | None] = mapped_column(Text)  # UidSet text still to capture
     pending_replace: Mapped[str | None] = mapped_column(Text)  # JSON {uid: old_mid} (draft edits)
     resetting: Mapped[bool] = mapped_column(Boolean, default=False, nullable=False)

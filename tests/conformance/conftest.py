@@ -1,8 +1,9 @@
 """The servers the adapter contract suite runs against.
 
-``contract_env`` yields a :class:`ContractEnv` per adapter: the in-memory reference server and
-a real Dovecot through the IMAP adapter. A new adapter (EWS) joins by adding an environment
-class and a parameter below; the tests themselves stay as they are.
+``contract_env`` yields a :class:`ContractEnv` per adapter: the in-memory reference server, a
+real Dovecot through the IMAP adapter, and the EWS adapter through exchangelib's real HTTP stack
+against the EWS protocol-shape responder (``tests.support.ews_responder``). A new adapter joins
+by adding an environment class and a parameter below; the tests themselves stay as they are.
 """
 from __future__ import annotations
 
@@ -112,10 +113,54 @@ class DovecotEnv(ContractEnv):
         return b""  # Dovecot: "NO Can't save a zero byte message"
 
 
-@pytest.fixture(params=["memory", pytest.param("imap-dovecot", marks=pytest.mark.dovecot)])
+class EwsEnv(ContractEnv):
+    """The EWS adapter (impersonation, Basic) against the protocol-shape responder."""
+
+    name = "ews-responder"
+    address = "alice@example.org"
+    unknown_address = "nosuchuser@example.org"
+
+    def __init__(self) -> None:
+        super().__init__()
+        from tests.support.ews_responder import SERVICE_PASSWORD, EwsResponder
+
+        self.server = EwsResponder([self.address, "bob@example.org"]).start()
+        self.adapter = self._adapter(SERVICE_PASSWORD)
+
+    def _adapter(self, password: str) -> Adapter:
+        from shared.adapters.ews import EwsAdapter, EwsEndpoint
+        from tests.support.ews_responder import SERVICE_USER
+
+        endpoint = EwsEndpoint(self.server.endpoint, SERVICE_USER, password, timeout=10.0, max_wait=1.5)
+        return EwsAdapter("ews", endpoint)
+
+    def adapter_with_password(self, password: str) -> Adapter:
+        return self._adapter(password)
+
+    @contextmanager
+    def server_down(self) -> Iterator[None]:
+        self.server.stop()
+        try:
+            yield
+        finally:
+            self.server.start()
+
+    def refused_body(self) -> bytes:
+        body = b"Subject: refused by policy\r\n\r\nno\r\n"
+        self.server.store.reject.add(body)
+        return body
+
+    def close(self) -> None:
+        super().close()
+        self.server.stop()
+
+
+@pytest.fixture(params=["memory", pytest.param("imap-dovecot", marks=pytest.mark.dovecot), "ews-responder"])
 def contract_env(request) -> Iterator[ContractEnv]:
     if request.param == "memory":
         env: ContractEnv = MemoryEnv()
+    elif request.param == "ews-responder":
+        env = EwsEnv()
     else:
         env = DovecotEnv(request.getfixturevalue("dovecot_factory"))
     try:

@@ -22,6 +22,17 @@ def free_port() -> int:
 
 
 def _server_toml(name: str, server, users) -> str:
+    if hasattr(server, "endpoint"):  # the EWS protocol-shape responder
+        return f"""
+[[servers]]
+name = "{name}"
+kind = "ews"
+endpoint = "{server.endpoint}"
+service_user = "{server.user}"
+service_password = "{server.password}"
+retry_max_wait = 5
+users = [{", ".join(f'"{u}"' for u in users)}]
+"""
     return f"""
 [[servers]]
 name = "{name}"

@@ -66,3 +66,26 @@ def test_mailbox_key_round_trip():
     assert MailboxKey.parse(k.format()) == k
     with pytest.raises(ValueError):
         MailboxKey.parse("alice")
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["MmTSabc+/==", "H4sIAAAAAAAEAGNgYGBgBGJmBhAAAP//", "with:colon and space#hash%", "ü" * 3, "x" * 600],
+)
+def test_cursor_with_token_round_trips(token):
+    cursor = Cursor(17, 3, 42, token)
+    text = cursor.format()
+    assert text.startswith("17:3:42#") and text.count("#") == 1 and ":" not in text[len("17:3:42"):]
+    assert Cursor.parse(text) == cursor and Cursor.parse(text).token == token
+    assert Cursor.parse("17:3:42") != cursor and Cursor.parse("17:3:42").token == ""
+
+
+def test_cursor_without_token_keeps_its_text_form():
+    assert Cursor(1, 2, 3).format() == "1:2:3" == Cursor(1, 2, 3, "").format()
+    assert Cursor.parse("1:2:3#tok").format() == "1:2:3#tok"
+
+
+@pytest.mark.parametrize("bad", ["1:2:3#", "#tok", "1:2#tok", "1:2:3:4#tok", "a:b:c#tok"])
+def test_cursor_with_token_rejects_garbage(bad):
+    with pytest.raises(ValueError):
+        Cursor.parse(bad)
