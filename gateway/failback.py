@@ -94,13 +94,16 @@ class FailbackAgent:
         answer = self._get("/api/v1/ingest/sites", params={"source": self.source_id})
         peer, sites = answer["gateway"], answer["mailboxes"]
         changed = self._learn(sites)
+        begun = set()
         for site in sites:
             if site["state"] in BACK and site["server"] in self.adapters:
-                self._begin(peer, site)
+                if self._begin(peer, site):
+                    begun.add((site["server"], site["address"]))
         self._pull(peer)
         listed = {(x["server"], x["address"]) for x in sites}
         for site in sites:
-            if site["state"] == SiteState.SWITCHING_BACK.value and site["server"] in self.adapters:
+            if (site["state"] == SiteState.SWITCHING_BACK.value and site["server"] in self.adapters
+                    and (site["server"], site["address"]) not in begun):
                 self._maybe_rebase(peer, site)
         # a re-base the recovery gateway finished but whose answer was lost: ask again
         with self.store.read() as s:
@@ -133,11 +136,12 @@ class FailbackAgent:
         return s.scalar(select(Replica).where(Replica.source_id == peer, Replica.server == server,
                                               Replica.address == address))
 
-    def _begin(self, peer: str, site) -> None:
+    def _begin(self, peer: str, site) -> bool:
+        """Create the reverse replica of a mailbox starting to fail back; True if it did."""
         server, address = site["server"], site["address"]
         with self.store.read() as s:
             if self._reverse(s, peer, server, address) is not None:
-                return
+                return False
             mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
             folders = list(s.scalars(select(FolderState).where(FolderState.mailbox_id == mbx.id)))
         session = self.adapters[server].open(address)
@@ -160,7 +164,7 @@ class FailbackAgent:
                 s.add(Replica(source_id=peer, server=server, address=address, target=server, received_seq=base,
                               applied_seq=base, phase="resync",
                               failback_report=json.dumps({"resync": True, "wiped_folders": wiped})))
-            return
+            return True
         with self.store.tx() as s:
             mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
             late = _late_mids(s, mbx.id, site.get("cutover_seq") or 0)
@@ -182,6 +186,7 @@ class FailbackAgent:
             for i in range(0, len(rows), 1000):
                 s.execute(IdMapEntry.__table__.insert(), rows[i:i + 1000])
         log.info("%s/%s: failing back (%d messages known on both sides)", server, address, len(rows))
+        return True
 
     def _pull(self, peer: str, rounds: int = 50) -> None:
         for _ in range(rounds):
@@ -237,8 +242,10 @@ class FailbackAgent:
         try:
             answer = self._post_json("/api/v1/ingest/rebase", request)
         except TransportError as exc:
-            if "409" in str(exc) and "applied" in str(exc):
-                return
+            if " 409 " in str(exc):  # refused, so not applied there: computed again next round
+                with self.store.tx() as s:
+                    rep = s.get(Replica, rid)
+                    rep.failback_report = json.dumps({k: v for k, v in pending.items() if k != "rebase"})
             raise
         with self.store.tx() as s:
             mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))

@@ -242,7 +242,7 @@ class FailbackService:
         with self.locks(rid):
             with self.store.tx() as s:
                 rep = s.get(Replica, rid)
-                if rep.site_state != SiteState.FAILING_BACK.value:
+                if rep.site_state not in (SiteState.FAILING_BACK.value, SiteState.SWITCHING_BACK.value):
                     raise IllegalTransition(f"a full resync of {address} needs a failback under way "
                                             f"(it is {rep.site_state})")
                 dr = s.scalar(select(Mailbox).where(Mailbox.server == rep.server, Mailbox.address == rep.address))
@@ -259,7 +259,16 @@ class FailbackService:
                 s.add(SiteTransition(replica_id=rid, before=rep.site_state, after=rep.site_state, actor="source",
                                      detail="primary copy wiped or recreated: full resync from the standby"))
                 log.warning("%s/%s: full resync of the primary from the standby", server, address)
-                return dr.last_seq
+                base, dr_id, switching = dr.last_seq, dr.id, rep.site_state == SiteState.SWITCHING_BACK.value
+            if switching:  # users have left the standby: its whole content is captured once, now
+                session = self.open_standby(rep)
+                try:
+                    self.capture.cycle(dr_id, session)
+                finally:
+                    session.close()
+                with self.store.tx() as s:
+                    s.get(Replica, rid).final_seq = s.get(Mailbox, dr_id).last_seq
+            return base
 
     def rebase(self, source: str, server: str, address: str, *, base_seq: int, applied: int,
                born: Sequence[tuple[int, int]], report: Mapping) -> dict:
