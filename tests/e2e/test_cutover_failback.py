@@ -250,12 +250,14 @@ def test_wiped_primary_is_fully_resynchronised(dovecot_factory, tmp_path):
         pair.stop()
 
 
-def test_mail_delivered_to_the_primary_after_cutover_is_kept(dovecot_factory, tmp_path):
+def test_mail_delivered_to_the_primary_after_cutover_is_kept(dovecot_factory, gateway_states, tmp_path):
+    """Runs with SQLite and with PostgreSQL as the gateways' state stores."""
     primary = dovecot_factory("primary", ["alice"])
     standby = dovecot_factory("standby", ["alice"])
     primary.deliver_many("alice", [message(i) for i in range(10)])
+    source_state, recovery_state = gateway_states
     pair = GatewayPair(tmp_path, primary, standby, users=["alice"],
-                       source_state=f"sqlite:///{tmp_path}/s.sqlite", recovery_state=f"sqlite:///{tmp_path}/r.sqlite")
+                       source_state=source_state, recovery_state=recovery_state)
     pair.start()
     try:
         pair.protect("alice")
