@@ -9,14 +9,17 @@ the primary ends equal to the standby and forward replication works again.
 from __future__ import annotations
 
 import imaplib
+import os
 import re
+import subprocess
+import sys
 import time
 
 import httpx
 import pytest
 
 from tests.support.environment import unavailable
-from tests.support.gateways import GatewayPair
+from tests.support.gateways import ADMIN_TOKEN, GatewayPair
 from tests.support.mailcompare import assert_same_mailbox, describe_difference, snapshot
 from tests.support.nginx import NginxMailProxy, nginx_missing_reason
 
@@ -230,8 +233,11 @@ def test_wiped_primary_is_fully_resynchronised(dovecot_factory, tmp_path):
         pair.protect("alice")
         pair.wait_synced(["alice"])
         primary.kill()
-        r = post(pair, "/api/v1/cutover", {"server": "primary", "all": True})
-        assert r.status_code == 200 and r.json()["results"][0]["state"] == "active-at-dr", r.text
+        cli = subprocess.run([sys.executable, "-m", "shared.cli", "cutover", "--all", "--server", "primary",
+                              "--url", pair.recovery.url, "--token", ADMIN_TOKEN],
+                             capture_output=True, text=True, timeout=120, env=dict(os.environ, COLUMNS="200"))
+        assert cli.returncode == 0 and "active-at-dr" in cli.stdout, cli.stdout + cli.stderr
+        assert recovery_mailbox(pair)["site_state"] == "active-at-dr"
         standby.deliver_many("alice", [message(i, "at DR") for i in range(2)])
         M = standby.imap("alice")
         M.select("Work")
