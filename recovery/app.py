@@ -87,7 +87,7 @@ class RecoveryGateway:
                     select(Replica.id, Replica.target, Replica.address).where(
                         Replica.received_seq > Replica.applied_seq,
                         # fencing: never into the copy users are working on
-                        Replica.site_state.in_([SiteState.REPLICATING.value, SiteState.CUTTING_OVER.value]),
+                        Replica.site_state == SiteState.REPLICATING.value,
                     )
                 )
             )
@@ -103,8 +103,8 @@ class RecoveryGateway:
     def _replay(self, rid: int, session) -> None:
         with self.locks(rid):
             with self.store.read() as s:
-                if s.get(Replica, rid).site_state not in (SiteState.REPLICATING.value, SiteState.CUTTING_OVER.value):
-                    return
+                if s.get(Replica, rid).site_state != SiteState.REPLICATING.value:
+                    return  # cutting over (the cutover drains) or users are on the standby
             report = self.replay.replay(rid, session)
         with self.store.tx() as s:
             rep = s.get(Replica, rid)

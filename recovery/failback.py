@@ -204,13 +204,17 @@ class FailbackService:
                     s.execute(delete(OutboxRow).where(done))
                     _drop_unused_bodies(s, shas)
 
-    def next_batch(self, source: str) -> Batch | None:
+    def next_batch(self, source: str, ready: Iterable[tuple[str, str]]) -> Batch | None:
+        """The next reverse batch for the mailboxes (server, address) the source is ready to replay
+        (it has seeded their id map), among those failing back."""
+        ready = set(ready)
         with self.store.read() as s:
             ids = [r[0] for r in s.execute(
-                select(Mailbox.id).join(Replica, (Mailbox.server == Replica.server) & (Mailbox.address == Replica.address))
+                select(Mailbox.id, Mailbox.server, Mailbox.address)
+                .join(Replica, (Mailbox.server == Replica.server) & (Mailbox.address == Replica.address))
                 .where(Replica.source_id == source, Replica.site_state.in_(
                     [SiteState.FAILING_BACK.value, SiteState.SWITCHING_BACK.value]))
-            )]
+            ) if (r[1], r[2]) in ready]
         if not ids:
             return None
         builder = BatchBuilder(self.store, self.gateway_id, lambda shas, keys: (list(shas), list(keys)),

@@ -145,7 +145,7 @@ def site_ingest_router(auth, gateway_id: str, failback: FailbackService) -> APIR
     def reverse(body: ReverseRequest) -> Response:
         """Record failback progress; answer the next batch of standby changes (204: none)."""
         failback.record_progress(body.source, [p.model_dump() for p in body.progress])
-        batch = _guard(failback.next_batch, body.source)
+        batch = _guard(failback.next_batch, body.source, [(p.server, p.address) for p in body.progress])
         if batch is None:
             return Response(status_code=204)
         return Response(content=encode_batch(batch), media_type=MEDIA_TYPE)

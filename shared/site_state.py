@@ -104,9 +104,9 @@ def active_site(state: SiteState | str) -> str:
 
 
 def replays_into_standby(state: SiteState | str) -> bool:
-    """Fencing: the recovery gateway replays into the standby only while users are on the primary
-    (and while it drains what it received before cutover)."""
-    return SiteState(state) in (S.REPLICATING, S.CUTTING_OVER)
+    """Fencing: the replay workers write into the standby only while users are on the primary
+    (once cutting over, the cutover's own drain is the last write)."""
+    return SiteState(state) == S.REPLICATING
 
 
 def captures_at_dr(state: SiteState | str) -> bool:

@@ -63,8 +63,8 @@ def test_unknown_action_is_a_programming_error():
 
 def test_who_serves_users_and_fencing():
     assert [active_site(s) for s in S] == ["primary", "dr", "dr", "dr", "primary"]
-    # the standby is replayed into only while users are on the primary (and while draining)
-    assert [replays_into_standby(s) for s in S] == [True, True, False, False, False]
+    # the standby is replayed into only while users are on the primary
+    assert [replays_into_standby(s) for s in S] == [True, False, False, False, False]
     assert [captures_at_dr(s) for s in S] == [False, False, True, True, False]
 
 
