@@ -8,6 +8,7 @@ import uvicorn
 from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import select
 
+from gateway.watcher import PushWatchers
 from recovery.api import admin_router, ingest_router
 from recovery.autofailover import FailoverMonitor
 from recovery.cutover import CutoverService
@@ -34,6 +35,7 @@ log = logging.getLogger("mailrepl.recovery")
 
 MAX_BATCH_BYTES = 512 * 1024 * 1024
 GC_INTERVAL = 3600.0  # seconds between garbage collections of bodies and parts
+DR_POLL_INTERVAL = 5.0  # capture on the standby after cutover: polls, woken sooner by push
 
 
 class RecoveryGateway:
@@ -55,7 +57,8 @@ class RecoveryGateway:
         f = settings.failover
         self.locks = KeyedLocks()
         self.capture = CaptureEngine(self.store)
-        self.dr_workers = MailboxWorkers("dr-capture", self._dr_jobs, workers=g.workers, poll_interval=1.0)
+        self.dr_workers = MailboxWorkers("dr-capture", self._dr_jobs, workers=g.workers, poll_interval=DR_POLL_INTERVAL)
+        self.dr_watchers = PushWatchers(self.dr_workers.wake)  # NOTIFY/IDLE wake-ups, as at the source
         self.cutover = CutoverService(self.store, self.replay, self._open_standby, self.locks,
                                       on_done=self.dr_workers.wake)
         self.failback = FailbackService(self.store, self.capture, self._open_standby, self.locks, g.id,
@@ -130,12 +133,15 @@ class RecoveryGateway:
                        Mailbox.site_state == Replica.site_state)
             ))
         jobs = []
+        watch = {}
         for mbx_id, rid, target, address in rows:
             adapter = self.adapters.get(target)
             if adapter is None:
                 continue
+            watch[("dr", mbx_id)] = lambda a=adapter, addr=address: a.open(addr)
             jobs.append(Job(key=("dr", mbx_id), open_session=lambda a=adapter, addr=address: a.open(addr),
                             run=lambda sess, m=mbx_id, r=rid: self._dr_cycle(m, r, sess)))
+        self.dr_watchers.sync(watch)
         return jobs
 
     def _dr_cycle(self, mbx_id: int, rid: int, session) -> None:
@@ -187,6 +193,7 @@ class RecoveryGateway:
     def stop(self) -> None:
         self._gc_stop.set()
         self.monitor.stop()
+        self.dr_watchers.stop()
         self.dr_workers.stop()
         self.workers.stop()
         self.store.dispose()

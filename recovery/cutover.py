@@ -173,29 +173,34 @@ def write_baseline(s, rep: Replica, baseline: _Baseline) -> int:
     dr.protected, dr.phase, dr.active_site, dr.site_state = True, "replicating", "dr", rep.site_state
     dr.error = dr.ship_error = None
     dr.acked_seq = dr.applied_seq = dr.last_seq
-    known = {(e.folder, e.uid): (e.mid, e.sha256)
-             for e in s.scalars(select(IdMapEntry).where(IdMapEntry.replica_id == rep.id))}
-    cats: list[tuple[CatalogEntry, int]] = []
+    known = {(folder, uid): (mid, sha) for mid, folder, uid, sha in s.execute(
+        select(IdMapEntry.mid, IdMapEntry.folder, IdMapEntry.uid, IdMapEntry.sha256).where(IdMapEntry.replica_id == rep.id))}
+    # set-based: one insert for the folders, one for the catalog, one for the aliases
+    folder_rows = []
     for info in baseline.folders:
         delta = baseline.metas[info.name]
-        row = FolderState(mailbox_id=dr.id, name=info.name, fid=info.fid, cursor=delta.cursor.format(),
-                          messages=info.messages)
-        s.add(row)
-        s.flush()
-        unknown = []
-        for m in delta.new:
+        unknown = [m.uid for m in delta.new if (info.name, m.uid) not in known]
+        cursor = delta.cursor.format()
+        folder_rows.append(dict(mailbox_id=dr.id, name=info.name, fid=info.fid, cursor=cursor, messages=info.messages,
+                                pending_cursor=cursor if unknown else None,
+                                pending_uids=UidSet(unknown).format() if unknown else None, resetting=False))
+    ids = {}
+    if folder_rows:
+        for fid, name in s.execute(insert(FolderState).returning(FolderState.id, FolderState.name,
+                                                                  sort_by_parameter_order=True), folder_rows):
+            ids[name] = fid
+    cats, sources = [], []
+    for info in baseline.folders:
+        for m in baseline.metas[info.name].new:
             hit = known.get((info.name, m.uid))
             if hit is None:
-                unknown.append(m.uid)
                 continue
-            flags = " ".join(sorted(f for f in m.flags if f.lower() != "\\recent"))
-            cats.append((CatalogEntry(mailbox_id=dr.id, folder_id=row.id, uid=m.uid, guid=m.guid, sha256=hit[1],
-                                      size=m.size, flags=flags), hit[0]))
-        if unknown:
-            row.pending_cursor, row.pending_uids = row.cursor, UidSet(unknown).format()
-    s.add_all([c for c, _ in cats])
-    s.flush()
+            cats.append(dict(mailbox_id=dr.id, folder_id=ids[info.name], uid=m.uid, guid=m.guid, sha256=hit[1],
+                             size=m.size, flags=" ".join(sorted(f for f in m.flags if f.lower() != "\\recent"))))
+            sources.append(hit[0])
     if cats:
-        s.execute(insert(MidAlias), [dict(mailbox_id=dr.id, dr_mid=c.mid, source_mid=src) for c, src in cats])
+        mids = [row[0] for row in s.execute(insert(CatalogEntry).returning(CatalogEntry.mid, sort_by_parameter_order=True),
+                                            cats)]
+        s.execute(insert(MidAlias), [dict(mailbox_id=dr.id, dr_mid=m, source_mid=src) for m, src in zip(mids, sources)])
     dr.last_capture_at = utcnow()
     return len(cats)
