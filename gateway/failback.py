@@ -85,8 +85,9 @@ class FailbackAgent:
                 self.step()
                 self.last_error = None
             except Exception as exc:  # noqa: BLE001 - retried next round
+                if str(exc) != self.last_error:  # once per distinct problem, not every round
+                    log.warning("site states / failback: %s", exc)
                 self.last_error = str(exc)
-                log.warning("failback: %s", exc)
             self._stop.wait(self.interval)
 
     def step(self) -> None:
