@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, update
 
 from recovery.site import KeyedLocks, apply_action
 from shared.adapters.base import MailboxSession
@@ -35,7 +35,7 @@ from shared.site_state import SiteState
 from shared.store import Store
 from shared.store.models import CatalogEntry, FolderState, IdMapEntry, Mailbox, MidAlias, Replica, ReplayIntent
 
-__all__ = ["CutoverService", "build_baseline", "read_baseline", "write_baseline"]
+__all__ = ["CutoverService", "build_baseline", "read_baseline", "write_baseline", "write_baselines"]
 
 log = logging.getLogger("mailrepl.cutover")
 
@@ -65,13 +65,17 @@ class CutoverService:
                 apply_action(s, reps[rid], "cutover", actor, detail)
             todo = [rid for rid in replica_ids if reps[rid].site_state == SiteState.CUTTING_OVER.value]
             info = {rid: (reps[rid].server, reps[rid].address) for rid in replica_ids}
+        with self.store.read() as s:  # which ones have something to drain, in one query
+            pending = set(s.scalars(select(Replica.id).where(Replica.id.in_(todo),
+                                                             Replica.received_seq > Replica.applied_seq)))
+            pending |= set(s.scalars(select(ReplayIntent.replica_id).where(ReplayIntent.replica_id.in_(todo))))
         errors: dict[int, str] = {}
         done: list[tuple[int, _Baseline]] = []
         if len(todo) == 1:
-            outcomes = [self._read(todo[0], actor)]
+            outcomes = [self._read(reps[todo[0]], todo[0] in pending)]
         else:
             with ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="cutover") as pool:
-                outcomes = list(pool.map(lambda r: self._read(r, actor), todo))
+                outcomes = list(pool.map(lambda r: self._read(reps[r], r in pending), todo))
         for rid, outcome in zip(todo, outcomes):
             if isinstance(outcome, str):
                 errors[rid] = outcome
@@ -90,12 +94,10 @@ class CutoverService:
         self.on_done()
         return self._results(replica_ids, errors, set(todo))
 
-    def _read(self, rid: int, actor: str):
+    def _read(self, rep: Replica, pending: bool):
         """Drain what was received, then read the standby copy: a baseline, or an error text."""
+        rid = rep.id
         try:
-            with self.store.read() as s:
-                rep = s.get(Replica, rid)
-                pending = rep.received_seq > rep.applied_seq or s.get(ReplayIntent, rid) is not None
             session = self.open_standby(rep)
             try:
                 # the replay workers leave a mailbox alone once it is cutting over: this drain is
@@ -111,14 +113,13 @@ class CutoverService:
 
     def _commit(self, chunk: list[tuple[int, "_Baseline"]], actor: str) -> None:
         with self.store.tx() as s:
-            for rid, baseline in chunk:
-                rep = s.get(Replica, rid)
-                write_baseline(s, rep, baseline)
+            reps = {r.id: r for r in s.scalars(select(Replica).where(Replica.id.in_([rid for rid, _ in chunk])))}
+            for rid, _ in chunk:
+                rep = reps[rid]
+                apply_action(s, rep, "drained", actor, f"replay queue drained at sequence {rep.applied_seq}")
                 rep.cutover_seq = rep.applied_seq
                 rep.error = None
-                apply_action(s, rep, "drained", actor, f"replay queue drained at sequence {rep.applied_seq}")
-                s.scalar(select(Mailbox).where(Mailbox.server == rep.server, Mailbox.address == rep.address)
-                         ).site_state = rep.site_state
+            write_baselines(s, [(reps[rid], baseline) for rid, baseline in chunk])
 
     def _results(self, replica_ids: Sequence[int], errors: dict[int, str], moved: set[int]) -> list[dict]:
         out = []
@@ -159,48 +160,89 @@ def build_baseline(store: Store, rid: int, session: MailboxSession) -> int:
 
 
 def write_baseline(s, rep: Replica, baseline: _Baseline) -> int:
-    """The DR capture state of ``rep``: folders at their current cursors; every message the id map
-    knows catalogued under an alias of the source's id. A standby message the id map does not
-    know arrived after the drain (a delivery to the standby): it is left to capture as new."""
-    dr = s.scalar(select(Mailbox).where(Mailbox.server == rep.server, Mailbox.address == rep.address))
-    if dr is None:
-        dr = Mailbox(server=rep.server, address=rep.address)
-        s.add(dr)
-        s.flush()
-    else:  # an earlier, unfinished attempt or an earlier cutover: start again
-        s.execute(delete(MidAlias).where(MidAlias.mailbox_id == dr.id))
-        s.execute(delete(FolderState).where(FolderState.mailbox_id == dr.id))
-    dr.protected, dr.phase, dr.active_site, dr.site_state = True, "replicating", "dr", rep.site_state
-    dr.error = dr.ship_error = None
-    dr.acked_seq = dr.applied_seq = dr.last_seq
-    known = {(folder, uid): (mid, sha) for mid, folder, uid, sha in s.execute(
-        select(IdMapEntry.mid, IdMapEntry.folder, IdMapEntry.uid, IdMapEntry.sha256).where(IdMapEntry.replica_id == rep.id))}
-    # set-based: one insert for the folders, one for the catalog, one for the aliases
+    return write_baselines(s, [(rep, baseline)])
+
+
+def write_baselines(s, items: Sequence[tuple[Replica, _Baseline]]) -> int:
+    """The DR capture state of each replica: folders at their current cursors; every message the
+    id map knows catalogued under an alias of the source's id. A standby message the id map does
+    not know arrived after the drain (a delivery to the standby): it is left to capture as new.
+    Set-based over all ``items`` (a few statements, however many mailboxes); returns how many
+    messages were catalogued."""
+    if not items:
+        return 0
+    wanted = {(rep.server, rep.address) for rep, _ in items}
+    addresses = sorted({a for _, a in wanted})
+    existing: dict[tuple[str, str], Mailbox] = {}
+    for i in range(0, len(addresses), 500):
+        for m in s.scalars(select(Mailbox).where(Mailbox.address.in_(addresses[i:i + 500]))):
+            if (m.server, m.address) in wanted:
+                existing[(m.server, m.address)] = m
+    if existing:  # an earlier, unfinished attempt or an earlier cutover: start again
+        old = [m.id for m in existing.values()]
+        s.execute(delete(MidAlias).where(MidAlias.mailbox_id.in_(old)))
+        s.execute(delete(FolderState).where(FolderState.mailbox_id.in_(old)))
+        for m in existing.values():
+            m.acked_seq = m.applied_seq = m.last_seq
+            m.error = m.ship_error = None
+            m.protected, m.phase, m.active_site = True, "replicating", "dr"
+    fresh = [dict(server=rep.server, address=rep.address, protected=True, phase="replicating", active_site="dr")
+             for rep, _ in items if (rep.server, rep.address) not in existing]
+    ids = {key: m.id for key, m in existing.items()}
+    if fresh:
+        for mid, server, address in s.execute(
+                insert(Mailbox).returning(Mailbox.id, Mailbox.server, Mailbox.address, sort_by_parameter_order=True),
+                fresh):
+            ids[(server, address)] = mid
+    by_state: dict[str, list[int]] = {}
+    for rep, _ in items:
+        by_state.setdefault(rep.site_state, []).append(ids[(rep.server, rep.address)])
+    for state, mids in by_state.items():
+        for i in range(0, len(mids), 500):
+            s.execute(update(Mailbox).where(Mailbox.id.in_(mids[i:i + 500]))
+                      .values(site_state=state, last_capture_at=utcnow()))
+    known: dict[int, dict] = {rep.id: {} for rep, _ in items}
+    rids = list(known)
+    for i in range(0, len(rids), 500):
+        for rid, mid, folder, uid, sha in s.execute(
+                select(IdMapEntry.replica_id, IdMapEntry.mid, IdMapEntry.folder, IdMapEntry.uid, IdMapEntry.sha256)
+                .where(IdMapEntry.replica_id.in_(rids[i:i + 500]))):
+            known[rid][(folder, uid)] = (mid, sha)
     folder_rows = []
-    for info in baseline.folders:
-        delta = baseline.metas[info.name]
-        unknown = [m.uid for m in delta.new if (info.name, m.uid) not in known]
-        cursor = delta.cursor.format()
-        folder_rows.append(dict(mailbox_id=dr.id, name=info.name, fid=info.fid, cursor=cursor, messages=info.messages,
-                                pending_cursor=cursor if unknown else None,
-                                pending_uids=UidSet(unknown).format() if unknown else None, resetting=False))
-    ids = {}
+    for rep, baseline in items:
+        mbx, seen = ids[(rep.server, rep.address)], known[rep.id]
+        for info in baseline.folders:
+            delta = baseline.metas[info.name]
+            unknown = [m.uid for m in delta.new if (info.name, m.uid) not in seen]
+            cursor = delta.cursor.format()
+            folder_rows.append(dict(mailbox_id=mbx, name=info.name, fid=info.fid, cursor=cursor,
+                                    messages=info.messages, pending_cursor=cursor if unknown else None,
+                                    pending_uids=UidSet(unknown).format() if unknown else None, resetting=False))
+    folder_ids = {}
     if folder_rows:
-        for fid, name in s.execute(insert(FolderState).returning(FolderState.id, FolderState.name,
-                                                                  sort_by_parameter_order=True), folder_rows):
-            ids[name] = fid
+        for fid, mbx, name in s.execute(
+                insert(FolderState).returning(FolderState.id, FolderState.mailbox_id, FolderState.name,
+                                              sort_by_parameter_order=True), folder_rows):
+            folder_ids[(mbx, name)] = fid
     cats, sources = [], []
-    for info in baseline.folders:
-        for m in baseline.metas[info.name].new:
-            hit = known.get((info.name, m.uid))
-            if hit is None:
-                continue
-            cats.append(dict(mailbox_id=dr.id, folder_id=ids[info.name], uid=m.uid, guid=m.guid, sha256=hit[1],
-                             size=m.size, flags=" ".join(sorted(f for f in m.flags if f.lower() != "\\recent"))))
-            sources.append(hit[0])
-    if cats:
-        mids = [row[0] for row in s.execute(insert(CatalogEntry).returning(CatalogEntry.mid, sort_by_parameter_order=True),
-                                            cats)]
-        s.execute(insert(MidAlias), [dict(mailbox_id=dr.id, dr_mid=m, source_mid=src) for m, src in zip(mids, sources)])
-    dr.last_capture_at = utcnow()
+    for rep, baseline in items:
+        mbx, seen = ids[(rep.server, rep.address)], known[rep.id]
+        for info in baseline.folders:
+            for m in baseline.metas[info.name].new:
+                hit = seen.get((info.name, m.uid))
+                if hit is None:
+                    continue
+                flags = " ".join(sorted(f for f in m.flags if f.lower() != "\\recent"))
+                cats.append(dict(mailbox_id=mbx, folder_id=folder_ids[(mbx, info.name)], uid=m.uid, guid=m.guid,
+                                 sha256=hit[1], size=m.size, flags=flags))
+                sources.append(hit[0])
+    aliases = []
+    for i in range(0, len(cats), 5000):
+        part = cats[i:i + 5000]
+        mids = [row[0] for row in s.execute(
+            insert(CatalogEntry).returning(CatalogEntry.mid, sort_by_parameter_order=True), part)]
+        aliases += [dict(mailbox_id=c["mailbox_id"], dr_mid=m, source_mid=src)
+                    for c, m, src in zip(part, mids, sources[i:i + 5000])]
+    for i in range(0, len(aliases), 5000):
+        s.execute(insert(MidAlias), aliases[i:i + 5000])
     return len(cats)
