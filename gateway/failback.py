@@ -33,7 +33,7 @@ from sqlalchemy import delete, select
 from recovery.receiver import Receiver
 from shared.adapters.base import Adapter
 from shared.bodies import BodyStore
-from shared.errors import MailreplError, TransportError
+from shared.errors import TransportError
 from shared.model import Change, Cursor, Kind, UidSet
 from shared.replay import ReplayEngine
 from shared.site_state import SiteState

@@ -9,16 +9,16 @@ from __future__ import annotations
 import json
 import threading
 from collections import defaultdict
-from typing import Iterable, Sequence
+from typing import Sequence
 
 from sqlalchemy import select
 
 from shared.errors import MailreplError
 from shared.model import utcnow
-from shared.site_state import SiteState, Transition, next_state
+from shared.site_state import Transition, next_state
 from shared.store.models import Replica, SiteTransition
 
-__all__ = ["apply_action", "history", "find_replicas", "KeyedLocks", "NoSuchMailbox"]
+__all__ = ["apply_action", "history", "find_replicas", "report_of", "KeyedLocks", "NoSuchMailbox"]
 
 
 class NoSuchMailbox(MailreplError):
@@ -80,7 +80,3 @@ class KeyedLocks:
     def __call__(self, key) -> threading.Lock:
         with self._guard:
             return self._locks[key]
-
-
-def states(values: Iterable[SiteState]) -> list[str]:
-    return [v.value for v in values]

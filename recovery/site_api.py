@@ -11,6 +11,7 @@ from typing import Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from recovery.autofailover import FailoverMonitor
@@ -122,7 +123,6 @@ def site_admin_router(store: Store, auth, cutover: CutoverService, failback: Fai
     @r.get("/failover")
     def get_failover() -> dict:
         """Automatic failover: whether it is on, the primaries' health, the automatic actions."""
-        from sqlalchemy import select
         with store.read() as s:
             events = [dict(server=rep.server, address=rep.address, before=t.before, after=t.after, detail=t.detail,
                            at=t.at.isoformat())
