@@ -33,7 +33,7 @@ from sqlalchemy import delete, select
 from recovery.receiver import Receiver
 from shared.adapters.base import Adapter
 from shared.bodies import BodyStore
-from shared.errors import TransportError
+from shared.errors import MailreplError, TransportError
 from shared.model import Change, Cursor, Kind, UidSet
 from shared.replay import ReplayEngine
 from shared.site_state import SiteState
@@ -96,25 +96,37 @@ class FailbackAgent:
         peer, sites = answer["gateway"], answer["mailboxes"]
         changed = self._learn(sites)
         begun = set()
+        problems: list[str] = []
         for site in sites:
             if site["state"] in BACK and site["server"] in self.adapters:
-                if self._begin(peer, site):
+                if self._each(problems, site, self._begin, peer, site):
                     begun.add((site["server"], site["address"]))
         self._pull(peer)
         listed = {(x["server"], x["address"]) for x in sites}
         for site in sites:
             if (site["state"] == SiteState.SWITCHING_BACK.value and site["server"] in self.adapters
                     and (site["server"], site["address"]) not in begun):
-                self._maybe_rebase(peer, site)
+                self._each(problems, site, self._maybe_rebase, peer, site)
         # a re-base the recovery gateway finished but whose answer was lost: ask again
         with self.store.read() as s:
             stuck = [(m.server, m.address) for m in s.scalars(select(Mailbox).where(
                 Mailbox.site_state == SiteState.SWITCHING_BACK.value))]
         for server, address in stuck:
             if (server, address) not in listed:
-                self._maybe_rebase(peer, dict(server=server, address=address, final_seq=None))
+                site = dict(server=server, address=address, final_seq=None)
+                self._each(problems, site, self._maybe_rebase, peer, site)
         if changed:
             self.on_rebased()
+        if problems:  # one mailbox's trouble (its primary still down) never holds up the others
+            raise MailreplError("; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+
+    @staticmethod
+    def _each(problems: list[str], site, fn, *args):
+        try:
+            return fn(*args)
+        except MailreplError as exc:
+            problems.append(f"{site['server']}/{site['address']}: {exc}")
+            return None
 
     # ------------------------------------------------------------------ states
 
@@ -190,6 +202,14 @@ class FailbackAgent:
         return True
 
     def _pull(self, peer: str, rounds: int = 50) -> None:
+        with self.store.read() as s:  # left over from a round that failed (a primary was down)
+            behind = [(r.server, r.address) for r in s.scalars(select(Replica).where(
+                Replica.source_id == peer, Replica.applied_seq < Replica.received_seq))]
+        for server, address in behind:
+            try:
+                self._replay(peer, server, address)
+            except MailreplError as exc:
+                log.warning("failback replay of %s/%s: %s", server, address, exc)
         for _ in range(rounds):
             with self.store.read() as s:
                 reps = list(s.scalars(select(Replica).where(Replica.source_id == peer)))
@@ -213,7 +233,10 @@ class FailbackAgent:
                 if res.status != "ok":
                     log.warning("failback batch for %s/%s: %s %s", res.server, res.address, res.status, res.detail)
             for seg in batch.segments:
-                self._replay(peer, seg.server, seg.address)
+                try:
+                    self._replay(peer, seg.server, seg.address)
+                except MailreplError as exc:  # kept, replayed next round; the others go on
+                    log.warning("failback replay of %s/%s: %s", seg.server, seg.address, exc)
 
     def _replay(self, peer: str, server: str, address: str) -> None:
         with self.store.read() as s:

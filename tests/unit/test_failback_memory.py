@@ -213,3 +213,25 @@ def test_admin_api_answers_409_for_illegal_steps_and_shows_the_history(tmp_path)
     assert c.get("/api/v1/failover").json() == {"auto": False, "servers": [], "automatic_actions": []}
     # the redirect needs nginx's key
     assert c.get("/auth", headers={"Auth-User": "alice"}).headers["Auth-Status"].startswith("Temporary")
+
+
+def test_failback_waits_for_a_primary_that_is_still_down(tmp_path):
+    import pytest
+    from shared.errors import MailreplError
+
+    p = Sites(tmp_path)
+    for i in range(3):
+        p.primary.deliver("alice", body(i))
+    p.sync()
+    p.sync()
+    p.cutovers.cutover([p.rid()])
+    p.standby.deliver("alice", body(1, "dr"))
+    p.dr_cycle()
+    p.primary.down = True
+    p.failbacks.failback([p.rid()])
+    with pytest.raises(MailreplError, match="primary/alice"):
+        p.agent.step()  # reported, nothing lost, nothing half done
+    assert p.state() == "failing-back"
+    p.primary.down = False
+    p.fail_back()
+    p.assert_equal()
