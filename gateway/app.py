@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily
 from sqlalchemy import select
 
 from gateway.api import admin_router
-from gateway.failback import FailbackAgent
+from gateway.failback import FailbackPuller
 from gateway.registry import Registry
 from gateway.shipper import Shipper
 from gateway.watcher import PushWatchers
@@ -54,7 +54,7 @@ class SourceGateway:
         self.watchers = PushWatchers(self.workers.wake)
         # cutover/failback: learns where each mailbox is active, replays the standby's changes
         # on the primary at failback
-        self.failback = FailbackAgent(
+        self.failback = FailbackPuller(
             self.store, self.adapters, self.client, token=peer.token, source_id=g.id,
             bodies=BodyStore(self.store, BlobStore(g.failback_blob_dir)), interval=min(1.0, g.poll_interval),
             on_rebased=self.workers.wake,

@@ -1,7 +1,7 @@
 """Failback, source side: learn each mailbox's site state, replay the standby's changes on the
 primary, and re-base capture when the mailbox comes home.
 
-The agent polls the recovery gateway (the source always calls, the recovery site never needs to
+The puller polls the recovery gateway (the source always calls, the recovery site never needs to
 reach the primary site):
 
 1. ``GET /api/v1/ingest/sites``: every mailbox not ``replicating`` and its state. A mailbox cut
@@ -41,7 +41,7 @@ from shared.store import Store
 from shared.store.models import CatalogEntry, FolderState, IdMapEntry, Mailbox, OutboxBody, OutboxRow, Replica
 from shared.wire import MEDIA_TYPE, decode_batch
 
-__all__ = ["FailbackAgent"]
+__all__ = ["FailbackPuller"]
 
 log = logging.getLogger("mailrepl.failback")
 
@@ -49,7 +49,7 @@ DEFAULT_INTERVAL = 1.0
 BACK = (SiteState.FAILING_BACK.value, SiteState.SWITCHING_BACK.value)
 
 
-class FailbackAgent:
+class FailbackPuller:
     def __init__(self, store: Store, adapters: Mapping[str, Adapter], client: httpx.Client, *, token: str,
                  source_id: str, bodies: BodyStore, append_batch: int = 100, interval: float = DEFAULT_INTERVAL,
                  on_rebased=lambda: None) -> None:

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from gateway.failback import FailbackAgent
+from gateway.failback import FailbackPuller
 from gateway.shipper import Shipper
 from recovery.api import ingest_router
 from recovery.cutover import CutoverService
@@ -47,7 +47,7 @@ class Sites(Pipeline):
         self.client = TestClient(app, base_url="http://recovery")
         self.shipper = Shipper(self.src, "hq", self.client, token=TOKEN, max_changes=7)
         self.shipper.builder.where = Mailbox.site_state == "replicating"
-        self.agent = FailbackAgent(self.src, {"primary": MemoryAdapter("primary", self.primary)}, self.client,
+        self.puller = FailbackPuller(self.src, {"primary": MemoryAdapter("primary", self.primary)}, self.client,
                                    token=TOKEN, source_id="hq", bodies=BodyStore(self.src, BlobStore(tmp_path / "fb")))
 
     def rid(self) -> int:
@@ -70,11 +70,11 @@ class Sites(Pipeline):
     def fail_back(self):
         self.failbacks.failback([self.rid()])
         for _ in range(3):
-            self.agent.step()
+            self.puller.step()
             self.dr_cycle()
         self.failbacks.confirm(self.rid())
         for _ in range(3):
-            self.agent.step()
+            self.puller.step()
         assert self.state() == "replicating"
 
 
@@ -94,7 +94,7 @@ def test_round_trip_keeps_ids_straight_in_both_directions(tmp_path):
     res = p.cutovers.cutover([p.rid()])
     assert res[0]["state"] == "active-at-dr" and res[0]["status"] == "ok"
     assert p.cutovers.cutover([p.rid()])[0]["note"] == "already active at DR"  # idempotent
-    p.agent.step()
+    p.puller.step()
     assert p.mailbox().site_state == "active-at-dr" and p.mailbox().active_site == "dr"
 
     # users on the standby
@@ -149,7 +149,7 @@ def test_only_changes_travel_back(tmp_path):
     p.standby.deliver("alice", body(1, "dr"))
     p.dr_cycle()
     p.fail_back()
-    assert p.agent.wire_bytes < 2000  # one message and its change, not the 40 of the mailbox
+    assert p.puller.wire_bytes < 2000  # one message and its change, not the 40 of the mailbox
     p.assert_equal()
 
 
@@ -230,7 +230,7 @@ def test_failback_waits_for_a_primary_that_is_still_down(tmp_path):
     p.primary.down = True
     p.failbacks.failback([p.rid()])
     with pytest.raises(MailreplError, match="primary/alice"):
-        p.agent.step()  # reported, nothing lost, nothing half done
+        p.puller.step()  # reported, nothing lost, nothing half done
     assert p.state() == "failing-back"
     p.primary.down = False
     p.fail_back()
