@@ -60,7 +60,8 @@ class RecoveryGateway:
         self.dr_workers = MailboxWorkers("dr-capture", self._dr_jobs, workers=g.workers, poll_interval=DR_POLL_INTERVAL)
         self.dr_watchers = PushWatchers(self.dr_workers.wake)  # NOTIFY/IDLE wake-ups, as at the source
         self.cutover = CutoverService(self.store, self.replay, self._open_standby, self.locks,
-                                      on_done=self.dr_workers.wake)
+                                      on_done=self.dr_workers.wake,
+                                      cached_session=lambda rep: self.workers.take_session(rep.id))
         self.failback = FailbackService(self.store, self.capture, self._open_standby, self.locks, g.id,
                                         hold_seconds=f.hold_seconds if f.auto else 0.0)
         self.primaries = {srv.name: srv for srv in settings.primaries}

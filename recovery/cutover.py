@@ -28,7 +28,7 @@ from sqlalchemy import delete, insert, select, update
 
 from recovery.site import KeyedLocks, apply_action
 from shared.adapters.base import MailboxSession
-from shared.errors import MailreplError
+from shared.errors import MailreplError, ProtocolError, ServerUnavailable
 from shared.model import UidSet, utcnow
 from shared.replay import ReplayEngine
 from shared.site_state import SiteState
@@ -45,10 +45,13 @@ WRITE_CHUNK = 200  # mailboxes per state store transaction
 
 class CutoverService:
     def __init__(self, store: Store, replay: ReplayEngine, open_standby: Callable[[Replica], MailboxSession],
-                 locks: KeyedLocks, *, parallel: int = DEFAULT_PARALLEL, on_done: Callable[[], None] = lambda: None):
+                 locks: KeyedLocks, *, parallel: int = DEFAULT_PARALLEL, on_done: Callable[[], None] = lambda: None,
+                 cached_session: Callable[[Replica], MailboxSession | None] = lambda rep: None):
         self.store = store
         self.replay = replay
         self.open_standby = open_standby  # a session on the mailbox's standby copy
+        # the replayer's idle session on that copy, if it has one: saves a login per mailbox
+        self.cached_session = cached_session
         self.locks = locks
         self.parallel = parallel
         self.on_done = on_done
@@ -97,19 +100,28 @@ class CutoverService:
     def _read(self, rep: Replica, pending: bool):
         """Drain what was received, then read the standby copy: a baseline, or an error text."""
         rid = rep.id
+        session = self.cached_session(rep)
         try:
+            if session is not None:
+                try:
+                    return self._drain_and_read(rid, session, pending)
+                except (ServerUnavailable, ProtocolError):  # the idle session had gone stale
+                    session.close()
             session = self.open_standby(rep)
-            try:
-                # the replay workers leave a mailbox alone once it is cutting over: this drain is
-                # the last write into the standby copy, and the baseline is read right after it
-                with self.locks(rid):
-                    if pending:
-                        self.replay.replay(rid, session)
-                    return read_baseline(session)
-            finally:
-                session.close()
+            return self._drain_and_read(rid, session, pending)
         except MailreplError as exc:
             return str(exc) or exc.__class__.__name__
+        finally:
+            if session is not None:
+                session.close()
+
+    def _drain_and_read(self, rid: int, session: MailboxSession, pending: bool) -> "_Baseline":
+        # the replay workers leave a mailbox alone once it is cutting over: this drain is the
+        # last write into the standby copy, and the baseline is read right after it
+        with self.locks(rid):
+            if pending:
+                self.replay.replay(rid, session)
+            return read_baseline(session)
 
     def _commit(self, chunk: list[tuple[int, "_Baseline"]], actor: str) -> None:
         with self.store.tx() as s:
