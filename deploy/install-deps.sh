@@ -4,6 +4,8 @@
 #
 #   - Dovecot (dovecot-imapd, dovecot-lmtpd) installed, its system instance never started: the
 #     tests run private instances from deploy/dovecot/dovecot.conf.in;
+#   - nginx (nginx-light + libnginx-mod-mail) for the mail proxy in front of the servers, its
+#     system instance never started: the tests run private instances from deploy/nginx/;
 #   - PostgreSQL answering on 127.0.0.1:5432 with trust login for the tests;
 #   - the project installed with its test and postgres extras;
 #   - when the Python on PATH cannot take pip installs (missing, or the distribution's own),
@@ -67,6 +69,16 @@ elif [[ -s /run/dovecot/master.pid ]] && kill -0 "$(cat /run/dovecot/master.pid)
   doveadm -c /etc/dovecot/dovecot.conf stop >>"$log" 2>&1 || true
 fi
 say "$(dovecot --version | cut -d' ' -f1) Dovecot"
+
+# --- nginx (mail proxy) --------------------------------------------------------------------
+apt_install nginx-light libnginx-mod-mail
+if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+  if systemctl is-active --quiet nginx 2>/dev/null || systemctl is-enabled --quiet nginx 2>/dev/null; then
+    say "stopping and disabling the system nginx"
+    systemctl disable --now nginx >>"$log" 2>&1 || true
+  fi
+fi
+say "$(nginx -v 2>&1 | cut -d' ' -f3) with $(ls /usr/lib/nginx/modules/ngx_mail_module.so)"
 
 # --- PostgreSQL -----------------------------------------------------------------------------
 pg_answers() {

@@ -12,11 +12,14 @@ from prometheus_client.core import CounterMetricFamily
 from sqlalchemy import select
 
 from gateway.api import admin_router
+from gateway.failback import FailbackPuller
 from gateway.registry import Registry
 from gateway.shipper import Shipper
 from gateway.watcher import PushWatchers
 from shared.adapters.factory import make_adapter
 from shared.api_common import bearer_auth, make_app
+from shared.blobstore import BlobStore
+from shared.bodies import BodyStore
 from shared.capture import CaptureEngine
 from shared.store import open_store
 from shared.store.models import Mailbox
@@ -49,6 +52,13 @@ class SourceGateway:
             on_error=self.registry.record_error,
         )
         self.watchers = PushWatchers(self.workers.wake)
+        # cutover/failback: learns where each mailbox is active, replays the standby's changes
+        # on the primary at failback
+        self.failback = FailbackPuller(
+            self.store, self.adapters, self.client, token=peer.token, source_id=g.id,
+            bodies=BodyStore(self.store, BlobStore(g.failback_blob_dir)), interval=min(1.0, g.poll_interval),
+            on_rebased=self.workers.wake,
+        )
         self.metrics = CollectorRegistry()
         self._gauges = {
             name: Gauge(f"mailrepl_source_{name}", doc, ["server", "address"], registry=self.metrics)
@@ -60,6 +70,9 @@ class SourceGateway:
         }
         self._shipped = Gauge("mailrepl_source_wire_bytes", "Bytes sent to the recovery gateway", registry=self.metrics)
         self._shipped.set_function(lambda: self.shipper.stats.wire_bytes)
+        self._failback_bytes = Gauge("mailrepl_source_failback_wire_bytes",
+                                     "Bytes of standby changes received for failback", registry=self.metrics)
+        self._failback_bytes.set_function(lambda: self.failback.wire_bytes)
         self.metrics.register(_ByteCounters(self.registry))
 
     # ------------------------------------------------------------------ work
@@ -102,9 +115,11 @@ class SourceGateway:
             log.warning("discovery failed: %s", exc)
         self.workers.start()
         self.shipper.start()
+        self.failback.start()
 
     def stop(self) -> None:
         self.watchers.stop()
+        self.failback.stop()
         self.workers.stop()
         self.shipper.stop()
         self.client.close()

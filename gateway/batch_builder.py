@@ -60,8 +60,9 @@ class _Range:
 
 class BatchBuilder:
     def __init__(self, store: Store, source_id: str, held: Held, *, max_changes: int, max_bytes: int,
-                 part_threshold: int = BLOB_THRESHOLD) -> None:
+                 part_threshold: int = BLOB_THRESHOLD, where=None) -> None:
         self.store = store
+        self.where = where  # optional SQL condition on Mailbox: which mailboxes ship (site state)
         self.source_id = source_id
         self.held = held  # asks the recovery gateway; must raise on failure, never guess
         self.max_changes = max_changes
@@ -131,7 +132,8 @@ class BatchBuilder:
         with self.store.read() as s:
             mailboxes = list(s.execute(
                 select(Mailbox.id, Mailbox.server, Mailbox.address, Mailbox.acked_seq, Mailbox.last_seq)
-                .where(Mailbox.last_seq > Mailbox.acked_seq, Mailbox.ship_error.is_(None))
+                .where(Mailbox.last_seq > Mailbox.acked_seq, Mailbox.ship_error.is_(None),
+                       *(() if self.where is None else (self.where,)))
                 .order_by(Mailbox.acked_seq - Mailbox.last_seq, Mailbox.id)
             ))
             for mid, server, address, acked, last in mailboxes:

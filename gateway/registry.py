@@ -176,6 +176,7 @@ class Registry:
             rejected=len(json.loads(mbx.rejected or "[]")),
             bytes=ByteCounts.of(mbx.captured_bytes, mbx.shipped_raw_bytes, mbx.shipped_payload_bytes,
                                 mbx.shipped_wire_bytes),
+            site_state=mbx.site_state,
         )
 
     def record_error(self, mailbox_id: int, exc: BaseException) -> None:

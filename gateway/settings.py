@@ -54,6 +54,7 @@ DEFAULT_PART_THRESHOLD = 16 * 1024  # MIME part bodies from this size on travel 
 DEFAULT_PEER_TIMEOUT = 60.0
 DEFAULT_RETRY_INITIAL = 1.0
 DEFAULT_RETRY_MAX = 60.0
+DEFAULT_FAILBACK_BLOB_DIR = "mailrepl-failback-blobs"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,6 +66,7 @@ class SourceGatewaySettings:
     poll_interval: float = DEFAULT_POLL_INTERVAL
     workers: int = DEFAULT_WORKERS
     fetch_chunk: int = DEFAULT_FETCH_CHUNK
+    failback_blob_dir: str = DEFAULT_FAILBACK_BLOB_DIR  # parts of standby changes replayed at failback
     log_level: str = "info"
 
 
@@ -113,6 +115,7 @@ def _read_gateway(table: Table) -> SourceGatewaySettings:
         poll_interval=table.seconds("poll_interval", DEFAULT_POLL_INTERVAL),
         workers=table.integer("workers", DEFAULT_WORKERS, minimum=1),
         fetch_chunk=table.integer("fetch_chunk", DEFAULT_FETCH_CHUNK, minimum=1),
+        failback_blob_dir=str(table.resolve(table.string("failback_blob_dir", DEFAULT_FAILBACK_BLOB_DIR))),
         log_level=read_log_level(table),
     )
     table.finish()

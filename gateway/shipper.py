@@ -70,8 +70,9 @@ class Shipper:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shipper-prepare")
+        # a mailbox cut over to DR ships no more (what it captured late is re-based at failback)
         self.builder = BatchBuilder(store, source_id, self._held, max_changes=max_changes, max_bytes=max_bytes,
-                                    part_threshold=part_threshold)
+                                    part_threshold=part_threshold, where=Mailbox.site_state == "replicating")
 
     # ------------------------------------------------------------------ building
 

@@ -12,6 +12,8 @@ from starlette.concurrency import run_in_threadpool
 from shared.api_common import MailboxDetail, MailboxList, MailboxStatus, RejectedInfo, SeedingProgress
 from shared.errors import UnsupportedVersion, WireError
 from shared.model import utcnow
+from shared.site_state import active_site
+from recovery.site import history, report_of
 from shared.store import Store
 from shared.store.models import InboxRow, RejectedMessage, Replica
 from shared.wire import MEDIA_TYPE, decode_batch
@@ -72,7 +74,7 @@ def replica_status(s, rep: Replica) -> MailboxStatus:
         server=rep.server,
         protected=True,
         phase="error" if rep.error else "replicating",
-        active_site="primary",
+        active_site=active_site(rep.site_state),
         copy_queue=None,
         replay_queue=rep.received_seq - rep.applied_seq,
         lag_seconds=round(lag, 3),
@@ -80,6 +82,7 @@ def replica_status(s, rep: Replica) -> MailboxStatus:
         last_applied_seq=rep.applied_seq,
         error=rep.error,
         rejected=len(rejected),
+        site_state=rep.site_state,
     )
 
 
@@ -135,6 +138,8 @@ def admin_router(store: Store, auth, collect_garbage: Callable[[float | None], o
             return MailboxDetail(
                 **base.model_dump(), folders=[], rejected_messages=rejected,
                 seeding=SeedingProgress(messages_done=0, messages_total=0, bytes_done=0, bytes_total=0),
+                site_since=rep.site_since.isoformat() if rep.site_since else None,
+                transitions=history(s, rep.id), failback_report=report_of(rep),
             )
 
     return r

@@ -8,15 +8,25 @@ import uvicorn
 from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import select
 
+from gateway.watcher import PushWatchers
 from recovery.api import admin_router, ingest_router
+from recovery.autofailover import FailoverMonitor
+from recovery.cutover import CutoverService
+from recovery.failback import FailbackService
 from recovery.receiver import Receiver
+from recovery.redirect import Redirect
+from recovery.site import KeyedLocks
+from recovery.site_api import redirect_router, site_admin_router, site_ingest_router
 from shared.adapters.factory import make_adapter
 from shared.api_common import bearer_auth, make_app
+from shared.errors import MailreplError
 from shared.blobstore import BlobStore
 from shared.bodies import BodyStore
+from shared.capture import CaptureEngine
 from shared.replay import ReplayEngine
+from shared.site_state import SiteState
 from shared.store import open_store
-from shared.store.models import Replica
+from shared.store.models import Mailbox, Replica
 from shared.workers import Job, MailboxWorkers
 
 __all__ = ["RecoveryGateway", "run"]
@@ -25,6 +35,7 @@ log = logging.getLogger("mailrepl.recovery")
 
 MAX_BATCH_BYTES = 512 * 1024 * 1024
 GC_INTERVAL = 3600.0  # seconds between garbage collections of bodies and parts
+DR_POLL_INTERVAL = 5.0  # capture on the standby after cutover: polls, woken sooner by push
 
 
 class RecoveryGateway:
@@ -41,6 +52,25 @@ class RecoveryGateway:
             "replay", self._jobs, workers=g.workers, poll_interval=1.0, on_error=self._record_error
         )
         self.receiver = Receiver(self.store, self.bodies, self.route, on_received=self.workers.wake)
+        # cutover and failback: capture on the standby while users are there (same engine as at
+        # the primary site), one lock per mailbox between replay, DR capture and the site steps
+        f = settings.failover
+        self.locks = KeyedLocks()
+        self.capture = CaptureEngine(self.store)
+        self.dr_workers = MailboxWorkers("dr-capture", self._dr_jobs, workers=g.workers, poll_interval=DR_POLL_INTERVAL)
+        self.dr_watchers = PushWatchers(self.dr_workers.wake)  # NOTIFY/IDLE wake-ups, as at the source
+        self.cutover = CutoverService(self.store, self.replay, self._open_standby, self.locks,
+                                      on_done=self.dr_workers.wake,
+                                      cached_session=lambda rep: self.workers.take_session(rep.id))
+        self.failback = FailbackService(self.store, self.capture, self._open_standby, self.locks, g.id,
+                                        hold_seconds=f.hold_seconds if f.auto else 0.0)
+        self.primaries = {srv.name: srv for srv in settings.primaries}
+        self.redirect = Redirect(self.store, self.primaries, {srv.name: srv for srv in settings.servers}, self.route)
+        self.monitor = FailoverMonitor(
+            self.store, {srv.name: make_adapter(srv) for srv in settings.primaries},
+            cutover_server=self._auto_cutover, confirm_caught_up=self._auto_confirm if f.confirm == "auto" else None,
+            auto=f.auto, outage_seconds=f.outage_seconds, check_interval=f.check_interval,
+        )
         self._gc_stop = threading.Event()
         self._gc_thread: threading.Thread | None = None
         self.metrics = CollectorRegistry()
@@ -58,7 +88,11 @@ class RecoveryGateway:
         with self.store.read() as s:
             rows = list(
                 s.execute(
-                    select(Replica.id, Replica.target, Replica.address).where(Replica.received_seq > Replica.applied_seq)
+                    select(Replica.id, Replica.target, Replica.address).where(
+                        Replica.received_seq > Replica.applied_seq,
+                        # fencing: never into the copy users are working on
+                        Replica.site_state == SiteState.REPLICATING.value,
+                    )
                 )
             )
         jobs = []
@@ -71,13 +105,62 @@ class RecoveryGateway:
         return jobs
 
     def _replay(self, rid: int, session) -> None:
-        report = self.replay.replay(rid, session)
+        with self.locks(rid):
+            with self.store.read() as s:
+                if s.get(Replica, rid).site_state != SiteState.REPLICATING.value:
+                    return  # cutting over (the cutover drains) or users are on the standby
+            report = self.replay.replay(rid, session)
         with self.store.tx() as s:
             rep = s.get(Replica, rid)
             if rep.error and not rep.error.startswith("conflict"):
                 rep.error = None
         if report.applied:
             log.debug("replica %s: applied %d", rid, report.applied)
+
+    # ------------------------------------------------------------------ cutover / failback
+
+    def _open_standby(self, rep: Replica):
+        adapter = self.adapters.get(rep.target)
+        if adapter is None:
+            raise MailreplError(f"standby server {rep.target!r} is not configured")
+        return adapter.open(rep.address)
+
+    def _dr_jobs(self) -> list[Job]:
+        with self.store.read() as s:
+            rows = list(s.execute(
+                select(Mailbox.id, Replica.id, Replica.target, Replica.address)
+                .join(Replica, (Replica.server == Mailbox.server) & (Replica.address == Mailbox.address))
+                .where(Replica.site_state.in_([SiteState.ACTIVE_AT_DR.value, SiteState.FAILING_BACK.value]),
+                       Mailbox.site_state == Replica.site_state)
+            ))
+        jobs = []
+        watch = {}
+        for mbx_id, rid, target, address in rows:
+            adapter = self.adapters.get(target)
+            if adapter is None:
+                continue
+            watch[("dr", mbx_id)] = lambda a=adapter, addr=address: a.open(addr)
+            jobs.append(Job(key=("dr", mbx_id), open_session=lambda a=adapter, addr=address: a.open(addr),
+                            run=lambda sess, m=mbx_id, r=rid: self._dr_cycle(m, r, sess)))
+        self.dr_watchers.sync(watch)
+        return jobs
+
+    def _dr_cycle(self, mbx_id: int, rid: int, session) -> None:
+        with self.locks(rid):
+            with self.store.read() as s:
+                if s.get(Replica, rid).site_state not in (SiteState.ACTIVE_AT_DR.value, SiteState.FAILING_BACK.value):
+                    return
+            self.capture.cycle(mbx_id, session)
+
+    def _auto_cutover(self, server: str) -> list[dict]:
+        with self.store.read() as s:
+            ids = list(s.scalars(select(Replica.id).where(Replica.server == server,
+                                                          Replica.site_state == SiteState.REPLICATING.value)))
+        return self.cutover.cutover(ids, actor="auto", detail=f"primary server {server} down") if ids else []
+
+    def _auto_confirm(self) -> None:
+        for rid in self.failback.caught_up():
+            self.failback.confirm(rid, actor="auto")
 
     def _record_error(self, rid, exc: BaseException) -> None:
         with self.store.tx() as s:
@@ -103,11 +186,16 @@ class RecoveryGateway:
 
     def start(self) -> None:
         self.workers.start()
+        self.dr_workers.start()
+        self.monitor.start()
         self._gc_thread = threading.Thread(target=self._gc_loop, name="blob-gc", daemon=True)
         self._gc_thread.start()
 
     def stop(self) -> None:
         self._gc_stop.set()
+        self.monitor.stop()
+        self.dr_watchers.stop()
+        self.dr_workers.stop()
         self.workers.stop()
         self.store.dispose()
 
@@ -118,6 +206,10 @@ class RecoveryGateway:
                        start=self.start, stop=self.stop)
         app.include_router(ingest_router(self.receiver, bearer_auth(g.ingest_token), MAX_BATCH_BYTES))
         app.include_router(admin_router(self.store, bearer_auth(g.admin_token), self.collect_garbage))
+        app.include_router(site_admin_router(self.store, bearer_auth(g.admin_token), self.cutover, self.failback,
+                                             self.monitor, self.settings.failover.auto))
+        app.include_router(site_ingest_router(bearer_auth(g.ingest_token), g.id, self.failback))
+        app.include_router(redirect_router(self.redirect, self.settings.failover.redirect_key))
         return app
 
 

@@ -6,6 +6,10 @@
                 blob_grace_seconds, log_level
     [[servers]] the standby mail servers (see ``shared.settings_common``)
     [routes]    optional: primary server name (as the source gateway calls it) = standby server name
+    [[primaries]] optional: the primary mail servers as this site reaches them (same keys as
+                [[servers]]), for the login redirect and the health checks of automatic failover
+    [failover]  optional: auto, outage_seconds, check_interval, hold_seconds, confirm,
+                redirect_key
 
 Without ``routes`` a single standby server receives everything. ``deploy/examples/recovery.toml``
 documents every key.
@@ -49,6 +53,20 @@ DEFAULT_WORKERS = 4
 DEFAULT_APPEND_BATCH = 100
 DEFAULT_BLOB_DIR = "mailrepl-blobs"
 DEFAULT_BLOB_GRACE = 600
+DEFAULT_OUTAGE = 120.0
+DEFAULT_CHECK_INTERVAL = 10.0
+DEFAULT_HOLD = 3600.0
+CONFIRM_MODES = ("manual", "auto")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FailoverSettings:
+    auto: bool = False  # cut a primary server's mailboxes over by itself after an outage
+    outage_seconds: float = DEFAULT_OUTAGE  # how long a primary must fail its probe first
+    check_interval: float = DEFAULT_CHECK_INTERVAL
+    hold_seconds: float = DEFAULT_HOLD  # an automatic cutover is not failed back before this
+    confirm: str = "manual"  # "auto": switch back as soon as the primary has every standby change
+    redirect_key: str | None = field(default=None, repr=False)  # nginx's auth_http_header X-Mailrepl-Key
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -70,6 +88,8 @@ class RecoverySettings:
     gateway: RecoveryGatewaySettings
     servers: tuple[ServerSettings, ...]
     routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    primaries: tuple[ServerSettings, ...] = ()
+    failover: FailoverSettings = FailoverSettings()
 
     def summary(self) -> str:
         """What ``check-config`` prints: the parsed settings without secrets."""
@@ -81,6 +101,10 @@ class RecoverySettings:
         ]
         lines += [describe_server(s) for s in self.servers]
         lines += [f'route "{primary}" -> "{standby}"' for primary, standby in self.routes.items()]
+        lines += ["primary " + describe_server(s).strip() for s in self.primaries]
+        f = self.failover
+        lines.append(f"  automatic failover {'on' if f.auto else 'off'} (outage {f.outage_seconds:g}s, "
+                     f"checks every {f.check_interval:g}s, hold {f.hold_seconds:g}s), switch-back {f.confirm}")
         return "\n".join(lines)
 
 
@@ -112,6 +136,19 @@ def _read_routes(table: Table, servers: tuple[ServerSettings, ...]) -> Mapping[s
     return MappingProxyType(routes)
 
 
+def _read_failover(table: Table) -> FailoverSettings:
+    settings = FailoverSettings(
+        auto=table.boolean("auto", False),
+        outage_seconds=table.seconds("outage_seconds", DEFAULT_OUTAGE),
+        check_interval=table.seconds("check_interval", DEFAULT_CHECK_INTERVAL),
+        hold_seconds=table.seconds("hold_seconds", DEFAULT_HOLD),
+        confirm=table.choice("confirm", CONFIRM_MODES, "manual"),
+        redirect_key=table.string("redirect_key", None),
+    )
+    table.finish()
+    return settings
+
+
 def load_recovery_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> RecoverySettings:
     """Read and validate a recovery gateway's config; raises ``ConfigError`` naming the key.
 
@@ -121,6 +158,8 @@ def load_recovery_settings(path: str | Path, environ: Mapping[str, str] | None =
     gateway = _read_gateway(root.table("gateway"))
     servers = read_servers(root)
     settings = RecoverySettings(gateway=gateway, servers=servers,
-                                routes=_read_routes(root.table("routes", required=False), servers))
+                                routes=_read_routes(root.table("routes", required=False), servers),
+                                primaries=read_servers(root, "primaries", required=False),
+                                failover=_read_failover(root.table("failover", required=False)))
     root.finish()
     return settings

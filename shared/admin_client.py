@@ -61,8 +61,9 @@ class AdminClient:
     """Admin API of one source gateway at ``url``, authenticated with ``token``."""
 
     def __init__(self, url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None, what: str = "source gateway") -> None:
         self.url = url.rstrip("/")
+        self.what = what  # named in messages: "source gateway" or "recovery gateway"
         self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport,
                                   headers={"Authorization": f"Bearer {token}"})
 
@@ -93,19 +94,27 @@ class AdminClient:
         """``{"server": ..., "mailboxes": [status, ...]}`` for every mailbox of ``server``."""
         return self._request("PUT", f"/api/v1/servers/{_segment(server)}/protection", json={"enabled": enabled})
 
+    def cutover(self, body: dict[str, Any]) -> dict[str, Any]:
+        """(recovery gateway) ``{"results": [...]}``: move the mailboxes' users to the standby."""
+        return self._request("POST", "/api/v1/cutover", json=body)
+
+    def failback(self, body: dict[str, Any]) -> dict[str, Any]:
+        """(recovery gateway) ``{"results": [...]}``: start, confirm or abort a failback."""
+        return self._request("POST", "/api/v1/failback", json=body)
+
     # ------------------------------------------------------------------ plumbing
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TimeoutException:
-            raise ApiUnreachable(f"the source gateway API at {self.url} did not answer in time") from None
+            raise ApiUnreachable(f"the {self.what} API at {self.url} did not answer in time") from None
         except httpx.HTTPError as exc:
             reason = _one_line(str(exc)) or exc.__class__.__name__
-            raise ApiUnreachable(f"cannot reach the source gateway API at {self.url}: {reason}") from None
+            raise ApiUnreachable(f"cannot reach the {self.what} API at {self.url}: {reason}") from None
         if response.status_code == 401:
             raise ApiRefused(
-                f"the source gateway API at {self.url} refused the admin token (missing or wrong): "
+                f"the {self.what} API at {self.url} refused the admin token (missing or wrong): "
                 "check --token, MAILREPL_ADMIN_TOKEN or the config's gateway.admin_token",
                 status=401, detail=_detail(response),
             )
@@ -115,7 +124,7 @@ class AdminClient:
         try:
             return response.json()
         except ValueError:
-            raise ApiRefused(f"{self.url} answered something other than JSON; is it a mailrepl source gateway?",
+            raise ApiRefused(f"{self.url} answered something other than JSON; is it a mailrepl {self.what}?",
                              status=response.status_code, detail="") from None
 
 

@@ -117,6 +117,7 @@ class MailboxStatus(_Model):
     error: str | None
     rejected: int
     bytes: ByteCounts | None = None  # on the capturing side
+    site_state: str | None = None  # replicating, cutting-over, active-at-dr, failing-back, switching-back
 
 
 class FolderStatus(_Model):
@@ -133,10 +134,21 @@ class SeedingProgress(_Model):
     bytes_total: int
 
 
+class SiteTransitionInfo(_Model):
+    before: str
+    after: str
+    actor: str  # admin, auto, source
+    detail: str | None
+    at: str
+
+
 class MailboxDetail(MailboxStatus):
     folders: list[FolderStatus]
     seeding: SeedingProgress
     rejected_messages: list[RejectedInfo]
+    site_since: str | None = None
+    transitions: list[SiteTransitionInfo] = []
+    failback_report: dict | None = None
 
 
 class MailboxList(_Model):

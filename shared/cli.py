@@ -8,10 +8,13 @@
     mailrepl protect --all --server NAME [--wait [--wait-timeout S]]
     mailrepl unprotect ADDRESS... [--server NAME] | --all --server NAME
     mailrepl status [ADDRESS] [--server NAME] [--json | --watch [SECONDS]]
+    mailrepl cutover ADDRESS... [--server NAME] | --all --server NAME
+    mailrepl failback ADDRESS... [--server NAME] | --all --server NAME [--confirm] [--abort] [--wait]
 
 The admin commands find the source gateway's API from ``--url``/``--token``, else from a source
 config (``--config``: its ``gateway.listen`` and ``admin_token``), else from ``MAILREPL_URL`` /
-``MAILREPL_ADMIN_TOKEN``.
+``MAILREPL_ADMIN_TOKEN``. ``cutover`` and ``failback`` talk to the recovery gateway: ``--config``
+is then a recovery config (``MAILREPL_RECOVERY_URL``, default ``http://127.0.0.1:8471``).
 
 Exit status: 0 done; 1 the API or a gateway failed (one line on stderr); 2 a wrong setting or
 usage (one line naming the key). Expected failures never print a traceback.
@@ -31,7 +34,10 @@ from shared.settings_common import ENV_ADMIN_TOKEN, ListenAddress
 __all__ = ["main", "build_parser", "ENV_URL"]
 
 ENV_URL = "MAILREPL_URL"
+ENV_RECOVERY_URL = "MAILREPL_RECOVERY_URL"
 DEFAULT_API_URL = f"http://{DEFAULT_LISTEN}"
+DEFAULT_RECOVERY_API_URL = "http://127.0.0.1:8471"
+SITE_COMMANDS = ("cutover", "failback")
 DEFAULT_WATCH_INTERVAL = 2.0
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -79,12 +85,20 @@ def _listen_url(listen: ListenAddress) -> str:
 def _api_location(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, str]:
     """(url, token) of the source gateway API: flags, then --config, then the environment."""
     url, token = args.url, args.token
+    recovery = args.command in SITE_COMMANDS
     if args.config is not None and (url is None or token is None):
-        from gateway.settings import load_source_gateway
+        if recovery:
+            from recovery.settings import load_recovery_settings
 
-        gateway = load_source_gateway(args.config, environ)
+            gateway = load_recovery_settings(args.config, environ).gateway
+        else:
+            from gateway.settings import load_source_gateway
+
+            gateway = load_source_gateway(args.config, environ)
         url = url or _listen_url(gateway.listen)
         token = token or gateway.admin_token
+    if recovery:
+        url = url or environ.get(ENV_RECOVERY_URL) or DEFAULT_RECOVERY_API_URL
     url = url or environ.get(ENV_URL) or DEFAULT_API_URL
     token = token or environ.get(ENV_ADMIN_TOKEN)
     if not url.startswith(("http://", "https://")):
@@ -103,7 +117,17 @@ def _admin(args: argparse.Namespace) -> int:
     url, token = _api_location(args, os.environ)
     # piped output (logs, scripts) is not cut to 80 columns; a terminal keeps its own width
     console = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)
-    with AdminClient(url, token) as client:
+    what = "recovery gateway" if args.command in SITE_COMMANDS else "source gateway"
+    with AdminClient(url, token, what=what) as client:
+        if args.command in SITE_COMMANDS:
+            from shared import site_commands
+
+            if args.command == "cutover":
+                return site_commands.cutover(client, console, addresses=args.addresses, server=args.server,
+                                             whole_server=args.all)
+            return site_commands.failback(client, console, addresses=args.addresses, server=args.server,
+                                          whole_server=args.all, confirm=args.confirm, abort=args.abort,
+                                          wait=args.wait, wait_timeout=args.wait_timeout)
         if args.command == "status":
             if args.watch is not None:
                 return admin_commands.watch_status(client, console, address=args.address, server=args.server,
@@ -180,6 +204,21 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--watch", nargs="?", type=_seconds, const=DEFAULT_WATCH_INTERVAL, metavar="SECONDS",
                      help=f"redraw every SECONDS (default {DEFAULT_WATCH_INTERVAL:g}) until Ctrl-C")
     p.set_defaults(handler=_admin, usage_error=p.error)
+
+    for name, text in (("cutover", "move mailboxes' users to the standby (recovery gateway)"),
+                       ("failback", "bring mailboxes back to the primary (recovery gateway)")):
+        p = sub.add_parser(name, parents=[api], help=text, description=text[0].upper() + text[1:] + ".")
+        p.add_argument("addresses", nargs="*", metavar="ADDRESS", help="mailbox address")
+        p.add_argument("--server", metavar="NAME", help="the primary server (as the source gateway names it)")
+        p.add_argument("--all", action="store_true", help="every replicated mailbox of --server")
+        if name == "failback":
+            p.add_argument("--confirm", action="store_true",
+                           help="switch users back to the primary (after the last standby changes)")
+            p.add_argument("--abort", action="store_true", help="stop a failback under way; users stay at DR")
+            p.add_argument("--wait", action="store_true",
+                           help="wait until the primary has every change (with --confirm: until replicating)")
+            p.add_argument("--wait-timeout", type=_seconds, metavar="SECONDS", help="give up waiting (exit 1)")
+        p.set_defaults(handler=_admin, usage_error=p.error)
     return parser
 
 
@@ -187,6 +226,16 @@ def _check_usage(args: argparse.Namespace) -> None:
     """Combinations argparse cannot express; exits 2 with the subcommand's usage."""
     if args.command == "status" and args.server and not args.address:
         args.usage_error("--server goes with an ADDRESS")
+    if args.command in SITE_COMMANDS:
+        if args.all and args.addresses:
+            args.usage_error("give either ADDRESS... or --all, not both")
+        if args.all and not args.server:
+            args.usage_error("--all needs --server NAME")
+        if not args.all and not args.addresses:
+            args.usage_error("give at least one ADDRESS, or --all --server NAME")
+        if args.command == "failback" and args.confirm and args.abort:
+            args.usage_error("--confirm and --abort exclude each other")
+        return
     if args.command not in ("protect", "unprotect"):
         return
     if args.all and args.addresses:

@@ -17,6 +17,7 @@
     │   └── UnsupportedVersion         a batch of an unknown/newer format version
     ├── TransportError                 the peer gateway could not be reached     (retryable)
     ├── ConflictError                  same sequence number, different content
+    │   └── IllegalTransition          a cutover/failback step the mailbox's state does not allow
     └── GapError                       a batch does not continue where the receiver stands
 
 Library errors (socket, ssl, httpx, sqlalchemy) are translated at the boundary with
@@ -40,6 +41,7 @@ __all__ = [
     "UnsupportedVersion",
     "TransportError",
     "ConflictError",
+    "IllegalTransition",
     "GapError",
 ]
 
@@ -127,3 +129,7 @@ class GapError(MailreplError):
     def __init__(self, message: str = "", *, resend_from: int, **kw):
         super().__init__(message, **kw)
         self.resend_from = resend_from
+
+
+class IllegalTransition(ConflictError):
+    """The mailbox's site state does not allow this cutover/failback step (HTTP 409)."""

@@ -309,11 +309,12 @@ _SERVER_READERS: dict[str, Callable[[Table, str], ServerSettings]] = {
 }
 
 
-def read_servers(root: Table) -> tuple[ServerSettings, ...]:
-    """The ``[[servers]]`` array: at least one, unique names, distinct password variables."""
-    tables = root.tables("servers")
-    if not tables:
-        raise root.error("servers", "missing (at least one [[servers]] table is required)")
+def read_servers(root: Table, key: str = "servers", *, required: bool = True) -> tuple[ServerSettings, ...]:
+    """The ``[[servers]]`` array (or another array of server tables named ``key``): at least one
+    unless not ``required``, unique names, distinct password variables."""
+    tables = root.tables(key)
+    if not tables and required:
+        raise root.error(key, f"missing (at least one [[{key}]] table is required)")
     servers: list[ServerSettings] = []
     env_owner: dict[str, str] = {}
     for table in tables:

@@ -81,6 +81,16 @@ class MailboxWorkers:
                     slot.session.close()
             self._slots.clear()
 
+    def take_session(self, key: Hashable) -> MailboxSession | None:
+        """Hand over the cached session of ``key`` while no job of it runs (the caller owns and
+        closes it; the next job opens a new one), or None."""
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None or slot.future is not None or slot.session is None:
+                return None
+            session, slot.session = slot.session, None
+            return session
+
     def forget(self, key: Hashable) -> None:
         """Drop the cached session of ``key`` (e.g. after protection was turned off)."""
         with self._lock:

@@ -52,6 +52,9 @@ __all__ = [
     "ReplayIntent",
     "Orphan",
     "RejectedMessage",
+    "SiteTransition",
+    "MidAlias",
+    "ServerHealth",
 ]
 
 
@@ -93,6 +96,9 @@ class Mailbox(Base):
     shipped_raw_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", nullable=False)
     shipped_payload_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", nullable=False)
     shipped_wire_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", nullable=False)
+    # the site state (``shared.site_state``) the gateway last learned for this mailbox
+    site_state: Mapped[str] = mapped_column(String(20), default="replicating", server_default="replicating",
+                                            nullable=False)
     created_at: Mapped[datetime] = _ts()
 
 
@@ -171,6 +177,13 @@ class Replica(Base):
     error: Mapped[str | None] = mapped_column(Text)
     last_received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_applied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # cutover and failback (``shared.site_state``)
+    site_state: Mapped[str] = mapped_column(String(20), default="replicating", server_default="replicating",
+                                            nullable=False)
+    site_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cutover_seq: Mapped[int | None] = mapped_column(BigInteger)  # applied on the standby at cutover
+    final_seq: Mapped[int | None] = mapped_column(BigInteger)  # last standby change to replay on switch-back
+    failback_report: Mapped[str | None] = mapped_column(Text)  # JSON
     created_at: Mapped[datetime] = _ts()
 
 
@@ -263,3 +276,44 @@ class RejectedMessage(Base):
     sha256: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text, nullable=False)
     at: Mapped[datetime] = _ts()
+
+
+# --------------------------------------------------------------------------- cutover / failback
+
+
+class SiteTransition(Base):
+    """One change of a mailbox's site state: when, from what, to what, and who asked."""
+
+    __tablename__ = "site_transition"
+    __table_args__ = (Index("ix_site_transition_replica", "replica_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    replica_id: Mapped[int] = mapped_column(ForeignKey("replica.id", ondelete="CASCADE"), nullable=False)
+    before: Mapped[str] = mapped_column(String(20), nullable=False)
+    after: Mapped[str] = mapped_column(String(20), nullable=False)
+    actor: Mapped[str] = mapped_column(String(20), nullable=False)  # admin, auto, source
+    detail: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = _ts()
+
+
+class MidAlias(Base):
+    """A standby message captured at DR (``dr_mid``) is the source's message ``source_mid``."""
+
+    __tablename__ = "mid_alias"
+
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"), primary_key=True)
+    dr_mid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    source_mid: Mapped[int] = mapped_column(BigInteger, nullable=False)
+
+
+class ServerHealth(Base):
+    """The automatic failover's view of one primary server."""
+
+    __tablename__ = "server_health"
+
+    server: Mapped[str] = mapped_column(String(200), primary_key=True)
+    up: Mapped[bool] = mapped_column(Boolean, nullable=False)
+    down_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_check: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    failed_over_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -21,10 +21,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _server_toml(name: str, server, users) -> str:
+def _server_toml(name: str, server, users, section: str = "servers") -> str:
     if hasattr(server, "endpoint"):  # the EWS protocol-shape responder
         return f"""
-[[servers]]
+[[{section}]]
 name = "{name}"
 kind = "ews"
 endpoint = "{server.endpoint}"
@@ -34,7 +34,7 @@ retry_max_wait = 5
 users = [{", ".join(f'"{u}"' for u in users)}]
 """
     return f"""
-[[servers]]
+[[{section}]]
 name = "{name}"
 kind = "imap"
 host = "127.0.0.1"
@@ -94,7 +94,8 @@ class GatewayPair:
     """A source gateway watching ``primary`` and a recovery gateway replaying into ``standby``."""
 
     def __init__(self, tmp: Path, primary, standby, *, users, source_state: str, recovery_state: str,
-                 poll_interval: float = 0.5, fetch_chunk: int = 200, part_threshold: int | None = None) -> None:
+                 poll_interval: float = 0.5, fetch_chunk: int = 200, part_threshold: int | None = None,
+                 recovery_extra: str = "", with_primaries: bool = False) -> None:
         self.tmp = tmp
         sport, rport = free_port(), free_port()
         src = tmp / "source.toml"
@@ -131,6 +132,8 @@ workers = 4
 blob_dir = "{tmp}/blobs"
 """
             + _server_toml("standby", standby, users)
+            + (_server_toml("primary", primary, users, "primaries") if with_primaries else "")
+            + recovery_extra
         )
         self.source = GatewayProcess("source", src, sport, tmp / "source.log")
         self.recovery = GatewayProcess("recovery", rec, rport, tmp / "recovery.log")

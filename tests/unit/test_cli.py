@@ -262,6 +262,7 @@ users = {json.dumps(sorted(adapters[name].boxes))}
         self.recovery = Served(recovery.app.RecoveryGateway(load_recovery_settings(rec_conf, {})).app(), rec_sock)
         self.source = Served(gateway.app.SourceGateway(load_source_settings(self.source_conf, {})).app(), src_sock)
         self.url = f"http://127.0.0.1:{src_port}"
+        self.recovery_url = f"http://127.0.0.1:{rec_port}"
 
     def api(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
@@ -430,3 +431,20 @@ def test_status_watch_redraws_until_interrupted(site):
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert table_row(out, "alice")[:2] == ["alice", "primary"]
+
+
+def test_cutover_and_failback_commands(site):
+    assert site.cli("protect", "alice", "--wait", "--wait-timeout", "60").returncode == 0
+    rec = ("--url", site.recovery_url, "--token", TOKEN)
+    result = cli("cutover", "alice", *rec)
+    assert result.returncode == 0, result.stderr
+    assert table_row(result.stdout, "alice")[:4] == ["alice", "primary", "active-at-dr", "ok"]
+    site.standby.deliver("alice", b"Subject: at dr\r\n\r\nwritten at DR\r\n")
+    refused = cli("cutover", "nobody", *rec)
+    assert refused.returncode == 1 and "no replicated mailbox 'nobody'" in refused.stderr
+    result = cli("failback", "alice", "--confirm", "--wait", "--wait-timeout", "60", *rec)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "1 mailboxes back at the primary, replicating" in result.stdout
+    assert any(b"written at DR" in m.body for m in site.primary.box("alice")["INBOX"].msgs.values())
+    again = cli("failback", "alice", *rec)  # replicating: nothing to fail back
+    assert again.returncode == 1 and "cut over first" in again.stderr

@@ -377,3 +377,17 @@ def test_gateway_table_alone_needs_no_server_secrets(tmp_path):
     text = edit(SOURCE, 'service_password = "pw"\n', "")
     g = load_source_gateway(write(tmp_path, text), {})
     assert (g.listen, g.admin_token) == (("127.0.0.1", 8470), "admin-t")
+
+
+def test_failover_settings_default_off_and_read_strictly(tmp_path):
+    r = load_recovery_settings(write(tmp_path, RECOVERY, "r.toml"), {})
+    assert r.failover.auto is False and r.failover.confirm == "manual" and r.primaries == ()
+    primary = RECOVERY.split("[[servers]]", 1)[1].replace('name = "standby"', 'name = "primary"')
+    text = RECOVERY + "\n[[primaries]]" + primary + '\n[failover]\nauto = true\noutage_seconds = 5\nconfirm = "auto"\n'
+    r = load_recovery_settings(write(tmp_path, text, "r2.toml"), {})
+    assert r.failover.auto is True and r.failover.outage_seconds == 5.0 and r.failover.confirm == "auto"
+    assert [p.name for p in r.primaries] == ["primary"]
+    bad = write(tmp_path, RECOVERY + '\n[failover]\nconfirm = "sometimes"\n', "r3.toml")
+    assert config_error(load_recovery_settings, bad).startswith("failover.confirm: expected one of")
+    bad = write(tmp_path, RECOVERY + "\n[failover]\nautomatic = true\n", "r4.toml")
+    assert config_error(load_recovery_settings, bad) == 'failover.automatic: unknown key (did you mean "auto"?)'

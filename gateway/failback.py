@@ -1,0 +1,392 @@
+"""Failback, source side: learn each mailbox's site state, replay the standby's changes on the
+primary, and re-base capture when the mailbox comes home.
+
+The puller polls the recovery gateway (the source always calls, the recovery site never needs to
+reach the primary site):
+
+1. ``GET /api/v1/ingest/sites``: every mailbox not ``replicating`` and its state. A mailbox cut
+   over is no longer captured nor shipped here (``active_site = dr``): users are elsewhere.
+2. For a mailbox failing back, a *reverse replica* in this gateway's own replay tables. Its id map
+   is seeded from the capture catalog (the messages the standby had at cutover carry the ids this
+   side gave them; messages captured after the cutover point never reached the standby and are
+   left out). If the primary's copy was wiped or recreated (a folder gone, UIDVALIDITY changed),
+   the recovery gateway is asked for a full resync and the id map starts empty.
+3. ``POST /api/v1/ingest/reverse``: report progress, receive the next batch (the same wire
+   format, the same receiver checks), replay it on the primary with the same replay engine.
+4. Once the admin confirmed and every standby change is applied (``switching-back``), *re-base*:
+   the primary is listed once (flags, no bodies), the catalog is rebuilt from the reverse id map
+   (messages keep their ids; those born at DR get new ones, reported to the recovery gateway),
+   cursors are set to the primary's current state, so the replayer's own writes are never
+   captured again. Messages on the primary the standby never had (late deliveries) are kept,
+   listed in the failback report and captured as new, so they reach the standby afterwards.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from typing import Mapping
+
+import httpx
+from sqlalchemy import delete, select
+
+from recovery.receiver import Receiver
+from shared.adapters.base import Adapter
+from shared.bodies import BodyStore
+from shared.errors import MailreplError, TransportError
+from shared.model import Change, Cursor, Kind, UidSet
+from shared.replay import ReplayEngine
+from shared.site_state import SiteState
+from shared.store import Store
+from shared.store.models import CatalogEntry, FolderState, IdMapEntry, Mailbox, OutboxBody, OutboxRow, Replica
+from shared.wire import MEDIA_TYPE, decode_batch
+
+__all__ = ["FailbackPuller"]
+
+log = logging.getLogger("mailrepl.failback")
+
+DEFAULT_INTERVAL = 1.0
+BACK = (SiteState.FAILING_BACK.value, SiteState.SWITCHING_BACK.value)
+
+
+class FailbackPuller:
+    def __init__(self, store: Store, adapters: Mapping[str, Adapter], client: httpx.Client, *, token: str,
+                 source_id: str, bodies: BodyStore, append_batch: int = 100, interval: float = DEFAULT_INTERVAL,
+                 on_rebased=lambda: None) -> None:
+        self.store = store
+        self.adapters = adapters
+        self.client = client
+        self.token = token
+        self.source_id = source_id
+        self.bodies = bodies
+        self.replay = ReplayEngine(store, bodies, append_batch=append_batch)
+        self.receiver = Receiver(store, bodies, lambda server: server if server in adapters else None)
+        self.interval = interval
+        self.on_rebased = on_rebased
+        self.wire_bytes = 0  # reverse batches received
+        self.last_error: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ loop
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="failback", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.step()
+                self.last_error = None
+            except Exception as exc:  # noqa: BLE001 - retried next round
+                if str(exc) != self.last_error:  # once per distinct problem, not every round
+                    log.warning("site states / failback: %s", exc)
+                self.last_error = str(exc)
+            self._stop.wait(self.interval)
+
+    def step(self) -> None:
+        """One round: learn states, start failbacks, pull and replay, re-base what is done."""
+        answer = self._get("/api/v1/ingest/sites", params={"source": self.source_id})
+        peer, sites = answer["gateway"], answer["mailboxes"]
+        changed = self._learn(sites)
+        begun = set()
+        problems: list[str] = []
+        for site in sites:
+            if site["state"] in BACK and site["server"] in self.adapters:
+                if self._each(problems, site, self._begin, peer, site):
+                    begun.add((site["server"], site["address"]))
+        self._pull(peer)
+        listed = {(x["server"], x["address"]) for x in sites}
+        for site in sites:
+            if (site["state"] == SiteState.SWITCHING_BACK.value and site["server"] in self.adapters
+                    and (site["server"], site["address"]) not in begun):
+                self._each(problems, site, self._maybe_rebase, peer, site)
+        # a re-base the recovery gateway finished but whose answer was lost: ask again
+        with self.store.read() as s:
+            stuck = [(m.server, m.address) for m in s.scalars(select(Mailbox).where(
+                Mailbox.site_state == SiteState.SWITCHING_BACK.value))]
+        for server, address in stuck:
+            if (server, address) not in listed:
+                site = dict(server=server, address=address, final_seq=None)
+                self._each(problems, site, self._maybe_rebase, peer, site)
+        if changed:
+            self.on_rebased()
+        if problems:  # one mailbox's trouble (its primary still down) never holds up the others
+            raise MailreplError("; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
+
+    @staticmethod
+    def _each(problems: list[str], site, fn, *args):
+        try:
+            return fn(*args)
+        except MailreplError as exc:
+            problems.append(f"{site['server']}/{site['address']}: {exc}")
+            return None
+
+    # ------------------------------------------------------------------ states
+
+    def _learn(self, sites) -> bool:
+        changed = False
+        with self.store.tx() as s:
+            for site in sites:
+                mbx = s.scalar(select(Mailbox).where(Mailbox.server == site["server"], Mailbox.address == site["address"]))
+                if mbx is None or mbx.site_state == site["state"]:
+                    continue
+                log.info("%s/%s is now %s", mbx.server, mbx.address, site["state"])
+                mbx.site_state = site["state"]
+                mbx.active_site = "primary" if site["state"] == SiteState.REPLICATING.value else "dr"
+                changed = True
+        return changed
+
+    # ------------------------------------------------------------------ reverse replica
+
+    def _reverse(self, s, peer: str, server: str, address: str) -> Replica | None:
+        return s.scalar(select(Replica).where(Replica.source_id == peer, Replica.server == server,
+                                              Replica.address == address))
+
+    def _begin(self, peer: str, site) -> bool:
+        """Create the reverse replica of a mailbox starting to fail back; True if it did."""
+        server, address = site["server"], site["address"]
+        with self.store.read() as s:
+            if self._reverse(s, peer, server, address) is not None:
+                return False
+            mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
+            folders = list(s.scalars(select(FolderState).where(FolderState.mailbox_id == mbx.id)))
+        session = self.adapters[server].open(address)
+        try:
+            wiped = []
+            for f in folders:
+                if not f.cursor:
+                    continue
+                info = session.folder_info(f.name)
+                if info is None or info.uidvalidity != Cursor.parse(f.cursor).uidvalidity:
+                    wiped.append(f.name)
+        finally:
+            session.close()
+        if wiped:
+            log.warning("%s/%s: the primary's copy was wiped or recreated (%s): full resync",
+                        server, address, ", ".join(wiped[:5]))
+            base = self._post_json("/api/v1/ingest/resync",
+                                   dict(source=self.source_id, server=server, address=address))["base_seq"]
+            with self.store.tx() as s:
+                s.add(Replica(source_id=peer, server=server, address=address, target=server, received_seq=base,
+                              applied_seq=base, phase="resync",
+                              failback_report=json.dumps({"resync": True, "wiped_folders": wiped})))
+            return True
+        with self.store.tx() as s:
+            mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
+            late = _late_mids(s, mbx.id, site.get("cutover_seq") or 0)
+            rep = Replica(source_id=peer, server=server, address=address, target=server,
+                          received_seq=site.get("dr_applied") or 0, applied_seq=site.get("dr_applied") or 0,
+                          phase="failback", failback_report=json.dumps({"resync": False}))
+            s.add(rep)
+            s.flush()
+            rows = []
+            for cat, name, cursor in s.execute(
+                select(CatalogEntry, FolderState.name, FolderState.cursor)
+                .join(FolderState, FolderState.id == CatalogEntry.folder_id)
+                .where(CatalogEntry.mailbox_id == mbx.id, FolderState.cursor.is_not(None))
+            ):
+                if cat.mid in late:
+                    continue
+                rows.append(dict(replica_id=rep.id, mid=cat.mid, folder=name,
+                                 uidvalidity=Cursor.parse(cursor).uidvalidity, uid=cat.uid, sha256=cat.sha256))
+            for i in range(0, len(rows), 1000):
+                s.execute(IdMapEntry.__table__.insert(), rows[i:i + 1000])
+        log.info("%s/%s: failing back (%d messages known on both sides)", server, address, len(rows))
+        return True
+
+    def _pull(self, peer: str, rounds: int = 50) -> None:
+        with self.store.read() as s:  # left over from a round that failed (a primary was down)
+            behind = [(r.server, r.address) for r in s.scalars(select(Replica).where(
+                Replica.source_id == peer, Replica.applied_seq < Replica.received_seq))]
+        for server, address in behind:
+            try:
+                self._replay(peer, server, address)
+            except MailreplError as exc:
+                log.warning("failback replay of %s/%s: %s", server, address, exc)
+        for _ in range(rounds):
+            with self.store.read() as s:
+                reps = list(s.scalars(select(Replica).where(Replica.source_id == peer)))
+                progress = [dict(server=r.server, address=r.address, received=r.received_seq, applied=r.applied_seq)
+                            for r in reps]
+            if not reps:
+                return
+            try:
+                r = self.client.post("/api/v1/ingest/reverse", json=dict(source=self.source_id, progress=progress),
+                                     headers={"Authorization": f"Bearer {self.token}"})
+            except httpx.HTTPError as exc:
+                raise TransportError(f"recovery gateway unreachable: {exc}") from exc
+            if r.status_code == 204:
+                return
+            if r.status_code != 200 or r.headers.get("content-type", "").split(";")[0] != MEDIA_TYPE:
+                raise TransportError(f"recovery gateway answered {r.status_code} to a failback pull: {r.text[:200]}")
+            self.wire_bytes += len(r.content)
+            batch = decode_batch(r.content)
+            ack = self.receiver.ingest(batch)
+            for res in ack.results:
+                if res.status != "ok":
+                    log.warning("failback batch for %s/%s: %s %s", res.server, res.address, res.status, res.detail)
+            for seg in batch.segments:
+                try:
+                    self._replay(peer, seg.server, seg.address)
+                except MailreplError as exc:  # kept, replayed next round; the others go on
+                    log.warning("failback replay of %s/%s: %s", seg.server, seg.address, exc)
+
+    def _replay(self, peer: str, server: str, address: str) -> None:
+        with self.store.read() as s:
+            rep = self._reverse(s, peer, server, address)
+            if rep is None or rep.applied_seq >= rep.received_seq:
+                return
+            rid = rep.id
+        session = self.adapters[server].open(address)
+        try:
+            self.replay.replay(rid, session)
+        finally:
+            session.close()
+
+    # ------------------------------------------------------------------ re-base
+
+    def _maybe_rebase(self, peer: str, site) -> None:
+        server, address = site["server"], site["address"]
+        with self.store.read() as s:
+            rep = self._reverse(s, peer, server, address)
+            if rep is None:
+                return
+            if site.get("final_seq") is not None and rep.applied_seq < site["final_seq"]:
+                return  # the last standby changes are still on their way
+            pending = json.loads(rep.failback_report or "{}")
+            rid = rep.id
+        request = pending.get("rebase") or self._rebase_locally(rid, server, address, pending)
+        try:
+            answer = self._post_json("/api/v1/ingest/rebase", request)
+        except TransportError as exc:
+            if " 409 " in str(exc):  # refused, so not applied there: computed again next round
+                with self.store.tx() as s:
+                    rep = s.get(Replica, rid)
+                    rep.failback_report = json.dumps({k: v for k, v in pending.items() if k != "rebase"})
+            raise
+        with self.store.tx() as s:
+            mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
+            mbx.site_state, mbx.active_site, mbx.phase, mbx.error = SiteState.REPLICATING.value, "primary", "replicating", None
+            s.execute(delete(Replica).where(Replica.id == rid))
+        log.info("%s/%s: failback done (%s), capturing on the primary again", server, address, answer.get("state"))
+        self.on_rebased()
+
+    def _rebase_locally(self, rid: int, server: str, address: str, pending: dict) -> dict:
+        """Rebuild capture state of the mailbox from the primary as it is now; the request for the
+        recovery gateway is kept with the reverse replica, so a retry sends the same again."""
+        session = self.adapters[server].open(address)
+        try:
+            live = session.list_folders()
+            metas = {f.name: session.changes_since(f.name, None) for f in live}
+        finally:
+            session.close()
+        with self.store.tx() as s:
+            rep = s.get(Replica, rid)
+            mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
+            where = {(e.folder, e.uid): e for e in s.scalars(select(IdMapEntry).where(IdMapEntry.replica_id == rid))}
+            rows = {f.name: f for f in s.scalars(select(FolderState).where(FolderState.mailbox_id == mbx.id))}
+            for name, row in rows.items():
+                if name not in metas:
+                    s.delete(row)
+            s.flush()
+            catalog = {c.mid: c for c in s.scalars(select(CatalogEntry).where(CatalogEntry.mailbox_id == mbx.id))}
+            kept: set[int] = set()
+            born: list[tuple[CatalogEntry, int]] = []
+            late: list[dict] = []
+            # free the (folder, uid) slots first: messages moved while at DR land where others were
+            for c in catalog.values():
+                c.uid = -c.mid
+            s.flush()
+            for info in live:
+                delta = metas[info.name]
+                row = rows.get(info.name)
+                if row is None:
+                    row = FolderState(mailbox_id=mbx.id, name=info.name)
+                    s.add(row)
+                    s.flush()
+                row.fid, row.messages, row.cursor = info.fid, info.messages, delta.cursor.format()
+                row.pending_cursor = row.pending_uids = row.pending_replace = None
+                row.resetting = False
+                late_uids = []
+                for m in delta.new:
+                    e = where.get((info.name, m.uid))
+                    flags = " ".join(sorted(f for f in m.flags if f.lower() != "\\recent"))
+                    if e is None or (e.mid > 0 and e.mid not in catalog):
+                        late_uids.append(m.uid)
+                        late.append(dict(folder=info.name, uid=m.uid, size=m.size,
+                                         internaldate=m.internaldate.isoformat() if m.internaldate else None))
+                        continue
+                    if e.mid > 0:
+                        c = catalog[e.mid]
+                        c.folder_id, c.uid, c.flags, c.guid = row.id, m.uid, flags, m.guid
+                        kept.add(e.mid)
+                    else:
+                        c = CatalogEntry(mailbox_id=mbx.id, folder_id=row.id, uid=m.uid, guid=m.guid,
+                                         sha256=e.sha256, size=m.size, flags=flags)
+                        s.add(c)
+                        born.append((c, -e.mid))
+                if late_uids:
+                    row.pending_cursor, row.pending_uids = row.cursor, UidSet(late_uids).format()
+            for mid, c in catalog.items():
+                if mid not in kept:
+                    s.delete(c)
+            s.flush()
+            # the forward queue restarts after what was captured: nothing of it is sent any more
+            shas = set(s.scalars(select(OutboxRow.sha256).where(OutboxRow.mailbox_id == mbx.id,
+                                                               OutboxRow.sha256.is_not(None))))
+            s.execute(delete(OutboxRow).where(OutboxRow.mailbox_id == mbx.id))
+            for sha in shas:
+                if s.scalar(select(OutboxRow.seq).where(OutboxRow.sha256 == sha).limit(1)) is None:
+                    s.execute(delete(OutboxBody).where(OutboxBody.sha256 == sha))
+            mbx.acked_seq = mbx.applied_seq = mbx.last_seq
+            report = {k: v for k, v in pending.items() if k != "rebase"}
+            report.update(late=late, kept_late=len(late), reverse_changes_applied=rep.applied_seq,
+                          messages_on_primary=sum(len(d.new) for d in metas.values()))
+            request = dict(source=self.source_id, server=server, address=address, base_seq=mbx.last_seq,
+                           applied=rep.applied_seq, born=[[c.mid, dr_mid] for c, dr_mid in born], report=report)
+            rep.failback_report = json.dumps(dict(pending, rebase=request))
+        if late:
+            log.warning("%s/%s: %d message(s) reached the primary after the cutover point and never the "
+                        "standby; kept and replicated now", server, address, len(late))
+        return request
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _get(self, path: str, **kw) -> dict:
+        try:
+            r = self.client.get(path, headers={"Authorization": f"Bearer {self.token}"}, **kw)
+        except httpx.HTTPError as exc:
+            raise TransportError(f"recovery gateway unreachable: {exc}") from exc
+        if r.status_code != 200:
+            raise TransportError(f"recovery gateway answered {r.status_code} to {path}: {r.text[:200]}")
+        return r.json()
+
+    def _post_json(self, path: str, body: dict) -> dict:
+        try:
+            r = self.client.post(path, json=body, headers={"Authorization": f"Bearer {self.token}"})
+        except httpx.HTTPError as exc:
+            raise TransportError(f"recovery gateway unreachable: {exc}") from exc
+        if r.status_code != 200:
+            raise TransportError(f"recovery gateway answered {r.status_code} to {path}: {r.text[:300]}")
+        return r.json()
+
+
+def _late_mids(s, mailbox_id: int, cutover_seq: int) -> set[int]:
+    """Messages captured after the cutover point: the standby never had them."""
+    out: set[int] = set()
+    for text in s.scalars(select(OutboxRow.change).where(OutboxRow.mailbox_id == mailbox_id,
+                                                          OutboxRow.seq > cutover_seq)):
+        ch = Change.from_dict(json.loads(text))
+        if ch.kind in (Kind.MSG_ADD, Kind.MSG_REPLACE) and ch.mid is not None:
+            out.add(ch.mid)
+    return out
+
+
+

@@ -1,0 +1,82 @@
+"""Persisted site state of replicated mailboxes: transitions with their history, and lookups.
+
+The legal moves are ``shared.site_state``'s; this module applies them to ``replica`` rows and
+writes one ``site_transition`` row per change (who asked, when, why). Locks per mailbox keep
+the replayer, the DR capture and the cutover/failback steps of one mailbox from overlapping.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from collections import defaultdict
+from typing import Sequence
+
+from sqlalchemy import select
+
+from shared.errors import MailreplError
+from shared.model import utcnow
+from shared.site_state import Transition, next_state
+from shared.store.models import Replica, SiteTransition
+
+__all__ = ["apply_action", "history", "find_replicas", "report_of", "KeyedLocks", "NoSuchMailbox"]
+
+
+class NoSuchMailbox(MailreplError):
+    """No replicated mailbox matches (HTTP 404)."""
+
+
+def apply_action(s, rep: Replica, action: str, actor: str, detail: str | None = None) -> Transition:
+    """Move ``rep`` by ``action`` (IllegalTransition if not allowed); history row if it changed."""
+    t = next_state(rep.site_state, action)
+    if t.changed:
+        rep.site_state = t.after.value
+        rep.site_since = utcnow()
+        s.add(SiteTransition(replica_id=rep.id, before=t.before.value, after=t.after.value, actor=actor,
+                             detail=detail))
+    return t
+
+
+def history(s, replica_id: int) -> list[dict]:
+    rows = s.scalars(select(SiteTransition).where(SiteTransition.replica_id == replica_id).order_by(SiteTransition.id))
+    return [dict(before=r.before, after=r.after, actor=r.actor, detail=r.detail, at=r.at.isoformat()) for r in rows]
+
+
+def find_replicas(s, *, addresses: Sequence[str] = (), server: str | None = None,
+                  all_of_server: bool = False) -> list[Replica]:
+    """The replicas a cutover/failback request names: addresses (optionally of one primary server)
+    or every mailbox of ``server``. NoSuchMailbox names what is unknown."""
+    if all_of_server:
+        if not server:
+            raise NoSuchMailbox("name the primary server whose mailboxes to move")
+        reps = list(s.scalars(select(Replica).where(Replica.server == server).order_by(Replica.address)))
+        if not reps:
+            raise NoSuchMailbox(f"no mailbox of primary server {server!r} is replicated here")
+        return reps
+    out: list[Replica] = []
+    for address in addresses:
+        q = select(Replica).where(Replica.address == address)
+        if server:
+            q = q.where(Replica.server == server)
+        found = list(s.scalars(q))
+        if not found:
+            raise NoSuchMailbox(f"no replicated mailbox {address!r}" + (f" of server {server!r}" if server else ""))
+        if len(found) > 1:
+            raise NoSuchMailbox(f"{address!r} is replicated from several servers; name one with server")
+        out.append(found[0])
+    return out
+
+
+def report_of(rep: Replica) -> dict | None:
+    return json.loads(rep.failback_report) if rep.failback_report else None
+
+
+class KeyedLocks:
+    """One lock per key (replica id), created on first use."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict = defaultdict(threading.Lock)
+
+    def __call__(self, key) -> threading.Lock:
+        with self._guard:
+            return self._locks[key]

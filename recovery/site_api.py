@@ -1,0 +1,177 @@
+"""REST endpoints of cutover and failback on the recovery gateway.
+
+Admin (``/api/v1``, admin token): ``POST /cutover``, ``POST /failback``, ``GET /failover``.
+Source gateways (``/api/v1/ingest``, ingest token): ``GET /sites``, ``POST /reverse``,
+``POST /resync``, ``POST /rebase`` (see ``recovery.failback``).
+nginx mail proxy: ``GET /auth`` (``auth_http``, see ``recovery.redirect``).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
+from recovery.autofailover import FailoverMonitor
+from recovery.cutover import CutoverService
+from recovery.failback import FailbackService
+from recovery.redirect import Redirect
+from recovery.site import NoSuchMailbox, find_replicas
+from shared.errors import IllegalTransition
+from shared.store import Store
+from shared.store.models import Replica, SiteTransition
+from shared.wire import MEDIA_TYPE, encode_batch
+
+__all__ = ["site_admin_router", "site_ingest_router", "redirect_router"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Selection(_Model):
+    addresses: list[str] = Field(default=[], max_length=100_000)
+    server: str | None = None  # the primary server (as the source gateway names it)
+    all: bool = False  # every replicated mailbox of ``server``
+
+
+class FailbackRequest(Selection):
+    confirm: bool = False  # switch users back to the primary now (else: a later request with confirm)
+    abort: bool = False  # stop a failback under way; users stay at DR
+
+
+class Results(_Model):
+    results: list[dict]
+
+
+class Progress(_Model):
+    server: str
+    address: str
+    received: int
+    applied: int
+
+
+class ReverseRequest(_Model):
+    source: str
+    progress: list[Progress] = Field(default=[], max_length=100_000)
+
+
+class MailboxRef(_Model):
+    source: str
+    server: str
+    address: str
+
+
+class RebaseRequest(MailboxRef):
+    base_seq: int
+    applied: int
+    born: list[tuple[int, int]] = Field(default=[], max_length=10_000_000)
+    report: dict = {}
+
+
+def _selected(store: Store, sel: Selection) -> list[int]:
+    if not sel.all and not sel.addresses:
+        raise HTTPException(422, "name the mailboxes (addresses) or a whole server (server + all)")
+    with store.read() as s:
+        try:
+            return [r.id for r in find_replicas(s, addresses=sel.addresses, server=sel.server, all_of_server=sel.all)]
+        except NoSuchMailbox as exc:
+            raise HTTPException(404, str(exc)) from exc
+
+
+def _guard(fn: Callable, *args, **kw):
+    try:
+        return fn(*args, **kw)
+    except IllegalTransition as exc:
+        raise HTTPException(409, str(exc)) from exc
+
+
+def site_admin_router(store: Store, auth, cutover: CutoverService, failback: FailbackService,
+                      monitor: FailoverMonitor, auto: bool) -> APIRouter:
+    r = APIRouter(prefix="/api/v1", dependencies=[Depends(auth)], tags=["cutover"])
+
+    @r.post("/cutover", response_model=Results)
+    async def post_cutover(body: Selection) -> Results:
+        """Move users of these mailboxes to the standby (works while the primary site is down)."""
+        ids = _selected(store, body)
+        return Results(results=await run_in_threadpool(_guard, cutover.cutover, ids, actor="admin"))
+
+    @r.post("/failback", response_model=Results)
+    async def post_failback(body: FailbackRequest) -> Results:
+        """Replay the standby's changes on the primary; with ``confirm``, switch users back."""
+        ids = _selected(store, body)
+        if body.abort:
+            return Results(results=await run_in_threadpool(_guard, failback.abort, ids))
+
+        def run() -> list[dict]:
+            with store.read() as s:
+                states = {rid: s.get(Replica, rid).site_state for rid in ids}
+            todo = [rid for rid, st in states.items() if st != "failing-back"]
+            out = {}
+            if todo:
+                for res, rid in zip(failback.failback(todo, confirm=False), todo):
+                    out[rid] = res
+            if body.confirm:
+                for rid in ids:
+                    out[rid] = failback.confirm(rid)
+            return [out.get(rid) or failback.status(rid) for rid in ids]
+
+        return Results(results=await run_in_threadpool(_guard, run))
+
+    @r.get("/failover")
+    def get_failover() -> dict:
+        """Automatic failover: whether it is on, the primaries' health, the automatic actions."""
+        with store.read() as s:
+            events = [dict(server=rep.server, address=rep.address, before=t.before, after=t.after, detail=t.detail,
+                           at=t.at.isoformat())
+                      for t, rep in s.execute(select(SiteTransition, Replica).join(Replica)
+                                              .where(SiteTransition.actor == "auto").order_by(SiteTransition.id))]
+        return dict(auto=auto, servers=monitor.health(), automatic_actions=events)
+
+    return r
+
+
+def site_ingest_router(auth, gateway_id: str, failback: FailbackService) -> APIRouter:
+    r = APIRouter(prefix="/api/v1/ingest", dependencies=[Depends(auth)], tags=["ingest"])
+
+    @r.get("/sites")
+    def sites(source: str) -> dict:
+        """Mailboxes of this source that are not replicating, with their site state."""
+        return dict(gateway=gateway_id, mailboxes=failback.sites(source))
+
+    @r.post("/reverse")
+    def reverse(body: ReverseRequest) -> Response:
+        """Record failback progress; answer the next batch of standby changes (204: none)."""
+        failback.record_progress(body.source, [p.model_dump() for p in body.progress])
+        batch = _guard(failback.next_batch, body.source, [(p.server, p.address) for p in body.progress])
+        if batch is None:
+            return Response(status_code=204)
+        return Response(content=encode_batch(batch), media_type=MEDIA_TYPE)
+
+    @r.post("/resync")
+    def resync(body: MailboxRef) -> dict:
+        return dict(base_seq=_guard(failback.resync, body.source, body.server, body.address))
+
+    @r.post("/rebase")
+    def rebase(body: RebaseRequest) -> dict:
+        return _guard(failback.rebase, body.source, body.server, body.address, base_seq=body.base_seq,
+                      applied=body.applied, born=body.born, report=body.report)
+
+    return r
+
+
+def redirect_router(redirect: Redirect, key: str | None) -> APIRouter:
+    r = APIRouter(tags=["redirect"])
+
+    @r.get("/auth")
+    def auth_http(request: Request) -> Response:
+        """nginx mail proxy ``auth_http``: which server this user's login goes to."""
+        h = request.headers
+        if key is not None and h.get("x-mailrepl-key") != key:
+            return Response(headers={"Auth-Status": "Temporary server problem, try again later", "Auth-Wait": "5"})
+        answer = redirect.answer(h.get("auth-user", ""), h.get("auth-protocol", "imap"))
+        return Response(headers=answer.headers)
+
+    return r

@@ -1,0 +1,81 @@
+"""The ``mailrepl cutover`` and ``mailrepl failback`` commands, against a recovery gateway.
+
+``cutover`` moves users to the standby (it works while the primary site is down) and prints one
+row per mailbox. ``failback`` starts replaying the standby's changes on the primary; with
+``--confirm`` it switches users back once they are applied (``--wait`` shows the progress until
+the mailboxes replicate again); ``--abort`` stops a failback under way.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from shared.admin_client import AdminClient, ApiUnreachable
+
+__all__ = ["cutover", "failback", "results_table"]
+
+WAIT_POLL_INTERVAL = 1.0
+
+
+def _selection(addresses: Sequence[str], server: str | None, whole_server: bool) -> dict[str, Any]:
+    return {"addresses": list(addresses), "server": server, "all": whole_server}
+
+
+def results_table(results: Sequence[dict[str, Any]], title: str) -> Table:
+    table = Table(title=title, title_justify="left", header_style="bold")
+    for heading in ("Address", "Server", "State", "Status"):
+        table.add_column(heading, no_wrap=True)
+    table.add_column("Queue", justify="right")
+    table.add_column("Note", overflow="fold")
+    for r in results:
+        queue = r.get("failback_queue", r.get("replay_queue"))
+        note = r.get("error") or r.get("note") or ""
+        if r.get("report", {}).get("late"):
+            note = f"{len(r['report']['late'])} late message(s) kept on the primary " + note
+        table.add_row(r["address"], r["server"], r["state"],
+                      Text(r.get("status", "ok"), style="green" if r.get("status", "ok") == "ok" else "red"),
+                      "" if queue is None else str(queue), note)
+    return table
+
+
+def cutover(client: AdminClient, console: Console, *, addresses: Sequence[str], server: str | None,
+            whole_server: bool) -> int:
+    results = client.cutover(_selection(addresses, server, whole_server))["results"]
+    console.print(results_table(results, f"cutover on {client.url}"))
+    return 0 if all(r.get("status") == "ok" for r in results) else 1
+
+
+def failback(client: AdminClient, console: Console, *, addresses: Sequence[str], server: str | None,
+             whole_server: bool, confirm: bool, abort: bool, wait: bool, wait_timeout: float | None) -> int:
+    body = dict(_selection(addresses, server, whole_server), confirm=confirm, abort=abort)
+    results = client.failback(body)["results"]
+    console.print(results_table(results, f"failback on {client.url}"))
+    if not wait or abort:
+        return 0 if all(r.get("status") == "ok" for r in results) else 1
+    deadline = None if wait_timeout is None else time.monotonic() + wait_timeout
+    targets = [(r["server"], r["address"]) for r in results]
+    goal = "replicating" if confirm else None
+    while True:
+        try:
+            details = [client.mailbox(address, server) for server, address in targets]
+        except ApiUnreachable as exc:
+            console.print(Text(f"{exc} (retrying)", style="red"))
+            details = None
+        if details is not None:
+            if goal and all(d.get("site_state") == goal for d in details):
+                console.print(f"{len(details)} mailboxes back at the primary, replicating")
+                return 0
+            if not goal:
+                now = client.failback(dict(body, confirm=False))["results"]
+                if all(r.get("failback_queue") == 0 for r in now):
+                    console.print(results_table(now, "every standby change is applied on the primary; "
+                                                     "confirm with failback --confirm"))
+                    return 0
+        if deadline is not None and time.monotonic() >= deadline:
+            console.print(Text(f"not done after {wait_timeout:g} s", style="red"))
+            return 1
+        time.sleep(WAIT_POLL_INTERVAL)

@@ -1,0 +1,237 @@
+"""Cutover, DR capture, failback and re-basing in one process against in-memory servers.
+
+The id maps in both directions are the delicate part: messages the standby had at cutover go
+back under the source's own ids, messages born at DR get new ids at re-base, and afterwards
+forward replication must address every message correctly (flags, expunges, moves) without
+re-seeding. Real-server runs of the same story are in tests/e2e/test_cutover_failback.py.
+"""
+from __future__ import annotations
+
+import json
+
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+
+from gateway.failback import FailbackPuller
+from gateway.shipper import Shipper
+from recovery.api import ingest_router
+from recovery.cutover import CutoverService
+from recovery.failback import FailbackService
+from recovery.site import KeyedLocks
+from recovery.site_api import site_ingest_router
+from shared.api_common import bearer_auth
+from shared.blobstore import BlobStore
+from shared.bodies import BodyStore
+from shared.capture import CaptureEngine
+from shared.store.models import IdMapEntry, Mailbox, Replica, SiteTransition
+from tests.unit.memory_server import MemoryAdapter
+from tests.unit.test_pipeline_memory import TOKEN, Pipeline, snapshot
+
+
+def body(i: int, tag: str = "m") -> bytes:
+    return f"Subject: {tag} {i}\r\nMessage-ID: <{tag}{i}@x>\r\n\r\n{tag} body {i}\r\n".encode()
+
+
+class Sites(Pipeline):
+    def __init__(self, tmp_path):
+        super().__init__(tmp_path)
+        self.locks = KeyedLocks()
+        self.dr_capture = CaptureEngine(self.dst)
+        self.cutovers = CutoverService(self.dst, self.replay, lambda rep: self.standby.open(rep.address), self.locks)
+        self.failbacks = FailbackService(self.dst, self.dr_capture, lambda rep: self.standby.open(rep.address),
+                                         self.locks, "dr")
+        app = FastAPI()
+        app.include_router(ingest_router(self.receiver, bearer_auth(TOKEN), 1 << 30))
+        app.include_router(site_ingest_router(bearer_auth(TOKEN), "dr", self.failbacks))
+        self.client = TestClient(app, base_url="http://recovery")
+        self.shipper = Shipper(self.src, "hq", self.client, token=TOKEN, max_changes=7)
+        self.shipper.builder.where = Mailbox.site_state == "replicating"
+        self.puller = FailbackPuller(self.src, {"primary": MemoryAdapter("primary", self.primary)}, self.client,
+                                   token=TOKEN, source_id="hq", bodies=BodyStore(self.src, BlobStore(tmp_path / "fb")))
+
+    def rid(self) -> int:
+        with self.dst.read() as s:
+            return s.scalar(select(Replica.id).where(Replica.address == "alice"))
+
+    def state(self) -> str:
+        with self.dst.read() as s:
+            return s.get(Replica, self.rid()).site_state
+
+    def dr_cycle(self):
+        with self.dst.read() as s:
+            mbx = s.scalar(select(Mailbox.id).where(Mailbox.address == "alice"))
+        self.dr_capture.cycle(mbx, self.standby.open("alice"))
+
+    def sync(self):
+        if self.mailbox().site_state == "replicating":
+            super().sync()
+
+    def fail_back(self):
+        self.failbacks.failback([self.rid()])
+        for _ in range(3):
+            self.puller.step()
+            self.dr_cycle()
+        self.failbacks.confirm(self.rid())
+        for _ in range(3):
+            self.puller.step()
+        assert self.state() == "replicating"
+
+
+def uid(server, folder: str, subject: bytes) -> int:
+    return next(m.uid for m in server.box("alice")[folder].msgs.values() if subject in m.body)
+
+
+def test_round_trip_keeps_ids_straight_in_both_directions(tmp_path):
+    p = Sites(tmp_path)
+    for i in range(6):
+        p.primary.deliver("alice", body(i), flags={"\\Seen"} if i % 2 else set())
+    p.primary.deliver("alice", body(1, "work"), folder="Work")
+    p.sync()
+    p.sync()
+    p.assert_equal()
+
+    res = p.cutovers.cutover([p.rid()])
+    assert res[0]["state"] == "active-at-dr" and res[0]["status"] == "ok"
+    assert p.cutovers.cutover([p.rid()])[0]["note"] == "already active at DR"  # idempotent
+    p.puller.step()
+    assert p.mailbox().site_state == "active-at-dr" and p.mailbox().active_site == "dr"
+
+    # users on the standby
+    sb = p.standby
+    sb.deliver("alice", body(1, "dr"))
+    sb.deliver("alice", body(2, "dr"), folder="New")
+    sb.set_flags("alice", "INBOX", uid(sb, "INBOX", b"m body 0"), {"\\Flagged"})
+    sb.expunge("alice", "INBOX", [uid(sb, "INBOX", b"m body 1")])
+    sb.move("alice", "INBOX", uid(sb, "INBOX", b"m body 2"), "Work")
+    p.dr_cycle()
+    # messages reach the primary after the cutover point; one is even captured by a cycle that
+    # was under way when the source learned of the cutover
+    p.primary.deliver("alice", body(2, "late"))
+    p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
+    p.primary.deliver("alice", body(1, "late"))
+    # fencing: nothing the source might still send is replayed into the standby
+    assert not any(b"late" in m.body for f in sb.box("alice").values() for m in f.msgs.values())
+
+    p.fail_back()
+    with p.dst.read() as s:
+        report = s.get(Replica, p.rid()).failback_report
+        history = [(t.before, t.after) for t in s.scalars(select(SiteTransition).order_by(SiteTransition.id))]
+    assert len(json.loads(report)["late"]) == 2
+    assert history == [("replicating", "cutting-over"), ("cutting-over", "active-at-dr"),
+                       ("active-at-dr", "failing-back"), ("failing-back", "switching-back"),
+                       ("switching-back", "replicating")]
+    # the late message is on the primary only until forward replication brings it over
+    p.sync()
+    p.assert_equal()
+
+    # forward replication addresses every kind of message correctly afterwards
+    pr = p.primary
+    pr.set_flags("alice", "INBOX", uid(pr, "INBOX", b"dr body 1"), {"\\Answered"})  # born at DR
+    pr.set_flags("alice", "Work", uid(pr, "Work", b"m body 2"), {"\\Seen", "$Moved"})  # moved at DR
+    pr.expunge("alice", "INBOX", [uid(pr, "INBOX", b"m body 3")])  # known since before
+    pr.move("alice", "New", uid(pr, "New", b"dr body 2"), "INBOX")
+    pr.set_flags("alice", "INBOX", uid(pr, "INBOX", b"late body 1"), {"\\Flagged"})  # late, now replicated
+    p.sync()
+    p.sync()
+    p.assert_equal()
+    counts = {k: sum(c.values()) for k, c in snapshot(pr, "alice").items()}
+    assert counts == {"INBOX": 7, "Work": 2, "New": 0}
+
+
+def test_only_changes_travel_back(tmp_path):
+    p = Sites(tmp_path)
+    for i in range(40):
+        p.primary.deliver("alice", body(i))
+    p.sync()
+    p.sync()
+    p.cutovers.cutover([p.rid()])
+    p.standby.deliver("alice", body(1, "dr"))
+    p.dr_cycle()
+    p.fail_back()
+    assert p.puller.wire_bytes < 2000  # one message and its change, not the 40 of the mailbox
+    p.assert_equal()
+
+
+def test_recreated_primary_is_resynchronised_in_full(tmp_path):
+    p = Sites(tmp_path)
+    for i in range(5):
+        p.primary.deliver("alice", body(i))
+    p.primary.deliver("alice", body(9, "work"), folder="Work")
+    p.sync()
+    p.sync()
+    p.cutovers.cutover([p.rid()])
+    p.standby.deliver("alice", body(1, "dr"))
+    p.dr_cycle()
+    # the primary comes back with a recreated INBOX (new UIDVALIDITY) and Work gone
+    p.primary.reset_uidvalidity("alice", "INBOX")
+    p.primary.expunge("alice", "INBOX", list(p.primary.box("alice")["INBOX"].msgs))
+    del p.primary.box("alice")["Work"]
+    p.fail_back()
+    p.assert_equal()
+    p.primary.deliver("alice", body(2, "after"))
+    p.sync()
+    p.sync()
+    p.assert_equal()
+    with p.src.read() as s:  # the reverse replica is gone, the forward one continues
+        assert s.scalar(select(func.count()).select_from(Replica)) == 0
+    with p.dst.read() as s:
+        assert s.scalar(select(func.count()).select_from(IdMapEntry)) == 8
+
+
+def test_admin_api_answers_409_for_illegal_steps_and_shows_the_history(tmp_path):
+    from recovery.api import admin_router
+    from recovery.autofailover import FailoverMonitor
+    from recovery.site_api import redirect_router, site_admin_router
+    from recovery.redirect import Redirect
+
+    p = Sites(tmp_path)
+    p.primary.deliver("alice", body(1))
+    p.sync()
+    p.sync()
+    monitor = FailoverMonitor(p.dst, {}, cutover_server=lambda name: [], confirm_caught_up=None, auto=False,
+                              outage_seconds=1, check_interval=1)
+    app = FastAPI()
+    auth = bearer_auth(TOKEN)
+    app.include_router(admin_router(p.dst, auth))
+    app.include_router(site_admin_router(p.dst, auth, p.cutovers, p.failbacks, monitor, False))
+    app.include_router(redirect_router(Redirect(p.dst, {}, {}, lambda x: "standby"), "k"))
+    c = TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
+    r = c.post("/api/v1/failback", json={"addresses": ["alice"]})
+    assert r.status_code == 409 and "cut over first" in r.json()["detail"]
+    assert c.post("/api/v1/cutover", json={"addresses": ["nobody"]}).status_code == 404
+    assert c.post("/api/v1/cutover", json={}).status_code == 422
+    r = c.post("/api/v1/cutover", json={"server": "primary", "all": True})
+    assert r.status_code == 200 and r.json()["results"][0]["state"] == "active-at-dr"
+    detail = c.get("/api/v1/mailboxes/alice").json()
+    assert detail["site_state"] == "active-at-dr" and detail["active_site"] == "dr"
+    assert [t["after"] for t in detail["transitions"]] == ["cutting-over", "active-at-dr"]
+    assert detail["site_since"] is not None
+    r = c.post("/api/v1/failback", json={"addresses": ["alice"], "confirm": True})
+    assert r.status_code == 200 and r.json()["results"][0]["state"] == "switching-back"
+    assert c.post("/api/v1/cutover", json={"addresses": ["alice"]}).status_code == 409
+    assert c.get("/api/v1/failover").json() == {"auto": False, "servers": [], "automatic_actions": []}
+    # the redirect needs nginx's key
+    assert c.get("/auth", headers={"Auth-User": "alice"}).headers["Auth-Status"].startswith("Temporary")
+
+
+def test_failback_waits_for_a_primary_that_is_still_down(tmp_path):
+    import pytest
+    from shared.errors import MailreplError
+
+    p = Sites(tmp_path)
+    for i in range(3):
+        p.primary.deliver("alice", body(i))
+    p.sync()
+    p.sync()
+    p.cutovers.cutover([p.rid()])
+    p.standby.deliver("alice", body(1, "dr"))
+    p.dr_cycle()
+    p.primary.down = True
+    p.failbacks.failback([p.rid()])
+    with pytest.raises(MailreplError, match="primary/alice"):
+        p.puller.step()  # reported, nothing lost, nothing half done
+    assert p.state() == "failing-back"
+    p.primary.down = False
+    p.fail_back()
+    p.assert_equal()
