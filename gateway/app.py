@@ -15,7 +15,7 @@ from gateway.api import admin_router
 from gateway.failback import FailbackPuller
 from gateway.registry import Registry
 from gateway.shipper import Shipper
-from gateway.watcher import PushWatchers
+from shared.watcher import PushWatchers
 from shared.adapters.factory import make_adapter
 from shared.api_common import bearer_auth, make_app
 from shared.blobstore import BlobStore

@@ -30,7 +30,7 @@ from typing import Mapping
 import httpx
 from sqlalchemy import delete, select
 
-from recovery.receiver import Receiver
+from shared.receiver import Receiver
 from shared.adapters.base import Adapter
 from shared.bodies import BodyStore
 from shared.errors import MailreplError, TransportError

@@ -17,7 +17,7 @@ from typing import Collection, Mapping, Sequence
 import httpx
 from sqlalchemy import delete, func, select
 
-from gateway.batch_builder import BatchBuilder, Built
+from shared.batch_builder import BatchBuilder, Built
 from shared.errors import TransportError, WireError
 from shared.mime_split import BLOB_THRESHOLD
 from shared.store import Store
@@ -78,7 +78,7 @@ class Shipper:
 
     def build_batch(self, after: Mapping[tuple[str, str], int] | None = None,
                     in_flight: Collection[str] = frozenset()) -> Built | None:
-        """The next batch (see ``gateway.batch_builder``), or None when nothing waits."""
+        """The next batch (see ``shared.batch_builder``), or None when nothing waits."""
         return self.builder.build(after, in_flight)
 
     def _held(self, shas: Sequence[str], keys: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -17,7 +17,7 @@ from recovery.site import history, report_of
 from shared.store import Store
 from shared.store.models import InboxRow, RejectedMessage, Replica
 from shared.wire import MEDIA_TYPE, decode_batch
-from recovery.receiver import Receiver
+from shared.receiver import Receiver
 
 __all__ = ["ingest_router", "admin_router", "replica_status"]
 

@@ -8,12 +8,12 @@ import uvicorn
 from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import select
 
-from gateway.watcher import PushWatchers
+from shared.watcher import PushWatchers
 from recovery.api import admin_router, ingest_router
 from recovery.autofailover import FailoverMonitor
 from recovery.cutover import CutoverService
 from recovery.failback import FailbackService
-from recovery.receiver import Receiver
+from shared.receiver import Receiver
 from recovery.redirect import Redirect
 from recovery.site import KeyedLocks
 from recovery.site_api import redirect_router, site_admin_router, site_ingest_router

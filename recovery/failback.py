@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from sqlalchemy import delete, insert, select
 
-from gateway.batch_builder import BatchBuilder
+from shared.batch_builder import BatchBuilder
 from recovery.site import KeyedLocks, apply_action
 from shared.adapters.base import MailboxSession
 from shared.capture import CaptureEngine

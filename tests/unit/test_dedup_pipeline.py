@@ -115,7 +115,7 @@ def test_garbage_collection_drops_unreferenced_bodies_and_parts(tmp_path):
 
 
 def test_a_body_that_does_not_reassemble_is_sent_again_unsplit(tmp_path, monkeypatch):
-    import gateway.batch_builder as builder_module
+    import shared.batch_builder as builder_module
 
     real_split = builder_module.split_message
     damaged: list[bytes] = []

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from gateway.shipper import Shipper
 from recovery.api import ingest_router
-from recovery.receiver import Receiver
+from shared.receiver import Receiver
 from shared.api_common import bearer_auth
 from shared.blobstore import BlobStore
 from shared.bodies import BodyStore
