@@ -109,6 +109,7 @@ class RecoverySettings:
 
 
 def _read_gateway(table: Table) -> RecoveryGatewaySettings:
+    blob_dir = table.string("blob_dir", DEFAULT_BLOB_DIR)
     settings = RecoveryGatewaySettings(
         id=read_gateway_id(table),
         state_url=read_state_url(table, DEFAULT_STATE_URL),
@@ -117,7 +118,8 @@ def _read_gateway(table: Table) -> RecoveryGatewaySettings:
         ingest_token=read_token(table, "ingest_token", ENV_INGEST_TOKEN),
         workers=table.integer("workers", DEFAULT_WORKERS, minimum=1),
         append_batch=table.integer("append_batch", DEFAULT_APPEND_BATCH, minimum=1),
-        blob_dir=str(table.resolve(table.environ.get(ENV_BLOB_DIR) or table.string("blob_dir", DEFAULT_BLOB_DIR))),
+        # the key is read even when the environment overrides it (else it would count as unknown)
+        blob_dir=str(table.resolve(table.environ.get(ENV_BLOB_DIR) or blob_dir)),
         blob_grace_seconds=table.integer("blob_grace_seconds", DEFAULT_BLOB_GRACE, minimum=60),
         log_level=read_log_level(table),
     )

@@ -391,3 +391,13 @@ def test_failover_settings_default_off_and_read_strictly(tmp_path):
     assert config_error(load_recovery_settings, bad).startswith("failover.confirm: expected one of")
     bad = write(tmp_path, RECOVERY + "\n[failover]\nautomatic = true\n", "r4.toml")
     assert config_error(load_recovery_settings, bad) == 'failover.automatic: unknown key (did you mean "auto"?)'
+
+
+def test_blob_dir_from_the_environment_overrides_the_files_key(tmp_path):
+    from recovery.settings import ENV_BLOB_DIR
+
+    example = load_recovery_settings(EXAMPLES / "recovery.toml", {})
+    assert example.gateway.blob_dir == str((EXAMPLES / "mailrepl-blobs").resolve())
+    # the example sets blob_dir; the environment wins and the key is still a known one
+    r = load_recovery_settings(EXAMPLES / "recovery.toml", {ENV_BLOB_DIR: str(tmp_path / "parts")})
+    assert r.gateway.blob_dir == str(tmp_path / "parts")
