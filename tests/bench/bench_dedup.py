@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -36,15 +35,17 @@ from shared.adapters.imap import ImapAdapter, ImapEndpoint  # noqa: E402
 from shared.errors import MessageRejected  # noqa: E402
 from tests.support.dovecot import DovecotServer  # noqa: E402
 from tests.support.gateways import GatewayPair  # noqa: E402
+from tests.bench.bench_seed import cpu_seconds  # noqa: E402
 from tests.support.mailcompare import assert_same_mailbox, corpus_files  # noqa: E402
 
 NO_PARTS = 1 << 40  # a part threshold no part reaches: whole messages only
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def primary_adapter(primary: DovecotServer) -> ImapAdapter:
+    """The primary reached through its master user, as the source gateway reaches it."""
+    endpoint = ImapEndpoint(host="127.0.0.1", port=primary.imap_port, tls="none", service_user=primary.master_user,
+                            service_password=primary.master_password, auth="sasl-plain")
+    return ImapAdapter("primary", endpoint)
 
 
 def harness_dir(arg: str | None) -> Path:
@@ -66,9 +67,7 @@ def fill_generated(primary: DovecotServer, users: list[str], count: int, harness
 
 def fill_realistic(primary: DovecotServer, user: str) -> int:
     files = [p for p in corpus_files() if "/realistic/" in str(p)]
-    endpoint = ImapEndpoint(host="127.0.0.1", port=primary.imap_port, tls="none", service_user=primary.master_user,
-                            service_password=primary.master_password, auth="sasl-plain")
-    session = ImapAdapter("primary", endpoint).open(user)
+    session = primary_adapter(primary).open(user)
     date = datetime(2024, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
     stored = 0
     try:
@@ -99,9 +98,7 @@ def information_floor(primary: DovecotServer, users: list[str]) -> tuple[int, in
 
     import zstandard
 
-    endpoint = ImapEndpoint(host="127.0.0.1", port=primary.imap_port, tls="none", service_user=primary.master_user,
-                            service_password=primary.master_password, auth="sasl-plain")
-    adapter = ImapAdapter("primary", endpoint)
+    adapter = primary_adapter(primary)
     cctx = zstandard.ZstdCompressor(level=3)
     raw, distinct = 0, {}
     for user in users:
