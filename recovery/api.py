@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from recovery.standby_view import is_fresh
 from shared.api_common import MailboxDetail, MailboxList, MailboxStatus, RejectedInfo, SeedingProgress
 from shared.errors import UnsupportedVersion, WireError
 from shared.model import utcnow
@@ -140,6 +141,7 @@ def admin_router(store: Store, auth, collect_garbage: Callable[[float | None], o
                 seeding=SeedingProgress(messages_done=0, messages_total=0, bytes_done=0, bytes_total=0),
                 site_since=rep.site_since.isoformat() if rep.site_since else None,
                 transitions=history(s, rep.id), failback_report=report_of(rep),
+                standby_view_current=is_fresh(rep),
             )
 
     return r

@@ -17,6 +17,7 @@ from shared.receiver import Receiver
 from recovery.redirect import Redirect
 from recovery.site import KeyedLocks
 from recovery.site_api import redirect_router, site_admin_router, site_ingest_router
+from recovery.standby_view import StandbyView, is_fresh
 from shared.adapters.factory import make_adapter
 from shared.api_common import bearer_auth, make_app
 from shared.errors import MailreplError
@@ -48,6 +49,7 @@ class RecoveryGateway:
         self.routes = dict(settings.routes)
         self.bodies = BodyStore(self.store, BlobStore(g.blob_dir))
         self.replay = ReplayEngine(self.store, self.bodies, append_batch=g.append_batch)
+        self.view = StandbyView(self.store)  # kept current by the replay workers: cutover reads nothing
         self.workers = MailboxWorkers(
             "replay", self._jobs, workers=g.workers, poll_interval=1.0, on_error=self._record_error
         )
@@ -60,7 +62,7 @@ class RecoveryGateway:
         self.dr_workers = MailboxWorkers("dr-capture", self._dr_jobs, workers=g.workers, poll_interval=DR_POLL_INTERVAL)
         self.dr_watchers = PushWatchers(self.dr_workers.wake)  # NOTIFY/IDLE wake-ups, as at the source
         self.cutover = CutoverService(self.store, self.replay, self._open_standby, self.locks,
-                                      on_done=self.dr_workers.wake,
+                                      on_done=self.dr_workers.wake, view=self.view,
                                       cached_session=lambda rep: self.workers.take_session(rep.id))
         self.failback = FailbackService(self.store, self.capture, self._open_standby, self.locks, g.id,
                                         hold_seconds=f.hold_seconds if f.auto else 0.0)
@@ -89,7 +91,9 @@ class RecoveryGateway:
             rows = list(
                 s.execute(
                     select(Replica.id, Replica.target, Replica.address).where(
-                        Replica.received_seq > Replica.applied_seq,
+                        # something to apply, or a standby view behind what was applied
+                        (Replica.received_seq > Replica.applied_seq) | Replica.view_seq.is_(None)
+                        | (Replica.view_seq != Replica.applied_seq),
                         # fencing: never into the copy users are working on
                         Replica.site_state == SiteState.REPLICATING.value,
                     )
@@ -110,6 +114,10 @@ class RecoveryGateway:
                 if s.get(Replica, rid).site_state != SiteState.REPLICATING.value:
                     return  # cutting over (the cutover drains) or users are on the standby
             report = self.replay.replay(rid, session)
+            with self.store.read() as s:
+                fresh = is_fresh(s.get(Replica, rid))
+            if not fresh:
+                self.view.refresh(rid, session)
         with self.store.tx() as s:
             rep = s.get(Replica, rid)
             if rep.error and not rep.error.startswith("conflict"):

@@ -307,8 +307,9 @@ class FailbackService:
                     s.execute(insert(IdMapEntry), list(entries.values()))
                 shas = set(s.scalars(select(OutboxRow.sha256).where(OutboxRow.mailbox_id == dr.id,
                                                                    OutboxRow.sha256.is_not(None))))
-                s.delete(dr)
+                s.delete(dr)  # the replay workers build the standby view afresh
                 s.flush()
+                rep.view_seq = None
                 _drop_unused_bodies(s, shas)
                 rep.received_seq = rep.applied_seq = max(base_seq, rep.applied_seq)
                 rep.error = None

@@ -149,6 +149,8 @@ class MailboxDetail(MailboxStatus):
     site_since: str | None = None
     transitions: list[SiteTransitionInfo] = []
     failback_report: dict | None = None
+    # recovery gateway: the DR capture state matches everything applied (a cutover reads nothing)
+    standby_view_current: bool | None = None
 
 
 class MailboxList(_Model):

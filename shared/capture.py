@@ -38,7 +38,7 @@ from shared.model import Change, Cursor, Kind, UidSet, format_internaldate, utcn
 from shared.store import Store
 from shared.store.models import CatalogEntry, FolderState, Mailbox, OutboxBody, OutboxRow
 
-__all__ = ["CaptureEngine", "CycleReport", "DEFAULT_CHUNK_MESSAGES", "DEFAULT_CHUNK_BYTES"]
+__all__ = ["CaptureEngine", "CycleReport", "flags_text", "DEFAULT_CHUNK_MESSAGES", "DEFAULT_CHUNK_BYTES"]
 
 log = logging.getLogger("mailrepl.capture")
 
@@ -46,8 +46,12 @@ DEFAULT_CHUNK_MESSAGES = 200
 DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
 
 
-def _flags_text(flags: Iterable[str]) -> str:
+def flags_text(flags: Iterable[str]) -> str:
+    """Flags as the catalog keeps them: sorted, space-separated, without \\Recent."""
     return " ".join(sorted(f for f in flags if f.lower() != "\\recent"))
+
+
+_flags_text = flags_text
 
 
 def _is_draft(flags: Iterable[str]) -> bool:

@@ -184,6 +184,9 @@ class Replica(Base):
     cutover_seq: Mapped[int | None] = mapped_column(BigInteger)  # applied on the standby at cutover
     final_seq: Mapped[int | None] = mapped_column(BigInteger)  # last standby change to replay on switch-back
     failback_report: Mapped[str | None] = mapped_column(Text)  # JSON
+    # the applied sequence number at which the DR capture state of the standby copy (the
+    # "standby view", ``recovery.standby_view``) was last brought up to date; None: not built
+    view_seq: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = _ts()
 
 

@@ -158,12 +158,15 @@ def test_cutover_through_nginx_then_incremental_failback(dovecot_factory, proxy_
         before = snapshot(primary, "alice")
         mailbox_bytes = sum(len(message(i)) for i in range(200))
 
-        # 2. the primary dies; cutover
+        # 2. the primary dies; cutover: the replayer kept the DR capture state current, so the
+        #    cutover is a state change, without reading the standby
+        eventually(lambda: recovery_mailbox(pair)["standby_view_current"], what="standby view current")
         primary.kill()
         r = post(pair, "/api/v1/cutover", {"addresses": ["alice"]})
         assert r.status_code == 200, r.text
         res = r.json()["results"][0]
         assert res["state"] == "active-at-dr" and res["status"] == "ok" and res["replay_queue"] == 0, res
+        assert res["standby_read"] is False, res
         again = post(pair, "/api/v1/cutover", {"addresses": ["alice"]})  # idempotent
         assert again.status_code == 200 and again.json()["results"][0]["state"] == "active-at-dr"
         detail = recovery_mailbox(pair)

@@ -1,0 +1,138 @@
+"""The standby view: the DR capture state the replay keeps current, so that a cutover is a
+state store operation. In one process against in-memory servers (the same story on real
+Dovecot is in tests/e2e/test_cutover_failback.py, which checks no standby read at cutover)."""
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import delete, select
+
+from recovery.cutover import CutoverService
+from recovery.standby_view import StandbyView
+from shared.errors import ServerUnavailable
+from shared.store.models import CatalogEntry, FolderState, IdMapEntry, Mailbox, MidAlias, OutboxRow, Replica
+from tests.unit.test_failback_memory import Sites, body, uid
+
+
+def view_of(store, address: str = "alice"):
+    """Everything the view holds, by folder name and UID, with the alias of each DR id (once a
+    cutover switched the view on)."""
+    with store.read() as s:
+        mbx = s.scalar(select(Mailbox).where(Mailbox.address == address))
+        folders = {f.id: f for f in s.scalars(select(FolderState).where(FolderState.mailbox_id == mbx.id))}
+        alias = dict(s.execute(select(MidAlias.dr_mid, MidAlias.source_mid).where(MidAlias.mailbox_id == mbx.id)).all())
+        cats = {(folders[c.folder_id].name, c.uid, c.flags, c.guid, c.sha256, c.size, alias.get(c.mid))
+                for c in s.scalars(select(CatalogEntry).where(CatalogEntry.mailbox_id == mbx.id))}
+        cursors = {f.name: (f.cursor, f.pending_uids, f.messages) for f in folders.values()}
+        dormant = (mbx.protected, mbx.site_state, mbx.last_seq)
+    return cats, cursors, dormant
+
+
+def idmap_of(store, rid: int) -> set:
+    with store.read() as s:
+        return {(e.folder, e.uid, e.sha256, e.mid) for e in s.scalars(select(IdMapEntry).where(IdMapEntry.replica_id == rid))}
+
+
+def seeded(tmp_path) -> Sites:
+    p = Sites(tmp_path)
+    for i in range(6):
+        p.primary.deliver("alice", body(i), flags={"\\Seen"} if i % 2 else set())
+    p.primary.deliver("alice", body(1, "work"), folder="Work")
+    p.primary.deliver("alice", body(2, "work"), folder="Work")
+    p.sync()
+    p.sync()
+    p.assert_equal()
+    return p
+
+
+def test_incremental_view_equals_a_view_built_from_nothing(tmp_path):
+    p = seeded(tmp_path)
+    rid, view = p.rid(), StandbyView(p.dst)
+    assert view.refresh(rid, p.standby.open("alice")) == 2  # both folders read once
+    assert view.refresh(rid, p.standby.open("alice")) == 0  # nothing moved: nothing read
+    # every kind of change on the primary, replicated, then one incremental refresh
+    pr = p.primary
+    pr.set_flags("alice", "INBOX", uid(pr, "INBOX", b"m body 0"), {"\\Flagged"})
+    pr.expunge("alice", "INBOX", [uid(pr, "INBOX", b"m body 1")])
+    pr.move("alice", "INBOX", uid(pr, "INBOX", b"m body 2"), "Work")
+    pr.deliver("alice", body(1, "new"), folder="Projects")
+    pr.open("alice").rename_folder("Work", "Archive")
+    pr.reset_uidvalidity("alice", "INBOX")
+    p.sync()
+    p.sync()
+    p.assert_equal()
+    view.refresh(rid, p.standby.open("alice"))
+    incremental = view_of(p.dst)
+    cats = incremental[0]
+    # every standby message is catalogued, aliased to the id the source gave it
+    assert {(f, u, sha) for f, u, _, _, sha, _, _ in cats} == {e[:3] for e in idmap_of(p.dst, rid)}
+    assert {c[0] for c in cats} == {"INBOX", "Archive", "Projects"}
+    assert all(c[6] is None for c in cats)  # aliases come with the cutover
+    flagged = [c for c in cats if c[0] == "INBOX" and c[1] == uid(p.standby, "INBOX", b"m body 0")]
+    assert flagged and flagged[0][2] == "\\Flagged"
+    assert incremental[2] == (False, "replicating", 0)  # dormant: not captured, nothing to ship
+    # the same view built from nothing
+    with p.dst.tx() as s:
+        s.execute(delete(Mailbox).where(Mailbox.address == "alice"))
+        s.get(Replica, rid).view_seq = None
+    view.refresh(rid, p.standby.open("alice"))
+    assert view_of(p.dst) == incremental
+    with p.dst.read() as s:
+        rep = s.get(Replica, rid)
+        assert rep.view_seq == rep.applied_seq
+
+
+def test_cutover_with_a_current_view_needs_no_standby(tmp_path):
+    p = seeded(tmp_path)
+    rid = p.rid()
+    StandbyView(p.dst).refresh(rid, p.standby.open("alice"))
+
+    def unreachable(rep):
+        raise ServerUnavailable("standby unreachable")
+
+    res = CutoverService(p.dst, p.replay, unreachable, p.locks).cutover([rid])
+    assert res[0]["status"] == "ok" and res[0]["state"] == "active-at-dr" and res[0]["standby_read"] is False, res
+    cats, _, state = view_of(p.dst)
+    assert state[:2] == (True, "active-at-dr")
+    # each DR id is an alias of the source's id of the same message
+    assert {(f, u, sha, src) for f, u, _, _, sha, _, src in cats} == idmap_of(p.dst, rid)
+    # users on the standby: the first DR capture cycle sees exactly what they changed
+    sb = p.standby
+    sb.deliver("alice", body(1, "dr"))
+    sb.set_flags("alice", "INBOX", uid(sb, "INBOX", b"m body 0"), {"\\Flagged"})
+    sb.expunge("alice", "INBOX", [uid(sb, "INBOX", b"m body 1")])
+    sb.move("alice", "Work", uid(sb, "Work", b"work body 1"), "INBOX")
+    p.dr_cycle()
+    with p.dst.read() as s:
+        mbx = s.scalar(select(Mailbox).where(Mailbox.address == "alice"))
+        kinds = [json.loads(r.change)["kind"] for r in s.scalars(
+            select(OutboxRow).where(OutboxRow.mailbox_id == mbx.id).order_by(OutboxRow.seq))]
+    assert sorted(kinds) == sorted(["msg.add", "msg.flags", "msg.expunge", "msg.move"]), kinds
+    p.fail_back()
+    p.assert_equal()
+
+
+def test_cutover_reads_the_standby_where_the_view_is_behind(tmp_path):
+    p = seeded(tmp_path)
+    rid = p.rid()
+    StandbyView(p.dst).refresh(rid, p.standby.open("alice"))
+    # more arrives and is applied, but the view was not brought up to date after it
+    p.primary.deliver("alice", body(9))
+    p.sync()
+    calls = []
+
+    def down(rep):
+        calls.append(rep.address)
+        raise ServerUnavailable("standby unreachable")
+
+    res = CutoverService(p.dst, p.replay, down, p.locks).cutover([rid])
+    assert calls == ["alice"] and res[0]["status"] == "error" and res[0]["state"] == "cutting-over", res
+    # with the standby back, asking again finishes the cutover and the view holds the new message
+    res = CutoverService(p.dst, p.replay, lambda rep: p.standby.open(rep.address), p.locks).cutover([rid])
+    assert res[0]["status"] == "ok" and res[0]["standby_read"] is True and res[0]["state"] == "active-at-dr", res
+    cats = view_of(p.dst)[0]
+    assert any(c[0] == "INBOX" and c[1] == uid(p.standby, "INBOX", b"m body 9") for c in cats)
+    p.dr_cycle()
+    with p.dst.read() as s:
+        mbx = s.scalar(select(Mailbox).where(Mailbox.address == "alice"))
+        assert s.scalar(select(OutboxRow.seq).where(OutboxRow.mailbox_id == mbx.id)) is None  # nothing new
