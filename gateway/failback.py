@@ -33,8 +33,9 @@ from sqlalchemy import delete, select
 from shared.receiver import Receiver
 from shared.adapters.base import Adapter
 from shared.bodies import BodyStore
+from gateway import late_changes
 from shared.errors import MailreplError, TransportError
-from shared.model import Change, Cursor, Kind, UidSet
+from shared.model import Change, Cursor, UidSet
 from shared.replay import ReplayEngine
 from shared.site_state import SiteState
 from shared.store import Store
@@ -47,6 +48,7 @@ log = logging.getLogger("mailrepl.failback")
 
 DEFAULT_INTERVAL = 1.0
 BACK = (SiteState.FAILING_BACK.value, SiteState.SWITCHING_BACK.value)
+_PRIVATE = ("rebase", "forward", "cutover_seq")  # kept with the reverse replica, not reported
 
 
 class FailbackPuller:
@@ -180,10 +182,11 @@ class FailbackPuller:
             return True
         with self.store.tx() as s:
             mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
-            late = _late_mids(s, mbx.id, site.get("cutover_seq") or 0)
+            cutover_seq = site.get("cutover_seq") or 0
+            late = late_changes.queued_after(s, mbx.id, cutover_seq).adds  # the standby never had them
             rep = Replica(source_id=peer, server=server, address=address, target=server,
                           received_seq=site.get("dr_applied") or 0, applied_seq=site.get("dr_applied") or 0,
-                          phase="failback", failback_report=json.dumps({"resync": False}))
+                          phase="failback", failback_report=json.dumps({"resync": False, "cutover_seq": cutover_seq}))
             s.add(rep)
             s.flush()
             rows = []
@@ -272,8 +275,14 @@ class FailbackPuller:
                     rep.failback_report = json.dumps({k: v for k, v in pending.items() if k != "rebase"})
             raise
         with self.store.tx() as s:
-            mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
+            mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address).with_for_update())
             mbx.site_state, mbx.active_site, mbx.phase, mbx.error = SiteState.REPLICATING.value, "primary", "replicating", None
+            # late expunges, flag changes, moves and folders follow the re-base, in order
+            for d in json.loads(s.get(Replica, rid).failback_report or "{}").get("forward", []):
+                ch = Change.from_dict(d)
+                mbx.last_seq += 1
+                s.add(OutboxRow(mailbox_id=mbx.id, seq=mbx.last_seq, change=json.dumps(d, separators=(",", ":")),
+                                digest=ch.digest(), sha256=None, size=0))
             s.execute(delete(Replica).where(Replica.id == rid))
         log.info("%s/%s: failback done (%s), capturing on the primary again", server, address, answer.get("state"))
         self.on_rebased()
@@ -292,14 +301,17 @@ class FailbackPuller:
             mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
             where = {(e.folder, e.uid): e for e in s.scalars(select(IdMapEntry).where(IdMapEntry.replica_id == rid))}
             rows = {f.name: f for f in s.scalars(select(FolderState).where(FolderState.mailbox_id == mbx.id))}
-            for name, row in rows.items():
-                if name not in metas:
-                    s.delete(row)
-            s.flush()
             catalog = {c.mid: c for c in s.scalars(select(CatalogEntry).where(CatalogEntry.mailbox_id == mbx.id))}
+            names = {f.id: f.name for f in rows.values()}
+            before = {mid: (names.get(c.folder_id, ""), c.flags) for mid, c in catalog.items()}
+            resync = bool(pending.get("resync"))
+            queued = late_changes.queued_after(s, mbx.id, int(pending.get("cutover_seq") or 0))
+            at_dr = late_changes.changed_at_dr(s, rid)
             kept: set[int] = set()
+            now: dict[int, tuple[str, str, int]] = {}
             born: list[tuple[CatalogEntry, int]] = []
             late: list[dict] = []
+            unknown: list[tuple] = []  # primary messages the reverse id map does not know
             # free the (folder, uid) slots first: messages moved while at DR land where others were
             for c in catalog.values():
                 c.uid = -c.mid
@@ -314,30 +326,53 @@ class FailbackPuller:
                 row.fid, row.messages, row.cursor = info.fid, info.messages, delta.cursor.format()
                 row.pending_cursor = row.pending_uids = row.pending_replace = None
                 row.resetting = False
-                late_uids = []
                 for m in delta.new:
                     e = where.get((info.name, m.uid))
                     flags = " ".join(sorted(f for f in m.flags if f.lower() != "\\recent"))
                     if e is None or (e.mid > 0 and e.mid not in catalog):
-                        late_uids.append(m.uid)
-                        late.append(dict(folder=info.name, uid=m.uid, size=m.size,
-                                         internaldate=m.internaldate.isoformat() if m.internaldate else None))
+                        unknown.append((info.name, row, m, flags))
                         continue
                     if e.mid > 0:
                         c = catalog[e.mid]
                         c.folder_id, c.uid, c.flags, c.guid = row.id, m.uid, flags, m.guid
                         kept.add(e.mid)
+                        now[e.mid] = (info.name, flags, m.uid)
                     else:
                         c = CatalogEntry(mailbox_id=mbx.id, folder_id=row.id, uid=m.uid, guid=m.guid,
                                          sha256=e.sha256, size=m.size, flags=flags)
                         s.add(c)
                         born.append((c, -e.mid))
-                if late_uids:
-                    row.pending_cursor, row.pending_uids = row.cursor, UidSet(late_uids).format()
+            # a known message the primary moved after the source stopped (same GUID): not late
+            by_guid: dict[str, list[int]] = {}
+            for mid, c in catalog.items():
+                if mid not in kept and c.guid and mid not in queued.adds:
+                    by_guid.setdefault(c.guid, []).append(mid)
+            late_uids: dict[int, list[int]] = {}
+            for name, row, m, flags in unknown:
+                if m.guid and by_guid.get(m.guid):
+                    mid = by_guid[m.guid].pop()
+                    c = catalog[mid]
+                    c.folder_id, c.uid, c.flags = row.id, m.uid, flags
+                    kept.add(mid)
+                    now[mid] = (name, flags, m.uid)
+                    continue
+                late_uids.setdefault(row.id, []).append(m.uid)
+                late.append(dict(folder=name, uid=m.uid, size=m.size,
+                                 internaldate=m.internaldate.isoformat() if m.internaldate else None))
+            for row in {r.id: r for _, r, _, _ in unknown}.values():
+                if row.id in late_uids:
+                    row.pending_cursor, row.pending_uids = row.cursor, UidSet(late_uids[row.id]).format()
             for mid, c in catalog.items():
                 if mid not in kept:
                     s.delete(c)
             s.flush()
+            for name, row in rows.items():  # folders gone from the primary (their messages are above)
+                if name not in metas:
+                    s.delete(row)
+            s.flush()
+            # late expunges, flag changes, moves and folders: forward changes after the re-base
+            forward, late_report = ([], {}) if resync else late_changes.reconcile(
+                before, now, queued, at_dr, set(rows), live)
             # the forward queue restarts after what was captured: nothing of it is sent any more
             shas = set(s.scalars(select(OutboxRow.sha256).where(OutboxRow.mailbox_id == mbx.id,
                                                                OutboxRow.sha256.is_not(None))))
@@ -346,12 +381,17 @@ class FailbackPuller:
                 if s.scalar(select(OutboxRow.seq).where(OutboxRow.sha256 == sha).limit(1)) is None:
                     s.execute(delete(OutboxBody).where(OutboxBody.sha256 == sha))
             mbx.acked_seq = mbx.applied_seq = mbx.last_seq
-            report = {k: v for k, v in pending.items() if k != "rebase"}
+            # a retry after a refused re-base finds the catalog rebuilt: what the first run found stays
+            forward = _merge_changes(pending.get("forward", []), [c.to_dict() for c in forward])
+            report = {k: v for k, v in pending.items() if k not in _PRIVATE}
+            for key, found in late_report.items():
+                report[key] = _merge_lists(report.get(key, []), found)
             report.update(late=late, kept_late=len(late), reverse_changes_applied=rep.applied_seq,
                           messages_on_primary=sum(len(d.new) for d in metas.values()))
             request = dict(source=self.source_id, server=server, address=address, base_seq=mbx.last_seq,
                            applied=rep.applied_seq, born=[[c.mid, dr_mid] for c, dr_mid in born], report=report)
-            rep.failback_report = json.dumps(dict(pending, rebase=request))
+            rep.failback_report = json.dumps(dict(pending, rebase=request, forward=forward, **{
+                k: report[k] for k in late_report}))
         if late:
             log.warning("%s/%s: %d message(s) reached the primary after the cutover point and never the "
                         "standby; kept and replicated now", server, address, len(late))
@@ -378,15 +418,10 @@ class FailbackPuller:
         return r.json()
 
 
-def _late_mids(s, mailbox_id: int, cutover_seq: int) -> set[int]:
-    """Messages captured after the cutover point: the standby never had them."""
-    out: set[int] = set()
-    for text in s.scalars(select(OutboxRow.change).where(OutboxRow.mailbox_id == mailbox_id,
-                                                          OutboxRow.seq > cutover_seq)):
-        ch = Change.from_dict(json.loads(text))
-        if ch.kind in (Kind.MSG_ADD, Kind.MSG_REPLACE) and ch.mid is not None:
-            out.add(ch.mid)
-    return out
+def _merge_changes(first: list[dict], then: list[dict]) -> list[dict]:
+    """``first`` and then what of ``then`` it does not hold already."""
+    seen = {json.dumps(d, sort_keys=True) for d in first}
+    return first + [d for d in then if json.dumps(d, sort_keys=True) not in seen]
 
 
-
+_merge_lists = _merge_changes
