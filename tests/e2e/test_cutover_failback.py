@@ -278,8 +278,15 @@ def test_mail_delivered_to_the_primary_after_cutover_is_kept(dovecot_factory, ga
         assert r.status_code == 200 and r.json()["results"][0]["state"] == "active-at-dr", r.text
         eventually(lambda: pair.status()["alice"]["site_state"] == "active-at-dr", what="source learns the cutover")
         assert pair.status()["alice"]["active_site"] == "dr"
-        # an MTA still delivers to the primary: late mail the standby never sees
+        # an MTA still delivers to the primary: late mail the standby never sees; a client still
+        # connected to the primary deletes one message and flags another
         primary.deliver_many("alice", [message(i, "late") for i in range(2)])
+        P = primary.imap("alice")
+        P.select("INBOX")
+        P.uid("STORE", uid_of(P, "m 3"), "+FLAGS", r"(\Deleted)")
+        P.expunge()
+        P.uid("STORE", uid_of(P, "m 4"), "+FLAGS", r"(\Flagged)")
+        P.logout()
         time.sleep(2)
         assert not any("late" in str(k) for c in snapshot(standby, "alice").values() for k in c), \
             "nothing is replayed into the standby while it is active"
@@ -290,12 +297,18 @@ def test_mail_delivered_to_the_primary_after_cutover_is_kept(dovecot_factory, ga
         M.expunge()
         M.logout()
         final = fail_back(pair)
-        late = final["failback_report"]["late"]
+        report = final["failback_report"]
+        late = report["late"]
         assert len(late) == 2 and all(x["folder"] == "INBOX" for x in late), late
+        assert report["late_expunged"] == [{"folder": "INBOX"}], report
+        assert [(x["folder"], x["flags"]) for x in report["late_changed"]] == [("INBOX", "\\Flagged")], report
         pair.wait_synced(["alice"])
-        # nothing lost on either side: the late mail is kept on the primary and now on the standby
+        # nothing lost on either side: the late mail is kept on the primary and now on the standby,
+        # the late expunge and flag change too
         subjects = [k for k in snapshot(primary, "alice")["INBOX"]]
-        assert len(subjects) == 10 - 1 + 1 + 2
+        assert len(subjects) == 10 - 1 - 1 + 1 + 2
+        eventually(lambda: not describe_difference(snapshot(primary, "alice"), snapshot(standby, "alice"),
+                                                   "primary", "standby"), what="late changes on the standby")
         assert_same_mailbox(primary, standby, "alice")
     finally:
         pair.stop()
