@@ -39,7 +39,7 @@ from shared.model import Change, Cursor, UidSet
 from shared.replay import ReplayEngine
 from shared.site_state import SiteState
 from shared.store import Store
-from shared.store.models import CatalogEntry, FolderState, IdMapEntry, Mailbox, OutboxBody, OutboxRow, Replica
+from shared.store.models import CatalogEntry, FolderState, IdMapEntry, Mailbox, Orphan, OutboxBody, OutboxRow, Replica
 from shared.wire import MEDIA_TYPE, decode_batch
 
 __all__ = ["FailbackPuller"]
@@ -168,6 +168,9 @@ class FailbackPuller:
                 info = session.folder_info(f.name)
                 if info is None or info.uidvalidity != Cursor.parse(f.cursor).uidvalidity:
                     wiped.append(f.name)
+            # a full resync must not add again what the intact folders still hold
+            present = {f.name: (Cursor.parse(f.cursor).uidvalidity, {m.uid for m in session.changes_since(f.name, None).new})
+                       for f in folders if wiped and f.cursor and f.name not in wiped}
         finally:
             session.close()
         if wiped:
@@ -176,9 +179,12 @@ class FailbackPuller:
             base = self._post_json("/api/v1/ingest/resync",
                                    dict(source=self.source_id, server=server, address=address))["base_seq"]
             with self.store.tx() as s:
-                s.add(Replica(source_id=peer, server=server, address=address, target=server, received_seq=base,
+                rep = Replica(source_id=peer, server=server, address=address, target=server, received_seq=base,
                               applied_seq=base, phase="resync",
-                              failback_report=json.dumps({"resync": True, "wiped_folders": wiped})))
+                              failback_report=json.dumps({"resync": True, "wiped_folders": wiped}))
+                s.add(rep)
+                s.flush()
+                _seed_orphans(s, rep.id, mbx.id, present, late_changes.queued_after(s, mbx.id, site.get("cutover_seq") or 0).adds)
             return True
         with self.store.tx() as s:
             mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
@@ -292,6 +298,9 @@ class FailbackPuller:
         recovery gateway is kept with the reverse replica, so a retry sends the same again."""
         session = self.adapters[server].open(address)
         try:
+            removed = self._drop_unclaimed(rid, session)
+            if removed:
+                pending = dict(pending, resync_removed=removed)
             live = session.list_folders()
             metas = {f.name: session.changes_since(f.name, None) for f in live}
         finally:
@@ -397,6 +406,20 @@ class FailbackPuller:
                         "standby; kept and replicated now", server, address, len(late))
         return request
 
+    def _drop_unclaimed(self, rid: int, session) -> int:
+        """After a full resync: messages of intact folders the standby did not send again were
+        deleted or moved there (late deliveries are never among them); expunged here too."""
+        with self.store.read() as s:
+            by_folder: dict[str, list[int]] = {}
+            for o in s.scalars(select(Orphan).where(Orphan.replica_id == rid)):
+                by_folder.setdefault(o.folder, []).append(o.uid)
+        for folder, uids in by_folder.items():
+            session.expunge(folder, uids)
+        if by_folder:
+            with self.store.tx() as s:
+                s.execute(delete(Orphan).where(Orphan.replica_id == rid))
+        return sum(len(u) for u in by_folder.values())
+
     # ------------------------------------------------------------------ HTTP
 
     def _get(self, path: str, **kw) -> dict:
@@ -416,6 +439,20 @@ class FailbackPuller:
         if r.status_code != 200:
             raise TransportError(f"recovery gateway answered {r.status_code} to {path}: {r.text[:300]}")
         return r.json()
+
+
+def _seed_orphans(s, rid: int, mailbox_id: int, present: Mapping[str, tuple[int, set[int]]], late: set[int]) -> None:
+    """Messages of the intact folders as the replay's orphans: the full resync's adds claim them
+    (same folder, same SHA-256) instead of writing them a second time."""
+    rows = []
+    for c, name in s.execute(select(CatalogEntry, FolderState.name)
+                             .join(FolderState, FolderState.id == CatalogEntry.folder_id)
+                             .where(CatalogEntry.mailbox_id == mailbox_id)):
+        uv, uids = present.get(name, (None, ()))
+        if c.uid in uids and c.mid not in late:
+            rows.append(dict(replica_id=rid, folder=name, uidvalidity=uv, uid=c.uid, sha256=c.sha256))
+    for i in range(0, len(rows), 1000):
+        s.execute(Orphan.__table__.insert(), rows[i:i + 1000])
 
 
 def _merge_changes(first: list[dict], then: list[dict]) -> list[dict]:

@@ -102,3 +102,38 @@ def test_nothing_late_means_nothing_reported_and_no_extra_work(tmp_path):
                                          "late_folders_deleted", "conflicts")), report
     p.sync()
     p.assert_equal()
+
+
+def test_a_partly_wiped_primary_is_resynchronised_without_duplicates(tmp_path):
+    """A folder gone from the primary means its copy was wiped: full resync from the standby. The
+    folders still intact keep their messages (claimed, not written again); what users deleted or
+    moved at DR goes from them too; late mail stays."""
+    p = Sites(tmp_path)
+    pr, sb = p.primary, p.standby
+    for i in range(4):
+        pr.deliver("alice", body(i))
+    pr.deliver("alice", body(1, "old"), folder="Old")
+    p.sync()
+    p.sync()
+    p.cutovers.cutover([p.rid()])
+    p.puller.step()
+    sb.deliver("alice", body(1, "dr"))
+    sb.expunge("alice", "INBOX", [uid(sb, "INBOX", b"m body 0")])
+    sb.move("alice", "INBOX", uid(sb, "INBOX", b"m body 1"), "Old")
+    p.dr_cycle()
+    pr.deliver("alice", body(1, "late"))
+    pr.open("alice").delete_folder("Old")  # lost on the primary
+    kept = {m.uid for m in pr.box("alice")["INBOX"].msgs.values() if b"m body 2" in m.body or b"m body 3" in m.body}
+
+    p.fail_back()
+    report = report_of(p)
+    assert report["resync"] is True and report["wiped_folders"] == ["Old"]
+    assert len(report["late"]) == 1 and report["resync_removed"] == 2, report
+    inbox = pr.box("alice")["INBOX"].msgs.values()
+    assert sorted(m.body.split(b"\r\n")[0] for m in inbox) == [
+        b"Subject: dr 1", b"Subject: late 1", b"Subject: m 2", b"Subject: m 3"]
+    assert kept <= {m.uid for m in inbox}  # the intact messages were not written again
+    p.sync()
+    p.sync()
+    p.assert_equal()
+    assert {k: sum(c.values()) for k, c in snapshot(pr, "alice").items()} == {"INBOX": 4, "Old": 2}
