@@ -18,7 +18,10 @@ reach the primary site):
    (messages keep their ids; those born at DR get new ones, reported to the recovery gateway),
    cursors are set to the primary's current state, so the replayer's own writes are never
    captured again. Messages on the primary the standby never had (late deliveries) are kept,
-   listed in the failback report and captured as new, so they reach the standby afterwards.
+   listed in the failback report and captured as new, so they reach the standby afterwards;
+   late expunges, flag changes, moves and folders follow as forward changes
+   (``gateway.late_changes``). A full resync of a partly wiped primary claims what its intact
+   folders still hold (the replay's orphans) instead of writing it twice.
 """
 from __future__ import annotations
 
