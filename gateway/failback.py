@@ -39,7 +39,7 @@ from shared.bodies import BodyStore
 from gateway import late_changes
 from shared.errors import MailreplError, TransportError
 from shared.model import Change, Cursor, UidSet
-from shared.replay import ReplayEngine
+from shared.replay import ReplayEngine, ReplayReport
 from shared.site_state import SiteState
 from shared.store import Store
 from shared.store.models import CatalogEntry, FolderState, IdMapEntry, Mailbox, Orphan, OutboxBody, OutboxRow, Replica
@@ -52,6 +52,7 @@ log = logging.getLogger("mailrepl.failback")
 DEFAULT_INTERVAL = 1.0
 BACK = (SiteState.FAILING_BACK.value, SiteState.SWITCHING_BACK.value)
 _PRIVATE = ("rebase", "forward", "cutover_seq")  # kept with the reverse replica, not reported
+KEPT_REASON = "deleted at DR; held mail delivered to the primary after the cutover"
 
 
 class FailbackPuller:
@@ -64,7 +65,8 @@ class FailbackPuller:
         self.token = token
         self.source_id = source_id
         self.bodies = bodies
-        self.replay = ReplayEngine(store, bodies, append_batch=append_batch)
+        # a folder deleted at DR keeps the late mail in it (the standby never had it) and is reported
+        self.replay = ReplayEngine(store, bodies, append_batch=append_batch, keep_unknown=True)
         self.receiver = Receiver(store, bodies, lambda server: server if server in adapters else None)
         self.interval = interval
         self.on_rebased = on_rebased
@@ -257,10 +259,18 @@ class FailbackPuller:
                 return
             rid = rep.id
         session = self.adapters[server].open(address)
+        report = ReplayReport()
         try:
-            self.replay.replay(rid, session)
+            self.replay.replay(rid, session, report)
         finally:
             session.close()
+            if report.kept_folders:  # kept already, even if a later change failed: into the failback report
+                with self.store.tx() as s:
+                    row = s.get(Replica, rid)
+                    pending = json.loads(row.failback_report or "{}")
+                    kept = {k["folder"]: k for k in pending.get("kept_folders", [])}
+                    kept.update((k["folder"], dict(k, reason=KEPT_REASON)) for k in report.kept_folders)
+                    row.failback_report = json.dumps(dict(pending, kept_folders=list(kept.values())))
 
     # ------------------------------------------------------------------ re-base
 

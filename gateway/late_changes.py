@@ -93,7 +93,8 @@ def reconcile(before: Mapping[int, tuple[str, str]], now: Mapping[int, tuple[str
     report = dict(late_expunged=[], late_changed=[], late_folders_created=[], late_folders_deleted=[], conflicts=[])
     creates, messages, deletes = [], [], []
     for info in sorted(live, key=lambda f: f.name.count("/")):
-        if info.name in (names - old_folders) | (queued.created & names):
+        if info.name in (names - old_folders) | (queued.created & names) | (dr_folders & names):
+            # (a folder deleted at DR but kept here for its late mail comes back on the standby)
             creates.append(Change(Kind.FOLDER_CREATE, info.name, special_use=tuple(sorted(info.special_use))))
             if info.name not in dr_folders:
                 report["late_folders_created"].append(info.name)
@@ -101,6 +102,8 @@ def reconcile(before: Mapping[int, tuple[str, str]], now: Mapping[int, tuple[str
     for mid in sorted(candidates - queued.adds - expunged):
         old_folder = before[mid][0] if mid in before else queued.mids[mid]
         if mid not in now:
+            if old_folder in dr_folders and mid not in queued.mids:
+                continue  # its folder was deleted (or renamed away) at DR: not a late change
             messages.append(Change(Kind.MSG_EXPUNGE, old_folder, mid=mid))
             entry = dict(folder=old_folder)
             if mid in touched:

@@ -14,6 +14,9 @@ server stored the messages but before the id map was recorded, the next run find
 reads the messages at UID >= that UIDNEXT, matches them by SHA-256 to the intended changes and
 records them instead of writing again. An add whose mid is already mapped is a no-op; expunge,
 flag and folder operations are idempotent on the server.
+
+With ``keep_unknown`` a folder delete keeps what the id map does not know (``shared.replay_keep``):
+failback replays the standby's deletes on a primary that may hold mail the standby never had.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from shared.adapters.base import AppendItem, MailboxSession
 from shared.bodies import BodyCorrupt, BodyStore
 from shared.errors import FolderNotFound, MessageRejected, StoreError
 from shared.model import Change, Kind, parse_internaldate, utcnow
+from shared.replay_keep import plan_delete
 from shared.store import Store
 from shared.store.models import (
     IdMapEntry,
@@ -109,6 +113,7 @@ class ReplayReport:
     appended: int = 0
     rejected: int = 0
     recovered: int = 0  # messages found on the server after a crash instead of written again
+    kept_folders: list[dict] = field(default_factory=list)  # deleted there, kept here (keep_unknown)
 
 
 class ReplayEngine:
@@ -120,18 +125,21 @@ class ReplayEngine:
         append_batch: int = DEFAULT_APPEND_BATCH,
         append_bytes: int = DEFAULT_APPEND_BYTES,
         window: int = 1000,
+        keep_unknown: bool = False,
     ) -> None:
         self.store = store
         self.bodies = bodies  # received bodies: skeletons + parts, checked on every read
         self.append_batch = append_batch
         self.append_bytes = append_bytes
         self.window = window
+        self.keep_unknown = keep_unknown  # folder deletes keep messages and subfolders the id map does not know
 
     # ------------------------------------------------------------------ driver
 
-    def replay(self, replica_id: int, session: MailboxSession) -> ReplayReport:
-        """Apply every received change that continues the applied sequence; stop at a gap."""
-        report = ReplayReport()
+    def replay(self, replica_id: int, session: MailboxSession, report: ReplayReport | None = None) -> ReplayReport:
+        """Apply every received change that continues the applied sequence; stop at a gap.
+        ``report`` (filled in place) tells what was done even if a later change fails."""
+        report = ReplayReport() if report is None else report
         self._reconcile(replica_id, session, report)
         while True:
             with self.store.tx() as s:
@@ -192,8 +200,17 @@ class ReplayEngine:
             session.rename_folder(ch.folder, ch.new_folder)
             self._done(rid, g, report, rename=(ch.folder, ch.new_folder))
         elif k == Kind.FOLDER_DELETE:
-            session.delete_folder(g.folder)
+            kept = plan_delete(self.store, rid, g.folder, session) if self.keep_unknown else None
+            if kept is None:
+                session.delete_folder(g.folder)
+            else:
+                session.expunge(g.folder, kept.known)
+                log.warning("replica %s: folder %r deleted on the other side is kept: it holds %d message(s) and "
+                            "%d subfolder(s) the id map does not know", rid, g.folder, len(kept.unknown),
+                            len(kept.subfolders))
             self._done(rid, g, report, drop_folder=g.folder)
+            if kept is not None:
+                report.kept_folders.append(kept.record())
         elif k == Kind.FOLDER_RESET:
             with self.store.tx() as s:
                 for e in s.scalars(select(IdMapEntry).where(IdMapEntry.replica_id == rid, IdMapEntry.folder == g.folder)):

@@ -123,6 +123,8 @@ class CatalogEntry(Base):
     __table_args__ = (
         Index("ix_catalog_folder_uid", "folder_id", "uid", unique=True),
         Index("ix_catalog_mailbox_guid", "mailbox_id", "guid"),
+        # a message id is never handed out twice (SQLite would reuse the newest one once deleted)
+        {"sqlite_autoincrement": True},
     )
 
     mid: Mapped[int] = mapped_column(Integer, primary_key=True)

@@ -264,6 +264,7 @@ def test_mail_delivered_to_the_primary_after_cutover_is_kept(dovecot_factory, ga
     primary = dovecot_factory("primary", ["alice"])
     standby = dovecot_factory("standby", ["alice"])
     primary.deliver_many("alice", [message(i) for i in range(10)])
+    primary.deliver("alice", message(1, "project"), folder="Projects")
     source_state, recovery_state = gateway_states
     pair = GatewayPair(tmp_path, primary, standby, users=["alice"],
                        source_state=source_state, recovery_state=recovery_state)
@@ -281,6 +282,7 @@ def test_mail_delivered_to_the_primary_after_cutover_is_kept(dovecot_factory, ga
         # an MTA still delivers to the primary: late mail the standby never sees; a client still
         # connected to the primary deletes one message and flags another
         primary.deliver_many("alice", [message(i, "late") for i in range(2)])
+        primary.deliver("alice", message(0, "late project"), folder="Projects")
         P = primary.imap("alice")
         P.select("INBOX")
         P.uid("STORE", uid_of(P, "m 3"), "+FLAGS", r"(\Deleted)")
@@ -295,13 +297,19 @@ def test_mail_delivered_to_the_primary_after_cutover_is_kept(dovecot_factory, ga
         M.select("INBOX")
         M.uid("STORE", uid_of(M, "m 2"), "+FLAGS", r"(\Deleted)")
         M.expunge()
+        assert M.delete("Projects")[0] == "OK"  # with the late mail the standby never saw
         M.logout()
         final = fail_back(pair)
         report = final["failback_report"]
         late = report["late"]
-        assert len(late) == 2 and all(x["folder"] == "INBOX" for x in late), late
+        assert sorted(x["folder"] for x in late) == ["INBOX", "INBOX", "Projects"], late
+        assert [(k["folder"], k["messages"]) for k in report["kept_folders"]] == [("Projects", 1)]
         assert report["late_expunged"] == [{"folder": "INBOX"}], report
         assert [(x["folder"], x["flags"]) for x in report["late_changed"]] == [("INBOX", "\\Flagged")], report
+        M = primary.imap("alice")
+        M.select("Projects")
+        assert M.uid("SEARCH", None, "ALL")[1][0].split() == [uid_of(M, "late project 0")]
+        M.logout()
         pair.wait_synced(["alice"])
         # nothing lost on either side: the late mail is kept on the primary and now on the standby,
         # the late expunge and flag change too

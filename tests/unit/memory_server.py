@@ -103,6 +103,12 @@ class MemoryServer:
         self.expunge(user, folder, [uid])
         return new
 
+    def delete_folder(self, user: str, folder: str) -> None:
+        """A user deletes ``folder`` and its subfolders, with their messages."""
+        box = self.boxes[user]
+        for name in [n for n in box if n == folder or n.startswith(folder + "/")]:
+            del box[name]
+
     def reset_uidvalidity(self, user: str, folder: str) -> None:
         f = self.boxes[user][folder]
         f.uidvalidity = next(_uv)
@@ -212,7 +218,8 @@ class MemorySession:
             box[f.name] = f
 
     def delete_folder(self, folder: str) -> None:
-        self._check().pop(folder, None)
+        self._check()
+        self.server.delete_folder(self.user, folder)  # children too, as IMAP and EWS adapters do
 
     def wait_for_change(self, timeout: float) -> bool:
         return False

@@ -235,3 +235,37 @@ def test_failback_waits_for_a_primary_that_is_still_down(tmp_path):
     p.primary.down = False
     p.fail_back()
     p.assert_equal()
+
+
+def test_folder_deleted_at_dr_keeps_the_mail_that_reached_the_primary_late(tmp_path):
+    p = Sites(tmp_path)
+    p.primary.deliver("alice", body(0))
+    for i in range(3):
+        p.primary.deliver("alice", body(i, "project"), folder="Projects")
+    p.sync()
+    p.sync()
+    p.assert_equal()
+    p.cutovers.cutover([p.rid()])
+    p.puller.step()
+    p.standby.delete_folder("alice", "Projects")  # the user at DR
+    p.dr_cycle()
+    # late mail to the folder on the primary, one of them captured by a cycle under way
+    p.primary.deliver("alice", body(1, "late"), folder="Projects")
+    p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
+    p.primary.deliver("alice", body(2, "late"), folder="Projects")
+
+    p.fail_back()
+    # the folder stays on the primary with the late mail only; what the standby had is gone
+    assert sorted(m.body for m in p.primary.box("alice")["Projects"].msgs.values()) == [body(1, "late"), body(2, "late")]
+    with p.dst.read() as s:
+        report = json.loads(s.get(Replica, p.rid()).failback_report)
+    assert report["kept_folders"] == [dict(folder="Projects", messages=2, reason=(
+        "deleted at DR; held mail delivered to the primary after the cutover"))]
+    assert sorted((x["folder"], x["uid"]) for x in report["late"]) == [
+        ("Projects", uid(p.primary, "Projects", b"late body 1")), ("Projects", uid(p.primary, "Projects", b"late body 2"))]
+    assert report["resync"] is False
+    # forward replication brings the folder and its late mail back to the standby
+    p.sync()
+    p.sync()
+    p.assert_equal()
+    assert sorted(m.body for m in p.standby.box("alice")["Projects"].msgs.values()) == [body(1, "late"), body(2, "late")]

@@ -25,7 +25,7 @@ from shared.errors import ServerUnavailable
 from shared.model import Change, Kind, SeqRange
 from shared.replay import ReplayEngine
 from shared.store import open_store
-from shared.store.models import InboxRow, Mailbox, RejectedMessage, Replica
+from shared.store.models import IdMapEntry, InboxRow, Mailbox, RejectedMessage, Replica
 from shared.wire import Batch, Segment, decode_batch, encode_batch
 from tests.unit.memory_server import MemoryServer
 
@@ -287,3 +287,37 @@ def test_pipelined_shipping_stops_at_a_failure_and_resumes_from_the_acknowledgem
     with p.dst.tx() as s:
         rep = s.scalar(select(Replica).where(Replica.address == "alice"))
         assert rep.received_seq == p.mailbox().last_seq and rep.error is None
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_folder_delete_keeps_messages_the_id_map_does_not_know_only_when_asked(tmp_path, keep):
+    p = Pipeline(tmp_path)
+    p.replay = ReplayEngine(p.dst, p.bodies, append_batch=4, keep_unknown=keep)
+    for i in range(3):
+        p.primary.deliver("alice", _msg(i), folder="Projects")
+    p.primary.deliver("alice", _msg(3), folder="Projects/2024")
+    p.primary.deliver("alice", _msg(4), folder="Old")
+    p.primary.deliver("alice", _msg(5), folder="Old/2023")
+    p.sync()
+    p.assert_equal()
+    p.standby.deliver("alice", _msg(9), folder="Projects/2024")  # never replicated: the id map does not know it
+    p.primary.delete_folder("alice", "Projects")
+    p.primary.delete_folder("alice", "Old")
+    p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
+    while p.shipper.ship_once():
+        pass
+    with p.dst.read() as s:
+        rid = s.scalar(select(Replica.id).where(Replica.address == "alice"))
+    report = p.replay.replay(rid, p.standby.open("alice"))
+    left = snapshot(p.standby, "alice")
+    assert "Old" not in left and "Old/2023" not in left  # nothing unknown in them: deleted either way
+    if not keep:  # a standby mirrors deletes exactly
+        assert "Projects" not in left and "Projects/2024" not in left and report.kept_folders == []
+        return
+    # the unknown message keeps its folder, whose known messages go; the parent stays for its child
+    assert [m.body for m in p.standby.box("alice")["Projects/2024"].msgs.values()] == [_msg(9)]
+    assert left["Projects"] == Counter()
+    assert report.kept_folders == [dict(folder="Projects/2024", messages=1),
+                                   dict(folder="Projects", messages=0, subfolders=["Projects/2024"])]
+    with p.dst.read() as s:
+        assert not s.scalars(select(IdMapEntry).where(IdMapEntry.folder.like("Projects%"))).all()

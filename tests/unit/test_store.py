@@ -44,3 +44,29 @@ def test_a_read_does_not_wait_for_an_open_write_and_sees_only_committed_rows(tmp
     with store.read() as s:
         assert s.scalar(select(func.count()).select_from(Mailbox)) == 2
     store.dispose()
+
+
+def test_a_message_id_is_never_handed_out_twice(tmp_path):
+    """Message ids name messages in the change stream and in cutover/failback id aliases: the id
+    of a deleted newest message must not come back for the next one."""
+    from shared.store.models import CatalogEntry, FolderState
+
+    store = open_store(f"sqlite:///{tmp_path}/state.sqlite")
+    store.migrate()
+    with store.tx() as s:
+        mbx = Mailbox(server="primary", address="alice")
+        s.add(mbx)
+        s.flush()
+        folder = FolderState(mailbox_id=mbx.id, name="INBOX")
+        s.add(folder)
+        s.flush()
+        cats = [CatalogEntry(mailbox_id=mbx.id, folder_id=folder.id, uid=u, sha256="0" * 64, size=1) for u in (1, 2)]
+        s.add_all(cats)
+        s.flush()
+        newest = cats[-1].mid
+        s.delete(cats[-1])
+    with store.tx() as s:
+        again = CatalogEntry(mailbox_id=mbx.id, folder_id=folder.id, uid=3, sha256="1" * 64, size=1)
+        s.add(again)
+        s.flush()
+        assert again.mid > newest
