@@ -289,9 +289,10 @@ class FailbackPuller:
             answer = self._post_json("/api/v1/ingest/rebase", request)
         except TransportError as exc:
             if " 409 " in str(exc):  # refused, so not applied there: computed again next round
-                with self.store.tx() as s:
+                with self.store.tx() as s:  # what the first computation found (late changes) stays
                     rep = s.get(Replica, rid)
-                    rep.failback_report = json.dumps({k: v for k, v in pending.items() if k != "rebase"})
+                    saved = json.loads(rep.failback_report or "{}")
+                    rep.failback_report = json.dumps({k: v for k, v in saved.items() if k != "rebase"})
             raise
         with self.store.tx() as s:
             mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address).with_for_update())

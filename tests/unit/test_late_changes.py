@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import select
+import pytest
 
 from shared.store.models import Replica
 from tests.unit.test_failback_memory import Sites, body, uid
@@ -137,3 +137,40 @@ def test_a_partly_wiped_primary_is_resynchronised_without_duplicates(tmp_path):
     p.sync()
     p.assert_equal()
     assert {k: sum(c.values()) for k, c in snapshot(pr, "alice").items()} == {"INBOX": 4, "Old": 2}
+
+
+def test_a_refused_re_base_keeps_the_late_changes_found_first(tmp_path):
+    from shared.errors import IllegalTransition, MailreplError
+
+    p = Sites(tmp_path)
+    pr = p.primary
+    for i in range(3):
+        pr.deliver("alice", body(i))
+    p.sync()
+    p.sync()
+    p.cutovers.cutover([p.rid()])
+    p.puller.step()
+    p.dr_cycle()
+    pr.expunge("alice", "INBOX", [uid(pr, "INBOX", b"m body 0")])  # late
+    real, refused = p.failbacks.rebase, []
+
+    def refuse_once(*args, **kw):
+        if not refused:
+            refused.append(True)
+            raise IllegalTransition("not yet")
+        return real(*args, **kw)
+
+    p.failbacks.rebase = refuse_once
+    p.failbacks.failback([p.rid()])
+    for _ in range(2):
+        p.puller.step()
+        p.dr_cycle()
+    p.failbacks.confirm(p.rid())
+    with pytest.raises(MailreplError, match="409"):
+        p.puller.step()  # refused: the puller's loop logs it and tries again next round
+    assert refused and p.state() == "switching-back"
+    p.puller.step()
+    assert p.state() == "replicating"
+    assert report_of(p)["late_expunged"] == [{"folder": "INBOX"}]
+    p.sync()
+    p.assert_equal()
