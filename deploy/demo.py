@@ -139,12 +139,19 @@ def api(path: str) -> dict:
     return r.json()
 
 
-def wait_synced(timeout: float = 180) -> None:
+def captured() -> dict[str, int]:
+    return {m["address"]: m["last_captured_seq"] for m in api("/api/v1/mailboxes")["mailboxes"]}
+
+
+def wait_synced(after: dict[str, int] | None = None, timeout: float = 180) -> None:
+    """Until every protected mailbox has captured past ``after`` (changes just made are seen, not
+    only those before them) and the standby has applied all of it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         st = {m["address"]: m for m in api("/api/v1/mailboxes")["mailboxes"]}
         if all(st[a]["phase"] == "replicating" and st[a]["copy_queue"] == 0 and st[a]["replay_queue"] == 0
-               and st[a]["last_applied_seq"] == st[a]["last_captured_seq"] for a in PROTECTED):
+               and st[a]["last_applied_seq"] == st[a]["last_captured_seq"]
+               and st[a]["last_captured_seq"] > (after or {}).get(a, -1) for a in PROTECTED):
             return
         time.sleep(0.3)
     raise SystemExit("demo: the standby did not catch up in time")
@@ -201,17 +208,25 @@ def main() -> int:
         cli("protect", *PROTECTED, "--wait")
 
         say("user changes on the primary: flags, read state, delete, move, folders, a draft replaced")
+        before = captured()
         user_changes()
         for user in PROTECTED:
             deliver(user, [sample(i, user, attach=True) for i in range(50, 55)])
-        wait_synced()
+        time.sleep(1)  # the last deliveries are captured with the others, not on their own
+        wait_synced(after=before)
         say("status")
         cli("status")
 
         say("comparing the standby with the primary")
         ok = True
+        deadline = time.monotonic() + 60  # a change made at the very end may still be on its way
+        while True:
+            snaps = {user: (snapshot(PRIMARY["imap"], user), snapshot(STANDBY["imap"], user)) for user in PROTECTED}
+            if all(p == s for p, s in snaps.values()) or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         for user in PROTECTED:
-            p, s = snapshot(PRIMARY["imap"], user), snapshot(STANDBY["imap"], user)
+            p, s = snaps[user]
             same = p == s
             ok &= same
             n = sum(sum(c.values()) for c in p.values())
