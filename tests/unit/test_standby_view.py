@@ -136,3 +136,35 @@ def test_cutover_reads_the_standby_where_the_view_is_behind(tmp_path):
     with p.dst.read() as s:
         mbx = s.scalar(select(Mailbox).where(Mailbox.address == "alice"))
         assert s.scalar(select(OutboxRow.seq).where(OutboxRow.mailbox_id == mbx.id)) is None  # nothing new
+
+
+def test_a_second_cutover_after_failback_starts_from_a_rebuilt_view(tmp_path):
+    p = seeded(tmp_path)
+    rid, view = p.rid(), StandbyView(p.dst)
+    view.refresh(rid, p.standby.open("alice"))
+    p.cutovers.cutover([rid])
+    p.puller.step()
+    p.standby.deliver("alice", body(1, "first outage"))
+    p.dr_cycle()
+    p.fail_back()
+    with p.dst.read() as s:
+        assert s.get(Replica, rid).view_seq is None  # dropped with the DR capture state at re-base
+    p.primary.deliver("alice", body(2, "between"))
+    p.sync()
+    p.sync()
+    p.assert_equal()
+    assert view.refresh(rid, p.standby.open("alice")) == 2  # rebuilt from the standby as it is
+    res = p.cutovers.cutover([rid])
+    assert res[0]["status"] == "ok" and res[0]["standby_read"] is False, res
+    cats, _, _ = view_of(p.dst)
+    assert {(f, u, sha, src) for f, u, _, _, sha, _, src in cats} == idmap_of(p.dst, rid)
+    p.puller.step()
+    sb = p.standby
+    sb.set_flags("alice", "INBOX", uid(sb, "INBOX", b"first outage body 1"), {"\\Answered"})
+    sb.expunge("alice", "INBOX", [uid(sb, "INBOX", b"between body 2")])
+    p.dr_cycle()
+    p.fail_back()
+    p.sync()
+    p.assert_equal()
+    flags = {m.body.split(b"\r\n")[0]: m.flags for m in p.primary.box("alice")["INBOX"].msgs.values()}
+    assert flags[b"Subject: first outage 1"] == {"\\Answered"} and b"Subject: between 2" not in flags
