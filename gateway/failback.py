@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from typing import Mapping
 
 import httpx
@@ -35,7 +34,9 @@ from sqlalchemy import delete, select
 
 from shared.receiver import Receiver
 from shared.adapters.base import Adapter
+from shared.background import Background
 from shared.bodies import BodyStore
+from shared.capture import flags_text
 from gateway import late_changes
 from shared.errors import MailreplError, TransportError
 from shared.model import Change, Cursor, UidSet
@@ -72,19 +73,16 @@ class FailbackPuller:
         self.on_rebased = on_rebased
         self.wire_bytes = 0  # reverse batches received
         self.last_error: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background = Background("failback", self._loop)
+        self._stop = self._background.stopping
 
     # ------------------------------------------------------------------ loop
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="failback", daemon=True)
-        self._thread.start()
+        self._background.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._background.stop(timeout)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -351,7 +349,7 @@ class FailbackPuller:
                 row.resetting = False
                 for m in delta.new:
                     e = where.get((info.name, m.uid))
-                    flags = " ".join(sorted(f for f in m.flags if f.lower() != "\\recent"))
+                    flags = flags_text(m.flags)
                     if e is None or (e.mid > 0 and e.mid not in catalog):
                         unknown.append((info.name, row, m, flags))
                         continue
@@ -405,10 +403,10 @@ class FailbackPuller:
                     s.execute(delete(OutboxBody).where(OutboxBody.sha256 == sha))
             mbx.acked_seq = mbx.applied_seq = mbx.last_seq
             # a retry after a refused re-base finds the catalog rebuilt: what the first run found stays
-            forward = _merge_changes(pending.get("forward", []), [c.to_dict() for c in forward])
+            forward = _merged(pending.get("forward", []), [c.to_dict() for c in forward])
             report = {k: v for k, v in pending.items() if k not in _PRIVATE}
             for key, found in late_report.items():
-                report[key] = _merge_lists(report.get(key, []), found)
+                report[key] = _merged(report.get(key, []), found)
             report.update(late=late, kept_late=len(late), reverse_changes_applied=rep.applied_seq,
                           messages_on_primary=sum(len(d.new) for d in metas.values()))
             request = dict(source=self.source_id, server=server, address=address, base_seq=mbx.last_seq,
@@ -469,10 +467,8 @@ def _seed_orphans(s, rid: int, mailbox_id: int, present: Mapping[str, tuple[int,
         s.execute(Orphan.__table__.insert(), rows[i:i + 1000])
 
 
-def _merge_changes(first: list[dict], then: list[dict]) -> list[dict]:
+def _merged(first: list[dict], then: list[dict]) -> list[dict]:
     """``first`` and then what of ``then`` it does not hold already."""
     seen = {json.dumps(d, sort_keys=True) for d in first}
     return first + [d for d in then if json.dumps(d, sort_keys=True) not in seen]
 
-
-_merge_lists = _merge_changes

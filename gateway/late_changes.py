@@ -92,9 +92,11 @@ def reconcile(before: Mapping[int, tuple[str, str]], now: Mapping[int, tuple[str
     names = {f.name for f in live}
     report = dict(late_expunged=[], late_changed=[], late_folders_created=[], late_folders_deleted=[], conflicts=[])
     creates, messages, deletes = [], [], []
+    # new here, created late, or touched at DR (a folder deleted there but kept here for its late
+    # mail comes back on the standby); creating a folder the standby has is a no-op there
+    create = (names - old_folders) | (queued.created & names) | (dr_folders & names)
     for info in sorted(live, key=lambda f: f.name.count("/")):
-        if info.name in (names - old_folders) | (queued.created & names) | (dr_folders & names):
-            # (a folder deleted at DR but kept here for its late mail comes back on the standby)
+        if info.name in create:
             creates.append(Change(Kind.FOLDER_CREATE, info.name, special_use=tuple(sorted(info.special_use))))
             if info.name not in dr_folders:
                 report["late_folders_created"].append(info.name)

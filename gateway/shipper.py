@@ -17,6 +17,7 @@ from typing import Collection, Mapping, Sequence
 import httpx
 from sqlalchemy import delete, func, select
 
+from shared.background import Background
 from shared.batch_builder import BatchBuilder, Built
 from shared.errors import TransportError, WireError
 from shared.mime_split import BLOB_THRESHOLD
@@ -67,8 +68,8 @@ class Shipper:
         self.stats = ShipStats()
         self.last_error: str | None = None
         self.wake_event = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background = Background("shipper", self._loop)
+        self._stop = self._background.stopping
         self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shipper-prepare")
         # a mailbox cut over to DR ships no more (what it captured late is re-based at failback)
         self.builder = BatchBuilder(store, source_id, self._held, max_changes=max_changes, max_bytes=max_bytes,
@@ -257,14 +258,12 @@ class Shipper:
     # ------------------------------------------------------------------ loop
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="shipper", daemon=True)
-        self._thread.start()
+        self._background.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self.wake_event.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._background.stop(timeout)
         self._ahead.shutdown(wait=False, cancel_futures=True)
 
     def _pending_apply(self) -> bool:

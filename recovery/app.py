@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 import uvicorn
 from prometheus_client import CollectorRegistry, Gauge
@@ -19,6 +18,7 @@ from recovery.site import KeyedLocks
 from recovery.site_api import redirect_router, site_admin_router, site_ingest_router
 from recovery.standby_view import StandbyView, is_fresh
 from shared.adapters.factory import make_adapter
+from shared.background import Background
 from shared.api_common import bearer_auth, make_app
 from shared.errors import MailreplError
 from shared.blobstore import BlobStore
@@ -73,8 +73,7 @@ class RecoveryGateway:
             cutover_server=self._auto_cutover, confirm_caught_up=self._auto_confirm if f.confirm == "auto" else None,
             auto=f.auto, outage_seconds=f.outage_seconds, check_interval=f.check_interval,
         )
-        self._gc_stop = threading.Event()
-        self._gc_thread: threading.Thread | None = None
+        self._gc = Background("blob-gc", self._gc_loop)
         self.metrics = CollectorRegistry()
         self._queue = Gauge("mailrepl_recovery_replay_queue", "Changes received, not yet applied",
                             ["server", "address"], registry=self.metrics)
@@ -186,7 +185,7 @@ class RecoveryGateway:
         return self.bodies.collect_garbage(grace_seconds=grace)
 
     def _gc_loop(self) -> None:
-        while not self._gc_stop.wait(GC_INTERVAL):
+        while not self._gc.stopping.wait(GC_INTERVAL):
             try:
                 self.collect_garbage()
             except Exception:  # noqa: BLE001 - logged; the next round tries again
@@ -196,11 +195,10 @@ class RecoveryGateway:
         self.workers.start()
         self.dr_workers.start()
         self.monitor.start()
-        self._gc_thread = threading.Thread(target=self._gc_loop, name="blob-gc", daemon=True)
-        self._gc_thread.start()
+        self._gc.start()
 
     def stop(self) -> None:
-        self._gc_stop.set()
+        self._gc.stop(timeout=0)  # a collection under way is not waited for
         self.monitor.stop()
         self.dr_watchers.stop()
         self.dr_workers.stop()

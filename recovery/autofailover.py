@@ -12,13 +12,13 @@ The same loop switches failing-back mailboxes back by themselves when ``confirm 
 from __future__ import annotations
 
 import logging
-import threading
 from datetime import datetime, timedelta
 from typing import Callable, Mapping
 
 from sqlalchemy import select
 
 from shared.adapters.base import Adapter
+from shared.background import Background
 from shared.errors import MailreplError
 from shared.model import utcnow
 from shared.site_state import SiteState
@@ -52,19 +52,16 @@ class FailoverMonitor:
         self.auto = auto
         self.outage_seconds = outage_seconds
         self.check_interval = check_interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._background = Background("failover-monitor", self._loop)
+        self._stop = self._background.stopping
 
     def start(self) -> None:
         if not (self.auto and self.primaries) and self.confirm_caught_up is None:
             return
-        self._thread = threading.Thread(target=self._loop, name="failover-monitor", daemon=True)
-        self._thread.start()
+        self._background.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(10)
+        self._background.stop()
 
     def _loop(self) -> None:
         while not self._stop.wait(self.check_interval if self.auto else 1.0):

@@ -108,11 +108,13 @@ class CutoverService:
         try:
             if session is not None:
                 try:
-                    return self._drain_and_view(rep.id, session)
+                    self._drain_and_view(rep.id, session)
+                    return None
                 except (ServerUnavailable, ProtocolError):  # the idle session had gone stale
                     session.close()
             session = self.open_standby(rep)
-            return self._drain_and_view(rep.id, session)
+            self._drain_and_view(rep.id, session)
+            return None
         except MailreplError as exc:
             return str(exc) or exc.__class__.__name__
         finally:
@@ -125,7 +127,6 @@ class CutoverService:
         with self.locks(rid):
             self.replay.replay(rid, session)
             self.view.refresh(rid, session)
-        return None
 
     def _commit(self, chunk: list[int], actor: str) -> None:
         with self.store.tx() as s:

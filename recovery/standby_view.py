@@ -54,6 +54,7 @@ class _Known:  # a folder_state row as read before talking to the server
 class _Plan:
     info: FolderInfo
     row_id: int | None
+    since: Cursor | None = None  # the view's cursor of the folder (None: read it all)
     reset: bool = False
     delta: FolderDelta | None = None  # None: unchanged since the view's cursor
 
@@ -76,12 +77,11 @@ class StandbyView:
         plans, deleted = _match(known, live, session.features.folder_id)
         complete, read = True, 0
         for p in plans:
-            since = None if p.reset or p.row_id is None else Cursor.parse(_cursor_of(known, p.row_id))
-            if since is not None and since == p.info.cursor:
+            if p.since is not None and p.since == p.info.cursor:
                 continue
             read += 1
             try:
-                p.delta = session.changes_since(p.info.name, since)
+                p.delta = session.changes_since(p.info.name, p.since)
             except CursorInvalid:
                 p.reset = True
                 p.delta = session.changes_since(p.info.name, None)
@@ -93,10 +93,6 @@ class StandbyView:
             if complete:
                 s.get(Replica, rid).view_seq = applied
         return read
-
-
-def _cursor_of(known: list[_Known], row_id: int) -> str:
-    return next(k.cursor for k in known if k.id == row_id) or ""
 
 
 def _match(known: list[_Known], live: list[FolderInfo], use_fid: bool) -> tuple[list[_Plan], list[_Known]]:
@@ -120,6 +116,7 @@ def _match(known: list[_Known], live: list[FolderInfo], use_fid: bool) -> tuple[
             cur = Cursor.parse(row.cursor) if row.cursor else None
             plan.reset = (cur is None or cur.uidvalidity != info.uidvalidity
                           or bool(row.fid and info.fid and row.fid != info.fid))
+            plan.since = None if plan.reset else cur
         plans.append(plan)
     return plans, [k for k in known if k.id not in matched]
 

@@ -51,8 +51,6 @@ def flags_text(flags: Iterable[str]) -> str:
     return " ".join(sorted(f for f in flags if f.lower() != "\\recent"))
 
 
-_flags_text = flags_text
-
 
 def _is_draft(flags: Iterable[str]) -> bool:
     return any(f.lower() == "\\draft" for f in flags)
@@ -283,7 +281,7 @@ class CaptureEngine:
                             flags=tuple(meta.flags),
                         )
                     )
-                    cat.folder_id, cat.uid, cat.flags = p.row_id, meta.uid, _flags_text(meta.flags)
+                    cat.folder_id, cat.uid, cat.flags = p.row_id, meta.uid, flags_text(meta.flags)
             moved = {e.mid for p in plans for _, e in p.moves_in}
             replaced = {mid for p in plans for mid in p.replaces.values()}
             # 3. expunges and flag changes
@@ -312,7 +310,7 @@ class CaptureEngine:
                                 CatalogEntry.folder_id == row.id, CatalogEntry.uid.in_(uids[i : i + 500])
                             )
                         ).all():
-                            text = _flags_text(by_uid[cat.uid].flags)
+                            text = flags_text(by_uid[cat.uid].flags)
                             if text != cat.flags:
                                 seq.emit(Change(Kind.MSG_FLAGS, row.name, mid=cat.mid, flags=tuple(text.split())))
                                 cat.flags = text
@@ -401,7 +399,7 @@ class CaptureEngine:
                 s.execute(insert(OutboxBody), [dict(sha256=k, size=len(v), data=v) for k, v in fresh.items()])
             cats = [
                 CatalogEntry(mailbox_id=mailbox_id, folder_id=folder_id, uid=msg.uid, guid=msg.guid, sha256=sha,
-                             size=len(msg.body), flags=_flags_text(msg.flags))
+                             size=len(msg.body), flags=flags_text(msg.flags))
                 for msg, sha in zip(batch, shas)
             ]
             s.add_all(cats)
