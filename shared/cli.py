@@ -226,24 +226,19 @@ def _check_usage(args: argparse.Namespace) -> None:
     """Combinations argparse cannot express; exits 2 with the subcommand's usage."""
     if args.command == "status" and args.server and not args.address:
         args.usage_error("--server goes with an ADDRESS")
-    if args.command in SITE_COMMANDS:
-        if args.all and args.addresses:
-            args.usage_error("give either ADDRESS... or --all, not both")
-        if args.all and not args.server:
-            args.usage_error("--all needs --server NAME")
-        if not args.all and not args.addresses:
-            args.usage_error("give at least one ADDRESS, or --all --server NAME")
-        if args.command == "failback" and args.confirm and args.abort:
-            args.usage_error("--confirm and --abort exclude each other")
+    if args.command not in SITE_COMMANDS and args.command not in ("protect", "unprotect"):
         return
-    if args.command not in ("protect", "unprotect"):
-        return
+    # the mailboxes: some addresses, or every one of a server
     if args.all and args.addresses:
         args.usage_error("give either ADDRESS... or --all, not both")
     if args.all and not args.server:
         args.usage_error("--all needs --server NAME")
     if not args.all and not args.addresses:
         args.usage_error("give at least one ADDRESS, or --all --server NAME")
+    if args.command in SITE_COMMANDS:
+        if args.command == "failback" and args.confirm and args.abort:
+            args.usage_error("--confirm and --abort exclude each other")
+        return
     if getattr(args, "wait_timeout", None) is not None and not args.wait:
         args.usage_error("--wait-timeout needs --wait")
 
