@@ -160,7 +160,7 @@ def wait_synced(after: dict[str, int] | None = None, timeout: float = 180) -> No
 def start_gateway(role: str, base: Path) -> subprocess.Popen:
     env = dict(os.environ, MAILREPL_STATE_URL=f"sqlite:///{base}/{role}.sqlite", MAILREPL_BLOB_DIR=f"{base}/blobs")
     log = open(base / f"{role}.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", role, "run", "--config", str(EXAMPLES / f"{role}.toml")],
+    proc = subprocess.Popen([sys.executable, "-m", "mailrepl", role, "run", "--config", str(EXAMPLES / f"{role}.toml")],
                             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = SOURCE_API if role == "source" else RECOVERY_API
     for _ in range(150):
@@ -176,7 +176,7 @@ def start_gateway(role: str, base: Path) -> subprocess.Popen:
 
 
 def cli(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "shared.cli", *args, "--config", str(EXAMPLES / "source.toml")],
+    subprocess.run([sys.executable, "-m", "mailrepl", *args, "--config", str(EXAMPLES / "source.toml")],
                    cwd=REPO, check=True)
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException
 
-from gateway.registry import Ambiguous, NotFound, Registry
-from shared.api_common import MailboxDetail, MailboxList, MailboxStatus, ProtectionBody, ServerProtection
+from mailrepl.gateway.registry import Ambiguous, NotFound, Registry
+from mailrepl.shared.runtime.api_common import MailboxDetail, MailboxList, MailboxStatus, ProtectionBody, ServerProtection
 
 __all__ = ["admin_router"]
 

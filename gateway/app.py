@@ -11,19 +11,19 @@ from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily
 from sqlalchemy import select
 
-from gateway.api import admin_router
-from gateway.failback import FailbackPuller
-from gateway.registry import Registry
-from gateway.shipper import Shipper
-from shared.watcher import PushWatchers
-from shared.adapters.factory import make_adapter
-from shared.api_common import bearer_auth, make_app
-from shared.blobstore import BlobStore
-from shared.bodies import BodyStore
-from shared.capture import CaptureEngine
-from shared.store import open_store
-from shared.store.models import Mailbox
-from shared.workers import Job, MailboxWorkers
+from mailrepl.gateway.api import admin_router
+from mailrepl.gateway.failback import FailbackPuller
+from mailrepl.gateway.registry import Registry
+from mailrepl.gateway.shipper import Shipper
+from mailrepl.shared.runtime.watcher import PushWatchers
+from mailrepl.shared.adapters.factory import make_adapter
+from mailrepl.shared.runtime.api_common import bearer_auth, make_app
+from mailrepl.shared.content.blobstore import BlobStore
+from mailrepl.shared.content.bodies import BodyStore
+from mailrepl.shared.engines.capture import CaptureEngine
+from mailrepl.shared.store import open_store
+from mailrepl.shared.store.models import Mailbox
+from mailrepl.shared.runtime.workers import Job, MailboxWorkers
 
 __all__ = ["SourceGateway", "run"]
 

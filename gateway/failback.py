@@ -20,7 +20,7 @@ reach the primary site):
    captured again. Messages on the primary the standby never had (late deliveries) are kept,
    listed in the failback report and captured as new, so they reach the standby afterwards;
    late expunges, flag changes, moves and folders follow as forward changes
-   (``gateway.late_changes``). A full resync of a partly wiped primary claims what its intact
+   (``mailrepl.gateway.late_changes``). A full resync of a partly wiped primary claims what its intact
    folders still hold (the replay's orphans) instead of writing it twice.
 """
 from __future__ import annotations
@@ -32,19 +32,19 @@ from typing import Mapping
 import httpx
 from sqlalchemy import delete, select
 
-from shared.receiver import Receiver
-from shared.adapters.base import Adapter
-from shared.background import Background
-from shared.bodies import BodyStore
-from shared.capture import flags_text
-from gateway import late_changes
-from shared.errors import MailreplError, TransportError
-from shared.model import Change, Cursor, UidSet
-from shared.replay import ReplayEngine, ReplayReport
-from shared.site_state import SiteState
-from shared.store import Store
-from shared.store.models import CatalogEntry, FolderState, IdMapEntry, Mailbox, Orphan, OutboxBody, OutboxRow, Replica
-from shared.wire import MEDIA_TYPE, decode_batch
+from mailrepl.shared.engines.receiver import Receiver
+from mailrepl.shared.adapters.base import Adapter
+from mailrepl.shared.runtime.background import Background
+from mailrepl.shared.content.bodies import BodyStore
+from mailrepl.shared.engines.capture import flags_text
+from mailrepl.gateway import late_changes
+from mailrepl.shared.errors import MailreplError, TransportError
+from mailrepl.shared.model import Change, Cursor, UidSet
+from mailrepl.shared.engines.replay import ReplayEngine, ReplayReport
+from mailrepl.shared.site_state import SiteState
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import CatalogEntry, FolderState, IdMapEntry, Mailbox, Orphan, OutboxBody, OutboxRow, Replica
+from mailrepl.shared.protocol.wire import MEDIA_TYPE, decode_batch
 
 __all__ = ["FailbackPuller"]
 

@@ -26,9 +26,9 @@ from typing import Mapping, Sequence
 
 from sqlalchemy import select
 
-from shared.adapters.base import FolderInfo
-from shared.model import Change, Kind
-from shared.store.models import InboxRow, OutboxRow
+from mailrepl.shared.adapters.base import FolderInfo
+from mailrepl.shared.model import Change, Kind
+from mailrepl.shared.store.models import InboxRow, OutboxRow
 
 __all__ = ["Queued", "queued_after", "changed_at_dr", "reconcile"]
 

@@ -7,12 +7,12 @@ from typing import Mapping
 
 from sqlalchemy import func, select
 
-from shared.adapters.base import Adapter
-from shared.api_common import ByteCounts, FolderStatus, MailboxDetail, MailboxStatus, RejectedInfo, SeedingProgress
-from shared.errors import AdapterError, MailboxNotFound, MailreplError
-from shared.model import UidSet, utcnow
-from shared.store import Store
-from shared.store.models import FolderState, Mailbox, OutboxRow
+from mailrepl.shared.adapters.base import Adapter
+from mailrepl.shared.runtime.api_common import ByteCounts, FolderStatus, MailboxDetail, MailboxStatus, RejectedInfo, SeedingProgress
+from mailrepl.shared.errors import AdapterError, MailboxNotFound, MailreplError
+from mailrepl.shared.model import UidSet, utcnow
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import FolderState, Mailbox, OutboxRow
 
 __all__ = ["Registry", "NotFound", "Ambiguous"]
 

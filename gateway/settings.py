@@ -5,7 +5,7 @@
     [gateway]   id, state_url, listen, admin_token, poll_interval, workers, fetch_chunk, log_level
     [peer]      url, token, batch_max_changes, batch_max_bytes, part_threshold, timeout, retry_initial,
                 retry_max, ca_file
-    [[servers]] the primary mail servers (see ``shared.settings_common``)
+    [[servers]] the primary mail servers (see ``mailrepl.shared.config.settings_common``)
 
 ``deploy/examples/source.toml`` documents every key.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from shared.settings_common import (
+from mailrepl.shared.config.settings_common import (
     ENV_ADMIN_TOKEN,
     ListenAddress,
     ServerSettings,
@@ -29,7 +29,7 @@ from shared.settings_common import (
     read_state_url,
     read_token,
 )
-from shared.toml_reader import Table, open_config
+from mailrepl.shared.config.toml_reader import Table, open_config
 
 __all__ = [
     "ENV_PEER_TOKEN",

@@ -17,13 +17,13 @@ from typing import Collection, Mapping, Sequence
 import httpx
 from sqlalchemy import delete, func, select
 
-from shared.background import Background
-from shared.batch_builder import BatchBuilder, Built
-from shared.errors import TransportError, WireError
-from shared.mime_split import BLOB_THRESHOLD
-from shared.store import Store
-from shared.store.models import Mailbox, OutboxBody, OutboxRow
-from shared.wire import MEDIA_TYPE, Ack, encode_batch
+from mailrepl.shared.runtime.background import Background
+from mailrepl.shared.engines.batch_builder import BatchBuilder, Built
+from mailrepl.shared.errors import TransportError, WireError
+from mailrepl.shared.content.mime_split import BLOB_THRESHOLD
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import Mailbox, OutboxBody, OutboxRow
+from mailrepl.shared.protocol.wire import MEDIA_TYPE, Ack, encode_batch
 
 __all__ = ["Shipper", "ShipStats"]
 
@@ -79,7 +79,7 @@ class Shipper:
 
     def build_batch(self, after: Mapping[tuple[str, str], int] | None = None,
                     in_flight: Collection[str] = frozenset()) -> Built | None:
-        """The next batch (see ``shared.batch_builder``), or None when nothing waits."""
+        """The next batch (see ``mailrepl.shared.engines.batch_builder``), or None when nothing waits."""
         return self.builder.build(after, in_flight)
 
     def _held(self, shas: Sequence[str], keys: Sequence[str]) -> tuple[list[str], list[str]]:

@@ -9,16 +9,16 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from recovery.standby_view import is_fresh
-from shared.api_common import MailboxDetail, MailboxList, MailboxStatus, RejectedInfo, SeedingProgress
-from shared.errors import UnsupportedVersion, WireError
-from shared.model import utcnow
-from shared.site_state import active_site
-from recovery.site import history, report_of
-from shared.store import Store
-from shared.store.models import InboxRow, RejectedMessage, Replica
-from shared.wire import MEDIA_TYPE, decode_batch
-from shared.receiver import Receiver
+from mailrepl.recovery.standby_view import is_fresh
+from mailrepl.shared.runtime.api_common import MailboxDetail, MailboxList, MailboxStatus, RejectedInfo, SeedingProgress
+from mailrepl.shared.errors import UnsupportedVersion, WireError
+from mailrepl.shared.model import utcnow
+from mailrepl.shared.site_state import active_site
+from mailrepl.recovery.site import history, report_of
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import InboxRow, RejectedMessage, Replica
+from mailrepl.shared.protocol.wire import MEDIA_TYPE, decode_batch
+from mailrepl.shared.engines.receiver import Receiver
 
 __all__ = ["ingest_router", "admin_router", "replica_status"]
 

@@ -7,28 +7,28 @@ import uvicorn
 from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import select
 
-from shared.watcher import PushWatchers
-from recovery.api import admin_router, ingest_router
-from recovery.autofailover import FailoverMonitor
-from recovery.cutover import CutoverService
-from recovery.failback import FailbackService
-from shared.receiver import Receiver
-from recovery.redirect import Redirect
-from recovery.site import KeyedLocks
-from recovery.site_api import redirect_router, site_admin_router, site_ingest_router
-from recovery.standby_view import StandbyView, is_fresh
-from shared.adapters.factory import make_adapter
-from shared.background import Background
-from shared.api_common import bearer_auth, make_app
-from shared.errors import MailreplError
-from shared.blobstore import BlobStore
-from shared.bodies import BodyStore
-from shared.capture import CaptureEngine
-from shared.replay import ReplayEngine
-from shared.site_state import SiteState
-from shared.store import open_store
-from shared.store.models import Mailbox, Replica
-from shared.workers import Job, MailboxWorkers
+from mailrepl.shared.runtime.watcher import PushWatchers
+from mailrepl.recovery.api import admin_router, ingest_router
+from mailrepl.recovery.autofailover import FailoverMonitor
+from mailrepl.recovery.cutover import CutoverService
+from mailrepl.recovery.failback import FailbackService
+from mailrepl.shared.engines.receiver import Receiver
+from mailrepl.recovery.redirect import Redirect
+from mailrepl.recovery.site import KeyedLocks
+from mailrepl.recovery.site_api import redirect_router, site_admin_router, site_ingest_router
+from mailrepl.recovery.standby_view import StandbyView, is_fresh
+from mailrepl.shared.adapters.factory import make_adapter
+from mailrepl.shared.runtime.background import Background
+from mailrepl.shared.runtime.api_common import bearer_auth, make_app
+from mailrepl.shared.errors import MailreplError
+from mailrepl.shared.content.blobstore import BlobStore
+from mailrepl.shared.content.bodies import BodyStore
+from mailrepl.shared.engines.capture import CaptureEngine
+from mailrepl.shared.engines.replay import ReplayEngine
+from mailrepl.shared.site_state import SiteState
+from mailrepl.shared.store import open_store
+from mailrepl.shared.store.models import Mailbox, Replica
+from mailrepl.shared.runtime.workers import Job, MailboxWorkers
 
 __all__ = ["RecoveryGateway", "run"]
 

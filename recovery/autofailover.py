@@ -3,7 +3,7 @@ configured time, cut over that server's replicated mailboxes; never cut back by 
 
 Anti-flapping: the outage must last ``outage_seconds`` without one good probe; one automatic
 cutover per outage (a server must be seen up again before another); an automatic cutover holds
-at least ``hold_seconds`` before a failback is accepted (``recovery.failback``). Every probe
+at least ``hold_seconds`` before a failback is accepted (``mailrepl.recovery.failback``). Every probe
 result is kept in ``server_health`` and every automatic action in the mailboxes' transition
 history (actor ``auto``) and the log.
 
@@ -17,13 +17,13 @@ from typing import Callable, Mapping
 
 from sqlalchemy import select
 
-from shared.adapters.base import Adapter
-from shared.background import Background
-from shared.errors import MailreplError
-from shared.model import utcnow
-from shared.site_state import SiteState
-from shared.store import Store
-from shared.store.models import Replica, ServerHealth
+from mailrepl.shared.adapters.base import Adapter
+from mailrepl.shared.runtime.background import Background
+from mailrepl.shared.errors import MailreplError
+from mailrepl.shared.model import utcnow
+from mailrepl.shared.site_state import SiteState
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import Replica, ServerHealth
 
 __all__ = ["FailoverMonitor", "should_fail_over"]
 

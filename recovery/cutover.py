@@ -6,7 +6,7 @@ Per mailbox (several in parallel):
 2. Drain the replay queue: everything received is applied to the standby (the same replay
    engine; a crash or an unreachable standby leaves the mailbox cutting-over, and asking again
    continues where it stopped).
-3. The capture state at DR is the *standby view* (``recovery.standby_view``), which the replay
+3. The capture state at DR is the *standby view* (``mailrepl.recovery.standby_view``), which the replay
    workers keep current as they write: folders at the standby's own cursors, every message
    catalogued under an alias of the source's id, so that the changes users make on the standby
    can later be replayed on the primary by the id the primary's side knows. The standby is read
@@ -26,15 +26,15 @@ from typing import Callable, Sequence
 
 from sqlalchemy import case, delete, func, insert, select, update
 
-from recovery.site import KeyedLocks, apply_action
-from recovery.standby_view import StandbyView, is_fresh
-from shared.adapters.base import MailboxSession
-from shared.errors import MailreplError, ProtocolError, ServerUnavailable
-from shared.model import utcnow
-from shared.replay import ReplayEngine
-from shared.site_state import SiteState
-from shared.store import Store
-from shared.store.models import CatalogEntry, FolderState, IdMapEntry, Mailbox, MidAlias, Replica, ReplayIntent
+from mailrepl.recovery.site import KeyedLocks, apply_action
+from mailrepl.recovery.standby_view import StandbyView, is_fresh
+from mailrepl.shared.adapters.base import MailboxSession
+from mailrepl.shared.errors import MailreplError, ProtocolError, ServerUnavailable
+from mailrepl.shared.model import utcnow
+from mailrepl.shared.engines.replay import ReplayEngine
+from mailrepl.shared.site_state import SiteState
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import CatalogEntry, FolderState, IdMapEntry, Mailbox, MidAlias, Replica, ReplayIntent
 
 __all__ = ["CutoverService", "switch_on"]
 

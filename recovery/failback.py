@@ -27,19 +27,19 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 from sqlalchemy import delete, insert, select
 
-from shared.batch_builder import BatchBuilder
-from recovery.site import KeyedLocks, apply_action
-from shared.adapters.base import MailboxSession
-from shared.capture import CaptureEngine
-from shared.errors import IllegalTransition, MailreplError
-from shared.model import Change, Cursor, utcnow
-from shared.site_state import SiteState
-from shared.store import Store
-from shared.store.models import (
+from mailrepl.shared.engines.batch_builder import BatchBuilder
+from mailrepl.recovery.site import KeyedLocks, apply_action
+from mailrepl.shared.adapters.base import MailboxSession
+from mailrepl.shared.engines.capture import CaptureEngine
+from mailrepl.shared.errors import IllegalTransition, MailreplError
+from mailrepl.shared.model import Change, Cursor, utcnow
+from mailrepl.shared.site_state import SiteState
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import (
     CatalogEntry, FolderState, IdMapEntry, InboxRow, Mailbox, MidAlias, Orphan, OutboxBody, OutboxRow, Replica,
     ReplayIntent, SiteTransition,
 )
-from shared.wire import Batch, Segment
+from mailrepl.shared.protocol.wire import Batch, Segment
 
 __all__ = ["FailbackService", "translate"]
 

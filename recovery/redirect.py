@@ -22,10 +22,10 @@ from typing import Callable, Mapping
 
 from sqlalchemy import select
 
-from shared.settings_common import ServerSettings
-from shared.site_state import SiteState, active_site
-from shared.store import Store
-from shared.store.models import Replica
+from mailrepl.shared.config.settings_common import ServerSettings
+from mailrepl.shared.site_state import SiteState, active_site
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import Replica
 
 __all__ = ["Redirect", "Answer"]
 

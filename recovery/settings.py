@@ -4,7 +4,7 @@
 
     [gateway]   id, state_url, listen, admin_token, ingest_token, workers, append_batch, blob_dir,
                 blob_grace_seconds, log_level
-    [[servers]] the standby mail servers (see ``shared.settings_common``)
+    [[servers]] the standby mail servers (see ``mailrepl.shared.config.settings_common``)
     [routes]    optional: primary server name (as the source gateway calls it) = standby server name
     [[primaries]] optional: the primary mail servers as this site reaches them (same keys as
                 [[servers]]), for the login redirect and the health checks of automatic failover
@@ -22,7 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Mapping
 
-from shared.settings_common import (
+from mailrepl.shared.config.settings_common import (
     ENV_ADMIN_TOKEN,
     ListenAddress,
     ServerSettings,
@@ -35,7 +35,7 @@ from shared.settings_common import (
     read_state_url,
     read_token,
 )
-from shared.toml_reader import Table, open_config
+from mailrepl.shared.config.toml_reader import Table, open_config
 
 __all__ = [
     "ENV_INGEST_TOKEN",

@@ -1,6 +1,6 @@
 """Persisted site state of replicated mailboxes: transitions with their history, and lookups.
 
-The legal moves are ``shared.site_state``'s; this module applies them to ``replica`` rows and
+The legal moves are ``mailrepl.shared.site_state``'s; this module applies them to ``replica`` rows and
 writes one ``site_transition`` row per change (who asked, when, why). Locks per mailbox keep
 the replayer, the DR capture and the cutover/failback steps of one mailbox from overlapping.
 """
@@ -13,10 +13,10 @@ from typing import Sequence
 
 from sqlalchemy import select
 
-from shared.errors import MailreplError
-from shared.model import utcnow
-from shared.site_state import Transition, next_state
-from shared.store.models import Replica, SiteTransition
+from mailrepl.shared.errors import MailreplError
+from mailrepl.shared.model import utcnow
+from mailrepl.shared.site_state import Transition, next_state
+from mailrepl.shared.store.models import Replica, SiteTransition
 
 __all__ = ["apply_action", "history", "find_replicas", "report_of", "KeyedLocks", "NoSuchMailbox"]
 

@@ -2,8 +2,8 @@
 
 Admin (``/api/v1``, admin token): ``POST /cutover``, ``POST /failback``, ``GET /failover``.
 Source gateways (``/api/v1/ingest``, ingest token): ``GET /sites``, ``POST /reverse``,
-``POST /resync``, ``POST /rebase`` (see ``recovery.failback``).
-nginx mail proxy: ``GET /auth`` (``auth_http``, see ``recovery.redirect``).
+``POST /resync``, ``POST /rebase`` (see ``mailrepl.recovery.failback``).
+nginx mail proxy: ``GET /auth`` (``auth_http``, see ``mailrepl.recovery.redirect``).
 """
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
-from recovery.autofailover import FailoverMonitor
-from recovery.cutover import CutoverService
-from recovery.failback import FailbackService
-from recovery.redirect import Redirect
-from recovery.site import NoSuchMailbox, find_replicas
-from shared.errors import IllegalTransition
-from shared.store import Store
-from shared.store.models import Replica, SiteTransition
-from shared.wire import MEDIA_TYPE, encode_batch
+from mailrepl.recovery.autofailover import FailoverMonitor
+from mailrepl.recovery.cutover import CutoverService
+from mailrepl.recovery.failback import FailbackService
+from mailrepl.recovery.redirect import Redirect
+from mailrepl.recovery.site import NoSuchMailbox, find_replicas
+from mailrepl.shared.errors import IllegalTransition
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import Replica, SiteTransition
+from mailrepl.shared.protocol.wire import MEDIA_TYPE, encode_batch
 
 __all__ = ["site_admin_router", "site_ingest_router", "redirect_router"]
 

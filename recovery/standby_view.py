@@ -25,12 +25,12 @@ from dataclasses import dataclass
 
 from sqlalchemy import delete, select
 
-from shared.adapters.base import FolderDelta, FolderInfo, MailboxSession
-from shared.capture import flags_text
-from shared.errors import CursorInvalid, FolderNotFound
-from shared.model import Cursor, UidSet
-from shared.store import Store
-from shared.store.models import CatalogEntry, FolderState, IdMapEntry, Mailbox, Replica
+from mailrepl.shared.adapters.base import FolderDelta, FolderInfo, MailboxSession
+from mailrepl.shared.engines.capture import flags_text
+from mailrepl.shared.errors import CursorInvalid, FolderNotFound
+from mailrepl.shared.model import Cursor, UidSet
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import CatalogEntry, FolderState, IdMapEntry, Mailbox, Replica
 
 __all__ = ["StandbyView", "is_fresh"]
 

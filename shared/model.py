@@ -201,7 +201,7 @@ class UidSet:
 
 
 class Kind(str, enum.Enum):
-    """What a change does. Values are the wire names (stable; see ``shared.wire``)."""
+    """What a change does. Values are the wire names (stable; see ``mailrepl.shared.protocol.wire``)."""
 
     FOLDER_CREATE = "folder.create"  # folder; special_use
     FOLDER_RENAME = "folder.rename"  # folder -> new_folder (children follow)

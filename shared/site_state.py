@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from shared.errors import IllegalTransition
+from mailrepl.shared.errors import IllegalTransition
 
 __all__ = [
     "SiteState",

@@ -1,8 +1,8 @@
 """The adapter contract: what capture and replay need from a mail server, nothing more.
 
 Adapters are dumb: they speak one protocol (IMAP, EWS) and translate its errors into
-``shared.errors``. Ordering, batching, retries, dedup, idempotency and the id map live in the
-engines (``shared.capture``, ``shared.replay``). Every adapter passes the one conformance suite
+``mailrepl.shared.errors``. Ordering, batching, retries, dedup, idempotency and the id map live in the
+engines (``mailrepl.shared.engines.capture``, ``mailrepl.shared.engines.replay``). Every adapter passes the one conformance suite
 in ``tests/conformance``.
 
 Folder names are canonical paths with ``/`` between levels (``"Lists/dev"``); an adapter maps
@@ -11,7 +11,7 @@ Flags are IMAP flag/keyword strings (``\\Seen``, ``$Label1``); ``\\Recent`` is n
 nor accepted. Internal dates are timezone-aware datetimes (an adapter may change the zone but
 not the instant).
 
-Errors an adapter may raise (all from ``shared.errors``):
+Errors an adapter may raise (all from ``mailrepl.shared.errors``):
 
 - ``ServerUnavailable`` (retryable): connect/IO failure, timeout, BYE. The session is dead
   afterwards; open a new one.
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Iterator, Protocol, Sequence, runtime_checkable
 
-from shared.model import Cursor
+from mailrepl.shared.model import Cursor
 
 __all__ = [
     "FolderInfo",

@@ -3,7 +3,7 @@
 Access: one service account for every mailbox, by impersonation (ExchangeImpersonation header,
 the ApplicationImpersonation role) or delegate access; HTTP Basic or NTLM, or OAuth2 client
 credentials; an explicit EWS endpoint or autodiscover. exchangelib runs fail-fast; retries and
-error translation are ``shared.adapters.ews_calls``.
+error translation are ``mailrepl.shared.adapters.ews_calls``.
 
 How the IMAP-shaped contract maps onto EWS:
 
@@ -28,7 +28,7 @@ How the IMAP-shaped contract maps onto EWS:
   folder's present article numbers are listed (FindItem, ids only) and every number below the
   old UIDNEXT that is no longer present is reported; the caller ignores the ones it never saw.
 - Items gone between the sync and GetItem (ErrorItemNotFound) are skipped.
-- **Flags**: see ``shared.adapters.ews_mapping``. Items are created from MIME with
+- **Flags**: see ``mailrepl.shared.adapters.ews_mapping``. Items are created from MIME with
   PR_MESSAGE_FLAGS set (read, and unsent only for ``\\Draft``), so they are not left as drafts,
   and with PR_MESSAGE_DELIVERY_TIME for the received time.
 - **Push**: ``wait_for_change`` waits for EWS streaming notifications (all folders); they are
@@ -61,14 +61,14 @@ from exchangelib import errors as ex
 from exchangelib.folders import Folder
 from exchangelib.services import ConvertId
 
-from shared.adapters.base import AppendItem, AppendResult, FetchedMessage, FolderDelta, FolderInfo, ServerFeatures
-from shared.adapters.ews_calls import DEFAULT_MAX_WAIT, call_with_retry
-from shared.adapters.ews_folders import FolderTree
-from shared.adapters.ews_items import ItemOps
-from shared.adapters.ews_mapping import folder_uidvalidity
-from shared.adapters.ews_push import StreamWatcher
-from shared.errors import CursorInvalid, FolderNotFound, MailboxNotFound
-from shared.model import Cursor
+from mailrepl.shared.adapters.base import AppendItem, AppendResult, FetchedMessage, FolderDelta, FolderInfo, ServerFeatures
+from mailrepl.shared.adapters.ews_calls import DEFAULT_MAX_WAIT, call_with_retry
+from mailrepl.shared.adapters.ews_folders import FolderTree
+from mailrepl.shared.adapters.ews_items import ItemOps
+from mailrepl.shared.adapters.ews_mapping import folder_uidvalidity
+from mailrepl.shared.adapters.ews_push import StreamWatcher
+from mailrepl.shared.errors import CursorInvalid, FolderNotFound, MailboxNotFound
+from mailrepl.shared.model import Cursor
 
 __all__ = ["EwsEndpoint", "EwsAdapter", "EwsSession", "DEFAULT_PAGE_SIZE", "DEFAULT_MAX_CHANGES"]
 
@@ -269,7 +269,7 @@ class EwsSession:
         self.tree.delete(folder)
 
     def wait_for_change(self, timeout: float) -> bool:
-        """Wait for a streaming notification (``shared.adapters.ews_push``); while streaming is
+        """Wait for a streaming notification (``mailrepl.shared.adapters.ews_push``); while streaming is
         unavailable, sleep and return False."""
         if self.push is None:
             self.push = StreamWatcher(self.account, f"{self.adapter.name}/{self.address}")

@@ -12,7 +12,7 @@ would retry a wrong password for up to an hour); the retry policy lives here ins
 - when the budget (``max_wait`` seconds) is spent: ``ServerUnavailable`` (retryable, with the
   server's back-off).
 
-Everything else is translated once, here, into ``shared.errors`` with ``raise ... from exc``.
+Everything else is translated once, here, into ``mailrepl.shared.errors`` with ``raise ... from exc``.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from typing import Callable, TypeVar
 import requests
 from exchangelib import errors as ex
 
-from shared.errors import (
+from mailrepl.shared.errors import (
     AdapterError,
     AuthenticationFailed,
     CursorInvalid,
@@ -62,7 +62,7 @@ _NO_FOLDER = (ex.ErrorFolderNotFound, ex.ErrorInvalidIdMalformed)
 
 
 def translate(exc: BaseException, what: str) -> AdapterError:
-    """The ``shared.errors`` counterpart of an exchangelib (or socket) error."""
+    """The ``mailrepl.shared.errors`` counterpart of an exchangelib (or socket) error."""
     text = f"{what}: {type(exc).__name__}: {exc}"
     if isinstance(exc, _AUTH):
         return AuthenticationFailed(text)

@@ -20,12 +20,12 @@ from exchangelib.items import ID_ONLY
 from exchangelib.properties import DistinguishedFolderId, Mailbox
 from exchangelib.services import SyncFolderHierarchy
 
-from shared.adapters.ews_calls import translate
-from shared.adapters.ews_mapping import SPECIAL_USE, folder_fid, name_to_segment, segment_to_name
-from shared.errors import FolderNotFound, ProtocolError
+from mailrepl.shared.adapters.ews_calls import translate
+from mailrepl.shared.adapters.ews_mapping import SPECIAL_USE, folder_fid, name_to_segment, segment_to_name
+from mailrepl.shared.errors import FolderNotFound, ProtocolError
 
 if TYPE_CHECKING:
-    from shared.adapters.ews import EwsSession
+    from mailrepl.shared.adapters.ews import EwsSession
 
 __all__ = ["FolderTree", "split_name"]
 

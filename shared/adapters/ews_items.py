@@ -1,7 +1,7 @@
 """Item operations of one EWS mailbox session: sync deltas, fetch, create, flag, delete, move.
 
 UIDs are article numbers (PR_INTERNET_ARTICLE_NUMBER); ``_resolve`` turns them into ItemIds
-(cache first, then FindItem restricted to article-number ranges). See ``shared.adapters.ews``
+(cache first, then FindItem restricted to article-number ranges). See ``mailrepl.shared.adapters.ews``
 for how deltas and cursors map onto SyncFolderItems.
 """
 from __future__ import annotations
@@ -18,16 +18,16 @@ from exchangelib.items import ALWAYS_OVERWRITE, HARD_DELETE, ID_ONLY, ITEM_CLASS
 from exchangelib.restriction import Restriction
 from exchangelib.services import FindItem, SyncFolderItems
 
-from shared.adapters.base import AppendItem, FetchedMessage, FolderDelta, MessageMeta
-from shared.adapters.ews_calls import translate
-from shared.adapters.ews_mapping import flags_to_state, state_to_flags
-from shared.errors import MessageRejected, ProtocolError
-from shared.model import Cursor
+from mailrepl.shared.adapters.base import AppendItem, FetchedMessage, FolderDelta, MessageMeta
+from mailrepl.shared.adapters.ews_calls import translate
+from mailrepl.shared.adapters.ews_mapping import flags_to_state, state_to_flags
+from mailrepl.shared.errors import MessageRejected, ProtocolError
+from mailrepl.shared.model import Cursor
 
 if TYPE_CHECKING:
     from exchangelib.folders import Folder
 
-    from shared.adapters.ews import EwsSession
+    from mailrepl.shared.adapters.ews import EwsSession
 
 __all__ = ["ItemOps", "to_utc", "to_ews", "META_FIELDS", "FETCH_CHUNK"]
 

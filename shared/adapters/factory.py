@@ -1,15 +1,15 @@
 """Build an adapter from a server's settings (EWS is imported lazily, only when configured)."""
 from __future__ import annotations
 
-from shared.adapters.base import Adapter
-from shared.errors import ConfigError
+from mailrepl.shared.adapters.base import Adapter
+from mailrepl.shared.errors import ConfigError
 
 __all__ = ["make_adapter"]
 
 
-def make_adapter(server) -> Adapter:  # server: shared.settings_common.ServerSettings
+def make_adapter(server) -> Adapter:  # server: mailrepl.shared.config.settings_common.ServerSettings
     if server.kind == "imap":
-        from shared.adapters.imap import ImapAdapter, ImapEndpoint
+        from mailrepl.shared.adapters.imap import ImapAdapter, ImapEndpoint
 
         endpoint = ImapEndpoint(
             host=server.host,
@@ -24,7 +24,7 @@ def make_adapter(server) -> Adapter:  # server: shared.settings_common.ServerSet
         )
         return ImapAdapter(server.name, endpoint, users=list(server.users) or None)
     if server.kind == "ews":
-        from shared.adapters.ews import EwsAdapter, EwsEndpoint
+        from mailrepl.shared.adapters.ews import EwsAdapter, EwsEndpoint
 
         endpoint = EwsEndpoint(
             service_endpoint=server.endpoint,

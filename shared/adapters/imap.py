@@ -2,7 +2,7 @@
 
 ``ImapAdapter.open(address)`` logs in *as* the mailbox through the service account (SASL PLAIN
 with authzid = mailbox and authcid = service user, or Dovecot's ``LOGIN "mailbox*service"``)
-and returns an :class:`ImapSession` implementing ``shared.adapters.base.MailboxSession``.
+and returns an :class:`ImapSession` implementing ``mailrepl.shared.adapters.base.MailboxSession``.
 
 Telling "no such user" from "wrong service password": the service account cannot log in on
 its own on Dovecot (a master user only exists as a master), so a second probe login cannot
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from shared.adapters.base import (
+from mailrepl.shared.adapters.base import (
     AppendItem,
     AppendResult,
     FetchedMessage,
@@ -26,12 +26,12 @@ from shared.adapters.base import (
     FolderInfo,
     ServerFeatures,
 )
-from shared.adapters import imap_messages
-from shared.adapters.imap_client import ImapClient, make_ssl_context
-from shared.adapters.imap_format import astring, flag_list, quoted, uid_set_batches
-from shared.adapters.imap_mailbox import TRANSIENT_CODES, Mailbox, detect, raise_for
-from shared.adapters.imap_protocol import ListEntry, Response, parse_copyuid, parse_list, parse_status
-from shared.errors import (
+from mailrepl.shared.adapters import imap_messages
+from mailrepl.shared.adapters.imap_client import ImapClient, make_ssl_context
+from mailrepl.shared.adapters.imap_format import astring, flag_list, quoted, uid_set_batches
+from mailrepl.shared.adapters.imap_mailbox import TRANSIENT_CODES, Mailbox, detect, raise_for
+from mailrepl.shared.adapters.imap_protocol import ListEntry, Response, parse_copyuid, parse_list, parse_status
+from mailrepl.shared.errors import (
     AuthenticationFailed,
     ConfigError,
     FolderNotFound,
@@ -39,7 +39,7 @@ from shared.errors import (
     ProtocolError,
     ServerUnavailable,
 )
-from shared.model import Cursor
+from mailrepl.shared.model import Cursor
 
 __all__ = ["ImapEndpoint", "ImapAdapter", "ImapSession"]
 

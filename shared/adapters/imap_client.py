@@ -1,7 +1,7 @@
 """A blocking IMAP4rev1 client connection: transport, tags, pipelining, literals, authentication.
 
-Knows IMAP, not mailrepl: which commands to send is the adapter's business (``shared.adapters.imap``).
-Every socket, TLS and parse failure is translated here into ``shared.errors``:
+Knows IMAP, not mailrepl: which commands to send is the adapter's business (``mailrepl.shared.adapters.imap``).
+Every socket, TLS and parse failure is translated here into ``mailrepl.shared.errors``:
 
 - ``ServerUnavailable``: connect/IO error, timeout, connection closed, ``* BYE`` (the connection
   is unusable afterwards; every later call raises it again). Certificate failures are not
@@ -28,9 +28,9 @@ from dataclasses import dataclass, field
 from itertools import count
 from typing import Callable
 
-from shared.adapters.imap_format import Literal, astring
-from shared.adapters.imap_protocol import ConnectionClosed, Response, ResponseReader, as_text
-from shared.errors import ProtocolError, ServerUnavailable
+from mailrepl.shared.adapters.imap_format import Literal, astring
+from mailrepl.shared.adapters.imap_protocol import ConnectionClosed, Response, ResponseReader, as_text
+from mailrepl.shared.errors import ProtocolError, ServerUnavailable
 
 __all__ = ["ImapClient", "Result", "make_ssl_context"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Iterable
 
-from shared.model import UidSet
+from mailrepl.shared.model import UidSet
 
 __all__ = [
     "Literal",

@@ -1,18 +1,18 @@
 """The state one IMAP session keeps about its mailbox: detected features, folder-name mapping,
 and which folder is selected.
 
-Shared by the session's folder operations (``shared.adapters.imap``) and its bulk message paths
-(``shared.adapters.imap_messages``).
+Shared by the session's folder operations (``mailrepl.shared.adapters.imap``) and its bulk message paths
+(``mailrepl.shared.adapters.imap_messages``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.adapters.base import ServerFeatures
-from shared.adapters.imap_client import ImapClient, Result
-from shared.adapters.imap_format import decode_mutf7, encode_mutf7, quoted, uid_set_batches
-from shared.adapters.imap_protocol import ListEntry, Response, as_text, parse_list
-from shared.errors import FolderNotFound, ProtocolError, ServerUnavailable
+from mailrepl.shared.adapters.base import ServerFeatures
+from mailrepl.shared.adapters.imap_client import ImapClient, Result
+from mailrepl.shared.adapters.imap_format import decode_mutf7, encode_mutf7, quoted, uid_set_batches
+from mailrepl.shared.adapters.imap_protocol import ListEntry, Response, as_text, parse_list
+from mailrepl.shared.errors import FolderNotFound, ProtocolError, ServerUnavailable
 
 __all__ = ["REQUIRED_CAPABILITIES", "TRANSIENT_CODES", "FolderNames", "Mailbox", "detect", "raise_for"]
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 from collections import deque
 from typing import Callable, Iterator, NoReturn, Sequence
 
-from shared.adapters.base import AppendItem, AppendResult, FetchedMessage, FolderDelta, MessageMeta
-from shared.adapters.imap_client import Result
-from shared.adapters.imap_format import Literal, flag_list, format_imap_date, uid_set, uid_set_batches
-from shared.adapters.imap_mailbox import TRANSIENT_CODES, Mailbox, raise_for
-from shared.adapters.imap_protocol import (
+from mailrepl.shared.adapters.base import AppendItem, AppendResult, FetchedMessage, FolderDelta, MessageMeta
+from mailrepl.shared.adapters.imap_client import Result
+from mailrepl.shared.adapters.imap_format import Literal, flag_list, format_imap_date, uid_set, uid_set_batches
+from mailrepl.shared.adapters.imap_mailbox import TRANSIENT_CODES, Mailbox, raise_for
+from mailrepl.shared.adapters.imap_protocol import (
     FetchItem,
     Response,
     parse_appenduid,
@@ -23,8 +23,8 @@ from shared.adapters.imap_protocol import (
     parse_vanished,
     restore_nul,
 )
-from shared.errors import CursorInvalid, MessageRejected, ProtocolError, ServerUnavailable
-from shared.model import Cursor
+from mailrepl.shared.errors import CursorInvalid, MessageRejected, ProtocolError, ServerUnavailable
+from mailrepl.shared.model import Cursor
 
 __all__ = ["changes_since", "fetch", "append", "plan_chunks",
            "FETCH_CHUNK_MESSAGES", "FETCH_CHUNK_BYTES", "FETCH_WINDOW"]

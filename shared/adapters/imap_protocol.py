@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Callable, Iterable
 
-from shared.adapters.imap_format import parse_imap_date
-from shared.errors import ProtocolError
-from shared.model import UidSet
+from mailrepl.shared.adapters.imap_format import parse_imap_date
+from mailrepl.shared.errors import ProtocolError
+from mailrepl.shared.model import UidSet
 
 __all__ = [
     "Response",

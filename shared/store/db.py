@@ -17,7 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.errors import StoreError
+from mailrepl.shared.errors import StoreError
 
 __all__ = ["Store", "open_store"]
 

@@ -35,7 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from shared.model import utcnow
+from mailrepl.shared.model import utcnow
 
 __all__ = [
     "Base",
@@ -96,7 +96,7 @@ class Mailbox(Base):
     shipped_raw_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", nullable=False)
     shipped_payload_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", nullable=False)
     shipped_wire_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0", nullable=False)
-    # the site state (``shared.site_state``) the gateway last learned for this mailbox
+    # the site state (``mailrepl.shared.site_state``) the gateway last learned for this mailbox
     site_state: Mapped[str] = mapped_column(String(20), default="replicating", server_default="replicating",
                                             nullable=False)
     created_at: Mapped[datetime] = _ts()
@@ -179,7 +179,7 @@ class Replica(Base):
     error: Mapped[str | None] = mapped_column(Text)
     last_received_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_applied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    # cutover and failback (``shared.site_state``)
+    # cutover and failback (``mailrepl.shared.site_state``)
     site_state: Mapped[str] = mapped_column(String(20), default="replicating", server_default="replicating",
                                             nullable=False)
     site_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -187,7 +187,7 @@ class Replica(Base):
     final_seq: Mapped[int | None] = mapped_column(BigInteger)  # last standby change to replay on switch-back
     failback_report: Mapped[str | None] = mapped_column(Text)  # JSON
     # the applied sequence number at which the DR capture state of the standby copy (the
-    # "standby view", ``recovery.standby_view``) was last brought up to date; None: not built
+    # "standby view", ``mailrepl.recovery.standby_view``) was last brought up to date; None: not built
     view_seq: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = _ts()
 
@@ -208,7 +208,7 @@ class InboxRow(Base):
 
 
 class InboxBody(Base):
-    """A received message body as its skeleton (``shared.mime_split``); the parts are in the blob store."""
+    """A received message body as its skeleton (``mailrepl.shared.content.mime_split``); the parts are in the blob store."""
 
     __tablename__ = "inbox_body"
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from shared.adapters.base import AppendItem  # noqa: E402
-from shared.adapters.imap import ImapAdapter, ImapEndpoint  # noqa: E402
-from shared.errors import MessageRejected  # noqa: E402
+from mailrepl.shared.adapters.base import AppendItem  # noqa: E402
+from mailrepl.shared.adapters.imap import ImapAdapter, ImapEndpoint  # noqa: E402
+from mailrepl.shared.errors import MessageRejected  # noqa: E402
 from tests.support.dovecot import DovecotServer  # noqa: E402
 from tests.support.gateways import GatewayPair  # noqa: E402
 from tests.bench.bench_seed import cpu_seconds  # noqa: E402

@@ -31,8 +31,8 @@ from typing import Callable, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from shared.adapters.base import AppendItem  # noqa: E402
-from shared.adapters.imap import ImapAdapter, ImapEndpoint  # noqa: E402
+from mailrepl.shared.adapters.base import AppendItem  # noqa: E402
+from mailrepl.shared.adapters.imap import ImapAdapter, ImapEndpoint  # noqa: E402
 
 DATE = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
 APPEND_BATCH = 100

@@ -1,1 +1,1 @@
-"""The adapter contract suite (``shared.adapters.base``), run against every adapter."""
+"""The adapter contract suite (``mailrepl.shared.adapters.base``), run against every adapter."""

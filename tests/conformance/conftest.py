@@ -13,8 +13,8 @@ from typing import Iterator
 
 import pytest
 
-from shared.adapters.base import Adapter, MailboxSession
-from shared.adapters.imap import ImapAdapter, ImapEndpoint
+from mailrepl.shared.adapters.base import Adapter, MailboxSession
+from mailrepl.shared.adapters.imap import ImapAdapter, ImapEndpoint
 from tests.unit.memory_server import MemoryAdapter, MemoryServer
 
 USER, OTHER_USER = "alice", "bob"
@@ -128,7 +128,7 @@ class EwsEnv(ContractEnv):
         self.adapter = self._adapter(SERVICE_PASSWORD)
 
     def _adapter(self, password: str) -> Adapter:
-        from shared.adapters.ews import EwsAdapter, EwsEndpoint
+        from mailrepl.shared.adapters.ews import EwsAdapter, EwsEndpoint
         from tests.support.ews_responder import SERVICE_USER
 
         endpoint = EwsEndpoint(self.server.endpoint, SERVICE_USER, password, timeout=10.0, max_wait=1.5)

@@ -1,4 +1,4 @@
-"""The adapter contract (``shared.adapters.base``), asserted against every adapter alike.
+"""The adapter contract (``mailrepl.shared.adapters.base``), asserted against every adapter alike.
 
 Each test gets a fresh server through ``contract_env`` (see conftest). Where the contract lets
 servers differ (server-side push, where a refusal's index is known, line-ending
@@ -13,8 +13,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from shared.adapters.base import AppendItem, FolderDelta
-from shared.errors import (
+from mailrepl.shared.adapters.base import AppendItem, FolderDelta
+from mailrepl.shared.errors import (
     AuthenticationFailed,
     CursorInvalid,
     FolderNotFound,
@@ -22,7 +22,7 @@ from shared.errors import (
     MessageRejected,
     ServerUnavailable,
 )
-from shared.model import Cursor
+from mailrepl.shared.model import Cursor
 
 DATE = datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone(timedelta(hours=1)))
 

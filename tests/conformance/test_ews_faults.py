@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 import httpx
 import pytest
 
-from shared.adapters.base import AppendItem
-from shared.adapters.ews import EwsAdapter, EwsEndpoint
-from shared.errors import AuthenticationFailed, CursorInvalid, MailboxNotFound, ProtocolError, ServerUnavailable
+from mailrepl.shared.adapters.base import AppendItem
+from mailrepl.shared.adapters.ews import EwsAdapter, EwsEndpoint
+from mailrepl.shared.errors import AuthenticationFailed, CursorInvalid, MailboxNotFound, ProtocolError, ServerUnavailable
 from tests.support import ews_soap
 from tests.support.ews_responder import SERVICE_PASSWORD, SERVICE_USER, EwsResponder
 

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from shared.adapters.base import AppendItem
+from mailrepl.shared.adapters.base import AppendItem
 
 ENV = "MAILREPL_EWS_LIVE_"
 REQUIRED = ("ENDPOINT", "USER", "PASSWORD", "MAILBOX")
@@ -34,7 +34,7 @@ DATE = datetime(2024, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
 
 @pytest.fixture
 def live():
-    from shared.adapters.ews import EwsAdapter, EwsEndpoint
+    from mailrepl.shared.adapters.ews import EwsAdapter, EwsEndpoint
 
     env = {k: os.environ.get(ENV + k, "") for k in REQUIRED + ("AUTH", "ACCESS")}
     endpoint = EwsEndpoint(env["ENDPOINT"], env["USER"], env["PASSWORD"], auth=env["AUTH"] or "ntlm",

@@ -13,18 +13,18 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from gateway.shipper import Shipper
-from recovery.api import ingest_router
-from shared.receiver import Receiver
-from shared.adapters.ews import EwsAdapter, EwsEndpoint
-from shared.api_common import bearer_auth
-from shared.blobstore import BlobStore
-from shared.bodies import BodyStore
-from shared.capture import CaptureEngine
-from shared.errors import ServerUnavailable
-from shared.replay import ReplayEngine
-from shared.store import open_store
-from shared.store.models import FolderState, Mailbox, Replica
+from mailrepl.gateway.shipper import Shipper
+from mailrepl.recovery.api import ingest_router
+from mailrepl.shared.engines.receiver import Receiver
+from mailrepl.shared.adapters.ews import EwsAdapter, EwsEndpoint
+from mailrepl.shared.runtime.api_common import bearer_auth
+from mailrepl.shared.content.blobstore import BlobStore
+from mailrepl.shared.content.bodies import BodyStore
+from mailrepl.shared.engines.capture import CaptureEngine
+from mailrepl.shared.errors import ServerUnavailable
+from mailrepl.shared.engines.replay import ReplayEngine
+from mailrepl.shared.store import open_store
+from mailrepl.shared.store.models import FolderState, Mailbox, Replica
 from tests.support.ews_responder import SERVICE_PASSWORD, SERVICE_USER, EwsResponder
 from tests.unit.memory_server import MemoryServer
 

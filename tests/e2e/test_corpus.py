@@ -10,9 +10,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from shared.adapters.base import AppendItem
-from shared.adapters.imap import ImapAdapter, ImapEndpoint
-from shared.errors import MessageRejected
+from mailrepl.shared.adapters.base import AppendItem
+from mailrepl.shared.adapters.imap import ImapAdapter, ImapEndpoint
+from mailrepl.shared.errors import MessageRejected
 from tests.support.gateways import GatewayPair
 from tests.support.mailcompare import assert_same_mailbox, corpus_files, snapshot
 

@@ -236,7 +236,7 @@ def test_wiped_primary_is_fully_resynchronised(dovecot_factory, tmp_path):
         pair.protect("alice")
         pair.wait_synced(["alice"])
         primary.kill()
-        cli = subprocess.run([sys.executable, "-m", "shared.cli", "cutover", "--all", "--server", "primary",
+        cli = subprocess.run([sys.executable, "-m", "mailrepl", "cutover", "--all", "--server", "primary",
                               "--url", pair.recovery.url, "--token", ADMIN_TOKEN],
                              capture_output=True, text=True, timeout=120, env=dict(os.environ, COLUMNS="200"))
         assert cli.returncode == 0 and "active-at-dr" in cli.stdout, cli.stdout + cli.stderr

@@ -8,7 +8,7 @@ import sqlalchemy as sa
 def newest_revision() -> str:
     from alembic.script import ScriptDirectory
 
-    from shared.store import db
+    from mailrepl.shared.store import db
 
     return ScriptDirectory(str(db._MIGRATIONS)).get_current_head()
 
@@ -54,7 +54,7 @@ def test_gateway_states_are_two_distinct_fresh_stores(gateway_states, tmp_path):
 
 @pytest.mark.postgres
 def test_migrations_build_the_schema_and_keep_bodies_uncompressed(postgres_databases):
-    from shared.store import open_store
+    from mailrepl.shared.store import open_store
 
     url = postgres_databases.create()
     store = open_store(url)

@@ -7,7 +7,7 @@ import collections
 import hashlib
 from datetime import timezone
 
-from shared.adapters.ews_mapping import state_to_flags
+from mailrepl.shared.adapters.ews_mapping import state_to_flags
 from tests.support.ews_mailstore import PR_FLAG_STATUS, PR_LAST_VERB, Mailbox, StoreFolder
 from tests.support.mailcompare import Snapshot
 

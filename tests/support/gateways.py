@@ -57,7 +57,7 @@ class GatewayProcess:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", self.role, "run", "--config", str(self.config)],
+            [sys.executable, "-m", "mailrepl", self.role, "run", "--config", str(self.config)],
             stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[2],
             start_new_session=True,
         )

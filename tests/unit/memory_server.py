@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Iterator, Sequence
 
-from shared.adapters.base import (
+from mailrepl.shared.adapters.base import (
     AppendItem,
     AppendResult,
     FetchedMessage,
@@ -22,7 +22,7 @@ from shared.adapters.base import (
     MessageMeta,
     ServerFeatures,
 )
-from shared.errors import (
+from mailrepl.shared.errors import (
     AuthenticationFailed,
     CursorInvalid,
     FolderNotFound,
@@ -30,7 +30,7 @@ from shared.errors import (
     MessageRejected,
     ServerUnavailable,
 )
-from shared.model import Cursor
+from mailrepl.shared.model import Cursor
 
 _uv = itertools.count(1000)
 

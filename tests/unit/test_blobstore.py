@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared.blobstore import (
+from mailrepl.shared.content.blobstore import (
     REFRESH_AFTER,
     BlobCorrupt,
     BlobMissing,
@@ -15,7 +15,7 @@ from shared.blobstore import (
     SweepReport,
     blob_key,
 )
-from shared.errors import StoreError
+from mailrepl.shared.errors import StoreError
 
 OLD = 3600.0  # seconds: well beyond any grace period used here
 

@@ -1,6 +1,6 @@
 """The ``mailrepl`` command line, run as a subprocess like an operator runs it.
 
-The admin commands talk over real sockets to a real source gateway (``gateway.app.SourceGateway``
+The admin commands talk over real sockets to a real source gateway (``mailrepl.gateway.app.SourceGateway``
 built from a TOML config by ``load_source_settings``) shipping to a real recovery gateway, both
 served in this process; only the mail servers are in-memory stand-ins. One of the two primary
 servers is down, as a gateway must serve its API and report the error while its server is out.
@@ -24,12 +24,12 @@ import pytest
 import uvicorn
 from rich.console import Console
 
-import gateway.app
-import recovery.app
-from gateway.settings import load_source_settings
-from recovery.settings import load_recovery_settings
-from shared.errors import ServerUnavailable
-from shared.status_view import overview
+import mailrepl.gateway.app
+import mailrepl.recovery.app
+from mailrepl.gateway.settings import load_source_settings
+from mailrepl.recovery.settings import load_recovery_settings
+from mailrepl.shared.errors import ServerUnavailable
+from mailrepl.shared.cli.status_view import overview
 from tests.unit.memory_server import MemoryServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,7 +38,7 @@ TOKEN = "cli-admin-token"
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "shared.cli", *args], cwd=REPO, env=_env(env),
+    return subprocess.run([sys.executable, "-m", "mailrepl", *args], cwd=REPO, env=_env(env),
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -214,8 +214,8 @@ class Site:
         def make(srv) -> MemoryAdapter:
             return MemoryAdapter(srv.name, adapters[srv.name])
 
-        monkeypatch.setattr(gateway.app, "make_adapter", make)
-        monkeypatch.setattr(recovery.app, "make_adapter", make)
+        monkeypatch.setattr(mailrepl.gateway.app, "make_adapter", make)
+        monkeypatch.setattr(mailrepl.recovery.app, "make_adapter", make)
 
         rec_sock, src_sock = bound_socket(), bound_socket()
         rec_port, src_port = rec_sock.getsockname()[1], src_sock.getsockname()[1]
@@ -259,8 +259,8 @@ service_user = "repl"
 service_password = "secret"
 users = {json.dumps(sorted(adapters[name].boxes))}
 """ for name in ("primary", "branch")))
-        self.recovery = Served(recovery.app.RecoveryGateway(load_recovery_settings(rec_conf, {})).app(), rec_sock)
-        self.source = Served(gateway.app.SourceGateway(load_source_settings(self.source_conf, {})).app(), src_sock)
+        self.recovery = Served(mailrepl.recovery.app.RecoveryGateway(load_recovery_settings(rec_conf, {})).app(), rec_sock)
+        self.source = Served(mailrepl.gateway.app.SourceGateway(load_source_settings(self.source_conf, {})).app(), src_sock)
         self.url = f"http://127.0.0.1:{src_port}"
         self.recovery_url = f"http://127.0.0.1:{rec_port}"
 
@@ -415,7 +415,7 @@ def test_unknown_mailbox_prints_the_api_detail(site):
 
 
 def test_status_watch_redraws_until_interrupted(site):
-    proc = subprocess.Popen([sys.executable, "-m", "shared.cli", "status", "--watch", "0.2", "--url", site.url,
+    proc = subprocess.Popen([sys.executable, "-m", "mailrepl", "status", "--watch", "0.2", "--url", site.url,
                              "--token", TOKEN], cwd=REPO, env=_env(None), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

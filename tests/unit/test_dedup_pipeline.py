@@ -11,8 +11,8 @@ import os
 import pytest
 from sqlalchemy import select
 
-from shared.bodies import BodyCorrupt
-from shared.store.models import InboxBody, InboxPart, Replica
+from mailrepl.shared.content.bodies import BodyCorrupt
+from mailrepl.shared.store.models import InboxBody, InboxPart, Replica
 from tests.unit.test_pipeline_memory import Pipeline
 
 
@@ -115,7 +115,7 @@ def test_garbage_collection_drops_unreferenced_bodies_and_parts(tmp_path):
 
 
 def test_a_body_that_does_not_reassemble_is_sent_again_unsplit(tmp_path, monkeypatch):
-    import shared.batch_builder as builder_module
+    import mailrepl.shared.engines.batch_builder as builder_module
 
     real_split = builder_module.split_message
     damaged: list[bytes] = []

@@ -1,4 +1,4 @@
-"""The EWS retry policy and error translation (``shared.adapters.ews_calls``), without a server:
+"""The EWS retry policy and error translation (``mailrepl.shared.adapters.ews_calls``), without a server:
 the functions under test are handed callables that raise what exchangelib raises."""
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import time
 import pytest
 from exchangelib import errors as ex
 
-from shared.adapters.ews_calls import call_with_retry, translate
-from shared.errors import (
+from mailrepl.shared.adapters.ews_calls import call_with_retry, translate
+from mailrepl.shared.errors import (
     AuthenticationFailed,
     CursorInvalid,
     FolderNotFound,

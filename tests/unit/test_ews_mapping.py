@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.adapters.ews_mapping import (
+from mailrepl.shared.adapters.ews_mapping import (
     MSGFLAG_READ,
     MSGFLAG_UNSENT,
     category_to_keyword,

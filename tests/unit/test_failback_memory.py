@@ -13,18 +13,18 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
-from gateway.failback import FailbackPuller
-from gateway.shipper import Shipper
-from recovery.api import ingest_router
-from recovery.cutover import CutoverService
-from recovery.failback import FailbackService
-from recovery.site import KeyedLocks
-from recovery.site_api import site_ingest_router
-from shared.api_common import bearer_auth
-from shared.blobstore import BlobStore
-from shared.bodies import BodyStore
-from shared.capture import CaptureEngine
-from shared.store.models import IdMapEntry, Mailbox, Replica, SiteTransition
+from mailrepl.gateway.failback import FailbackPuller
+from mailrepl.gateway.shipper import Shipper
+from mailrepl.recovery.api import ingest_router
+from mailrepl.recovery.cutover import CutoverService
+from mailrepl.recovery.failback import FailbackService
+from mailrepl.recovery.site import KeyedLocks
+from mailrepl.recovery.site_api import site_ingest_router
+from mailrepl.shared.runtime.api_common import bearer_auth
+from mailrepl.shared.content.blobstore import BlobStore
+from mailrepl.shared.content.bodies import BodyStore
+from mailrepl.shared.engines.capture import CaptureEngine
+from mailrepl.shared.store.models import IdMapEntry, Mailbox, Replica, SiteTransition
 from tests.unit.memory_server import MemoryAdapter
 from tests.unit.test_pipeline_memory import TOKEN, Pipeline, snapshot
 
@@ -180,10 +180,10 @@ def test_recreated_primary_is_resynchronised_in_full(tmp_path):
 
 
 def test_admin_api_answers_409_for_illegal_steps_and_shows_the_history(tmp_path):
-    from recovery.api import admin_router
-    from recovery.autofailover import FailoverMonitor
-    from recovery.site_api import redirect_router, site_admin_router
-    from recovery.redirect import Redirect
+    from mailrepl.recovery.api import admin_router
+    from mailrepl.recovery.autofailover import FailoverMonitor
+    from mailrepl.recovery.site_api import redirect_router, site_admin_router
+    from mailrepl.recovery.redirect import Redirect
 
     p = Sites(tmp_path)
     p.primary.deliver("alice", body(1))
@@ -217,7 +217,7 @@ def test_admin_api_answers_409_for_illegal_steps_and_shows_the_history(tmp_path)
 
 def test_failback_waits_for_a_primary_that_is_still_down(tmp_path):
     import pytest
-    from shared.errors import MailreplError
+    from mailrepl.shared.errors import MailreplError
 
     p = Sites(tmp_path)
     for i in range(3):

@@ -18,11 +18,11 @@ from typing import Callable
 
 import pytest
 
-from shared.adapters.base import AppendItem
-from shared.adapters.imap import ImapAdapter, ImapEndpoint
-from shared.adapters.imap_client import ImapClient, make_ssl_context
-from shared.adapters.imap_format import Literal
-from shared.errors import AuthenticationFailed, MailboxNotFound, MessageRejected, ProtocolError, ServerUnavailable
+from mailrepl.shared.adapters.base import AppendItem
+from mailrepl.shared.adapters.imap import ImapAdapter, ImapEndpoint
+from mailrepl.shared.adapters.imap_client import ImapClient, make_ssl_context
+from mailrepl.shared.adapters.imap_format import Literal
+from mailrepl.shared.errors import AuthenticationFailed, MailboxNotFound, MessageRejected, ProtocolError, ServerUnavailable
 
 CAPS = b"IMAP4rev1 LITERAL+ SASL-IR AUTH=PLAIN"
 LOGGED_IN_CAPS = b"IMAP4rev1 LITERAL+ CONDSTORE QRESYNC UIDPLUS ENABLE"

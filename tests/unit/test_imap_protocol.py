@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from shared.adapters.imap_format import (
+from mailrepl.shared.adapters.imap_format import (
     Literal,
     astring,
     decode_mutf7,
@@ -17,9 +17,9 @@ from shared.adapters.imap_format import (
     uid_set,
     uid_set_batches,
 )
-from shared.adapters.imap_mailbox import FolderNames
-from shared.adapters.imap_messages import plan_chunks
-from shared.adapters.imap_protocol import (
+from mailrepl.shared.adapters.imap_mailbox import FolderNames
+from mailrepl.shared.adapters.imap_messages import plan_chunks
+from mailrepl.shared.adapters.imap_protocol import (
     ConnectionClosed,
     ResponseReader,
     expand_sequence_set,
@@ -32,8 +32,8 @@ from shared.adapters.imap_protocol import (
     parse_vanished,
     restore_nul,
 )
-from shared.errors import ProtocolError
-from shared.model import UidSet, format_internaldate, parse_internaldate
+from mailrepl.shared.errors import ProtocolError
+from mailrepl.shared.model import UidSet, format_internaldate, parse_internaldate
 
 
 def reader(data: bytes, chunk: int = 1 << 20, bufsize: int = 64) -> ResponseReader:

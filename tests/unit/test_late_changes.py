@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from shared.store.models import Replica
+from mailrepl.shared.store.models import Replica
 from tests.unit.test_failback_memory import Sites, body, uid
 from tests.unit.test_pipeline_memory import snapshot
 
@@ -140,7 +140,7 @@ def test_a_partly_wiped_primary_is_resynchronised_without_duplicates(tmp_path):
 
 
 def test_a_refused_re_base_keeps_the_late_changes_found_first(tmp_path):
-    from shared.errors import IllegalTransition, MailreplError
+    from mailrepl.shared.errors import IllegalTransition, MailreplError
 
     p = Sites(tmp_path)
     pr = p.primary

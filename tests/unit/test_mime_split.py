@@ -14,9 +14,9 @@ import types
 import pytest
 import xxhash
 
-from shared import mime_split
-from shared.errors import WireError
-from shared.mime_split import (
+from mailrepl.shared.content import mime_split
+from mailrepl.shared.errors import WireError
+from mailrepl.shared.content.mime_split import (
     BLOB_THRESHOLD,
     SKELETON_MAGIC,
     SkeletonError,
@@ -357,7 +357,7 @@ def test_signed_corpus_messages_round_trip_and_still_verify(corpus, tmp_path):
 
 
 def test_skeleton_keys_and_whole_skeleton():
-    from shared.mime_split import skeleton_keys, whole_skeleton
+    from mailrepl.shared.content.mime_split import skeleton_keys, whole_skeleton
 
     att = bytes(range(256)) * 40
     raw = (b'Content-Type: multipart/mixed; boundary="x"\r\n\r\n--x\r\n\r\n' + att + b"\r\n--x\r\n\r\n"

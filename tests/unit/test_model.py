@@ -3,7 +3,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from shared.model import Change, Cursor, Kind, MailboxKey, SeqRange, UidSet, format_internaldate, parse_internaldate
+from mailrepl.shared.model import Change, Cursor, Kind, MailboxKey, SeqRange, UidSet, format_internaldate, parse_internaldate
 
 
 @pytest.mark.parametrize("text", ["1:1:1", "1795557921:123456789012:45", "0:0:0"])

@@ -1,8 +1,8 @@
 """The pure replay planner: grouping without reordering."""
 import pytest
 
-from shared.model import Change, Kind
-from shared.replay import plan
+from mailrepl.shared.model import Change, Kind
+from mailrepl.shared.engines.replay import plan
 
 
 def add(mid, folder="INBOX", size=10):

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import load_source_gateway, load_source_settings
-from recovery.settings import load_recovery_settings
-from shared.errors import ConfigError
-from shared.settings_common import ListenAddress, parse_listen, server_password_env
+from mailrepl.gateway.settings import load_source_gateway, load_source_settings
+from mailrepl.recovery.settings import load_recovery_settings
+from mailrepl.shared.errors import ConfigError
+from mailrepl.shared.config.settings_common import ListenAddress, parse_listen, server_password_env
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 
@@ -394,7 +394,7 @@ def test_failover_settings_default_off_and_read_strictly(tmp_path):
 
 
 def test_blob_dir_from_the_environment_overrides_the_files_key(tmp_path):
-    from recovery.settings import ENV_BLOB_DIR
+    from mailrepl.recovery.settings import ENV_BLOB_DIR
 
     example = load_recovery_settings(EXAMPLES / "recovery.toml", {})
     assert example.gateway.blob_dir == str((EXAMPLES / "mailrepl-blobs").resolve())

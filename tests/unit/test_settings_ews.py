@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.settings import load_source_settings
-from recovery.settings import load_recovery_settings
-from shared.adapters.factory import make_adapter
-from shared.settings_common import EwsServerSettings, describe_server
+from mailrepl.gateway.settings import load_source_settings
+from mailrepl.recovery.settings import load_recovery_settings
+from mailrepl.shared.adapters.factory import make_adapter
+from mailrepl.shared.config.settings_common import EwsServerSettings, describe_server
 from tests.unit.test_settings import RECOVERY, config_error, edit, write
 
 SOURCE = """\

@@ -6,15 +6,15 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from recovery.autofailover import should_fail_over
-from recovery.failback import translate
-from recovery.redirect import Redirect
-from shared.errors import ConflictError, IllegalTransition
-from shared.model import Change, Kind
-from shared.settings_common import ImapServerSettings
-from shared.site_state import SiteState, active_site, captures_at_dr, next_state, replays_into_standby
-from shared.store import open_store
-from shared.store.models import Replica
+from mailrepl.recovery.autofailover import should_fail_over
+from mailrepl.recovery.failback import translate
+from mailrepl.recovery.redirect import Redirect
+from mailrepl.shared.errors import ConflictError, IllegalTransition
+from mailrepl.shared.model import Change, Kind
+from mailrepl.shared.config.settings_common import ImapServerSettings
+from mailrepl.shared.site_state import SiteState, active_site, captures_at_dr, next_state, replays_into_standby
+from mailrepl.shared.store import open_store
+from mailrepl.shared.store.models import Replica
 
 S = SiteState
 

@@ -7,10 +7,10 @@ import json
 
 from sqlalchemy import delete, select
 
-from recovery.cutover import CutoverService
-from recovery.standby_view import StandbyView
-from shared.errors import ServerUnavailable
-from shared.store.models import CatalogEntry, FolderState, IdMapEntry, Mailbox, MidAlias, OutboxRow, Replica
+from mailrepl.recovery.cutover import CutoverService
+from mailrepl.recovery.standby_view import StandbyView
+from mailrepl.shared.errors import ServerUnavailable
+from mailrepl.shared.store.models import CatalogEntry, FolderState, IdMapEntry, Mailbox, MidAlias, OutboxRow, Replica
 from tests.unit.test_failback_memory import Sites, body, uid
 
 

@@ -5,8 +5,8 @@ import threading
 
 from sqlalchemy import func, select
 
-from shared.store import open_store
-from shared.store.models import Mailbox
+from mailrepl.shared.store import open_store
+from mailrepl.shared.store.models import Mailbox
 
 
 def test_a_read_does_not_wait_for_an_open_write_and_sees_only_committed_rows(tmp_path):
@@ -49,7 +49,7 @@ def test_a_read_does_not_wait_for_an_open_write_and_sees_only_committed_rows(tmp
 def test_a_message_id_is_never_handed_out_twice(tmp_path):
     """Message ids name messages in the change stream and in cutover/failback id aliases: the id
     of a deleted newest message must not come back for the next one."""
-    from shared.store.models import CatalogEntry, FolderState
+    from mailrepl.shared.store.models import CatalogEntry, FolderState
 
     store = open_store(f"sqlite:///{tmp_path}/state.sqlite")
     store.migrate()

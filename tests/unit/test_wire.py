@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import UnsupportedVersion, WireError
-from shared.model import Change, Kind, SeqRange
-from shared.mime_split import reassemble, split_message, whole_skeleton
-from shared.wire import WIRE_VERSION, Ack, Batch, Segment, SegmentResult, decode_batch, encode_batch
+from mailrepl.shared.errors import UnsupportedVersion, WireError
+from mailrepl.shared.model import Change, Kind, SeqRange
+from mailrepl.shared.content.mime_split import reassemble, split_message, whole_skeleton
+from mailrepl.shared.protocol.wire import WIRE_VERSION, Ack, Batch, Segment, SegmentResult, decode_batch, encode_batch
 
 GOLDEN_V1 = Path(__file__).with_name("golden") / "batch-v1.bin"
 GOLDEN = Path(__file__).with_name("golden") / "batch-v2.bin"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
-from shared.workers import Job, MailboxWorkers
+from mailrepl.shared.runtime.workers import Job, MailboxWorkers
 
 
 class FakeSession:

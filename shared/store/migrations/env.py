@@ -1,7 +1,7 @@
 """Alembic environment: migrations run on the connection the Store hands over."""
 from alembic import context
 
-from shared.store.models import Base
+from mailrepl.shared.store.models import Base
 
 target_metadata = Base.metadata
 connection = context.config.attributes.get("connection")

@@ -1,6 +1,6 @@
 """content-addressed parts: skeletons in inbox_body, part references, bytes accounting
 
-Received bodies are now kept as skeletons (``shared.mime_split``) whose large parts live in the
+Received bodies are now kept as skeletons (``mailrepl.shared.content.mime_split``) whose large parts live in the
 blob store; ``inbox_part`` records which parts each skeleton refers to, so that the blob store's
 garbage collection knows what is still in use. Bodies received before this revision are whole
 messages: they become whole-message skeletons (no parts). The mailbox table gains the bytes
@@ -12,7 +12,7 @@ Revises: 0002
 import sqlalchemy as sa
 from alembic import op
 
-from shared.mime_split import whole_skeleton
+from mailrepl.shared.content.mime_split import whole_skeleton
 
 revision = "0003"
 down_revision = "0002"

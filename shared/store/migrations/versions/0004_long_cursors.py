@@ -1,7 +1,7 @@
 """folder cursors as text: cursors may carry a server-issued sync state
 
 EWS positions are SyncFolderItems sync states (opaque base64, often hundreds of characters),
-carried in the cursor's token (``shared.model.Cursor``). ``folder_state.cursor`` and
+carried in the cursor's token (``mailrepl.shared.model.Cursor``). ``folder_state.cursor`` and
 ``pending_cursor`` become unbounded text; IMAP cursors are unchanged.
 
 Revision ID: 0004

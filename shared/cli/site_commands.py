@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from shared.admin_client import AdminClient, ApiUnreachable
+from mailrepl.shared.cli.admin_client import AdminClient, ApiUnreachable
 
 __all__ = ["cutover", "failback", "results_table"]
 

@@ -1,6 +1,6 @@
 """How ``mailrepl status`` and ``protect --wait`` show mailboxes: rich tables and progress bars.
 
-Pure functions from the admin API's JSON (``shared.api_common`` schema) to rich renderables,
+Pure functions from the admin API's JSON (``mailrepl.shared.runtime.api_common`` schema) to rich renderables,
 so the same views serve one-shot output, ``--watch`` and ``--wait`` (inside ``rich.live``).
 """
 from __future__ import annotations

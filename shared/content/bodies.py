@@ -1,6 +1,6 @@
 """Received message bodies: skeletons in the state store, their parts in the blob store.
 
-A body arrives as a skeleton (``shared.mime_split``) plus the parts the recovery gateway does
+A body arrives as a skeleton (``mailrepl.shared.content.mime_split``) plus the parts the recovery gateway does
 not hold yet. Before anything is stored, every body is reassembled and must hash to its SHA-256;
 parts are made durable in the blob store before the transaction that records the skeleton and
 its part references commits, so an acknowledged body is always complete.
@@ -20,11 +20,11 @@ from typing import Iterable, Mapping, Sequence
 
 from sqlalchemy import delete, insert, select
 
-from shared.blobstore import BlobCorrupt, BlobMissing, BlobStore
-from shared.errors import StoreError
-from shared.mime_split import SkeletonError, reassemble, skeleton_keys
-from shared.store import Store
-from shared.store.models import IdMapEntry, InboxBody, InboxPart, InboxRow
+from mailrepl.shared.content.blobstore import BlobCorrupt, BlobMissing, BlobStore
+from mailrepl.shared.errors import StoreError
+from mailrepl.shared.content.mime_split import SkeletonError, reassemble, skeleton_keys
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import IdMapEntry, InboxBody, InboxPart, InboxRow
 
 __all__ = ["BodyStore", "BodyCorrupt", "Staged", "GcReport"]
 

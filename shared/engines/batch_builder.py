@@ -6,7 +6,7 @@
    Bodies it holds — the same message delivered to many mailboxes, a message that came back —
    do not travel at all.
 3. Trim the ranges so that the bodies that must travel stay within ``max_bytes``; split each into
-   its skeleton and parts (``shared.mime_split``).
+   its skeleton and parts (``mailrepl.shared.content.mime_split``).
 4. Ask which of those parts it lacks (a second round trip): an attachment it already holds, from
    any message, mailbox or server, does not travel either. Parts already in a batch in flight
    count as held. A body the recovery gateway could not reassemble to its hash is sent
@@ -25,12 +25,12 @@ from typing import Callable, Collection, Mapping, Sequence
 
 from sqlalchemy import select
 
-from shared.errors import StoreError
-from shared.mime_split import BLOB_THRESHOLD, split_message, whole_skeleton
-from shared.model import Change, SeqRange
-from shared.store import Store
-from shared.store.models import Mailbox, OutboxBody, OutboxRow
-from shared.wire import Batch, Segment
+from mailrepl.shared.errors import StoreError
+from mailrepl.shared.content.mime_split import BLOB_THRESHOLD, split_message, whole_skeleton
+from mailrepl.shared.model import Change, SeqRange
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import Mailbox, OutboxBody, OutboxRow
+from mailrepl.shared.protocol.wire import Batch, Segment
 
 __all__ = ["BatchBuilder", "Built", "Held"]
 

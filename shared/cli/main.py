@@ -27,16 +27,14 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from gateway.settings import DEFAULT_LISTEN
-from shared.errors import ConfigError, MailreplError
-from shared.settings_common import ENV_ADMIN_TOKEN, ListenAddress
+from mailrepl.shared.cli.roles import load_role
+from mailrepl.shared.config.settings_common import ENV_ADMIN_TOKEN, ListenAddress
+from mailrepl.shared.errors import ConfigError, MailreplError
 
 __all__ = ["main", "build_parser", "ENV_URL"]
 
 ENV_URL = "MAILREPL_URL"
 ENV_RECOVERY_URL = "MAILREPL_RECOVERY_URL"
-DEFAULT_API_URL = f"http://{DEFAULT_LISTEN}"
-DEFAULT_RECOVERY_API_URL = "http://127.0.0.1:8471"
 SITE_COMMANDS = ("cutover", "failback")
 DEFAULT_WATCH_INTERVAL = 2.0
 
@@ -46,28 +44,14 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 # ---------------------------------------------------------------------------- gateways
 
 
-def _load(role: str, config: Path):
-    if role == "source":
-        from gateway.settings import load_source_settings
-
-        return load_source_settings(config)
-    from recovery.settings import load_recovery_settings
-
-    return load_recovery_settings(config)
-
-
 def _run_gateway(args: argparse.Namespace) -> int:
-    settings = _load(args.role, args.config)
-    if args.role == "source":
-        from gateway.app import run
-    else:
-        from recovery.app import run
-    run(settings)
+    role = load_role(args.role)
+    role.run(role.load_settings(args.config))
     return EXIT_OK
 
 
 def _check_config(args: argparse.Namespace) -> int:
-    settings = _load(args.role, args.config)
+    settings = load_role(args.role).load_settings(args.config)
     print(f"ok: {args.config}")
     print(settings.summary())
     return EXIT_OK
@@ -86,20 +70,12 @@ def _api_location(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple
     """(url, token) of the source gateway API: flags, then --config, then the environment."""
     url, token = args.url, args.token
     recovery = args.command in SITE_COMMANDS
+    role = load_role("recovery" if recovery else "source")
     if args.config is not None and (url is None or token is None):
-        if recovery:
-            from recovery.settings import load_recovery_settings
-
-            gateway = load_recovery_settings(args.config, environ).gateway
-        else:
-            from gateway.settings import load_source_gateway
-
-            gateway = load_source_gateway(args.config, environ)
-        url = url or _listen_url(gateway.listen)
-        token = token or gateway.admin_token
-    if recovery:
-        url = url or environ.get(ENV_RECOVERY_URL) or DEFAULT_RECOVERY_API_URL
-    url = url or environ.get(ENV_URL) or DEFAULT_API_URL
+        listen, admin_token = role.admin_endpoint(args.config, environ)
+        url = url or _listen_url(listen)
+        token = token or admin_token
+    url = url or environ.get(ENV_RECOVERY_URL if recovery else ENV_URL) or f"http://{role.DEFAULT_LISTEN}"
     token = token or environ.get(ENV_ADMIN_TOKEN)
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"--url: expected an http:// or https:// URL, got {url!r}")
@@ -111,8 +87,8 @@ def _api_location(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple
 def _admin(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from shared import admin_commands
-    from shared.admin_client import AdminClient
+    from mailrepl.shared.cli import admin_commands
+    from mailrepl.shared.cli.admin_client import AdminClient
 
     url, token = _api_location(args, os.environ)
     # piped output (logs, scripts) is not cut to 80 columns; a terminal keeps its own width
@@ -120,7 +96,7 @@ def _admin(args: argparse.Namespace) -> int:
     what = "recovery gateway" if args.command in SITE_COMMANDS else "source gateway"
     with AdminClient(url, token, what=what) as client:
         if args.command in SITE_COMMANDS:
-            from shared import site_commands
+            from mailrepl.shared.cli import site_commands
 
             if args.command == "cutover":
                 return site_commands.cutover(client, console, addresses=args.addresses, server=args.server,
@@ -156,7 +132,8 @@ def _seconds(text: str) -> float:
 def _api_options() -> argparse.ArgumentParser:
     api = argparse.ArgumentParser(add_help=False)
     group = api.add_argument_group("source gateway API")
-    group.add_argument("--url", help=f"API URL (else from --config, else ${ENV_URL}, else {DEFAULT_API_URL})")
+    group.add_argument("--url", help=f"API URL (else from --config, else ${ENV_URL} or ${ENV_RECOVERY_URL} for cutover and "
+                       "failback, else the gateway's default listen address on this host)")
     group.add_argument("--token", help=f"admin token (else from --config, else ${ENV_ADMIN_TOKEN})")
     group.add_argument("--config", type=Path, metavar="FILE",
                        help="a source gateway config: the API is at its gateway.listen, with its admin_token")

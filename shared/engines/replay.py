@@ -15,7 +15,7 @@ reads the messages at UID >= that UIDNEXT, matches them by SHA-256 to the intend
 records them instead of writing again. An add whose mid is already mapped is a no-op; expunge,
 flag and folder operations are idempotent on the server.
 
-With ``keep_unknown`` a folder delete keeps what the id map does not know (``shared.replay_keep``):
+With ``keep_unknown`` a folder delete keeps what the id map does not know (``mailrepl.shared.engines.replay_keep``):
 failback replays the standby's deletes on a primary that may hold mail the standby never had.
 """
 from __future__ import annotations
@@ -28,13 +28,13 @@ from typing import Sequence
 
 from sqlalchemy import delete, insert, select, update
 
-from shared.adapters.base import AppendItem, MailboxSession
-from shared.bodies import BodyCorrupt, BodyStore
-from shared.errors import FolderNotFound, MessageRejected, StoreError
-from shared.model import Change, Kind, parse_internaldate, utcnow
-from shared.replay_keep import plan_delete
-from shared.store import Store
-from shared.store.models import (
+from mailrepl.shared.adapters.base import AppendItem, MailboxSession
+from mailrepl.shared.content.bodies import BodyCorrupt, BodyStore
+from mailrepl.shared.errors import FolderNotFound, MessageRejected, StoreError
+from mailrepl.shared.model import Change, Kind, parse_internaldate, utcnow
+from mailrepl.shared.engines.replay_keep import plan_delete
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import (
     IdMapEntry,
     InboxRow,
     Orphan,

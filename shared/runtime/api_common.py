@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict
 
-from shared.errors import MailreplError
+from mailrepl.shared.errors import MailreplError
 
 __all__ = [
     "bearer_auth",

@@ -1,8 +1,8 @@
 """What both gateways' settings share: the listen address, the state URL, tokens, mail servers.
 
-Configuration is read once, at the edge (``gateway.settings``, ``recovery.settings``), into
+Configuration is read once, at the edge (``mailrepl.gateway.settings``, ``mailrepl.recovery.settings``), into
 frozen dataclasses; nothing below the composition roots ever sees TOML or the environment.
-Mistakes are one ``ConfigError`` line naming the file and the key (``shared.toml_reader``).
+Mistakes are one ``ConfigError`` line naming the file and the key (``mailrepl.shared.config.toml_reader``).
 
 Secrets can be kept out of the file: ``MAILREPL_*`` environment variables override them at load
 (see ``ENV_*`` and :func:`server_password_env`).
@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from shared.toml_reader import Table, show_value
+from mailrepl.shared.config.toml_reader import Table, show_value
 
 __all__ = [
     "ENV_STATE_URL",

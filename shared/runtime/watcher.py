@@ -12,8 +12,8 @@ import logging
 import threading
 from typing import Callable, Hashable
 
-from shared.adapters.base import MailboxSession
-from shared.errors import MailreplError
+from mailrepl.shared.adapters.base import MailboxSession
+from mailrepl.shared.errors import MailreplError
 
 __all__ = ["PushWatchers"]
 

@@ -22,11 +22,11 @@ from typing import Callable
 
 from sqlalchemy import func, insert, select
 
-from shared.bodies import BodyStore
-from shared.model import utcnow
-from shared.store import Store
-from shared.store.models import InboxRow, RejectedMessage, Replica
-from shared.wire import Ack, Batch, Segment, SegmentResult
+from mailrepl.shared.content.bodies import BodyStore
+from mailrepl.shared.model import utcnow
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import InboxRow, RejectedMessage, Replica
+from mailrepl.shared.protocol.wire import Ack, Batch, Segment, SegmentResult
 
 __all__ = ["Receiver"]
 

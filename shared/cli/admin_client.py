@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 import httpx
 
-from shared.errors import MailreplError
+from mailrepl.shared.errors import MailreplError
 
 __all__ = ["AdminApiError", "ApiUnreachable", "ApiRefused", "AdminClient"]
 

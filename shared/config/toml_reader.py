@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from shared.errors import ConfigError
+from mailrepl.shared.errors import ConfigError
 
 __all__ = ["Table", "open_config", "show_value"]
 

@@ -32,11 +32,11 @@ from typing import Iterable, Sequence
 from sqlalchemy import delete, insert, select
 from sqlalchemy.orm import Session
 
-from shared.adapters.base import FolderDelta, FolderInfo, MailboxSession, MessageMeta
-from shared.errors import CursorInvalid, FolderNotFound
-from shared.model import Change, Cursor, Kind, UidSet, format_internaldate, utcnow
-from shared.store import Store
-from shared.store.models import CatalogEntry, FolderState, Mailbox, OutboxBody, OutboxRow
+from mailrepl.shared.adapters.base import FolderDelta, FolderInfo, MailboxSession, MessageMeta
+from mailrepl.shared.errors import CursorInvalid, FolderNotFound
+from mailrepl.shared.model import Change, Cursor, Kind, UidSet, format_internaldate, utcnow
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import CatalogEntry, FolderState, Mailbox, OutboxBody, OutboxRow
 
 __all__ = ["CaptureEngine", "CycleReport", "flags_text", "DEFAULT_CHUNK_MESSAGES", "DEFAULT_CHUNK_BYTES"]
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import xxhash
 
-from shared.errors import WireError
+from mailrepl.shared.errors import WireError
 
 __all__ = [
     "BLOB_THRESHOLD",

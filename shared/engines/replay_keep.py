@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from shared.adapters.base import MailboxSession
-from shared.errors import FolderNotFound
-from shared.store import Store
-from shared.store.models import IdMapEntry, Orphan
+from mailrepl.shared.adapters.base import MailboxSession
+from mailrepl.shared.errors import FolderNotFound
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import IdMapEntry, Orphan
 
 __all__ = ["KeptFolder", "plan_delete"]
 

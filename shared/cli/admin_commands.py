@@ -1,7 +1,7 @@
 """The ``mailrepl`` admin commands: protect, unprotect and status against a source gateway.
 
-Each command takes an :class:`~shared.admin_client.AdminClient` and a rich console and returns
-the exit status; API failures propagate as ``AdminApiError`` for ``shared.cli`` to report.
+Each command takes an :class:`~mailrepl.shared.cli.admin_client.AdminClient` and a rich console and returns
+the exit status; API failures propagate as ``AdminApiError`` for ``mailrepl.shared.cli.main`` to report.
 Live views (``status --watch``, ``protect --wait``) keep polling through a briefly unreachable
 API (a gateway restarting) and show the failure meanwhile; any other error ends them.
 """
@@ -15,8 +15,8 @@ from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.text import Text
 
-from shared.admin_client import AdminClient, ApiUnreachable
-from shared.status_view import detail_view, is_settled, mailbox_table, overview, progress_table
+from mailrepl.shared.cli.admin_client import AdminClient, ApiUnreachable
+from mailrepl.shared.cli.status_view import detail_view, is_settled, mailbox_table, overview, progress_table
 
 __all__ = ["show_status", "watch_status", "set_protection"]
 

@@ -14,8 +14,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
-from shared.adapters.base import MailboxSession
-from shared.errors import MailreplError
+from mailrepl.shared.adapters.base import MailboxSession
+from mailrepl.shared.errors import MailreplError
 
 __all__ = ["MailboxWorkers", "Job"]
 

@@ -27,7 +27,7 @@ Header JSON (version 2)::
      "messages": [{"sha256": "<hex>", "size": N}, ...],     # skeleton of each message
      "parts": [{"key": "<xxh3-128 hex>", "size": N, "stored": true?}, ...]}  # part bodies the skeletons refer to
 
-A message body travels as its *skeleton* (see :mod:`shared.mime_split`: MIME structure and small
+A message body travels as its *skeleton* (see :mod:`mailrepl.shared.content.mime_split`: MIME structure and small
 parts literal, large part bodies as references to content-addressed parts). Every part's bytes
 must hash to its key (XXH3-128); the whole message, reassembled, must hash to its ``sha256`` —
 the receiver checks that before it stores anything. A body a change refers to, or a part a
@@ -53,9 +53,9 @@ from typing import Any
 import xxhash
 import zstandard
 
-from shared.errors import UnsupportedVersion, WireError
-from shared.mime_split import whole_skeleton
-from shared.model import Change, SeqRange
+from mailrepl.shared.errors import UnsupportedVersion, WireError
+from mailrepl.shared.content.mime_split import whole_skeleton
+from mailrepl.shared.model import Change, SeqRange
 
 __all__ = [
     "WIRE_VERSION",

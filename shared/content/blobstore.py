@@ -22,7 +22,7 @@ counts live in the database and reach :meth:`BlobStore.sweep` through ``referenc
 * Fan-out directories are never removed, so a writer never sees its directory vanish. Deletes
   are not fsynced: a blob that comes back after a crash is swept again.
 
-Filesystem errors are :class:`~shared.errors.StoreError` (retryable); an absent blob is
+Filesystem errors are :class:`~mailrepl.shared.errors.StoreError` (retryable); an absent blob is
 :class:`BlobMissing`, a damaged one :class:`BlobCorrupt` (neither retryable: fetch the body from
 the source again). A malformed key, or data not hashing to its key, is a ``ValueError``.
 """
@@ -41,8 +41,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from shared.errors import StoreError
-from shared.mime_split import blob_key  # the key of a part: XXH3-128 of its exact bytes
+from mailrepl.shared.errors import StoreError
+from mailrepl.shared.content.mime_split import blob_key  # the key of a part: XXH3-128 of its exact bytes
 
 __all__ = [
     "DEFAULT_GRACE_SECONDS", "REFRESH_AFTER", "BlobCorrupt", "BlobMissing", "BlobStats", "BlobStore",
