@@ -36,14 +36,18 @@ from mailrepl.shared.engines.receiver import Receiver
 from mailrepl.shared.adapters.base import Adapter
 from mailrepl.shared.runtime.background import Background
 from mailrepl.shared.content.bodies import BodyStore
-from mailrepl.shared.engines.capture import flags_text
+from mailrepl.shared.capture_state import (
+    CaptureState, FolderListing, Fresh, IdMap, Keep, apply_rebuild, known_folders, pair_folders, plan_rebuild,
+    seed_from_catalog,
+)
 from mailrepl.gateway import late_changes
 from mailrepl.shared.errors import MailreplError, TransportError
-from mailrepl.shared.model import Change, Cursor, UidSet
+from mailrepl.shared.model import Change
 from mailrepl.shared.engines.replay import ReplayEngine, ReplayReport
 from mailrepl.shared.site_state import SiteState
 from mailrepl.shared.store import Store
-from mailrepl.shared.store.models import CatalogEntry, FolderState, IdMapEntry, Mailbox, Orphan, OutboxBody, OutboxRow, Replica
+from mailrepl.shared.store.chunks import chunks
+from mailrepl.shared.store.models import Mailbox, Orphan, OutboxBody, OutboxRow, Replica
 from mailrepl.shared.protocol.wire import MEDIA_TYPE, decode_batch
 
 __all__ = ["FailbackPuller"]
@@ -161,18 +165,18 @@ class FailbackPuller:
             if self._reverse(s, peer, server, address) is not None:
                 return False
             mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
-            folders = list(s.scalars(select(FolderState).where(FolderState.mailbox_id == mbx.id)))
+            folders = known_folders(s, mbx.id)
         session = self.adapters[server].open(address)
         try:
             wiped = []
             for f in folders:
-                if not f.cursor:
+                if f.cursor is None:
                     continue
                 info = session.folder_info(f.name)
-                if info is None or info.uidvalidity != Cursor.parse(f.cursor).uidvalidity:
+                if info is None or info.uidvalidity != f.cursor.uidvalidity:
                     wiped.append(f.name)
             # a full resync must not add again what the intact folders still hold
-            present = {f.name: (Cursor.parse(f.cursor).uidvalidity, {m.uid for m in session.changes_since(f.name, None).new})
+            present = {f.name: (f.cursor.uidvalidity, {m.uid for m in session.changes_since(f.name, None).new})
                        for f in folders if wiped and f.cursor and f.name not in wiped}
         finally:
             session.close()
@@ -198,19 +202,8 @@ class FailbackPuller:
                           phase="failback", failback_report=json.dumps({"resync": False, "cutover_seq": cutover_seq}))
             s.add(rep)
             s.flush()
-            rows = []
-            for cat, name, cursor in s.execute(
-                select(CatalogEntry, FolderState.name, FolderState.cursor)
-                .join(FolderState, FolderState.id == CatalogEntry.folder_id)
-                .where(CatalogEntry.mailbox_id == mbx.id, FolderState.cursor.is_not(None))
-            ):
-                if cat.mid in late:
-                    continue
-                rows.append(dict(replica_id=rep.id, mid=cat.mid, folder=name,
-                                 uidvalidity=Cursor.parse(cursor).uidvalidity, uid=cat.uid, sha256=cat.sha256))
-            for i in range(0, len(rows), 1000):
-                s.execute(IdMapEntry.__table__.insert(), rows[i:i + 1000])
-        log.info("%s/%s: failing back (%d messages known on both sides)", server, address, len(rows))
+            known = seed_from_catalog(s, rep.id, mbx.id, skip=late)
+        log.info("%s/%s: failing back (%d messages known on both sides)", server, address, known)
         return True
 
     def _pull(self, peer: str, rounds: int = 50) -> None:
@@ -320,80 +313,33 @@ class FailbackPuller:
         with self.store.tx() as s:
             rep = s.get(Replica, rid)
             mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
-            where = {(e.folder, e.uid): e for e in s.scalars(select(IdMapEntry).where(IdMapEntry.replica_id == rid))}
-            rows = {f.name: f for f in s.scalars(select(FolderState).where(FolderState.mailbox_id == mbx.id))}
-            catalog = {c.mid: c for c in s.scalars(select(CatalogEntry).where(CatalogEntry.mailbox_id == mbx.id))}
-            names = {f.id: f.name for f in rows.values()}
-            before = {mid: (names.get(c.folder_id, ""), c.flags) for mid, c in catalog.items()}
+            where = {(e.folder, e.uid): e for e in IdMap(s, rid).all().values()}
+            known = known_folders(s, mbx.id)
+            listed = CaptureState(s, mbx.id).catalog()
+            catalog = {c.mid: c for c, _, _ in listed}
+            before = {c.mid: (name, c.flags) for c, name, _ in listed}
             resync = bool(pending.get("resync"))
             queued = late_changes.queued_after(s, mbx.id, int(pending.get("cutover_seq") or 0))
             at_dr = late_changes.changed_at_dr(s, rid)
-            kept: set[int] = set()
-            now: dict[int, tuple[str, str, int]] = {}
-            born: list[tuple[CatalogEntry, int]] = []
-            late: list[dict] = []
-            unknown: list[tuple] = []  # primary messages the reverse id map does not know
-            # free the (folder, uid) slots first: messages moved while at DR land where others were
-            for c in catalog.values():
-                c.uid = -c.mid
-            s.flush()
-            for info in live:
-                delta = metas[info.name]
-                row = rows.get(info.name)
-                if row is None:
-                    row = FolderState(mailbox_id=mbx.id, name=info.name)
-                    s.add(row)
-                    s.flush()
-                row.fid, row.messages, row.cursor = info.fid, info.messages, delta.cursor.format()
-                row.pending_cursor = row.pending_uids = row.pending_replace = None
-                row.resetting = False
-                for m in delta.new:
-                    e = where.get((info.name, m.uid))
-                    flags = flags_text(m.flags)
-                    if e is None or (e.mid > 0 and e.mid not in catalog):
-                        unknown.append((info.name, row, m, flags))
-                        continue
-                    if e.mid > 0:
-                        c = catalog[e.mid]
-                        c.folder_id, c.uid, c.flags, c.guid = row.id, m.uid, flags, m.guid
-                        kept.add(e.mid)
-                        now[e.mid] = (info.name, flags, m.uid)
-                    else:
-                        c = CatalogEntry(mailbox_id=mbx.id, folder_id=row.id, uid=m.uid, guid=m.guid,
-                                         sha256=e.sha256, size=m.size, flags=flags)
-                        s.add(c)
-                        born.append((c, -e.mid))
+
+            def identify(folder: str, meta):
+                e = where.get((folder, meta.uid))
+                if e is None or (e.mid > 0 and e.mid not in catalog):
+                    return None  # not known: late, unless its GUID says it moved (below)
+                return Keep(e.mid) if e.mid > 0 else Fresh(e.sha256, tag=-e.mid)  # a negative id: born at DR
+
             # a known message the primary moved after the source stopped (same GUID): not late
-            by_guid: dict[str, list[int]] = {}
-            for mid, c in catalog.items():
-                if mid not in kept and c.guid and mid not in queued.adds:
-                    by_guid.setdefault(c.guid, []).append(mid)
-            late_uids: dict[int, list[int]] = {}
-            for name, row, m, flags in unknown:
-                if m.guid and by_guid.get(m.guid):
-                    mid = by_guid[m.guid].pop()
-                    c = catalog[mid]
-                    c.folder_id, c.uid, c.flags = row.id, m.uid, flags
-                    kept.add(mid)
-                    now[mid] = (name, flags, m.uid)
-                    continue
-                late_uids.setdefault(row.id, []).append(m.uid)
-                late.append(dict(folder=name, uid=m.uid, size=m.size,
-                                 internaldate=m.internaldate.isoformat() if m.internaldate else None))
-            for row in {r.id: r for _, r, _, _ in unknown}.values():
-                if row.id in late_uids:
-                    row.pending_cursor, row.pending_uids = row.cursor, UidSet(late_uids[row.id]).format()
-            for mid, c in catalog.items():
-                if mid not in kept:
-                    s.delete(c)
-            s.flush()
-            for name, row in rows.items():  # folders gone from the primary (their messages are above)
-                if name not in metas:
-                    s.delete(row)
-            s.flush()
+            matches, gone = pair_folders(known, live, use_fid=False)
+            plan = plan_rebuild([FolderListing(m, metas[m.info.name]) for m in matches], gone, identify,
+                                catalogue=catalog, guid_claimable=set(catalog) - queued.adds)
+            born = list(zip(apply_rebuild(s, mbx.id, plan), (a.tag for a in plan.added)))
+            now = {x.mid: (x.folder, x.flags, x.uid) for x in plan.placed}
+            late = [dict(folder=name, uid=m.uid, size=m.size,
+                         internaldate=m.internaldate.isoformat() if m.internaldate else None)
+                    for name, m in plan.unplaced]
             # late expunges, flag changes, moves and folders: forward changes after the re-base
             forward, late_report = ([], {}) if resync else late_changes.reconcile(
-                before, now, queued, at_dr, set(rows), live)
+                before, now, queued, at_dr, {k.name for k in known}, live)
             # the forward queue restarts after what was captured: nothing of it is sent any more
             shas = set(s.scalars(select(OutboxRow.sha256).where(OutboxRow.mailbox_id == mbx.id,
                                                                OutboxRow.sha256.is_not(None))))
@@ -410,7 +356,7 @@ class FailbackPuller:
             report.update(late=late, kept_late=len(late), reverse_changes_applied=rep.applied_seq,
                           messages_on_primary=sum(len(d.new) for d in metas.values()))
             request = dict(source=self.source_id, server=server, address=address, base_seq=mbx.last_seq,
-                           applied=rep.applied_seq, born=[[c.mid, dr_mid] for c, dr_mid in born], report=report)
+                           applied=rep.applied_seq, born=[[mid, dr_mid] for mid, dr_mid in born], report=report)
             rep.failback_report = json.dumps(dict(pending, rebase=request, forward=forward, **{
                 k: report[k] for k in late_report}))
         if late:
@@ -457,14 +403,12 @@ def _seed_orphans(s, rid: int, mailbox_id: int, present: Mapping[str, tuple[int,
     """Messages of the intact folders as the replay's orphans: the full resync's adds claim them
     (same folder, same SHA-256) instead of writing them a second time."""
     rows = []
-    for c, name in s.execute(select(CatalogEntry, FolderState.name)
-                             .join(FolderState, FolderState.id == CatalogEntry.folder_id)
-                             .where(CatalogEntry.mailbox_id == mailbox_id)):
+    for c, name, _ in CaptureState(s, mailbox_id).catalog():
         uv, uids = present.get(name, (None, ()))
         if c.uid in uids and c.mid not in late:
             rows.append(dict(replica_id=rid, folder=name, uidvalidity=uv, uid=c.uid, sha256=c.sha256))
-    for i in range(0, len(rows), 1000):
-        s.execute(Orphan.__table__.insert(), rows[i:i + 1000])
+    for part in chunks(rows, 1000):
+        s.execute(Orphan.__table__.insert(), part)
 
 
 def _merged(first: list[dict], then: list[dict]) -> list[dict]:

@@ -48,7 +48,7 @@ def queued_after(s, mailbox_id: int, seq: int) -> Queued:
     for text in s.scalars(select(OutboxRow.change).where(OutboxRow.mailbox_id == mailbox_id, OutboxRow.seq > seq)
                           .order_by(OutboxRow.seq)):
         ch = Change.from_dict(json.loads(text))
-        if ch.kind in (Kind.MSG_ADD, Kind.MSG_REPLACE):
+        if ch.kind.carries_body:
             q.adds.add(ch.mid)
             if ch.kind == Kind.MSG_REPLACE and ch.old_mid is not None and ch.old_mid not in q.adds:
                 q.mids.setdefault(ch.old_mid, ch.folder)

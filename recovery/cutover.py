@@ -24,17 +24,18 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import select, update
 
 from mailrepl.recovery.site import KeyedLocks, apply_action
 from mailrepl.recovery.standby_view import StandbyView, is_fresh
 from mailrepl.shared.adapters.base import MailboxSession
+from mailrepl.shared.capture_state import alias_catalogued
 from mailrepl.shared.errors import MailreplError, ProtocolError, ServerUnavailable
 from mailrepl.shared.model import utcnow
 from mailrepl.shared.engines.replay import ReplayEngine
 from mailrepl.shared.site_state import SiteState
 from mailrepl.shared.store import Store
-from mailrepl.shared.store.models import CatalogEntry, FolderState, IdMapEntry, Mailbox, MidAlias, Replica, ReplayIntent
+from mailrepl.shared.store.models import Mailbox, Replica, ReplayIntent
 
 __all__ = ["CutoverService", "switch_on"]
 
@@ -172,24 +173,6 @@ def _views(s, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
     return out
 
 
-def _alias(s, items: Sequence[Replica], ids: dict[tuple[str, str], int]) -> None:
-    """Every catalogued standby message's DR id aliased to the source's id of the message the id
-    map has at that folder and UID: one INSERT ... SELECT per chunk of mailboxes."""
-    pairs = [(ids[(rep.server, rep.address)], rep.id) for rep in items]
-    for i in range(0, len(pairs), 200):
-        part = pairs[i:i + 200]
-        mbx_ids = [m for m, _ in part]
-        s.execute(delete(MidAlias).where(MidAlias.mailbox_id.in_(mbx_ids)))
-        owner = case({m: r for m, r in part}, value=CatalogEntry.mailbox_id)
-        rows = (select(CatalogEntry.mailbox_id, CatalogEntry.mid, func.min(IdMapEntry.mid))
-                .join(FolderState, FolderState.id == CatalogEntry.folder_id)
-                .join(IdMapEntry, (IdMapEntry.replica_id == owner) & (IdMapEntry.folder == FolderState.name)
-                      & (IdMapEntry.uid == CatalogEntry.uid))
-                .where(CatalogEntry.mailbox_id.in_(mbx_ids))
-                .group_by(CatalogEntry.mailbox_id, CatalogEntry.mid))
-        s.execute(insert(MidAlias).from_select(["mailbox_id", "dr_mid", "source_mid"], rows))
-
-
 def switch_on(s, items: Sequence[Replica]) -> int:
     """Turn the standby views of ``items`` into the DR capture state (set-based: a few
     statements however many mailboxes); returns how many mailboxes were switched on."""
@@ -200,7 +183,7 @@ def switch_on(s, items: Sequence[Replica]) -> int:
         if mid is None:
             raise MailreplError(f"{rep.address}: no view of the standby copy to switch on")
         by_state.setdefault(rep.site_state, []).append(mid)
-    _alias(s, items, ids)
+    alias_catalogued(s, [(ids[(rep.server, rep.address)], rep.id) for rep in items])
     for state, mids in by_state.items():
         for i in range(0, len(mids), 500):
             s.execute(update(Mailbox).where(Mailbox.id.in_(mids[i:i + 500])).values(

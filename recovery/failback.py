@@ -25,18 +25,19 @@ import logging
 from datetime import timedelta
 from typing import Callable, Iterable, Mapping, Sequence
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 
 from mailrepl.shared.engines.batch_builder import BatchBuilder
 from mailrepl.recovery.site import KeyedLocks, apply_action
 from mailrepl.shared.adapters.base import MailboxSession
+from mailrepl.shared.capture_state import CaptureState, aliases, drop_aliases, rebuild_from_catalog
 from mailrepl.shared.engines.capture import CaptureEngine
 from mailrepl.shared.errors import IllegalTransition, MailreplError
-from mailrepl.shared.model import Change, Cursor, utcnow
+from mailrepl.shared.model import Change, utcnow
 from mailrepl.shared.site_state import SiteState
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import (
-    CatalogEntry, FolderState, IdMapEntry, InboxRow, Mailbox, MidAlias, Orphan, OutboxBody, OutboxRow, Replica,
+    InboxRow, Mailbox, Orphan, OutboxBody, OutboxRow, Replica,
     ReplayIntent, SiteTransition,
 )
 from mailrepl.shared.protocol.wire import Batch, Segment
@@ -227,11 +228,7 @@ class FailbackService:
             for seg in built.batch.segments:
                 mbx = s.scalar(select(Mailbox.id).where(Mailbox.server == seg.server, Mailbox.address == seg.address))
                 mids = {m for c in seg.changes for m in (c.mid, c.old_mid) if m is not None}
-                alias = {}
-                ordered = sorted(mids)
-                for i in range(0, len(ordered), 500):
-                    alias.update(s.execute(select(MidAlias.dr_mid, MidAlias.source_mid).where(
-                        MidAlias.mailbox_id == mbx, MidAlias.dr_mid.in_(ordered[i:i + 500]))).all())
+                alias = aliases(s, mbx, mids)
                 segments.append(Segment(server=seg.server, address=seg.address, range=seg.range,
                                         changes=tuple(translate(c, alias) for c in seg.changes),
                                         captured=seg.captured))
@@ -254,9 +251,8 @@ class FailbackService:
                                                                    OutboxRow.sha256.is_not(None))))
                 s.execute(delete(OutboxRow).where(OutboxRow.mailbox_id == dr.id))
                 _drop_unused_bodies(s, shas)
-                s.execute(delete(MidAlias).where(MidAlias.mailbox_id == dr.id))
-                s.execute(delete(CatalogEntry).where(CatalogEntry.mailbox_id == dr.id))
-                s.execute(delete(FolderState).where(FolderState.mailbox_id == dr.id))
+                drop_aliases(s, dr.id)
+                CaptureState(s, dr.id).forget()
                 dr.acked_seq = dr.applied_seq = dr.last_seq
                 dr.phase = "seeding"
                 dr.seed_msgs_total = dr.seed_msgs_done = dr.seed_bytes_total = dr.seed_bytes_done = 0
@@ -290,21 +286,11 @@ class FailbackService:
                 if rep.final_seq is None or applied < rep.final_seq:
                     raise IllegalTransition(f"{address}: the primary applied {applied} of {rep.final_seq} standby changes")
                 dr = s.scalar(select(Mailbox).where(Mailbox.server == rep.server, Mailbox.address == rep.address))
-                alias = dict(s.execute(select(MidAlias.dr_mid, MidAlias.source_mid).where(MidAlias.mailbox_id == dr.id)).all())
-                born_of = {dr_mid: src for src, dr_mid in born}
-                folders = {f.id: f for f in s.scalars(select(FolderState).where(FolderState.mailbox_id == dr.id))}
-                entries = {}
-                for c in s.scalars(select(CatalogEntry).where(CatalogEntry.mailbox_id == dr.id)):
-                    key = alias.get(c.mid, born_of.get(c.mid))
-                    f = folders.get(c.folder_id)
-                    if key is None or f is None or not f.cursor:
-                        continue
-                    entries[key] = dict(replica_id=rid, mid=key, folder=f.name,
-                                        uidvalidity=Cursor.parse(f.cursor).uidvalidity, uid=c.uid, sha256=c.sha256)
-                for model in (IdMapEntry, Orphan, ReplayIntent, InboxRow):
+                id_of = {dr_mid: src for src, dr_mid in born}
+                id_of.update(aliases(s, dr.id))
+                mapped = rebuild_from_catalog(s, rid, dr.id, id_of)
+                for model in (Orphan, ReplayIntent, InboxRow):
                     s.execute(delete(model).where(model.replica_id == rid))
-                if entries:
-                    s.execute(insert(IdMapEntry), list(entries.values()))
                 shas = set(s.scalars(select(OutboxRow.sha256).where(OutboxRow.mailbox_id == dr.id,
                                                                    OutboxRow.sha256.is_not(None))))
                 s.delete(dr)  # the replay workers build the standby view afresh
@@ -314,14 +300,14 @@ class FailbackService:
                 rep.received_seq = rep.applied_seq = max(base_seq, rep.applied_seq)
                 rep.error = None
                 full = dict(report)
-                full.update(mapped_messages=len(entries), finished_at=utcnow().isoformat())
+                full.update(mapped_messages=mapped, finished_at=utcnow().isoformat())
                 rep.failback_report = json.dumps(full)
                 late = len(report.get("late", ()))
                 apply_action(s, rep, "rebased", "source",
                              f"forward replication resumes at sequence {rep.applied_seq}"
                              + (f"; {late} message(s) delivered late to the primary kept" if late else ""))
                 rep.cutover_seq = rep.final_seq = None
-                log.info("%s/%s: failback done, replicating again (%d messages mapped)", server, address, len(entries))
+                log.info("%s/%s: failback done, replicating again (%d messages mapped)", server, address, mapped)
         return self.status(rid)
 
     @staticmethod

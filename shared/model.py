@@ -30,6 +30,7 @@ __all__ = [
     "MailboxKey",
     "format_internaldate",
     "parse_internaldate",
+    "flags_text",
 ]
 
 
@@ -231,6 +232,11 @@ def parse_internaldate(text: str) -> datetime:
     if dt.tzinfo is None:
         raise ValueError(f"internal date without offset: {text!r}")
     return dt
+
+
+def flags_text(flags: Iterable[str]) -> str:
+    """Flags as a catalog keeps them: sorted, space-separated, without \\Recent."""
+    return " ".join(sorted(f for f in flags if f.lower() != "\\recent"))
 
 
 def _norm_flags(flags: Iterable[str] | None) -> tuple[str, ...] | None:

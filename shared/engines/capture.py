@@ -29,27 +29,24 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from mailrepl.shared.adapters.base import FolderDelta, FolderInfo, MailboxSession, MessageMeta
+from mailrepl.shared.capture_state import (
+    CaptureState, CatalogRow, KnownFolder, NewEntry, known_folders, pair_folders, pending_folders,
+)
 from mailrepl.shared.errors import CursorInvalid, FolderNotFound
-from mailrepl.shared.model import Change, Cursor, Kind, UidSet, format_internaldate, utcnow
+from mailrepl.shared.model import Change, Cursor, Kind, UidSet, flags_text, format_internaldate, utcnow
 from mailrepl.shared.store import Store
-from mailrepl.shared.store.models import CatalogEntry, FolderState, Mailbox, OutboxBody, OutboxRow
+from mailrepl.shared.store.models import Mailbox, OutboxBody, OutboxRow
 
-__all__ = ["CaptureEngine", "CycleReport", "flags_text", "DEFAULT_CHUNK_MESSAGES", "DEFAULT_CHUNK_BYTES"]
+__all__ = ["CaptureEngine", "CycleReport", "DEFAULT_CHUNK_MESSAGES", "DEFAULT_CHUNK_BYTES"]
 
 log = logging.getLogger("mailrepl.capture")
 
 DEFAULT_CHUNK_MESSAGES = 200
 DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
-
-
-def flags_text(flags: Iterable[str]) -> str:
-    """Flags as the catalog keeps them: sorted, space-separated, without \\Recent."""
-    return " ".join(sorted(f for f in flags if f.lower() != "\\recent"))
-
 
 
 def _is_draft(flags: Iterable[str]) -> bool:
@@ -71,7 +68,7 @@ class _FolderPlan:
     since: Cursor | None = None
     reset: bool = False
     delta: FolderDelta | None = None
-    moves_in: list[tuple[MessageMeta, CatalogEntry]] = field(default_factory=list)
+    moves_in: list[tuple[MessageMeta, CatalogRow]] = field(default_factory=list)
     replaces: dict[int, int] = field(default_factory=dict)  # new uid -> old mid
 
 
@@ -119,7 +116,7 @@ class CaptureEngine:
         report = CycleReport()
         self._drain_all(mailbox_id, session, report)
         plans, deleted = self._plan(mailbox_id, session)
-        self._pair(plans, deleted, session)
+        self._pair(mailbox_id, plans, deleted, session)
         self._commit_plan(mailbox_id, plans, deleted, report)
         self._drain_all(mailbox_id, session, report)
         with self.store.tx() as s:
@@ -135,37 +132,22 @@ class CaptureEngine:
 
     def _plan(self, mailbox_id: int, session: MailboxSession):
         live = session.list_folders()
-        with self.store.tx() as s:
-            known = list(s.scalars(select(FolderState).where(FolderState.mailbox_id == mailbox_id)))
-            s.expunge_all()
-        use_fid = session.features.folder_id
-        by_fid = {f.fid: f for f in known if f.fid} if use_fid else {}
-        by_name = {f.name: f for f in known}
-        matched: set[int] = set()
+        with self.store.read() as s:
+            known = known_folders(s, mailbox_id)
+        matches, deleted = pair_folders(known, live, session.features.folder_id)
         plans: list[_FolderPlan] = []
-        for info in live:
-            row = by_fid.get(info.fid) if use_fid and info.fid else by_name.get(info.name)
-            if use_fid and info.fid and row is None:
-                # A new id under a known name whose id is no longer live: recreated -> reset.
-                old = by_name.get(info.name)
-                if old is not None and old.fid not in {i.fid for i in live}:
-                    row = old
-            plan = _FolderPlan(info=info)
+        for m in matches:
+            plan = _FolderPlan(info=m.info)
+            row = m.known
             if row is not None:
-                matched.add(row.id)
                 plan.row_id = row.id
-                cur = Cursor.parse(row.cursor) if row.cursor else None
-                if row.fid and info.fid and row.fid != info.fid:
-                    plan.reset = True
-                elif cur is not None and cur.uidvalidity != info.uidvalidity:
-                    plan.reset = True
-                plan.since = None if plan.reset else cur
-                if row.pending_uids is not None:
+                plan.reset = m.identity_changed
+                plan.since = None if plan.reset else row.cursor
+                if row.pending:
                     continue  # could not drain (e.g. server error); next cycle
-                if not plan.reset and cur is not None and cur == info.cursor:
-                    plan.delta = FolderDelta(cursor=cur)
+                if not plan.reset and row.cursor is not None and row.cursor == m.info.cursor:
+                    plan.delta = FolderDelta(cursor=row.cursor)
             plans.append(plan)
-        deleted = [f for f in known if f.id not in matched]
         # deltas, outside any transaction
         for plan in plans:
             if plan.delta is not None:
@@ -180,32 +162,25 @@ class CaptureEngine:
         plans = [p for p in plans if p.delta is not None]
         return plans, deleted
 
-    def _pair(self, plans: list[_FolderPlan], deleted: list[FolderState], session: MailboxSession) -> None:
+    def _pair(self, mailbox_id: int, plans: list[_FolderPlan], deleted: list[KnownFolder],
+              session: MailboxSession) -> None:
         """Find moves (vanished here, new there, same message) and draft replaces."""
-        vanished: list[CatalogEntry] = []
-        with self.store.tx() as s:
+        vanished: list[CatalogRow] = []
+        with self.store.read() as s:
+            st = CaptureState(s, mailbox_id)
             for p in plans:
                 if p.row_id is None or p.reset or not p.delta.vanished:
                     continue
-                uids = list(p.delta.vanished)
-                for i in range(0, len(uids), 500):
-                    vanished.extend(
-                        s.scalars(
-                            select(CatalogEntry).where(
-                                CatalogEntry.folder_id == p.row_id, CatalogEntry.uid.in_(uids[i : i + 500])
-                            )
-                        )
-                    )
+                vanished += st.entries_at(p.row_id, p.delta.vanished)
             for f in deleted:
-                vanished.extend(s.scalars(select(CatalogEntry).where(CatalogEntry.folder_id == f.id)))
-            s.expunge_all()
+                vanished += st.entries_in(f.id)
         if not vanished:
             return
         candidates = [(p, m) for p in plans if not p.reset for m in p.delta.new]
         if not candidates:
             return
         use_guid = session.features.message_guid
-        pool: dict[str, list[CatalogEntry]] = {}
+        pool: dict[str, list[CatalogRow]] = {}
         for entry in vanished:
             key = entry.guid if use_guid else entry.sha256
             if key:
@@ -246,133 +221,89 @@ class CaptureEngine:
 
     # ------------------------------------------------------------------ commit
 
-    def _commit_plan(self, mailbox_id, plans, deleted, report: CycleReport) -> None:
+    def _commit_plan(self, mailbox_id, plans, deleted: list[KnownFolder], report: CycleReport) -> None:
         with self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id, with_for_update=True)
             seq = _Seq(s, mbx, report)
-            rows = {f.id: f for f in s.scalars(select(FolderState).where(FolderState.mailbox_id == mailbox_id))}
+            st = CaptureState(s, mailbox_id)
             seeding = mbx.phase == "seeding"
             # 1. creates and renames, parents first
             for p in sorted(plans, key=lambda p: p.info.name.count("/")):
-                row = rows.get(p.row_id) if p.row_id else None
-                if row is None:
-                    row = FolderState(mailbox_id=mailbox_id, name=p.info.name, fid=p.info.fid)
-                    s.add(row)
-                    s.flush()
-                    p.row_id = row.id
-                    rows[row.id] = row
+                name = st.folder_name(p.row_id) if p.row_id else None
+                if name is None:
+                    p.row_id = st.create_folder(p.info)
                     seq.emit(Change(Kind.FOLDER_CREATE, p.info.name, special_use=tuple(p.info.special_use)))
-                elif row.name != p.info.name:
-                    seq.emit(Change(Kind.FOLDER_RENAME, row.name, new_folder=p.info.name))
-                    row.name = p.info.name
-                row.fid = p.info.fid or row.fid
-                row.messages = p.info.messages
+                elif name != p.info.name:
+                    seq.emit(Change(Kind.FOLDER_RENAME, name, new_folder=p.info.name))
+                    st.rename_folder(p.row_id, p.info.name)
+                st.note_folder(p.row_id, p.info)
             # 2. moves (the body is not sent again)
             for p in plans:
                 for meta, entry in p.moves_in:
-                    src = rows.get(entry.folder_id)
-                    cat = s.get(CatalogEntry, entry.mid)
+                    src = st.folder_name(entry.folder_id)
                     seq.emit(
                         Change(
                             Kind.MSG_MOVE,
-                            src.name if src is not None else _deleted_name(deleted, entry.folder_id),
+                            src if src is not None else _deleted_name(deleted, entry.folder_id),
                             mid=entry.mid,
                             new_folder=p.info.name,
                             flags=tuple(meta.flags),
                         )
                     )
-                    cat.folder_id, cat.uid, cat.flags = p.row_id, meta.uid, flags_text(meta.flags)
-            moved = {e.mid for p in plans for _, e in p.moves_in}
-            replaced = {mid for p in plans for mid in p.replaces.values()}
+                    st.move_entry(entry.mid, p.row_id, meta.uid, meta.flags)
+            spare = {e.mid for p in plans for _, e in p.moves_in} | {mid for p in plans for mid in p.replaces.values()}
             # 3. expunges and flag changes
             for p in plans:
                 if p.reset or p.delta is None:
                     continue
-                row = rows[p.row_id]
+                name = p.info.name
                 if p.delta.vanished:
-                    gone = list(p.delta.vanished)
-                    for i in range(0, len(gone), 500):
-                        for cat in s.scalars(
-                            select(CatalogEntry).where(
-                                CatalogEntry.folder_id == row.id, CatalogEntry.uid.in_(gone[i : i + 500])
-                            )
-                        ).all():
-                            if cat.mid in moved or cat.mid in replaced:
-                                continue
-                            seq.emit(Change(Kind.MSG_EXPUNGE, row.name, mid=cat.mid))
-                            s.delete(cat)
+                    for mid in st.expunge_at(p.row_id, p.delta.vanished, spare):
+                        seq.emit(Change(Kind.MSG_EXPUNGE, name, mid=mid))
                 if p.delta.changed:
-                    by_uid = {m.uid: m for m in p.delta.changed}
-                    uids = sorted(by_uid)
-                    for i in range(0, len(uids), 500):
-                        for cat in s.scalars(
-                            select(CatalogEntry).where(
-                                CatalogEntry.folder_id == row.id, CatalogEntry.uid.in_(uids[i : i + 500])
-                            )
-                        ).all():
-                            text = flags_text(by_uid[cat.uid].flags)
-                            if text != cat.flags:
-                                seq.emit(Change(Kind.MSG_FLAGS, row.name, mid=cat.mid, flags=tuple(text.split())))
-                                cat.flags = text
+                    for mid, text in st.update_flags(p.row_id, {m.uid: m.flags for m in p.delta.changed}):
+                        seq.emit(Change(Kind.MSG_FLAGS, name, mid=mid, flags=tuple(text.split())))
             # 4. resets: the standby keeps matching messages, drops the rest after re-adds
             for p in plans:
                 if p.reset:
-                    row = rows[p.row_id]
-                    s.execute(delete(CatalogEntry).where(CatalogEntry.folder_id == row.id))
-                    seq.emit(Change(Kind.FOLDER_RESET, row.name))
-                    row.resetting = True
-                    row.cursor = None
-            s.flush()  # moved catalog rows leave their folder before it is deleted
+                    st.reset_folder(p.row_id)
+                    seq.emit(Change(Kind.FOLDER_RESET, p.info.name))
+            st.flush()  # moved catalog rows leave their folder before it is deleted
             # 5. deletes, children first
             for f in sorted(deleted, key=lambda f: -f.name.count("/")):
-                row = rows[f.id]
-                seq.emit(Change(Kind.FOLDER_DELETE, row.name))
-                s.delete(row)  # catalog rows of messages not moved out go with it (cascade)
+                seq.emit(Change(Kind.FOLDER_DELETE, st.folder_name(f.id)))
+                st.delete_folder(f.id)  # catalog rows of messages not moved out go with it
             # 6. pending new messages; cursors of folders with nothing pending
             for p in plans:
-                row = rows[p.row_id]
                 paired = {m.uid for m, _ in p.moves_in}
                 todo = [m for m in p.delta.new if m.uid not in paired]
                 if todo:
-                    row.pending_cursor = p.delta.cursor.format()
-                    row.pending_uids = UidSet(m.uid for m in todo).format()
-                    row.pending_replace = json.dumps({str(k): v for k, v in p.replaces.items()}) if p.replaces else None
+                    st.set_pending(p.row_id, p.delta.cursor, (m.uid for m in todo), p.replaces)
                     if seeding:
                         mbx.seed_msgs_total += len(todo)
                         mbx.seed_bytes_total += sum(m.size for m in todo)
-                else:
-                    row.cursor = p.delta.cursor.format()
-                    if row.resetting:
-                        seq.emit(Change(Kind.FOLDER_RESET_DONE, row.name))
-                        row.resetting = False
+                elif st.advance(p.row_id, p.delta.cursor):
+                    seq.emit(Change(Kind.FOLDER_RESET_DONE, p.info.name))
 
     # ------------------------------------------------------------------ draining
 
     def _drain_all(self, mailbox_id: int, session: MailboxSession, report: CycleReport) -> None:
-        with self.store.tx() as s:
-            pending = list(
-                s.scalars(
-                    select(FolderState.id).where(
-                        FolderState.mailbox_id == mailbox_id, FolderState.pending_uids.is_not(None)
-                    )
-                )
-            )
+        with self.store.read() as s:
+            pending = pending_folders(s, mailbox_id)
         for folder_id in pending:
             self._drain(mailbox_id, folder_id, session, report)
 
     def _drain(self, mailbox_id: int, folder_id: int, session: MailboxSession, report: CycleReport) -> None:
         while True:
-            with self.store.tx() as s:
-                row = s.get(FolderState, folder_id)
-                if row is None or row.pending_uids is None:
-                    return
-                name, todo = row.name, UidSet.parse(row.pending_uids)
-                replace = {int(k): v for k, v in json.loads(row.pending_replace or "{}").items()}
-            uids = todo.first(self.chunk_messages)
+            with self.store.read() as s:
+                work = CaptureState(s, mailbox_id).pending_work(folder_id)
+            if work is None:
+                return
+            uids = work.uids.first(self.chunk_messages)
             batch: list = []
             size = 0
             done_upto = 0
-            for msg in session.fetch(name, uids):
+            for msg in session.fetch(work.name, uids):
                 batch.append(msg)
                 size += len(msg.body)
                 if size >= self.chunk_bytes:
@@ -380,13 +311,14 @@ class CaptureEngine:
                     break
             else:
                 done_upto = uids[-1] if uids else 0
-            self._commit_chunk(mailbox_id, folder_id, batch, todo.above(done_upto), replace, report)
+            self._commit_chunk(mailbox_id, folder_id, batch, work.uids.above(done_upto), dict(work.replace), report)
 
     def _commit_chunk(self, mailbox_id, folder_id, batch, remaining: UidSet, replace, report) -> None:
         shas = [hashlib.sha256(msg.body).hexdigest() for msg in batch]  # outside the write lock
         with self.body_lock, self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id, with_for_update=True)
-            row = s.get(FolderState, folder_id)
+            st = CaptureState(s, mailbox_id)
+            name = st.folder_name(folder_id)
             seq = _Seq(s, mbx, report)
             # set-based: one query for the bodies already held, one insert for the new ones,
             # one flush for the catalog rows (their ids are the changes' message ids)
@@ -397,25 +329,19 @@ class CaptureEngine:
                     fresh.setdefault(sha, msg.body)
             if fresh:
                 s.execute(insert(OutboxBody), [dict(sha256=k, size=len(v), data=v) for k, v in fresh.items()])
-            cats = [
-                CatalogEntry(mailbox_id=mailbox_id, folder_id=folder_id, uid=msg.uid, guid=msg.guid, sha256=sha,
-                             size=len(msg.body), flags=flags_text(msg.flags))
-                for msg, sha in zip(batch, shas)
-            ]
-            s.add_all(cats)
-            s.flush()
-            for msg, sha, cat in zip(batch, shas, cats):
+            texts = [flags_text(msg.flags) for msg in batch]
+            mids = st.add_entries(folder_id, [NewEntry(msg.uid, msg.guid, sha, len(msg.body), text)
+                                              for msg, sha, text in zip(batch, shas, texts)])
+            for msg, sha, mid, text in zip(batch, shas, mids, texts):
                 fields = dict(
-                    mid=cat.mid, sha256=sha, size=len(msg.body), flags=tuple(cat.flags.split()),
+                    mid=mid, sha256=sha, size=len(msg.body), flags=tuple(text.split()),
                     internaldate=format_internaldate(msg.internaldate),
                 )
                 old_mid = replace.pop(msg.uid, None)
-                old = s.get(CatalogEntry, old_mid) if old_mid is not None else None
-                if old is not None:
-                    seq.emit(Change(Kind.MSG_REPLACE, row.name, old_mid=old_mid, **fields), size=len(msg.body))
-                    s.delete(old)
+                if old_mid is not None and st.drop_entry(old_mid):
+                    seq.emit(Change(Kind.MSG_REPLACE, name, old_mid=old_mid, **fields), size=len(msg.body))
                 else:
-                    seq.emit(Change(Kind.MSG_ADD, row.name, **fields), size=len(msg.body))
+                    seq.emit(Change(Kind.MSG_ADD, name, **fields), size=len(msg.body))
                 report.messages += 1
                 report.bytes += len(msg.body)
                 mbx.captured_bytes += len(msg.body)
@@ -423,26 +349,19 @@ class CaptureEngine:
                     mbx.seed_msgs_done += 1
                     mbx.seed_bytes_done += len(msg.body)
             if remaining:
-                row.pending_uids = remaining.format()
-                row.pending_replace = json.dumps({str(k): v for k, v in replace.items()}) if replace else None
+                st.shrink_pending(folder_id, remaining, replace)
                 report.pending = len(remaining)
                 return
             # Replaced drafts whose replacement vanished before capture: plain expunge.
             for old_mid in replace.values():
-                cat = s.get(CatalogEntry, old_mid)
-                if cat is not None:
-                    seq.emit(Change(Kind.MSG_EXPUNGE, row.name, mid=old_mid))
-                    s.delete(cat)
-            row.cursor, row.pending_cursor, row.pending_uids, row.pending_replace = (
-                row.pending_cursor, None, None, None,
-            )
+                if st.drop_entry(old_mid):
+                    seq.emit(Change(Kind.MSG_EXPUNGE, name, mid=old_mid))
             report.pending = 0
-            if row.resetting:
-                seq.emit(Change(Kind.FOLDER_RESET_DONE, row.name))
-                row.resetting = False
+            if st.finish_pending(folder_id):
+                seq.emit(Change(Kind.FOLDER_RESET_DONE, name))
 
 
-def _deleted_name(deleted: Sequence[FolderState], folder_id: int) -> str:
+def _deleted_name(deleted: Sequence[KnownFolder], folder_id: int) -> str:
     for f in deleted:
         if f.id == folder_id:
             return f.name

@@ -26,16 +26,16 @@ import logging
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select, update
 
 from mailrepl.shared.adapters.base import AppendItem, MailboxSession
+from mailrepl.shared.capture_state import IdMap, MapEntry
 from mailrepl.shared.content.bodies import BodyCorrupt, BodyStore
 from mailrepl.shared.errors import FolderNotFound, MessageRejected, StoreError
 from mailrepl.shared.model import Change, Kind, parse_internaldate, utcnow
 from mailrepl.shared.engines.replay_keep import plan_delete
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import (
-    IdMapEntry,
     InboxRow,
     Orphan,
     RejectedMessage,
@@ -213,9 +213,8 @@ class ReplayEngine:
                 report.kept_folders.append(kept.record())
         elif k == Kind.FOLDER_RESET:
             with self.store.tx() as s:
-                for e in s.scalars(select(IdMapEntry).where(IdMapEntry.replica_id == rid, IdMapEntry.folder == g.folder)):
+                for e in IdMap(s, rid).take_folder(g.folder):
                     s.add(Orphan(replica_id=rid, folder=e.folder, uidvalidity=e.uidvalidity, uid=e.uid, sha256=e.sha256))
-                    s.delete(e)
                 self._advance(s, rid, g, report)
         elif k == Kind.FOLDER_RESET_DONE:
             with self.store.tx() as s:
@@ -229,14 +228,8 @@ class ReplayEngine:
             raise ValueError(f"unknown change kind {k}")
 
     def _apply_adds(self, rid: int, g: Group, session: MailboxSession, report: ReplayReport) -> None:
-        with self.store.tx() as s:
-            mapped = set(
-                s.scalars(
-                    select(IdMapEntry.mid).where(
-                        IdMapEntry.replica_id == rid, IdMapEntry.mid.in_([c.mid for _, c in g.items])
-                    )
-                )
-            )
+        with self.store.read() as s:
+            mapped = IdMap(s, rid).mapped(c.mid for _, c in g.items)
             orphans: dict[str, list[Orphan]] = {}
             for o in s.scalars(select(Orphan).where(Orphan.replica_id == rid, Orphan.folder == g.folder)):
                 orphans.setdefault(o.sha256, []).append(o)
@@ -252,8 +245,8 @@ class ReplayEngine:
                 todo.append((seq, ch))
         for ch, o in claims:  # a reset folder keeps the message it already has
             session.store_flags(g.folder, [o.uid], frozenset(ch.flags or ()))
-        new_entries: list[IdMapEntry] = [
-            IdMapEntry(replica_id=rid, mid=ch.mid, folder=g.folder, uidvalidity=o.uidvalidity, uid=o.uid, sha256=o.sha256)
+        new_entries: list[MapEntry] = [
+            MapEntry(mid=ch.mid, folder=g.folder, uidvalidity=o.uidvalidity, uid=o.uid, sha256=o.sha256)
             for ch, o in claims
         ]
         rejected: list[tuple[int, Change, str]] = []
@@ -265,18 +258,11 @@ class ReplayEngine:
             for e in old.values():
                 session.expunge(e.folder, [e.uid])
         with self.store.tx() as s:
-            if new_entries:  # set-based: replace whatever rows these message ids had
-                mids = [e.mid for e in new_entries]
-                for i in range(0, len(mids), 500):
-                    s.execute(delete(IdMapEntry).where(IdMapEntry.replica_id == rid, IdMapEntry.mid.in_(mids[i : i + 500])))
-                s.execute(insert(IdMapEntry), [
-                    dict(replica_id=e.replica_id, mid=e.mid, folder=e.folder, uidvalidity=e.uidvalidity, uid=e.uid,
-                         sha256=e.sha256) for e in new_entries
-                ])
+            ids = IdMap(s, rid)
+            ids.put(new_entries)  # set-based: replaces whatever rows these message ids had
             for o in (o for _, o in claims):
                 s.execute(delete(Orphan).where(Orphan.id == o.id))
-            if replaced:
-                s.execute(delete(IdMapEntry).where(IdMapEntry.replica_id == rid, IdMapEntry.mid.in_(replaced)))
+            ids.drop(replaced)
             for seq, ch, reason in rejected:
                 s.add(RejectedMessage(replica_id=rid, seq=seq, mid=ch.mid, folder=ch.folder, sha256=ch.sha256, reason=reason))
                 s.execute(update(InboxRow).where(InboxRow.replica_id == rid, InboxRow.seq == seq).values(state="rejected"))
@@ -285,7 +271,7 @@ class ReplayEngine:
             self._advance(s, rid, g, report, skip_states={seq for seq, _, _ in rejected})
         report.rejected += len(rejected)
 
-    def _append(self, rid, folder, todo, session, rejected, report) -> list[IdMapEntry]:
+    def _append(self, rid, folder, todo, session, rejected, report) -> list[MapEntry]:
         """MULTIAPPEND ``todo`` under an intent; on rejection retry one by one to find the culprit."""
         bodies = self._bodies(rid, [c.sha256 for _, c in todo])
         items = [
@@ -311,13 +297,13 @@ class ReplayEngine:
             if len(todo) == 1:
                 rejected.append((todo[0][0], todo[0][1], str(exc) or "rejected by the server"))
                 return []
-            out: list[IdMapEntry] = []
+            out: list[MapEntry] = []
             for one in todo:
                 out += self._append(rid, folder, [one], session, rejected, report)
             return out
         report.appended += len(todo)
         return [
-            IdMapEntry(replica_id=rid, mid=c.mid, folder=folder, uidvalidity=res.uidvalidity, uid=uid, sha256=c.sha256)
+            MapEntry(mid=c.mid, folder=folder, uidvalidity=res.uidvalidity, uid=uid, sha256=c.sha256)
             for (_, c), uid in zip(todo, res.uids)
         ]
 
@@ -338,7 +324,7 @@ class ReplayEngine:
                         first_seq=g.first_seq, last_seq=g.last_seq,
                     )
                 )
-            by_folder: dict[str, list[IdMapEntry]] = {}
+            by_folder: dict[str, list[MapEntry]] = {}
             for e in todo.values():
                 by_folder.setdefault(e.folder, []).append(e)
             for folder, es in by_folder.items():
@@ -356,14 +342,11 @@ class ReplayEngine:
             session.store_flags(dest, uids, flags)
         missing = [(seq, c) for seq, c in g.items if c.mid in todo and c.mid not in moved]
         with self.store.tx() as s:
+            ids = IdMap(s, rid)
             for mid, (uv, uid) in moved.items():
-                s.execute(
-                    update(IdMapEntry)
-                    .where(IdMapEntry.replica_id == rid, IdMapEntry.mid == mid)
-                    .values(folder=dest, uidvalidity=uv, uid=uid)
-                )
+                ids.relocate(mid, dest, uv, uid)
             for seq, c in missing:
-                s.execute(delete(IdMapEntry).where(IdMapEntry.replica_id == rid, IdMapEntry.mid == c.mid))
+                ids.drop([c.mid])
                 s.add(RejectedMessage(replica_id=rid, seq=seq, mid=c.mid, folder=c.folder, sha256=None,
                                       reason=f"message to move to {dest!r} was missing on this server"))
             s.execute(delete(ReplayIntent).where(ReplayIntent.replica_id == rid))
@@ -385,14 +368,14 @@ class ReplayEngine:
             )
             folder, uv, uidnext = intent.folder, intent.uidvalidity, intent.uidnext
             wanted: list[tuple[int, str]] = []  # (mid, sha) in order
-            mapped = {e.mid: e for e in s.scalars(select(IdMapEntry).where(IdMapEntry.replica_id == rid))}
+            mapped = IdMap(s, rid).all()
             for text in rows:
                 ch = Change.from_dict(json.loads(text))
-                if ch.kind in (Kind.MSG_ADD, Kind.MSG_REPLACE) and ch.mid not in mapped:
+                if ch.kind.carries_body and ch.mid not in mapped:
                     wanted.append((ch.mid, ch.sha256))
                 elif ch.kind == Kind.MSG_MOVE and ch.mid in mapped and mapped[ch.mid].folder != folder:
                     wanted.append((ch.mid, mapped[ch.mid].sha256))
-        found: list[IdMapEntry] = []
+        found: list[MapEntry] = []
         info = session.folder_info(folder)
         if wanted and info is not None and info.uidvalidity == uv and info.uidnext > uidnext:
             on_server = [
@@ -404,11 +387,10 @@ class ReplayEngine:
                 for uid, got in on_server:
                     if uid not in used and got == sha:
                         used.add(uid)
-                        found.append(IdMapEntry(replica_id=rid, mid=mid, folder=folder, uidvalidity=uv, uid=uid, sha256=sha))
+                        found.append(MapEntry(mid=mid, folder=folder, uidvalidity=uv, uid=uid, sha256=sha))
                         break
         with self.store.tx() as s:
-            for e in found:
-                s.merge(e)
+            IdMap(s, rid).put(found)
             s.execute(delete(ReplayIntent).where(ReplayIntent.replica_id == rid))
         if found:
             log.info("recovered %d message(s) written before a crash in %r", len(found), folder)
@@ -416,15 +398,9 @@ class ReplayEngine:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _mapped(self, rid: int, mids: Sequence[int]) -> dict[int, IdMapEntry]:
-        out: dict[int, IdMapEntry] = {}
-        with self.store.tx() as s:
-            for i in range(0, len(mids), 500):
-                for e in s.scalars(
-                    select(IdMapEntry).where(IdMapEntry.replica_id == rid, IdMapEntry.mid.in_(mids[i : i + 500]))
-                ):
-                    out[e.mid] = e
-        return out
+    def _mapped(self, rid: int, mids: Sequence[int]) -> dict[int, MapEntry]:
+        with self.store.read() as s:
+            return IdMap(s, rid).entries(mids)
 
     def _bodies(self, rid: int, shas: Sequence[str]) -> dict[str, bytes]:
         try:
@@ -446,18 +422,16 @@ class ReplayEngine:
 
     def _done(self, rid, g, report, *, drop_mids=(), rename=None, drop_folder=None) -> None:
         with self.store.tx() as s:
-            if drop_mids:
-                mids = list(drop_mids)
-                for i in range(0, len(mids), 500):
-                    s.execute(delete(IdMapEntry).where(IdMapEntry.replica_id == rid, IdMapEntry.mid.in_(mids[i : i + 500])))
+            ids = IdMap(s, rid)
+            ids.drop(drop_mids)
             if rename:
                 old, new = rename
-                for model in (IdMapEntry, Orphan):
-                    for e in s.scalars(select(model).where(model.replica_id == rid)):
-                        if e.folder == old or e.folder.startswith(old + "/"):
-                            e.folder = new + e.folder[len(old):]
+                ids.rename_folder(old, new)
+                for e in s.scalars(select(Orphan).where(Orphan.replica_id == rid)):
+                    if e.folder == old or e.folder.startswith(old + "/"):
+                        e.folder = new + e.folder[len(old):]
             if drop_folder:
-                s.execute(delete(IdMapEntry).where(IdMapEntry.replica_id == rid, IdMapEntry.folder == drop_folder))
+                ids.drop_folder(drop_folder)
                 s.execute(delete(Orphan).where(Orphan.replica_id == rid, Orphan.folder == drop_folder))
             self._advance(s, rid, g, report)
 

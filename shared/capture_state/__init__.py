@@ -1,0 +1,33 @@
+"""Capture state: the one owner of folder cursors, the catalogue and the id map.
+
+What a gateway knows of a copy of a mailbox lives in four tables: ``folder_state`` (a cursor
+and pending capture work per folder), ``catalog`` (what capture knows of each message: id,
+folder, UID, GUID, hash, flags), ``idmap`` (where the replayed messages are on the server
+written into) and ``mid_alias`` (DR ids of the source's messages after a cutover). Only this
+package writes them (and the store's migrations):
+
+- :mod:`.pairing` — which known folder is which live folder (pure);
+- :mod:`.catalog` — :class:`CaptureState`, the folder and catalogue reads and writes of the
+  capture engine, one mailbox in the caller's transaction;
+- :mod:`.rebuild` — the capture state of a copy rebuilt from a server listing: a pure plan and
+  one applier (the standby view, the re-base at the end of failback);
+- :mod:`.idmap` — :class:`IdMap` and the id aliases (replay, cutover, both failback sides).
+"""
+from mailrepl.shared.capture_state.catalog import (
+    CaptureState, CatalogRow, NewEntry, PendingWork, known_folders, pending_folders,
+)
+from mailrepl.shared.capture_state.idmap import (
+    IdMap, MapEntry, alias_catalogued, aliases, drop_aliases, rebuild_from_catalog, seed_from_catalog,
+)
+from mailrepl.shared.capture_state.pairing import FolderMatch, KnownFolder, pair_folders
+from mailrepl.shared.capture_state.rebuild import (
+    Addition, FolderListing, FolderOutcome, Fresh, Keep, Placement, RebuildPlan, apply_rebuild, plan_rebuild,
+)
+
+__all__ = [
+    "CaptureState", "CatalogRow", "NewEntry", "PendingWork", "known_folders", "pending_folders",
+    "IdMap", "MapEntry", "alias_catalogued", "aliases", "drop_aliases", "rebuild_from_catalog", "seed_from_catalog",
+    "FolderMatch", "KnownFolder", "pair_folders",
+    "Addition", "FolderListing", "FolderOutcome", "Fresh", "Keep", "Placement", "RebuildPlan", "apply_rebuild",
+    "plan_rebuild",
+]
