@@ -47,7 +47,8 @@ from mailrepl.shared.engines.replay import ReplayEngine, ReplayReport
 from mailrepl.shared.site_state import SiteState
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.chunks import chunks
-from mailrepl.shared.store.models import Mailbox, Orphan, OutboxBody, OutboxRow, Replica
+from mailrepl.shared.store.outbox import drop_unreferenced_bodies
+from mailrepl.shared.store.models import Mailbox, Orphan, OutboxRow, Replica
 from mailrepl.shared.protocol.wire import MEDIA_TYPE, decode_batch
 
 __all__ = ["FailbackPuller"]
@@ -344,9 +345,7 @@ class FailbackPuller:
             shas = set(s.scalars(select(OutboxRow.sha256).where(OutboxRow.mailbox_id == mbx.id,
                                                                OutboxRow.sha256.is_not(None))))
             s.execute(delete(OutboxRow).where(OutboxRow.mailbox_id == mbx.id))
-            for sha in shas:
-                if s.scalar(select(OutboxRow.seq).where(OutboxRow.sha256 == sha).limit(1)) is None:
-                    s.execute(delete(OutboxBody).where(OutboxBody.sha256 == sha))
+            drop_unreferenced_bodies(s, shas)
             mbx.acked_seq = mbx.applied_seq = mbx.last_seq
             # a retry after a refused re-base finds the catalog rebuilt: what the first run found stays
             forward = _merged(pending.get("forward", []), [c.to_dict() for c in forward])

@@ -22,7 +22,8 @@ from mailrepl.shared.engines.batch_builder import BatchBuilder, Built
 from mailrepl.shared.errors import TransportError, WireError
 from mailrepl.shared.content.mime_split import BLOB_THRESHOLD
 from mailrepl.shared.store import Store
-from mailrepl.shared.store.models import Mailbox, OutboxBody, OutboxRow
+from mailrepl.shared.store.outbox import drop_unreferenced_bodies
+from mailrepl.shared.store.models import Mailbox, OutboxRow
 from mailrepl.shared.protocol.wire import MEDIA_TYPE, Ack, encode_batch
 
 __all__ = ["Shipper", "ShipStats"]
@@ -239,11 +240,7 @@ class Shipper:
                 mbx.rejected = json.dumps(list(res.rejected)) if res.rejected else mbx.rejected
             s.flush()
             # bodies of the removed rows that no remaining row refers to (same message elsewhere)
-            gone = sorted(released)
-            for i in range(0, len(gone), 500):
-                part = gone[i : i + 500]
-                used = select(OutboxRow.sha256).where(OutboxRow.sha256.in_(part))
-                s.execute(delete(OutboxBody).where(OutboxBody.sha256.in_(part), OutboxBody.sha256.not_in(used)))
+            drop_unreferenced_bodies(s, released)
 
     @staticmethod
     def _account(mbx: Mailbox, built: Built, wire_bytes: int) -> None:

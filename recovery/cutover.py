@@ -35,6 +35,7 @@ from mailrepl.shared.model import utcnow
 from mailrepl.shared.engines.replay import ReplayEngine
 from mailrepl.shared.site_state import SiteState
 from mailrepl.shared.store import Store
+from mailrepl.shared.store.chunks import chunks
 from mailrepl.shared.store.models import Mailbox, Replica, ReplayIntent
 
 __all__ = ["CutoverService", "switch_on"]
@@ -90,8 +91,8 @@ class CutoverService:
             if outcome is not None:
                 errors[rid] = outcome
         done = [rid for rid in todo if rid not in errors]
-        for i in range(0, len(done), WRITE_CHUNK):
-            self._commit(done[i:i + WRITE_CHUNK], actor)
+        for part in chunks(done, WRITE_CHUNK):
+            self._commit(part, actor)
         if errors:
             with self.store.tx() as s:
                 for rid, error in errors.items():
@@ -165,9 +166,9 @@ def _views(s, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
     out: dict[tuple[str, str], int] = {}
     wanted = set(keys)
     addresses = sorted({a for _, a in wanted})
-    for i in range(0, len(addresses), 500):
+    for part in chunks(addresses):
         for mid, server, address in s.execute(select(Mailbox.id, Mailbox.server, Mailbox.address)
-                                              .where(Mailbox.address.in_(addresses[i:i + 500]))):
+                                              .where(Mailbox.address.in_(part))):
             if (server, address) in wanted:
                 out[(server, address)] = mid
     return out
@@ -185,8 +186,8 @@ def switch_on(s, items: Sequence[Replica]) -> int:
         by_state.setdefault(rep.site_state, []).append(mid)
     alias_catalogued(s, [(ids[(rep.server, rep.address)], rep.id) for rep in items])
     for state, mids in by_state.items():
-        for i in range(0, len(mids), 500):
-            s.execute(update(Mailbox).where(Mailbox.id.in_(mids[i:i + 500])).values(
+        for part in chunks(mids):
+            s.execute(update(Mailbox).where(Mailbox.id.in_(part)).values(
                 site_state=state, protected=True, phase="replicating", active_site="dr", last_capture_at=utcnow(),
                 acked_seq=Mailbox.last_seq, applied_seq=Mailbox.last_seq, error=None, ship_error=None))
     return len(ids)

@@ -36,8 +36,9 @@ from mailrepl.shared.errors import IllegalTransition, MailreplError
 from mailrepl.shared.model import Change, utcnow
 from mailrepl.shared.site_state import SiteState
 from mailrepl.shared.store import Store
+from mailrepl.shared.store.outbox import drop_unreferenced_bodies
 from mailrepl.shared.store.models import (
-    InboxRow, Mailbox, Orphan, OutboxBody, OutboxRow, Replica,
+    InboxRow, Mailbox, Orphan, OutboxRow, Replica,
     ReplayIntent, SiteTransition,
 )
 from mailrepl.shared.protocol.wire import Batch, Segment
@@ -203,7 +204,7 @@ class FailbackService:
                     done = (OutboxRow.mailbox_id == dr.id) & (OutboxRow.seq <= dr.applied_seq)
                     shas = set(s.scalars(select(OutboxRow.sha256).where(done, OutboxRow.sha256.is_not(None))))
                     s.execute(delete(OutboxRow).where(done))
-                    _drop_unused_bodies(s, shas)
+                    drop_unreferenced_bodies(s, shas)
 
     def next_batch(self, source: str, ready: Iterable[tuple[str, str]]) -> Batch | None:
         """The next reverse batch for the mailboxes (server, address) the source is ready to replay
@@ -250,7 +251,7 @@ class FailbackService:
                 shas = set(s.scalars(select(OutboxRow.sha256).where(OutboxRow.mailbox_id == dr.id,
                                                                    OutboxRow.sha256.is_not(None))))
                 s.execute(delete(OutboxRow).where(OutboxRow.mailbox_id == dr.id))
-                _drop_unused_bodies(s, shas)
+                drop_unreferenced_bodies(s, shas)
                 drop_aliases(s, dr.id)
                 CaptureState(s, dr.id).forget()
                 dr.acked_seq = dr.applied_seq = dr.last_seq
@@ -296,7 +297,7 @@ class FailbackService:
                 s.delete(dr)  # the replay workers build the standby view afresh
                 s.flush()
                 rep.view_seq = None
-                _drop_unused_bodies(s, shas)
+                drop_unreferenced_bodies(s, shas)
                 rep.received_seq = rep.applied_seq = max(base_seq, rep.applied_seq)
                 rep.error = None
                 full = dict(report)
@@ -317,11 +318,3 @@ class FailbackService:
         if rep is None:
             raise IllegalTransition(f"{server}/{address} is not replicated from {source!r}")
         return rep
-
-
-def _drop_unused_bodies(s, shas: set) -> None:
-    gone = sorted(x for x in shas if x)
-    for i in range(0, len(gone), 500):
-        part = gone[i:i + 500]
-        used = select(OutboxRow.sha256).where(OutboxRow.sha256.in_(part))
-        s.execute(delete(OutboxBody).where(OutboxBody.sha256.in_(part), OutboxBody.sha256.not_in(used)))

@@ -16,9 +16,8 @@
     ├── WireError                      a batch could not be encoded/decoded
     │   └── UnsupportedVersion         a batch of an unknown/newer format version
     ├── TransportError                 the peer gateway could not be reached     (retryable)
-    ├── ConflictError                  same sequence number, different content
-    │   └── IllegalTransition          a cutover/failback step the mailbox's state does not allow
-    └── GapError                       a batch does not continue where the receiver stands
+    └── ConflictError                  same sequence number, different content
+        └── IllegalTransition          a cutover/failback step the mailbox's state does not allow
 
 Library errors (socket, ssl, httpx, sqlalchemy) are translated at the boundary with
 ``raise ... from exc`` so callers only ever catch these.
@@ -42,7 +41,6 @@ __all__ = [
     "TransportError",
     "ConflictError",
     "IllegalTransition",
-    "GapError",
 ]
 
 
@@ -121,14 +119,6 @@ class TransportError(MailreplError):
 
 class ConflictError(MailreplError):
     """Same sequence number, different content: reported, never overwritten."""
-
-
-class GapError(MailreplError):
-    """A batch starts past what the receiver has; ``resend_from`` says where to resume."""
-
-    def __init__(self, message: str = "", *, resend_from: int, **kw):
-        super().__init__(message, **kw)
-        self.resend_from = resend_from
 
 
 class IllegalTransition(ConflictError):

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from mailrepl.shared.adapters.base import FolderInfo
@@ -238,14 +238,3 @@ class CaptureState:
                     select(CatalogEntry, FolderState.name, FolderState.cursor)
                     .join(FolderState, FolderState.id == CatalogEntry.folder_id)
                     .where(CatalogEntry.mailbox_id == self.mailbox_id))]
-
-    def clear_work(self, folder_ids: Sequence[int]) -> None:
-        """Pending capture work of these folders is void (their content is captured otherwise)."""
-        for part in chunks(folder_ids):
-            self.s.execute(update(FolderState).where(FolderState.id.in_(part)).values(
-                pending_cursor=None, pending_uids=None, pending_replace=None))
-
-
-def insert_entries(s: Session, rows: Sequence[dict]) -> None:  # pragma: no cover - kept for the rebuild
-    if rows:
-        s.execute(insert(CatalogEntry), list(rows))

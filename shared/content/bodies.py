@@ -24,6 +24,7 @@ from mailrepl.shared.content.blobstore import BlobCorrupt, BlobMissing, BlobStor
 from mailrepl.shared.errors import StoreError
 from mailrepl.shared.content.mime_split import SkeletonError, reassemble, skeleton_keys
 from mailrepl.shared.store import Store
+from mailrepl.shared.store.chunks import chunks
 from mailrepl.shared.store.models import IdMapEntry, InboxBody, InboxPart, InboxRow
 
 __all__ = ["BodyStore", "BodyCorrupt", "Staged", "GcReport"]
@@ -71,16 +72,16 @@ class BodyStore:
         held: set[str] = set()
         wanted = sorted(set(shas))
         with self.store.read() as s:
-            for i in range(0, len(wanted), 500):
-                held.update(s.scalars(select(InboxBody.sha256).where(InboxBody.sha256.in_(wanted[i : i + 500]))))
+            for part in chunks(wanted):
+                held.update(s.scalars(select(InboxBody.sha256).where(InboxBody.sha256.in_(part))))
         return [sha for sha in dict.fromkeys(shas) if sha not in held], self.blobs.missing(keys)
 
     def stage(self, s, shas: Iterable[str], messages: Mapping[str, bytes], parts: Mapping[str, bytes]) -> Staged:
         """Check the bodies ``shas`` that are not held yet, inside the receiver's transaction."""
         wanted = sorted(set(shas))
         held: set[str] = set()
-        for i in range(0, len(wanted), 500):
-            held.update(s.scalars(select(InboxBody.sha256).where(InboxBody.sha256.in_(wanted[i : i + 500]))))
+        for part in chunks(wanted):
+            held.update(s.scalars(select(InboxBody.sha256).where(InboxBody.sha256.in_(part))))
         staged = Staged(skeletons={}, parts={}, missing=[])
         for sha in wanted:
             if sha in held:
@@ -176,9 +177,9 @@ class BodyStore:
                 dead = list(s.scalars(
                     select(InboxBody.sha256).where(InboxBody.sha256.not_in(in_use), InboxBody.sha256.not_in(waiting))
                 ))
-                for i in range(0, len(dead), 500):
-                    s.execute(delete(InboxPart).where(InboxPart.sha256.in_(dead[i : i + 500])))
-                    s.execute(delete(InboxBody).where(InboxBody.sha256.in_(dead[i : i + 500])))
+                for part in chunks(dead):
+                    s.execute(delete(InboxPart).where(InboxPart.sha256.in_(part)))
+                    s.execute(delete(InboxBody).where(InboxBody.sha256.in_(part)))
             with self.store.read() as s:
                 referenced = set(s.scalars(select(InboxPart.key).distinct()))
             sweep = self.blobs.sweep(referenced, grace_seconds=grace_seconds)

@@ -29,6 +29,7 @@ from mailrepl.shared.errors import StoreError
 from mailrepl.shared.content.mime_split import BLOB_THRESHOLD, split_message, whole_skeleton
 from mailrepl.shared.model import Change, SeqRange
 from mailrepl.shared.store import Store
+from mailrepl.shared.store.chunks import chunks
 from mailrepl.shared.store.models import Mailbox, OutboxBody, OutboxRow
 from mailrepl.shared.protocol.wire import Batch, Segment
 
@@ -185,10 +186,8 @@ class BatchBuilder:
     def _bodies(s, shas: Mapping[str, None], address: str):
         wanted = list(shas)
         found = 0
-        for i in range(0, len(wanted), 100):
-            for sha, data in s.execute(
-                select(OutboxBody.sha256, OutboxBody.data).where(OutboxBody.sha256.in_(wanted[i : i + 100]))
-            ):
+        for part in chunks(wanted, 100):  # bodies are large: few per query
+            for sha, data in s.execute(select(OutboxBody.sha256, OutboxBody.data).where(OutboxBody.sha256.in_(part))):
                 found += 1
                 yield sha, data
         if found != len(wanted):

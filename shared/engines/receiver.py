@@ -20,7 +20,7 @@ import logging
 from datetime import datetime
 from typing import Callable
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import insert, select
 
 from mailrepl.shared.content.bodies import BodyStore
 from mailrepl.shared.model import utcnow
@@ -137,10 +137,6 @@ class Receiver:
                 rep.received_seq = new[-1][0]
                 rep.last_received_at = utcnow()
             return self._result(s, rep, "ok")
-
-    def queue_depth(self) -> int:
-        with self.store.read() as s:
-            return int(s.scalar(select(func.coalesce(func.sum(Replica.received_seq - Replica.applied_seq), 0))))
 
 
 def _parse(text: str) -> datetime | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -75,9 +76,13 @@ def test_shared_code_never_imports_a_role():
 def installed(tmp_path_factory) -> Path:
     """A new, empty virtualenv with ``pip install .``."""
     venv = tmp_path_factory.mktemp("venv")
+    # a copy of the source tree, so that the build leaves nothing in the checkout
+    source = tmp_path_factory.mktemp("source") / "mailrepl"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "*.sqlite*", "mailrepl-blobs"))
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
-    build = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(REPO)],
+    build = subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(source)],
                            capture_output=True, text=True, timeout=600)
     assert build.returncode == 0, build.stdout + build.stderr
     return venv

@@ -8,7 +8,6 @@ Runs once with SQLite and once with PostgreSQL as the gateways' state store.
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
 

@@ -9,10 +9,11 @@ accounting counters.
 Revision ID: 0003
 Revises: 0002
 """
-import sqlalchemy as sa
-from alembic import op
+import struct
 
-from mailrepl.shared.content.mime_split import whole_skeleton
+import sqlalchemy as sa
+import xxhash
+from alembic import op
 
 revision = "0003"
 down_revision = "0002"
@@ -20,6 +21,18 @@ branch_labels = None
 depends_on = None
 
 _COUNTERS = ("captured_bytes", "shipped_raw_bytes", "shipped_payload_bytes", "shipped_wire_bytes")
+
+# The skeleton format as this revision wrote it (version 1 of ``mime_split``), frozen here so
+# that the migration does the same whatever later code does: magic, one literal record holding
+# the whole message, an end record with the length and XXH3-128 of the message.
+_MAGIC = b"MRSK1\n"
+_RECORD = struct.Struct(">BQ")
+_LITERAL, _END = ord("L"), ord("E")
+
+
+def whole_skeleton(raw: bytes) -> bytes:
+    return b"".join((_MAGIC, _RECORD.pack(_LITERAL, len(raw)), raw, _RECORD.pack(_END, len(raw)),
+                     xxhash.xxh3_128_digest(raw)))
 
 
 def upgrade() -> None:
