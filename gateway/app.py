@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import logging
-import ssl
 import threading
 
-import httpx
 import uvicorn
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily
@@ -21,6 +19,7 @@ from mailrepl.shared.runtime.api_common import bearer_auth, make_app
 from mailrepl.shared.content.blobstore import BlobStore
 from mailrepl.shared.content.bodies import BodyStore
 from mailrepl.shared.engines.capture import CaptureEngine
+from mailrepl.shared.protocol.peer_client import HttpTransport, make_peer_client
 from mailrepl.shared.store import open_store
 from mailrepl.shared.store.models import Mailbox
 from mailrepl.shared.runtime.workers import Job, MailboxWorkers
@@ -31,7 +30,7 @@ log = logging.getLogger("mailrepl.source")
 
 
 class SourceGateway:
-    def __init__(self, settings, *, transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(self, settings, *, transport: HttpTransport | None = None) -> None:
         g, peer = settings.gateway, settings.peer
         self.settings = settings
         self.store = open_store(g.state_url)
@@ -39,10 +38,10 @@ class SourceGateway:
         self.adapters = {srv.name: make_adapter(srv) for srv in settings.servers}
         self.body_lock = threading.Lock()
         self.capture = CaptureEngine(self.store, chunk_messages=g.fetch_chunk, body_lock=self.body_lock)
-        verify = ssl.create_default_context(cafile=str(peer.ca_file)) if peer.ca_file else True
-        self.client = httpx.Client(base_url=peer.url, timeout=peer.timeout, transport=transport, verify=verify)
+        self.peer = make_peer_client(peer.url, token=peer.token, source_id=g.id, timeout=peer.timeout,
+                                     ca_file=peer.ca_file, transport=transport)
         self.shipper = Shipper(
-            self.store, g.id, self.client, token=peer.token,
+            self.store, g.id, self.peer,
             max_changes=peer.batch_max_changes, max_bytes=peer.batch_max_bytes, part_threshold=peer.part_threshold,
             retry_initial=peer.retry_initial, retry_max=peer.retry_max, body_lock=self.body_lock,
         )
@@ -55,7 +54,7 @@ class SourceGateway:
         # cutover/failback: learns where each mailbox is active, replays the standby's changes
         # on the primary at failback
         self.failback = FailbackPuller(
-            self.store, self.adapters, self.client, token=peer.token, source_id=g.id,
+            self.store, self.adapters, self.peer, source_id=g.id,
             bodies=BodyStore(self.store, BlobStore(g.failback_blob_dir)), interval=min(1.0, g.poll_interval),
             on_rebased=self.workers.wake,
         )
@@ -122,7 +121,7 @@ class SourceGateway:
         self.failback.stop()
         self.workers.stop()
         self.shipper.stop()
-        self.client.close()
+        self.peer.close()
         self.store.dispose()
 
     # ------------------------------------------------------------------ API

@@ -29,7 +29,6 @@ import json
 import logging
 from typing import Mapping
 
-import httpx
 from sqlalchemy import delete, select
 
 from mailrepl.shared.engines.receiver import Receiver
@@ -41,7 +40,7 @@ from mailrepl.shared.capture_state import (
     seed_from_catalog,
 )
 from mailrepl.gateway import late_changes
-from mailrepl.shared.errors import MailreplError, TransportError
+from mailrepl.shared.errors import MailreplError, PeerRefused
 from mailrepl.shared.model import Change
 from mailrepl.shared.engines.replay import ReplayEngine, ReplayReport
 from mailrepl.shared.site_state import SiteState
@@ -49,7 +48,8 @@ from mailrepl.shared.store import Store
 from mailrepl.shared.store.chunks import chunks
 from mailrepl.shared.store.outbox import drop_unreferenced_bodies
 from mailrepl.shared.store.models import Mailbox, Orphan, OutboxRow, Replica
-from mailrepl.shared.protocol.wire import MEDIA_TYPE, decode_batch
+from mailrepl.shared.protocol.messages import MailboxSite, ReverseProgress
+from mailrepl.shared.protocol.peer_client import HttpClient, PeerClient, as_peer_client
 
 __all__ = ["FailbackPuller"]
 
@@ -62,24 +62,28 @@ KEPT_REASON = "deleted at DR; held mail delivered to the primary after the cutov
 
 
 class FailbackPuller:
-    def __init__(self, store: Store, adapters: Mapping[str, Adapter], client: httpx.Client, *, token: str,
-                 source_id: str, bodies: BodyStore, append_batch: int = 100, interval: float = DEFAULT_INTERVAL,
-                 on_rebased=lambda: None) -> None:
+    def __init__(self, store: Store, adapters: Mapping[str, Adapter], peer: PeerClient | HttpClient, *,
+                 token: str | None = None, source_id: str, bodies: BodyStore, append_batch: int = 100,
+                 interval: float = DEFAULT_INTERVAL, on_rebased=lambda: None) -> None:
         self.store = store
         self.adapters = adapters
-        self.client = client
-        self.token = token
         self.source_id = source_id
+        # the recovery gateway; an HTTP client (base URL the recovery gateway) is wrapped with ``token``
+        self.peer = as_peer_client(peer, token=token, source_id=source_id)
         self.bodies = bodies
         # a folder deleted at DR keeps the late mail in it (the standby never had it) and is reported
         self.replay = ReplayEngine(store, bodies, append_batch=append_batch, keep_unknown=True)
         self.receiver = Receiver(store, bodies, lambda server: server if server in adapters else None)
         self.interval = interval
         self.on_rebased = on_rebased
-        self.wire_bytes = 0  # reverse batches received
         self.last_error: str | None = None
         self._background = Background("failback", self._loop)
         self._stop = self._background.stopping
+
+    @property
+    def wire_bytes(self) -> int:
+        """Bytes of reverse batches received, as they travelled."""
+        return self.peer.reverse_bytes
 
     # ------------------------------------------------------------------ loop
 
@@ -102,20 +106,20 @@ class FailbackPuller:
 
     def step(self) -> None:
         """One round: learn states, start failbacks, pull and replay, re-base what is done."""
-        answer = self._get("/api/v1/ingest/sites", params={"source": self.source_id})
-        peer, sites = answer["gateway"], answer["mailboxes"]
+        answer = self.peer.sites()
+        peer, sites = answer.gateway, answer.mailboxes
         changed = self._learn(sites)
         begun = set()
         problems: list[str] = []
         for site in sites:
-            if site["state"] in BACK and site["server"] in self.adapters:
+            if site.state in BACK and site.server in self.adapters:
                 if self._each(problems, site, self._begin, peer, site):
-                    begun.add((site["server"], site["address"]))
+                    begun.add((site.server, site.address))
         self._pull(peer)
-        listed = {(x["server"], x["address"]) for x in sites}
+        listed = {(x.server, x.address) for x in sites}
         for site in sites:
-            if (site["state"] == SiteState.SWITCHING_BACK.value and site["server"] in self.adapters
-                    and (site["server"], site["address"]) not in begun):
+            if (site.state == SiteState.SWITCHING_BACK.value and site.server in self.adapters
+                    and (site.server, site.address) not in begun):
                 self._each(problems, site, self._maybe_rebase, peer, site)
         # a re-base the recovery gateway finished but whose answer was lost: ask again
         with self.store.read() as s:
@@ -123,7 +127,7 @@ class FailbackPuller:
                 Mailbox.site_state == SiteState.SWITCHING_BACK.value))]
         for server, address in stuck:
             if (server, address) not in listed:
-                site = dict(server=server, address=address, final_seq=None)
+                site = MailboxSite(server=server, address=address, state=SiteState.SWITCHING_BACK.value)
                 self._each(problems, site, self._maybe_rebase, peer, site)
         if changed:
             self.on_rebased()
@@ -131,25 +135,25 @@ class FailbackPuller:
             raise MailreplError("; ".join(problems[:5]) + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
 
     @staticmethod
-    def _each(problems: list[str], site, fn, *args):
+    def _each(problems: list[str], site: MailboxSite, fn, *args):
         try:
             return fn(*args)
         except MailreplError as exc:
-            problems.append(f"{site['server']}/{site['address']}: {exc}")
+            problems.append(f"{site.server}/{site.address}: {exc}")
             return None
 
     # ------------------------------------------------------------------ states
 
-    def _learn(self, sites) -> bool:
+    def _learn(self, sites: list[MailboxSite]) -> bool:
         changed = False
         with self.store.tx() as s:
             for site in sites:
-                mbx = s.scalar(select(Mailbox).where(Mailbox.server == site["server"], Mailbox.address == site["address"]))
-                if mbx is None or mbx.site_state == site["state"]:
+                mbx = s.scalar(select(Mailbox).where(Mailbox.server == site.server, Mailbox.address == site.address))
+                if mbx is None or mbx.site_state == site.state:
                     continue
-                log.info("%s/%s is now %s", mbx.server, mbx.address, site["state"])
-                mbx.site_state = site["state"]
-                mbx.active_site = "primary" if site["state"] == SiteState.REPLICATING.value else "dr"
+                log.info("%s/%s is now %s", mbx.server, mbx.address, site.state)
+                mbx.site_state = site.state
+                mbx.active_site = "primary" if site.state == SiteState.REPLICATING.value else "dr"
                 changed = True
         return changed
 
@@ -159,9 +163,9 @@ class FailbackPuller:
         return s.scalar(select(Replica).where(Replica.source_id == peer, Replica.server == server,
                                               Replica.address == address))
 
-    def _begin(self, peer: str, site) -> bool:
+    def _begin(self, peer: str, site: MailboxSite) -> bool:
         """Create the reverse replica of a mailbox starting to fail back; True if it did."""
-        server, address = site["server"], site["address"]
+        server, address = site.server, site.address
         with self.store.read() as s:
             if self._reverse(s, peer, server, address) is not None:
                 return False
@@ -184,22 +188,21 @@ class FailbackPuller:
         if wiped:
             log.warning("%s/%s: the primary's copy was wiped or recreated (%s): full resync",
                         server, address, ", ".join(wiped[:5]))
-            base = self._post_json("/api/v1/ingest/resync",
-                                   dict(source=self.source_id, server=server, address=address))["base_seq"]
+            base = self.peer.resync(server, address)
             with self.store.tx() as s:
                 rep = Replica(source_id=peer, server=server, address=address, target=server, received_seq=base,
                               applied_seq=base, phase="resync",
                               failback_report=json.dumps({"resync": True, "wiped_folders": wiped}))
                 s.add(rep)
                 s.flush()
-                _seed_orphans(s, rep.id, mbx.id, present, late_changes.queued_after(s, mbx.id, site.get("cutover_seq") or 0).adds)
+                _seed_orphans(s, rep.id, mbx.id, present, late_changes.queued_after(s, mbx.id, site.cutover_seq or 0).adds)
             return True
         with self.store.tx() as s:
             mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
-            cutover_seq = site.get("cutover_seq") or 0
+            cutover_seq = site.cutover_seq or 0
             late = late_changes.queued_after(s, mbx.id, cutover_seq).adds  # the standby never had them
             rep = Replica(source_id=peer, server=server, address=address, target=server,
-                          received_seq=site.get("dr_applied") or 0, applied_seq=site.get("dr_applied") or 0,
+                          received_seq=site.dr_applied, applied_seq=site.dr_applied,
                           phase="failback", failback_report=json.dumps({"resync": False, "cutover_seq": cutover_seq}))
             s.add(rep)
             s.flush()
@@ -219,21 +222,13 @@ class FailbackPuller:
         for _ in range(rounds):
             with self.store.read() as s:
                 reps = list(s.scalars(select(Replica).where(Replica.source_id == peer)))
-                progress = [dict(server=r.server, address=r.address, received=r.received_seq, applied=r.applied_seq)
-                            for r in reps]
+                progress = [ReverseProgress(server=r.server, address=r.address, received=r.received_seq,
+                                            applied=r.applied_seq) for r in reps]
             if not reps:
                 return
-            try:
-                r = self.client.post("/api/v1/ingest/reverse", json=dict(source=self.source_id, progress=progress),
-                                     headers={"Authorization": f"Bearer {self.token}"})
-            except httpx.HTTPError as exc:
-                raise TransportError(f"recovery gateway unreachable: {exc}") from exc
-            if r.status_code == 204:
+            batch = self.peer.reverse(progress)  # counted in wire_bytes
+            if batch is None:
                 return
-            if r.status_code != 200 or r.headers.get("content-type", "").split(";")[0] != MEDIA_TYPE:
-                raise TransportError(f"recovery gateway answered {r.status_code} to a failback pull: {r.text[:200]}")
-            self.wire_bytes += len(r.content)
-            batch = decode_batch(r.content)
             ack = self.receiver.ingest(batch)
             for res in ack.results:
                 if res.status != "ok":
@@ -266,21 +261,21 @@ class FailbackPuller:
 
     # ------------------------------------------------------------------ re-base
 
-    def _maybe_rebase(self, peer: str, site) -> None:
-        server, address = site["server"], site["address"]
+    def _maybe_rebase(self, peer: str, site: MailboxSite) -> None:
+        server, address = site.server, site.address
         with self.store.read() as s:
             rep = self._reverse(s, peer, server, address)
             if rep is None:
                 return
-            if site.get("final_seq") is not None and rep.applied_seq < site["final_seq"]:
+            if site.final_seq is not None and rep.applied_seq < site.final_seq:
                 return  # the last standby changes are still on their way
             pending = json.loads(rep.failback_report or "{}")
             rid = rep.id
         request = pending.get("rebase") or self._rebase_locally(rid, server, address, pending)
         try:
-            answer = self._post_json("/api/v1/ingest/rebase", request)
-        except TransportError as exc:
-            if " 409 " in str(exc):  # refused, so not applied there: computed again next round
+            answer = self.peer.rebase(request)
+        except PeerRefused as exc:
+            if exc.status_code == 409:  # refused, so not applied there: computed again next round
                 with self.store.tx() as s:  # what the first computation found (late changes) stays
                     rep = s.get(Replica, rid)
                     saved = json.loads(rep.failback_report or "{}")
@@ -296,7 +291,7 @@ class FailbackPuller:
                 s.add(OutboxRow(mailbox_id=mbx.id, seq=mbx.last_seq, change=json.dumps(d, separators=(",", ":")),
                                 digest=ch.digest(), sha256=None, size=0))
             s.execute(delete(Replica).where(Replica.id == rid))
-        log.info("%s/%s: failback done (%s), capturing on the primary again", server, address, answer.get("state"))
+        log.info("%s/%s: failback done (%s), capturing on the primary again", server, address, answer.state)
         self.on_rebased()
 
     def _rebase_locally(self, rid: int, server: str, address: str, pending: dict) -> dict:
@@ -376,26 +371,6 @@ class FailbackPuller:
             with self.store.tx() as s:
                 s.execute(delete(Orphan).where(Orphan.replica_id == rid))
         return sum(len(u) for u in by_folder.values())
-
-    # ------------------------------------------------------------------ HTTP
-
-    def _get(self, path: str, **kw) -> dict:
-        try:
-            r = self.client.get(path, headers={"Authorization": f"Bearer {self.token}"}, **kw)
-        except httpx.HTTPError as exc:
-            raise TransportError(f"recovery gateway unreachable: {exc}") from exc
-        if r.status_code != 200:
-            raise TransportError(f"recovery gateway answered {r.status_code} to {path}: {r.text[:200]}")
-        return r.json()
-
-    def _post_json(self, path: str, body: dict) -> dict:
-        try:
-            r = self.client.post(path, json=body, headers={"Authorization": f"Bearer {self.token}"})
-        except httpx.HTTPError as exc:
-            raise TransportError(f"recovery gateway unreachable: {exc}") from exc
-        if r.status_code != 200:
-            raise TransportError(f"recovery gateway answered {r.status_code} to {path}: {r.text[:300]}")
-        return r.json()
 
 
 def _seed_orphans(s, rid: int, mailbox_id: int, present: Mapping[str, tuple[int, set[int]]], late: set[int]) -> None:

@@ -3,7 +3,8 @@
 A batch holds, per mailbox, the next contiguous range of unacknowledged changes (from
 ``acked_seq + 1``) plus the bodies they refer to. Outbox rows stay until the peer reports them
 *applied*, so a batch is never lost: not acknowledged -> sent again (the receiver treats the
-same sequence number with the same content as a no-op).
+same sequence number with the same content as a no-op). The recovery gateway is reached through
+``mailrepl.shared.protocol.peer_client``.
 """
 from __future__ import annotations
 
@@ -14,23 +15,20 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Collection, Mapping, Sequence
 
-import httpx
 from sqlalchemy import delete, func, select
 
 from mailrepl.shared.runtime.background import Background
 from mailrepl.shared.engines.batch_builder import BatchBuilder, Built
-from mailrepl.shared.errors import TransportError, WireError
 from mailrepl.shared.content.mime_split import BLOB_THRESHOLD
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.outbox import drop_unreferenced_bodies
 from mailrepl.shared.store.models import Mailbox, OutboxRow
-from mailrepl.shared.protocol.wire import MEDIA_TYPE, Ack, encode_batch
+from mailrepl.shared.protocol.peer_client import HttpClient, PeerClient, as_peer_client
+from mailrepl.shared.protocol.wire import Ack, encode_batch
 
 __all__ = ["Shipper", "ShipStats"]
 
 log = logging.getLogger("mailrepl.shipper")
-
-HELD_QUERY_MAX = 10_000  # bodies or parts asked about per request
 
 
 class ShipStats:
@@ -47,9 +45,9 @@ class Shipper:
         self,
         store: Store,
         source_id: str,
-        client: httpx.Client,
+        peer: PeerClient | HttpClient,
         *,
-        token: str,
+        token: str | None = None,
         max_changes: int = 1000,
         max_bytes: int = 32 * 1024 * 1024,
         part_threshold: int = BLOB_THRESHOLD,
@@ -59,8 +57,8 @@ class Shipper:
     ) -> None:
         self.store = store
         self.source_id = source_id
-        self.client = client
-        self.token = token
+        # the recovery gateway; an HTTP client (base URL the recovery gateway) is wrapped with ``token``
+        self.peer = as_peer_client(peer, token=token, source_id=source_id)
         self.max_changes = max_changes
         self.max_bytes = max_bytes
         self.retry_initial = retry_initial
@@ -76,6 +74,15 @@ class Shipper:
         self.builder = BatchBuilder(store, source_id, self._held, max_changes=max_changes, max_bytes=max_bytes,
                                     part_threshold=part_threshold, where=Mailbox.site_state == "replicating")
 
+    @property
+    def client(self) -> HttpClient:
+        """The HTTP client the recovery gateway is reached through."""
+        return self.peer.http
+
+    @client.setter
+    def client(self, http: HttpClient) -> None:
+        self.peer = self.peer.over(http)  # same token and source, another route to the peer
+
     # ------------------------------------------------------------------ building
 
     def build_batch(self, after: Mapping[tuple[str, str], int] | None = None,
@@ -85,26 +92,8 @@ class Shipper:
 
     def _held(self, shas: Sequence[str], keys: Sequence[str]) -> tuple[list[str], list[str]]:
         """Ask the recovery gateway which of these bodies and parts it lacks."""
-        missing_shas: list[str] = []
-        missing_keys: list[str] = []
-        for i in range(0, max(len(shas), len(keys)), HELD_QUERY_MAX):
-            try:
-                r = self.client.post(
-                    "/api/v1/ingest/missing",
-                    json={"messages": list(shas[i : i + HELD_QUERY_MAX]), "parts": list(keys[i : i + HELD_QUERY_MAX])},
-                    headers={"Authorization": f"Bearer {self.token}"},
-                )
-            except httpx.HTTPError as exc:
-                raise TransportError(f"recovery gateway unreachable: {exc.__class__.__name__}: {exc}") from exc
-            if r.status_code != 200:
-                raise TransportError(f"recovery gateway answered {r.status_code} to a body query: {_detail(r)}")
-            try:
-                answer = r.json()
-                missing_shas += answer["messages"]
-                missing_keys += answer["parts"]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise WireError(f"unreadable answer to a body query: {exc}") from exc
-        return missing_shas, missing_keys
+        lacking = self.peer.missing(shas, keys)
+        return lacking.messages, lacking.parts
 
     # ------------------------------------------------------------------ sending
 
@@ -114,7 +103,7 @@ class Shipper:
         if built is None:
             return False
         data = encode_batch(built.batch)
-        ack = self._post(data)
+        ack = self.peer.send_batch(data)
         self._record(ack, built, len(data))
         return True
 
@@ -135,7 +124,7 @@ class Shipper:
                 upto[(seg.server, seg.address)] = seg.range.last
             ahead = self._ahead.submit(self._prepare, dict(upto), frozenset(built.batch.parts))
             try:
-                ack = self._post(data)
+                ack = self.peer.send_batch(data)
                 self._record(ack, built, len(data))
             finally:
                 try:
@@ -154,39 +143,9 @@ class Shipper:
             return None
         return built, encode_batch(built.batch)
 
-    def _post(self, data: bytes) -> Ack:
-        try:
-            r = self.client.post(
-                "/api/v1/ingest/batches",
-                content=data,
-                headers={"Content-Type": MEDIA_TYPE, "Authorization": f"Bearer {self.token}"},
-            )
-        except httpx.HTTPError as exc:
-            raise TransportError(f"recovery gateway unreachable: {exc.__class__.__name__}: {exc}") from exc
-        if r.status_code >= 500 or r.status_code == 429:
-            raise TransportError(f"recovery gateway answered {r.status_code}: {r.text[:200]}")
-        if r.status_code != 200:
-            raise TransportError(
-                f"recovery gateway refused the batch ({r.status_code}): {_detail(r)}", retryable=True, back_off=5.0
-            )
-        try:
-            return Ack.from_json(r.json())
-        except ValueError as exc:
-            raise WireError(f"unreadable acknowledgement: {exc}") from exc
-
     def poll_progress(self) -> None:
         """Ask the peer how far it has applied (acks only come with batches)."""
-        try:
-            r = self.client.get(
-                "/api/v1/ingest/progress",
-                params={"source": self.source_id},
-                headers={"Authorization": f"Bearer {self.token}"},
-            )
-        except httpx.HTTPError as exc:
-            raise TransportError(f"recovery gateway unreachable: {exc.__class__.__name__}: {exc}") from exc
-        if r.status_code != 200:
-            raise TransportError(f"recovery gateway answered {r.status_code} to a progress query: {_detail(r)}")
-        self._record(Ack.from_json(r.json()))
+        self._record(self.peer.progress())
 
     def _record(self, ack: Ack, built: Built | None = None, wire_bytes: int = 0) -> None:
         """Apply an acknowledgement (and, for a sent batch, its bytes accounting) to the store."""
@@ -288,9 +247,3 @@ class Shipper:
                 self._stop.wait(max(delay, getattr(exc, "back_off", 0.0)))
                 delay = min(self.retry_max, delay * 2)
 
-
-def _detail(r: httpx.Response) -> str:
-    try:
-        return str(r.json().get("detail"))
-    except ValueError:
-        return r.text[:200]

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Annotated, Callable
+from typing import Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -17,6 +17,7 @@ from mailrepl.shared.site_state import active_site
 from mailrepl.recovery.site import history, report_of
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import InboxRow, RejectedMessage, Replica
+from mailrepl.shared.protocol.messages import HeldAnswer, HeldQuery
 from mailrepl.shared.protocol.wire import MEDIA_TYPE, decode_batch
 from mailrepl.shared.engines.receiver import Receiver
 
@@ -42,11 +43,11 @@ def ingest_router(receiver: Receiver, auth, max_bytes: int) -> APIRouter:
     def progress(source: str) -> dict:
         return receiver.progress(source).to_json()
 
-    @r.post("/missing", response_model=HeldQuery)
-    def missing(query: HeldQuery) -> HeldQuery:
+    @r.post("/missing", response_model=HeldAnswer)
+    def missing(query: HeldQuery) -> HeldAnswer:
         """Of these message bodies (SHA-256) and parts (XXH3-128), the ones this side lacks."""
         shas, keys = receiver.bodies.missing(query.messages, query.parts)
-        return HeldQuery(messages=shas, parts=keys)
+        return HeldAnswer(messages=shas, parts=keys)
 
     return r
 
@@ -85,12 +86,6 @@ def replica_status(s, rep: Replica) -> MailboxStatus:
         rejected=len(rejected),
         site_state=rep.site_state,
     )
-
-
-class HeldQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    messages: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]] = Field(default=[], max_length=100_000)
-    parts: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]] = Field(default=[], max_length=100_000)
 
 
 class GcResult(BaseModel):

@@ -2,7 +2,8 @@
 
 Admin (``/api/v1``, admin token): ``POST /cutover``, ``POST /failback``, ``GET /failover``.
 Source gateways (``/api/v1/ingest``, ingest token): ``GET /sites``, ``POST /reverse``,
-``POST /resync``, ``POST /rebase`` (see ``mailrepl.recovery.failback``).
+``POST /resync``, ``POST /rebase`` (see ``mailrepl.recovery.failback``; their requests and answers
+are ``mailrepl.shared.protocol.messages``).
 nginx mail proxy: ``GET /auth`` (``auth_http``, see ``mailrepl.recovery.redirect``).
 """
 from __future__ import annotations
@@ -22,6 +23,9 @@ from mailrepl.recovery.site import NoSuchMailbox, find_replicas
 from mailrepl.shared.errors import IllegalTransition
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import Replica, SiteTransition
+from mailrepl.shared.protocol.messages import (
+    MailboxRef, RebaseAnswer, RebaseRequest, ResyncAnswer, ReverseRequest, SitesAnswer,
+)
 from mailrepl.shared.protocol.wire import MEDIA_TYPE, encode_batch
 
 __all__ = ["site_admin_router", "site_ingest_router", "redirect_router"]
@@ -44,31 +48,6 @@ class FailbackRequest(Selection):
 
 class Results(_Model):
     results: list[dict]
-
-
-class Progress(_Model):
-    server: str
-    address: str
-    received: int
-    applied: int
-
-
-class ReverseRequest(_Model):
-    source: str
-    progress: list[Progress] = Field(default=[], max_length=100_000)
-
-
-class MailboxRef(_Model):
-    source: str
-    server: str
-    address: str
-
-
-class RebaseRequest(MailboxRef):
-    base_seq: int
-    applied: int
-    born: list[tuple[int, int]] = Field(default=[], max_length=10_000_000)
-    report: dict = {}
 
 
 def _selected(store: Store, sel: Selection) -> list[int]:
@@ -136,10 +115,10 @@ def site_admin_router(store: Store, auth, cutover: CutoverService, failback: Fai
 def site_ingest_router(auth, gateway_id: str, failback: FailbackService) -> APIRouter:
     r = APIRouter(prefix="/api/v1/ingest", dependencies=[Depends(auth)], tags=["ingest"])
 
-    @r.get("/sites")
-    def sites(source: str) -> dict:
+    @r.get("/sites", response_model=SitesAnswer)
+    def sites(source: str) -> SitesAnswer:
         """Mailboxes of this source that are not replicating, with their site state."""
-        return dict(gateway=gateway_id, mailboxes=failback.sites(source))
+        return SitesAnswer(gateway=gateway_id, mailboxes=failback.sites(source))
 
     @r.post("/reverse")
     def reverse(body: ReverseRequest) -> Response:
@@ -150,11 +129,12 @@ def site_ingest_router(auth, gateway_id: str, failback: FailbackService) -> APIR
             return Response(status_code=204)
         return Response(content=encode_batch(batch), media_type=MEDIA_TYPE)
 
-    @r.post("/resync")
-    def resync(body: MailboxRef) -> dict:
-        return dict(base_seq=_guard(failback.resync, body.source, body.server, body.address))
+    @r.post("/resync", response_model=ResyncAnswer)
+    def resync(body: MailboxRef) -> ResyncAnswer:
+        return ResyncAnswer(base_seq=_guard(failback.resync, body.source, body.server, body.address))
 
-    @r.post("/rebase")
+    # the mailbox's failback status as it is: only the keys it has, none added as null
+    @r.post("/rebase", response_model=RebaseAnswer, response_model_exclude_unset=True)
     def rebase(body: RebaseRequest) -> dict:
         return _guard(failback.rebase, body.source, body.server, body.address, base_seq=body.base_seq,
                       applied=body.applied, born=body.born, report=body.report)

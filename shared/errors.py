@@ -16,6 +16,7 @@
     ├── WireError                      a batch could not be encoded/decoded
     │   └── UnsupportedVersion         a batch of an unknown/newer format version
     ├── TransportError                 the peer gateway could not be reached     (retryable)
+    │   └── PeerRefused                an HTTP error status from the peer; ``status_code`` says which
     └── ConflictError                  same sequence number, different content
         └── IllegalTransition          a cutover/failback step the mailbox's state does not allow
 
@@ -39,6 +40,7 @@ __all__ = [
     "WireError",
     "UnsupportedVersion",
     "TransportError",
+    "PeerRefused",
     "ConflictError",
     "IllegalTransition",
 ]
@@ -115,6 +117,18 @@ class UnsupportedVersion(WireError):
 class TransportError(MailreplError):
     retryable = True
     back_off = 1.0
+
+
+class PeerRefused(TransportError):
+    """The peer gateway answered, but with an HTTP error status: ``status_code`` (409: a
+    cutover/failback step its state does not allow, 401: the token, 5xx/429: busy or broken)
+    and the API's one-line ``detail``. Retryable like any transport failure; the caller decides
+    what a refusal means for it (see ``mailrepl.shared.protocol.peer_client``)."""
+
+    def __init__(self, message: str = "", *, status_code: int, detail: str = "", **kw):
+        super().__init__(message, **kw)
+        self.status_code = status_code
+        self.detail = detail
 
 
 class ConflictError(MailreplError):

@@ -1,0 +1,163 @@
+"""The JSON requests and answers between gateways, defined once for both ends.
+
+The source gateway always calls; the recovery gateway answers (ingest token, ``/api/v1/ingest``)::
+
+    POST /missing     HeldQuery                        -> HeldAnswer     bodies and parts it lacks
+    POST /batches     a wire batch (binary, wire.py)   -> Ack            acknowledgement (wire.py)
+    GET  /progress    ?source=<gateway id>             -> Ack            how far it applied
+    GET  /sites       ?source=<gateway id>             -> SitesAnswer    mailboxes not replicating
+    POST /reverse     ReverseRequest                   -> a wire batch, or 204: nothing to pull
+    POST /resync      MailboxRef                       -> ResyncAnswer   full resync of one mailbox
+    POST /rebase      RebaseRequest                    -> RebaseAnswer   back to replicating
+
+The recovery gateway's routes (``mailrepl.recovery.api``, ``mailrepl.recovery.site_api``) validate
+requests with these models and answer with them; the source gateway's client
+(``mailrepl.shared.protocol.peer_client``) sends and reads them. Field names, defaults and limits
+are the wire format: renaming one is a protocol change. Requests refuse unknown fields (a typo is a
+422, never silently ignored); answers ignore fields they do not know, so a newer recovery gateway
+may add some without breaking an older source gateway.
+
+The binary batch and its acknowledgement are in ``mailrepl.shared.protocol.wire``.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+__all__ = [
+    "HELD_QUERY_LIMIT",
+    "HeldQuery",
+    "HeldAnswer",
+    "MailboxSite",
+    "SitesAnswer",
+    "ReverseProgress",
+    "ReverseRequest",
+    "MailboxRef",
+    "ResyncAnswer",
+    "RebaseRequest",
+    "RebaseAnswer",
+]
+
+HELD_QUERY_LIMIT = 100_000  # bodies, and parts, one /missing request may ask about
+
+Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]  # a whole message body
+PartKey = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]  # an XXH3-128 part key
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Answer(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# ---------------------------------------------------------------------- forward replication
+
+
+class HeldQuery(_Request):
+    """``POST /missing``: of these message bodies (SHA-256) and parts (XXH3-128), which do you lack?"""
+
+    messages: list[Sha256Hex] = Field(default=[], max_length=HELD_QUERY_LIMIT)
+    parts: list[PartKey] = Field(default=[], max_length=HELD_QUERY_LIMIT)
+
+
+class HeldAnswer(_Answer):
+    """The answer to a :class:`HeldQuery`: the bodies and parts the recovery gateway lacks (both
+    lists always present: an answer without them is no answer)."""
+
+    messages: list[Sha256Hex] = Field(max_length=HELD_QUERY_LIMIT)
+    parts: list[PartKey] = Field(max_length=HELD_QUERY_LIMIT)
+
+
+# ---------------------------------------------------------------------- cutover and failback
+
+
+class MailboxSite(_Answer):
+    """One mailbox of the source that is not ``replicating`` (an entry of :class:`SitesAnswer`).
+
+    ``state`` is a ``mailrepl.shared.site_state.SiteState`` value; ``cutover_seq`` the last
+    forward change the standby had at cutover, ``final_seq`` the last standby change the primary
+    must apply before re-basing (set once the failback is confirmed), ``dr_applied`` how far the
+    recovery gateway has applied into the standby.
+    """
+
+    server: str
+    address: str
+    state: str
+    cutover_seq: int | None = None
+    final_seq: int | None = None
+    dr_applied: int = 0
+
+
+class SitesAnswer(_Answer):
+    """``GET /sites``: the recovery gateway's id and the source's mailboxes not replicating."""
+
+    gateway: str
+    mailboxes: list[MailboxSite]
+
+
+class ReverseProgress(_Request):
+    """How far the source holds (``received``) and applied (``applied``) one mailbox's reverse changes."""
+
+    server: str
+    address: str
+    received: int
+    applied: int
+
+
+class ReverseRequest(_Request):
+    """``POST /reverse``: the source's progress; the answer is the next reverse batch (204: none)."""
+
+    source: str
+    progress: list[ReverseProgress] = Field(default=[], max_length=100_000)
+
+
+class MailboxRef(_Request):
+    """One mailbox of one source gateway; ``POST /resync`` takes it as it is."""
+
+    source: str
+    server: str
+    address: str
+
+
+class ResyncAnswer(_Answer):
+    """The answer to ``POST /resync``: the sequence number after which the full copy follows."""
+
+    base_seq: int
+
+
+class RebaseRequest(MailboxRef):
+    """``POST /rebase``: the source re-based its capture on the primary.
+
+    ``base_seq`` is where forward replication resumes, ``applied`` how many standby changes the
+    primary applied, ``born`` pairs ``[source id, DR id]`` of messages born at DR, ``report`` the
+    failback report (late deliveries, kept folders, ...), stored as it is.
+    """
+
+    base_seq: int
+    applied: int
+    born: list[tuple[int, int]] = Field(default=[], max_length=10_000_000)
+    report: dict = {}
+
+
+class RebaseAnswer(_Answer):
+    """The answer to ``POST /rebase``: the mailbox's failback status (``state`` is ``replicating``
+    once done). Fields beyond the ones named here are kept as they came (``model_extra``): this is
+    the same status the admin API shows, and the source only reads ``state``."""
+
+    model_config = ConfigDict(extra="allow")
+
+    server: str
+    address: str
+    state: str
+    status: str = "ok"
+    note: str | None = None
+    error: str | None = None
+    final_seq: int | None = None
+    dr_captured_seq: int | None = None
+    primary_received_seq: int | None = None
+    primary_applied_seq: int | None = None
+    failback_queue: int | None = None
+    report: dict[str, Any] | None = None
