@@ -127,3 +127,41 @@ def test_installed_command_and_module_entry(installed, tmp_path):
                  "--config", str(examples / f"{role}.toml"), cwd=tmp_path)
         assert r.returncode == 0, r.stderr
         assert r.stdout.startswith("ok: ")
+
+
+CAPTURE_STATE_TABLES = ("FolderState", "CatalogEntry", "IdMapEntry", "MidAlias")
+CAPTURE_STATE_OWNERS = ("shared/capture_state/", "shared/store/models.py", "shared/store/migrations/")
+
+
+def test_capture_state_tables_are_written_only_by_their_owner():
+    """Folder cursors, the catalogue, the id map and id aliases have one writer: no insert,
+    update, delete or new row of those models anywhere else in the product."""
+    import re
+
+    names = "|".join(CAPTURE_STATE_TABLES)
+    writes = re.compile(rf"\b(?:insert|update|delete)\(\s*(?:{names})\b|\b(?:{names})\(|\b(?:{names})\.__table__")
+    bad = []
+    for folder in ("shared", "gateway", "recovery"):
+        for path in (REPO / folder).rglob("*.py"):
+            rel = path.relative_to(REPO).as_posix()
+            if rel.startswith(CAPTURE_STATE_OWNERS):
+                continue
+            bad += [f"{rel}:{n}: {line.strip()}" for n, line in enumerate(path.read_text().splitlines(), 1)
+                    if writes.search(line)]
+    assert bad == []
+
+
+def test_http_calls_only_in_the_two_clients():
+    """The peer protocol has one client, the admin API another; nothing else speaks HTTP."""
+    allowed = {"shared/protocol/peer_client.py", "shared/cli/admin_client.py"}
+    bad = []
+    for folder in ("shared", "gateway", "recovery"):
+        for path in (REPO / folder).rglob("*.py"):
+            rel = path.relative_to(REPO).as_posix()
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.Import, ast.ImportFrom)):
+                    mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                    if any(m.split(".")[0] == "httpx" for m in mods) and rel not in allowed:
+                        bad.append(f"{rel}:{node.lineno}")
+    assert bad == []
