@@ -39,7 +39,7 @@ PRIMARY = dict(imap=10143, lmtp=10024)
 STANDBY = dict(imap=11143, lmtp=11024)
 SOURCE_API = "http://127.0.0.1:8470"
 RECOVERY_API = "http://127.0.0.1:8471"
-TOKEN = "demo-admin-token"  # the examples' admin token
+TOKEN = "demo-admin-Qm2xV7pL4sK8nR3tW6yZ1cB"  # the examples' admin token
 PROTECTED = ["alice", "bob", "carol"]
 USERS = PROTECTED + ["dave"]
 

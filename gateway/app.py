@@ -20,7 +20,9 @@ from mailrepl.shared.content.blobstore import BlobStore
 from mailrepl.shared.content.bodies import BodyStore
 from mailrepl.shared.engines.capture import CaptureEngine
 from mailrepl.shared.protocol.peer_client import HttpTransport, make_peer_client
+from mailrepl.shared.runtime.process import prepare_process
 from mailrepl.shared.store import open_store
+from mailrepl.shared.store.sealing import Sealer
 from mailrepl.shared.store.models import Mailbox
 from mailrepl.shared.runtime.workers import Job, MailboxWorkers
 
@@ -33,7 +35,8 @@ class SourceGateway:
     def __init__(self, settings, *, transport: HttpTransport | None = None) -> None:
         g, peer = settings.gateway, settings.peer
         self.settings = settings
-        self.store = open_store(g.state_url)
+        sealer = Sealer(g.encryption.key, g.encryption.old_keys)  # at-rest encryption (off without a key)
+        self.store = open_store(g.state_url, sealer=sealer)
         self.store.migrate()
         self.adapters = {srv.name: make_adapter(srv) for srv in settings.servers}
         self.body_lock = threading.Lock()
@@ -55,7 +58,8 @@ class SourceGateway:
         # on the primary at failback
         self.failback = FailbackPuller(
             self.store, self.adapters, self.peer, source_id=g.id,
-            bodies=BodyStore(self.store, BlobStore(g.failback_blob_dir)), interval=min(1.0, g.poll_interval),
+            bodies=BodyStore(self.store, BlobStore(g.failback_blob_dir, sealer=sealer)),
+            interval=min(1.0, g.poll_interval),
             on_rebased=self.workers.wake,
         )
         self.metrics = CollectorRegistry()
@@ -165,8 +169,8 @@ class _ByteCounters:
 
 
 def run(settings) -> None:
-    logging.basicConfig(level=settings.gateway.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    prepare_process(settings.gateway.log_level, insecure_demo=settings.gateway.insecure_demo)
     gw = SourceGateway(settings)
     host, port = settings.gateway.listen
-    uvicorn.run(gw.app(), host=host, port=port, log_level="warning")
+    # log_config=None: uvicorn's loggers go through the root handler (escaped lines)
+    uvicorn.run(gw.app(), host=host, port=port, log_level="warning", log_config=None)

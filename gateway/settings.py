@@ -2,12 +2,14 @@
 
 ::
 
-    [gateway]   id, state_url, listen, admin_token, poll_interval, workers, fetch_chunk, log_level
+    [gateway]   id, state_url, listen, admin_token, poll_interval, workers, fetch_chunk, log_level,
+                encryption_key(_file), encryption_old_key_files
     [peer]      url, token, batch_max_changes, batch_max_bytes, part_threshold, timeout, retry_initial,
                 retry_max, ca_file
     [[servers]] the primary mail servers (see ``mailrepl.shared.config.settings_common``)
 
-``deploy/examples/source.toml`` documents every key.
+``deploy/examples/source.toml`` documents every key. Every secret may also come from a
+``<key>_file``, the environment or a systemd credential (``Table.secret``).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Mapping
 
 from mailrepl.shared.config.settings_common import (
     ENV_ADMIN_TOKEN,
+    EncryptionSettings,
     ListenAddress,
     ServerSettings,
     describe_server,
@@ -27,7 +30,10 @@ from mailrepl.shared.config.settings_common import (
     read_log_level,
     read_servers,
     read_state_url,
+    read_encryption,
+    read_insecure_demo,
     read_token,
+    refuse_reused,
 )
 from mailrepl.shared.config.toml_reader import Table, open_config
 
@@ -68,6 +74,8 @@ class SourceGatewaySettings:
     fetch_chunk: int = DEFAULT_FETCH_CHUNK
     failback_blob_dir: str = DEFAULT_FAILBACK_BLOB_DIR  # parts of standby changes replayed at failback
     log_level: str = "info"
+    encryption: EncryptionSettings = EncryptionSettings()
+    insecure_demo: bool = False  # loopback demo: secrets in a file others may read (warned at start-up)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,16 +105,19 @@ class SourceSettings:
         lines = [
             f'source gateway "{g.id}": listen {g.listen}, state {display_state_url(g.state_url)}',
             f"  poll every {g.poll_interval:g} s, {g.workers} workers, fetch {g.fetch_chunk} messages per chunk, "
-            f"log level {g.log_level}",
+            f"log level {g.log_level}"
+            + (" (insecure_demo: loopback demo)" if g.insecure_demo else ""),
             f"peer {p.url}: batches up to {p.batch_max_changes} changes / {p.batch_max_bytes} bytes, "
             f"timeout {p.timeout:g} s, retry {p.retry_initial:g}-{p.retry_max:g} s"
             + (f", CA {p.ca_file}" if p.ca_file else ""),
+            f"  {g.encryption.describe()}",
         ]
         lines += [describe_server(s) for s in self.servers]
         return "\n".join(lines)
 
 
 def _read_gateway(table: Table) -> SourceGatewaySettings:
+    demo = read_insecure_demo(table, DEFAULT_LISTEN)  # before any secret is read
     settings = SourceGatewaySettings(
         id=read_gateway_id(table),
         state_url=read_state_url(table, DEFAULT_STATE_URL),
@@ -117,6 +128,8 @@ def _read_gateway(table: Table) -> SourceGatewaySettings:
         fetch_chunk=table.integer("fetch_chunk", DEFAULT_FETCH_CHUNK, minimum=1),
         failback_blob_dir=str(table.resolve(table.string("failback_blob_dir", DEFAULT_FAILBACK_BLOB_DIR))),
         log_level=read_log_level(table),
+        encryption=read_encryption(table),
+        insecure_demo=demo,
     )
     table.finish()
     return settings
@@ -155,6 +168,8 @@ def load_source_settings(path: str | Path, environ: Mapping[str, str] | None = N
         servers=read_servers(root),
     )
     root.finish()
+    refuse_reused(root, {"gateway.admin_token": settings.gateway.admin_token, "peer.token": settings.peer.token},
+                  {f"servers.{s.name}.service_password": s.service_password for s in settings.servers})
     return settings
 
 

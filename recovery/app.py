@@ -26,7 +26,9 @@ from mailrepl.shared.content.bodies import BodyStore
 from mailrepl.shared.engines.capture import CaptureEngine
 from mailrepl.shared.engines.replay import ReplayEngine
 from mailrepl.shared.site_state import SiteState
+from mailrepl.shared.runtime.process import prepare_process
 from mailrepl.shared.store import open_store
+from mailrepl.shared.store.sealing import Sealer
 from mailrepl.shared.store.models import Mailbox, Replica
 from mailrepl.shared.runtime.workers import Job, MailboxWorkers
 
@@ -43,11 +45,12 @@ class RecoveryGateway:
     def __init__(self, settings) -> None:
         g = settings.gateway
         self.settings = settings
-        self.store = open_store(g.state_url)
+        sealer = Sealer(g.encryption.key, g.encryption.old_keys)  # at-rest encryption (off without a key)
+        self.store = open_store(g.state_url, sealer=sealer)
         self.store.migrate()
         self.adapters = {srv.name: make_adapter(srv) for srv in settings.servers}
         self.routes = dict(settings.routes)
-        self.bodies = BodyStore(self.store, BlobStore(g.blob_dir))
+        self.bodies = BodyStore(self.store, BlobStore(g.blob_dir, sealer=sealer))
         self.replay = ReplayEngine(self.store, self.bodies, append_batch=g.append_batch)
         self.view = StandbyView(self.store)  # kept current by the replay workers: cutover reads nothing
         self.workers = MailboxWorkers(
@@ -220,8 +223,8 @@ class RecoveryGateway:
 
 
 def run(settings) -> None:
-    logging.basicConfig(level=settings.gateway.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    prepare_process(settings.gateway.log_level, insecure_demo=settings.gateway.insecure_demo)
     gw = RecoveryGateway(settings)
     host, port = settings.gateway.listen
-    uvicorn.run(gw.app(), host=host, port=port, log_level="warning")
+    # log_config=None: uvicorn's loggers go through the root handler (escaped lines)
+    uvicorn.run(gw.app(), host=host, port=port, log_level="warning", log_config=None)

@@ -3,7 +3,7 @@
 ::
 
     [gateway]   id, state_url, listen, admin_token, ingest_token, workers, append_batch, blob_dir,
-                blob_grace_seconds, log_level
+                blob_grace_seconds, log_level, encryption_key(_file), encryption_old_key_files
     [[servers]] the standby mail servers (see ``mailrepl.shared.config.settings_common``)
     [routes]    optional: primary server name (as the source gateway calls it) = standby server name
     [[primaries]] optional: the primary mail servers as this site reaches them (same keys as
@@ -12,7 +12,8 @@
                 redirect_key
 
 Without ``routes`` a single standby server receives everything. ``deploy/examples/recovery.toml``
-documents every key.
+documents every key. Every secret may also come from a ``<key>_file``, the environment or a
+systemd credential (``Table.secret``).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Mapping
 
 from mailrepl.shared.config.settings_common import (
     ENV_ADMIN_TOKEN,
+    EncryptionSettings,
     ListenAddress,
     ServerSettings,
     describe_server,
@@ -33,7 +35,10 @@ from mailrepl.shared.config.settings_common import (
     read_log_level,
     read_servers,
     read_state_url,
+    read_encryption,
+    read_insecure_demo,
     read_token,
+    refuse_reused,
 )
 from mailrepl.shared.config.toml_reader import Table, open_config
 
@@ -46,6 +51,7 @@ __all__ = [
 
 ENV_INGEST_TOKEN = "MAILREPL_INGEST_TOKEN"
 ENV_BLOB_DIR = "MAILREPL_BLOB_DIR"
+ENV_REDIRECT_KEY = "MAILREPL_REDIRECT_KEY"
 
 DEFAULT_STATE_URL = "sqlite:///mailrepl-recovery.sqlite"
 DEFAULT_LISTEN = "127.0.0.1:8471"
@@ -81,6 +87,8 @@ class RecoveryGatewaySettings:
     blob_dir: str = DEFAULT_BLOB_DIR  # content-addressed message parts (absolute after loading)
     blob_grace_seconds: int = DEFAULT_BLOB_GRACE  # GC never deletes a part younger than this
     log_level: str = "info"
+    encryption: EncryptionSettings = EncryptionSettings()
+    insecure_demo: bool = False  # loopback demo: secrets in a file others may read (warned at start-up)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,8 +104,9 @@ class RecoverySettings:
         g = self.gateway
         lines = [
             f'recovery gateway "{g.id}": listen {g.listen}, state {display_state_url(g.state_url)}',
-            f"  {g.workers} workers, append {g.append_batch} messages per batch, log level {g.log_level}",
-            f"  blob store {g.blob_dir} (GC grace {g.blob_grace_seconds}s)",
+            f"  {g.workers} workers, append {g.append_batch} messages per batch, log level {g.log_level}"
+            + (" (insecure_demo: loopback demo)" if g.insecure_demo else ""),
+            f"  blob store {g.blob_dir} (GC grace {g.blob_grace_seconds}s), {g.encryption.describe()}",
         ]
         lines += [describe_server(s) for s in self.servers]
         lines += [f'route "{primary}" -> "{standby}"' for primary, standby in self.routes.items()]
@@ -110,6 +119,7 @@ class RecoverySettings:
 
 def _read_gateway(table: Table) -> RecoveryGatewaySettings:
     blob_dir = table.string("blob_dir", DEFAULT_BLOB_DIR)
+    demo = read_insecure_demo(table, DEFAULT_LISTEN)  # before any secret is read
     settings = RecoveryGatewaySettings(
         id=read_gateway_id(table),
         state_url=read_state_url(table, DEFAULT_STATE_URL),
@@ -122,6 +132,8 @@ def _read_gateway(table: Table) -> RecoveryGatewaySettings:
         blob_dir=str(table.resolve(table.environ.get(ENV_BLOB_DIR) or blob_dir)),
         blob_grace_seconds=table.integer("blob_grace_seconds", DEFAULT_BLOB_GRACE, minimum=60),
         log_level=read_log_level(table),
+        encryption=read_encryption(table),
+        insecure_demo=demo,
     )
     table.finish()
     return settings
@@ -145,7 +157,7 @@ def _read_failover(table: Table) -> FailoverSettings:
         check_interval=table.seconds("check_interval", DEFAULT_CHECK_INTERVAL),
         hold_seconds=table.seconds("hold_seconds", DEFAULT_HOLD),
         confirm=table.choice("confirm", CONFIRM_MODES, "manual"),
-        redirect_key=table.string("redirect_key", None),
+        redirect_key=read_token(table, "redirect_key", ENV_REDIRECT_KEY, required=False),
     )
     table.finish()
     return settings
@@ -164,4 +176,9 @@ def load_recovery_settings(path: str | Path, environ: Mapping[str, str] | None =
                                 primaries=read_servers(root, "primaries", required=False),
                                 failover=_read_failover(root.table("failover", required=False)))
     root.finish()
+    g = settings.gateway
+    refuse_reused(root, {"gateway.admin_token": g.admin_token, "gateway.ingest_token": g.ingest_token,
+                         "failover.redirect_key": settings.failover.redirect_key},
+                  {f"{kind}.{s.name}.service_password": s.service_password
+                   for kind, group in (("servers", settings.servers), ("primaries", settings.primaries)) for s in group})
     return settings

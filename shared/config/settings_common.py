@@ -5,24 +5,35 @@ frozen dataclasses; nothing below the composition roots ever sees TOML or the en
 Mistakes are one ``ConfigError`` line naming the file and the key (``mailrepl.shared.config.toml_reader``).
 
 Secrets can be kept out of the file: ``MAILREPL_*`` environment variables override them at load
-(see ``ENV_*`` and :func:`server_password_env`).
+(see ``ENV_*`` and :func:`server_password_env`), as do systemd credentials of the same names and
+``<key>_file`` keys (see ``Table.secret``). Tokens must be strong and all different.
 """
 from __future__ import annotations
 
+import base64
+import binascii
+import ipaddress
 import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import Callable, Mapping, NamedTuple
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from mailrepl.shared.config.toml_reader import Table, show_value
+from mailrepl.shared.errors import ConfigError
 
 __all__ = [
     "ENV_STATE_URL",
     "ENV_ADMIN_TOKEN",
+    "ENV_ENCRYPTION_KEY",
+    "EncryptionSettings",
+    "parse_key",
+    "read_encryption",
+    "read_insecure_demo",
+    "refuse_reused",
     "LOG_LEVELS",
     "ListenAddress",
     "ImapServerSettings",
@@ -42,6 +53,7 @@ __all__ = [
 
 ENV_STATE_URL = "MAILREPL_STATE_URL"
 ENV_ADMIN_TOKEN = "MAILREPL_ADMIN_TOKEN"
+ENV_ENCRYPTION_KEY = "MAILREPL_ENCRYPTION_KEY"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 DEFAULT_IMAP_TIMEOUT = 30.0
@@ -177,18 +189,29 @@ def read_gateway_id(table: Table) -> str:
 
 
 def read_state_url(table: Table, default: str) -> str:
-    """``state_url`` (or ``MAILREPL_STATE_URL``): SQLite or PostgreSQL; relative SQLite paths
-    are made absolute against the config file's directory, so the gateway's working directory
-    never decides where its state lives."""
-    value = table.string("state_url", default)
-    origin = ""
-    if ENV_STATE_URL in table.environ:
-        value, origin = table.environ[ENV_STATE_URL], f" (from {ENV_STATE_URL})"
+    """``state_url`` (or ``state_url_file``, ``MAILREPL_STATE_URL``, the systemd credential of
+    that name): SQLite or PostgreSQL; relative SQLite paths are made absolute against the config
+    file's directory, so the gateway's working directory never decides where its state lives.
+    A URL with a password in the config file needs the file to be private (mode 0600)."""
+    found, where = table.secret_source("state_url", ENV_STATE_URL, private=False)
+    in_file = where == "value"
+    if in_file or found is None:
+        value, origin = table.string("state_url", default), ""
+    else:
+        value = found
+        origin = f" (from {ENV_STATE_URL})" if ENV_STATE_URL in table.environ else f" (from the {where})"
     try:
         url = make_url(value)
+        port = url.port  # a non-numeric port raises ValueError in make_url
+        if port is not None and not 1 <= port <= 65535:
+            raise ValueError(port)
     except ArgumentError:
         shown = show_value(value, secret=True)  # a URL may hold a password
         raise table.error("state_url", f"expected a database URL{origin}, got {shown}") from None
+    except ValueError:
+        raise table.error("state_url", f"expected a port 1-65535 in the database URL{origin}") from None
+    if url.password and in_file:
+        table.check_private("state_url")
     backend = url.get_backend_name()
     if backend == "postgresql":
         return value
@@ -204,6 +227,26 @@ def read_state_url(table: Table, default: str) -> str:
     return f"{prefix}:///{path}{qmark}{query}"
 
 
+def read_insecure_demo(table: Table, default_listen: str) -> bool:
+    """``insecure_demo = true`` (read before any secret): a loopback demo may keep its secrets in
+    a file others can read. Refused unless ``listen`` is a loopback address; the gateway warns
+    at start-up. Tokens must still be strong."""
+    demo = table.boolean("insecure_demo", False)
+    if demo:
+        host = read_listen(table, default_listen).host
+        if host != "localhost" and not _is_loopback(host):
+            raise table.error("insecure_demo", f"only allowed with a loopback listen address, not {host}")
+        table.allow_shared_secrets()
+    return demo
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def read_listen(table: Table, default: str) -> ListenAddress:
     value = table.string("listen", default)
     try:
@@ -212,8 +255,72 @@ def read_listen(table: Table, default: str) -> ListenAddress:
         raise table.error("listen", str(exc)) from None
 
 
-def read_token(table: Table, name: str, env_var: str) -> str:
-    return table.secret(name, env_var, token=True)
+def read_token(table: Table, name: str, env_var: str, *, required: bool = True) -> str | None:
+    """A bearer token we choose (strong, printable ASCII); see :meth:`Table.secret` for where
+    it may come from."""
+    return table.secret(name, env_var, token=True, required=required)
+
+
+def refuse_reused(root: Table, tokens: Mapping[str, str | None], others: Mapping[str, str | None] = {}) -> None:
+    """Every token (``{"gateway.admin_token": value, ...}``) must differ from every other token
+    and from every other secret in ``others`` (service passwords): one leaked credential must
+    not open a second door. The error names both keys, never the value."""
+    seen: dict[str, str] = {}
+    for key, value in tokens.items():
+        if value is None:
+            continue
+        if value in seen:
+            raise ConfigError(f"{root.file_name}: {key}: the same value as {seen[value]}; every token must be "
+                              "different")
+        seen[value] = key
+    for key, value in others.items():
+        if value is not None and value in seen:
+            raise ConfigError(f"{root.file_name}: {seen[value]}: the same value as {key}; a token must not "
+                              "be a password")
+
+
+@dataclass(frozen=True)
+class EncryptionSettings:
+    """At-rest encryption (opt-in): the current key (None: off) and older keys still readable."""
+
+    key: bytes | None = field(default=None, repr=False)
+    old_keys: tuple[bytes, ...] = field(default=(), repr=False)
+
+    def describe(self) -> str:
+        if self.key is None:
+            return "at-rest encryption off" + (f" ({len(self.old_keys)} old keys for reading)" if self.old_keys else "")
+        return f"at-rest encryption on (AES-256-GCM, {len(self.old_keys)} old keys)"
+
+
+def parse_key(text: str) -> bytes:
+    """A 256-bit key written as 64 hex digits or base64 (standard or URL-safe); ValueError otherwise."""
+    text = text.strip()
+    if re.fullmatch(r"[0-9a-fA-F]{64}", text):
+        return bytes.fromhex(text)
+    try:
+        raw = base64.b64decode(text.replace("-", "+").replace("_", "/") + "=" * (-len(text) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError("expected 32 random bytes as 64 hex digits or base64 "
+                         '(make one with: python3 -c "import os, base64; print(base64.b64encode(os.urandom(32)).decode())")')
+    return raw
+
+
+def read_encryption(table: Table) -> EncryptionSettings:
+    """``encryption_key`` / ``encryption_key_file`` / ``MAILREPL_ENCRYPTION_KEY`` and
+    ``encryption_old_key_files`` of a ``[gateway]`` table."""
+    out = []
+    for key, text in [("encryption_key", table.secret("encryption_key", ENV_ENCRYPTION_KEY, required=False))] + [
+            (f"encryption_old_key_files[{i}]", t) for i, t in enumerate(table.secret_files("encryption_old_key_files"))]:
+        if text is None:
+            out.append(None)
+            continue
+        try:
+            out.append(parse_key(text))
+        except ValueError as exc:
+            raise table.error(key, str(exc)) from None
+    return EncryptionSettings(key=out[0], old_keys=tuple(k for k in out[1:] if k is not None))
 
 
 def read_log_level(table: Table) -> str:

@@ -11,6 +11,9 @@ counts live in the database and reach :meth:`BlobStore.sweep` through ``referenc
 * ``put``/``put_many`` are idempotent and safe to run at once for the same keys from several
   threads and processes: the atomic rename is the only synchronisation, and every writer of a
   key writes the same bytes (in such a race more than one writer may count the blob as new).
+* With a ``sealer`` holding a key, files hold the part sealed with AES-256-GCM
+  (``mailrepl.shared.store.sealing``); keys remain the plaintext's hash, so deduplication and
+  the hash check after decryption work as without. Directories are 0700, files 0600.
 * Reads verify the hash. A mismatch raises :class:`BlobCorrupt` and moves the file to
   ``quarantine/``, so the next ``put`` of that key stores a good copy.
 * A sweep never deletes a blob whose mtime is within its grace period. A ``put`` that finds the
@@ -42,6 +45,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from mailrepl.shared.errors import StoreError
+from mailrepl.shared.store.sealing import PLAIN, Sealer, SealError, UnknownKey
 from mailrepl.shared.content.mime_split import blob_key  # the key of a part: XXH3-128 of its exact bytes
 
 __all__ = [
@@ -97,17 +101,21 @@ class SweepReport:
 class BlobStore:
     """Blobs under ``root``, which is created if need be. See the module docstring for the contract."""
 
-    def __init__(self, root: str | os.PathLike, *, fsync: bool = True) -> None:
+    def __init__(self, root: str | os.PathLike, *, fsync: bool = True, sealer: Sealer = PLAIN) -> None:
         self.root = Path(root)
         self.fsync = fsync
+        self.sealer = sealer  # files hold sealed bytes when a key is configured; keys stay plaintext hashes
         self.stats = BlobStats()
         self._tmp_dir = self.root / "tmp"
         self._quarantine_dir = self.root / "quarantine"
         self._stats_lock = threading.Lock()  # guards the counters only; blob I/O takes no lock
         self._fanout_known: set[Path] = set()  # fan-out directories seen to exist
         try:
-            self._tmp_dir.mkdir(parents=True, exist_ok=True)
-            self._quarantine_dir.mkdir(exist_ok=True)
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)  # parts are mail: owner only
+            if self.root.stat().st_mode & 0o077:
+                self.root.chmod(0o700)
+            self._tmp_dir.mkdir(mode=0o700, exist_ok=True)
+            self._quarantine_dir.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the blob store {self.root}: {exc}") from exc
 
@@ -187,10 +195,10 @@ class BlobStore:
 
     def _write_tmp(self, item: tuple[str, bytes]) -> str:
         key, data = item
-        fd, tmp = tempfile.mkstemp(prefix=f"{key}.", suffix=".tmp", dir=self._tmp_dir)
+        fd, tmp = tempfile.mkstemp(prefix=f"{key}.", suffix=".tmp", dir=self._tmp_dir)  # mode 0600
         try:
             with open(fd, "wb") as f:  # closes fd
-                f.write(data)
+                f.write(self.sealer.seal(data, key))
                 if self.fsync:
                     f.flush()
                     os.fsync(f.fileno())
@@ -204,7 +212,13 @@ class BlobStore:
         path = self.path(key)
         try:
             with open(path, "rb", buffering=0) as f:
-                data = f.readall()
+                stored = f.readall()
+                try:
+                    data = self.sealer.open(stored, key)
+                except UnknownKey:
+                    raise  # a configuration problem, not damage: keep the file
+                except SealError:
+                    data = stored  # damaged: quarantined below
                 if blob_key(data) == key:
                     return data
                 self._quarantine(key, path, os.fstat(f.fileno()))
@@ -338,7 +352,7 @@ def _make_dirs(leaf: Path) -> list[Path]:
     changed = []
     for directory in (leaf.parent, leaf):
         try:
-            os.mkdir(directory)
+            os.mkdir(directory, 0o700)
         except FileExistsError:
             continue
         changed.append(directory.parent)

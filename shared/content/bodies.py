@@ -25,6 +25,7 @@ from mailrepl.shared.errors import StoreError
 from mailrepl.shared.content.mime_split import SkeletonError, reassemble, skeleton_keys
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.chunks import chunks
+from mailrepl.shared.store.sealing import SealError, UnknownKey
 from mailrepl.shared.store.models import IdMapEntry, InboxBody, InboxPart, InboxRow
 
 __all__ = ["BodyStore", "BodyCorrupt", "Staged", "GcReport"]
@@ -129,7 +130,8 @@ class BodyStore:
             self.blobs.put_many(staged.parts.items())
         if staged.skeletons:
             s.execute(insert(InboxBody), [
-                dict(sha256=sha, size=size, data=skeleton) for sha, (skeleton, size, _) in staged.skeletons.items()
+                dict(sha256=sha, size=size, data=self.store.sealer.seal(skeleton, sha))
+                for sha, (skeleton, size, _) in staged.skeletons.items()
             ])
             refs = [dict(sha256=sha, key=key) for sha, (_, _, keys) in staged.skeletons.items() for key in set(keys)]
             if refs:
@@ -142,11 +144,14 @@ class BodyStore:
         out: dict[str, bytes] = {}
         with self.store.read() as s:
             rows = list(s.execute(select(InboxBody.sha256, InboxBody.data).where(InboxBody.sha256.in_(set(shas)))))
-        for sha, skeleton in rows:
+        for sha, stored in rows:
             try:
+                skeleton = self.store.sealer.open(stored, sha)
                 keys = skeleton_keys(skeleton)
                 raw = reassemble(skeleton, {key: self.blobs.get(key) for key in set(keys)})
-            except (SkeletonError, BlobMissing, BlobCorrupt) as exc:
+            except UnknownKey:
+                raise  # not damage: the key is missing from the configuration
+            except (SkeletonError, BlobMissing, BlobCorrupt, SealError) as exc:
                 raise BodyCorrupt(f"stored body {sha[:16]}… is damaged: {exc}", sha256=sha) from exc
             if hashlib.sha256(raw).hexdigest() != sha:
                 raise BodyCorrupt(f"stored body {sha[:16]}… does not match its hash", sha256=sha)

@@ -182,13 +182,12 @@ class BatchBuilder:
                 break
         return out
 
-    @staticmethod
-    def _bodies(s, shas: Mapping[str, None], address: str):
+    def _bodies(self, s, shas: Mapping[str, None], address: str):
         wanted = list(shas)
         found = 0
         for part in chunks(wanted, 100):  # bodies are large: few per query
             for sha, data in s.execute(select(OutboxBody.sha256, OutboxBody.data).where(OutboxBody.sha256.in_(part))):
                 found += 1
-                yield sha, data
+                yield sha, self.store.sealer.open(data, sha)
         if found != len(wanted):
             raise StoreError(f"an outbox body of {address} is missing", retryable=False)

@@ -328,7 +328,8 @@ class CaptureEngine:
                 if sha not in have:
                     fresh.setdefault(sha, msg.body)
             if fresh:
-                s.execute(insert(OutboxBody), [dict(sha256=k, size=len(v), data=v) for k, v in fresh.items()])
+                s.execute(insert(OutboxBody), [dict(sha256=k, size=len(v), data=self.store.sealer.seal(v, k))
+                                               for k, v in fresh.items()])
             texts = [flags_text(msg.flags) for msg in batch]
             mids = st.add_entries(folder_id, [NewEntry(msg.uid, msg.guid, sha, len(msg.body), text)
                                               for msg, sha, text in zip(batch, shas, texts)])

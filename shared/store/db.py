@@ -9,15 +9,18 @@ needs nothing special.
 from __future__ import annotations
 
 import contextlib
+import os
+import stat
 from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailrepl.shared.errors import StoreError
+from mailrepl.shared.store.sealing import PLAIN, Sealer
 
 __all__ = ["Store", "open_store"]
 
@@ -25,10 +28,14 @@ _MIGRATIONS = Path(__file__).with_name("migrations")
 
 
 class Store:
-    """The state database: a session factory plus schema migration."""
+    """The state database: a session factory plus schema migration.
 
-    def __init__(self, engine: Engine) -> None:
+    ``sealer`` seals and opens the message content kept in it (``outbox_body.data``,
+    ``inbox_body.data``); the default stores plaintext (``mailrepl.shared.store.sealing``)."""
+
+    def __init__(self, engine: Engine, sealer: Sealer = PLAIN) -> None:
         self.engine = engine
+        self.sealer = sealer
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._readers = sessionmaker(engine.execution_options(mailrepl_read_only=True), expire_on_commit=False)
 
@@ -94,13 +101,13 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def open_store(url: str, *, echo: bool = False) -> Store:
+def open_store(url: str, *, echo: bool = False, sealer: Sealer = PLAIN) -> Store:
     """Open (not migrate) the store at ``url``; SQLite parent directories are created."""
     try:
         if url.startswith("sqlite"):
-            path = url.split("///", 1)[1] if "///" in url else ""
+            path = (url.split("///", 1)[1] if "///" in url else "").partition("?")[0]
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                _private_sqlite_file(Path(path))
             engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 60})
             event.listen(engine, "connect", _sqlite_pragmas)
 
@@ -112,5 +119,28 @@ def open_store(url: str, *, echo: bool = False) -> Store:
         else:
             engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
     except (SQLAlchemyError, ImportError, ValueError) as exc:
-        raise StoreError(f"state store {url!r}: {exc}", retryable=False) from exc
-    return Store(engine)
+        try:
+            shown = make_url(url).render_as_string(hide_password=True)
+        except (SQLAlchemyError, ValueError):
+            shown = "(unparsable URL)"
+        raise StoreError(f"state store {shown}: {str(exc).replace(url, shown)}", retryable=False) from exc
+    return Store(engine, sealer)
+
+
+def _private_sqlite_file(path: Path) -> None:
+    """Create the SQLite file (and its directory, 0700) readable by its owner only; tighten an
+    existing file and its -wal/-shm (SQLite gives those the main file's mode). A directory
+    anyone may write to (without the sticky bit) is refused: others could swap the file."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.stat(path.parent)
+        if st.st_mode & stat.S_IWOTH and not st.st_mode & stat.S_ISVTX:
+            raise StoreError(f"state store {path}: its directory {path.parent} is writable by anyone; "
+                             f"run: chmod o-w {path.parent}", retryable=False)
+        os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))
+        for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(name).st_mode & 0o077:
+                    os.chmod(name, 0o600)
+    except OSError as exc:
+        raise StoreError(f"state store {path}: {exc.strerror or exc}", retryable=False) from exc

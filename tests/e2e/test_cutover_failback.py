@@ -25,7 +25,7 @@ from tests.support.nginx import NginxMailProxy, nginx_missing_reason
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.slow]
 
-KEY = "proxy-key"
+KEY = "proxy-key-Zn4Xb7Cv0Mq3Wr6Et9Yu2"
 FAILOVER = f'\n[failover]\nredirect_key = "{KEY}"\n'
 FILLER = ("x" * 76 + "\r\n") * 60  # ~4.7 KB per message: the mailbox is much bigger than the changes
 

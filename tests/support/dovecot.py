@@ -142,7 +142,8 @@ class DovecotServer:
 
     def __init__(self, name: str, users: Iterable[str], *, base: Path | None = None,
                  imap_port: int | None = None, lmtp_port: int | None = None, mail_format: str = "mdbox",
-                 mail_fsync: str = "never", max_mail_size: str | None = None) -> None:
+                 mail_fsync: str = "never", max_mail_size: str | None = None,
+                 master_password: str = PASSWORD) -> None:
         reason = dovecot_missing_reason()
         if reason:
             raise DovecotUnavailable(reason)
@@ -158,6 +159,7 @@ class DovecotServer:
         if mail_fsync not in MAIL_FSYNC_MODES:
             raise ValueError(f"mail_fsync must be one of {MAIL_FSYNC_MODES}, not {mail_fsync!r}")
         self.name = name
+        self.master_password = master_password  # the service account's (users keep PASSWORD)
         self.mail_format, self.mail_fsync, self.max_mail_size = mail_format, mail_fsync, max_mail_size
         # an explicit base must be traversable by the mail user (pytest's tmp_path is not)
         self._owns_base = base is None
@@ -193,13 +195,13 @@ class DovecotServer:
         # the mail user must traverse from / down to its home; mkdtemp made the base 0700
         self.base.chmod(0o755)
         shutil.chown(self.base / "mail", MAIL_USER, MAIL_GROUP)
-        self._write_passwd("users.passwd", self.users)
-        self._write_passwd("masters.passwd", [self.master_user])
+        self._write_passwd("users.passwd", self.users, self.user_password)
+        self._write_passwd("masters.passwd", [self.master_user], self.master_password)
         self._write_config()
 
-    def _write_passwd(self, filename: str, names: Iterable[str]) -> None:
+    def _write_passwd(self, filename: str, names: Iterable[str], password: str) -> None:
         path = self.base / filename
-        path.write_text("".join(f"{n}:{{PLAIN}}{PASSWORD}::::::\n" for n in names))
+        path.write_text("".join(f"{n}:{{PLAIN}}{password}::::::\n" for n in names))
         shutil.chown(path, "root", INTERNAL_GROUP)
         path.chmod(0o640)
 

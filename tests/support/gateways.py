@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-ADMIN_TOKEN = "admin-secret"
-INGEST_TOKEN = "ingest-secret"
+ADMIN_TOKEN = "admin-secret-Wd4Fg7Hj0Kl3Zx6Cv9Bn2M"
+INGEST_TOKEN = "ingest-secret-Qp8Ow5Ie2Ur9Yt6Tr3Ew0Q"
 
 
 def free_port() -> int:
@@ -95,7 +95,8 @@ class GatewayPair:
 
     def __init__(self, tmp: Path, primary, standby, *, users, source_state: str, recovery_state: str,
                  poll_interval: float = 0.5, fetch_chunk: int = 200, part_threshold: int | None = None,
-                 recovery_extra: str = "", with_primaries: bool = False) -> None:
+                 recovery_extra: str = "", with_primaries: bool = False, source_gateway_extra: str = "",
+                 recovery_gateway_extra: str = "") -> None:
         self.tmp = tmp
         sport, rport = free_port(), free_port()
         src = tmp / "source.toml"
@@ -109,7 +110,7 @@ admin_token = "{ADMIN_TOKEN}"
 poll_interval = {poll_interval}
 workers = 4
 fetch_chunk = {fetch_chunk}
-
+{source_gateway_extra}
 [peer]
 url = "http://127.0.0.1:{rport}"
 token = "{INGEST_TOKEN}"
@@ -130,11 +131,14 @@ admin_token = "{ADMIN_TOKEN}"
 ingest_token = "{INGEST_TOKEN}"
 workers = 4
 blob_dir = "{tmp}/blobs"
+{recovery_gateway_extra}
 """
             + _server_toml("standby", standby, users)
             + (_server_toml("primary", primary, users, "primaries") if with_primaries else "")
             + recovery_extra
         )
+        src.chmod(0o600)  # they hold secrets
+        rec.chmod(0o600)
         self.source = GatewayProcess("source", src, sport, tmp / "source.log")
         self.recovery = GatewayProcess("recovery", rec, rport, tmp / "recovery.log")
 

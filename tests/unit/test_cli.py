@@ -34,7 +34,7 @@ from tests.unit.memory_server import MemoryServer
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "deploy" / "examples"
-TOKEN = "cli-admin-token"
+TOKEN = "cli-admin-token-Rt5Yu8Io1Pa4Sd7Fg0Hj"
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -77,12 +77,12 @@ def test_bad_config_exits_2_with_one_line_naming_the_key(tmp_path):
 
 def test_missing_secret_names_the_environment_variable(tmp_path):
     conf = tmp_path / "recovery.toml"
-    conf.write_text((EXAMPLES / "recovery.toml").read_text().replace('ingest_token = "demo-ingest-token"\n', ""))
+    conf.write_text((EXAMPLES / "recovery.toml").read_text().replace('ingest_token = "demo-ingest-Hf5Jk9Lw3Np7Rt2Vx8Zb4Cd"\n', ""))
     result = cli("recovery", "run", "--config", str(conf))
     assert result.returncode == 2
     assert "gateway.ingest_token: missing" in one_error_line(result)
     assert "MAILREPL_INGEST_TOKEN" in result.stderr
-    ok = cli("recovery", "check-config", "--config", str(conf), env={"MAILREPL_INGEST_TOKEN": "from-env"})
+    ok = cli("recovery", "check-config", "--config", str(conf), env={"MAILREPL_INGEST_TOKEN": "from-env-Lm7No0Pq3Rs6Tu9Vw2Xy5Za8"})
     assert ok.returncode == 0, ok.stderr
 
 
@@ -96,7 +96,9 @@ def test_check_config_prints_ok_and_a_summary_without_secrets(role):
     server = "primary" if role == "source" else "standby"
     port = 10143 if role == "source" else 11143
     assert f'server "{server}" (imap): 127.0.0.1:{port}, tls none, sasl-plain as "repl", 4 users' in result.stdout
-    assert "secret" not in result.stdout and "demo-admin-token" not in result.stdout
+    shown = result.stdout.replace(str(REPO), "")  # the checkout's path may contain any word
+    assert "secret" not in shown and "demo-admin-Qm2xV7pL4sK8nR3tW6yZ1cB" not in shown
+    assert "demo-ingest-Hf5Jk9Lw3Np7Rt2Vx8Zb4Cd" not in shown
 
 
 def test_usage_errors_exit_2():
@@ -226,7 +228,7 @@ id = "dr"
 state_url = "sqlite:///state/recovery.sqlite"
 listen = "127.0.0.1:{rec_port}"
 admin_token = "{TOKEN}"
-ingest_token = "ingest-token"
+ingest_token = "ingest-token-Kl3Zx6Cv9Bn2Mq5We8Rt1"
 
 [[servers]]
 name = "standby"
@@ -247,7 +249,7 @@ fetch_chunk = 5
 
 [peer]
 url = "http://127.0.0.1:{rec_port}"
-token = "ingest-token"
+token = "ingest-token-Kl3Zx6Cv9Bn2Mq5We8Rt1"
 retry_initial = 0.2
 retry_max = 1.0
 """ + "".join(f"""
@@ -259,6 +261,8 @@ service_user = "repl"
 service_password = "secret"
 users = {json.dumps(sorted(adapters[name].boxes))}
 """ for name in ("primary", "branch")))
+        rec_conf.chmod(0o600)
+        self.source_conf.chmod(0o600)
         self.recovery = Served(mailrepl.recovery.app.RecoveryGateway(load_recovery_settings(rec_conf, {})).app(), rec_sock)
         self.source = Served(mailrepl.gateway.app.SourceGateway(load_source_settings(self.source_conf, {})).app(), src_sock)
         self.url = f"http://127.0.0.1:{src_port}"

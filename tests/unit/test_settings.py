@@ -17,11 +17,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "deploy" / "examples"
 SOURCE = """\
 [gateway]
 id = "hq"
-admin_token = "admin-t"
+admin_token = "admin-t-Xq7Lm2Np9Rs4Tv8Wy3Zb6Cd"
 
 [peer]
 url = "http://127.0.0.1:8471"
-token = "peer-t"
+token = "peer-t-Gh5Jk8Lm1Nq4Rs7Tu0Vw3Xy"
 
 [[servers]]
 name = "primary"
@@ -35,8 +35,8 @@ users = ["alice", "bob"]
 RECOVERY = """\
 [gateway]
 id = "dr"
-admin_token = "admin-t"
-ingest_token = "ingest-t"
+admin_token = "admin-t-Xq7Lm2Np9Rs4Tv8Wy3Zb6Cd"
+ingest_token = "ingest-t-Ab3Cd6Ef9Gh2Ij5Kl8Mn1Op"
 
 [[servers]]
 name = "standby"
@@ -51,6 +51,7 @@ def write(tmp_path: Path, text: str, name: str = "gw.toml") -> Path:
     path = tmp_path / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    path.chmod(0o600)  # it holds secrets
     return path
 
 
@@ -76,8 +77,8 @@ def test_example_source_config_loads():
     assert s.gateway.id == "hq"
     assert s.gateway.listen == ("127.0.0.1", 8470)
     assert s.gateway.state_url == f"sqlite:///{EXAMPLES / 'mailrepl-source.sqlite'}"
-    assert s.gateway.admin_token == "demo-admin-token"
-    assert (s.peer.url, s.peer.token) == ("http://127.0.0.1:8471", "demo-ingest-token")
+    assert s.gateway.admin_token == "demo-admin-Qm2xV7pL4sK8nR3tW6yZ1cB"
+    assert (s.peer.url, s.peer.token) == ("http://127.0.0.1:8471", "demo-ingest-Hf5Jk9Lw3Np7Rt2Vx8Zb4Cd")
     [primary] = s.servers
     assert (primary.name, primary.kind, primary.host, primary.port, primary.tls) == (
         "primary", "imap", "127.0.0.1", 10143, "none")
@@ -121,7 +122,7 @@ def test_settings_are_frozen_and_keep_secrets_out_of_repr(tmp_path):
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.gateway.workers = 8  # type: ignore[misc]
     text = repr(s)
-    assert "admin-t" not in text and "peer-t" not in text and "pw" not in text
+    assert "admin-t-Xq7Lm2Np9Rs4Tv8Wy3Zb6Cd" not in text and "peer-t-Gh5Jk8Lm1Nq4Rs7Tu0Vw3Xy" not in text and "pw" not in text
     assert "primary" in text
 
 
@@ -161,7 +162,7 @@ SOURCE_ERRORS = [
      'gateway.state_url: expected a "sqlite:///..." or "postgresql+psycopg://..." URL, got a mysql URL'),
     ('id = "hq"', 'id = "hq"\nstate_url = "not a url"', "gateway.state_url: expected a database URL, got a string"),
     ('id = "hq"', 'id = "hq"\nstate_url = "sqlite:///:memory:"', 'gateway.state_url: expected "sqlite:///FILE"'),
-    ('token = "peer-t"', 'token = "peer-t"\nretry_initial = 10\nretry_max = 5',
+    ('token = "peer-t-Gh5Jk8Lm1Nq4Rs7Tu0Vw3Xy"', 'token = "peer-t-Gh5Jk8Lm1Nq4Rs7Tu0Vw3Xy"\nretry_initial = 10\nretry_max = 5',
      "peer.retry_max: must be >= retry_initial (10), got 5"),
     ('tls = "starttls"', 'tls = "ssl"', 'servers[0].tls: expected one of "none", "starttls", "tls", got "ssl"'),
     ('tls = "starttls"', 'tls = "starttls"\nauth = "xoauth2"',
@@ -178,14 +179,14 @@ SOURCE_ERRORS = [
      'servers[0].users[1]: expected an address without spaces, got "b ob"'),
     ('users = ["alice", "bob"]', 'users_file = "nope.txt"', "servers[0].users_file: no such file: "),
     ('tls = "starttls"', 'tls = "starttls"\nca_file = "ca.pem"', "servers[0].ca_file: no such file: "),
-    ('token = "peer-t"', 'token = "peer-t"\nca_file = "ca.pem"', "peer.ca_file: no such file: "),
-    ('admin_token = "admin-t"', 'admin_token = ""', "gateway.admin_token: the value is empty"),
-    ('admin_token = "admin-t"', 'admin_token = "two words"', "gateway.admin_token: the value contains whitespace"),
-    ('admin_token = "admin-t"', "admin_token = 12345",
+    ('token = "peer-t-Gh5Jk8Lm1Nq4Rs7Tu0Vw3Xy"', 'token = "peer-t-Gh5Jk8Lm1Nq4Rs7Tu0Vw3Xy"\nca_file = "ca.pem"', "peer.ca_file: no such file: "),
+    ('admin_token = "admin-t-Xq7Lm2Np9Rs4Tv8Wy3Zb6Cd"', 'admin_token = ""', "gateway.admin_token: the value is empty"),
+    ('admin_token = "admin-t-Xq7Lm2Np9Rs4Tv8Wy3Zb6Cd"', 'admin_token = "two words"', "gateway.admin_token: the value contains whitespace"),
+    ('admin_token = "admin-t-Xq7Lm2Np9Rs4Tv8Wy3Zb6Cd"', "admin_token = 12345",
      "gateway.admin_token: expected a string, got a number"),  # a secret is never echoed
-    ('admin_token = "admin-t"\n', "",
+    ('admin_token = "admin-t-Xq7Lm2Np9Rs4Tv8Wy3Zb6Cd"\n', "",
      "gateway.admin_token: missing (set it here or in the environment variable MAILREPL_ADMIN_TOKEN)"),
-    ('token = "peer-t"\n', "", "peer.token: missing (set it here or in the environment variable MAILREPL_PEER_TOKEN)"),
+    ('token = "peer-t-Gh5Jk8Lm1Nq4Rs7Tu0Vw3Xy"\n', "", "peer.token: missing (set it here or in the environment variable MAILREPL_PEER_TOKEN)"),
     ('service_password = "pw"\n', "",
      "servers[0].service_password: missing (set it here or in the environment variable "
      "MAILREPL_SERVER_PRIMARY_PASSWORD)"),
@@ -229,7 +230,7 @@ def test_invalid_toml_and_missing_file(tmp_path):
 
 
 def test_recovery_errors_name_the_key(tmp_path):
-    path = write(tmp_path, edit(RECOVERY, 'ingest_token = "ingest-t"\n', ""))
+    path = write(tmp_path, edit(RECOVERY, 'ingest_token = "ingest-t-Ab3Cd6Ef9Gh2Ij5Kl8Mn1Op"\n', ""))
     assert config_error(load_recovery_settings, path) == (
         "gateway.ingest_token: missing (set it here or in the environment variable MAILREPL_INGEST_TOKEN)")
     path = write(tmp_path, edit(RECOVERY, 'id = "dr"', 'id = "dr"\npoll_interval = 1'))
@@ -243,22 +244,22 @@ def test_recovery_errors_name_the_key(tmp_path):
 
 def test_secrets_from_the_environment(tmp_path):
     text = SOURCE
-    for line in ('admin_token = "admin-t"\n', 'token = "peer-t"\n', 'service_password = "pw"\n'):
+    for line in ('admin_token = "admin-t-Xq7Lm2Np9Rs4Tv8Wy3Zb6Cd"\n', 'token = "peer-t-Gh5Jk8Lm1Nq4Rs7Tu0Vw3Xy"\n', 'service_password = "pw"\n'):
         text = edit(text, line, "")
-    env = {"MAILREPL_ADMIN_TOKEN": "env-admin", "MAILREPL_PEER_TOKEN": "env-peer",
+    env = {"MAILREPL_ADMIN_TOKEN": "env-admin-Pq4Rs7Tu0Vw3Xy6Za9Bc2De", "MAILREPL_PEER_TOKEN": "env-peer-Fg5Hi8Jk1Lm4No7Pq0Rs3Tu",
            "MAILREPL_SERVER_PRIMARY_PASSWORD": "env-pw"}
     s = load_source_settings(write(tmp_path, text), env)
-    assert (s.gateway.admin_token, s.peer.token, s.servers[0].service_password) == ("env-admin", "env-peer", "env-pw")
+    assert (s.gateway.admin_token, s.peer.token, s.servers[0].service_password) == ("env-admin-Pq4Rs7Tu0Vw3Xy6Za9Bc2De", "env-peer-Fg5Hi8Jk1Lm4No7Pq0Rs3Tu", "env-pw")
 
 
 def test_environment_overrides_the_file(tmp_path):
-    env = {"MAILREPL_ADMIN_TOKEN": "env-admin", "MAILREPL_SERVER_PRIMARY_PASSWORD": "env-pw"}
+    env = {"MAILREPL_ADMIN_TOKEN": "env-admin-Pq4Rs7Tu0Vw3Xy6Za9Bc2De", "MAILREPL_SERVER_PRIMARY_PASSWORD": "env-pw"}
     s = load_source_settings(write(tmp_path, SOURCE), env)
-    assert (s.gateway.admin_token, s.peer.token, s.servers[0].service_password) == ("env-admin", "peer-t", "env-pw")
+    assert (s.gateway.admin_token, s.peer.token, s.servers[0].service_password) == ("env-admin-Pq4Rs7Tu0Vw3Xy6Za9Bc2De", "peer-t-Gh5Jk8Lm1Nq4Rs7Tu0Vw3Xy", "env-pw")
 
     r = load_recovery_settings(write(tmp_path, RECOVERY, "r.toml"),
-                               {"MAILREPL_INGEST_TOKEN": "env-ingest", "MAILREPL_SERVER_STANDBY_PASSWORD": "spw"})
-    assert (r.gateway.ingest_token, r.servers[0].service_password) == ("env-ingest", "spw")
+                               {"MAILREPL_INGEST_TOKEN": "env-ingest-Vw6Xy9Za2Bc5De8Fg1Hi4Jk", "MAILREPL_SERVER_STANDBY_PASSWORD": "spw"})
+    assert (r.gateway.ingest_token, r.servers[0].service_password) == ("env-ingest-Vw6Xy9Za2Bc5De8Fg1Hi4Jk", "spw")
 
 
 def test_empty_environment_secret_is_an_error(tmp_path):
@@ -345,7 +346,7 @@ def test_users_file_alone_and_bad_lines(tmp_path):
 
 def test_ca_files_resolve_against_the_config_dir(tmp_path):
     (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
-    text = edit(SOURCE, 'token = "peer-t"', 'token = "peer-t"\nca_file = "ca.pem"')
+    text = edit(SOURCE, 'token = "peer-t-Gh5Jk8Lm1Nq4Rs7Tu0Vw3Xy"', 'token = "peer-t-Gh5Jk8Lm1Nq4Rs7Tu0Vw3Xy"\nca_file = "ca.pem"')
     text = edit(text, 'tls = "starttls"', 'tls = "starttls"\nca_file = "ca.pem"')
     s = load_source_settings(write(tmp_path, text), {})
     assert s.peer.ca_file == tmp_path / "ca.pem"
@@ -376,7 +377,7 @@ def test_route_to_an_unknown_server(tmp_path):
 def test_gateway_table_alone_needs_no_server_secrets(tmp_path):
     text = edit(SOURCE, 'service_password = "pw"\n', "")
     g = load_source_gateway(write(tmp_path, text), {})
-    assert (g.listen, g.admin_token) == (("127.0.0.1", 8470), "admin-t")
+    assert (g.listen, g.admin_token) == (("127.0.0.1", 8470), "admin-t-Xq7Lm2Np9Rs4Tv8Wy3Zb6Cd")
 
 
 def test_failover_settings_default_off_and_read_strictly(tmp_path):

@@ -12,11 +12,11 @@ from tests.unit.test_settings import RECOVERY, config_error, edit, write
 SOURCE = """\
 [gateway]
 id = "hq"
-admin_token = "admin-t"
+admin_token = "admin-t-Xq7Lm2Np9Rs4Tv8Wy3Zb6Cd"
 
 [peer]
 url = "http://127.0.0.1:8471"
-token = "peer-t"
+token = "peer-t-Gh5Jk8Lm1Nq4Rs7Tu0Vw3Xy"
 
 [[servers]]
 name = "exchange"
@@ -43,9 +43,9 @@ def test_ews_server_defaults(tmp_path):
 def test_ews_password_from_the_environment_and_all_options(tmp_path):
     text = edit(SOURCE, 'service_password = "pw"\n', 'auth = "oauth2"\nclient_id = "app-id"\ntenant_id = "tenant"\n'
                 'access = "delegate"\ntimeout = 30\nretry_max_wait = 5\nmax_connections = 8\n')
-    [srv] = load_source_settings(write(tmp_path, text), {"MAILREPL_SERVER_EXCHANGE_PASSWORD": "from-env"}).servers
+    [srv] = load_source_settings(write(tmp_path, text), {"MAILREPL_SERVER_EXCHANGE_PASSWORD": "from-env-Lm7No0Pq3Rs6Tu9Vw2Xy5Za8"}).servers
     assert (srv.auth, srv.client_id, srv.tenant_id, srv.access) == ("oauth2", "app-id", "tenant", "delegate")
-    assert (srv.service_password, srv.timeout, srv.retry_max_wait, srv.connections) == ("from-env", 30.0, 5.0, 8)
+    assert (srv.service_password, srv.timeout, srv.retry_max_wait, srv.connections) == ("from-env-Lm7No0Pq3Rs6Tu9Vw2Xy5Za8", 30.0, 5.0, 8)
 
 
 def test_ews_autodiscover_instead_of_an_endpoint(tmp_path):
