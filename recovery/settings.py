@@ -193,7 +193,8 @@ def _read_sources(root: Table, gateway: RecoveryGatewaySettings, servers: tuple[
         token = (table.secret("token", env_var, token=True)
                  if "token" in table.keys() or env_var in table.environ else None)
         if cn is None and token is None:
-            raise table.error("certificate_cn", "missing: give certificate_cn (mutual TLS) and/or token")
+            raise table.error("certificate_cn", "missing: give certificate_cn (mutual TLS) and/or token "
+                                                f"(or the environment variable {env_var})")
         if cn is not None and not gateway.tls.mutual:
             raise table.error("certificate_cn", "needs gateway.tls_client_ca (client certificates are only "
                                                 "asked for with mutual TLS)")
@@ -210,7 +211,7 @@ def _read_sources(root: Table, gateway: RecoveryGatewaySettings, servers: tuple[
             if name not in routes and len(servers) != 1:
                 raise table.error(f"servers[{i}]", f"no standby server for primary server {show_value(name)} "
                                                    "(add it to [routes])")
-        mailboxes = table.strings("mailboxes", None)
+        mailboxes = table.strings("mailboxes") if "mailboxes" in table.keys() else None
         if mailboxes is not None:
             for i, address in enumerate(mailboxes):
                 if not address or any(c.isspace() or ord(c) < 32 for c in address):

@@ -77,12 +77,12 @@ def test_bad_config_exits_2_with_one_line_naming_the_key(tmp_path):
 
 def test_missing_secret_names_the_environment_variable(tmp_path):
     conf = tmp_path / "recovery.toml"
-    conf.write_text((EXAMPLES / "recovery.toml").read_text().replace('ingest_token = "demo-ingest-token"\n', ""))
+    conf.write_text((EXAMPLES / "recovery.toml").read_text().replace('token = "demo-source-token"\n', ""))
     result = cli("recovery", "run", "--config", str(conf))
     assert result.returncode == 2
-    assert "gateway.ingest_token: missing" in one_error_line(result)
-    assert "MAILREPL_INGEST_TOKEN" in result.stderr
-    ok = cli("recovery", "check-config", "--config", str(conf), env={"MAILREPL_INGEST_TOKEN": "from-env"})
+    assert "sources[0].certificate_cn: missing" in one_error_line(result)
+    assert "MAILREPL_SOURCE_HQ_TOKEN" in result.stderr
+    ok = cli("recovery", "check-config", "--config", str(conf), env={"MAILREPL_SOURCE_HQ_TOKEN": "from-env"})
     assert ok.returncode == 0, ok.stderr
 
 
@@ -226,7 +226,12 @@ id = "dr"
 state_url = "sqlite:///state/recovery.sqlite"
 listen = "127.0.0.1:{rec_port}"
 admin_token = "{TOKEN}"
-ingest_token = "ingest-token"
+plaintext = true
+
+[[sources]]
+id = "hq"
+token = "ingest-token"
+servers = ["primary", "branch"]
 
 [[servers]]
 name = "standby"
@@ -242,6 +247,7 @@ id = "hq"
 state_url = "sqlite:///state/source.sqlite"
 listen = "127.0.0.1:{src_port}"
 admin_token = "{TOKEN}"
+plaintext = true
 poll_interval = 0.2
 fetch_chunk = 5
 

@@ -13,6 +13,7 @@ SOURCE = """\
 [gateway]
 id = "hq"
 admin_token = "admin-t"
+plaintext = true
 
 [peer]
 url = "http://127.0.0.1:8471"
