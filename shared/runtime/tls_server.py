@@ -59,6 +59,9 @@ class ReloadingTlsContext:
         return (_mtime(self.tls.cert), _mtime(self.tls.key), _mtime(self.tls.client_ca))
 
     def _load(self) -> None:
+        # tried in a scratch context first: a key that does not match its certificate (files
+        # caught mid-rotation) must not leave the live context half replaced
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(str(self.tls.cert), str(self.tls.key))
         self.context.load_cert_chain(str(self.tls.cert), str(self.tls.key))
         if self.tls.client_ca is not None:
             self.context.load_verify_locations(cafile=str(self.tls.client_ca))
