@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import threading
 
-import uvicorn
 from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.core import CounterMetricFamily
 from sqlalchemy import select
@@ -16,6 +15,7 @@ from mailrepl.gateway.shipper import Shipper
 from mailrepl.shared.runtime.watcher import PushWatchers
 from mailrepl.shared.adapters.factory import make_adapter
 from mailrepl.shared.runtime.api_common import bearer_auth, make_app
+from mailrepl.shared.runtime.tls_server import serve
 from mailrepl.shared.content.blobstore import BlobStore
 from mailrepl.shared.content.bodies import BodyStore
 from mailrepl.shared.engines.capture import CaptureEngine
@@ -42,7 +42,8 @@ class SourceGateway:
         self.body_lock = threading.Lock()
         self.capture = CaptureEngine(self.store, chunk_messages=g.fetch_chunk, body_lock=self.body_lock)
         self.peer = make_peer_client(peer.url, token=peer.token, source_id=g.id, timeout=peer.timeout,
-                                     ca_file=peer.ca_file, transport=transport)
+                                     ca_file=peer.ca_file, client_cert=peer.client_cert, client_key=peer.client_key,
+                                     transport=transport)
         self.shipper = Shipper(
             self.store, g.id, self.peer,
             max_changes=peer.batch_max_changes, max_bytes=peer.batch_max_bytes, part_threshold=peer.part_threshold,
@@ -171,6 +172,4 @@ class _ByteCounters:
 def run(settings) -> None:
     prepare_process(settings.gateway.log_level, insecure_demo=settings.gateway.insecure_demo)
     gw = SourceGateway(settings)
-    host, port = settings.gateway.listen
-    # log_config=None: uvicorn's loggers go through the root handler (escaped lines)
-    uvicorn.run(gw.app(), host=host, port=port, log_level="warning", log_config=None)
+    serve(gw.app(), settings.gateway.listen, settings.gateway.tls, what="source gateway")

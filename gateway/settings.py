@@ -3,9 +3,14 @@
 ::
 
     [gateway]   id, state_url, listen, admin_token, poll_interval, workers, fetch_chunk, log_level,
+                tls_cert, tls_key, tls_client_ca, plaintext (the admin API; see ``tls_settings``),
                 encryption_key(_file), encryption_old_key_files
     [peer]      url, token, batch_max_changes, batch_max_bytes, part_threshold, timeout, retry_initial,
-                retry_max, ca_file
+                retry_max, ca_file, client_cert, client_key
+
+The peer is reached with this gateway's client certificate (``client_cert``/``client_key``:
+mutual TLS, the recommended mode) and/or a bearer ``token`` bound to this source at the
+recovery gateway; at least one of them is required.
     [[servers]] the primary mail servers (see ``mailrepl.shared.config.settings_common``)
 
 ``deploy/examples/source.toml`` documents every key. Every secret may also come from a
@@ -35,6 +40,7 @@ from mailrepl.shared.config.settings_common import (
     read_token,
     refuse_reused,
 )
+from mailrepl.shared.config.tls_settings import ServerTlsSettings, read_server_tls
 from mailrepl.shared.config.toml_reader import Table, open_config
 
 __all__ = [
@@ -69,6 +75,7 @@ class SourceGatewaySettings:
     state_url: str = field(repr=False)  # may hold a database password
     listen: ListenAddress
     admin_token: str = field(repr=False)
+    tls: ServerTlsSettings = ServerTlsSettings(plaintext=True)
     poll_interval: float = DEFAULT_POLL_INTERVAL
     workers: int = DEFAULT_WORKERS
     fetch_chunk: int = DEFAULT_FETCH_CHUNK
@@ -83,14 +90,16 @@ class PeerSettings:
     """The recovery gateway this source ships its changes to."""
 
     url: str
-    token: str = field(repr=False)
+    token: str | None = field(default=None, repr=False)  # None: the client certificate alone
     batch_max_changes: int = DEFAULT_BATCH_MAX_CHANGES
     batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
     part_threshold: int = DEFAULT_PART_THRESHOLD
     timeout: float = DEFAULT_PEER_TIMEOUT
     retry_initial: float = DEFAULT_RETRY_INITIAL
     retry_max: float = DEFAULT_RETRY_MAX
-    ca_file: Path | None = None
+    ca_file: Path | None = None  # verifies the recovery gateway (else the system's CAs)
+    client_cert: Path | None = None  # this gateway's client certificate chain (mutual TLS)
+    client_key: Path | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,7 +118,9 @@ class SourceSettings:
             + (" (insecure_demo: loopback demo)" if g.insecure_demo else ""),
             f"peer {p.url}: batches up to {p.batch_max_changes} changes / {p.batch_max_bytes} bytes, "
             f"timeout {p.timeout:g} s, retry {p.retry_initial:g}-{p.retry_max:g} s"
-            + (f", CA {p.ca_file}" if p.ca_file else ""),
+            + (f", CA {p.ca_file}" if p.ca_file else "")
+            + (f", client certificate {p.client_cert}" if p.client_cert else ""),
+            f"  API: {g.tls.describe()}",
             f"  {g.encryption.describe()}",
         ]
         lines += [describe_server(s) for s in self.servers]
@@ -123,6 +134,7 @@ def _read_gateway(table: Table) -> SourceGatewaySettings:
         state_url=read_state_url(table, DEFAULT_STATE_URL),
         listen=read_listen(table, DEFAULT_LISTEN),
         admin_token=read_token(table, "admin_token", ENV_ADMIN_TOKEN),
+        tls=read_server_tls(table),
         poll_interval=table.seconds("poll_interval", DEFAULT_POLL_INTERVAL),
         workers=table.integer("workers", DEFAULT_WORKERS, minimum=1),
         fetch_chunk=table.integer("fetch_chunk", DEFAULT_FETCH_CHUNK, minimum=1),
@@ -141,9 +153,16 @@ def _read_peer(table: Table) -> PeerSettings:
     retry_max = table.seconds("retry_max", DEFAULT_RETRY_MAX)
     if retry_max < retry_initial:
         raise table.error("retry_max", f"must be >= retry_initial ({retry_initial:g}), got {retry_max:g}")
+    client_cert, client_key = table.file("client_cert"), table.file("client_key")
+    if (client_cert is None) != (client_key is None):
+        raise table.error("client_key" if client_key is None else "client_cert",
+                          "missing (client_cert and client_key go together)")
+    if client_cert is not None and not url.startswith("https://"):
+        raise table.error("client_cert", "a client certificate needs an https:// url")
+    has_token = "token" in table.keys() or ENV_PEER_TOKEN in table.environ
     settings = PeerSettings(
         url=url,
-        token=read_token(table, "token", ENV_PEER_TOKEN),
+        token=read_token(table, "token", ENV_PEER_TOKEN) if has_token or client_cert is None else None,
         batch_max_changes=table.integer("batch_max_changes", DEFAULT_BATCH_MAX_CHANGES, minimum=1),
         batch_max_bytes=table.integer("batch_max_bytes", DEFAULT_BATCH_MAX_BYTES, minimum=1),
         part_threshold=table.integer("part_threshold", DEFAULT_PART_THRESHOLD, minimum=256),
@@ -151,6 +170,8 @@ def _read_peer(table: Table) -> PeerSettings:
         retry_initial=retry_initial,
         retry_max=retry_max,
         ca_file=table.file("ca_file"),
+        client_cert=client_cert,
+        client_key=client_key,
     )
     table.finish()
     return settings

@@ -1,4 +1,10 @@
-"""REST API of the recovery gateway: batch ingest for source gateways, admin status under /api/v1."""
+"""REST API of the recovery gateway: batch ingest for source gateways, admin status under /api/v1.
+
+The ingest routes answer source gateways only: the caller's principal comes from
+``SourceAccess.dependency()`` (client certificate or per-source token), and each route checks
+that what it names belongs to that source before anything is read or written
+(``mailrepl.recovery.source_access``).
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -9,7 +15,9 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from mailrepl.recovery.source_access import SourceAccess
 from mailrepl.recovery.standby_view import is_fresh
+from mailrepl.shared.runtime.principals import Principal
 from mailrepl.shared.runtime.api_common import MailboxDetail, MailboxList, MailboxStatus, RejectedInfo, SeedingProgress
 from mailrepl.shared.errors import UnsupportedVersion, WireError
 from mailrepl.shared.model import utcnow
@@ -24,11 +32,12 @@ from mailrepl.shared.engines.receiver import Receiver
 __all__ = ["ingest_router", "admin_router", "replica_status"]
 
 
-def ingest_router(receiver: Receiver, auth, max_bytes: int) -> APIRouter:
-    r = APIRouter(prefix="/api/v1/ingest", dependencies=[Depends(auth)], tags=["ingest"])
+def ingest_router(receiver: Receiver, access: SourceAccess, max_bytes: int) -> APIRouter:
+    r = APIRouter(prefix="/api/v1/ingest", tags=["ingest"])
+    as_source = access.dependency()
 
     @r.post("/batches")
-    async def post_batch(request: Request) -> dict:
+    async def post_batch(request: Request, caller: Principal = Depends(as_source)) -> dict:
         ctype = request.headers.get("content-type", "")
         if ctype.split(";")[0].strip() != MEDIA_TYPE:
             raise HTTPException(415, f"expected Content-Type {MEDIA_TYPE}")
@@ -37,14 +46,15 @@ def ingest_router(receiver: Receiver, auth, max_bytes: int) -> APIRouter:
             raise HTTPException(413, f"batch larger than {max_bytes} bytes")
         # decompressing, hash checks and the store write run off the event loop, so the API
         # keeps answering while a large batch is taken in
-        return await run_in_threadpool(_ingest, receiver, data)
+        return await run_in_threadpool(_ingest, receiver, access, caller, data)
 
     @r.get("/progress")
-    def progress(source: str) -> dict:
+    def progress(source: str, caller: Principal = Depends(as_source)) -> dict:
+        access.source_of(caller, source)
         return receiver.progress(source).to_json()
 
     @r.post("/missing", response_model=HeldAnswer)
-    def missing(query: HeldQuery) -> HeldAnswer:
+    def missing(query: HeldQuery, caller: Principal = Depends(as_source)) -> HeldAnswer:
         """Of these message bodies (SHA-256) and parts (XXH3-128), the ones this side lacks."""
         shas, keys = receiver.bodies.missing(query.messages, query.parts)
         return HeldAnswer(messages=shas, parts=keys)
@@ -52,13 +62,14 @@ def ingest_router(receiver: Receiver, auth, max_bytes: int) -> APIRouter:
     return r
 
 
-def _ingest(receiver: Receiver, data: bytes) -> dict:
+def _ingest(receiver: Receiver, access: SourceAccess, caller: Principal, data: bytes) -> dict:
     try:
         batch = decode_batch(data)
     except UnsupportedVersion as exc:
         raise HTTPException(400, str(exc)) from exc
     except WireError as exc:
         raise HTTPException(400, f"malformed batch: {exc}") from exc
+    access.admit(caller, batch)  # the whole batch, before the receiver writes anything
     return receiver.ingest(batch).to_json()
 
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 
-import uvicorn
 from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import select
 
@@ -16,9 +15,11 @@ from mailrepl.shared.engines.receiver import Receiver
 from mailrepl.recovery.redirect import Redirect
 from mailrepl.recovery.site import KeyedLocks
 from mailrepl.recovery.site_api import redirect_router, site_admin_router, site_ingest_router
+from mailrepl.recovery.source_access import SourceAccess
 from mailrepl.recovery.standby_view import StandbyView, is_fresh
 from mailrepl.shared.adapters.factory import make_adapter
 from mailrepl.shared.runtime.background import Background
+from mailrepl.shared.runtime.tls_server import serve
 from mailrepl.shared.runtime.api_common import bearer_auth, make_app
 from mailrepl.shared.errors import MailreplError
 from mailrepl.shared.content.blobstore import BlobStore
@@ -57,6 +58,8 @@ class RecoveryGateway:
             "replay", self._jobs, workers=g.workers, poll_interval=1.0, on_error=self._record_error
         )
         self.receiver = Receiver(self.store, self.bodies, self.route, on_received=self.workers.wake)
+        # who may send what: checked before the receiver writes anything
+        self.access = SourceAccess(settings.sources, self.route, self.adapters, self.store)
         # cutover and failback: capture on the standby while users are there (same engine as at
         # the primary site), one lock per mailbox between replay, DR capture and the site steps
         f = settings.failover
@@ -213,11 +216,11 @@ class RecoveryGateway:
         app = make_app("mailrepl recovery gateway", self.metrics,
                        lambda: {"role": "recovery", "id": g.id}, self._refresh_metrics,
                        start=self.start, stop=self.stop)
-        app.include_router(ingest_router(self.receiver, bearer_auth(g.ingest_token), MAX_BATCH_BYTES))
+        app.include_router(ingest_router(self.receiver, self.access, MAX_BATCH_BYTES))
         app.include_router(admin_router(self.store, bearer_auth(g.admin_token), self.collect_garbage))
         app.include_router(site_admin_router(self.store, bearer_auth(g.admin_token), self.cutover, self.failback,
                                              self.monitor, self.settings.failover.auto))
-        app.include_router(site_ingest_router(bearer_auth(g.ingest_token), g.id, self.failback))
+        app.include_router(site_ingest_router(self.access, g.id, self.failback))
         app.include_router(redirect_router(self.redirect, self.settings.failover.redirect_key))
         return app
 
@@ -225,6 +228,4 @@ class RecoveryGateway:
 def run(settings) -> None:
     prepare_process(settings.gateway.log_level, insecure_demo=settings.gateway.insecure_demo)
     gw = RecoveryGateway(settings)
-    host, port = settings.gateway.listen
-    # log_config=None: uvicorn's loggers go through the root handler (escaped lines)
-    uvicorn.run(gw.app(), host=host, port=port, log_level="warning", log_config=None)
+    serve(gw.app(), settings.gateway.listen, settings.gateway.tls, what="recovery gateway")

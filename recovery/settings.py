@@ -2,14 +2,22 @@
 
 ::
 
-    [gateway]   id, state_url, listen, admin_token, ingest_token, workers, append_batch, blob_dir,
-                blob_grace_seconds, log_level, encryption_key(_file), encryption_old_key_files
+    [gateway]   id, state_url, listen, admin_token, workers, append_batch, blob_dir,
+                blob_grace_seconds, log_level, tls_cert, tls_key, tls_client_ca, plaintext,
+                encryption_key(_file), encryption_old_key_files
+    [[sources]] the source gateways that may send: id, certificate_cn, token, servers, mailboxes
     [[servers]] the standby mail servers (see ``mailrepl.shared.config.settings_common``)
     [routes]    optional: primary server name (as the source gateway calls it) = standby server name
     [[primaries]] optional: the primary mail servers as this site reaches them (same keys as
                 [[servers]]), for the login redirect and the health checks of automatic failover
     [failover]  optional: auto, outage_seconds, check_interval, hold_seconds, confirm,
                 redirect_key
+
+Each ``[[sources]]`` table binds one source gateway ``id`` to its credential: the subject
+common name of its TLS client certificate (``certificate_cn``; the certificate must be signed by
+``gateway.tls_client_ca``) and/or a per-source bearer ``token`` (when TLS is terminated in front
+of the gateway; ``MAILREPL_SOURCE_<ID>_TOKEN`` overrides it), and to what it may send: the
+primary ``servers`` (as the source gateway names them) and optionally only these ``mailboxes``.
 
 Without ``routes`` a single standby server receives everything. ``deploy/examples/recovery.toml``
 documents every key. Every secret may also come from a ``<key>_file``, the environment or a
@@ -18,6 +26,7 @@ systemd credential (``Table.secret``).
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -40,16 +49,17 @@ from mailrepl.shared.config.settings_common import (
     read_token,
     refuse_reused,
 )
-from mailrepl.shared.config.toml_reader import Table, open_config
+from mailrepl.shared.config.tls_settings import ServerTlsSettings, read_server_tls
+from mailrepl.shared.config.toml_reader import Table, open_config, show_value
 
 __all__ = [
-    "ENV_INGEST_TOKEN",
+    "BoundSource",
+    "source_token_env",
     "RecoveryGatewaySettings",
     "RecoverySettings",
     "load_recovery_settings",
 ]
 
-ENV_INGEST_TOKEN = "MAILREPL_INGEST_TOKEN"
 ENV_BLOB_DIR = "MAILREPL_BLOB_DIR"
 ENV_REDIRECT_KEY = "MAILREPL_REDIRECT_KEY"
 
@@ -81,7 +91,7 @@ class RecoveryGatewaySettings:
     state_url: str = field(repr=False)  # may hold a database password
     listen: ListenAddress
     admin_token: str = field(repr=False)
-    ingest_token: str = field(repr=False)
+    tls: ServerTlsSettings = ServerTlsSettings(plaintext=True)
     workers: int = DEFAULT_WORKERS
     append_batch: int = DEFAULT_APPEND_BATCH
     blob_dir: str = DEFAULT_BLOB_DIR  # content-addressed message parts (absolute after loading)
@@ -92,9 +102,29 @@ class RecoveryGatewaySettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class BoundSource:
+    """One source gateway that may send, how it is recognised, and what it may send."""
+
+    id: str  # the source gateway's id (gateway.id of its config): batches must name it
+    certificate_cn: str | None = None  # subject CN of its client certificate (signed by tls_client_ca)
+    token: str | None = field(default=None, repr=False)  # per-source bearer token
+    servers: tuple[str, ...]  # primary server names it may send
+    mailboxes: tuple[str, ...] | None = None  # None: every mailbox of those servers
+
+    def may_send(self, server: str, address: str) -> bool:
+        return server in self.servers and (self.mailboxes is None or address in self.mailboxes)
+
+
+def source_token_env(source_id: str) -> str:
+    """``MAILREPL_SOURCE_<ID>_TOKEN``: the id upper-cased, anything but letters/digits -> ``_``."""
+    return "MAILREPL_SOURCE_" + re.sub(r"[^A-Z0-9]", "_", source_id.upper()) + "_TOKEN"
+
+
+@dataclass(frozen=True, kw_only=True)
 class RecoverySettings:
     gateway: RecoveryGatewaySettings
     servers: tuple[ServerSettings, ...]
+    sources: tuple[BoundSource, ...] = ()
     routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     primaries: tuple[ServerSettings, ...] = ()
     failover: FailoverSettings = FailoverSettings()
@@ -107,7 +137,13 @@ class RecoverySettings:
             f"  {g.workers} workers, append {g.append_batch} messages per batch, log level {g.log_level}"
             + (" (insecure_demo: loopback demo)" if g.insecure_demo else ""),
             f"  blob store {g.blob_dir} (GC grace {g.blob_grace_seconds}s), {g.encryption.describe()}",
+            f"  API: {g.tls.describe()}",
         ]
+        for src in self.sources:
+            how = " and ".join(x for x in (f'certificate CN "{src.certificate_cn}"' if src.certificate_cn else "",
+                                           "a token" if src.token else "") if x)
+            what = ", ".join(src.mailboxes) if src.mailboxes is not None else "all mailboxes"
+            lines.append(f'source "{src.id}" by {how}: servers {", ".join(src.servers)}; {what}')
         lines += [describe_server(s) for s in self.servers]
         lines += [f'route "{primary}" -> "{standby}"' for primary, standby in self.routes.items()]
         lines += ["primary " + describe_server(s).strip() for s in self.primaries]
@@ -118,6 +154,9 @@ class RecoverySettings:
 
 
 def _read_gateway(table: Table) -> RecoveryGatewaySettings:
+    if "ingest_token" in table.keys():
+        raise table.error("ingest_token", "replaced by [[sources]] tables (id, certificate_cn and/or token, "
+                                          "servers, mailboxes): one per source gateway, see deploy/examples/recovery.toml")
     blob_dir = table.string("blob_dir", DEFAULT_BLOB_DIR)
     demo = read_insecure_demo(table, DEFAULT_LISTEN)  # before any secret is read
     settings = RecoveryGatewaySettings(
@@ -125,7 +164,7 @@ def _read_gateway(table: Table) -> RecoveryGatewaySettings:
         state_url=read_state_url(table, DEFAULT_STATE_URL),
         listen=read_listen(table, DEFAULT_LISTEN),
         admin_token=read_token(table, "admin_token", ENV_ADMIN_TOKEN),
-        ingest_token=read_token(table, "ingest_token", ENV_INGEST_TOKEN),
+        tls=read_server_tls(table),
         workers=table.integer("workers", DEFAULT_WORKERS, minimum=1),
         append_batch=table.integer("append_batch", DEFAULT_APPEND_BATCH, minimum=1),
         # the key is read even when the environment overrides it (else it would count as unknown)
@@ -150,6 +189,52 @@ def _read_routes(table: Table, servers: tuple[ServerSettings, ...]) -> Mapping[s
     return MappingProxyType(routes)
 
 
+def _read_sources(root: Table, gateway: RecoveryGatewaySettings, servers: tuple[ServerSettings, ...],
+                  routes: Mapping[str, str]) -> tuple[BoundSource, ...]:
+    tables = root.tables("sources")
+    if not tables:
+        raise root.error("sources", "missing (one [[sources]] table per source gateway that may send: "
+                                    "id, certificate_cn and/or token, servers)")
+    sources: list[BoundSource] = []
+    tokens: dict[str, str] = {gateway.admin_token: "gateway.admin_token"}
+    for table in tables:
+        source_id = table.name("id")
+        if any(s.id == source_id for s in sources):
+            raise table.error("id", f"duplicate source id {show_value(source_id)}")
+        cn = table.string("certificate_cn", None)
+        env_var = source_token_env(source_id)
+        token = (table.secret("token", env_var, token=True)
+                 if "token" in table.keys() or env_var in table.environ else None)
+        if cn is None and token is None:
+            raise table.error("certificate_cn", "missing: give certificate_cn (mutual TLS) and/or token "
+                                                f"(or the environment variable {env_var})")
+        if cn is not None and not gateway.tls.mutual:
+            raise table.error("certificate_cn", "needs gateway.tls_client_ca (client certificates are only "
+                                                "asked for with mutual TLS)")
+        if cn is not None and any(s.certificate_cn == cn for s in sources):
+            raise table.error("certificate_cn", f"{show_value(cn)} is already bound to another source")
+        if token is not None:
+            if token in tokens:
+                raise table.error("token", f"the same token as {tokens[token]}: every token must differ")
+            tokens[token] = table.key("token")
+        names = table.strings("servers")
+        if not names:
+            raise table.error("servers", "expected at least one primary server name")
+        for i, name in enumerate(names):
+            if name not in routes and len(servers) != 1:
+                raise table.error(f"servers[{i}]", f"no standby server for primary server {show_value(name)} "
+                                                   "(add it to [routes])")
+        mailboxes = table.strings("mailboxes") if "mailboxes" in table.keys() else None
+        if mailboxes is not None:
+            for i, address in enumerate(mailboxes):
+                if not address or any(c.isspace() or ord(c) < 32 for c in address):
+                    raise table.error(f"mailboxes[{i}]", f"expected an address, got {show_value(address)}")
+        table.finish()
+        sources.append(BoundSource(id=source_id, certificate_cn=cn, token=token, servers=tuple(dict.fromkeys(names)),
+                                   mailboxes=tuple(dict.fromkeys(mailboxes)) if mailboxes is not None else None))
+    return tuple(sources)
+
+
 def _read_failover(table: Table) -> FailoverSettings:
     settings = FailoverSettings(
         auto=table.boolean("auto", False),
@@ -171,14 +256,15 @@ def load_recovery_settings(path: str | Path, environ: Mapping[str, str] | None =
     root = open_config(path, os.environ if environ is None else environ)
     gateway = _read_gateway(root.table("gateway"))
     servers = read_servers(root)
+    routes = _read_routes(root.table("routes", required=False), servers)
     settings = RecoverySettings(gateway=gateway, servers=servers,
-                                routes=_read_routes(root.table("routes", required=False), servers),
+                                sources=_read_sources(root, gateway, servers, routes), routes=routes,
                                 primaries=read_servers(root, "primaries", required=False),
                                 failover=_read_failover(root.table("failover", required=False)))
     root.finish()
     g = settings.gateway
-    refuse_reused(root, {"gateway.admin_token": g.admin_token, "gateway.ingest_token": g.ingest_token,
-                         "failover.redirect_key": settings.failover.redirect_key},
+    refuse_reused(root, {"gateway.admin_token": g.admin_token, "failover.redirect_key": settings.failover.redirect_key,
+                         **{f"sources.{s.id}.token": s.token for s in settings.sources}},
                   {f"{kind}.{s.name}.service_password": s.service_password
                    for kind, group in (("servers", settings.servers), ("primaries", settings.primaries)) for s in group})
     return settings

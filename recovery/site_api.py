@@ -1,9 +1,10 @@
 """REST endpoints of cutover and failback on the recovery gateway.
 
 Admin (``/api/v1``, admin token): ``POST /cutover``, ``POST /failback``, ``GET /failover``.
-Source gateways (``/api/v1/ingest``, ingest token): ``GET /sites``, ``POST /reverse``,
-``POST /resync``, ``POST /rebase`` (see ``mailrepl.recovery.failback``; their requests and answers
-are ``mailrepl.shared.protocol.messages``).
+Source gateways (``/api/v1/ingest``, a source's certificate or token, each request only for
+that source and its mailboxes: ``mailrepl.recovery.source_access``): ``GET /sites``,
+``POST /reverse``, ``POST /resync``, ``POST /rebase`` (see ``mailrepl.recovery.failback``; their
+requests and answers are ``mailrepl.shared.protocol.messages``).
 nginx mail proxy: ``GET /auth`` (``auth_http``, see ``mailrepl.recovery.redirect``).
 """
 from __future__ import annotations
@@ -20,6 +21,8 @@ from mailrepl.recovery.cutover import CutoverService
 from mailrepl.recovery.failback import FailbackService
 from mailrepl.recovery.redirect import Redirect
 from mailrepl.recovery.site import NoSuchMailbox, find_replicas
+from mailrepl.recovery.source_access import SourceAccess
+from mailrepl.shared.runtime.principals import Principal
 from mailrepl.shared.errors import IllegalTransition
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import Replica, SiteTransition
@@ -112,17 +115,20 @@ def site_admin_router(store: Store, auth, cutover: CutoverService, failback: Fai
     return r
 
 
-def site_ingest_router(auth, gateway_id: str, failback: FailbackService) -> APIRouter:
-    r = APIRouter(prefix="/api/v1/ingest", dependencies=[Depends(auth)], tags=["ingest"])
+def site_ingest_router(access: SourceAccess, gateway_id: str, failback: FailbackService) -> APIRouter:
+    r = APIRouter(prefix="/api/v1/ingest", tags=["ingest"])
+    as_source = access.dependency()
 
     @r.get("/sites", response_model=SitesAnswer)
-    def sites(source: str) -> SitesAnswer:
+    def sites(source: str, caller: Principal = Depends(as_source)) -> SitesAnswer:
         """Mailboxes of this source that are not replicating, with their site state."""
+        access.source_of(caller, source)
         return SitesAnswer(gateway=gateway_id, mailboxes=failback.sites(source))
 
     @r.post("/reverse")
-    def reverse(body: ReverseRequest) -> Response:
+    def reverse(body: ReverseRequest, caller: Principal = Depends(as_source)) -> Response:
         """Record failback progress; answer the next batch of standby changes (204: none)."""
+        access.check_mailboxes(caller, body.source, ((p.server, p.address) for p in body.progress))
         failback.record_progress(body.source, [p.model_dump() for p in body.progress])
         batch = _guard(failback.next_batch, body.source, [(p.server, p.address) for p in body.progress])
         if batch is None:
@@ -130,12 +136,14 @@ def site_ingest_router(auth, gateway_id: str, failback: FailbackService) -> APIR
         return Response(content=encode_batch(batch), media_type=MEDIA_TYPE)
 
     @r.post("/resync", response_model=ResyncAnswer)
-    def resync(body: MailboxRef) -> ResyncAnswer:
+    def resync(body: MailboxRef, caller: Principal = Depends(as_source)) -> ResyncAnswer:
+        access.check_mailboxes(caller, body.source, [(body.server, body.address)])
         return ResyncAnswer(base_seq=_guard(failback.resync, body.source, body.server, body.address))
 
     # the mailbox's failback status as it is: only the keys it has, none added as null
     @r.post("/rebase", response_model=RebaseAnswer, response_model_exclude_unset=True)
-    def rebase(body: RebaseRequest) -> dict:
+    def rebase(body: RebaseRequest, caller: Principal = Depends(as_source)) -> dict:
+        access.check_mailboxes(caller, body.source, [(body.server, body.address)])
         return _guard(failback.rebase, body.source, body.server, body.address, base_seq=body.base_seq,
                       applied=body.applied, born=body.born, report=body.report)
 

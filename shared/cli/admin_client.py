@@ -9,6 +9,7 @@ failure to one of two errors with a one-line, human message::
 """
 from __future__ import annotations
 
+import ssl
 from typing import Any
 from urllib.parse import quote
 
@@ -61,10 +62,14 @@ class AdminClient:
     """Admin API of one source gateway at ``url``, authenticated with ``token``."""
 
     def __init__(self, url: str, token: str, *, timeout: float = DEFAULT_TIMEOUT,
-                 transport: httpx.BaseTransport | None = None, what: str = "source gateway") -> None:
+                 transport: httpx.BaseTransport | None = None, what: str = "source gateway",
+                 tls: ssl.SSLContext | None = None) -> None:
+        """``tls``: the client TLS context for an https:// URL (CA, client certificate); None:
+        the system's CAs."""
         self.url = url.rstrip("/")
         self.what = what  # named in messages: "source gateway" or "recovery gateway"
         self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport,
+                                  verify=tls if tls is not None else True,
                                   headers={"Authorization": f"Bearer {token}"})
 
     def __enter__(self) -> AdminClient:

@@ -11,9 +11,13 @@
     mailrepl cutover ADDRESS... [--server NAME] | --all --server NAME
     mailrepl failback ADDRESS... [--server NAME] | --all --server NAME [--confirm] [--abort] [--wait]
 
+    mailrepl certs init --dir DIR [--source ID ...] [--recovery-host NAME ...] [--source-host NAME ...]
+
 The admin commands find the source gateway's API from ``--url``/``--token``, else from a source
-config (``--config``: its ``gateway.listen`` and ``admin_token``), else from ``MAILREPL_URL`` /
-``MAILREPL_ADMIN_TOKEN``. ``cutover`` and ``failback`` talk to the recovery gateway: ``--config``
+config (``--config``: its ``gateway.listen`` and ``admin_token``; https:// when it has
+``tls_cert``, verified with ``tls_client_ca`` and presenting its own certificate when it
+requires client certificates), else from ``MAILREPL_URL`` / ``MAILREPL_ADMIN_TOKEN``.
+``--ca-file``, ``--client-cert`` and ``--client-key`` override the TLS files. ``cutover`` and ``failback`` talk to the recovery gateway: ``--config``
 is then a recovery config (``MAILREPL_RECOVERY_URL``, default ``http://127.0.0.1:8471``).
 
 Exit status: 0 done; 1 the API or a gateway failed (one line on stderr); 2 a wrong setting or
@@ -60,10 +64,32 @@ def _check_config(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------- admin commands
 
 
-def _listen_url(listen: ListenAddress) -> str:
+def _listen_url(listen: ListenAddress, scheme: str = "http") -> str:
     """The URL a local client uses for a listen address (a wildcard address means this host)."""
     host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listen.host, listen.host)
-    return f"http://{ListenAddress(host, listen.port)}"
+    return f"{scheme}://{ListenAddress(host, listen.port)}"
+
+
+def _api_tls(args: argparse.Namespace, environ: Mapping[str, str]):
+    """The client TLS context for the admin API: flags, then the --config's TLS files; None: defaults."""
+    from mailrepl.shared.protocol.peer_client import client_tls_context
+
+    ca_file, cert, key = args.ca_file, args.client_cert, args.client_key
+    if (cert is None) != (key is None):
+        raise ConfigError("--client-cert and --client-key go together")
+    if args.config is not None:
+        role = load_role("recovery" if args.command in SITE_COMMANDS else "source")
+        tls = role.admin_tls(args.config, environ)
+        if tls.mutual:  # the gateway's own certificate, signed by the CA it trusts
+            ca_file = ca_file or tls.client_ca
+            if cert is None:
+                cert, key = tls.cert, tls.key
+    if ca_file is None and cert is None:
+        return None
+    try:
+        return client_tls_context(ca_file, cert, key)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load the admin client's TLS files: {exc}") from None
 
 
 def _api_location(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, str]:
@@ -73,7 +99,7 @@ def _api_location(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple
     role = load_role("recovery" if recovery else "source")
     if args.config is not None and (url is None or token is None):
         listen, admin_token = role.admin_endpoint(args.config, environ)
-        url = url or _listen_url(listen)
+        url = url or _listen_url(listen, "https" if role.admin_tls(args.config, environ).enabled else "http")
         token = token or admin_token
     url = url or environ.get(ENV_RECOVERY_URL if recovery else ENV_URL) or f"http://{role.DEFAULT_LISTEN}"
     token = token or environ.get(ENV_ADMIN_TOKEN)
@@ -94,7 +120,7 @@ def _admin(args: argparse.Namespace) -> int:
     # piped output (logs, scripts) is not cut to 80 columns; a terminal keeps its own width
     console = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)
     what = "recovery gateway" if args.command in SITE_COMMANDS else "source gateway"
-    with AdminClient(url, token, what=what) as client:
+    with AdminClient(url, token, what=what, tls=_api_tls(args, os.environ)) as client:
         if args.command in SITE_COMMANDS:
             from mailrepl.shared.cli import site_commands
 
@@ -137,6 +163,11 @@ def _api_options() -> argparse.ArgumentParser:
     group.add_argument("--token", help=f"admin token (else from --config, else ${ENV_ADMIN_TOKEN})")
     group.add_argument("--config", type=Path, metavar="FILE",
                        help="a source gateway config: the API is at its gateway.listen, with its admin_token")
+    group.add_argument("--ca-file", type=Path, metavar="PEM",
+                       help="CA certificate(s) that verify an https:// API (else the config's tls_client_ca, "
+                            "else the system's CAs)")
+    group.add_argument("--client-cert", type=Path, metavar="PEM", help="client certificate for a mutual-TLS API")
+    group.add_argument("--client-key", type=Path, metavar="PEM", help="its private key")
     return api
 
 
@@ -168,6 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--config", type=Path, required=True, metavar="FILE", help="the gateway's TOML config")
             a.set_defaults(handler=handler, role=role)
 
+    from mailrepl.shared.cli.certs import add_certs_parser
+
+    add_certs_parser(sub)
     api = _api_options()
     _add_protection_parser(sub, "protect", True, api)
     _add_protection_parser(sub, "unprotect", False, api)

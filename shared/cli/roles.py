@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Mapping, Protocol
 
 from mailrepl.shared.config.settings_common import ListenAddress
+from mailrepl.shared.config.tls_settings import ServerTlsSettings
 from mailrepl.shared.errors import ConfigError
 
 __all__ = ["ROLE_GROUP", "ROLE_NAMES", "GatewayRole", "load_role"]
@@ -30,6 +31,9 @@ class GatewayRole(Protocol):
 
     def admin_endpoint(self, path: Path, environ: Mapping[str, str]) -> tuple[ListenAddress, str]:
         """Where the role's admin API listens and its admin token, from a config file."""
+
+    def admin_tls(self, path: Path, environ: Mapping[str, str]) -> ServerTlsSettings:
+        """How the role's admin API is served (TLS files, mutual TLS), from a config file."""
 
     def run(self, settings: Any) -> None:
         """Serve until stopped."""

@@ -2,7 +2,8 @@
 
 ::
 
-    peer = make_peer_client(url, token=..., source_id="hq", timeout=60, ca_file=None)
+    peer = make_peer_client(url, token=..., source_id="hq", timeout=60, ca_file=None,
+                            client_cert=None, client_key=None)
     peer.missing(shas, keys)     POST /api/v1/ingest/missing  -> HeldAnswer (what it lacks)
     peer.send_batch(data)        POST /api/v1/ingest/batches  -> Ack
     peer.progress()              GET  /api/v1/ingest/progress -> Ack
@@ -13,7 +14,8 @@
 
 Requests and answers are the models of ``mailrepl.shared.protocol.messages``; batches and
 acknowledgements the wire format of ``mailrepl.shared.protocol.wire``. Every request carries
-the ingest token (``Authorization: Bearer``). Transport and HTTP failures are mapped in one place
+this source's token (``Authorization: Bearer``) when it has one; with mutual TLS the client
+certificate identifies the source instead (or as well). Transport and HTTP failures are mapped in one place
 (``PeerClient._exchange``), unreadable answers next to it (``_answer``, ``_ack``)::
 
     no HTTP answer (refused, DNS, TLS, timeout)     TransportError              retryable, back_off 1 s
@@ -21,6 +23,7 @@ the ingest token (``Authorization: Bearer``). Transport and HTTP failures are ma
     any other unexpected status (409, 422...)       PeerRefused(status_code)    retryable, back_off 1 s
                                                     (a refused batch: back_off 5 s)
     401 (the ingest token)                          PeerRefused(401), a message that names the token
+    403 (not this source's mailbox or source id)    PeerRefused(403), a message that names the binding
     an answer that does not parse                   WireError (UnsupportedVersion for a newer Ack)
     a request that does not fit its model           WireError, and nothing is sent
     a reverse answer that is not a batch            TransportError (a proxy's page, say)
@@ -29,9 +32,8 @@ so callers catch ``mailrepl.shared.errors`` types only and tell a refusal from a
 type and ``status_code`` (a re-base refused with 409 is computed again), never by message text.
 
 This module is the one place the gateway-to-gateway HTTP connection is made
-(:func:`make_peer_client`: base URL, timeout, the CA that verifies the recovery gateway) and used
-(:class:`PeerClient`). TLS client certificates and request signing will be added here, and
-nowhere else. Tests inject any ``httpx.Client`` (FastAPI's ``TestClient``, an
+(:func:`make_peer_client`: base URL, timeout, the CA that verifies the recovery gateway, this
+gateway's client certificate) and used (:class:`PeerClient`). Tests inject any ``httpx.Client`` (FastAPI's ``TestClient``, an
 ``httpx.MockTransport``) in place of the real connection.
 """
 from __future__ import annotations
@@ -58,6 +60,7 @@ __all__ = [
     "PeerClient",
     "as_peer_client",
     "make_peer_client",
+    "client_tls_context",
 ]
 
 HttpClient = httpx.Client  # what a PeerClient wraps (FastAPI's TestClient is one too)
@@ -79,7 +82,7 @@ class PeerClient:
     ``reverse_bytes``, the bytes of reverse batches received so far, as they travelled.
     """
 
-    def __init__(self, http: httpx.Client, *, token: str, source_id: str) -> None:
+    def __init__(self, http: httpx.Client, *, token: str | None, source_id: str) -> None:
         self.http = http
         self.source_id = source_id
         self._token = token
@@ -166,8 +169,8 @@ class PeerClient:
                   **kw: Any) -> httpx.Response:
         """One request to ``PREFIX + route`` with the token; any failure as a mailrepl error."""
         try:
-            r = self.http.request(method, PREFIX + route,
-                                  headers={**(headers or {}), "Authorization": f"Bearer {self._token}"}, **kw)
+            auth = {"Authorization": f"Bearer {self._token}"} if self._token is not None else {}
+            r = self.http.request(method, PREFIX + route, headers={**(headers or {}), **auth}, **kw)
         except httpx.HTTPError as exc:
             raise TransportError(f"recovery gateway unreachable: {exc.__class__.__name__}: {exc}") from exc
         if r.status_code in ok:
@@ -177,7 +180,11 @@ class PeerClient:
             raise PeerRefused(f"recovery gateway answered {code} to {what}: {detail}", status_code=code, detail=detail)
         if code == 401:
             message = (f"recovery gateway refused the ingest token ({code}) on {what}: {detail}; "
-                       "check the [peer] token of this gateway and the ingest token of the recovery gateway")
+                       "check the [peer] token or client certificate of this gateway and the [[sources]] entry "
+                       "of the recovery gateway")
+        elif code == 403:
+            message = (f"recovery gateway refused {what} (403): {detail}; check this gateway's id and the "
+                       "[[sources]] entry (servers, mailboxes) bound to it at the recovery gateway")
         else:
             message = f"recovery gateway answered {code} to {what}: {detail}"
         raise PeerRefused(message, status_code=code, detail=detail, back_off=refused_back_off)
@@ -242,10 +249,25 @@ def as_peer_client(client: PeerClient | httpx.Client, *, token: str | None, sour
     return PeerClient(client, token=token, source_id=source_id)
 
 
-def make_peer_client(url: str, *, token: str, source_id: str, timeout: float, ca_file: Path | str | None = None,
+def client_tls_context(ca_file: Path | str | None = None, client_cert: Path | str | None = None,
+                       client_key: Path | str | None = None) -> ssl.SSLContext:
+    """A client TLS context: ``ca_file`` (PEM) verifies the server instead of the system's CAs;
+    ``client_cert``/``client_key`` (PEM) are presented for mutual TLS."""
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    if client_cert is not None:
+        context.load_cert_chain(str(client_cert), str(client_key) if client_key else None)
+    return context
+
+
+def make_peer_client(url: str, *, token: str | None, source_id: str, timeout: float,
+                     ca_file: Path | str | None = None, client_cert: Path | str | None = None,
+                     client_key: Path | str | None = None,
                      transport: httpx.BaseTransport | None = None) -> PeerClient:
     """The client of the recovery gateway at ``url``: ``ca_file`` (PEM) verifies its certificate
-    instead of the system's CAs; ``transport`` replaces the network (tests)."""
-    verify: ssl.SSLContext | bool = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+    instead of the system's CAs; ``client_cert``/``client_key`` identify this source (mutual TLS);
+    ``token`` (None: none) is sent as ``Authorization: Bearer``; ``transport`` replaces the
+    network (tests)."""
+    verify: ssl.SSLContext | bool = (client_tls_context(ca_file, client_cert, client_key)
+                                     if ca_file or client_cert else True)
     http = httpx.Client(base_url=url, timeout=timeout, transport=transport, verify=verify)
     return PeerClient(http, token=token, source_id=source_id)

@@ -17,7 +17,6 @@ from mailrepl.gateway.shipper import Shipper
 from mailrepl.recovery.api import ingest_router
 from mailrepl.shared.engines.receiver import Receiver
 from mailrepl.shared.adapters.ews import EwsAdapter, EwsEndpoint
-from mailrepl.shared.runtime.api_common import bearer_auth
 from mailrepl.shared.content.blobstore import BlobStore
 from mailrepl.shared.content.bodies import BodyStore
 from mailrepl.shared.engines.capture import CaptureEngine
@@ -26,7 +25,8 @@ from mailrepl.shared.engines.replay import ReplayEngine
 from mailrepl.shared.store import open_store
 from mailrepl.shared.store.models import FolderState, Mailbox, Replica
 from tests.support.ews_responder import SERVICE_PASSWORD, SERVICE_USER, EwsResponder
-from tests.unit.memory_server import MemoryServer
+from tests.unit.memory_server import MemoryAdapter, MemoryServer
+from tests.unit.test_pipeline_memory import source_access
 
 ALICE = "alice@example.org"
 TOKEN = "t0ken"
@@ -92,7 +92,8 @@ class Pipeline:
         self.bodies = BodyStore(self.dst, BlobStore(tmp_path / "blobs"))
         receiver = Receiver(self.dst, self.bodies, lambda server: "standby")
         app = FastAPI()
-        app.include_router(ingest_router(receiver, bearer_auth(TOKEN), 1 << 30))
+        standby_adapter = standby.adapter if isinstance(standby, EwsSide) else MemoryAdapter("standby", standby.server)
+        app.include_router(ingest_router(receiver, source_access(standby_adapter, TOKEN), 1 << 30))
         self.shipper = Shipper(self.src, "hq", TestClient(app, base_url="http://recovery"), token=TOKEN, max_changes=7)
         self.replay = ReplayEngine(self.dst, self.bodies, append_batch=4)
         with self.src.tx() as s:

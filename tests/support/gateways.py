@@ -107,6 +107,7 @@ id = "hq"
 state_url = "{source_state}"
 listen = "127.0.0.1:{sport}"
 admin_token = "{ADMIN_TOKEN}"
+plaintext = true
 poll_interval = {poll_interval}
 workers = 4
 fetch_chunk = {fetch_chunk}
@@ -128,10 +129,15 @@ id = "dr"
 state_url = "{recovery_state}"
 listen = "127.0.0.1:{rport}"
 admin_token = "{ADMIN_TOKEN}"
-ingest_token = "{INGEST_TOKEN}"
+plaintext = true
 workers = 4
 blob_dir = "{tmp}/blobs"
 {recovery_gateway_extra}
+
+[[sources]]
+id = "hq"
+token = "{INGEST_TOKEN}"
+servers = ["primary"]
 """
             + _server_toml("standby", standby, users)
             + (_server_toml("primary", primary, users, "primaries") if with_primaries else "")

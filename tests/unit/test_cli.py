@@ -77,12 +77,12 @@ def test_bad_config_exits_2_with_one_line_naming_the_key(tmp_path):
 
 def test_missing_secret_names_the_environment_variable(tmp_path):
     conf = tmp_path / "recovery.toml"
-    conf.write_text((EXAMPLES / "recovery.toml").read_text().replace('ingest_token = "demo-ingest-Hf5Jk9Lw3Np7Rt2Vx8Zb4Cd"\n', ""))
+    conf.write_text((EXAMPLES / "recovery.toml").read_text().replace('token = "demo-source-Hf5Jk9Lw3Np7Rt2Vx8Zb4Cd"\n', ""))
     result = cli("recovery", "run", "--config", str(conf))
     assert result.returncode == 2
-    assert "gateway.ingest_token: missing" in one_error_line(result)
-    assert "MAILREPL_INGEST_TOKEN" in result.stderr
-    ok = cli("recovery", "check-config", "--config", str(conf), env={"MAILREPL_INGEST_TOKEN": "from-env-Lm7No0Pq3Rs6Tu9Vw2Xy5Za8"})
+    assert "sources[0].certificate_cn: missing" in one_error_line(result)
+    assert "MAILREPL_SOURCE_HQ_TOKEN" in result.stderr
+    ok = cli("recovery", "check-config", "--config", str(conf), env={"MAILREPL_SOURCE_HQ_TOKEN": "from-env-Lm7No0Pq3Rs6Tu9Vw2Xy5Za8"})
     assert ok.returncode == 0, ok.stderr
 
 
@@ -228,7 +228,12 @@ id = "dr"
 state_url = "sqlite:///state/recovery.sqlite"
 listen = "127.0.0.1:{rec_port}"
 admin_token = "{TOKEN}"
-ingest_token = "ingest-token-Kl3Zx6Cv9Bn2Mq5We8Rt1"
+plaintext = true
+
+[[sources]]
+id = "hq"
+token = "ingest-token-Kl3Zx6Cv9Bn2Mq5We8Rt1"
+servers = ["primary", "branch"]
 
 [[servers]]
 name = "standby"
@@ -244,6 +249,7 @@ id = "hq"
 state_url = "sqlite:///state/source.sqlite"
 listen = "127.0.0.1:{src_port}"
 admin_token = "{TOKEN}"
+plaintext = true
 poll_interval = 0.2
 fetch_chunk = 5
 

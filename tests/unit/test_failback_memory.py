@@ -26,7 +26,7 @@ from mailrepl.shared.content.bodies import BodyStore
 from mailrepl.shared.engines.capture import CaptureEngine
 from mailrepl.shared.store.models import IdMapEntry, Mailbox, Replica, SiteTransition
 from tests.unit.memory_server import MemoryAdapter
-from tests.unit.test_pipeline_memory import TOKEN, Pipeline, snapshot
+from tests.unit.test_pipeline_memory import TOKEN, Pipeline, snapshot, source_access
 
 
 def body(i: int, tag: str = "m") -> bytes:
@@ -42,8 +42,9 @@ class Sites(Pipeline):
         self.failbacks = FailbackService(self.dst, self.dr_capture, lambda rep: self.standby.open(rep.address),
                                          self.locks, "dr")
         app = FastAPI()
-        app.include_router(ingest_router(self.receiver, bearer_auth(TOKEN), 1 << 30))
-        app.include_router(site_ingest_router(bearer_auth(TOKEN), "dr", self.failbacks))
+        access = source_access(MemoryAdapter("standby", self.standby))
+        app.include_router(ingest_router(self.receiver, access, 1 << 30))
+        app.include_router(site_ingest_router(access, "dr", self.failbacks))
         self.client = TestClient(app, base_url="http://recovery")
         self.shipper = Shipper(self.src, "hq", self.client, token=TOKEN, max_changes=7)
         self.shipper.builder.where = Mailbox.site_state == "replicating"

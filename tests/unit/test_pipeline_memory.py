@@ -16,8 +16,9 @@ from sqlalchemy import select
 
 from mailrepl.gateway.shipper import Shipper
 from mailrepl.recovery.api import ingest_router
+from mailrepl.recovery.settings import BoundSource
+from mailrepl.recovery.source_access import SourceAccess
 from mailrepl.shared.engines.receiver import Receiver
-from mailrepl.shared.runtime.api_common import bearer_auth
 from mailrepl.shared.content.blobstore import BlobStore
 from mailrepl.shared.content.bodies import BodyStore
 from mailrepl.shared.engines.capture import CaptureEngine
@@ -27,9 +28,15 @@ from mailrepl.shared.engines.replay import ReplayEngine
 from mailrepl.shared.store import open_store
 from mailrepl.shared.store.models import IdMapEntry, InboxRow, Mailbox, RejectedMessage, Replica
 from mailrepl.shared.protocol.wire import Batch, Segment, decode_batch, encode_batch
-from tests.unit.memory_server import MemoryServer
+from tests.unit.memory_server import MemoryAdapter, MemoryServer
 
 TOKEN = "t0ken"
+
+
+def source_access(standby, token: str = TOKEN) -> SourceAccess:
+    """Source "hq", recognised by ``token``, may send every mailbox of "primary" into ``standby``."""
+    return SourceAccess([BoundSource(id="hq", token=token, servers=("primary",))], lambda server: "standby",
+                        {"standby": standby})
 
 
 def snapshot(server: MemoryServer, user: str) -> dict[str, Counter]:
@@ -54,7 +61,8 @@ class Pipeline:
         self.bodies = BodyStore(self.dst, self.blobs)
         self.receiver = Receiver(self.dst, self.bodies, lambda server: "standby")
         app = FastAPI()
-        app.include_router(ingest_router(self.receiver, bearer_auth(TOKEN), 1 << 30))
+        app.include_router(ingest_router(self.receiver, source_access(MemoryAdapter("standby", self.standby)),
+                                         1 << 30))
         self.client = TestClient(app, base_url="http://recovery")
         self.shipper = Shipper(self.src, "hq", self.client, token=TOKEN, max_changes=7)
         self.replay = ReplayEngine(self.dst, self.bodies, append_batch=4)

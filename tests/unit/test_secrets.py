@@ -86,9 +86,9 @@ def test_reused_tokens_are_refused(tmp_path):
     conf = write(tmp_path / "gw.toml", edit(SOURCE, f'token = "{PEER}"', f'token = "{ADMIN}"'))
     message = error_of(load_source_settings, conf)
     assert message.endswith("peer.token: the same value as gateway.admin_token; every token must be different")
-    rec = write(tmp_path / "rec.toml", edit(RECOVERY, 'ingest_token = "ingest-t-Ab3Cd6Ef9Gh2Ij5Kl8Mn1Op"',
-                                            f'ingest_token = "{ADMIN}"'))
-    assert "gateway.ingest_token: the same value as gateway.admin_token" in error_of(load_recovery_settings, rec)
+    rec = write(tmp_path / "rec.toml", edit(RECOVERY, 'token = "ingest-t-Ab3Cd6Ef9Gh2Ij5Kl8Mn1Op"',
+                                            f'token = "{ADMIN}"'))
+    assert "sources[0].token: the same token as gateway.admin_token" in error_of(load_recovery_settings, rec)
     rec = write(tmp_path / "rec2.toml", RECOVERY + f'\n[failover]\nredirect_key = "{ADMIN}"\n')
     assert "failover.redirect_key: the same value as gateway.admin_token" in error_of(load_recovery_settings, rec)
     pw = write(tmp_path / "pw.toml", edit(SOURCE, 'service_password = "pw"', f'service_password = "{PEER}"'))

@@ -18,6 +18,7 @@ SOURCE = """\
 [gateway]
 id = "hq"
 admin_token = "admin-t-Xq7Lm2Np9Rs4Tv8Wy3Zb6Cd"
+plaintext = true
 
 [peer]
 url = "http://127.0.0.1:8471"
@@ -36,7 +37,12 @@ RECOVERY = """\
 [gateway]
 id = "dr"
 admin_token = "admin-t-Xq7Lm2Np9Rs4Tv8Wy3Zb6Cd"
-ingest_token = "ingest-t-Ab3Cd6Ef9Gh2Ij5Kl8Mn1Op"
+plaintext = true
+
+[[sources]]
+id = "hq"
+token = "ingest-t-Ab3Cd6Ef9Gh2Ij5Kl8Mn1Op"
+servers = ["primary"]
 
 [[servers]]
 name = "standby"
@@ -78,7 +84,7 @@ def test_example_source_config_loads():
     assert s.gateway.listen == ("127.0.0.1", 8470)
     assert s.gateway.state_url == f"sqlite:///{EXAMPLES / 'mailrepl-source.sqlite'}"
     assert s.gateway.admin_token == "demo-admin-Qm2xV7pL4sK8nR3tW6yZ1cB"
-    assert (s.peer.url, s.peer.token) == ("http://127.0.0.1:8471", "demo-ingest-Hf5Jk9Lw3Np7Rt2Vx8Zb4Cd")
+    assert (s.peer.url, s.peer.token) == ("http://127.0.0.1:8471", "demo-source-Hf5Jk9Lw3Np7Rt2Vx8Zb4Cd")
     [primary] = s.servers
     assert (primary.name, primary.kind, primary.host, primary.port, primary.tls) == (
         "primary", "imap", "127.0.0.1", 10143, "none")
@@ -91,7 +97,8 @@ def test_example_recovery_config_loads_and_pairs_with_the_source():
     s = load_source_settings(EXAMPLES / "source.toml", {})
     assert r.gateway.listen == ("127.0.0.1", 8471)
     assert s.peer.url == f"http://{r.gateway.listen}"
-    assert s.peer.token == r.gateway.ingest_token
+    [bound] = r.sources
+    assert (s.peer.token, s.gateway.id) == (bound.token, bound.id)
     [standby] = r.servers
     assert (standby.name, standby.port, standby.tls) == ("standby", 11143, "none")
     assert dict(r.routes) == {"primary": "standby"}
@@ -230,9 +237,10 @@ def test_invalid_toml_and_missing_file(tmp_path):
 
 
 def test_recovery_errors_name_the_key(tmp_path):
-    path = write(tmp_path, edit(RECOVERY, 'ingest_token = "ingest-t-Ab3Cd6Ef9Gh2Ij5Kl8Mn1Op"\n', ""))
+    path = write(tmp_path, edit(RECOVERY, 'token = "ingest-t-Ab3Cd6Ef9Gh2Ij5Kl8Mn1Op"\n', ""))
     assert config_error(load_recovery_settings, path) == (
-        "gateway.ingest_token: missing (set it here or in the environment variable MAILREPL_INGEST_TOKEN)")
+        "sources[0].certificate_cn: missing: give certificate_cn (mutual TLS) and/or token "
+        "(or the environment variable MAILREPL_SOURCE_HQ_TOKEN)")
     path = write(tmp_path, edit(RECOVERY, 'id = "dr"', 'id = "dr"\npoll_interval = 1'))
     assert config_error(load_recovery_settings, path) == "gateway.poll_interval: unknown key"
     path = write(tmp_path, edit(RECOVERY, 'id = "dr"', 'id = "dr"\nappend_batch = 0'))
@@ -258,8 +266,8 @@ def test_environment_overrides_the_file(tmp_path):
     assert (s.gateway.admin_token, s.peer.token, s.servers[0].service_password) == ("env-admin-Pq4Rs7Tu0Vw3Xy6Za9Bc2De", "peer-t-Gh5Jk8Lm1Nq4Rs7Tu0Vw3Xy", "env-pw")
 
     r = load_recovery_settings(write(tmp_path, RECOVERY, "r.toml"),
-                               {"MAILREPL_INGEST_TOKEN": "env-ingest-Vw6Xy9Za2Bc5De8Fg1Hi4Jk", "MAILREPL_SERVER_STANDBY_PASSWORD": "spw"})
-    assert (r.gateway.ingest_token, r.servers[0].service_password) == ("env-ingest-Vw6Xy9Za2Bc5De8Fg1Hi4Jk", "spw")
+                               {"MAILREPL_SOURCE_HQ_TOKEN": "env-ingest-Vw6Xy9Za2Bc5De8Fg1Hi4Jk", "MAILREPL_SERVER_STANDBY_PASSWORD": "spw"})
+    assert (r.sources[0].token, r.servers[0].service_password) == ("env-ingest-Vw6Xy9Za2Bc5De8Fg1Hi4Jk", "spw")
 
 
 def test_empty_environment_secret_is_an_error(tmp_path):
@@ -357,7 +365,8 @@ def test_ca_files_resolve_against_the_config_dir(tmp_path):
 
 
 def test_routes(tmp_path):
-    text = RECOVERY + RECOVERY[RECOVERY.index("[[servers]]"):].replace('"standby"', '"standby2"')
+    text = edit(RECOVERY, 'servers = ["primary"]', 'servers = ["hq-mail", "branch"]')
+    text += RECOVERY[RECOVERY.index("[[servers]]"):].replace('"standby"', '"standby2"')
     r = load_recovery_settings(write(tmp_path, text + '\n[routes]\nhq-mail = "standby"\nbranch = "standby2"\n'), {})
     assert dict(r.routes) == {"hq-mail": "standby", "branch": "standby2"}
     with pytest.raises(TypeError):

@@ -13,6 +13,7 @@ SOURCE = """\
 [gateway]
 id = "hq"
 admin_token = "admin-t-Xq7Lm2Np9Rs4Tv8Wy3Zb6Cd"
+plaintext = true
 
 [peer]
 url = "http://127.0.0.1:8471"
