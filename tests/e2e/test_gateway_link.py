@@ -31,9 +31,9 @@ from mailrepl.shared.store.models import InboxBody, InboxRow, Replica
 from tests.support.gateways import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-ADMIN = "link-admin-token-0123456789"
-HQ_TOKEN = "hq-source-token-0123456789"
-BRANCH_TOKEN = "branch-source-token-0123456789"
+ADMIN = "link-admin-Vb7Nm3Qw9Er5Ty1Ui8Op2As4"
+HQ_TOKEN = "hq-source-Kd6Fg2Hj8Lz4Xc0Vb3Nm7Qw5"
+BRANCH_TOKEN = "branch-source-Pl9Ok3Ij7Uh1Yg5Tf2Rd8Es6"
 
 
 def _recovery_toml(tmp: Path, port: int, gateway_tls: str, sources: str) -> Path:
@@ -56,6 +56,7 @@ service_user = "repl"
 service_password = "pw"
 users = ["alice", "bob", "carol"]
 """)
+    conf.chmod(0o600)  # it holds secrets
     return conf
 
 
