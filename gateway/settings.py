@@ -2,7 +2,8 @@
 
 ::
 
-    [gateway]   id, state_url, listen, admin_token, poll_interval, workers, fetch_chunk, log_level
+    [gateway]   id, state_url, listen, admin_token, poll_interval, workers, fetch_chunk, log_level,
+                max_json_bytes
     [peer]      url, token, batch_max_changes, batch_max_bytes, part_threshold, timeout, retry_initial,
                 retry_max, ca_file
     [[servers]] the primary mail servers (see ``mailrepl.shared.config.settings_common``)
@@ -25,6 +26,8 @@ from mailrepl.shared.config.settings_common import (
     read_gateway_id,
     read_listen,
     read_log_level,
+    read_max_json_bytes,
+    DEFAULT_MAX_JSON_BYTES,
     read_servers,
     read_state_url,
     read_token,
@@ -68,6 +71,7 @@ class SourceGatewaySettings:
     fetch_chunk: int = DEFAULT_FETCH_CHUNK
     failback_blob_dir: str = DEFAULT_FAILBACK_BLOB_DIR  # parts of standby changes replayed at failback
     log_level: str = "info"
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES  # admin API request bodies
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +121,7 @@ def _read_gateway(table: Table) -> SourceGatewaySettings:
         fetch_chunk=table.integer("fetch_chunk", DEFAULT_FETCH_CHUNK, minimum=1),
         failback_blob_dir=str(table.resolve(table.string("failback_blob_dir", DEFAULT_FAILBACK_BLOB_DIR))),
         log_level=read_log_level(table),
+        max_json_bytes=read_max_json_bytes(table),
     )
     table.finish()
     return settings

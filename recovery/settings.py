@@ -3,7 +3,8 @@
 ::
 
     [gateway]   id, state_url, listen, admin_token, ingest_token, workers, append_batch, blob_dir,
-                blob_grace_seconds, log_level
+                blob_grace_seconds, log_level, max_json_bytes, max_batch_bytes, max_inflated_bytes,
+                max_concurrent_ingests
     [[servers]] the standby mail servers (see ``mailrepl.shared.config.settings_common``)
     [routes]    optional: primary server name (as the source gateway calls it) = standby server name
     [[primaries]] optional: the primary mail servers as this site reaches them (same keys as
@@ -31,6 +32,8 @@ from mailrepl.shared.config.settings_common import (
     read_gateway_id,
     read_listen,
     read_log_level,
+    read_max_json_bytes,
+    DEFAULT_MAX_JSON_BYTES,
     read_servers,
     read_state_url,
     read_token,
@@ -57,6 +60,9 @@ DEFAULT_OUTAGE = 120.0
 DEFAULT_CHECK_INTERVAL = 10.0
 DEFAULT_HOLD = 3600.0
 CONFIRM_MODES = ("manual", "auto")
+DEFAULT_MAX_BATCH_BYTES = 512 * 1024 * 1024  # one ingest request as it travels
+DEFAULT_MAX_INFLATED_BYTES = 1 << 30  # one batch decompressed
+DEFAULT_MAX_CONCURRENT_INGESTS = 4  # batches taken in at once; more are answered 429 + Retry-After
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +87,10 @@ class RecoveryGatewaySettings:
     blob_dir: str = DEFAULT_BLOB_DIR  # content-addressed message parts (absolute after loading)
     blob_grace_seconds: int = DEFAULT_BLOB_GRACE  # GC never deletes a part younger than this
     log_level: str = "info"
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES  # admin API request bodies
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES  # an ingest request body (413 beyond)
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES  # a batch decompressed (400 beyond; streamed)
+    max_concurrent_ingests: int = DEFAULT_MAX_CONCURRENT_INGESTS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,7 +132,16 @@ def _read_gateway(table: Table) -> RecoveryGatewaySettings:
         blob_dir=str(table.resolve(table.environ.get(ENV_BLOB_DIR) or blob_dir)),
         blob_grace_seconds=table.integer("blob_grace_seconds", DEFAULT_BLOB_GRACE, minimum=60),
         log_level=read_log_level(table),
+        max_json_bytes=read_max_json_bytes(table),
+        max_batch_bytes=table.integer("max_batch_bytes", DEFAULT_MAX_BATCH_BYTES, minimum=1 << 20, maximum=1 << 40),
+        max_inflated_bytes=table.integer("max_inflated_bytes", DEFAULT_MAX_INFLATED_BYTES, minimum=1 << 20,
+                                         maximum=1 << 40),
+        max_concurrent_ingests=table.integer("max_concurrent_ingests", DEFAULT_MAX_CONCURRENT_INGESTS,
+                                             minimum=1, maximum=256),
     )
+    if settings.max_inflated_bytes < settings.max_batch_bytes:
+        raise table.error("max_inflated_bytes", f"must be >= max_batch_bytes ({settings.max_batch_bytes}), "
+                                                f"got {settings.max_inflated_bytes}")
     table.finish()
     return settings
 

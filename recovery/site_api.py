@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -21,10 +21,11 @@ from mailrepl.recovery.failback import FailbackService
 from mailrepl.recovery.redirect import Redirect
 from mailrepl.recovery.site import NoSuchMailbox, find_replicas
 from mailrepl.shared.errors import IllegalTransition
+from mailrepl.shared.runtime.api_common import ERROR_RESPONSES
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import Replica, SiteTransition
 from mailrepl.shared.protocol.messages import (
-    MailboxRef, RebaseAnswer, RebaseRequest, ResyncAnswer, ReverseRequest, SitesAnswer,
+    MailboxRef, Name, RebaseAnswer, RebaseRequest, ResyncAnswer, ReverseRequest, SitesAnswer,
 )
 from mailrepl.shared.protocol.wire import MEDIA_TYPE, encode_batch
 
@@ -32,18 +33,18 @@ __all__ = ["site_admin_router", "site_ingest_router", "redirect_router"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Selection(_Model):
-    addresses: list[str] = Field(default=[], max_length=100_000)
-    server: str | None = None  # the primary server (as the source gateway names it)
-    all: bool = False  # every replicated mailbox of ``server``
+    addresses: list[Name] = Field(default=[], max_length=100_000)
+    server: Name | None = None  # the primary server (as the source gateway names it)
+    all: StrictBool = False  # every replicated mailbox of ``server``
 
 
 class FailbackRequest(Selection):
-    confirm: bool = False  # switch users back to the primary now (else: a later request with confirm)
-    abort: bool = False  # stop a failback under way; users stay at DR
+    confirm: StrictBool = False  # switch users back to the primary now (else: a later request with confirm)
+    abort: StrictBool = False  # stop a failback under way; users stay at DR
 
 
 class Results(_Model):
@@ -69,7 +70,7 @@ def _guard(fn: Callable, *args, **kw):
 
 def site_admin_router(store: Store, auth, cutover: CutoverService, failback: FailbackService,
                       monitor: FailoverMonitor, auto: bool) -> APIRouter:
-    r = APIRouter(prefix="/api/v1", dependencies=[Depends(auth)], tags=["cutover"])
+    r = APIRouter(prefix="/api/v1", dependencies=[Depends(auth)], tags=["cutover"], responses=ERROR_RESPONSES)
 
     @r.post("/cutover", response_model=Results)
     async def post_cutover(body: Selection) -> Results:
@@ -113,7 +114,7 @@ def site_admin_router(store: Store, auth, cutover: CutoverService, failback: Fai
 
 
 def site_ingest_router(auth, gateway_id: str, failback: FailbackService) -> APIRouter:
-    r = APIRouter(prefix="/api/v1/ingest", dependencies=[Depends(auth)], tags=["ingest"])
+    r = APIRouter(prefix="/api/v1/ingest", dependencies=[Depends(auth)], tags=["ingest"], responses=ERROR_RESPONSES)
 
     @r.get("/sites", response_model=SitesAnswer)
     def sites(source: str) -> SitesAnswer:
