@@ -112,7 +112,7 @@ def _range(value: Any, where: str) -> SeqRange:
 
 def _change(value: Any, where: str, born_ids: bool) -> Change:
     d = _obj(value, where, _CHANGE_KEYS, ("kind", "folder"))
-    if d["kind"] not in _KINDS:
+    if not isinstance(d["kind"], str) or d["kind"] not in _KINDS:
         raise _fail(f"{where}.kind", "unknown change kind")
     _text(d["folder"], f"{where}.folder", FOLDER_MAX)
     if d.get("new_folder") is not None:
