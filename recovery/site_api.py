@@ -121,10 +121,12 @@ def site_ingest_router(auth, gateway_id: str, failback: FailbackService) -> APIR
         """Mailboxes of this source that are not replicating, with their site state."""
         return SitesAnswer(gateway=gateway_id, mailboxes=failback.sites(source))
 
-    @r.post("/reverse")
+    @r.post("/reverse", response_class=Response,
+            responses={200: {"content": {MEDIA_TYPE: {}}, "description": "the next batch of standby changes"},
+                       204: {"description": "nothing to pull"}})
     def reverse(body: ReverseRequest) -> Response:
         """Record failback progress; answer the next batch of standby changes (204: none)."""
-        failback.record_progress(body.source, [p.model_dump() for p in body.progress])
+        _guard(failback.record_progress, body.source, [p.model_dump() for p in body.progress])
         batch = _guard(failback.next_batch, body.source, [(p.server, p.address) for p in body.progress])
         if batch is None:
             return Response(status_code=204)
@@ -146,7 +148,8 @@ def site_ingest_router(auth, gateway_id: str, failback: FailbackService) -> APIR
 def redirect_router(redirect: Redirect, key: str | None) -> APIRouter:
     r = APIRouter(tags=["redirect"])
 
-    @r.get("/auth")
+    @r.get("/auth", response_class=Response,
+           responses={200: {"content": {}, "description": "the answer is in the Auth-* headers"}})
     def auth_http(request: Request) -> Response:
         """nginx mail proxy ``auth_http``: which server this user's login goes to."""
         h = request.headers

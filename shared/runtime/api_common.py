@@ -54,8 +54,11 @@ class ErrorDetail(BaseModel):
 
 # the refusals every guarded route may answer (documented in the OpenAPI schema)
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorDetail, "description": "malformed request (a batch that does not decode)"},
     401: {"model": ErrorDetail, "description": "missing or wrong credentials"},
     403: {"model": ErrorDetail, "description": "the credentials' role may not do this"},
+    404: {"model": ErrorDetail, "description": "no such mailbox or server"},
+    409: {"model": ErrorDetail, "description": "ambiguous, or the mailbox's state does not allow it"},
     413: {"model": ErrorDetail, "description": "request body over the route's limit"},
     415: {"model": ErrorDetail, "description": "unsupported Content-Type"},
     422: {"model": ErrorDetail, "description": "the request does not validate"},
