@@ -214,8 +214,10 @@ def test_concurrent_ingests_beyond_the_bound_are_told_to_come_back(gateways):
     auth = {"Authorization": f"Bearer {INGEST_TOKEN}", "Content-Type": MEDIA_TYPE}
     release = threading.Event()
     results: list[int] = []
+    sending = threading.Semaphore(0)
 
     def slow_body() -> Iterator[bytes]:
+        sending.release()  # the request's headers are on their way
         yield b"MRPL"
         release.wait(30)
         yield b"\x02\x00"
@@ -227,7 +229,9 @@ def test_concurrent_ingests_beyond_the_bound_are_told_to_come_back(gateways):
     for t in holders:
         t.start()
     try:
-        deadline = time.monotonic() + 10
+        for _ in holders:
+            assert sending.acquire(timeout=60)
+        deadline = time.monotonic() + 60
         while True:
             r = _post(recovery.url + "/api/v1/ingest/batches", "POST", b"MRPL\x02\x00", auth)
             if r.status_code == 429 or time.monotonic() > deadline:
