@@ -4,13 +4,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException
 
 from mailrepl.gateway.registry import Ambiguous, NotFound, Registry
-from mailrepl.shared.runtime.api_common import MailboxDetail, MailboxList, MailboxStatus, ProtectionBody, ServerProtection
+from mailrepl.shared.runtime.api_common import ERROR_RESPONSES, MailboxDetail, MailboxList, MailboxStatus, ProtectionBody, ServerProtection
 
 __all__ = ["admin_router"]
 
 
 def admin_router(registry: Registry, auth, on_change) -> APIRouter:
-    r = APIRouter(prefix="/api/v1", dependencies=[Depends(auth)], tags=["admin"])
+    r = APIRouter(prefix="/api/v1", dependencies=[Depends(auth)], tags=["admin"], responses=ERROR_RESPONSES)
 
     def resolve(address: str, server: str | None) -> tuple[str, str]:
         try:

@@ -1,6 +1,7 @@
 """The source gateway: composition root (settings -> store, adapters, engines, API)."""
 from __future__ import annotations
 
+import hmac
 import logging
 import threading
 
@@ -16,6 +17,8 @@ from mailrepl.shared.runtime.watcher import PushWatchers
 from mailrepl.shared.adapters.factory import make_adapter
 from mailrepl.shared.runtime.api_common import bearer_auth, make_app
 from mailrepl.shared.runtime.tls_server import serve
+from mailrepl.shared.runtime.guard import BodyRule, GuardPolicy, JSON
+from mailrepl.shared.runtime.principals import Principal, Resolver
 from mailrepl.shared.content.blobstore import BlobStore
 from mailrepl.shared.content.bodies import BodyStore
 from mailrepl.shared.engines.capture import CaptureEngine
@@ -26,7 +29,9 @@ from mailrepl.shared.store.sealing import Sealer
 from mailrepl.shared.store.models import Mailbox
 from mailrepl.shared.runtime.workers import Job, MailboxWorkers
 
-__all__ = ["SourceGateway", "run"]
+__all__ = ["SourceGateway", "run", "resolver", "guard_policy"]
+
+OPEN_PATHS = frozenset({"/healthz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 
 log = logging.getLogger("mailrepl.source")
 
@@ -143,7 +148,7 @@ class SourceGateway:
             return {"role": "source", "id": self.settings.gateway.id, "peer_error": self.shipper.last_error}
 
         app = make_app("mailrepl source gateway", self.metrics, health, self._refresh_metrics,
-                       start=self.start, stop=self.stop)
+                       start=self.start, stop=self.stop, guard=guard_policy(self.settings.gateway))
         app.include_router(admin_router(self.registry, bearer_auth(self.settings.gateway.admin_token), self.workers.wake))
 
         return app
@@ -167,6 +172,19 @@ class _ByteCounters:
             for kind in self.KINDS:
                 family.add_metric([st.server, st.address, kind], counts[kind])
         yield family
+
+
+def resolver(g) -> Resolver:
+    """Who a request's credentials are: today the one admin token."""
+    admin = Principal("admin-token", "admin")
+    expected = g.admin_token.encode()
+    return lambda token, cert: admin if token is not None and hmac.compare_digest(
+        token.encode("utf-8", "surrogateescape"), expected) else None
+
+
+def guard_policy(g) -> GuardPolicy:
+    """The source gateway's request guard: every body is admin JSON of at most ``max_json_bytes``."""
+    return GuardPolicy(resolver=resolver(g), default=BodyRule(g.max_json_bytes, (JSON,)), open_paths=OPEN_PATHS)
 
 
 def run(settings) -> None:

@@ -4,7 +4,8 @@
 
     [gateway]   id, state_url, listen, admin_token, poll_interval, workers, fetch_chunk, log_level,
                 tls_cert, tls_key, tls_client_ca, plaintext (the admin API; see ``tls_settings``),
-                encryption_key(_file), encryption_old_key_files
+                encryption_key(_file), encryption_old_key_files,
+                max_json_bytes
     [peer]      url, token, batch_max_changes, batch_max_bytes, part_threshold, timeout, retry_initial,
                 retry_max, ca_file, client_cert, client_key
 
@@ -33,6 +34,8 @@ from mailrepl.shared.config.settings_common import (
     read_gateway_id,
     read_listen,
     read_log_level,
+    read_max_json_bytes,
+    DEFAULT_MAX_JSON_BYTES,
     read_servers,
     read_state_url,
     read_encryption,
@@ -83,6 +86,7 @@ class SourceGatewaySettings:
     log_level: str = "info"
     encryption: EncryptionSettings = EncryptionSettings()
     insecure_demo: bool = False  # loopback demo: secrets in a file others may read (warned at start-up)
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES  # admin API request bodies
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,6 +146,7 @@ def _read_gateway(table: Table) -> SourceGatewaySettings:
         log_level=read_log_level(table),
         encryption=read_encryption(table),
         insecure_demo=demo,
+        max_json_bytes=read_max_json_bytes(table),
     )
     table.finish()
     return settings

@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from mailrepl.recovery.source_access import SourceAccess
 from mailrepl.recovery.standby_view import is_fresh
 from mailrepl.shared.runtime.principals import Principal
-from mailrepl.shared.runtime.api_common import MailboxDetail, MailboxList, MailboxStatus, RejectedInfo, SeedingProgress
+from mailrepl.shared.runtime.api_common import ERROR_RESPONSES, MailboxDetail, MailboxList, MailboxStatus, RejectedInfo, SeedingProgress
 from mailrepl.shared.errors import UnsupportedVersion, WireError
 from mailrepl.shared.model import utcnow
 from mailrepl.shared.site_state import active_site
@@ -26,14 +26,15 @@ from mailrepl.recovery.site import history, report_of
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import InboxRow, RejectedMessage, Replica
 from mailrepl.shared.protocol.messages import HeldAnswer, HeldQuery
-from mailrepl.shared.protocol.wire import MEDIA_TYPE, decode_batch
+from mailrepl.shared.protocol.wire import MAX_DECODED_BYTES, MEDIA_TYPE, decode_batch
 from mailrepl.shared.engines.receiver import Receiver
 
 __all__ = ["ingest_router", "admin_router", "replica_status"]
 
 
-def ingest_router(receiver: Receiver, access: SourceAccess, max_bytes: int) -> APIRouter:
-    r = APIRouter(prefix="/api/v1/ingest", tags=["ingest"])
+def ingest_router(receiver: Receiver, access: SourceAccess, max_bytes: int,
+                  max_inflated: int = MAX_DECODED_BYTES) -> APIRouter:
+    r = APIRouter(prefix="/api/v1/ingest", tags=["ingest"], responses=ERROR_RESPONSES)
     as_source = access.dependency()
 
     @r.post("/batches")
@@ -46,7 +47,7 @@ def ingest_router(receiver: Receiver, access: SourceAccess, max_bytes: int) -> A
             raise HTTPException(413, f"batch larger than {max_bytes} bytes")
         # decompressing, hash checks and the store write run off the event loop, so the API
         # keeps answering while a large batch is taken in
-        return await run_in_threadpool(_ingest, receiver, access, caller, data)
+        return await run_in_threadpool(_ingest, receiver, access, caller, data, max_inflated)
 
     @r.get("/progress")
     def progress(source: str, caller: Principal = Depends(as_source)) -> dict:
@@ -62,9 +63,9 @@ def ingest_router(receiver: Receiver, access: SourceAccess, max_bytes: int) -> A
     return r
 
 
-def _ingest(receiver: Receiver, access: SourceAccess, caller: Principal, data: bytes) -> dict:
+def _ingest(receiver: Receiver, access: SourceAccess, caller: Principal, data: bytes, max_inflated: int) -> dict:
     try:
-        batch = decode_batch(data)
+        batch = decode_batch(data, max_bytes=max_inflated)
     except UnsupportedVersion as exc:
         raise HTTPException(400, str(exc)) from exc
     except WireError as exc:
@@ -108,7 +109,7 @@ class GcResult(BaseModel):
 
 
 def admin_router(store: Store, auth, collect_garbage: Callable[[float | None], object] | None = None) -> APIRouter:
-    r = APIRouter(prefix="/api/v1", dependencies=[Depends(auth)], tags=["admin"])
+    r = APIRouter(prefix="/api/v1", dependencies=[Depends(auth)], tags=["admin"], responses=ERROR_RESPONSES)
 
     if collect_garbage is not None:
         @r.post("/gc", response_model=GcResult)

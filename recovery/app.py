@@ -1,6 +1,7 @@
 """The recovery gateway: composition root (settings -> store, receiver, replay workers, API)."""
 from __future__ import annotations
 
+import hmac
 import logging
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -21,6 +22,9 @@ from mailrepl.shared.adapters.factory import make_adapter
 from mailrepl.shared.runtime.background import Background
 from mailrepl.shared.runtime.tls_server import serve
 from mailrepl.shared.runtime.api_common import bearer_auth, make_app
+from mailrepl.shared.runtime.guard import BodyRule, GuardPolicy, JSON
+from mailrepl.shared.runtime.principals import Principal, Resolver, first_of
+from mailrepl.shared.protocol.wire import MEDIA_TYPE
 from mailrepl.shared.errors import MailreplError
 from mailrepl.shared.content.blobstore import BlobStore
 from mailrepl.shared.content.bodies import BodyStore
@@ -33,11 +37,12 @@ from mailrepl.shared.store.sealing import Sealer
 from mailrepl.shared.store.models import Mailbox, Replica
 from mailrepl.shared.runtime.workers import Job, MailboxWorkers
 
-__all__ = ["RecoveryGateway", "run"]
+__all__ = ["RecoveryGateway", "run", "resolver", "guard_policy"]
 
 log = logging.getLogger("mailrepl.recovery")
 
-MAX_BATCH_BYTES = 512 * 1024 * 1024
+PEER_JSON_BYTES = 16 * 1024 * 1024  # the source gateway's JSON requests (body queries, failback steps)
+OPEN_PATHS = frozenset({"/healthz", "/auth", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 GC_INTERVAL = 3600.0  # seconds between garbage collections of bodies and parts
 DR_POLL_INTERVAL = 5.0  # capture on the standby after cutover: polls, woken sooner by push
 
@@ -215,14 +220,40 @@ class RecoveryGateway:
         g = self.settings.gateway
         app = make_app("mailrepl recovery gateway", self.metrics,
                        lambda: {"role": "recovery", "id": g.id}, self._refresh_metrics,
-                       start=self.start, stop=self.stop)
-        app.include_router(ingest_router(self.receiver, self.access, MAX_BATCH_BYTES))
+                       start=self.start, stop=self.stop, guard=guard_policy(g, self.access))
+        app.include_router(ingest_router(self.receiver, self.access, g.max_batch_bytes, g.max_inflated_bytes))
         app.include_router(admin_router(self.store, bearer_auth(g.admin_token), self.collect_garbage))
         app.include_router(site_admin_router(self.store, bearer_auth(g.admin_token), self.cutover, self.failback,
                                              self.monitor, self.settings.failover.auto))
         app.include_router(site_ingest_router(self.access, g.id, self.failback))
         app.include_router(redirect_router(self.redirect, self.settings.failover.redirect_key))
         return app
+
+
+def resolver(g, access: SourceAccess) -> Resolver:
+    """Who a request's credentials are: the admin token, or a source gateway bound by its client
+    certificate or per-source token (``SourceAccess``)."""
+    admin = Principal("admin-token", "admin")
+    expected = g.admin_token.encode()
+
+    def by_admin_token(token: str | None, cert) -> Principal | None:
+        if token is not None and hmac.compare_digest(token.encode("utf-8", "surrogateescape"), expected):
+            return admin
+        return None
+
+    return first_of(by_admin_token, access.resolve)
+
+
+def guard_policy(g, access: SourceAccess) -> GuardPolicy:
+    """The recovery gateway's request guard: admin JSON small, batches up to ``max_batch_bytes``
+    and ``max_concurrent_ingests`` at once, the source's other requests JSON up to PEER_JSON_BYTES."""
+    peer = BodyRule(max(PEER_JSON_BYTES, g.max_json_bytes))
+    routes = {("POST", "/api/v1/ingest/batches"): BodyRule(g.max_batch_bytes, (MEDIA_TYPE,),
+                                                           max_concurrent=g.max_concurrent_ingests),
+              **{("POST", f"/api/v1/ingest/{name}"): peer for name in ("missing", "reverse", "resync")},
+              ("POST", "/api/v1/ingest/rebase"): BodyRule(g.max_batch_bytes)}  # failback's id pairs can be many
+    return GuardPolicy(resolver=resolver(g, access), default=BodyRule(g.max_json_bytes, (JSON,)), open_paths=OPEN_PATHS,
+                       routes=routes)
 
 
 def run(settings) -> None:

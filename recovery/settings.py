@@ -4,7 +4,8 @@
 
     [gateway]   id, state_url, listen, admin_token, workers, append_batch, blob_dir,
                 blob_grace_seconds, log_level, tls_cert, tls_key, tls_client_ca, plaintext,
-                encryption_key(_file), encryption_old_key_files
+                encryption_key(_file), encryption_old_key_files, max_json_bytes, max_batch_bytes,
+                max_inflated_bytes, max_concurrent_ingests
     [[sources]] the source gateways that may send: id, certificate_cn, token, servers, mailboxes
     [[servers]] the standby mail servers (see ``mailrepl.shared.config.settings_common``)
     [routes]    optional: primary server name (as the source gateway calls it) = standby server name
@@ -42,6 +43,8 @@ from mailrepl.shared.config.settings_common import (
     read_gateway_id,
     read_listen,
     read_log_level,
+    read_max_json_bytes,
+    DEFAULT_MAX_JSON_BYTES,
     read_servers,
     read_state_url,
     read_encryption,
@@ -73,6 +76,9 @@ DEFAULT_OUTAGE = 120.0
 DEFAULT_CHECK_INTERVAL = 10.0
 DEFAULT_HOLD = 3600.0
 CONFIRM_MODES = ("manual", "auto")
+DEFAULT_MAX_BATCH_BYTES = 512 * 1024 * 1024  # one ingest request as it travels
+DEFAULT_MAX_INFLATED_BYTES = 1 << 30  # one batch decompressed
+DEFAULT_MAX_CONCURRENT_INGESTS = 4  # batches taken in at once; more are answered 429 + Retry-After
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,6 +105,10 @@ class RecoveryGatewaySettings:
     log_level: str = "info"
     encryption: EncryptionSettings = EncryptionSettings()
     insecure_demo: bool = False  # loopback demo: secrets in a file others may read (warned at start-up)
+    max_json_bytes: int = DEFAULT_MAX_JSON_BYTES  # admin API request bodies
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES  # an ingest request body (413 beyond)
+    max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES  # a batch decompressed (400 beyond; streamed)
+    max_concurrent_ingests: int = DEFAULT_MAX_CONCURRENT_INGESTS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,7 +183,16 @@ def _read_gateway(table: Table) -> RecoveryGatewaySettings:
         log_level=read_log_level(table),
         encryption=read_encryption(table),
         insecure_demo=demo,
+        max_json_bytes=read_max_json_bytes(table),
+        max_batch_bytes=table.integer("max_batch_bytes", DEFAULT_MAX_BATCH_BYTES, minimum=1 << 20, maximum=1 << 40),
+        max_inflated_bytes=table.integer("max_inflated_bytes", DEFAULT_MAX_INFLATED_BYTES, minimum=1 << 20,
+                                         maximum=1 << 40),
+        max_concurrent_ingests=table.integer("max_concurrent_ingests", DEFAULT_MAX_CONCURRENT_INGESTS,
+                                             minimum=1, maximum=256),
     )
+    if settings.max_inflated_bytes < settings.max_batch_bytes:
+        raise table.error("max_inflated_bytes", f"must be >= max_batch_bytes ({settings.max_batch_bytes}), "
+                                                f"got {settings.max_inflated_bytes}")
     table.finish()
     return settings
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
@@ -24,10 +24,11 @@ from mailrepl.recovery.site import NoSuchMailbox, find_replicas
 from mailrepl.recovery.source_access import SourceAccess
 from mailrepl.shared.runtime.principals import Principal
 from mailrepl.shared.errors import IllegalTransition
+from mailrepl.shared.runtime.api_common import ERROR_RESPONSES
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import Replica, SiteTransition
 from mailrepl.shared.protocol.messages import (
-    MailboxRef, RebaseAnswer, RebaseRequest, ResyncAnswer, ReverseRequest, SitesAnswer,
+    MailboxRef, Name, RebaseAnswer, RebaseRequest, ResyncAnswer, ReverseRequest, SitesAnswer,
 )
 from mailrepl.shared.protocol.wire import MEDIA_TYPE, encode_batch
 
@@ -35,18 +36,18 @@ __all__ = ["site_admin_router", "site_ingest_router", "redirect_router"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class Selection(_Model):
-    addresses: list[str] = Field(default=[], max_length=100_000)
-    server: str | None = None  # the primary server (as the source gateway names it)
-    all: bool = False  # every replicated mailbox of ``server``
+    addresses: list[Name] = Field(default=[], max_length=100_000)
+    server: Name | None = None  # the primary server (as the source gateway names it)
+    all: StrictBool = False  # every replicated mailbox of ``server``
 
 
 class FailbackRequest(Selection):
-    confirm: bool = False  # switch users back to the primary now (else: a later request with confirm)
-    abort: bool = False  # stop a failback under way; users stay at DR
+    confirm: StrictBool = False  # switch users back to the primary now (else: a later request with confirm)
+    abort: StrictBool = False  # stop a failback under way; users stay at DR
 
 
 class Results(_Model):
@@ -72,7 +73,7 @@ def _guard(fn: Callable, *args, **kw):
 
 def site_admin_router(store: Store, auth, cutover: CutoverService, failback: FailbackService,
                       monitor: FailoverMonitor, auto: bool) -> APIRouter:
-    r = APIRouter(prefix="/api/v1", dependencies=[Depends(auth)], tags=["cutover"])
+    r = APIRouter(prefix="/api/v1", dependencies=[Depends(auth)], tags=["cutover"], responses=ERROR_RESPONSES)
 
     @r.post("/cutover", response_model=Results)
     async def post_cutover(body: Selection) -> Results:
@@ -116,7 +117,7 @@ def site_admin_router(store: Store, auth, cutover: CutoverService, failback: Fai
 
 
 def site_ingest_router(access: SourceAccess, gateway_id: str, failback: FailbackService) -> APIRouter:
-    r = APIRouter(prefix="/api/v1/ingest", tags=["ingest"])
+    r = APIRouter(prefix="/api/v1/ingest", tags=["ingest"], responses=ERROR_RESPONSES)
     as_source = access.dependency()
 
     @r.get("/sites", response_model=SitesAnswer)
@@ -125,11 +126,13 @@ def site_ingest_router(access: SourceAccess, gateway_id: str, failback: Failback
         access.source_of(caller, source)
         return SitesAnswer(gateway=gateway_id, mailboxes=failback.sites(source))
 
-    @r.post("/reverse")
+    @r.post("/reverse", response_class=Response,
+            responses={200: {"content": {MEDIA_TYPE: {}}, "description": "the next batch of standby changes"},
+                       204: {"description": "nothing to pull"}})
     def reverse(body: ReverseRequest, caller: Principal = Depends(as_source)) -> Response:
         """Record failback progress; answer the next batch of standby changes (204: none)."""
         access.check_mailboxes(caller, body.source, ((p.server, p.address) for p in body.progress))
-        failback.record_progress(body.source, [p.model_dump() for p in body.progress])
+        _guard(failback.record_progress, body.source, [p.model_dump() for p in body.progress])
         batch = _guard(failback.next_batch, body.source, [(p.server, p.address) for p in body.progress])
         if batch is None:
             return Response(status_code=204)
@@ -153,7 +156,8 @@ def site_ingest_router(access: SourceAccess, gateway_id: str, failback: Failback
 def redirect_router(redirect: Redirect, key: str | None) -> APIRouter:
     r = APIRouter(tags=["redirect"])
 
-    @r.get("/auth")
+    @r.get("/auth", response_class=Response,
+           responses={200: {"content": {}, "description": "the answer is in the Auth-* headers"}})
     def auth_http(request: Request) -> Response:
         """nginx mail proxy ``auth_http``: which server this user's login goes to."""
         h = request.headers

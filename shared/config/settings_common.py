@@ -46,6 +46,8 @@ __all__ = [
     "read_listen",
     "read_token",
     "read_log_level",
+    "read_max_json_bytes",
+    "DEFAULT_MAX_JSON_BYTES",
     "read_servers",
     "describe_server",
     "display_state_url",
@@ -55,6 +57,7 @@ ENV_STATE_URL = "MAILREPL_STATE_URL"
 ENV_ADMIN_TOKEN = "MAILREPL_ADMIN_TOKEN"
 ENV_ENCRYPTION_KEY = "MAILREPL_ENCRYPTION_KEY"
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DEFAULT_MAX_JSON_BYTES = 64 * 1024  # admin API request bodies (JSON)
 
 DEFAULT_IMAP_TIMEOUT = 30.0
 DEFAULT_IMAP_AUTH = "sasl-plain"
@@ -325,6 +328,11 @@ def read_encryption(table: Table) -> EncryptionSettings:
 
 def read_log_level(table: Table) -> str:
     return table.choice("log_level", LOG_LEVELS, "info")
+
+
+def read_max_json_bytes(table: Table) -> int:
+    """``max_json_bytes``: the largest admin API request body (a longer one is refused, 413)."""
+    return table.integer("max_json_bytes", DEFAULT_MAX_JSON_BYTES, minimum=1024, maximum=1 << 30)
 
 
 # ---------------------------------------------------------------------------- servers

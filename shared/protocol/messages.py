@@ -23,10 +23,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 __all__ = [
     "HELD_QUERY_LIMIT",
+    "Name",
+    "Seq",
     "HeldQuery",
     "HeldAnswer",
     "MailboxSite",
@@ -43,10 +45,13 @@ HELD_QUERY_LIMIT = 100_000  # bodies, and parts, one /missing request may ask ab
 
 Sha256Hex = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]  # a whole message body
 PartKey = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")]  # an XXH3-128 part key
+# a gateway id, server name or address: non-empty, bounded, no control characters (log lines, IMAP)
+Name = Annotated[str, StringConstraints(min_length=1, max_length=320, pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$")]
+Seq = Annotated[StrictInt, Field(ge=0, le=2**63 - 1)]  # a sequence number or count (0: none yet)
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class _Answer(BaseModel):
@@ -101,25 +106,25 @@ class SitesAnswer(_Answer):
 class ReverseProgress(_Request):
     """How far the source holds (``received``) and applied (``applied``) one mailbox's reverse changes."""
 
-    server: str
-    address: str
-    received: int
-    applied: int
+    server: Name
+    address: Name
+    received: Seq
+    applied: Seq
 
 
 class ReverseRequest(_Request):
     """``POST /reverse``: the source's progress; the answer is the next reverse batch (204: none)."""
 
-    source: str
+    source: Name
     progress: list[ReverseProgress] = Field(default=[], max_length=100_000)
 
 
 class MailboxRef(_Request):
     """One mailbox of one source gateway; ``POST /resync`` takes it as it is."""
 
-    source: str
-    server: str
-    address: str
+    source: Name
+    server: Name
+    address: Name
 
 
 class ResyncAnswer(_Answer):
@@ -136,9 +141,9 @@ class RebaseRequest(MailboxRef):
     failback report (late deliveries, kept folders, ...), stored as it is.
     """
 
-    base_seq: int
-    applied: int
-    born: list[tuple[int, int]] = Field(default=[], max_length=10_000_000)
+    base_seq: Seq
+    applied: Seq
+    born: list[tuple[Seq, Seq]] = Field(default=[], max_length=10_000_000)
     report: dict = {}
 
 

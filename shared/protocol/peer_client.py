@@ -19,7 +19,8 @@ certificate identifies the source instead (or as well). Transport and HTTP failu
 (``PeerClient._exchange``), unreadable answers next to it (``_answer``, ``_ack``)::
 
     no HTTP answer (refused, DNS, TLS, timeout)     TransportError              retryable, back_off 1 s
-    5xx, 429 (busy or broken)                       PeerRefused(status_code)    retryable, back_off 1 s
+    5xx, 429 (busy or broken)                       PeerRefused(status_code)    retryable, back_off 1 s,
+                                                    or its Retry-After (at most 300 s)
     any other unexpected status (409, 422...)       PeerRefused(status_code)    retryable, back_off 1 s
                                                     (a refused batch: back_off 5 s)
     401 (the ingest token)                          PeerRefused(401), a message that names the token
@@ -69,6 +70,7 @@ HttpTransport = httpx.BaseTransport  # what make_peer_client may be given instea
 PREFIX = "/api/v1/ingest"
 HELD_QUERY_MAX = 10_000  # bodies or parts asked about per /missing request
 REFUSED_BATCH_BACK_OFF = 5.0  # a batch refused (4xx): wait longer before sending it again
+RETRY_AFTER_MAX = 300  # seconds: the longest Retry-After (429/503) this client waits
 _DETAIL_MAX = 200
 
 _A = TypeVar("_A", bound=BaseModel)
@@ -147,7 +149,7 @@ class PeerClient:
             raise TransportError(f"recovery gateway answered {r.status_code} to a failback pull with "
                                  f"{ctype or 'no Content-Type'}, not {MEDIA_TYPE}: {_detail(r)}")
         self.reverse_bytes += len(r.content)
-        return decode_batch(r.content)
+        return decode_batch(r.content, born_ids=True)
 
     def resync(self, server: str, address: str) -> int:
         """Ask for a full resync of one mailbox; the sequence number after which its copy follows."""
@@ -176,8 +178,9 @@ class PeerClient:
         if r.status_code in ok:
             return r
         code, detail = r.status_code, _detail(r)
-        if code >= 500 or code == 429:  # busy or broken: try again soon
-            raise PeerRefused(f"recovery gateway answered {code} to {what}: {detail}", status_code=code, detail=detail)
+        if code >= 500 or code == 429:  # busy or broken: try again soon, or when it says
+            raise PeerRefused(f"recovery gateway answered {code} to {what}: {detail}", status_code=code, detail=detail,
+                              back_off=_retry_after(r))
         if code == 401:
             message = (f"recovery gateway refused the ingest token ({code}) on {what}: {detail}; "
                        "check the [peer] token or client certificate of this gateway and the [[sources]] entry "
@@ -188,6 +191,14 @@ class PeerClient:
         else:
             message = f"recovery gateway answered {code} to {what}: {detail}"
         raise PeerRefused(message, status_code=code, detail=detail, back_off=refused_back_off)
+
+
+def _retry_after(r: httpx.Response) -> float | None:
+    """The answer's ``Retry-After`` in seconds (delay-seconds form), bounded; None without one."""
+    value = r.headers.get("retry-after", "").strip()
+    if not value.isdigit():
+        return None
+    return float(min(int(value), RETRY_AFTER_MAX))
 
 
 def _request(model: type[_A], data: _A | Mapping[str, Any], what: str) -> _A:

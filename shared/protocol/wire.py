@@ -56,6 +56,7 @@ import zstandard
 from mailrepl.shared.errors import UnsupportedVersion, WireError
 from mailrepl.shared.content.mime_split import whole_skeleton
 from mailrepl.shared.model import Change, SeqRange
+from mailrepl.shared.protocol.wire_header import read_header
 
 __all__ = [
     "WIRE_VERSION",
@@ -81,6 +82,7 @@ _U64 = struct.Struct(">Q")
 STORE_MIN = 16 * 1024  # parts smaller than this are always compressed (the sample test costs more)
 _SAMPLE = 64 * 1024
 _SHRINK = 0.97  # a sample that zstd cannot bring below this fraction of its size: stored
+_INFLATE_CHUNK = 1 << 20  # decompressed per step; the limit is checked after each
 
 
 @dataclass(frozen=True)
@@ -198,7 +200,11 @@ def _shrinks(data: bytes) -> bool:
     return len(zstandard.ZstdCompressor(level=1).compress(sample)) < _SHRINK * len(sample)
 
 
-def decode_batch(data: bytes, *, max_bytes: int = MAX_DECODED_BYTES) -> Batch:
+def decode_batch(data: bytes, *, max_bytes: int = MAX_DECODED_BYTES, born_ids: bool = False) -> Batch:
+    """The batch in ``data``; ``WireError`` (``UnsupportedVersion``) for anything else. The
+    decoded batch (compressed payload inflated, plus the stored parts) may not exceed
+    ``max_bytes``: inflating is streamed and stops there. Every header field is checked
+    (``wire_header``); ``born_ids``: a reverse batch, whose negative message ids are DR-born."""
     if len(data) < _PREFIX.size:
         raise WireError("batch too short")
     magic, version, codec = _PREFIX.unpack_from(data)
@@ -220,43 +226,32 @@ def decode_batch(data: bytes, *, max_bytes: int = MAX_DECODED_BYTES) -> Batch:
             frame, tail = body[_U64.size : _U64.size + frame_len], body[_U64.size + frame_len :]
         else:
             frame, tail = body, memoryview(b"")
-        try:
-            dobj = zstandard.ZstdDecompressor().decompressobj()
-            payload = dobj.decompress(frame)
-        except zstandard.ZstdError as exc:
-            raise WireError(f"batch does not decompress: {exc}") from exc
-        if len(payload) + len(tail) > max_bytes:
+        room = max_bytes - len(tail)  # the stored parts count towards the limit too
+        if room < 0:
             raise WireError(f"batch inflates beyond {max_bytes} bytes")
+        payload = _inflate(frame, room, max_bytes)
         if len(tail):
             payload += tail  # the stored parts follow the compressed ones
     elif codec == CODEC_NONE:
-        payload = bytes(body)
+        if len(body) > max_bytes:
+            raise WireError(f"batch inflates beyond {max_bytes} bytes")
+        payload = bytearray(body)
     else:
         raise WireError(f"unknown codec {codec}")
     if len(payload) < 4:
         raise WireError("batch payload truncated")
     (hlen,) = _U32.unpack_from(payload)
+    if hlen > len(payload) - 4:
+        raise WireError("batch truncated inside its header")
     try:
-        header = json.loads(payload[4 : 4 + hlen])
-        segments = tuple(
-            Segment(
-                server=s["server"],
-                address=s["address"],
-                range=SeqRange.parse(s["range"]),
-                changes=tuple(Change.from_dict(c) for c in s["changes"]),
-                captured=tuple(s.get("captured") or ()),
-            )
-            for s in header["segments"]
-        )
-        source = header["source"]
-        if version == 1:
-            listed = [(b["sha256"], int(b["size"])) for b in header["blobs"]]
-            part_list: list[tuple[str, int]] = []
-        else:
-            listed = [(m["sha256"], int(m["size"])) for m in header["messages"]]
-            part_list = [(p["key"], int(p["size"])) for p in header["parts"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise WireError(f"malformed batch header: {exc}") from exc
+        header = json.loads(bytes(payload[4 : 4 + hlen]))
+    except (ValueError, RecursionError) as exc:  # RecursionError: brackets nested beyond reason
+        raise WireError(f"malformed batch header: not JSON ({str(exc)[:100]})") from None
+    source, created, seg_fields, listed, part_list = read_header(header, version, born_ids=born_ids)
+    segments = tuple(Segment(server=srv, address=addr, range=rng, changes=changes, captured=captured)
+                     for srv, addr, rng, changes, captured in seg_fields)
+    if sum(size for _, size in listed) + sum(size for _, size in part_list) > len(payload) - 4 - hlen:
+        raise WireError("batch truncated: its header lists more bytes than it carries")
     view = memoryview(payload)
     off = 4 + hlen
     messages: dict[str, bytes] = {}
@@ -281,4 +276,23 @@ def decode_batch(data: bytes, *, max_bytes: int = MAX_DECODED_BYTES) -> Batch:
         off += size
     if off != len(payload):
         raise WireError("trailing bytes after the last part")
-    return Batch(source=source, segments=segments, messages=messages, parts=parts, created=header.get("created", ""))
+    return Batch(source=source, segments=segments, messages=messages, parts=parts, created=created)
+
+
+def _inflate(frame: memoryview, room: int, limit: int) -> bytearray:
+    """The zstd ``frame`` decompressed, streamed: refused (``WireError``) as soon as it passes
+    ``room`` bytes, so a small frame that inflates to gigabytes never takes more than ``room``
+    plus one chunk of memory."""
+    out = bytearray()
+    try:
+        with zstandard.ZstdDecompressor().stream_reader(frame, read_across_frames=False) as reader:
+            while True:
+                chunk = reader.read(min(_INFLATE_CHUNK, room - len(out) + 1))
+                if not chunk:
+                    break
+                out += chunk
+                if len(out) > room:
+                    raise WireError(f"batch inflates beyond {limit} bytes")
+    except zstandard.ZstdError as exc:
+        raise WireError(f"batch does not decompress: {exc}") from exc
+    return out

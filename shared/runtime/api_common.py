@@ -1,22 +1,36 @@
-"""What both gateways' REST APIs share: bearer-token auth, health, metrics, the status schema."""
+"""What both gateways' REST APIs share: bearer-token auth, health, metrics, the status schema,
+the request guard (``guard.py``) and how errors answer.
+
+Errors: a refused request is a 4xx with a one-line ``detail``; a 5xx is only our own fault and
+never carries SQL or exception text (a state-store failure answers a generic 503 and logs the
+detail); a retryable failure carries ``Retry-After`` (bounded). Request validation errors never
+echo the input (a ``1e400`` or ``NaN`` in a body is a 422, not a 500).
+"""
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 
 import hmac
-from typing import AsyncIterator, Callable, Literal
+from typing import Any, AsyncIterator, Callable, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictBool
 
-from mailrepl.shared.errors import MailreplError
+from mailrepl.shared.errors import MailreplError, StoreError
+from mailrepl.shared.runtime.guard import GuardPolicy, RequestGuard
 
 __all__ = [
+    "ERROR_RESPONSES",
+    "RETRY_AFTER_MAX",
     "bearer_auth",
     "make_app",
+    "retry_after",
     "ByteCounts",
     "MailboxStatus",
     "MailboxDetail",
@@ -29,6 +43,35 @@ __all__ = [
 ]
 
 _bearer = HTTPBearer(auto_error=False)
+log = logging.getLogger("mailrepl.api")
+
+RETRY_AFTER_MAX = 60  # seconds: the longest back-off an answer asks for
+
+
+class ErrorDetail(BaseModel):
+    detail: Any
+
+
+# the refusals every guarded route may answer (documented in the OpenAPI schema)
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorDetail, "description": "malformed request (a batch that does not decode)"},
+    401: {"model": ErrorDetail, "description": "missing or wrong credentials"},
+    403: {"model": ErrorDetail, "description": "the credentials' role may not do this"},
+    404: {"model": ErrorDetail, "description": "no such mailbox or server"},
+    409: {"model": ErrorDetail, "description": "ambiguous, or the mailbox's state does not allow it"},
+    413: {"model": ErrorDetail, "description": "request body over the route's limit"},
+    415: {"model": ErrorDetail, "description": "unsupported Content-Type"},
+    422: {"model": ErrorDetail, "description": "the request does not validate"},
+    429: {"model": ErrorDetail, "description": "busy: retry after Retry-After seconds"},
+    503: {"model": ErrorDetail, "description": "temporarily unavailable: retry after Retry-After seconds"},
+}
+
+
+def retry_after(back_off: float) -> str:
+    """A ``Retry-After`` value: whole seconds, at least 1, at most ``RETRY_AFTER_MAX``."""
+    if not math.isfinite(back_off):
+        return str(RETRY_AFTER_MAX)
+    return str(max(1, min(RETRY_AFTER_MAX, math.ceil(back_off))))
 
 
 def bearer_auth(token: str) -> Callable:
@@ -44,8 +87,10 @@ def bearer_auth(token: str) -> Callable:
 def make_app(
     title: str, registry: CollectorRegistry, health: Callable[[], dict], refresh: Callable[[], None] = lambda: None,
     *, start: Callable[[], None] = lambda: None, stop: Callable[[], None] = lambda: None,
+    guard: GuardPolicy | None = None,
 ) -> FastAPI:
-    """The FastAPI app of a gateway: ``start``/``stop`` run the gateway's workers with the server."""
+    """The FastAPI app of a gateway: ``start``/``stop`` run the gateway's workers with the server;
+    ``guard`` authenticates and bounds every request before its body is read."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -67,18 +112,36 @@ def make_app(
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.exception_handler(MailreplError)
-    def _mailrepl_error(_: Request, exc: MailreplError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=503 if exc.retryable else 500)
+    def _mailrepl_error(request: Request, exc: MailreplError) -> JSONResponse:
+        if isinstance(exc, StoreError):
+            log.error("%s %s: state store failed: %s", request.method, request.url.path, exc)
+            detail = "the state store is unavailable; retry later"
+        else:
+            log.warning("%s %s: %s: %s", request.method, request.url.path, exc.__class__.__name__, exc)
+            detail = " ".join(str(exc).split())[:300]  # our own one-line message, no control characters
+        if exc.retryable:
+            return JSONResponse({"detail": detail}, status_code=503,
+                                headers={"Retry-After": retry_after(exc.back_off)})
+        return JSONResponse({"detail": detail}, status_code=500)
 
+    @app.exception_handler(RequestValidationError)
+    def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        # the input is not echoed (it may be huge, a secret, or a float JSON cannot carry)
+        errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": str(e.get("type", ""))}
+                  for e in exc.errors()[:20]]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    if guard is not None:
+        app.add_middleware(RequestGuard, policy=guard)
     return app
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ProtectionBody(_Model):
-    enabled: bool
+    enabled: StrictBool  # {"enabled": "yes"} is refused, not read as true
 
 
 class RejectedInfo(_Model):
