@@ -209,11 +209,13 @@ def test_source_gateway_refuses_non_boolean_protection(tmp_path):
 id = "hq"
 state_url = "sqlite:///{tmp_path}/s.sqlite"
 admin_token = "{ADMIN}"
+plaintext = true
 
 [peer]
 url = "http://127.0.0.1:9"
 token = "{INGEST}"
 """ + SERVER.format(name="primary"))
+    cfg.chmod(0o600)
     gw = SourceGateway(load_source_settings(cfg))
     client = TestClient(gw.app(), base_url="http://hq")
     try:
