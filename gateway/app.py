@@ -15,7 +15,11 @@ from mailrepl.gateway.registry import Registry
 from mailrepl.gateway.shipper import Shipper
 from mailrepl.shared.runtime.watcher import PushWatchers
 from mailrepl.shared.adapters.factory import make_adapter
-from mailrepl.shared.runtime.api_common import bearer_auth, make_app
+from mailrepl.shared.runtime.api_common import make_app
+from mailrepl.shared.runtime.audit import AuditLog, AuditMiddleware
+from mailrepl.shared.runtime.authz import Authorizer
+from mailrepl.shared.runtime.security_api import security_router
+from mailrepl.shared.runtime.tokens import TokenStore, admin_resolver
 from mailrepl.shared.content.blobstore import BlobStore
 from mailrepl.shared.content.bodies import BodyStore
 from mailrepl.shared.engines.capture import CaptureEngine
@@ -137,9 +141,14 @@ class SourceGateway:
         def health() -> dict:
             return {"role": "source", "id": self.settings.gateway.id, "peer_error": self.shipper.last_error}
 
-        app = make_app("mailrepl source gateway", self.metrics, health, self._refresh_metrics,
-                       start=self.start, stop=self.stop)
-        app.include_router(admin_router(self.registry, bearer_auth(self.settings.gateway.admin_token), self.workers.wake))
+        g = self.settings.gateway
+        tokens, audit = TokenStore(self.store), AuditLog(self.store)
+        authz = Authorizer(admin_resolver(g.admin_token, tokens))
+        app = make_app("mailrepl source gateway", self.metrics, health, self._refresh_metrics, authz=authz,
+                       metrics_open=g.metrics_open, docs_open=g.docs_open, start=self.start, stop=self.stop)
+        app.include_router(admin_router(self.registry, authz, self.workers.wake))
+        app.include_router(security_router(tokens, audit, authz))
+        app.add_middleware(AuditMiddleware, audit=audit)
 
         return app
 

@@ -2,7 +2,8 @@
 
 ::
 
-    [gateway]   id, state_url, listen, admin_token, poll_interval, workers, fetch_chunk, log_level
+    [gateway]   id, state_url, listen, admin_token, poll_interval, workers, fetch_chunk, log_level,
+                metrics_open, docs_open
     [peer]      url, token, batch_max_changes, batch_max_bytes, part_threshold, timeout, retry_initial,
                 retry_max, ca_file
     [[servers]] the primary mail servers (see ``mailrepl.shared.config.settings_common``)
@@ -68,6 +69,8 @@ class SourceGatewaySettings:
     fetch_chunk: int = DEFAULT_FETCH_CHUNK
     failback_blob_dir: str = DEFAULT_FAILBACK_BLOB_DIR  # parts of standby changes replayed at failback
     log_level: str = "info"
+    metrics_open: bool = False  # /metrics without a viewer token
+    docs_open: bool = False  # /docs, /redoc, /openapi.json without a viewer token
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,6 +120,8 @@ def _read_gateway(table: Table) -> SourceGatewaySettings:
         fetch_chunk=table.integer("fetch_chunk", DEFAULT_FETCH_CHUNK, minimum=1),
         failback_blob_dir=str(table.resolve(table.string("failback_blob_dir", DEFAULT_FAILBACK_BLOB_DIR))),
         log_level=read_log_level(table),
+        metrics_open=table.boolean("metrics_open", False),
+        docs_open=table.boolean("docs_open", False),
     )
     table.finish()
     return settings

@@ -20,6 +20,10 @@ from mailrepl.recovery.standby_view import StandbyView, is_fresh
 from mailrepl.shared.adapters.factory import make_adapter
 from mailrepl.shared.runtime.background import Background
 from mailrepl.shared.runtime.api_common import bearer_auth, make_app
+from mailrepl.shared.runtime.audit import AuditLog, AuditMiddleware
+from mailrepl.shared.runtime.authz import Authorizer
+from mailrepl.shared.runtime.security_api import security_router
+from mailrepl.shared.runtime.tokens import TokenStore, admin_resolver
 from mailrepl.shared.errors import MailreplError
 from mailrepl.shared.content.blobstore import BlobStore
 from mailrepl.shared.content.bodies import BodyStore
@@ -67,7 +71,8 @@ class RecoveryGateway:
         self.failback = FailbackService(self.store, self.capture, self._open_standby, self.locks, g.id,
                                         hold_seconds=f.hold_seconds if f.auto else 0.0)
         self.primaries = {srv.name: srv for srv in settings.primaries}
-        self.redirect = Redirect(self.store, self.primaries, {srv.name: srv for srv in settings.servers}, self.route)
+        self.redirect = Redirect(self.store, self.primaries, {srv.name: srv for srv in settings.servers}, self.route,
+                                 case_sensitive=f.redirect_case_sensitive)
         self.monitor = FailoverMonitor(
             self.store, {srv.name: make_adapter(srv) for srv in settings.primaries},
             cutover_server=self._auto_cutover, confirm_caught_up=self._auto_confirm if f.confirm == "auto" else None,
@@ -207,21 +212,28 @@ class RecoveryGateway:
 
     def app(self):
         g = self.settings.gateway
+        tokens, audit = TokenStore(self.store), AuditLog(self.store)
+        authz = Authorizer(admin_resolver(g.admin_token, tokens))
         app = make_app("mailrepl recovery gateway", self.metrics,
-                       lambda: {"role": "recovery", "id": g.id}, self._refresh_metrics,
-                       start=self.start, stop=self.stop)
+                       lambda: {"role": "recovery", "id": g.id}, self._refresh_metrics, authz=authz,
+                       metrics_open=g.metrics_open, docs_open=g.docs_open, start=self.start, stop=self.stop)
         app.include_router(ingest_router(self.receiver, bearer_auth(g.ingest_token), MAX_BATCH_BYTES))
-        app.include_router(admin_router(self.store, bearer_auth(g.admin_token), self.collect_garbage))
-        app.include_router(site_admin_router(self.store, bearer_auth(g.admin_token), self.cutover, self.failback,
+        app.include_router(admin_router(self.store, authz, self.collect_garbage))
+        app.include_router(site_admin_router(self.store, authz, self.cutover, self.failback,
                                              self.monitor, self.settings.failover.auto))
+        app.include_router(security_router(tokens, audit, authz))
         app.include_router(site_ingest_router(bearer_auth(g.ingest_token), g.id, self.failback))
         app.include_router(redirect_router(self.redirect, self.settings.failover.redirect_key))
+        app.add_middleware(AuditMiddleware, audit=audit)
         return app
 
 
 def run(settings) -> None:
     logging.basicConfig(level=settings.gateway.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.failover.redirect_key is None:
+        log.warning("the login redirect (/auth) answers without a key (redirect_key_required = false): "
+                    "keep it reachable by nginx only")
     gw = RecoveryGateway(settings)
     host, port = settings.gateway.listen
     uvicorn.run(gw.app(), host=host, port=port, log_level="warning")

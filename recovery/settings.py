@@ -3,13 +3,14 @@
 ::
 
     [gateway]   id, state_url, listen, admin_token, ingest_token, workers, append_batch, blob_dir,
-                blob_grace_seconds, log_level
+                blob_grace_seconds, log_level, metrics_open, docs_open
     [[servers]] the standby mail servers (see ``mailrepl.shared.config.settings_common``)
     [routes]    optional: primary server name (as the source gateway calls it) = standby server name
     [[primaries]] optional: the primary mail servers as this site reaches them (same keys as
                 [[servers]]), for the login redirect and the health checks of automatic failover
-    [failover]  optional: auto, outage_seconds, check_interval, hold_seconds, confirm,
-                redirect_key
+    [failover]  auto, outage_seconds, check_interval, hold_seconds, confirm, redirect_key (or
+                MAILREPL_REDIRECT_KEY; required unless redirect_key_required = false),
+                redirect_case_sensitive
 
 Without ``routes`` a single standby server receives everything. ``deploy/examples/recovery.toml``
 documents every key.
@@ -39,6 +40,8 @@ from mailrepl.shared.config.toml_reader import Table, open_config
 
 __all__ = [
     "ENV_INGEST_TOKEN",
+    "ENV_REDIRECT_KEY",
+    "FailoverSettings",
     "RecoveryGatewaySettings",
     "RecoverySettings",
     "load_recovery_settings",
@@ -46,6 +49,7 @@ __all__ = [
 
 ENV_INGEST_TOKEN = "MAILREPL_INGEST_TOKEN"
 ENV_BLOB_DIR = "MAILREPL_BLOB_DIR"
+ENV_REDIRECT_KEY = "MAILREPL_REDIRECT_KEY"
 
 DEFAULT_STATE_URL = "sqlite:///mailrepl-recovery.sqlite"
 DEFAULT_LISTEN = "127.0.0.1:8471"
@@ -66,7 +70,9 @@ class FailoverSettings:
     check_interval: float = DEFAULT_CHECK_INTERVAL
     hold_seconds: float = DEFAULT_HOLD  # an automatic cutover is not failed back before this
     confirm: str = "manual"  # "auto": switch back as soon as the primary has every standby change
-    redirect_key: str | None = field(default=None, repr=False)  # nginx's auth_http_header X-Mailrepl-Key
+    # nginx's auth_http_header X-Mailrepl-Key; None only with redirect_key_required = false
+    redirect_key: str | None = field(default=None, repr=False)
+    redirect_case_sensitive: bool = False  # match login names as a case-sensitive server would
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +87,8 @@ class RecoveryGatewaySettings:
     blob_dir: str = DEFAULT_BLOB_DIR  # content-addressed message parts (absolute after loading)
     blob_grace_seconds: int = DEFAULT_BLOB_GRACE  # GC never deletes a part younger than this
     log_level: str = "info"
+    metrics_open: bool = False  # /metrics without a viewer token
+    docs_open: bool = False  # /docs, /redoc, /openapi.json without a viewer token
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +113,9 @@ class RecoverySettings:
         f = self.failover
         lines.append(f"  automatic failover {'on' if f.auto else 'off'} (outage {f.outage_seconds:g}s, "
                      f"checks every {f.check_interval:g}s, hold {f.hold_seconds:g}s), switch-back {f.confirm}")
+        lines.append(f"  login redirect: key {'required' if f.redirect_key else 'NOT required'}, user names "
+                     f"{'case-sensitive' if f.redirect_case_sensitive else 'case-insensitive'}; /metrics "
+                     f"{'open' if g.metrics_open else 'viewer token'}, API docs {'open' if g.docs_open else 'viewer token'}")
         return "\n".join(lines)
 
 
@@ -122,6 +133,8 @@ def _read_gateway(table: Table) -> RecoveryGatewaySettings:
         blob_dir=str(table.resolve(table.environ.get(ENV_BLOB_DIR) or blob_dir)),
         blob_grace_seconds=table.integer("blob_grace_seconds", DEFAULT_BLOB_GRACE, minimum=60),
         log_level=read_log_level(table),
+        metrics_open=table.boolean("metrics_open", False),
+        docs_open=table.boolean("docs_open", False),
     )
     table.finish()
     return settings
@@ -145,10 +158,23 @@ def _read_failover(table: Table) -> FailoverSettings:
         check_interval=table.seconds("check_interval", DEFAULT_CHECK_INTERVAL),
         hold_seconds=table.seconds("hold_seconds", DEFAULT_HOLD),
         confirm=table.choice("confirm", CONFIRM_MODES, "manual"),
-        redirect_key=table.string("redirect_key", None),
+        redirect_key=_read_redirect_key(table),
+        redirect_case_sensitive=table.boolean("redirect_case_sensitive", False),
     )
     table.finish()
     return settings
+
+
+def _read_redirect_key(table: Table) -> str | None:
+    """The key nginx must send to ``/auth``: required unless ``redirect_key_required = false``."""
+    required = table.boolean("redirect_key_required", True)
+    if "redirect_key" in table.keys() or ENV_REDIRECT_KEY in table.environ:
+        return table.secret("redirect_key", ENV_REDIRECT_KEY, token=True)
+    if required:
+        raise table.error("redirect_key", f"missing: the login redirect (/auth) needs the key nginx sends as "
+                                          f"X-Mailrepl-Key (or {ENV_REDIRECT_KEY}); set "
+                                          "redirect_key_required = false to serve /auth without one")
+    return None
 
 
 def load_recovery_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> RecoverySettings:

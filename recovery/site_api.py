@@ -1,6 +1,6 @@
 """REST endpoints of cutover and failback on the recovery gateway.
 
-Admin (``/api/v1``, admin token): ``POST /cutover``, ``POST /failback``, ``GET /failover``.
+Admin (``/api/v1``): ``POST /cutover``, ``POST /failback`` (role operator), ``GET /failover`` (viewer).
 Source gateways (``/api/v1/ingest``, ingest token): ``GET /sites``, ``POST /reverse``,
 ``POST /resync``, ``POST /rebase`` (see ``mailrepl.recovery.failback``; their requests and answers
 are ``mailrepl.shared.protocol.messages``).
@@ -8,6 +8,7 @@ nginx mail proxy: ``GET /auth`` (``auth_http``, see ``mailrepl.recovery.redirect
 """
 from __future__ import annotations
 
+import hmac
 from typing import Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -21,6 +22,7 @@ from mailrepl.recovery.failback import FailbackService
 from mailrepl.recovery.redirect import Redirect
 from mailrepl.recovery.site import NoSuchMailbox, find_replicas
 from mailrepl.shared.errors import IllegalTransition
+from mailrepl.shared.runtime.authz import AUTH_RESPONSES, Authorizer
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import Replica, SiteTransition
 from mailrepl.shared.protocol.messages import (
@@ -67,17 +69,18 @@ def _guard(fn: Callable, *args, **kw):
         raise HTTPException(409, str(exc)) from exc
 
 
-def site_admin_router(store: Store, auth, cutover: CutoverService, failback: FailbackService,
+def site_admin_router(store: Store, authz: Authorizer, cutover: CutoverService, failback: FailbackService,
                       monitor: FailoverMonitor, auto: bool) -> APIRouter:
-    r = APIRouter(prefix="/api/v1", dependencies=[Depends(auth)], tags=["cutover"])
+    r = APIRouter(prefix="/api/v1", tags=["cutover"], responses=AUTH_RESPONSES)
+    viewer, operator = [Depends(authz.require("viewer"))], [Depends(authz.require("operator"))]
 
-    @r.post("/cutover", response_model=Results)
+    @r.post("/cutover", response_model=Results, dependencies=operator)
     async def post_cutover(body: Selection) -> Results:
         """Move users of these mailboxes to the standby (works while the primary site is down)."""
         ids = _selected(store, body)
         return Results(results=await run_in_threadpool(_guard, cutover.cutover, ids, actor="admin"))
 
-    @r.post("/failback", response_model=Results)
+    @r.post("/failback", response_model=Results, dependencies=operator)
     async def post_failback(body: FailbackRequest) -> Results:
         """Replay the standby's changes on the primary; with ``confirm``, switch users back."""
         ids = _selected(store, body)
@@ -99,7 +102,7 @@ def site_admin_router(store: Store, auth, cutover: CutoverService, failback: Fai
 
         return Results(results=await run_in_threadpool(_guard, run))
 
-    @r.get("/failover")
+    @r.get("/failover", dependencies=viewer)
     def get_failover() -> dict:
         """Automatic failover: whether it is on, the primaries' health, the automatic actions."""
         with store.read() as s:
@@ -143,13 +146,16 @@ def site_ingest_router(auth, gateway_id: str, failback: FailbackService) -> APIR
 
 
 def redirect_router(redirect: Redirect, key: str | None) -> APIRouter:
+    """``GET /auth``: with a ``key``, nginx must send it as ``X-Mailrepl-Key`` (compared in constant
+    time); ``key`` None only when the configuration explicitly turned the requirement off."""
     r = APIRouter(tags=["redirect"])
 
     @r.get("/auth")
     def auth_http(request: Request) -> Response:
         """nginx mail proxy ``auth_http``: which server this user's login goes to."""
         h = request.headers
-        if key is not None and h.get("x-mailrepl-key") != key:
+        if key is not None and not hmac.compare_digest((h.get("x-mailrepl-key") or "").encode("utf-8", "surrogateescape"),
+                                                       key.encode("utf-8", "surrogateescape")):
             return Response(headers={"Auth-Status": "Temporary server problem, try again later", "Auth-Wait": "5"})
         answer = redirect.answer(h.get("auth-user", ""), h.get("auth-protocol", "imap"))
         return Response(headers=answer.headers)

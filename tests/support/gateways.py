@@ -13,6 +13,7 @@ import httpx
 
 ADMIN_TOKEN = "admin-secret"
 INGEST_TOKEN = "ingest-secret"
+REDIRECT_KEY = "redirect-secret"
 
 
 def free_port() -> int:
@@ -134,6 +135,8 @@ blob_dir = "{tmp}/blobs"
             + _server_toml("standby", standby, users)
             + (_server_toml("primary", primary, users, "primaries") if with_primaries else "")
             + recovery_extra
+            # the login redirect needs a key; tests with their own [failover] table give theirs
+            + ("" if "[failover]" in recovery_extra else f'\n[failover]\nredirect_key = "{REDIRECT_KEY}"\n')
         )
         self.source = GatewayProcess("source", src, sport, tmp / "source.log")
         self.recovery = GatewayProcess("recovery", rec, rport, tmp / "recovery.log")
@@ -188,7 +191,7 @@ blob_dir = "{tmp}/blobs"
         )
 
     def wire_bytes(self) -> float:
-        r = httpx.get(self.source.url + "/metrics", timeout=10)
+        r = httpx.get(self.source.url + "/metrics", timeout=10, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         for line in r.text.splitlines():
             if line.startswith("mailrepl_source_wire_bytes "):
                 return float(line.split()[1])

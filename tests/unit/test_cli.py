@@ -228,6 +228,9 @@ listen = "127.0.0.1:{rec_port}"
 admin_token = "{TOKEN}"
 ingest_token = "ingest-token"
 
+[failover]
+redirect_key = "redirect-key"
+
 [[servers]]
 name = "standby"
 host = "127.0.0.1"
