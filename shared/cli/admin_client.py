@@ -132,7 +132,7 @@ class AdminClient:
             raise ApiUnreachable(f"cannot reach the {self.what} API at {self.url}: {reason}") from None
         if response.status_code == 401:
             raise ApiRefused(
-                f"the {self.what} API at {self.url} refused the admin token (missing, wrong or revoked): "
+                f"the {self.what} API at {self.url} refused the admin token (missing or wrong): "
                 "check --token, MAILREPL_ADMIN_TOKEN or the config's gateway.admin_token",
                 status=401, detail=_detail(response),
             )
