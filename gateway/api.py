@@ -1,16 +1,18 @@
-"""REST admin API of the source gateway (under /api/v1)."""
+"""REST admin API of the source gateway (under /api/v1): status for viewers, protection for operators."""
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, HTTPException
 
 from mailrepl.gateway.registry import Ambiguous, NotFound, Registry
 from mailrepl.shared.runtime.api_common import ERROR_RESPONSES, MailboxDetail, MailboxList, MailboxStatus, ProtectionBody, ServerProtection
+from mailrepl.shared.runtime.authz import Authorizer
 
 __all__ = ["admin_router"]
 
 
-def admin_router(registry: Registry, auth, on_change) -> APIRouter:
-    r = APIRouter(prefix="/api/v1", dependencies=[Depends(auth)], tags=["admin"], responses=ERROR_RESPONSES)
+def admin_router(registry: Registry, authz: Authorizer, on_change) -> APIRouter:
+    r = APIRouter(prefix="/api/v1", tags=["admin"], responses=ERROR_RESPONSES)
+    viewer, operator = [Depends(authz.require("viewer"))], [Depends(authz.require("operator"))]
 
     def resolve(address: str, server: str | None) -> tuple[str, str]:
         try:
@@ -20,11 +22,11 @@ def admin_router(registry: Registry, auth, on_change) -> APIRouter:
         except Ambiguous as exc:
             raise HTTPException(409, str(exc)) from exc
 
-    @r.get("/mailboxes", response_model=MailboxList)
+    @r.get("/mailboxes", response_model=MailboxList, dependencies=viewer)
     def list_mailboxes() -> MailboxList:
         return MailboxList(mailboxes=registry.list_status())
 
-    @r.get("/mailboxes/{address}", response_model=MailboxDetail)
+    @r.get("/mailboxes/{address}", response_model=MailboxDetail, dependencies=viewer)
     def get_mailbox(address: str, server: str | None = None) -> MailboxDetail:
         srv, addr = resolve(address, server)
         try:
@@ -32,7 +34,7 @@ def admin_router(registry: Registry, auth, on_change) -> APIRouter:
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from exc
 
-    @r.put("/mailboxes/{address}/protection", response_model=MailboxStatus)
+    @r.put("/mailboxes/{address}/protection", response_model=MailboxStatus, dependencies=operator)
     def put_protection(address: str, body: ProtectionBody, server: str | None = None) -> MailboxStatus:
         srv, addr = resolve(address, server)
         try:
@@ -42,7 +44,7 @@ def admin_router(registry: Registry, auth, on_change) -> APIRouter:
         on_change()
         return status
 
-    @r.put("/servers/{server}/protection", response_model=ServerProtection)
+    @r.put("/servers/{server}/protection", response_model=ServerProtection, dependencies=operator)
     def put_server_protection(server: str, body: ProtectionBody) -> ServerProtection:
         try:
             statuses = registry.set_server_protection(server, body.enabled)

@@ -1,7 +1,6 @@
 """The source gateway: composition root (settings -> store, adapters, engines, API)."""
 from __future__ import annotations
 
-import hmac
 import logging
 import threading
 
@@ -15,10 +14,14 @@ from mailrepl.gateway.registry import Registry
 from mailrepl.gateway.shipper import Shipper
 from mailrepl.shared.runtime.watcher import PushWatchers
 from mailrepl.shared.adapters.factory import make_adapter
-from mailrepl.shared.runtime.api_common import bearer_auth, make_app
-from mailrepl.shared.runtime.tls_server import serve
+from mailrepl.shared.runtime.api_common import make_app
+from mailrepl.shared.runtime.audit import AuditLog, AuditMiddleware
+from mailrepl.shared.runtime.authz import Authorizer
 from mailrepl.shared.runtime.guard import BodyRule, GuardPolicy, JSON
-from mailrepl.shared.runtime.principals import Principal, Resolver
+from mailrepl.shared.runtime.principals import Resolver
+from mailrepl.shared.runtime.security_api import security_router
+from mailrepl.shared.runtime.tls_server import serve
+from mailrepl.shared.runtime.tokens import TokenStore, admin_resolver
 from mailrepl.shared.content.blobstore import BlobStore
 from mailrepl.shared.content.bodies import BodyStore
 from mailrepl.shared.engines.capture import CaptureEngine
@@ -147,9 +150,15 @@ class SourceGateway:
         def health() -> dict:
             return {"role": "source", "id": self.settings.gateway.id, "peer_error": self.shipper.last_error}
 
-        app = make_app("mailrepl source gateway", self.metrics, health, self._refresh_metrics,
-                       start=self.start, stop=self.stop, guard=guard_policy(self.settings.gateway))
-        app.include_router(admin_router(self.registry, bearer_auth(self.settings.gateway.admin_token), self.workers.wake))
+        g = self.settings.gateway
+        tokens, audit = TokenStore(self.store), AuditLog(self.store)
+        authz = Authorizer(resolver(g, tokens))
+        app = make_app("mailrepl source gateway", self.metrics, health, self._refresh_metrics, authz=authz,
+                       metrics_open=g.metrics_open, docs_open=g.docs_open, start=self.start, stop=self.stop,
+                       guard=guard_policy(g, tokens))
+        app.include_router(admin_router(self.registry, authz, self.workers.wake))
+        app.include_router(security_router(tokens, audit, authz))
+        app.add_middleware(AuditMiddleware, audit=audit)
 
         return app
 
@@ -174,17 +183,14 @@ class _ByteCounters:
         yield family
 
 
-def resolver(g) -> Resolver:
-    """Who a request's credentials are: today the one admin token."""
-    admin = Principal("admin-token", "admin")
-    expected = g.admin_token.encode()
-    return lambda token, cert: admin if token is not None and hmac.compare_digest(
-        token.encode("utf-8", "surrogateescape"), expected) else None
+def resolver(g, tokens: TokenStore) -> Resolver:
+    """Who a request's credentials are: the config's admin token, or a stored token with its role."""
+    return admin_resolver(g.admin_token, tokens)
 
 
-def guard_policy(g) -> GuardPolicy:
+def guard_policy(g, tokens: TokenStore) -> GuardPolicy:
     """The source gateway's request guard: every body is admin JSON of at most ``max_json_bytes``."""
-    return GuardPolicy(resolver=resolver(g), default=BodyRule(g.max_json_bytes, (JSON,)), open_paths=OPEN_PATHS)
+    return GuardPolicy(resolver=resolver(g, tokens), default=BodyRule(g.max_json_bytes, (JSON,)), open_paths=OPEN_PATHS)
 
 
 def run(settings) -> None:

@@ -5,7 +5,7 @@
     [gateway]   id, state_url, listen, admin_token, poll_interval, workers, fetch_chunk, log_level,
                 tls_cert, tls_key, tls_client_ca, plaintext (the admin API; see ``tls_settings``),
                 encryption_key(_file), encryption_old_key_files,
-                max_json_bytes
+                max_json_bytes, metrics_open, docs_open
     [peer]      url, token, batch_max_changes, batch_max_bytes, part_threshold, timeout, retry_initial,
                 retry_max, ca_file, client_cert, client_key
 
@@ -87,6 +87,8 @@ class SourceGatewaySettings:
     encryption: EncryptionSettings = EncryptionSettings()
     insecure_demo: bool = False  # loopback demo: secrets in a file others may read (warned at start-up)
     max_json_bytes: int = DEFAULT_MAX_JSON_BYTES  # admin API request bodies
+    metrics_open: bool = False  # /metrics without a viewer token
+    docs_open: bool = False  # /docs, /redoc, /openapi.json without a viewer token
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -147,6 +149,8 @@ def _read_gateway(table: Table) -> SourceGatewaySettings:
         encryption=read_encryption(table),
         insecure_demo=demo,
         max_json_bytes=read_max_json_bytes(table),
+        metrics_open=table.boolean("metrics_open", False),
+        docs_open=table.boolean("docs_open", False),
     )
     table.finish()
     return settings

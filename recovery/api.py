@@ -19,6 +19,7 @@ from mailrepl.recovery.source_access import SourceAccess
 from mailrepl.recovery.standby_view import is_fresh
 from mailrepl.shared.runtime.principals import Principal
 from mailrepl.shared.runtime.api_common import ERROR_RESPONSES, MailboxDetail, MailboxList, MailboxStatus, RejectedInfo, SeedingProgress
+from mailrepl.shared.runtime.authz import Authorizer
 from mailrepl.shared.errors import UnsupportedVersion, WireError
 from mailrepl.shared.model import utcnow
 from mailrepl.shared.site_state import active_site
@@ -108,11 +109,14 @@ class GcResult(BaseModel):
     parts_kept_recent: int
 
 
-def admin_router(store: Store, auth, collect_garbage: Callable[[float | None], object] | None = None) -> APIRouter:
-    r = APIRouter(prefix="/api/v1", dependencies=[Depends(auth)], tags=["admin"], responses=ERROR_RESPONSES)
+def admin_router(store: Store, authz: Authorizer,
+                 collect_garbage: Callable[[float | None], object] | None = None) -> APIRouter:
+    """Status (viewer) and garbage collection (operator)."""
+    r = APIRouter(prefix="/api/v1", tags=["admin"], responses=ERROR_RESPONSES)
+    viewer, operator = [Depends(authz.require("viewer"))], [Depends(authz.require("operator"))]
 
     if collect_garbage is not None:
-        @r.post("/gc", response_model=GcResult)
+        @r.post("/gc", response_model=GcResult, dependencies=operator)
         def gc(grace_seconds: float | None = Query(default=None, ge=0)) -> GcResult:
             """Delete received bodies nothing refers to, then the parts no kept body refers to."""
             return GcResult(**dataclasses.asdict(collect_garbage(grace_seconds)))
@@ -128,13 +132,13 @@ def admin_router(store: Store, auth, collect_garbage: Callable[[float | None], o
             raise HTTPException(409, f"{address!r} is replicated from several servers; name one with ?server=")
         return reps[0]
 
-    @r.get("/mailboxes", response_model=MailboxList)
+    @r.get("/mailboxes", response_model=MailboxList, dependencies=viewer)
     def list_mailboxes() -> MailboxList:
         with store.read() as s:
             reps = s.scalars(select(Replica).order_by(Replica.server, Replica.address))
             return MailboxList(mailboxes=[replica_status(s, rep) for rep in reps])
 
-    @r.get("/mailboxes/{address}", response_model=MailboxDetail)
+    @r.get("/mailboxes/{address}", response_model=MailboxDetail, dependencies=viewer)
     def get_mailbox(address: str, server: str | None = None) -> MailboxDetail:
         with store.read() as s:
             rep = find(s, address, server)

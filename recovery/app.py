@@ -1,7 +1,6 @@
 """The recovery gateway: composition root (settings -> store, receiver, replay workers, API)."""
 from __future__ import annotations
 
-import hmac
 import logging
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -21,10 +20,14 @@ from mailrepl.recovery.standby_view import StandbyView, is_fresh
 from mailrepl.shared.adapters.factory import make_adapter
 from mailrepl.shared.runtime.background import Background
 from mailrepl.shared.runtime.tls_server import serve
-from mailrepl.shared.runtime.api_common import bearer_auth, make_app
+from mailrepl.shared.runtime.api_common import make_app
 from mailrepl.shared.runtime.guard import BodyRule, GuardPolicy, JSON
-from mailrepl.shared.runtime.principals import Principal, Resolver, first_of
+from mailrepl.shared.runtime.principals import Resolver, first_of
 from mailrepl.shared.protocol.wire import MEDIA_TYPE
+from mailrepl.shared.runtime.audit import AuditLog, AuditMiddleware
+from mailrepl.shared.runtime.authz import Authorizer
+from mailrepl.shared.runtime.security_api import security_router
+from mailrepl.shared.runtime.tokens import TokenStore, admin_resolver
 from mailrepl.shared.errors import MailreplError
 from mailrepl.shared.content.blobstore import BlobStore
 from mailrepl.shared.content.bodies import BodyStore
@@ -78,7 +81,8 @@ class RecoveryGateway:
         self.failback = FailbackService(self.store, self.capture, self._open_standby, self.locks, g.id,
                                         hold_seconds=f.hold_seconds if f.auto else 0.0)
         self.primaries = {srv.name: srv for srv in settings.primaries}
-        self.redirect = Redirect(self.store, self.primaries, {srv.name: srv for srv in settings.servers}, self.route)
+        self.redirect = Redirect(self.store, self.primaries, {srv.name: srv for srv in settings.servers}, self.route,
+                                 case_sensitive=f.redirect_case_sensitive)
         self.monitor = FailoverMonitor(
             self.store, {srv.name: make_adapter(srv) for srv in settings.primaries},
             cutover_server=self._auto_cutover, confirm_caught_up=self._auto_confirm if f.confirm == "auto" else None,
@@ -218,33 +222,30 @@ class RecoveryGateway:
 
     def app(self):
         g = self.settings.gateway
+        tokens, audit = TokenStore(self.store), AuditLog(self.store)
+        authz = Authorizer(admin_resolver(g.admin_token, tokens))
         app = make_app("mailrepl recovery gateway", self.metrics,
-                       lambda: {"role": "recovery", "id": g.id}, self._refresh_metrics,
-                       start=self.start, stop=self.stop, guard=guard_policy(g, self.access))
+                       lambda: {"role": "recovery", "id": g.id}, self._refresh_metrics, authz=authz,
+                       metrics_open=g.metrics_open, docs_open=g.docs_open, start=self.start, stop=self.stop,
+                       guard=guard_policy(g, self.access, tokens))
         app.include_router(ingest_router(self.receiver, self.access, g.max_batch_bytes, g.max_inflated_bytes))
-        app.include_router(admin_router(self.store, bearer_auth(g.admin_token), self.collect_garbage))
-        app.include_router(site_admin_router(self.store, bearer_auth(g.admin_token), self.cutover, self.failback,
+        app.include_router(admin_router(self.store, authz, self.collect_garbage))
+        app.include_router(site_admin_router(self.store, authz, self.cutover, self.failback,
                                              self.monitor, self.settings.failover.auto))
+        app.include_router(security_router(tokens, audit, authz))
         app.include_router(site_ingest_router(self.access, g.id, self.failback))
         app.include_router(redirect_router(self.redirect, self.settings.failover.redirect_key))
+        app.add_middleware(AuditMiddleware, audit=audit)
         return app
 
 
-def resolver(g, access: SourceAccess) -> Resolver:
-    """Who a request's credentials are: the admin token, or a source gateway bound by its client
-    certificate or per-source token (``SourceAccess``)."""
-    admin = Principal("admin-token", "admin")
-    expected = g.admin_token.encode()
-
-    def by_admin_token(token: str | None, cert) -> Principal | None:
-        if token is not None and hmac.compare_digest(token.encode("utf-8", "surrogateescape"), expected):
-            return admin
-        return None
-
-    return first_of(by_admin_token, access.resolve)
+def resolver(g, access: SourceAccess, tokens: TokenStore) -> Resolver:
+    """Who a request's credentials are: an admin API token (the config's, or a stored one with its
+    role), or a source gateway bound by its client certificate or per-source token."""
+    return first_of(admin_resolver(g.admin_token, tokens), access.resolve)
 
 
-def guard_policy(g, access: SourceAccess) -> GuardPolicy:
+def guard_policy(g, access: SourceAccess, tokens: TokenStore) -> GuardPolicy:
     """The recovery gateway's request guard: admin JSON small, batches up to ``max_batch_bytes``
     and ``max_concurrent_ingests`` at once, the source's other requests JSON up to PEER_JSON_BYTES."""
     peer = BodyRule(max(PEER_JSON_BYTES, g.max_json_bytes))
@@ -252,11 +253,14 @@ def guard_policy(g, access: SourceAccess) -> GuardPolicy:
                                                            max_concurrent=g.max_concurrent_ingests),
               **{("POST", f"/api/v1/ingest/{name}"): peer for name in ("missing", "reverse", "resync")},
               ("POST", "/api/v1/ingest/rebase"): BodyRule(g.max_batch_bytes)}  # failback's id pairs can be many
-    return GuardPolicy(resolver=resolver(g, access), default=BodyRule(g.max_json_bytes, (JSON,)), open_paths=OPEN_PATHS,
+    return GuardPolicy(resolver=resolver(g, access, tokens), default=BodyRule(g.max_json_bytes, (JSON,)), open_paths=OPEN_PATHS,
                        routes=routes)
 
 
 def run(settings) -> None:
     prepare_process(settings.gateway.log_level, insecure_demo=settings.gateway.insecure_demo)
+    if settings.failover.redirect_key is None:
+        log.warning("the login redirect (/auth) answers without a key (redirect_key_required = false): "
+                    "keep it reachable by nginx only")
     gw = RecoveryGateway(settings)
     serve(gw.app(), settings.gateway.listen, settings.gateway.tls, what="recovery gateway")

@@ -13,6 +13,10 @@ routed like ``user``.
 Which server: *replicating* and *switching-back* mailboxes are served by the primary,
 *active-at-dr* and *failing-back* by the standby; while a mailbox is *cutting-over* logins are
 asked to wait a moment. Mailboxes not replicated here go to the only primary, if there is one.
+
+User names are matched as the mail servers match them: case-insensitively unless configured
+otherwise (``[failover] redirect_case_sensitive``), so "ALICE" reaches the server where alice's
+mailbox is active. An exact match wins over one that differs only in case.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import socket
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from mailrepl.shared.config.settings_common import ServerSettings
 from mailrepl.shared.site_state import SiteState, active_site
@@ -44,8 +48,9 @@ class Answer:
 
 class Redirect:
     def __init__(self, store: Store, primaries: Mapping[str, ServerSettings], standbys: Mapping[str, ServerSettings],
-                 route: Callable[[str], str | None]) -> None:
+                 route: Callable[[str], str | None], *, case_sensitive: bool = False) -> None:
         self.store = store
+        self.case_sensitive = case_sensitive
         self.primaries = primaries
         self.standbys = standbys
         self.route = route  # primary server name -> standby server name
@@ -55,7 +60,12 @@ class Redirect:
         if not address:
             return _refuse("Invalid login or password")
         with self.store.read() as s:
-            reps = list(s.scalars(select(Replica).where(Replica.address == address)))
+            if self.case_sensitive:
+                reps = list(s.scalars(select(Replica).where(Replica.address == address).order_by(Replica.id)))
+            else:
+                reps = list(s.scalars(select(Replica).where(func.lower(Replica.address) == address.lower())
+                                      .order_by(Replica.id)))
+                reps.sort(key=lambda r: r.address != address)  # an exact match first
         if not reps:
             if len(self.primaries) == 1:
                 return self._to(next(iter(self.primaries.values())), protocol)

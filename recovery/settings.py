@@ -5,14 +5,15 @@
     [gateway]   id, state_url, listen, admin_token, workers, append_batch, blob_dir,
                 blob_grace_seconds, log_level, tls_cert, tls_key, tls_client_ca, plaintext,
                 encryption_key(_file), encryption_old_key_files, max_json_bytes, max_batch_bytes,
-                max_inflated_bytes, max_concurrent_ingests
+                max_inflated_bytes, max_concurrent_ingests, metrics_open, docs_open
     [[sources]] the source gateways that may send: id, certificate_cn, token, servers, mailboxes
     [[servers]] the standby mail servers (see ``mailrepl.shared.config.settings_common``)
     [routes]    optional: primary server name (as the source gateway calls it) = standby server name
     [[primaries]] optional: the primary mail servers as this site reaches them (same keys as
                 [[servers]]), for the login redirect and the health checks of automatic failover
-    [failover]  optional: auto, outage_seconds, check_interval, hold_seconds, confirm,
-                redirect_key
+    [failover]  auto, outage_seconds, check_interval, hold_seconds, confirm, redirect_key (or
+                MAILREPL_REDIRECT_KEY; required unless redirect_key_required = false),
+                redirect_case_sensitive
 
 Each ``[[sources]]`` table binds one source gateway ``id`` to its credential: the subject
 common name of its TLS client certificate (``certificate_cn``; the certificate must be signed by
@@ -58,6 +59,8 @@ from mailrepl.shared.config.toml_reader import Table, open_config, show_value
 __all__ = [
     "BoundSource",
     "source_token_env",
+    "ENV_REDIRECT_KEY",
+    "FailoverSettings",
     "RecoveryGatewaySettings",
     "RecoverySettings",
     "load_recovery_settings",
@@ -88,7 +91,9 @@ class FailoverSettings:
     check_interval: float = DEFAULT_CHECK_INTERVAL
     hold_seconds: float = DEFAULT_HOLD  # an automatic cutover is not failed back before this
     confirm: str = "manual"  # "auto": switch back as soon as the primary has every standby change
-    redirect_key: str | None = field(default=None, repr=False)  # nginx's auth_http_header X-Mailrepl-Key
+    # nginx's auth_http_header X-Mailrepl-Key; None only with redirect_key_required = false
+    redirect_key: str | None = field(default=None, repr=False)
+    redirect_case_sensitive: bool = False  # match login names as a case-sensitive server would
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,6 +114,8 @@ class RecoveryGatewaySettings:
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES  # an ingest request body (413 beyond)
     max_inflated_bytes: int = DEFAULT_MAX_INFLATED_BYTES  # a batch decompressed (400 beyond; streamed)
     max_concurrent_ingests: int = DEFAULT_MAX_CONCURRENT_INGESTS
+    metrics_open: bool = False  # /metrics without a viewer token
+    docs_open: bool = False  # /docs, /redoc, /openapi.json without a viewer token
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,6 +167,9 @@ class RecoverySettings:
         f = self.failover
         lines.append(f"  automatic failover {'on' if f.auto else 'off'} (outage {f.outage_seconds:g}s, "
                      f"checks every {f.check_interval:g}s, hold {f.hold_seconds:g}s), switch-back {f.confirm}")
+        lines.append(f"  login redirect: key {'required' if f.redirect_key else 'NOT required'}, user names "
+                     f"{'case-sensitive' if f.redirect_case_sensitive else 'case-insensitive'}; /metrics "
+                     f"{'open' if g.metrics_open else 'viewer token'}, API docs {'open' if g.docs_open else 'viewer token'}")
         return "\n".join(lines)
 
 
@@ -189,6 +199,8 @@ def _read_gateway(table: Table) -> RecoveryGatewaySettings:
                                          maximum=1 << 40),
         max_concurrent_ingests=table.integer("max_concurrent_ingests", DEFAULT_MAX_CONCURRENT_INGESTS,
                                              minimum=1, maximum=256),
+        metrics_open=table.boolean("metrics_open", False),
+        docs_open=table.boolean("docs_open", False),
     )
     if settings.max_inflated_bytes < settings.max_batch_bytes:
         raise table.error("max_inflated_bytes", f"must be >= max_batch_bytes ({settings.max_batch_bytes}), "
@@ -261,10 +273,24 @@ def _read_failover(table: Table) -> FailoverSettings:
         check_interval=table.seconds("check_interval", DEFAULT_CHECK_INTERVAL),
         hold_seconds=table.seconds("hold_seconds", DEFAULT_HOLD),
         confirm=table.choice("confirm", CONFIRM_MODES, "manual"),
-        redirect_key=read_token(table, "redirect_key", ENV_REDIRECT_KEY, required=False),
+        redirect_key=_read_redirect_key(table),
+        redirect_case_sensitive=table.boolean("redirect_case_sensitive", False),
     )
     table.finish()
     return settings
+
+
+def _read_redirect_key(table: Table) -> str | None:
+    """The key nginx must send to ``/auth``: required unless ``redirect_key_required = false``."""
+    required = table.boolean("redirect_key_required", True)
+    key = read_token(table, "redirect_key", ENV_REDIRECT_KEY, required=False)  # file, env, credential too
+    if key is not None:
+        return key
+    if required:
+        raise table.error("redirect_key", f"missing: the login redirect (/auth) needs the key nginx sends as "
+                                          f"X-Mailrepl-Key (or {ENV_REDIRECT_KEY}); set "
+                                          "redirect_key_required = false to serve /auth without one")
+    return None
 
 
 def load_recovery_settings(path: str | Path, environ: Mapping[str, str] | None = None) -> RecoverySettings:

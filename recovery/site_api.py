@@ -1,6 +1,6 @@
 """REST endpoints of cutover and failback on the recovery gateway.
 
-Admin (``/api/v1``, admin token): ``POST /cutover``, ``POST /failback``, ``GET /failover``.
+Admin (``/api/v1``): ``POST /cutover``, ``POST /failback`` (role operator), ``GET /failover`` (viewer).
 Source gateways (``/api/v1/ingest``, a source's certificate or token, each request only for
 that source and its mailboxes: ``mailrepl.recovery.source_access``): ``GET /sites``,
 ``POST /reverse``, ``POST /resync``, ``POST /rebase`` (see ``mailrepl.recovery.failback``; their
@@ -9,6 +9,7 @@ nginx mail proxy: ``GET /auth`` (``auth_http``, see ``mailrepl.recovery.redirect
 """
 from __future__ import annotations
 
+import hmac
 from typing import Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -25,6 +26,7 @@ from mailrepl.recovery.source_access import SourceAccess
 from mailrepl.shared.runtime.principals import Principal
 from mailrepl.shared.errors import IllegalTransition
 from mailrepl.shared.runtime.api_common import ERROR_RESPONSES
+from mailrepl.shared.runtime.authz import Authorizer
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import Replica, SiteTransition
 from mailrepl.shared.protocol.messages import (
@@ -71,17 +73,18 @@ def _guard(fn: Callable, *args, **kw):
         raise HTTPException(409, str(exc)) from exc
 
 
-def site_admin_router(store: Store, auth, cutover: CutoverService, failback: FailbackService,
+def site_admin_router(store: Store, authz: Authorizer, cutover: CutoverService, failback: FailbackService,
                       monitor: FailoverMonitor, auto: bool) -> APIRouter:
-    r = APIRouter(prefix="/api/v1", dependencies=[Depends(auth)], tags=["cutover"], responses=ERROR_RESPONSES)
+    r = APIRouter(prefix="/api/v1", tags=["cutover"], responses=ERROR_RESPONSES)
+    viewer, operator = [Depends(authz.require("viewer"))], [Depends(authz.require("operator"))]
 
-    @r.post("/cutover", response_model=Results)
+    @r.post("/cutover", response_model=Results, dependencies=operator)
     async def post_cutover(body: Selection) -> Results:
         """Move users of these mailboxes to the standby (works while the primary site is down)."""
         ids = _selected(store, body)
         return Results(results=await run_in_threadpool(_guard, cutover.cutover, ids, actor="admin"))
 
-    @r.post("/failback", response_model=Results)
+    @r.post("/failback", response_model=Results, dependencies=operator)
     async def post_failback(body: FailbackRequest) -> Results:
         """Replay the standby's changes on the primary; with ``confirm``, switch users back."""
         ids = _selected(store, body)
@@ -103,7 +106,7 @@ def site_admin_router(store: Store, auth, cutover: CutoverService, failback: Fai
 
         return Results(results=await run_in_threadpool(_guard, run))
 
-    @r.get("/failover")
+    @r.get("/failover", dependencies=viewer)
     def get_failover() -> dict:
         """Automatic failover: whether it is on, the primaries' health, the automatic actions."""
         with store.read() as s:
@@ -154,6 +157,8 @@ def site_ingest_router(access: SourceAccess, gateway_id: str, failback: Failback
 
 
 def redirect_router(redirect: Redirect, key: str | None) -> APIRouter:
+    """``GET /auth``: with a ``key``, nginx must send it as ``X-Mailrepl-Key`` (compared in constant
+    time); ``key`` None only when the configuration explicitly turned the requirement off."""
     r = APIRouter(tags=["redirect"])
 
     @r.get("/auth", response_class=Response,
@@ -161,7 +166,8 @@ def redirect_router(redirect: Redirect, key: str | None) -> APIRouter:
     def auth_http(request: Request) -> Response:
         """nginx mail proxy ``auth_http``: which server this user's login goes to."""
         h = request.headers
-        if key is not None and h.get("x-mailrepl-key") != key:
+        if key is not None and not hmac.compare_digest((h.get("x-mailrepl-key") or "").encode("utf-8", "surrogateescape"),
+                                                       key.encode("utf-8", "surrogateescape")):
             return Response(headers={"Auth-Status": "Temporary server problem, try again later", "Auth-Wait": "5"})
         answer = redirect.answer(h.get("auth-user", ""), h.get("auth-protocol", "imap"))
         return Response(headers=answer.headers)

@@ -107,6 +107,24 @@ class AdminClient:
         """(recovery gateway) ``{"results": [...]}``: start, confirm or abort a failback."""
         return self._request("POST", "/api/v1/failback", json=body)
 
+    def create_token(self, name: str, role: str) -> dict[str, Any]:
+        """A new API token (role admin needed); the answer's ``token`` is shown this once."""
+        return self._request("POST", "/api/v1/tokens", json={"name": name, "role": role})
+
+    def tokens(self) -> dict[str, Any]:
+        """``{"tokens": [...]}``: every stored token, without secrets."""
+        return self._request("GET", "/api/v1/tokens")
+
+    def revoke_token(self, name: str) -> dict[str, Any]:
+        return self._request("DELETE", f"/api/v1/tokens/{_segment(name)}")
+
+    def audit(self, limit: int = 100, since: str | None = None) -> dict[str, Any]:
+        """``{"entries": [...]}``: the newest audit entries, newest first."""
+        params: dict[str, Any] = {"limit": limit}
+        if since:
+            params["since"] = since
+        return self._request("GET", "/api/v1/audit", params=params)
+
     # ------------------------------------------------------------------ plumbing
 
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
@@ -123,6 +141,10 @@ class AdminClient:
                 "check --token, MAILREPL_ADMIN_TOKEN or the config's gateway.admin_token",
                 status=401, detail=_detail(response),
             )
+        if response.status_code == 403:
+            detail = _detail(response)
+            raise ApiRefused(f"the {self.what} API at {self.url} refused: {detail} (HTTP 403): use a token with "
+                             "that role", status=403, detail=detail)
         if response.is_error:
             detail = _detail(response)
             raise ApiRefused(f"{detail} (HTTP {response.status_code})", status=response.status_code, detail=detail)

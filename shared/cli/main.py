@@ -10,6 +10,8 @@
     mailrepl status [ADDRESS] [--server NAME] [--json | --watch [SECONDS]]
     mailrepl cutover ADDRESS... [--server NAME] | --all --server NAME
     mailrepl failback ADDRESS... [--server NAME] | --all --server NAME [--confirm] [--abort] [--wait]
+    mailrepl tokens create NAME --role viewer|operator|admin | list [--json] | revoke NAME  [--recovery]
+    mailrepl audit [--limit N] [--since TIME] [--json] [--recovery]
 
     mailrepl certs init --dir DIR [--source ID ...] [--recovery-host NAME ...] [--source-host NAME ...]
 
@@ -18,7 +20,8 @@ config (``--config``: its ``gateway.listen`` and ``admin_token``; https:// when 
 ``tls_cert``, verified with ``tls_client_ca`` and presenting its own certificate when it
 requires client certificates), else from ``MAILREPL_URL`` / ``MAILREPL_ADMIN_TOKEN``.
 ``--ca-file``, ``--client-cert`` and ``--client-key`` override the TLS files. ``cutover`` and ``failback`` talk to the recovery gateway: ``--config``
-is then a recovery config (``MAILREPL_RECOVERY_URL``, default ``http://127.0.0.1:8471``).
+is then a recovery config (``MAILREPL_RECOVERY_URL``, default ``http://127.0.0.1:8471``), as for
+``tokens`` and ``audit`` with ``--recovery``.
 
 Exit status: 0 done; 1 the API or a gateway failed (one line on stderr); 2 a wrong setting or
 usage (one line naming the key). Expected failures never print a traceback.
@@ -40,6 +43,8 @@ __all__ = ["main", "build_parser", "ENV_URL"]
 ENV_URL = "MAILREPL_URL"
 ENV_RECOVERY_URL = "MAILREPL_RECOVERY_URL"
 SITE_COMMANDS = ("cutover", "failback")
+SECURITY_COMMANDS = ("tokens", "audit")
+ROLES = ("viewer", "operator", "admin")
 DEFAULT_WATCH_INTERVAL = 2.0
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -78,7 +83,7 @@ def _api_tls(args: argparse.Namespace, environ: Mapping[str, str]):
     if (cert is None) != (key is None):
         raise ConfigError("--client-cert and --client-key go together")
     if args.config is not None:
-        role = load_role("recovery" if args.command in SITE_COMMANDS else "source")
+        role = load_role("recovery" if _recovery(args) else "source")
         tls = role.admin_tls(args.config, environ)
         if tls.mutual:  # the gateway's own certificate, signed by the CA it trusts
             ca_file = ca_file or tls.client_ca
@@ -92,10 +97,15 @@ def _api_tls(args: argparse.Namespace, environ: Mapping[str, str]):
         raise ConfigError(f"cannot load the admin client's TLS files: {exc}") from None
 
 
+def _recovery(args: argparse.Namespace) -> bool:
+    """True if the command talks to the recovery gateway."""
+    return args.command in SITE_COMMANDS or bool(getattr(args, "recovery", False))
+
+
 def _api_location(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, str]:
     """(url, token) of the source gateway API: flags, then --config, then the environment."""
     url, token = args.url, args.token
-    recovery = args.command in SITE_COMMANDS
+    recovery = _recovery(args)
     role = load_role("recovery" if recovery else "source")
     if args.config is not None and (url is None or token is None):
         listen, admin_token = role.admin_endpoint(args.config, environ)
@@ -119,8 +129,19 @@ def _admin(args: argparse.Namespace) -> int:
     url, token = _api_location(args, os.environ)
     # piped output (logs, scripts) is not cut to 80 columns; a terminal keeps its own width
     console = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)
-    what = "recovery gateway" if args.command in SITE_COMMANDS else "source gateway"
+    what = "recovery gateway" if _recovery(args) else "source gateway"
     with AdminClient(url, token, what=what, tls=_api_tls(args, os.environ)) as client:
+        if args.command in SECURITY_COMMANDS:
+            from mailrepl.shared.cli import token_commands
+
+            if args.command == "audit":
+                return token_commands.show_audit(client, console, limit=args.limit, since=args.since,
+                                                 as_json=args.json)
+            if args.action == "create":
+                return token_commands.create_token(client, console, name=args.name, role=args.role)
+            if args.action == "revoke":
+                return token_commands.revoke_token(client, console, name=args.name)
+            return token_commands.list_tokens(client, console, as_json=args.json)
         if args.command in SITE_COMMANDS:
             from mailrepl.shared.cli import site_commands
 
@@ -153,6 +174,12 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
     return value
+
+
+def _audit_limit(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 1000:
+        raise argparse.ArgumentTypeError(f"expected a number 1-1000, got {text!r}")
+    return int(text)
 
 
 def _api_options() -> argparse.ArgumentParser:
@@ -230,7 +257,35 @@ def build_parser() -> argparse.ArgumentParser:
                            help="wait until the primary has every change (with --confirm: until replicating)")
             p.add_argument("--wait-timeout", type=_seconds, metavar="SECONDS", help="give up waiting (exit 1)")
         p.set_defaults(handler=_admin, usage_error=p.error)
+    _add_security_parsers(sub, api)
     return parser
+
+
+def _add_security_parsers(sub, api: argparse.ArgumentParser) -> None:
+    """``tokens create|list|revoke`` and ``audit`` (role admin), on either gateway."""
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--recovery", action="store_true",
+                       help="talk to the recovery gateway (--config is then a recovery config)")
+    p = sub.add_parser("tokens", help="create, list and revoke admin API tokens",
+                       description="Admin API tokens with a role: viewer (status, metrics, docs), operator "
+                                   "(protect, unprotect, cutover, failback, gc), admin (tokens, audit log).")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("create", parents=[api, where], help="create a token (printed once)")
+    a.add_argument("name", metavar="NAME", help="the token's name (letters, digits, '.', '_', '-')")
+    a.add_argument("--role", required=True, choices=ROLES, help="what the token may do")
+    a = actions.add_parser("list", parents=[api, where], help="list the tokens (never their secrets)")
+    a.add_argument("--json", action="store_true", help="print the API's JSON")
+    a = actions.add_parser("revoke", parents=[api, where], help="refuse a token from now on")
+    a.add_argument("name", metavar="NAME")
+    for a in actions.choices.values():
+        a.set_defaults(handler=_admin, usage_error=a.error)
+    p = sub.add_parser("audit", parents=[api, where], help="show the audit log",
+                       description="Who changed what, when, and how it ended (newest first), and refused calls.")
+    p.add_argument("--limit", type=_audit_limit, default=50, metavar="N",
+                   help="entries to show (1-1000, default 50)")
+    p.add_argument("--since", metavar="TIME", help="only entries at or after TIME (ISO 8601, UTC without a zone)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p.set_defaults(handler=_admin, usage_error=p.error)
 
 
 def _check_usage(args: argparse.Namespace) -> None:

@@ -1,5 +1,8 @@
-"""What both gateways' REST APIs share: bearer-token auth, health, metrics, the status schema,
-the request guard (``guard.py``) and how errors answer.
+"""What both gateways' REST APIs share: health, metrics, API docs, the status schema, the
+request guard (``guard.py``), role checks (``authz.py``) and how errors answer.
+
+``/healthz`` is open (liveness probes). ``/metrics``, ``/docs``, ``/redoc`` and ``/openapi.json``
+need a viewer token unless the gateway's ``metrics_open`` / ``docs_open`` setting opens them.
 
 Errors: a refused request is a 4xx with a one-line ``detail``; a 5xx is only our own fault and
 never carries SQL or exception text (a state-store failure answers a generic 503 and logs the
@@ -17,12 +20,14 @@ from typing import Any, AsyncIterator, Callable, Literal
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, StrictBool
 
 from mailrepl.shared.errors import MailreplError, StoreError
+from mailrepl.shared.runtime.authz import AUTH_RESPONSES, Authorizer
 from mailrepl.shared.runtime.guard import GuardPolicy, RequestGuard
 
 __all__ = [
@@ -86,11 +91,15 @@ def bearer_auth(token: str) -> Callable:
 
 def make_app(
     title: str, registry: CollectorRegistry, health: Callable[[], dict], refresh: Callable[[], None] = lambda: None,
-    *, start: Callable[[], None] = lambda: None, stop: Callable[[], None] = lambda: None,
+    *, authz: Authorizer, metrics_open: bool = False, docs_open: bool = False,
+    start: Callable[[], None] = lambda: None, stop: Callable[[], None] = lambda: None,
     guard: GuardPolicy | None = None,
 ) -> FastAPI:
     """The FastAPI app of a gateway: ``start``/``stop`` run the gateway's workers with the server;
-    ``guard`` authenticates and bounds every request before its body is read."""
+    ``guard`` authenticates and bounds every request before its body is read; routes check roles
+    with ``authz``. ``/metrics`` and the API docs need a viewer token unless ``metrics_open`` /
+    ``docs_open``.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -100,16 +109,33 @@ def make_app(
         finally:
             stop()
 
-    app = FastAPI(title=title, version="1", openapi_url="/openapi.json", lifespan=lifespan)
+    app = FastAPI(title=title, version="1", openapi_url=None, docs_url=None, redoc_url=None, lifespan=lifespan)
+    viewer = [Depends(authz.require("viewer"))]
+    metrics_guard = [] if metrics_open else viewer
+    docs_guard = [] if docs_open else viewer
+    metrics_doc = {} if metrics_open else {"responses": AUTH_RESPONSES}
+    docs_doc = dict(include_in_schema=False)
 
     @app.get("/healthz", tags=["ops"])
     def healthz() -> dict:
         return {"status": "ok", **health()}
 
-    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse)
+    @app.get("/metrics", tags=["ops"], response_class=PlainTextResponse, dependencies=metrics_guard, **metrics_doc)
     def metrics() -> PlainTextResponse:
         refresh()
         return PlainTextResponse(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/openapi.json", dependencies=docs_guard, **docs_doc)
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", dependencies=docs_guard, **docs_doc)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{title} - API")
+
+    @app.get("/redoc", dependencies=docs_guard, **docs_doc)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{title} - API")
 
     @app.exception_handler(MailreplError)
     def _mailrepl_error(request: Request, exc: MailreplError) -> JSONResponse:

@@ -16,6 +16,9 @@ by sequence number, with their digest kept after application for idempotency), `
 ``idmap`` (mid -> folder/uid on this server), ``replay_intent`` (a write in flight, to recover
 the id map from the server after a crash), ``orphan`` (messages of a folder being reset) and
 ``rejected_message``.
+
+Admin API (both gateways): ``api_token`` (tokens with a role, stored as their SHA-256 only) and
+``audit_log`` (every state-changing admin call and every refused one: who, what, outcome).
 """
 from __future__ import annotations
 
@@ -55,6 +58,8 @@ __all__ = [
     "SiteTransition",
     "MidAlias",
     "ServerHealth",
+    "ApiToken",
+    "AuditEntry",
 ]
 
 
@@ -322,3 +327,36 @@ class ServerHealth(Base):
     last_check: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_error: Mapped[str | None] = mapped_column(Text)
     failed_over_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+# --------------------------------------------------------------------------- admin API
+
+
+class ApiToken(Base):
+    """An admin API token: its name and role; the token itself only as its SHA-256 (hex)."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    role: Mapped[str] = mapped_column(String(20), nullable=False)  # viewer, operator, admin
+    hash: Mapped[str] = mapped_column(String(64), nullable=False, unique=True)
+    created_at: Mapped[datetime] = _ts()
+    created_by: Mapped[str] = mapped_column(String(200), nullable=False)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEntry(Base):
+    """One admin API call that changed (or tried to change) state, or was refused."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[datetime] = _ts()
+    principal: Mapped[str | None] = mapped_column(String(200))  # None: not authenticated
+    role: Mapped[str | None] = mapped_column(String(20))
+    method: Mapped[str] = mapped_column(String(10), nullable=False)
+    path: Mapped[str] = mapped_column(String(2000), nullable=False)
+    target: Mapped[str | None] = mapped_column(Text)  # short summary: addresses, server, token name
+    status: Mapped[int] = mapped_column(Integer, nullable=False)

@@ -19,6 +19,7 @@ auto = true
 outage_seconds = 2
 check_interval = 0.5
 hold_seconds = 600
+redirect_key = "auto-failover-Gh7Ij0Kl3Mn6Op9Qr2St5"
 """
 
 

@@ -85,7 +85,7 @@ def recovery_mailbox(pair: GatewayPair) -> dict:
 
 
 def failback_bytes(pair: GatewayPair) -> float:
-    r = httpx.get(pair.source.url + "/metrics", timeout=10)
+    r = httpx.get(pair.source.url + "/metrics", timeout=10, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
     for line in r.text.splitlines():
         if line.startswith("mailrepl_source_failback_wire_bytes "):
             return float(line.split()[1])

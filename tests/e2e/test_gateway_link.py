@@ -55,6 +55,9 @@ tls = "none"
 service_user = "repl"
 service_password = "pw"
 users = ["alice", "bob", "carol"]
+
+[failover]
+redirect_key = "redirect-Wq3Er6Ty9Ui2Op5As8Df1Gh"
 """)
     conf.chmod(0o600)  # it holds secrets
     return conf

@@ -124,6 +124,9 @@ max_concurrent_ingests = 2
 id = "hq"
 token = "{INGEST_TOKEN}"
 servers = ["primary"]
+
+[failover]
+redirect_key = "redirect-Xn4Bv7Cm1Lk8Jh5Gf2Ds9Aq"
 """ + server.replace("{name}", "standby"))
     rec.chmod(0o600)
     src = tmp_path / "source.toml"

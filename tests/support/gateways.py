@@ -13,6 +13,7 @@ import httpx
 
 ADMIN_TOKEN = "admin-secret-Wd4Fg7Hj0Kl3Zx6Cv9Bn2M"
 INGEST_TOKEN = "ingest-secret-Qp8Ow5Ie2Ur9Yt6Tr3Ew0Q"
+REDIRECT_KEY = "redirect-secret-Jk2Lm5Nb8Vc1Xz4As7Df0G"
 
 
 def free_port() -> int:
@@ -142,6 +143,8 @@ servers = ["primary"]
             + _server_toml("standby", standby, users)
             + (_server_toml("primary", primary, users, "primaries") if with_primaries else "")
             + recovery_extra
+            # the login redirect needs a key; tests with their own [failover] table give theirs
+            + ("" if "[failover]" in recovery_extra else f'\n[failover]\nredirect_key = "{REDIRECT_KEY}"\n')
         )
         src.chmod(0o600)  # they hold secrets
         rec.chmod(0o600)
@@ -198,7 +201,7 @@ servers = ["primary"]
         )
 
     def wire_bytes(self) -> float:
-        r = httpx.get(self.source.url + "/metrics", timeout=10)
+        r = httpx.get(self.source.url + "/metrics", timeout=10, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
         for line in r.text.splitlines():
             if line.startswith("mailrepl_source_wire_bytes "):
                 return float(line.split()[1])

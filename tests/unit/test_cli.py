@@ -235,6 +235,9 @@ id = "hq"
 token = "ingest-token-Kl3Zx6Cv9Bn2Mq5We8Rt1"
 servers = ["primary", "branch"]
 
+[failover]
+redirect_key = "redirect-key-Ab5Cd8Ef1Gh4Ij7Kl0Mn3Op"
+
 [[servers]]
 name = "standby"
 host = "127.0.0.1"

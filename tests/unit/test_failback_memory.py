@@ -20,7 +20,6 @@ from mailrepl.recovery.cutover import CutoverService
 from mailrepl.recovery.failback import FailbackService
 from mailrepl.recovery.site import KeyedLocks
 from mailrepl.recovery.site_api import site_ingest_router
-from mailrepl.shared.runtime.api_common import bearer_auth
 from mailrepl.shared.content.blobstore import BlobStore
 from mailrepl.shared.content.bodies import BodyStore
 from mailrepl.shared.engines.capture import CaptureEngine
@@ -192,8 +191,11 @@ def test_admin_api_answers_409_for_illegal_steps_and_shows_the_history(tmp_path)
     p.sync()
     monitor = FailoverMonitor(p.dst, {}, cutover_server=lambda name: [], confirm_caught_up=None, auto=False,
                               outage_seconds=1, check_interval=1)
+    from mailrepl.shared.runtime.authz import Authorizer
+    from mailrepl.shared.runtime.tokens import admin_resolver
+
     app = FastAPI()
-    auth = bearer_auth(TOKEN)
+    auth = Authorizer(admin_resolver(TOKEN, None))  # the config token: role admin
     app.include_router(admin_router(p.dst, auth))
     app.include_router(site_admin_router(p.dst, auth, p.cutovers, p.failbacks, monitor, False))
     app.include_router(redirect_router(Redirect(p.dst, {}, {}, lambda x: "standby"), "k"))

@@ -56,12 +56,16 @@ id = "dr"
 state_url = "sqlite:///{_TMP}/r.sqlite"
 admin_token = "{ADMIN}"
 plaintext = true
+docs_open = true  # the schema is loaded without a token
 blob_dir = "{_TMP}/blobs"
 
 [[sources]]
 id = "hq"
 token = "{INGEST}"
 servers = ["primary"]
+
+[failover]
+redirect_key = "redirect-Xn4Bv7Cm1Lk8Jh5Gf2Ds9Aq"
 """ + _SERVER.format(name="standby"))
     cfg.chmod(0o600)
     return RecoveryGateway(load_recovery_settings(cfg)).app()
@@ -75,6 +79,7 @@ id = "hq"
 state_url = "sqlite:///{_TMP}/s.sqlite"
 admin_token = "{ADMIN}"
 plaintext = true
+docs_open = true  # the schema is loaded without a token
 
 [peer]
 url = "http://127.0.0.1:9"

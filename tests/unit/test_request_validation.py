@@ -51,6 +51,9 @@ blob_dir = "{tmp_path}/blobs"
 id = "hq"
 token = "{INGEST}"
 servers = ["primary"]
+
+[failover]
+redirect_key = "redirect-Xn4Bv7Cm1Lk8Jh5Gf2Ds9Aq"
 """ + SERVER.format(name="standby"))
     cfg.chmod(0o600)
     gw = RecoveryGateway(load_recovery_settings(cfg))

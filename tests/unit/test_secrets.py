@@ -89,7 +89,8 @@ def test_reused_tokens_are_refused(tmp_path):
     rec = write(tmp_path / "rec.toml", edit(RECOVERY, 'token = "ingest-t-Ab3Cd6Ef9Gh2Ij5Kl8Mn1Op"',
                                             f'token = "{ADMIN}"'))
     assert "sources[0].token: the same token as gateway.admin_token" in error_of(load_recovery_settings, rec)
-    rec = write(tmp_path / "rec2.toml", RECOVERY + f'\n[failover]\nredirect_key = "{ADMIN}"\n')
+    rec = write(tmp_path / "rec2.toml", edit(RECOVERY, 'redirect_key = "redirect-k-Qr6St9Uv2Wx5Yz8Ab1Cd4Ef"',
+                                             f'redirect_key = "{ADMIN}"'))
     assert "failover.redirect_key: the same value as gateway.admin_token" in error_of(load_recovery_settings, rec)
     pw = write(tmp_path / "pw.toml", edit(SOURCE, 'service_password = "pw"', f'service_password = "{PEER}"'))
     assert "peer.token: the same value as servers.primary.service_password" in error_of(load_source_settings, pw)

@@ -44,6 +44,9 @@ id = "hq"
 token = "ingest-t-Ab3Cd6Ef9Gh2Ij5Kl8Mn1Op"
 servers = ["primary"]
 
+[failover]
+redirect_key = "redirect-k-Qr6St9Uv2Wx5Yz8Ab1Cd4Ef"
+
 [[servers]]
 name = "standby"
 host = "standby.example.org"
@@ -393,13 +396,14 @@ def test_failover_settings_default_off_and_read_strictly(tmp_path):
     r = load_recovery_settings(write(tmp_path, RECOVERY, "r.toml"), {})
     assert r.failover.auto is False and r.failover.confirm == "manual" and r.primaries == ()
     primary = RECOVERY.split("[[servers]]", 1)[1].replace('name = "standby"', 'name = "primary"')
-    text = RECOVERY + "\n[[primaries]]" + primary + '\n[failover]\nauto = true\noutage_seconds = 5\nconfirm = "auto"\n'
+    text = edit(RECOVERY, "[failover]\n", '[failover]\nauto = true\noutage_seconds = 5\nconfirm = "auto"\n') \
+        + "\n[[primaries]]" + primary
     r = load_recovery_settings(write(tmp_path, text, "r2.toml"), {})
     assert r.failover.auto is True and r.failover.outage_seconds == 5.0 and r.failover.confirm == "auto"
     assert [p.name for p in r.primaries] == ["primary"]
-    bad = write(tmp_path, RECOVERY + '\n[failover]\nconfirm = "sometimes"\n', "r3.toml")
+    bad = write(tmp_path, edit(RECOVERY, "[failover]\n", '[failover]\nconfirm = "sometimes"\n'), "r3.toml")
     assert config_error(load_recovery_settings, bad).startswith("failover.confirm: expected one of")
-    bad = write(tmp_path, RECOVERY + "\n[failover]\nautomatic = true\n", "r4.toml")
+    bad = write(tmp_path, edit(RECOVERY, "[failover]\n", "[failover]\nautomatic = true\n"), "r4.toml")
     assert config_error(load_recovery_settings, bad) == 'failover.automatic: unknown key (did you mean "auto"?)'
 
 
