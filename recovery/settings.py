@@ -79,8 +79,8 @@ DEFAULT_OUTAGE = 120.0
 DEFAULT_CHECK_INTERVAL = 10.0
 DEFAULT_HOLD = 3600.0
 CONFIRM_MODES = ("manual", "auto")
-DEFAULT_MAX_BATCH_BYTES = 512 * 1024 * 1024  # one ingest request as it travels
-DEFAULT_MAX_INFLATED_BYTES = 1 << 30  # one batch decompressed
+DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024  # one ingest request as it travels (a source sends <= 32 MiB of bodies)
+DEFAULT_MAX_INFLATED_BYTES = 128 * 1024 * 1024  # one batch decompressed (memory per ingest in flight)
 DEFAULT_MAX_CONCURRENT_INGESTS = 4  # batches taken in at once; more are answered 429 + Retry-After
 
 
