@@ -15,11 +15,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Collection, Mapping, Sequence
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 
 from mailrepl.shared.runtime.background import Background
 from mailrepl.shared.engines.batch_builder import BatchBuilder, Built
 from mailrepl.shared.content.mime_split import BLOB_THRESHOLD
+from mailrepl.shared.errors import PeerRefused
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.outbox import drop_unreferenced_bodies
 from mailrepl.shared.store.models import Mailbox, OutboxRow
@@ -29,6 +30,9 @@ from mailrepl.shared.protocol.wire import Ack, encode_batch
 __all__ = ["Shipper", "ShipStats"]
 
 log = logging.getLogger("mailrepl.shipper")
+
+REFUSED_PREFIX = "refused by the recovery gateway: "
+REFUSED_RETRY = 300.0  # seconds: mailboxes set aside for a refusal are tried again this often
 
 
 class ShipStats:
@@ -61,6 +65,7 @@ class Shipper:
         self.peer = as_peer_client(peer, token=token, source_id=source_id)
         self.max_changes = max_changes
         self.max_bytes = max_bytes
+        self._shrink_until: float | None = None  # one body per batch until then (a 413 to find)
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.body_lock = body_lock or threading.Lock()
@@ -103,8 +108,9 @@ class Shipper:
         if built is None:
             return False
         data = encode_batch(built.batch)
-        ack = self.peer.send_batch(data)
-        self._record(ack, built, len(data))
+        ack = self._send(data, built)
+        if ack is not None:
+            self._record(ack, built, len(data))
         return True
 
     def ship_pipelined(self) -> int:
@@ -124,8 +130,9 @@ class Shipper:
                 upto[(seg.server, seg.address)] = seg.range.last
             ahead = self._ahead.submit(self._prepare, dict(upto), frozenset(built.batch.parts))
             try:
-                ack = self.peer.send_batch(data)
-                self._record(ack, built, len(data))
+                ack = self._send(data, built)
+                if ack is not None:
+                    self._record(ack, built, len(data))
             finally:
                 try:
                     pending = ahead.result()
@@ -133,9 +140,55 @@ class Shipper:
                     log.warning("preparing the next batch failed: %s", exc)
                     pending = None
             sent += 1
-            if any(res.status != "ok" for res in ack.results):
+            if ack is None or any(res.status != "ok" for res in ack.results):
                 break
         return sent
+
+    def _send(self, data: bytes, built: Built) -> Ack | None:
+        """Send one batch; None if the peer refused it for its mailboxes, which are then set aside
+        (``ship_error``, tried again every ``REFUSED_RETRY`` seconds) so the others go on: those the
+        peer named (403/422), or the one mailbox of a batch too large for it (413: a message
+        bigger than the recovery gateway's ``max_batch_bytes``)."""
+        try:
+            return self.peer.send_batch(data)
+        except PeerRefused as exc:
+            if exc.status_code in (403, 422) and exc.mailboxes:
+                self._set_aside(exc.mailboxes, exc.detail)
+                return None
+            if exc.status_code != 413:
+                raise
+            mailboxes = {(seg.server, seg.address) for seg in built.batch.segments}
+            if self._shrink_until is None or len(mailboxes) > 1:
+                # find the culprit: one body per batch until it is set aside
+                self._shrink_until = time.monotonic() + REFUSED_RETRY
+                self.builder.max_bytes = 1
+                log.warning("recovery gateway refused a batch of %d bytes as too large: sending one body per "
+                            "batch to find the message it cannot take", len(data))
+                return None
+            self._set_aside(sorted(mailboxes), f"a batch of {len(data)} bytes holding a single message body is "
+                                               f"over the recovery gateway's limit ({exc.detail})")
+            self._unshrink()
+            return None
+
+    def _unshrink(self) -> None:
+        self._shrink_until = None
+        self.builder.max_bytes = self.max_bytes
+
+    def _set_aside(self, mailboxes: Sequence[tuple[str, str]], detail: str) -> None:
+        reason = f"{REFUSED_PREFIX}{detail} (tried again every {REFUSED_RETRY:.0f} s)"
+        with self.store.tx() as s:
+            for server, address in mailboxes:
+                mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
+                if mbx is not None:
+                    mbx.ship_error = reason
+                    log.error("%s/%s: %s", server, address, reason)
+
+    def release_refused(self) -> int:
+        """Mailboxes set aside for a refusal are shipped again (the admin may have fixed the
+        standby or the binding meanwhile); returns how many."""
+        with self.store.tx() as s:
+            return s.execute(update(Mailbox).where(Mailbox.ship_error.startswith(REFUSED_PREFIX, autoescape=True))
+                             .values(ship_error=None)).rowcount or 0
 
     def _prepare(self, after: Mapping[tuple[str, str], int], in_flight: Collection[str]) -> tuple[Built, bytes] | None:
         built = self.build_batch(after, in_flight)
@@ -229,8 +282,14 @@ class Shipper:
     def _loop(self) -> None:
         delay = self.retry_initial
         last_poll = 0.0
+        last_release = -REFUSED_RETRY
         while not self._stop.is_set():
             try:
+                if self._shrink_until is not None and time.monotonic() > self._shrink_until:
+                    self._unshrink()  # the culprit was not found meanwhile: batches of full size again
+                if time.monotonic() - last_release >= REFUSED_RETRY:
+                    last_release = time.monotonic()
+                    self.release_refused()
                 sent = self.ship_pipelined() > 0
                 if not sent and self._pending_apply() and time.monotonic() - last_poll > 0.5:
                     self.poll_progress()

@@ -238,6 +238,14 @@ class RecoveryGateway:
         app.add_middleware(AuditMiddleware, audit=audit)
         return app
 
+    def redirect_app(self):
+        """Only ``GET /auth``, for a plain loopback listener nginx's ``auth_http`` can reach when the
+        API is served over HTTPS (``[failover] redirect_listen``)."""
+        from fastapi import FastAPI
+
+        app = FastAPI(title="mailrepl login redirect", openapi_url=None, docs_url=None, redoc_url=None)
+        app.include_router(redirect_router(self.redirect, self.settings.failover.redirect_key))
+        return app
 
 def resolver(g, access: SourceAccess, tokens: TokenStore) -> Resolver:
     """Who a request's credentials are: an admin API token (the config's, or a stored one with its
@@ -263,4 +271,7 @@ def run(settings) -> None:
         log.warning("the login redirect (/auth) answers without a key (redirect_key_required = false): "
                     "keep it reachable by nginx only")
     gw = RecoveryGateway(settings)
-    serve(gw.app(), settings.gateway.listen, settings.gateway.tls, what="recovery gateway")
+    extra = None
+    if settings.failover.redirect_listen is not None:
+        extra = (gw.redirect_app(), settings.failover.redirect_listen)
+    serve(gw.app(), settings.gateway.listen, settings.gateway.tls, what="recovery gateway", plain_extra=extra)

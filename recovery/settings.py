@@ -27,6 +27,7 @@ systemd credential (``Table.secret``).
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from mailrepl.shared.config.settings_common import (
     ListenAddress,
     ServerSettings,
     describe_server,
+    parse_listen,
     display_state_url,
     read_gateway_id,
     read_listen,
@@ -79,8 +81,8 @@ DEFAULT_OUTAGE = 120.0
 DEFAULT_CHECK_INTERVAL = 10.0
 DEFAULT_HOLD = 3600.0
 CONFIRM_MODES = ("manual", "auto")
-DEFAULT_MAX_BATCH_BYTES = 512 * 1024 * 1024  # one ingest request as it travels
-DEFAULT_MAX_INFLATED_BYTES = 1 << 30  # one batch decompressed
+DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024  # one ingest request as it travels (a source sends <= 32 MiB of bodies)
+DEFAULT_MAX_INFLATED_BYTES = 128 * 1024 * 1024  # one batch decompressed (memory per ingest in flight)
 DEFAULT_MAX_CONCURRENT_INGESTS = 4  # batches taken in at once; more are answered 429 + Retry-After
 
 
@@ -94,6 +96,9 @@ class FailoverSettings:
     # nginx's auth_http_header X-Mailrepl-Key; None only with redirect_key_required = false
     redirect_key: str | None = field(default=None, repr=False)
     redirect_case_sensitive: bool = False  # match login names as a case-sensitive server would
+    # a plain-HTTP listener on loopback serving only GET /auth, for nginx's auth_http (which
+    # speaks no TLS) when the API itself is served over HTTPS; None: /auth on the API only
+    redirect_listen: ListenAddress | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -275,9 +280,34 @@ def _read_failover(table: Table) -> FailoverSettings:
         confirm=table.choice("confirm", CONFIRM_MODES, "manual"),
         redirect_key=_read_redirect_key(table),
         redirect_case_sensitive=table.boolean("redirect_case_sensitive", False),
+        redirect_listen=_read_redirect_listen(table),
     )
     table.finish()
     return settings
+
+
+def _read_redirect_listen(table: Table) -> ListenAddress | None:
+    """Loopback only: the listener is plain HTTP and answers who is where without a TLS peer."""
+    value = table.string("redirect_listen", None)
+    if value is None:
+        return None
+    try:
+        listen = parse_listen(value)
+    except ValueError as exc:
+        raise table.error("redirect_listen", str(exc)) from None
+    loopback = ipaddress.ip_address(listen.host).is_loopback if _is_ip(listen.host) else listen.host == "localhost"
+    if not loopback:
+        raise table.error("redirect_listen", f"expected a loopback address (127.0.0.1:PORT or [::1]:PORT), got "
+                                             f"{show_value(value)}: the login redirect listener is plain HTTP")
+    return listen
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _read_redirect_key(table: Table) -> str | None:

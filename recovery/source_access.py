@@ -16,7 +16,9 @@ before anything is written:
   already replicates counts as existing. A standby that cannot answer refuses the batch with
   503 and ``Retry-After`` (the source sends it again).
 
-A refused batch is refused as a whole: no replica row, no inbox row, no body is stored.
+A refused batch is refused as a whole: no replica row, no inbox row, no body is stored. The
+answer names the refused mailboxes (``X-Mailrepl-Refused-Mailboxes``), so the source sets them
+aside and the others keep replicating.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from sqlalchemy import select
 
 from mailrepl.recovery.settings import BoundSource
 from mailrepl.shared.errors import AdapterError, MailboxNotFound
+from mailrepl.shared.protocol.messages import REFUSED_MAILBOXES_HEADER, format_refused_mailboxes
 from mailrepl.shared.protocol.wire import Batch
 from mailrepl.shared.runtime.principals import SOURCE_ROLE, Principal, client_cert
 from mailrepl.shared.store import Store
@@ -127,26 +130,44 @@ class SourceAccess:
         return bound
 
     def admit(self, principal: Principal, batch: Batch) -> None:
-        """Everything a batch must pass before the receiver sees it (see the module docstring)."""
-        mailboxes = list(dict.fromkeys((seg.server, seg.address) for seg in batch.segments))
-        self.check_mailboxes(principal, batch.source, mailboxes)
-        for server, address in mailboxes:
-            target = self.route(server)
-            if target is None:
-                raise HTTPException(422, f"no standby server is configured for primary server {server!r}")
-            self._check_standby(batch.source, server, target, address)
+        """Everything a batch must pass before the receiver sees it (see the module docstring).
 
-    def _check_standby(self, source: str, server: str, target: str, address: str) -> None:
+        A batch naming another source is refused (403). Otherwise every mailbox is checked, and a
+        batch with any refused mailbox is refused whole (403 if one is not bound to the source,
+        else 422), naming them all in the ``X-Mailrepl-Refused-Mailboxes`` header: the source sets
+        those mailboxes aside and keeps shipping the others."""
+        bound = self.source_of(principal, batch.source)
+        refused: list[tuple[str, str, int, str]] = []
+        for server, address in dict.fromkeys((seg.server, seg.address) for seg in batch.segments):
+            if server not in bound.servers:
+                refused.append((server, address, 403, f"source {bound.id!r} may not send for primary server {server!r}"))
+            elif not bound.may_send(server, address):
+                refused.append((server, address, 403, f"source {bound.id!r} may not send mailbox {address!r} of {server!r}"))
+            elif (target := self.route(server)) is None:
+                refused.append((server, address, 422, f"no standby server is configured for primary server {server!r}"))
+            elif not self._standby_has(batch.source, server, target, address):
+                refused.append((server, address, 422, f"the standby server {target!r} has no mailbox {address!r}"))
+        if not refused:
+            return
+        status = 403 if any(r[2] == 403 for r in refused) else 422
+        first = next(r for r in refused if r[2] == status)
+        more = f" (and {len(refused) - 1} more mailbox(es) refused)" if len(refused) > 1 else ""
+        log.warning("refused a batch of source %r: %s%s", bound.id, first[3], more)
+        raise HTTPException(status, first[3] + more, headers={
+            REFUSED_MAILBOXES_HEADER: format_refused_mailboxes((s, a) for s, a, _, _ in refused)})
+
+    def _standby_has(self, source: str, server: str, target: str, address: str) -> bool:
+        """Whether the standby ``target`` has the mailbox (cached; 503 if it cannot say)."""
         key = (target, address)
         with self._lock:
             if key in self._known:
-                return
+                return True
             said_no = self._absent.get(key)
             if said_no is not None and time.monotonic() - said_no < NEGATIVE_TTL:
-                raise HTTPException(422, f"the standby server {target!r} has no mailbox {address!r}")
+                return False
         adapter = self.standbys.get(target)
         if adapter is None:
-            raise HTTPException(422, f"standby server {target!r} is not configured")
+            return False
         users = adapter.list_mailboxes()
         if users is not None:
             has = address.casefold() in {u.casefold() for u in users}
@@ -160,9 +181,7 @@ class SourceAccess:
                 self._absent.pop(key, None)
             else:
                 self._absent[key] = time.monotonic()
-        if not has:
-            log.warning("refused a batch of source %r: the standby server %r has no mailbox %r", source, target, address)
-            raise HTTPException(422, f"the standby server {target!r} has no mailbox {address!r}")
+        return has
 
     def _replicated(self, source: str, server: str, address: str) -> bool:
         if self.store is None:

@@ -122,13 +122,16 @@ class TransportError(MailreplError):
 class PeerRefused(TransportError):
     """The peer gateway answered, but with an HTTP error status: ``status_code`` (409: a
     cutover/failback step its state does not allow, 401: the token, 5xx/429: busy or broken)
-    and the API's one-line ``detail``. Retryable like any transport failure; the caller decides
+    and the API's one-line ``detail``; ``mailboxes``: those a refused batch was refused for, when
+    the peer names them. Retryable like any transport failure; the caller decides
     what a refusal means for it (see ``mailrepl.shared.protocol.peer_client``)."""
 
-    def __init__(self, message: str = "", *, status_code: int, detail: str = "", **kw):
+    def __init__(self, message: str = "", *, status_code: int, detail: str = "",
+                 mailboxes: tuple[tuple[str, str], ...] = (), **kw):
         super().__init__(message, **kw)
         self.status_code = status_code
         self.detail = detail
+        self.mailboxes = mailboxes  # (server, address) the peer refused a batch for, if it named them
 
 
 class ConflictError(MailreplError):

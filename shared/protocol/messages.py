@@ -21,11 +21,16 @@ The binary batch and its acknowledgement are in ``mailrepl.shared.protocol.wire`
 """
 from __future__ import annotations
 
+import json
+
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 
 __all__ = [
+    "REFUSED_MAILBOXES_HEADER",
+    "format_refused_mailboxes",
+    "parse_refused_mailboxes",
     "HELD_QUERY_LIMIT",
     "Name",
     "Seq",
@@ -40,6 +45,40 @@ __all__ = [
     "RebaseRequest",
     "RebaseAnswer",
 ]
+
+# On a batch refused because of some of its mailboxes (403: not bound to the source; 422: the
+# standby lacks them), the recovery gateway names them in this header (JSON, ASCII) so that the
+# source sets those mailboxes aside and keeps shipping the others.
+REFUSED_MAILBOXES_HEADER = "X-Mailrepl-Refused-Mailboxes"
+REFUSED_MAILBOXES_MAX = 200  # named per answer; the rest are found on the next attempt
+_REFUSED_HEADER_BYTES = 32 * 1024
+
+
+def format_refused_mailboxes(pairs) -> str:
+    """The header value for (server, address) pairs: a JSON list, ASCII-only, bounded."""
+    out, size = [], 2
+    for server, address in list(pairs)[:REFUSED_MAILBOXES_MAX]:
+        item = json.dumps([server, address], ensure_ascii=True)
+        if size + len(item) + 1 > _REFUSED_HEADER_BYTES:
+            break
+        out.append(item)
+        size += len(item) + 1
+    return "[" + ",".join(out) + "]"
+
+
+def parse_refused_mailboxes(value: str | None) -> tuple[tuple[str, str], ...]:
+    """The (server, address) pairs of a header value; nothing for a missing or malformed one."""
+    if not value or len(value) > _REFUSED_HEADER_BYTES:
+        return ()
+    try:
+        data = json.loads(value)
+    except (ValueError, RecursionError):
+        return ()
+    if not isinstance(data, list):
+        return ()
+    return tuple((p[0], p[1]) for p in data[:REFUSED_MAILBOXES_MAX]
+                 if isinstance(p, list) and len(p) == 2 and all(isinstance(x, str) and 0 < len(x) <= 320 for x in p))
+
 
 HELD_QUERY_LIMIT = 100_000  # bodies, and parts, one /missing request may ask about
 

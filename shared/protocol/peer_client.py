@@ -48,6 +48,7 @@ from pydantic import BaseModel, ValidationError
 
 from mailrepl.shared.errors import PeerRefused, TransportError, WireError
 from mailrepl.shared.protocol.messages import (
+    REFUSED_MAILBOXES_HEADER, parse_refused_mailboxes,
     HeldAnswer, HeldQuery, MailboxRef, RebaseAnswer, RebaseRequest, ResyncAnswer, ReverseProgress, ReverseRequest,
     SitesAnswer,
 )
@@ -190,7 +191,8 @@ class PeerClient:
                        "[[sources]] entry (servers, mailboxes) bound to it at the recovery gateway")
         else:
             message = f"recovery gateway answered {code} to {what}: {detail}"
-        raise PeerRefused(message, status_code=code, detail=detail, back_off=refused_back_off)
+        raise PeerRefused(message, status_code=code, detail=detail, back_off=refused_back_off,
+                          mailboxes=parse_refused_mailboxes(r.headers.get(REFUSED_MAILBOXES_HEADER)))
 
 
 def _retry_after(r: httpx.Response) -> float | None:

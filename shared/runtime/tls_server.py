@@ -13,6 +13,8 @@
 """
 from __future__ import annotations
 
+import asyncio
+
 import logging
 import os
 import ssl
@@ -118,8 +120,10 @@ class TlsHttpProtocol(HttpToolsProtocol):
             self.scope["extensions"] = {"tls": dict(self._tls_extension)}  # type: ignore[typeddict-item]
 
 
-def serve(app: Any, listen: ListenAddress, tls: ServerTlsSettings, *, what: str) -> None:
-    """Serve ``app`` on ``listen`` until stopped (SIGINT/SIGTERM)."""
+def serve(app: Any, listen: ListenAddress, tls: ServerTlsSettings, *, what: str,
+          plain_extra: tuple[Any, ListenAddress] | None = None) -> None:
+    """Serve ``app`` on ``listen`` until stopped (SIGINT/SIGTERM); with ``plain_extra`` (an app
+    and a loopback address) a second, plain-HTTP server runs beside it and stops with it."""
     context = ReloadingTlsContext(tls) if tls.enabled else None
     if context is None:
         log.warning("%s API served over plain HTTP (plaintext = true): tokens and mail travel unencrypted and "
@@ -130,4 +134,19 @@ def serve(app: Any, listen: ListenAddress, tls: ServerTlsSettings, *, what: str)
     host, port = listen
     # log_config=None: uvicorn's loggers go through the root handler (escaped lines)
     config = TlsConfig(app, tls_context=context, host=host, port=port, log_level="warning", log_config=None)
-    uvicorn.Server(config).run()
+    if plain_extra is None:
+        uvicorn.Server(config).run()
+        return
+    extra_app, (extra_host, extra_port) = plain_extra
+    log.info("%s login redirect served over plain HTTP on %s (loopback only)", what, plain_extra[1])
+    extra = uvicorn.Config(extra_app, host=extra_host, port=extra_port, log_level="warning", log_config=None,
+                           lifespan="off")
+    asyncio.run(_serve_both(uvicorn.Server(config), uvicorn.Server(extra)))
+
+
+async def _serve_both(main: uvicorn.Server, extra: uvicorn.Server) -> None:
+    """Both servers until either stops (a signal reaches the one whose handlers are installed)."""
+    tasks = [asyncio.create_task(main.serve()), asyncio.create_task(extra.serve())]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    main.should_exit = extra.should_exit = True
+    await asyncio.gather(*tasks, return_exceptions=True)

@@ -328,3 +328,44 @@ servers = ["primary"]
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(15)
+
+
+def test_the_login_redirect_has_a_plain_loopback_listener_for_nginx(tmp_path, certs):
+    """nginx's auth_http speaks no TLS: with ``redirect_listen`` the recovery gateway also serves
+    ``GET /auth`` (and nothing else) over plain HTTP on loopback, beside its HTTPS API."""
+    port, plain = free_port(), free_port()
+    conf = _recovery_toml(tmp_path, port, f"""
+tls_cert = "{certs}/recovery.pem"
+tls_key = "{certs}/recovery.key"
+""", f"""
+[[sources]]
+id = "hq"
+token = "{HQ_TOKEN}"
+servers = ["primary"]
+""")
+    key = "redirect-Wq3Er6Ty9Ui2Op5As8Df1Gh"
+    text = conf.read_text()
+    assert text.count(f'redirect_key = "{key}"') == 1
+    conf.write_text(text.replace(f'redirect_key = "{key}"', f'redirect_key = "{key}"\nredirect_listen = "127.0.0.1:{plain}"'))
+    gw = Recovery(tmp_path, conf, port, certs / "ca.pem", None)
+    try:
+        headers = {"Auth-User": "alice", "Auth-Pass": "x", "Auth-Protocol": "imap", "Auth-Method": "plain"}
+        r = httpx.get(f"http://127.0.0.1:{plain}/auth", headers={**headers, "X-Mailrepl-Key": key}, timeout=10)
+        assert r.status_code == 200 and "Auth-Status" in r.headers
+        refused = httpx.get(f"http://127.0.0.1:{plain}/auth", headers={**headers, "X-Mailrepl-Key": "wrong"}, timeout=10)
+        assert refused.headers["Auth-Status"].startswith("Temporary server problem") and "Auth-Server" not in refused.headers
+        assert r.headers["Auth-Status"] != refused.headers["Auth-Status"]
+        for path in ("/healthz", "/api/v1/mailboxes", "/metrics", "/openapi.json", "/api/v1/ingest/progress"):
+            assert httpx.get(f"http://127.0.0.1:{plain}{path}", timeout=10).status_code == 404, path
+        # the API itself stays HTTPS only
+        assert httpx.get(gw.url + "/healthz", verify=client_tls_context(certs / "ca.pem", None, None),
+                         timeout=10).status_code == 200
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    finally:
+        gw.stop()
+    # never anywhere but loopback: the listener is plain HTTP
+    conf.write_text(conf.read_text().replace(f"127.0.0.1:{plain}", f"0.0.0.0:{plain}"))
+    result = subprocess.run([sys.executable, "-m", "mailrepl", "recovery", "check-config", "--config", str(conf)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 2 and "failover.redirect_listen: expected a loopback address" in result.stderr

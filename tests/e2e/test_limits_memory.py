@@ -6,9 +6,9 @@ runs, the gateway's resident memory is sampled from ``/proc/<pid>/status``; its 
 must stay under 300 MB, and afterwards the gateway must still answer ``/healthz`` and an
 authenticated request.
 
-The recovery gateway is configured with ``max_batch_bytes`` 64 MiB and ``max_inflated_bytes``
-128 MiB: the defaults (512 MiB, 1 GiB) let a legitimate batch be that large, so a probe at the
-default limits would be allowed to use that much memory before it is refused.
+The recovery gateway runs with its default limits (``max_batch_bytes`` 64 MiB,
+``max_inflated_bytes`` 128 MiB); the test asserts those are the defaults, so raising them (and
+the memory an ingest may use) is a decision this test would notice.
 """
 from __future__ import annotations
 
@@ -116,8 +116,6 @@ listen = "127.0.0.1:{rport}"
 admin_token = "{ADMIN_TOKEN}"
 plaintext = true
 blob_dir = "{tmp_path}/blobs"
-max_batch_bytes = {64 * MB}
-max_inflated_bytes = {128 * MB}
 max_concurrent_ingests = 2
 
 [[sources]]
@@ -205,6 +203,12 @@ def test_a_600mb_ingest_is_refused_with_and_without_content_length(gateways):
         assert rss.peak < RSS_LIMIT, f"peak RSS {rss.peak / MB:.0f} MB"
         assert time.monotonic() - started < 60
     _still_serves(recovery)
+
+
+def test_the_probes_run_at_the_default_limits():
+    from mailrepl.recovery.settings import DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_INFLATED_BYTES
+
+    assert (DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_INFLATED_BYTES) == (64 * MB, 128 * MB)
 
 
 def test_a_zstd_bomb_is_refused_at_the_inflate_limit(gateways):

@@ -329,3 +329,73 @@ def test_folder_delete_keeps_messages_the_id_map_does_not_know_only_when_asked(t
                                    dict(folder="Projects", messages=0, subfolders=["Projects/2024"])]
     with p.dst.read() as s:
         assert not s.scalars(select(IdMapEntry).where(IdMapEntry.folder.like("Projects%"))).all()
+
+
+def test_a_mailbox_the_standby_lacks_is_set_aside_and_the_others_keep_replicating(tmp_path):
+    """The recovery gateway refuses a batch naming a mailbox its standby does not have, with no
+    state change; the source sets that mailbox aside (its error says why) and ships the others;
+    once the standby has it, the next retry replicates it."""
+    from mailrepl.gateway.shipper import REFUSED_PREFIX
+    from tests.unit.memory_server import Folder
+
+    p = Pipeline(tmp_path)
+    p.primary.boxes["carol"] = {"INBOX": Folder("INBOX")}  # on the primary only
+    for i in range(3):
+        p.primary.deliver("alice", _msg(i))
+        p.primary.deliver("carol", _msg(10 + i))
+    with p.src.tx() as s:
+        s.add(Mailbox(server="primary", address="carol", protected=True, phase="seeding"))
+        ids = {m.address: m.id for m in s.scalars(select(Mailbox))}
+    for address in ("alice", "carol"):
+        p.capture.cycle(ids[address], p.primary.open(address))
+    while p.shipper.ship_once():
+        pass
+    with p.src.read() as s:
+        carol, alice = (s.get(Mailbox, ids[a]) for a in ("carol", "alice"))
+        assert carol.ship_error.startswith(REFUSED_PREFIX) and "has no mailbox 'carol'" in carol.ship_error
+        assert carol.acked_seq == 0 and alice.ship_error is None and alice.acked_seq == alice.last_seq
+    with p.dst.read() as s:  # nothing of carol at DR
+        assert s.scalar(select(Replica.id).where(Replica.address == "carol")) is None
+    p.sync()
+    p.assert_equal()  # alice replicated although carol's batches were refused
+    # the admin creates carol on the standby: the periodic retry ships her
+    p.standby.boxes["carol"] = {"INBOX": Folder("INBOX")}
+    assert p.shipper.release_refused() == 1
+    import mailrepl.recovery.source_access as access_module
+    access_module.NEGATIVE_TTL, saved = 0.0, access_module.NEGATIVE_TTL  # the gateway asks the standby again
+    try:
+        while p.shipper.ship_once():
+            pass
+    finally:
+        access_module.NEGATIVE_TTL = saved
+    with p.src.read() as s:
+        carol = s.get(Mailbox, ids["carol"])
+        assert carol.ship_error is None and carol.acked_seq == carol.last_seq > 0
+
+
+def test_a_message_too_large_for_the_recovery_gateway_sets_its_mailbox_aside(tmp_path):
+    """A batch that cannot be made smaller (one mailbox, its next message) over the recovery
+    gateway's limit: that mailbox is set aside with the reason, the others replicate."""
+    import os
+
+    from mailrepl.gateway.shipper import REFUSED_PREFIX
+
+    p = Pipeline(tmp_path)
+    app = FastAPI()
+    app.include_router(ingest_router(p.receiver, source_access(MemoryAdapter("standby", p.standby)), 16 * 1024))
+    p.shipper.peer = p.shipper.peer.over(TestClient(app, base_url="http://recovery"))
+    p.primary.deliver("alice", b"Subject: big\r\n\r\n" + os.urandom(64 * 1024).hex().encode() + b"\r\n")
+    p.primary.deliver("bob", _msg(1))
+    with p.src.tx() as s:
+        s.add(Mailbox(server="primary", address="bob", protected=True, phase="seeding"))
+        ids = {m.address: m.id for m in s.scalars(select(Mailbox))}
+    for address in ("alice", "bob"):
+        p.capture.cycle(ids[address], p.primary.open(address))
+    while p.shipper.ship_once():
+        pass
+    with p.src.read() as s:
+        alice, bob = (s.get(Mailbox, ids[a]) for a in ("alice", "bob"))
+        assert alice.ship_error.startswith(REFUSED_PREFIX) and "over the recovery gateway's limit" in alice.ship_error
+        assert alice.acked_seq < alice.last_seq  # what came before the big message went through
+        assert bob.ship_error is None and bob.acked_seq == bob.last_seq > 0
+    assert p.shipper.builder.max_bytes == p.shipper.max_bytes  # full-size batches again
