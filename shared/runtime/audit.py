@@ -25,10 +25,11 @@ import anyio
 from sqlalchemy import select
 
 from mailrepl.shared.model import utcnow
+from mailrepl.shared.runtime.process import escape_controls
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import AuditEntry
 
-__all__ = ["AuditRecord", "AuditLog", "AuditMiddleware", "escape_controls"]
+__all__ = ["AuditRecord", "AuditLog", "AuditMiddleware"]
 
 log = logging.getLogger("mailrepl.audit")
 
@@ -39,12 +40,6 @@ TARGET_CAP = 500
 _BODY_KEYS = ("addresses", "server", "all", "enabled", "confirm", "abort", "name", "role")
 _QUERY_KEYS = ("server", "grace_seconds")
 _ADDRESSES_SHOWN = 5
-
-
-def escape_controls(text: str) -> str:
-    """``text`` with control characters (CR, LF, NUL, ESC...) as ``\\xNN``: one log line stays one."""
-    return "".join(c if c.isprintable() or c == " " else f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
-                   for c in text)
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,15 @@ __all__ = ["escape_controls", "SafeFormatter", "LOG_FORMAT", "prepare_process"]
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 PRIVATE_UMASK = 0o077
 
-# C0 controls but TAB, DEL, C1 controls, and the Unicode line/paragraph separators
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+# C0 controls but TAB, DEL, C1 controls, the Unicode line/paragraph separators, and the format
+# characters that reorder or hide text (bidirectional overrides and isolates, zero-width marks)
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 _NAMED = {"\n": "\\n", "\r": "\\r", "\x00": "\\0"}
 
 
 def escape_controls(text: str) -> str:
-    """``text`` with every control character written as an escape (``\\n``, ``\\r``, ``\\0``, ``\\xNN``)."""
+    """``text`` with every control character written as an escape (``\\n``, ``\\r``, ``\\0``,
+    ``\\xNN``, ``\\uNNNN``): one log line or audit entry stays one, and reads as it is stored."""
     return _CONTROL.sub(lambda m: _NAMED.get(m.group(), f"\\x{ord(m.group()):02x}" if ord(m.group()) < 256
                                              else f"\\u{ord(m.group()):04x}"), text)
 

@@ -135,3 +135,11 @@ def test_log_lines_escape_control_characters():
     line = SafeFormatter("%(levelname)s %(message)s").format(record)
     assert "\n" not in line and "\r" not in line and line == (
         "WARNING mailbox alice\\n2024-01-01 CRITICAL forged: x\\r\\0")
+
+
+def test_text_that_reorders_or_hides_itself_is_escaped_too():
+    """Bidirectional overrides and zero-width characters in an address or path would make a log
+    line or audit entry read differently from what it holds: they are written as escapes."""
+    assert escape_controls("alice\u202egpj.exe") == "alice\\u202egpj.exe"
+    assert escape_controls("bo\u200bb\ufeff") == "bo\\u200bb\\ufeff"
+    assert escape_controls("plain text, tab\tand ünïcödé") == "plain text, tab\tand ünïcödé"
