@@ -140,6 +140,7 @@ class ReplayEngine:
         """Apply every received change that continues the applied sequence; stop at a gap.
         ``report`` (filled in place) tells what was done even if a later change fails."""
         report = ReplayReport() if report is None else report
+        dates: dict[str, dict[int, int]] = {}  # folder -> UID -> internal date (s), read once a pass
         self._reconcile(replica_id, session, report)
         while True:
             with self.store.tx() as s:
@@ -161,17 +162,16 @@ class ReplayEngine:
             if not changes:
                 break
             for group in plan(changes, append_batch=self.append_batch, append_bytes=self.append_bytes):
-                self._apply(replica_id, group, session, report)
+                self._apply(replica_id, group, session, report, dates)
         return report
 
     # ------------------------------------------------------------------ groups
 
-    def _apply(self, rid: int, g: Group, session: MailboxSession, report: ReplayReport) -> None:
+    def _apply(self, rid: int, g: Group, session: MailboxSession, report: ReplayReport,
+               dates: dict[str, dict[int, int]] | None = None) -> None:
         k = g.kind
-        if k == Kind.MSG_ADD:
-            self._apply_adds(rid, g, session, report)
-        elif k == Kind.MSG_REPLACE:
-            self._apply_adds(rid, g, session, report)
+        if k in (Kind.MSG_ADD, Kind.MSG_REPLACE):
+            self._apply_adds(rid, g, session, report, {} if dates is None else dates)
         elif k == Kind.MSG_EXPUNGE:
             entries = self._mapped(rid, [c.mid for _, c in g.items])
             by_folder: dict[str, list[int]] = {}
@@ -227,7 +227,8 @@ class ReplayEngine:
         else:  # pragma: no cover - Kind is closed
             raise ValueError(f"unknown change kind {k}")
 
-    def _apply_adds(self, rid: int, g: Group, session: MailboxSession, report: ReplayReport) -> None:
+    def _apply_adds(self, rid: int, g: Group, session: MailboxSession, report: ReplayReport,
+                    dates: dict[str, dict[int, int]]) -> None:
         with self.store.read() as s:
             mapped = IdMap(s, rid).mapped(c.mid for _, c in g.items)
             orphans: dict[str, list[Orphan]] = {}
@@ -239,10 +240,12 @@ class ReplayEngine:
             if ch.mid in mapped:
                 continue  # written before a crash and recovered: not again
             bucket = orphans.get(ch.sha256)
-            if bucket:
-                claims.append((ch, bucket.pop()))
+            kept = _same_copy(bucket, ch, g.folder, session, dates) if bucket else None
+            if kept is not None:
+                bucket.remove(kept)
+                claims.append((ch, kept))
             else:
-                todo.append((seq, ch))
+                todo.append((seq, ch))  # written anew; an orphan not claimed goes at RESET_DONE
         for ch, o in claims:  # a reset folder keeps the message it already has
             session.store_flags(g.folder, [o.uid], frozenset(ch.flags or ()))
         new_entries: list[MapEntry] = [
@@ -448,3 +451,25 @@ class ReplayEngine:
             .values(state="applied")
         )
         report.applied += len(g.items)
+
+
+def _same_copy(bucket: list[Orphan], ch: Change, folder: str, session: MailboxSession,
+               dates: dict[str, dict[int, int]]) -> Orphan | None:
+    """The orphan (same folder, same SHA-256) that is the message ``ch`` adds in everything but its
+    flags, which a flag store fixes: its internal date must be the same (to the second), since no
+    server lets an internal date change. None: the message is written again and the orphan goes
+    when the reset is done. The folder's dates are read once per replay pass."""
+    if not ch.internaldate:
+        return bucket[-1]
+    want = int(parse_internaldate(ch.internaldate).timestamp())
+    known = dates.get(folder)
+    if known is None:
+        try:
+            listed = session.changes_since(folder, None).new
+        except FolderNotFound:  # gone meanwhile: nothing to keep, the adds create it again
+            listed = ()
+        known = dates[folder] = {m.uid: int(m.internaldate.timestamp()) for m in listed if m.internaldate is not None}
+    for o in reversed(bucket):
+        if known.get(o.uid) == want:
+            return o
+    return None

@@ -155,6 +155,28 @@ def test_uidvalidity_change_resyncs_without_duplicates(tmp_path):
     assert p.standby.appends == appends + 1, "only the new message is written; the rest are kept"
 
 
+def test_a_reset_folder_whose_messages_come_back_with_new_dates_is_copied_exactly(tmp_path):
+    """The folder deleted and created again, the same messages appended back, some with new
+    internal dates and flags: a copy is kept only where it matches in everything (flags are set
+    on it); a message whose date changed is written again and the old copy removed."""
+    from datetime import datetime, timezone
+
+    p = Pipeline(tmp_path)
+    for i in range(4):
+        p.primary.deliver("alice", _msg(i))
+    p.sync()
+    appends = p.standby.appends
+    p.primary.reset_uidvalidity("alice", "INBOX")
+    msgs = sorted(p.primary.box("alice")["INBOX"].msgs.values(), key=lambda m: m.uid)
+    for m in msgs[:2]:  # re-appended later: new internal dates
+        m.date = datetime(2026, 12, 1, 10, 0, 0, tzinfo=timezone.utc)
+    msgs[3].flags = {"\\Flagged"}
+    p.sync()
+    p.assert_equal()  # bytes, flags and internal dates, per folder
+    assert p.standby.appends == appends + 2, "only the two re-dated messages are written again"
+    assert len(p.standby.box("alice")["INBOX"].msgs) == 4
+
+
 def test_moves_detected_by_content_hash_without_guids(tmp_path):
     p = Pipeline(tmp_path, guids=False, folder_ids=False)
     for i in range(4):
