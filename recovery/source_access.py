@@ -123,10 +123,9 @@ class SourceAccess:
         """:meth:`source_of`, and every (primary server, address) is one the source may send; else 403."""
         bound = self.source_of(principal, named)
         for server, address in mailboxes:
-            if server not in bound.servers:
-                raise HTTPException(403, f"source {bound.id!r} may not send for primary server {server!r}")
-            if not bound.may_send(server, address):
-                raise HTTPException(403, f"source {bound.id!r} may not send mailbox {address!r} of {server!r}")
+            why = _not_bound(bound, server, address)
+            if why is not None:
+                raise HTTPException(403, why)
         return bound
 
     def admit(self, principal: Principal, batch: Batch) -> None:
@@ -139,10 +138,8 @@ class SourceAccess:
         bound = self.source_of(principal, batch.source)
         refused: list[tuple[str, str, int, str]] = []
         for server, address in dict.fromkeys((seg.server, seg.address) for seg in batch.segments):
-            if server not in bound.servers:
-                refused.append((server, address, 403, f"source {bound.id!r} may not send for primary server {server!r}"))
-            elif not bound.may_send(server, address):
-                refused.append((server, address, 403, f"source {bound.id!r} may not send mailbox {address!r} of {server!r}"))
+            if (why := _not_bound(bound, server, address)) is not None:
+                refused.append((server, address, 403, why))
             elif (target := self.route(server)) is None:
                 refused.append((server, address, 422, f"no standby server is configured for primary server {server!r}"))
             elif not self._standby_has(batch.source, server, target, address):
@@ -201,3 +198,12 @@ class SourceAccess:
                                 headers={"Retry-After": "30"}) from exc
         session.close()
         return True
+
+
+def _not_bound(bound: BoundSource, server: str, address: str) -> str | None:
+    """Why ``bound`` may not send this mailbox; None if it may."""
+    if server not in bound.servers:
+        return f"source {bound.id!r} may not send for primary server {server!r}"
+    if not bound.may_send(server, address):
+        return f"source {bound.id!r} may not send mailbox {address!r} of {server!r}"
+    return None

@@ -23,6 +23,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping, MutableMapping
 
+import anyio.to_thread
 from starlette.exceptions import HTTPException
 
 from mailrepl.shared.runtime.principals import Resolver, client_cert
@@ -87,7 +88,9 @@ class RequestGuard:
         path, method = scope["path"], scope["method"]
 
         if path not in self.policy.open_paths:
-            principal = self.policy.resolver(_bearer(headers.get("authorization")), client_cert(scope))
+            # a stored token is looked up in the state store: off the event loop
+            principal = await anyio.to_thread.run_sync(self.policy.resolver, _bearer(headers.get("authorization")),
+                                                       client_cert(scope))
             if principal is None:
                 await _refuse(send, 401, "missing or wrong credentials", close=has_body,
                               extra=[(b"www-authenticate", b"Bearer")])
