@@ -1,0 +1,297 @@
+"""The fault suite's scenarios and the loop that runs one: traffic, faults, heal, drain, compare.
+
+A scenario is a class with a ``name`` and three steps (see :class:`Scenario`): ``prepare`` before
+traffic starts (e.g. shaping a link), ``inject`` one fault while traffic runs (called
+``profile.faults`` times, at seeded random moments), ``heal`` once traffic has stopped (whatever
+is still broken is repaired). :func:`run_scenario` does the rest the same way for every
+scenario: stop traffic, heal, wait for replication to drain (the source gateway's status API:
+every protected mailbox replicating, both queues empty, nothing lagging, no error; stable for a
+while; bounded), measure how long that took, and compare every protected mailbox on both
+servers. A scenario that needs another component (the two-site network rig, a small tmpfs under
+a gateway's state) is one more subclass added to :data:`SCENARIOS`.
+"""
+from __future__ import annotations
+
+import imaplib
+import os
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+
+import httpx
+
+from tests.faults.checks import Differences, compare_mailboxes
+from tests.faults.loadsim import FLAGS, LoadSim, TrafficCounts
+from tests.faults.report import Row
+
+__all__ = ["CI", "FULL", "FolderReset", "KillRestart", "Profile", "SCENARIOS", "Scenario", "Site", "StandbyWipe",
+           "profile_from_env", "run_scenario", "seed_from_env", "wait_drained"]
+
+DEFAULT_SEED = 20261206
+_FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
+_INTERNALDATE = re.compile(rb'INTERNALDATE "([^"]+)"')
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How much of everything: the CI subset and the full run differ only here."""
+
+    name: str
+    users: int
+    populate: int  # messages per user before protection
+    faults: int  # per scenario
+    gap: tuple[float, float]  # seconds of traffic before each fault (uniform)
+    pause: tuple[float, float]  # seconds a killed process stays down (uniform)
+    tail: float  # seconds of traffic after the last fault
+    drain_timeout: float
+    settle: float = 3.0  # drained must hold this long (capture polls every 0.5 s)
+    deliverers: int = 2
+    workers: int = 2
+    pause_between_ops: float = 0.05
+
+
+CI = Profile("ci", users=20, populate=8, faults=3, gap=(0.5, 2.5), pause=(0.2, 2.0), tail=1.0, drain_timeout=180)
+FULL = Profile("full", users=40, populate=20, faults=20, gap=(1.0, 5.0), pause=(0.2, 5.0), tail=3.0,
+               drain_timeout=600)
+
+
+def profile_from_env() -> Profile:
+    """``MAILREPL_FAULTS=full`` selects the full run; anything else (or nothing) the CI subset."""
+    value = os.environ.get("MAILREPL_FAULTS", "ci").strip().lower()
+    if value not in ("", "ci", "full"):
+        raise ValueError(f"MAILREPL_FAULTS must be 'ci' or 'full', not {value!r}")
+    return FULL if value == "full" else CI
+
+
+def seed_from_env() -> int:
+    """``MAILREPL_FAULTS_SEED`` (an integer), else the fixed default, so CI runs are reproducible."""
+    raw = os.environ.get("MAILREPL_FAULTS_SEED", "").strip()
+    if not raw:
+        return DEFAULT_SEED
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"MAILREPL_FAULTS_SEED must be an integer, not {raw!r}") from None
+
+
+@dataclass
+class Site:
+    """Everything a scenario may break: both Dovecots, both gateways, the protected users."""
+
+    primary: object  # tests.support.dovecot.DovecotServer
+    standby: object
+    pair: object  # tests.support.gateways.GatewayPair
+    users: list[str]
+    notes: list[str] = field(default_factory=list)  # what went wrong outside the faults injected
+
+    def process(self, name: str):
+        return {"source": self.pair.source, "recovery": self.pair.recovery,
+                "primary": self.primary, "standby": self.standby}[name]
+
+    def check_alive(self, killed: str | None = None) -> None:
+        """Note every gateway that exited without being killed, and start it again."""
+        for name in ("source", "recovery"):
+            gw = self.process(name)
+            if name != killed and gw.proc is not None and gw.proc.poll() is not None:
+                self.notes.append(f"the {name} gateway exited by itself with status {gw.proc.returncode}")
+                gw.start(wait=60)
+
+
+class Scenario:
+    """One kind of fault. Subclasses set ``name`` and override :meth:`inject` (and maybe the others)."""
+
+    name = "scenario"
+
+    def prepare(self, site: Site, rng: random.Random) -> None:
+        """Before traffic starts."""
+
+    def inject(self, site: Site, rng: random.Random, profile: Profile) -> None:
+        """One fault, while traffic runs; returns once the fault is over (or left in place for heal)."""
+        raise NotImplementedError
+
+    def heal(self, site: Site) -> None:
+        """After traffic stopped: undo whatever is still broken."""
+        for name in ("primary", "standby"):
+            server = site.process(name)
+            if not server.running:
+                server.start()
+        for name in ("recovery", "source"):
+            gw = site.process(name)
+            if gw.proc is None or gw.proc.poll() is not None:
+                gw.start(wait=60)
+
+
+class KillRestart(Scenario):
+    """kill -9 of one process (a gateway, or a Dovecot's whole process group), restarted after a pause
+    from the same configuration."""
+
+    def __init__(self, target: str) -> None:
+        if target not in ("source", "recovery", "primary", "standby"):
+            raise ValueError(f"unknown process {target!r}")
+        self.target = target
+        self.name = f"kill -9 {target} " + ("gateway" if target in ("source", "recovery") else "Dovecot")
+
+    def inject(self, site: Site, rng: random.Random, profile: Profile) -> None:
+        site.check_alive(killed=None)
+        victim = site.process(self.target)
+        if self.target in ("source", "recovery"):
+            victim.kill9()
+            time.sleep(rng.uniform(*profile.pause))
+            victim.start(wait=60)
+        else:
+            victim.kill()
+            time.sleep(rng.uniform(*profile.pause))
+            victim.start()
+
+
+class FolderReset(Scenario):
+    """A folder reset on the primary as a user would do it: the folder's messages saved, the folder
+    deleted and created again, the messages appended back, some with a new internal date and
+    other flags."""
+
+    name = "folder reset on the primary"
+    folders = ("Archive", "Work", "Lists")
+
+    def inject(self, site: Site, rng: random.Random, profile: Profile) -> None:
+        user, folder = rng.choice(site.users), rng.choice(self.folders)
+        conn = site.primary.imap(user)
+        try:
+            saved = _fetch_all(conn, folder)
+            conn.close()
+            _ok(conn.delete(_q(folder)), f"DELETE {folder}")
+            typ, data = conn.create(_q(folder))
+            if typ != "OK" and b"exists" not in b" ".join(d for d in data if d).lower():
+                raise AssertionError(f"CREATE {folder} after the reset: {data!r}")  # a delivery made it first
+            for raw, flags, date in saved:
+                if rng.random() < 0.5:
+                    date = _new_date(rng)
+                if rng.random() < 0.5:
+                    flags = " ".join(rng.sample(FLAGS, rng.randint(0, 3)))
+                _ok(conn.append(_q(folder), f"({flags})", f'"{date}"', raw), f"APPEND {folder}")
+        finally:
+            try:
+                conn.logout()
+            except (OSError, imaplib.IMAP4.error):
+                pass
+
+
+class StandbyWipe(Scenario):
+    """A mailbox wiped on the standby behind the gateways' back (all its mail and indexes removed)."""
+
+    name = "mailbox wiped on the standby"
+
+    def inject(self, site: Site, rng: random.Random, profile: Profile) -> None:
+        site.standby.wipe_user(rng.choice(site.users))
+
+
+SCENARIOS: list[Scenario] = [
+    KillRestart("source"),
+    KillRestart("recovery"),
+    KillRestart("standby"),
+    KillRestart("primary"),
+    FolderReset(),
+    StandbyWipe(),
+]
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+def run_scenario(site: Site, scenario: Scenario, profile: Profile, seed: int, corpus: list[bytes],
+                 log: Callable[[str], None] = print) -> tuple[Row, Differences, TrafficCounts]:
+    """Traffic with faults at seeded moments, then heal, drain, compare; the table row."""
+    rng = random.Random(f"{seed}:{scenario.name}")
+    sim = LoadSim(site.primary, site.users, seed=rng.randrange(2**32), corpus=corpus,
+                  deliverers=profile.deliverers, workers=profile.workers, pause=profile.pause_between_ops)
+    scenario.prepare(site, rng)
+    faults = 0
+    sim.start()
+    try:
+        for _ in range(profile.faults):
+            time.sleep(rng.uniform(*profile.gap))
+            scenario.inject(site, rng, profile)
+            faults += 1
+        time.sleep(profile.tail)
+    finally:
+        counts = sim.stop()
+        scenario.heal(site)
+    site.check_alive()
+    log(f"[{scenario.name}] {faults} faults; traffic: {counts.summary()}")
+    drain = wait_drained(site.pair, site.users, profile.drain_timeout, profile.settle)
+    if drain is None:
+        site.notes.append(f"replication did not drain within {profile.drain_timeout:.0f} s")
+    diff = compare_mailboxes(site.primary, site.standby, site.users)
+    row = Row(scenario=scenario.name, faults=faults, delivered=counts.delivered, changes=counts.changes_made,
+              lost=diff.lost, duplicated=diff.duplicated, other=diff.other_total, drain_seconds=drain)
+    return row, diff, counts
+
+
+def drained(status: dict[str, dict], users: list[str]) -> bool:
+    """Every user protected, replicating, nothing queued, nothing lagging, no error."""
+    return all(
+        u in status and status[u]["protected"] and status[u]["phase"] == "replicating"
+        and status[u]["copy_queue"] == 0 and status[u]["replay_queue"] == 0
+        and status[u]["last_applied_seq"] == status[u]["last_captured_seq"] and not status[u]["lag_seconds"]
+        and status[u]["error"] is None
+        for u in users
+    )
+
+
+def wait_drained(pair, users: list[str], timeout: float, settle: float) -> float | None:
+    """Seconds until replication was drained (and stayed so for ``settle`` s), or None on timeout."""
+    start = time.monotonic()
+    deadline = start + timeout
+    since, last = None, None
+    while time.monotonic() < deadline:
+        try:
+            status = pair.status()
+        except httpx.HTTPError:
+            status = {}
+        snap = {u: status.get(u, {}).get("last_captured_seq") for u in users}
+        if drained(status, users) and snap == last:
+            since = since or time.monotonic()
+            if time.monotonic() - since >= settle:
+                return round(since - start, 1)
+        elif not drained(status, users):
+            since = None
+        last = snap
+        time.sleep(0.2)
+    return None
+
+
+# --- IMAP helpers for the folder reset ---------------------------------------------------------
+
+def _fetch_all(conn: imaplib.IMAP4, folder: str) -> list[tuple[bytes, str, str]]:
+    """(bytes, flags, internal date) of every message in ``folder``."""
+    _ok(conn.select(_q(folder)), f"SELECT {folder}")
+    typ, data = conn.uid("FETCH", "1:*", "(FLAGS INTERNALDATE BODY.PEEK[])")
+    _ok((typ, data), f"FETCH {folder}")
+    out = []
+    for item in data:
+        if not isinstance(item, tuple):
+            continue
+        meta, raw = item
+        flags, date = _FLAGS.search(meta), _INTERNALDATE.search(meta)
+        if not flags or not date:
+            raise AssertionError(f"FETCH answer without FLAGS or INTERNALDATE first: {meta[:200]!r}")
+        kept = " ".join(f for f in flags.group(1).decode().split() if f.lower() != "\\recent")
+        out.append((raw, kept, date.group(1).decode()))
+    return out
+
+
+def _new_date(rng: random.Random) -> str:
+    when = datetime(2025, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=rng.randrange(365 * 86400))
+    return f"{when.day:02d}-{_MONTHS[when.month - 1]}-{when:%Y %H:%M:%S} +0000"
+
+
+def _ok(result: tuple, what: str) -> None:
+    typ, data = result
+    if typ != "OK":
+        raise AssertionError(f"{what}: {data!r}")
+
+
+def _q(folder: str) -> str:
+    return '"' + folder.replace("\\", "\\\\").replace('"', '\\"') + '"'
