@@ -1,11 +1,17 @@
-"""Fixtures of the fault suite: a fresh site per scenario (two Dovecots, both gateways as processes,
-every user protected and seeded), the profile and seed, and the result table at the end of the run.
+"""Fixtures of the fault suite: the site the scenarios break (two Dovecots, both gateways as
+processes, every user protected and seeded), the profile and seed, and the result table at the
+end of the run.
+
+One site serves the scenarios in turn, as one long-running installation would live through
+them (each scenario's traffic adds to the mail already there); a scenario that finds a
+difference marks it dirty and the next one starts on a new site, so one failure is reported once.
 
 ``MAILREPL_FAULTS=full`` runs the full profile, ``MAILREPL_FAULTS_SEED=N`` another seed,
 ``MAILREPL_FAULTS_TABLE=FILE`` also writes the table to FILE (see README, "Fault suite").
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -13,11 +19,14 @@ import pytest
 from tests.faults.loadsim import LoadSim, pick_corpus
 from tests.faults.report import ROWS, format_table, write_table
 from tests.faults.scenarios import Profile, Site, profile_from_env, seed_from_env, wait_drained
+from tests.support.dovecot import DovecotServer, DovecotUnavailable, dovecot_missing_reason
 from tests.support.environment import unavailable
 from tests.support.gateways import GatewayPair
 from tests.support.mailcompare import corpus_files
 
 CORPUS_SAMPLE = 80
+# the recovery gateway checks idle standby copies for damage every second (default 300 s)
+RECOVERY_EXTRA = "standby_check_interval = 1"
 
 
 @pytest.fixture(scope="session")
@@ -39,26 +48,98 @@ def fault_corpus(fault_seed) -> list[bytes]:
     return pick_corpus(files, CORPUS_SAMPLE, fault_seed)
 
 
-@pytest.fixture
-def fault_site(dovecot_factory, tmp_path, fault_profile, fault_seed, fault_corpus) -> Iterator[Site]:
+class SitePool:
+    """Hands out the current site, building a new one when there is none or it is dirty."""
+
+    def __init__(self, tmp_factory, profile: Profile, seed: int, corpus: list[bytes]) -> None:
+        self.tmp_factory, self.profile, self.seed, self.corpus = tmp_factory, profile, seed, corpus
+        self.site: Site | None = None
+        self.built = 0
+
+    def get(self) -> Site:
+        if self.site is not None and not self.site.dirty:
+            return self.site
+        self.close()
+        self.built += 1
+        self.site = build_site(self.tmp_factory.mktemp(f"site{self.built}"), self.profile,
+                               self.seed + self.built - 1, self.corpus)
+        return self.site
+
+    def close(self) -> None:
+        site, self.site = self.site, None
+        if site is None:
+            return
+        try:
+            site.pair.stop()
+        finally:
+            for server in (site.primary, site.standby):
+                server.cleanup()
+
+
+def build_site(tmp, profile: Profile, seed: int, corpus: list[bytes]) -> Site:
     """Primary and standby Dovecot, both gateways (SQLite state), ``profile.users`` users with
     ``profile.populate`` messages each, all protected and seeded."""
-    users = [f"u{i:02d}" for i in range(1, fault_profile.users + 1)]
-    primary = dovecot_factory("primary", users)
-    standby = dovecot_factory("standby", users)
-    LoadSim(primary, users, seed=fault_seed, corpus=fault_corpus).populate(fault_profile.populate)
-    pair = GatewayPair(tmp_path, primary, standby, users=users,
-                       source_state=f"sqlite:///{tmp_path}/source.sqlite",
-                       recovery_state=f"sqlite:///{tmp_path}/recovery.sqlite")
-    pair.start()
+    reason = dovecot_missing_reason()
+    if reason:
+        unavailable(reason)
+    users = [f"u{i:02d}" for i in range(1, profile.users + 1)]
+    servers: list[DovecotServer] = []
+    pair = None
     try:
+        for name in ("primary", "standby"):
+            try:
+                servers.append(DovecotServer(name, users))
+            except DovecotUnavailable as exc:
+                unavailable(str(exc))
+            servers[-1].start()
+        primary, standby = servers
+        LoadSim(primary, users, seed=seed, corpus=corpus).populate(profile.populate)
+        pair = GatewayPair(tmp, primary, standby, users=users, source_state=f"sqlite:///{tmp}/source.sqlite",
+                           recovery_state=f"sqlite:///{tmp}/recovery.sqlite", recovery_gateway_extra=RECOVERY_EXTRA)
+        _start_both(pair)
         pair.protect(*users)
-        if wait_drained(pair, users, fault_profile.drain_timeout, fault_profile.settle) is None:
-            raise AssertionError(f"seeding did not finish within {fault_profile.drain_timeout} s:\n"
+        if wait_drained(pair, users, profile.drain_timeout, 1.0) is None:
+            raise AssertionError(f"seeding did not finish within {profile.drain_timeout} s:\n"
                                  f"{pair.source.log.read_text()[-3000:]}")
-        yield Site(primary=primary, standby=standby, pair=pair, users=users)
-    finally:
+        return Site(primary=primary, standby=standby, pair=pair, users=users)
+    except BaseException:
+        if pair is not None:
+            pair.stop()
+        for server in servers:
+            server.cleanup()
+        raise
+
+
+@pytest.fixture(scope="session")
+def fault_sites(tmp_path_factory, fault_profile, fault_seed, fault_corpus) -> Iterator[SitePool]:
+    pool = SitePool(tmp_path_factory, fault_profile, fault_seed, fault_corpus)
+    yield pool
+    pool.close()
+
+
+@pytest.fixture
+def fault_site(fault_sites) -> Site:
+    return fault_sites.get()
+
+
+def _start_both(pair) -> None:
+    """Start both gateways at once (the source copes with its peer not being up yet)."""
+    errors: list[BaseException] = []
+
+    def start(gateway) -> None:
+        try:
+            gateway.start(wait=60)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start, args=(g,)) for g in (pair.recovery, pair.source)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
         pair.stop()
+        raise errors[0]
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

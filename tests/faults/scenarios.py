@@ -87,6 +87,7 @@ class Site:
     pair: object  # tests.support.gateways.GatewayPair
     users: list[str]
     notes: list[str] = field(default_factory=list)  # what went wrong outside the faults injected
+    dirty: bool = False  # a scenario failed on it: the next one needs a new site
 
     def process(self, name: str):
         return {"source": self.pair.source, "recovery": self.pair.recovery,
@@ -105,6 +106,7 @@ class Scenario:
     """One kind of fault. Subclasses set ``name`` and override :meth:`inject` (and maybe the others)."""
 
     name = "scenario"
+    settle = 0.0  # drained must hold at least this long (when longer than the profile's settle)
 
     def prepare(self, site: Site, rng: random.Random) -> None:
         """Before traffic starts."""
@@ -180,9 +182,15 @@ class FolderReset(Scenario):
 
 
 class StandbyWipe(Scenario):
-    """A mailbox wiped on the standby behind the gateways' back (all its mail and indexes removed)."""
+    """A mailbox wiped on the standby behind the gateways' back (all its mail and indexes removed).
+
+    The recovery gateway finds such damage after a replay pass of the mailbox, or, when nothing
+    is replicated to it, by its periodic check (``standby_check_interval``, 1 s on the test site);
+    the source learns it from its next poll of the site states. Until then the status looks
+    drained, so drained must hold longer than that round trip."""
 
     name = "mailbox wiped on the standby"
+    settle = 5.0
 
     def inject(self, site: Site, rng: random.Random, profile: Profile) -> None:
         site.standby.wipe_user(rng.choice(site.users))
@@ -220,7 +228,7 @@ def run_scenario(site: Site, scenario: Scenario, profile: Profile, seed: int, co
         scenario.heal(site)
     site.check_alive()
     log(f"[{scenario.name}] {faults} faults; traffic: {counts.summary()}")
-    drain = wait_drained(site.pair, site.users, profile.drain_timeout, profile.settle)
+    drain = wait_drained(site.pair, site.users, profile.drain_timeout, max(profile.settle, scenario.settle))
     if drain is None:
         site.notes.append(f"replication did not drain within {profile.drain_timeout:.0f} s")
     diff = compare_mailboxes(site.primary, site.standby, site.users)

@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.dovecot, pytest.mark.slow]
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=lambda s: s.name.replace(" ", "-"))
 def test_scenario(scenario, fault_site, fault_profile, fault_seed, fault_corpus):
     print(f"\nfault suite: {scenario.name}, {fault_profile.name} profile, seed {fault_seed}")
+    fault_site.dirty = True  # until this scenario has passed
     row, diff, counts = run_scenario(fault_site, scenario, fault_profile, fault_seed, fault_corpus)
     ROWS.append(row)
     print(format_table([row]))
@@ -34,3 +35,4 @@ def test_scenario(scenario, fault_site, fault_profile, fault_seed, fault_corpus)
                     + "\n".join(problems)
                     + f"\n--- source log ---\n{pair.source.log.read_text()[-3000:]}"
                     + f"\n--- recovery log ---\n{pair.recovery.log.read_text()[-3000:]}", pytrace=False)
+    fault_site.dirty = False
