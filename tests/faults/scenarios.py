@@ -31,6 +31,7 @@ __all__ = ["CI", "FULL", "FolderReset", "KillRestart", "Profile", "SCENARIOS", "
            "profile_from_env", "run_scenario", "seed_from_env", "wait_drained"]
 
 DEFAULT_SEED = 20261206
+STANDBY_DAMAGE_LOG = b"changed behind the gateways' back"  # the recovery gateway's warning
 _FLAGS = re.compile(rb"FLAGS \(([^)]*)\)")
 _INTERNALDATE = re.compile(rb'INTERNALDATE "([^"]+)"')
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
@@ -107,6 +108,7 @@ class Scenario:
 
     name = "scenario"
     settle = 0.0  # drained must hold at least this long (when longer than the profile's settle)
+    damages_standby = False  # only then may the recovery gateway find its standby copy changed
 
     def prepare(self, site: Site, rng: random.Random) -> None:
         """Before traffic starts."""
@@ -191,6 +193,7 @@ class StandbyWipe(Scenario):
 
     name = "mailbox wiped on the standby"
     settle = 5.0
+    damages_standby = True
 
     def inject(self, site: Site, rng: random.Random, profile: Profile) -> None:
         site.standby.wipe_user(rng.choice(site.users))
@@ -215,6 +218,7 @@ def run_scenario(site: Site, scenario: Scenario, profile: Profile, seed: int, co
     sim = LoadSim(site.primary, site.users, seed=rng.randrange(2**32), corpus=corpus,
                   deliverers=profile.deliverers, workers=profile.workers, pause=profile.pause_between_ops)
     scenario.prepare(site, rng)
+    log_start = _size(site.pair.recovery.log)
     faults = 0
     sim.start()
     try:
@@ -231,6 +235,14 @@ def run_scenario(site: Site, scenario: Scenario, profile: Profile, seed: int, co
     drain = wait_drained(site.pair, site.users, profile.drain_timeout, max(profile.settle, scenario.settle))
     if drain is None:
         site.notes.append(f"replication did not drain within {profile.drain_timeout:.0f} s")
+    if not scenario.damages_standby:
+        # a resync nobody caused would be a false alarm: correct, but a whole mailbox read again
+        with open(site.pair.recovery.log, "rb") as f:
+            f.seek(log_start)
+            alarms = f.read().count(STANDBY_DAMAGE_LOG)
+        if alarms:
+            site.notes.append(f"the recovery gateway found {alarms} standby copies changed behind its back, "
+                              "but this scenario changes none")
     diff = compare_mailboxes(site.primary, site.standby, site.users)
     row = Row(scenario=scenario.name, faults=faults, delivered=counts.delivered, changes=counts.changes_made,
               lost=diff.lost, duplicated=diff.duplicated, other=diff.other_total, drain_seconds=drain)
@@ -268,6 +280,13 @@ def wait_drained(pair, users: list[str], timeout: float, settle: float) -> float
         last = snap
         time.sleep(0.2)
     return None
+
+
+def _size(path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
 
 
 # --- IMAP helpers for the folder reset ---------------------------------------------------------
