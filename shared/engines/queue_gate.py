@@ -162,9 +162,9 @@ class QueueGate:
 
     def hold(self, mailbox_id: int) -> str | None:
         """Why capture must not take more work for ``mailbox_id`` now, or None."""
-        disk = self._disk_reason()
-        if disk:
-            return f"disk full: {disk}"
+        floor = self._under_floor()
+        if floor:  # a write that failed for lack of space does not hold: the next cycle tries again
+            return f"disk full: {floor}"
         with self.store.read() as s:
             mbx = s.get(Mailbox, mailbox_id)
             if mbx is None:
@@ -184,14 +184,15 @@ class QueueGate:
                     f"bound {self.limits.max_changes} / {self.limits.max_bytes}): capture paused")
         return None
 
-    def _disk_reason(self) -> str | None:
+    def _under_floor(self) -> str | None:
         floor = self.limits.min_free_bytes
-        if floor and self.state_dir is not None:
-            free = self.free(self.state_dir)
-            under = free is not None and free < floor
-            self._set_disk("floor", f"{free} bytes free in {self.state_dir}, under min_free_bytes ({floor})"
-                           if under else None)
-        return self.disk_alarm
+        if not floor or self.state_dir is None:
+            return None
+        free = self.free(self.state_dir)
+        reason = (f"{free} bytes free in {self.state_dir}, under min_free_bytes ({floor})"
+                  if free is not None and free < floor else None)
+        self._set_disk("floor", reason)
+        return reason
 
     # ------------------------------------------------------------------ disk alarm
 
