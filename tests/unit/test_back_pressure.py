@@ -316,3 +316,16 @@ def test_the_recovery_gateway_refuses_a_batch_it_cannot_store_with_507(tmp_path)
 def _standby_adapter(p: Pipeline):
     from tests.unit.memory_server import MemoryAdapter
     return MemoryAdapter("standby", p.standby)
+
+
+def test_the_status_table_shows_the_queue_alarm():
+    from rich.console import Console
+
+    from mailrepl.shared.cli.status_view import mailbox_table
+
+    row = dict(address="alice", server="primary", protected=True, phase="replicating", active_site="primary",
+               copy_queue=120, replay_queue=0, lag_seconds=3.0, last_captured_seq=121, last_applied_seq=1,
+               rejected=0, error=None, queue_alarm="full: 120 changes queued: capture paused")
+    console = Console(record=True, width=400)
+    console.print(mailbox_table([row]))
+    assert "capture paused" in console.export_text()
