@@ -85,7 +85,7 @@ def alarms_router(gate: QueueGate, authz: Authorizer, peer_disk_full: Callable[[
     @r.get("/alarms", response_model=AlarmsAnswer, dependencies=[Depends(authz.require("viewer"))])
     def alarms() -> AlarmsAnswer:
         """Gateway-wide back-pressure: the copy queue against its bound, the disk, the peer's disk."""
-        rep = gate.report()
+        rep = gate.report(fresh=True)
         lim = rep.limits
         peer = peer_disk_full()
         return AlarmsAnswer(

@@ -223,8 +223,9 @@ class QueueGate:
 
     # ------------------------------------------------------------------ status
 
-    def report(self) -> QueueReport:
-        usage = self.total(fresh=True)
+    def report(self, fresh: bool = False) -> QueueReport:
+        """The gateway-wide view (the usage measured at most ``cache_seconds`` ago unless ``fresh``)."""
+        usage = self.total(fresh=fresh)
         return QueueReport(usage=usage, limits=self.limits, level=self.gateway_level(usage),
                            disk_full=self.disk_alarm, free_bytes=self.free_space())
 

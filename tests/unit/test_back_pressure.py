@@ -329,3 +329,30 @@ def test_the_status_table_shows_the_queue_alarm():
     console = Console(record=True, width=400)
     console.print(mailbox_table([row]))
     assert "capture paused" in console.export_text()
+
+
+@pytest.mark.postgres
+def test_the_queue_is_measured_on_postgresql(postgres_url):
+    from mailrepl.shared.store import open_store
+
+    store = open_store(postgres_url)
+    store.migrate()
+    try:
+        with store.tx() as s:
+            a = Mailbox(server="primary", address="alice", protected=True, last_seq=3, applied_seq=1)
+            gone = Mailbox(server="primary", address="dora", protected=True, last_seq=1, site_state="active-at-dr")
+            s.add_all([a, gone])
+            s.flush()
+            s.add_all([OutboxRow(mailbox_id=a.id, seq=2, change="{}", digest="d", size=700),
+                       OutboxRow(mailbox_id=a.id, seq=3, change="{}", digest="d", size=300),
+                       OutboxRow(mailbox_id=gone.id, seq=1, change="{}", digest="d", size=5000)])
+        limits = QueueLimits(max_changes=2, max_bytes=10 * MB, mailbox_max_changes=2, mailbox_max_bytes=10 * MB)
+        gate = QueueGate(store, limits, cache_seconds=0)
+        assert gate.total() == QueueUsage(2, 1000)  # the mailbox cut over to DR is not counted
+        with store.read() as s:
+            mbx = s.scalar(select(Mailbox).where(Mailbox.address == "alice"))
+            assert gate.usage_of(s, mbx) == QueueUsage(2, 1000)
+            alice = mbx.id
+        assert "at its bound" in gate.hold(alice)
+    finally:
+        store.dispose()
