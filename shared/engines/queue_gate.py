@@ -13,11 +13,14 @@ changes and in the bytes of the message bodies they carry. It is bounded twice:
 Levels: ``ok``; ``warning`` from ``warn_ratio`` of a bound (alarm in status, metrics and log);
 ``full`` at the bound: capture takes no more work for the mailbox (its folder cursors stay
 where they are; the server keeps the changes and capture resumes from the cursors). The check
-is made *before* taking work, never in the middle of a chunk, so one chunk may overshoot a
-bound, and a queue that is empty is never held back: a message larger than the bound still
-goes. The queue drains without capture (the shipper sends whatever is queued, whatever its
-size), so a pause cannot deadlock. Mailboxes whose users are served at DR (cut over) are not
-counted: their queue does not drain until failback, and it is replaced there.
+is made *before* taking work, never in the middle of a chunk, so one chunk per capture worker
+may overshoot a bound (the gateway-wide measure is also up to ``cache_seconds`` old), and a
+queue that is empty is never held back: a message larger than the bound still goes. The queue
+drains without capture (the shipper sends whatever is queued, whatever its size), so a pause
+cannot deadlock. Mailboxes whose users are served at DR (cut over) and unprotected ones are not
+counted gateway-wide: their queue does not drain until failback (it is replaced there), and an
+operator can unprotect a mailbox whose queue cannot drain (set aside by the recovery gateway)
+to release the others.
 
 A full disk is an alarm of its own: a write that failed with ``DiskFull`` (noted by the capture
 engine), or the state directory's free space under ``min_free_bytes`` (checked before work is
@@ -130,7 +133,7 @@ class QueueGate:
         with self._lock:
             if not fresh and self._total is not None and self.clock() - self._total[0] < self.cache_seconds:
                 return self._total[1]
-        counted = Mailbox.site_state == "replicating"
+        counted = Mailbox.protected.is_(True) & (Mailbox.site_state == "replicating")
         with self.store.read() as s:
             changes = s.scalar(select(func.coalesce(func.sum(Mailbox.last_seq - Mailbox.applied_seq), 0))
                                .where(counted)) or 0

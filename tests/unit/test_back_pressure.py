@@ -341,14 +341,16 @@ def test_the_queue_is_measured_on_postgresql(postgres_url):
         with store.tx() as s:
             a = Mailbox(server="primary", address="alice", protected=True, last_seq=3, applied_seq=1)
             gone = Mailbox(server="primary", address="dora", protected=True, last_seq=1, site_state="active-at-dr")
-            s.add_all([a, gone])
+            off = Mailbox(server="primary", address="erin", protected=False, last_seq=1)
+            s.add_all([a, gone, off])
             s.flush()
             s.add_all([OutboxRow(mailbox_id=a.id, seq=2, change="{}", digest="d", size=700),
                        OutboxRow(mailbox_id=a.id, seq=3, change="{}", digest="d", size=300),
-                       OutboxRow(mailbox_id=gone.id, seq=1, change="{}", digest="d", size=5000)])
+                       OutboxRow(mailbox_id=gone.id, seq=1, change="{}", digest="d", size=5000),
+                       OutboxRow(mailbox_id=off.id, seq=1, change="{}", digest="d", size=9000)])
         limits = QueueLimits(max_changes=2, max_bytes=10 * MB, mailbox_max_changes=2, mailbox_max_bytes=10 * MB)
         gate = QueueGate(store, limits, cache_seconds=0)
-        assert gate.total() == QueueUsage(2, 1000)  # the mailbox cut over to DR is not counted
+        assert gate.total() == QueueUsage(2, 1000)  # neither the mailbox cut over to DR nor the unprotected one
         with store.read() as s:
             mbx = s.scalar(select(Mailbox).where(Mailbox.address == "alice"))
             assert gate.usage_of(s, mbx) == QueueUsage(2, 1000)
