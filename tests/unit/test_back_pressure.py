@@ -358,3 +358,24 @@ def test_the_queue_is_measured_on_postgresql(postgres_url):
         assert "at its bound" in gate.hold(alice)
     finally:
         store.dispose()
+
+
+def test_a_blob_that_does_not_fit_leaves_nothing_behind(tmp_path):
+    import os
+
+    from mailrepl.shared.content.blobstore import BlobStore
+    from mailrepl.shared.content.mime_split import blob_key
+    from tests.support.tmpfs import small_disk
+
+    with small_disk(tmp_path / "disk", "256k") as disk:
+        blobs = BlobStore(tmp_path / "disk" / "blobs")
+        small, big = os.urandom(20_000), os.urandom(1 << 20)
+        items = [(blob_key(small), small), (blob_key(big), big)]
+        with pytest.raises(DiskFull) as info:
+            blobs.put_many(items)
+        assert info.value.retryable and "disk full" in str(info.value)
+        assert list((tmp_path / "disk" / "blobs" / "tmp").iterdir()) == [], "no temporary file is left"
+        assert not blobs.has(blob_key(big))
+        disk.resize("4m")  # space returns
+        blobs.put_many(items)
+        assert blobs.get(blob_key(big)) == big and blobs.get(blob_key(small)) == small
