@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from mailrepl.gateway.api import admin_router
 from mailrepl.gateway.failback import FailbackPuller
+from mailrepl.gateway.queue_status import QueueCollector, alarms_router, gateway_alarms, mailbox_queue_fields
 from mailrepl.gateway.registry import Registry
 from mailrepl.gateway.shipper import Shipper
 from mailrepl.shared.runtime.watcher import PushWatchers
@@ -25,6 +26,8 @@ from mailrepl.shared.runtime.tokens import TokenStore, admin_resolver
 from mailrepl.shared.content.blobstore import BlobStore
 from mailrepl.shared.content.bodies import BodyStore
 from mailrepl.shared.engines.capture import CaptureEngine
+from mailrepl.shared.engines.queue_gate import QueueGate
+from mailrepl.shared.store.diskspace import sqlite_dir
 from mailrepl.shared.protocol.peer_client import HttpTransport, make_peer_client
 from mailrepl.shared.runtime.process import prepare_process
 from mailrepl.shared.store import open_store
@@ -48,7 +51,10 @@ class SourceGateway:
         self.store.migrate()
         self.adapters = {srv.name: make_adapter(srv) for srv in settings.servers}
         self.body_lock = threading.Lock()
-        self.capture = CaptureEngine(self.store, chunk_messages=g.fetch_chunk, body_lock=self.body_lock)
+        # back-pressure: the copy queue's bound and the state store's disk (see queue_gate)
+        self.queue_gate = QueueGate(self.store, g.queue, state_dir=sqlite_dir(g.state_url))
+        self.capture = CaptureEngine(self.store, chunk_messages=g.fetch_chunk, body_lock=self.body_lock,
+                                     gate=self.queue_gate)
         self.peer = make_peer_client(peer.url, token=peer.token, source_id=g.id, timeout=peer.timeout,
                                      ca_file=peer.ca_file, client_cert=peer.client_cert, client_key=peer.client_key,
                                      transport=transport)
@@ -57,7 +63,8 @@ class SourceGateway:
             max_changes=peer.batch_max_changes, max_bytes=peer.batch_max_bytes, part_threshold=peer.part_threshold,
             retry_initial=peer.retry_initial, retry_max=peer.retry_max, body_lock=self.body_lock,
         )
-        self.registry = Registry(self.store, self.adapters, shipper_error=lambda: self.shipper.last_error)
+        self.registry = Registry(self.store, self.adapters, shipper_error=lambda: self.shipper.last_error,
+                                 queue_fields=lambda s, mbx: mailbox_queue_fields(self.queue_gate, s, mbx))
         self.workers = MailboxWorkers(
             "capture", self._jobs, workers=g.workers, poll_interval=g.poll_interval,
             on_error=self.registry.record_error,
@@ -92,6 +99,8 @@ class SourceGateway:
                                      "Bytes of standby changes received for failback", registry=self.metrics)
         self._failback_bytes.set_function(lambda: self.failback.wire_bytes)
         self.metrics.register(_ByteCounters(self.registry))
+        self.metrics.register(QueueCollector(self.queue_gate, self.registry.list_status,
+                                             lambda: self.shipper.peer_disk_full))
 
     # ------------------------------------------------------------------ work
 
@@ -178,7 +187,8 @@ class SourceGateway:
 
     def app(self):
         def health() -> dict:
-            return {"role": "source", "id": self.settings.gateway.id, "peer_error": self.shipper.last_error}
+            return {"role": "source", "id": self.settings.gateway.id, "peer_error": self.shipper.last_error,
+                    "alarms": gateway_alarms(self.queue_gate, lambda: self.shipper.peer_disk_full)}
 
         g = self.settings.gateway
         tokens, audit = TokenStore(self.store), AuditLog(self.store)
@@ -188,6 +198,7 @@ class SourceGateway:
                        guard=guard_policy(g, tokens))
         app.include_router(admin_router(self.registry, authz, self.workers.wake))
         app.include_router(security_router(tokens, audit, authz))
+        app.include_router(alarms_router(self.queue_gate, authz, lambda: self.shipper.peer_disk_full))
         app.add_middleware(AuditMiddleware, audit=audit)
 
         return app

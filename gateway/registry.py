@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 
 from mailrepl.shared.adapters.base import Adapter
 from mailrepl.shared.runtime.api_common import ByteCounts, FolderStatus, MailboxDetail, MailboxStatus, RejectedInfo, SeedingProgress
-from mailrepl.shared.errors import AdapterError, MailboxNotFound, MailreplError
+from mailrepl.shared.errors import AdapterError, DiskFull, MailboxNotFound, MailreplError
 from mailrepl.shared.model import UidSet, utcnow
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import FolderState, Mailbox, OutboxRow
@@ -28,10 +28,12 @@ class Ambiguous(MailreplError):
 
 
 class Registry:
-    def __init__(self, store: Store, adapters: Mapping[str, Adapter], shipper_error=lambda: None) -> None:
+    def __init__(self, store: Store, adapters: Mapping[str, Adapter], shipper_error=lambda: None,
+                 queue_fields=None) -> None:
         self.store = store
         self.adapters = adapters
         self.shipper_error = shipper_error
+        self.queue_fields = queue_fields  # (session, Mailbox) -> back-pressure fields of its status, or None
 
     # ------------------------------------------------------------------ discovery
 
@@ -177,9 +179,12 @@ class Registry:
             bytes=ByteCounts.of(mbx.captured_bytes, mbx.shipped_raw_bytes, mbx.shipped_payload_bytes,
                                 mbx.shipped_wire_bytes),
             site_state=mbx.site_state,
+            **(self.queue_fields(s, mbx) if self.queue_fields is not None else {}),
         )
 
     def record_error(self, mailbox_id: int, exc: BaseException) -> None:
+        if isinstance(exc, DiskFull):
+            return  # nothing can be written now (the alarm is the queue gate's)
         with self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id)
             if mbx is not None:

@@ -5,7 +5,9 @@
     [gateway]   id, state_url, listen, admin_token, poll_interval, workers, fetch_chunk, log_level,
                 tls_cert, tls_key, tls_client_ca, plaintext (the admin API; see ``tls_settings``),
                 encryption_key(_file), encryption_old_key_files,
-                max_json_bytes, metrics_open, docs_open
+                max_json_bytes, metrics_open, docs_open,
+                queue_max_changes, queue_max_bytes, mailbox_queue_max_changes, mailbox_queue_max_bytes,
+                queue_warn_percent, min_free_bytes (back-pressure, see ``_read_queue``)
     [peer]      url, token, batch_max_changes, batch_max_bytes, part_threshold, timeout, retry_initial,
                 retry_max, ca_file, client_cert, client_key
 
@@ -42,6 +44,10 @@ from mailrepl.shared.config.settings_common import (
     read_insecure_demo,
     read_token,
     refuse_reused,
+)
+from mailrepl.shared.engines.queue_gate import (
+    DEFAULT_MAILBOX_QUEUE_MAX_BYTES, DEFAULT_MAILBOX_QUEUE_MAX_CHANGES, DEFAULT_MIN_FREE_BYTES,
+    DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_MAX_CHANGES, DEFAULT_QUEUE_WARN_RATIO, QueueLimits,
 )
 from mailrepl.shared.config.tls_settings import ServerTlsSettings, read_server_tls
 from mailrepl.shared.config.toml_reader import Table, open_config
@@ -89,6 +95,7 @@ class SourceGatewaySettings:
     max_json_bytes: int = DEFAULT_MAX_JSON_BYTES  # admin API request bodies
     metrics_open: bool = False  # /metrics without a viewer token
     docs_open: bool = False  # /docs, /redoc, /openapi.json without a viewer token
+    queue: QueueLimits = QueueLimits()  # bound of the copy queue, alarm threshold, free-space floor
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,6 +135,9 @@ class SourceSettings:
             + (f", client certificate {p.client_cert}" if p.client_cert else ""),
             f"  API: {g.tls.describe()}",
             f"  {g.encryption.describe()}",
+            f"  copy queue bound {g.queue.max_changes} changes / {g.queue.max_bytes} bytes "
+            f"({g.queue.mailbox_max_changes} / {g.queue.mailbox_max_bytes} per mailbox), alarm at "
+            f"{round(g.queue.warn_ratio * 100)} %, free-space floor {g.queue.min_free_bytes} bytes",
         ]
         lines += [describe_server(s) for s in self.servers]
         return "\n".join(lines)
@@ -151,9 +161,30 @@ def _read_gateway(table: Table) -> SourceGatewaySettings:
         max_json_bytes=read_max_json_bytes(table),
         metrics_open=table.boolean("metrics_open", False),
         docs_open=table.boolean("docs_open", False),
+        queue=_read_queue(table),
     )
     table.finish()
     return settings
+
+
+def _read_queue(table: Table) -> QueueLimits:
+    """The copy queue's bounds (gateway-wide and per mailbox; changes and bytes of queued bodies),
+    the alarm threshold in percent of a bound, and the state directory's free-space floor. A
+    per-mailbox bound not given is the default, or the gateway-wide bound if that is smaller."""
+    max_changes = table.integer("queue_max_changes", DEFAULT_QUEUE_MAX_CHANGES, minimum=1)
+    max_bytes = table.integer("queue_max_bytes", DEFAULT_QUEUE_MAX_BYTES, minimum=1 << 20)
+    per_changes = table.integer("mailbox_queue_max_changes", min(DEFAULT_MAILBOX_QUEUE_MAX_CHANGES, max_changes),
+                                minimum=1)
+    per_bytes = table.integer("mailbox_queue_max_bytes", min(DEFAULT_MAILBOX_QUEUE_MAX_BYTES, max_bytes),
+                              minimum=1 << 20)
+    if per_changes > max_changes:
+        raise table.error("mailbox_queue_max_changes", f"must be <= queue_max_changes ({max_changes}), got {per_changes}")
+    if per_bytes > max_bytes:
+        raise table.error("mailbox_queue_max_bytes", f"must be <= queue_max_bytes ({max_bytes}), got {per_bytes}")
+    percent = table.integer("queue_warn_percent", round(DEFAULT_QUEUE_WARN_RATIO * 100), minimum=1, maximum=99)
+    return QueueLimits(max_changes=max_changes, max_bytes=max_bytes, mailbox_max_changes=per_changes,
+                       mailbox_max_bytes=per_bytes, warn_ratio=percent / 100,
+                       min_free_bytes=table.integer("min_free_bytes", DEFAULT_MIN_FREE_BYTES, minimum=0))
 
 
 def _read_peer(table: Table) -> PeerSettings:

@@ -32,6 +32,7 @@ __all__ = ["Shipper", "ShipStats"]
 log = logging.getLogger("mailrepl.shipper")
 
 REFUSED_PREFIX = "refused by the recovery gateway: "
+INSUFFICIENT_STORAGE = 507  # the recovery gateway could not store a batch: its disk is full
 REFUSED_RETRY = 300.0  # seconds: mailboxes set aside for a refusal are tried again this often
 
 
@@ -71,6 +72,7 @@ class Shipper:
         self.body_lock = body_lock or threading.Lock()
         self.stats = ShipStats()
         self.last_error: str | None = None
+        self.peer_disk_full: str | None = None  # the recovery gateway's reason while it refuses for lack of space
         self.wake_event = threading.Event()
         self._background = Background("shipper", self._loop)
         self._stop = self._background.stopping
@@ -295,6 +297,7 @@ class Shipper:
                     self.poll_progress()
                     last_poll = time.monotonic()
                 self.last_error = None
+                self.peer_disk_full = None
                 delay = self.retry_initial
                 if sent:
                     continue
@@ -302,6 +305,8 @@ class Shipper:
                 self.wake_event.clear()
             except Exception as exc:  # noqa: BLE001 - kept, retried with back-off, never dropped
                 self.last_error = str(exc)
+                if isinstance(exc, PeerRefused) and exc.status_code == INSUFFICIENT_STORAGE:
+                    self.peer_disk_full = exc.detail  # kept queued here, sent again after its Retry-After
                 log.warning("shipping failed: %s (retry in %.1fs)", exc, delay)
                 self._stop.wait(max(delay, getattr(exc, "back_off", 0.0)))
                 delay = min(self.retry_max, delay * 2)

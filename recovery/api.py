@@ -18,9 +18,10 @@ from starlette.concurrency import run_in_threadpool
 from mailrepl.recovery.source_access import SourceAccess
 from mailrepl.recovery.standby_view import is_fresh
 from mailrepl.shared.runtime.principals import Principal
-from mailrepl.shared.runtime.api_common import ERROR_RESPONSES, MailboxDetail, MailboxList, MailboxStatus, RejectedInfo, SeedingProgress
+from mailrepl.recovery.disk_guard import DiskGuard
+from mailrepl.shared.runtime.api_common import ERROR_RESPONSES, ErrorDetail, retry_after, MailboxDetail, MailboxList, MailboxStatus, RejectedInfo, SeedingProgress
 from mailrepl.shared.runtime.authz import Authorizer
-from mailrepl.shared.errors import UnsupportedVersion, WireError
+from mailrepl.shared.errors import DiskFull, UnsupportedVersion, WireError
 from mailrepl.shared.model import utcnow
 from mailrepl.shared.site_state import active_site
 from mailrepl.recovery.site import history, report_of
@@ -33,9 +34,14 @@ from mailrepl.shared.engines.receiver import Receiver
 __all__ = ["ingest_router", "admin_router", "replica_status"]
 
 
+INGEST_RESPONSES = {**ERROR_RESPONSES, 507: {
+    "model": ErrorDetail, "description": "no space left to store the batch: nothing of it is acknowledged; "
+                                         "send it again after Retry-After seconds"}}
+
+
 def ingest_router(receiver: Receiver, access: SourceAccess, max_bytes: int,
-                  max_inflated: int = MAX_DECODED_BYTES) -> APIRouter:
-    r = APIRouter(prefix="/api/v1/ingest", tags=["ingest"], responses=ERROR_RESPONSES)
+                  max_inflated: int = MAX_DECODED_BYTES, disk: DiskGuard | None = None) -> APIRouter:
+    r = APIRouter(prefix="/api/v1/ingest", tags=["ingest"], responses=INGEST_RESPONSES)
     as_source = access.dependency()
 
     @r.post("/batches")
@@ -48,7 +54,7 @@ def ingest_router(receiver: Receiver, access: SourceAccess, max_bytes: int,
             raise HTTPException(413, f"batch larger than {max_bytes} bytes")
         # decompressing, hash checks and the store write run off the event loop, so the API
         # keeps answering while a large batch is taken in
-        return await run_in_threadpool(_ingest, receiver, access, caller, data, max_inflated)
+        return await run_in_threadpool(_ingest_stored, receiver, access, caller, data, max_inflated, disk)
 
     @r.get("/progress")
     def progress(source: str, caller: Principal = Depends(as_source)) -> dict:
@@ -62,6 +68,21 @@ def ingest_router(receiver: Receiver, access: SourceAccess, max_bytes: int,
         return HeldAnswer(messages=shas, parts=keys)
 
     return r
+
+
+def _ingest_stored(receiver: Receiver, access: SourceAccess, caller: Principal, data: bytes, max_inflated: int,
+                   disk: DiskGuard | None) -> dict:
+    """``_ingest``, refused with 507 + Retry-After when the batch cannot be stored for lack of
+    space (checked first against the floor; a write that still fails rolled back)."""
+    if disk is None:
+        return _ingest(receiver, access, caller, data, max_inflated)
+    try:
+        disk.check()
+        answer = _ingest(receiver, access, caller, data, max_inflated)
+    except DiskFull as exc:
+        raise HTTPException(507, disk.refused_for(exc), headers={"Retry-After": retry_after(exc.back_off)}) from exc
+    disk.stored()
+    return answer
 
 
 def _ingest(receiver: Receiver, access: SourceAccess, caller: Principal, data: bytes, max_inflated: int) -> dict:

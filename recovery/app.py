@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import select
 
 from mailrepl.shared.runtime.watcher import PushWatchers
 from mailrepl.recovery.api import admin_router, ingest_router
+from mailrepl.recovery.disk_guard import DiskCollector, DiskGuard, disk_router
+from mailrepl.shared.errors import DiskFull
+from mailrepl.shared.store.diskspace import sqlite_dir
 from mailrepl.recovery.autofailover import FailoverMonitor
 from mailrepl.recovery.cutover import CutoverService
 from mailrepl.recovery.failback import FailbackService
@@ -98,6 +102,9 @@ class RecoveryGateway:
         self.metrics = CollectorRegistry()
         self._queue = Gauge("mailrepl_recovery_replay_queue", "Changes received, not yet applied",
                             ["server", "address"], registry=self.metrics)
+        # full disks: batches refused (507) before they are taken in, the alarm (see disk_guard)
+        self.disk = DiskGuard({"state": sqlite_dir(g.state_url), "blobs": Path(g.blob_dir)}, g.min_free_bytes)
+        self.metrics.register(DiskCollector(self.disk))
 
     def route(self, primary_server: str) -> str | None:
         if primary_server in self.routes:
@@ -212,6 +219,8 @@ class RecoveryGateway:
             self.failback.confirm(rid, actor="auto")
 
     def _record_error(self, rid, exc: BaseException) -> None:
+        if isinstance(exc, DiskFull):
+            return  # nothing can be written now; replay tries again (logged by the workers)
         with self.store.tx() as s:
             rep = s.get(Replica, rid)
             if rep is not None:
@@ -252,10 +261,13 @@ class RecoveryGateway:
         tokens, audit = TokenStore(self.store), AuditLog(self.store)
         authz = Authorizer(admin_resolver(g.admin_token, tokens))
         app = make_app("mailrepl recovery gateway", self.metrics,
-                       lambda: {"role": "recovery", "id": g.id}, self._refresh_metrics, authz=authz,
+                       lambda: {"role": "recovery", "id": g.id, "alarms": [self.disk.alarm] if self.disk.alarm else []},
+                       self._refresh_metrics, authz=authz,
                        metrics_open=g.metrics_open, docs_open=g.docs_open, start=self.start, stop=self.stop,
                        guard=guard_policy(g, self.access, tokens))
-        app.include_router(ingest_router(self.receiver, self.access, g.max_batch_bytes, g.max_inflated_bytes))
+        app.include_router(ingest_router(self.receiver, self.access, g.max_batch_bytes, g.max_inflated_bytes,
+                                         disk=self.disk))
+        app.include_router(disk_router(self.disk, authz))
         app.include_router(admin_router(self.store, authz, self.collect_garbage))
         app.include_router(site_admin_router(self.store, authz, self.cutover, self.failback,
                                              self.monitor, self.settings.failover.auto))

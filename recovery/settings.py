@@ -5,7 +5,7 @@
     [gateway]   id, state_url, listen, admin_token, workers, append_batch, blob_dir,
                 blob_grace_seconds, standby_check_interval, log_level, tls_cert, tls_key, tls_client_ca, plaintext,
                 encryption_key(_file), encryption_old_key_files, max_json_bytes, max_batch_bytes,
-                max_inflated_bytes, max_concurrent_ingests, metrics_open, docs_open
+                max_inflated_bytes, max_concurrent_ingests, metrics_open, docs_open, min_free_bytes
     [[sources]] the source gateways that may send: id, certificate_cn, token, servers, mailboxes
     [[servers]] the standby mail servers (see ``mailrepl.shared.config.settings_common``)
     [routes]    optional: primary server name (as the source gateway calls it) = standby server name
@@ -82,6 +82,7 @@ DEFAULT_OUTAGE = 120.0
 DEFAULT_CHECK_INTERVAL = 10.0
 DEFAULT_HOLD = 3600.0
 CONFIRM_MODES = ("manual", "auto")
+DEFAULT_MIN_FREE_BYTES = 128 * 1024 * 1024  # a batch is refused (507) with less free for the state or blobs
 DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024  # one ingest request as it travels (a source sends <= 32 MiB of bodies)
 DEFAULT_MAX_INFLATED_BYTES = 128 * 1024 * 1024  # one batch decompressed (memory per ingest in flight)
 DEFAULT_MAX_CONCURRENT_INGESTS = 4  # batches taken in at once; more are answered 429 + Retry-After
@@ -124,6 +125,7 @@ class RecoveryGatewaySettings:
     max_concurrent_ingests: int = DEFAULT_MAX_CONCURRENT_INGESTS
     metrics_open: bool = False  # /metrics without a viewer token
     docs_open: bool = False  # /docs, /redoc, /openapi.json without a viewer token
+    min_free_bytes: int = DEFAULT_MIN_FREE_BYTES  # free space floor of the state directory and blob store; 0: none
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,6 +164,7 @@ class RecoverySettings:
             f"  {g.workers} workers, append {g.append_batch} messages per batch, log level {g.log_level}"
             + (" (insecure_demo: loopback demo)" if g.insecure_demo else ""),
             f"  blob store {g.blob_dir} (GC grace {g.blob_grace_seconds}s), {g.encryption.describe()}",
+            f"  batches refused (507) with less than {g.min_free_bytes} bytes free for the state or blobs",
             f"  API: {g.tls.describe()}",
         ]
         for src in self.sources:
@@ -211,6 +214,7 @@ def _read_gateway(table: Table) -> RecoveryGatewaySettings:
                                              minimum=1, maximum=256),
         metrics_open=table.boolean("metrics_open", False),
         docs_open=table.boolean("docs_open", False),
+        min_free_bytes=table.integer("min_free_bytes", DEFAULT_MIN_FREE_BYTES, minimum=0),
     )
     if settings.max_inflated_bytes < settings.max_batch_bytes:
         raise table.error("max_inflated_bytes", f"must be >= max_batch_bytes ({settings.max_batch_bytes}), "

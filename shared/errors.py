@@ -13,6 +13,7 @@
     │   ├── MessageRejected            the server refused one message (APPEND NO)
     │   └── ProtocolError              the server answered something we cannot parse
     ├── StoreError                     the state database failed
+    │   └── DiskFull                   no space left for the state store or blob store  (retryable)
     ├── WireError                      a batch could not be encoded/decoded
     │   └── UnsupportedVersion         a batch of an unknown/newer format version
     ├── TransportError                 the peer gateway could not be reached     (retryable)
@@ -37,6 +38,7 @@ __all__ = [
     "MessageRejected",
     "ProtocolError",
     "StoreError",
+    "DiskFull",
     "WireError",
     "UnsupportedVersion",
     "TransportError",
@@ -104,6 +106,14 @@ class ProtocolError(AdapterError):
 class StoreError(MailreplError):
     retryable = True
     back_off = 0.5
+
+
+class DiskFull(StoreError):
+    """A write found no space left (ENOSPC, EDQUOT, SQLite "database or disk is full",
+    PostgreSQL 53100). The transaction rolled back: nothing of it is stored. Retried once space
+    returns."""
+
+    back_off = 1.0
 
 
 class WireError(MailreplError):

@@ -54,6 +54,11 @@ def _phase(phase: str) -> Text:
     return Text(phase, style=_PHASE_STYLE.get(phase, ""))
 
 
+def _problems(m: Mapping[str, Any]) -> str:
+    """The error and the copy queue's alarm (back-pressure: warning, full, disk full), if any."""
+    return "; ".join(x for x in (m.get("error"), m.get("queue_alarm")) if x)
+
+
 def mailbox_table(mailboxes: Iterable[Mapping[str, Any]], *, title: str | None = None) -> Table:
     """One row per mailbox with every status column of the API."""
     table = Table(title=title, title_justify="left", header_style="bold")
@@ -74,7 +79,7 @@ def mailbox_table(mailboxes: Iterable[Mapping[str, Any]], *, title: str | None =
             _number(m["last_captured_seq"]), _number(m["last_applied_seq"]), str(m["rejected"]),
             _size(b.get("shipped_raw")), _size(b.get("wire")),
             f"{_size(b.get('saved_by_dedup'))} / {_size(b.get('saved_by_compression'))}" if b else "",
-            m["error"] or "",
+            _problems(m),
         )
     return table
 
@@ -117,7 +122,7 @@ def progress_table(details: Iterable[Mapping[str, Any]], *, title: str | None = 
             f"{s['messages_done']}/{s['messages_total']}",
             f"{decimal(s['bytes_done'])} / {decimal(s['bytes_total'])}",
             f"{_number(d['copy_queue'])}/{_number(d['replay_queue'])}",
-            d["error"] or "",
+            _problems(d),
         )
     return table
 

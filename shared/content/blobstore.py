@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from mailrepl.shared.errors import StoreError
+from mailrepl.shared.errors import DiskFull, StoreError
+from mailrepl.shared.store.diskspace import is_disk_full
 from mailrepl.shared.store.sealing import PLAIN, Sealer, SealError, UnknownKey
 from mailrepl.shared.content.mime_split import blob_key  # the key of a part: XXH3-128 of its exact bytes
 
@@ -173,6 +174,8 @@ class BlobStore:
             if self.fsync:  # every directory that gained an entry; all done before we return
                 _each(lambda d: _fsync(d, _DIR_FLAGS), sorted(dirs))
         except OSError as exc:
+            if is_disk_full(exc):  # every temporary file of this call is removed below
+                raise DiskFull(f"cannot store blobs in {self.root}: disk full: {exc}") from exc
             raise StoreError(f"cannot store blobs in {self.root}: {exc}") from exc
         finally:
             for tmp in pending.values():

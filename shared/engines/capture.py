@@ -16,6 +16,12 @@ One *cycle* brings a mailbox's outbox up to date with its server:
 6. Drain pending work in chunks: each chunk's bodies, catalog rows, outbox rows and the shrunk
    pending set commit together; the last chunk advances the cursor.
 
+With a ``QueueGate`` (the source gateway's back-pressure), a cycle asks it before it takes work
+(before planning and before each chunk): while the copy queue is at its bound or the state
+store's disk is full, the cycle stops there, with the cursors where the last commit left them,
+and says why (``CycleReport.paused``). A write that fails for lack of space (``DiskFull``) rolled
+back whole; the cycle stops the same way and the next one tries again.
+
 Every change gets the next sequence number of its mailbox inside the transaction that writes it
 (``Mailbox.last_seq``), so the outbox is gap-free and a crash at any point resumes exactly where
 the last commit left off: pending UIDs that vanished meanwhile are skipped, nothing is sent twice.
@@ -33,10 +39,11 @@ from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from mailrepl.shared.adapters.base import FolderDelta, FolderInfo, MailboxSession, MessageMeta
+from mailrepl.shared.engines.queue_gate import QueueGate
 from mailrepl.shared.capture_state import (
     CaptureState, CatalogRow, KnownFolder, NewEntry, known_folders, pair_folders, pending_folders,
 )
-from mailrepl.shared.errors import CursorInvalid, FolderNotFound
+from mailrepl.shared.errors import CursorInvalid, DiskFull, FolderNotFound
 from mailrepl.shared.model import Change, Cursor, Kind, UidSet, flags_text, format_internaldate, utcnow
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import Mailbox, OutboxBody, OutboxRow
@@ -59,6 +66,7 @@ class CycleReport:
     messages: int = 0
     bytes: int = 0
     pending: int = 0  # messages still to capture after this cycle (0 = caught up)
+    paused: str | None = None  # why the cycle stopped before catching up (queue bound, disk full)
 
 
 @dataclass
@@ -104,8 +112,10 @@ class CaptureEngine:
         chunk_messages: int = DEFAULT_CHUNK_MESSAGES,
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         body_lock: threading.Lock | None = None,
+        gate: QueueGate | None = None,
     ) -> None:
         self.store = store
+        self.gate = gate  # back-pressure: None takes work whatever the queue
         self.body_lock = body_lock or threading.Lock()  # held with the shipper's body GC
         self.chunk_messages = chunk_messages
         self.chunk_bytes = chunk_bytes
@@ -114,11 +124,37 @@ class CaptureEngine:
 
     def cycle(self, mailbox_id: int, session: MailboxSession) -> CycleReport:
         report = CycleReport()
-        self._drain_all(mailbox_id, session, report)
-        plans, deleted = self._plan(mailbox_id, session)
-        self._pair(mailbox_id, plans, deleted, session)
-        self._commit_plan(mailbox_id, plans, deleted, report)
-        self._drain_all(mailbox_id, session, report)
+        try:
+            if self._held(mailbox_id, report):
+                return report
+            self._drain_all(mailbox_id, session, report)
+            if report.paused:
+                return report
+            plans, deleted = self._plan(mailbox_id, session)
+            self._pair(mailbox_id, plans, deleted, session)
+            self._commit_plan(mailbox_id, plans, deleted, report)
+            self._drain_all(mailbox_id, session, report)
+            if report.paused:
+                return report
+            self._finish(mailbox_id, report)
+        except DiskFull as exc:
+            if self.gate is None:
+                raise
+            self.gate.disk_full(exc)  # the failed transaction rolled back: cursors as committed before
+            report.paused = f"disk full: {exc}"
+            return report
+        if self.gate is not None:
+            self.gate.disk_ok()
+        return report
+
+    def _held(self, mailbox_id: int, report: CycleReport) -> bool:
+        """True (and why in ``report``) if the gate says to take no more work now."""
+        if self.gate is None:
+            return False
+        report.paused = self.gate.hold(mailbox_id)
+        return report.paused is not None
+
+    def _finish(self, mailbox_id: int, report: CycleReport) -> None:
         with self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id)
             mbx.last_capture_at = utcnow()
@@ -126,7 +162,6 @@ class CaptureEngine:
                 mbx.phase = "replicating"
             if mbx.error:
                 mbx.error = None
-        return report
 
     def resync(self, mailbox_id: int) -> int:
         """Read every folder of the mailbox again from nothing (its copy was damaged): a folder
@@ -306,9 +341,13 @@ class CaptureEngine:
             pending = pending_folders(s, mailbox_id)
         for folder_id in pending:
             self._drain(mailbox_id, folder_id, session, report)
+            if report.paused:
+                return
 
     def _drain(self, mailbox_id: int, folder_id: int, session: MailboxSession, report: CycleReport) -> None:
         while True:
+            if self._held(mailbox_id, report):
+                return  # the rest stays pending (persisted) for a later cycle
             with self.store.read() as s:
                 work = CaptureState(s, mailbox_id).pending_work(folder_id)
             if work is None:

@@ -207,6 +207,10 @@ class MailboxStatus(_Model):
     rejected: int
     bytes: ByteCounts | None = None  # on the capturing side
     site_state: str | None = None  # replicating, cutting-over, active-at-dr, failing-back, switching-back
+    # back-pressure (source gateway): what the outbox holds for this mailbox (captured, not yet
+    # applied at DR) in bytes of bodies, and its alarm: "warning: …", "full: … capture paused", "disk full: …"
+    queue_bytes: int | None = None
+    queue_alarm: str | None = None
 
 
 class FolderStatus(_Model):

@@ -19,7 +19,8 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from mailrepl.shared.errors import StoreError
+from mailrepl.shared.errors import DiskFull, StoreError
+from mailrepl.shared.store.diskspace import is_disk_full
 from mailrepl.shared.store.sealing import PLAIN, Sealer
 
 __all__ = ["Store", "open_store"]
@@ -66,6 +67,8 @@ class Store:
             with session.begin():
                 yield session
         except SQLAlchemyError as exc:
+            if is_disk_full(exc):  # the transaction rolled back: nothing of it is stored
+                raise DiskFull(f"state store: disk full: {exc.__class__.__name__}: {exc}".splitlines()[0]) from exc
             raise StoreError(f"state store: {exc.__class__.__name__}: {exc}".splitlines()[0]) from exc
         finally:
             session.close()
