@@ -11,6 +11,7 @@ difference marks it dirty and the next one starts on a new site, so one failure 
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 
@@ -23,10 +24,12 @@ from tests.support.dovecot import DovecotServer, DovecotUnavailable, dovecot_mis
 from tests.support.environment import unavailable
 from tests.support.gateways import GatewayPair
 from tests.support.mailcompare import corpus_files
+from tests.support.tmpfs import small_disk
 
 CORPUS_SAMPLE = 80
 # the recovery gateway checks idle standby copies for damage every second (default 300 s)
 RECOVERY_EXTRA = "standby_check_interval = 1"
+STATE_DISK = "512m"  # each gateway's state (and the recovery gateway's blob store) on a tmpfs this size
 
 
 @pytest.fixture(scope="session")
@@ -72,20 +75,29 @@ class SitePool:
         try:
             site.pair.stop()
         finally:
-            for server in (site.primary, site.standby):
-                server.cleanup()
+            try:
+                for server in (site.primary, site.standby):
+                    server.cleanup()
+            finally:
+                site.cleanup.close()  # the tmpfs mounts, once nothing writes to them
 
 
 def build_site(tmp, profile: Profile, seed: int, corpus: list[bytes]) -> Site:
-    """Primary and standby Dovecot, both gateways (SQLite state), ``profile.users`` users with
-    ``profile.populate`` messages each, all protected and seeded."""
+    """Primary and standby Dovecot, both gateways (SQLite state, each on its own tmpfs, the
+    recovery gateway's blob store too), ``profile.users`` users with ``profile.populate``
+    messages each, all protected and seeded."""
     reason = dovecot_missing_reason()
     if reason:
         unavailable(reason)
     users = [f"u{i:02d}" for i in range(1, profile.users + 1)]
     servers: list[DovecotServer] = []
     pair = None
+    mounts = contextlib.ExitStack()
     try:
+        disks = {name: mounts.enter_context(small_disk(tmp / f"{name}-disk", STATE_DISK))
+                 for name in ("source", "recovery")}
+        (disks["recovery"].path / "blobs").mkdir(mode=0o700)
+        (tmp / "blobs").symlink_to(disks["recovery"].path / "blobs")  # the pair's blob_dir
         for name in ("primary", "standby"):
             try:
                 servers.append(DovecotServer(name, users))
@@ -94,19 +106,22 @@ def build_site(tmp, profile: Profile, seed: int, corpus: list[bytes]) -> Site:
             servers[-1].start()
         primary, standby = servers
         LoadSim(primary, users, seed=seed, corpus=corpus).populate(profile.populate)
-        pair = GatewayPair(tmp, primary, standby, users=users, source_state=f"sqlite:///{tmp}/source.sqlite",
-                           recovery_state=f"sqlite:///{tmp}/recovery.sqlite", recovery_gateway_extra=RECOVERY_EXTRA)
+        pair = GatewayPair(tmp, primary, standby, users=users,
+                           source_state=f"sqlite:///{disks['source'].path}/source.sqlite",
+                           recovery_state=f"sqlite:///{disks['recovery'].path}/recovery.sqlite",
+                           recovery_gateway_extra=RECOVERY_EXTRA)
         _start_both(pair)
         pair.protect(*users)
         if wait_drained(pair, users, profile.drain_timeout, 1.0) is None:
             raise AssertionError(f"seeding did not finish within {profile.drain_timeout} s:\n"
                                  f"{pair.source.log.read_text()[-3000:]}")
-        return Site(primary=primary, standby=standby, pair=pair, users=users)
+        return Site(primary=primary, standby=standby, pair=pair, users=users, disks=disks, cleanup=mounts)
     except BaseException:
         if pair is not None:
             pair.stop()
         for server in servers:
             server.cleanup()
+        mounts.close()
         raise
 
 

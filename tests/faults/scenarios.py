@@ -12,6 +12,8 @@ a gateway's state) is one more subclass added to :data:`SCENARIOS`.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import imaplib
 import os
 import random
@@ -27,7 +29,7 @@ from tests.faults.checks import Differences, compare_mailboxes
 from tests.faults.loadsim import FLAGS, LoadSim, TrafficCounts
 from tests.faults.report import Row
 
-__all__ = ["CI", "FULL", "FolderReset", "KillRestart", "Profile", "SCENARIOS", "Scenario", "Site", "StandbyWipe",
+__all__ = ["CI", "FULL", "DiskFull", "FolderReset", "KillRestart", "Profile", "SCENARIOS", "Scenario", "Site", "StandbyWipe",
            "profile_from_env", "run_scenario", "seed_from_env", "wait_drained"]
 
 DEFAULT_SEED = 20261206
@@ -87,8 +89,10 @@ class Site:
     standby: object
     pair: object  # tests.support.gateways.GatewayPair
     users: list[str]
+    disks: dict = field(default_factory=dict)  # "source"/"recovery" -> tests.support.tmpfs.SmallDisk under its state
     notes: list[str] = field(default_factory=list)  # what went wrong outside the faults injected
     dirty: bool = False  # a scenario failed on it: the next one needs a new site
+    cleanup: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # closed with the site
 
     def process(self, name: str):
         return {"source": self.pair.source, "recovery": self.pair.recovery,
@@ -199,6 +203,47 @@ class StandbyWipe(Scenario):
         site.standby.wipe_user(rng.choice(site.users))
 
 
+class DiskFull(Scenario):
+    """The disk under a gateway's state (for the recovery gateway: its state and blob store) full:
+    a file takes all the space left on its (tmpfs) filesystem for a while, then is removed."""
+
+    hold = (1.0, 6.0)  # seconds the disk stays full (uniform)
+
+    def __init__(self, target: str) -> None:
+        if target not in ("source", "recovery"):
+            raise ValueError(f"unknown gateway {target!r}")
+        self.target = target
+        self.name = f"{target} gateway's disk full"
+
+    def inject(self, site: Site, rng: random.Random, profile: Profile) -> None:
+        filler = site.disks[self.target].path / "filler"
+        try:
+            fill(filler)
+            time.sleep(rng.uniform(*self.hold))
+        finally:
+            filler.unlink(missing_ok=True)
+
+    def heal(self, site: Site) -> None:
+        for disk in site.disks.values():
+            (disk.path / "filler").unlink(missing_ok=True)
+        super().heal(site)
+
+
+def fill(path) -> int:
+    """Write ``path`` until its filesystem has no space left; returns the bytes written."""
+    written, chunk = 0, b"\0" * (1 << 20)
+    with open(path, "wb", buffering=0) as f:
+        for size in (1 << 20, 4096, 1):
+            while True:
+                try:
+                    written += f.write(chunk[:size])
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    return written
+
+
 SCENARIOS: list[Scenario] = [
     KillRestart("source"),
     KillRestart("recovery"),
@@ -206,6 +251,8 @@ SCENARIOS: list[Scenario] = [
     KillRestart("primary"),
     FolderReset(),
     StandbyWipe(),
+    DiskFull("recovery"),
+    DiskFull("source"),
 ]
 
 
@@ -255,7 +302,7 @@ def drained(status: dict[str, dict], users: list[str]) -> bool:
         u in status and status[u]["protected"] and status[u]["phase"] == "replicating"
         and status[u]["copy_queue"] == 0 and status[u]["replay_queue"] == 0
         and status[u]["last_applied_seq"] == status[u]["last_captured_seq"] and not status[u]["lag_seconds"]
-        and status[u]["error"] is None
+        and status[u]["error"] is None and not status[u].get("queue_alarm")
         for u in users
     )
 
