@@ -36,6 +36,7 @@ import random
 import smtplib
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -61,10 +62,11 @@ def message(tag: str, i: int, user: str, rnd: random.Random) -> tuple[str, bytes
     return msgid, raw
 
 
-def deliver_schedule(rig: TwoSiteRig, tag: str, rate: float, duration: float, seed: int) -> tuple[dict, float]:
-    """Deliver on a fixed schedule; returns (Message-ID -> time accepted, worst slip behind schedule)."""
+def deliver_schedule(rig: TwoSiteRig, tag: str, rate: float, duration: float, seed: int,
+                     accepted: dict[str, float]) -> float:
+    """Deliver on a fixed schedule into ``accepted`` (Message-ID -> time accepted); returns the worst
+    slip behind schedule."""
     rnd = random.Random(seed)
-    accepted: dict[str, float] = {}
     total = int(rate * duration)
     worst_slip = 0.0
     with smtplib.LMTP(rig.primary.host, rig.primary.lmtp_port, timeout=60) as lmtp:
@@ -85,7 +87,51 @@ def deliver_schedule(rig: TwoSiteRig, tag: str, rate: float, duration: float, se
             if code != 250:
                 raise SystemExit(f"bench_lag: LMTP refused a delivery to {user}: {code} {reply!r}")
             accepted[msgid] = time.monotonic()
-    return accepted, worst_slip
+    return worst_slip
+
+
+class QueueSampler:
+    """Where the backlog sits, every ``interval`` s from the source gateway's status: changes not yet
+    captured (deliveries accepted minus changes captured since the phase began), the copy queue
+    (captured, not received at DR) and the replay queue (received, not applied)."""
+
+    def __init__(self, rig: TwoSiteRig, accepted: dict, interval: float) -> None:
+        self.rig, self.accepted, self.interval = rig, accepted, interval
+        self.samples: list[tuple[float, int, int, int]] = []
+        self._base = self._captured()[0]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _captured(self) -> tuple[int, int, int]:
+        st = self.rig.pair.status()
+        return (sum(m["last_captured_seq"] or 0 for m in st.values()), sum(m["copy_queue"] or 0 for m in st.values()),
+                sum(m["replay_queue"] or 0 for m in st.values()))
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self._stop.wait(self.interval):
+            try:
+                delivered = len(self.accepted)
+                captured, copy, replay = self._captured()
+            except Exception:  # the API may be slow for a moment; skip the sample
+                continue
+            self.samples.append((time.monotonic() - start, delivered - (captured - self._base), copy, replay))
+
+    def __enter__(self) -> QueueSampler:
+        if self.interval > 0:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+    def summary(self) -> dict:
+        if not self.samples:
+            return {}
+        return {name: {"mean": sum(s[i] for s in self.samples) / len(self.samples), "max": max(s[i] for s in self.samples)}
+                for i, name in ((1, "not_captured"), (2, "copy_queue"), (3, "replay_queue"))}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -99,10 +145,12 @@ def run_phase(rig: TwoSiteRig, name: str, args, watch: ArrivalWatch) -> dict:
     crossed0, cpu0 = rig.bytes_crossed(), (cpu_seconds(rig.pair.source.proc.pid), cpu_seconds(rig.pair.recovery.proc.pid))
     dropped0 = rig.dropped()["packets"]
     t0 = time.monotonic()
-    accepted, slip = deliver_schedule(rig, name, args.rate, args.duration, args.seed + len(name))
-    deadline = time.monotonic() + args.drain
-    while time.monotonic() < deadline and not all(m in watch.seen for m in accepted):
-        time.sleep(0.2)
+    accepted: dict[str, float] = {}
+    with QueueSampler(rig, accepted, args.queue_interval) as sampler:
+        slip = deliver_schedule(rig, name, args.rate, args.duration, args.seed + len(name), accepted)
+        deadline = time.monotonic() + args.drain
+        while time.monotonic() < deadline and not all(m in watch.seen for m in accepted):
+            time.sleep(0.2)
     lags = [watch.seen[m] - t for m, t in accepted.items() if m in watch.seen]
     crossed1 = rig.bytes_crossed()
     cpu1 = (cpu_seconds(rig.pair.source.proc.pid), cpu_seconds(rig.pair.recovery.proc.pid))
@@ -114,6 +162,7 @@ def run_phase(rig: TwoSiteRig, name: str, args, watch: ArrivalWatch) -> dict:
         "bytes_to_dr": crossed1["to_ns"] - crossed0["to_ns"], "bytes_from_dr": crossed1["from_ns"] - crossed0["from_ns"],
         "packets_dropped": rig.dropped()["packets"] - dropped0 if name != "clean" else 0,
         "cpu_source_s": cpu1[0] - cpu0[0], "cpu_recovery_s": cpu1[1] - cpu0[1],
+        "backlog": sampler.summary(),
     }
 
 
@@ -128,6 +177,9 @@ def report(result: dict, args) -> None:
           f"packets dropped by the loss rules: {result['packets_dropped']:,}")
     print(f"   CPU during the phase: source gateway {result['cpu_source_s']:.1f} s, "
           f"recovery gateway {result['cpu_recovery_s']:.1f} s")
+    if result["backlog"]:
+        print("   backlog (changes, mean / max over the phase): " + ", ".join(
+            f"{k.replace('_', ' ')} {v['mean']:.0f} / {v['max']}" for k, v in result["backlog"].items()))
 
 
 def main() -> int:
@@ -142,7 +194,10 @@ def main() -> int:
     ap.add_argument("--initial", type=int, default=2, help="messages per mailbox before protecting (default 2)")
     ap.add_argument("--drain", type=float, default=30.0, help="seconds to wait for the last deliveries")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--poll-interval", type=float, default=0.5, help="source gateway poll_interval")
+    ap.add_argument("--poll-interval", type=float, default=5.0,
+                    help="source gateway poll_interval (default 5, the product default; push wake-ups come sooner)")
+    ap.add_argument("--queue-interval", type=float, default=2.0,
+                    help="seconds between backlog samples from the source's status API (0: none)")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args()
