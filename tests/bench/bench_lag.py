@@ -224,6 +224,9 @@ def main() -> int:
         try:
             for name in links:
                 rig.clear()
+                t_sync = time.monotonic()
+                rig.pair.wait_synced(rig.users, timeout=900, settle=0.5)  # each link starts with no backlog
+                print(f"\n(standby in sync {time.monotonic() - t_sync:.1f} s after the previous phase)")
                 if name == "impaired":
                     rig.set_delay(args.delay, args.jitter)
                     rig.set_loss(args.loss)
