@@ -43,11 +43,17 @@ def rig(tmp_path):
     for reason in (dovecot_missing_reason(), netns_missing_reason()):
         if reason:
             unavailable(reason)
-    before = set(leftovers())
     with TwoSiteRig(tmp_path / "rig", USERS) as r:
+        names = rig_names(r)
+        assert names <= set(leftovers())
         yield r
     # teardown removed the namespace, both veth ends and the unreachable route
-    assert set(leftovers()) <= before, f"left behind: {sorted(set(leftovers()) - before)}"
+    assert not names & set(leftovers()), f"left behind: {sorted(names & set(leftovers()))}"
+
+
+def rig_names(rig: TwoSiteRig) -> set[str]:
+    """What ``leftovers()`` lists for this rig while it exists: namespace, root veth end, route."""
+    return {rig.link.netns, rig.link.root_dev, rig.link.network}
 
 
 def test_replication_delay_loss_partition(rig):
@@ -108,24 +114,27 @@ def test_teardown_after_a_failing_body_and_stale_rigs(tmp_path):
     for reason in (dovecot_missing_reason(), netns_missing_reason()):
         if reason:
             unavailable(reason)
-    before = set(leftovers())
     with pytest.raises(ZeroDivisionError):
         with TwoSiteRig(tmp_path / "rig", ["alice"], relay=True) as rig:
             rig.set_loss(5)
             rig.set_rate(50)
             rig.partition()
-            name = rig.link.netns
+            names = rig_names(rig)
+            assert names <= set(leftovers())
+            relay = rig.relay.proc
             1 / 0
-    assert set(leftovers()) <= before and name not in leftovers()
+    assert not names & set(leftovers())
+    assert relay.poll() is not None
 
     # a rig of a killed run is removed by the next one (by name prefix and owning pid)
     child = subprocess.Popen(
         [sys.executable, "-c", "import time; from tests.support.netns import create_link; "
-         "print(create_link().netns, flush=True); time.sleep(60)"],
+         "link = create_link(); print(link.netns, link.root_dev, link.network, flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
-    stale = child.stdout.readline().strip()
-    assert stale in leftovers()
+    stale = set(child.stdout.readline().split())
+    assert len(stale) == 3 and stale <= set(leftovers())
     child.kill()
     child.wait(10)
-    assert stale in cleanup_stale()
-    assert set(leftovers()) <= before
+    removed = cleanup_stale()
+    assert stale & set(removed)
+    assert not stale & set(leftovers())
