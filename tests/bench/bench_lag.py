@@ -152,12 +152,16 @@ def run_phase(rig: TwoSiteRig, name: str, args, watch: ArrivalWatch) -> dict:
         while time.monotonic() < deadline and not all(m in watch.seen for m in accepted):
             time.sleep(0.2)
     lags = [watch.seen[m] - t for m, t in accepted.items() if m in watch.seen]
+    # a delivery never seen counts as an infinite lag: percentiles then say "not seen" rather
+    # than leave the slowest deliveries out
+    ranked = lags + [float("inf")] * (len(accepted) - len(lags))
     crossed1 = rig.bytes_crossed()
     cpu1 = (cpu_seconds(rig.pair.source.proc.pid), cpu_seconds(rig.pair.recovery.proc.pid))
     return {
         "link": name, "delivered": len(accepted), "seen": len(lags), "never_seen": len(accepted) - len(lags),
-        "p50_s": percentile(lags, 0.50), "p90_s": percentile(lags, 0.90), "p99_s": percentile(lags, 0.99),
-        "max_s": max(lags) if lags else float("nan"), "schedule_slip_max_s": slip,
+        "p50_s": percentile(ranked, 0.50), "p90_s": percentile(ranked, 0.90), "p99_s": percentile(ranked, 0.99),
+        "max_s": max(ranked) if ranked else float("nan"), "schedule_slip_max_s": slip,
+        "load_average_1min": os.getloadavg()[0],
         "wall_s": time.monotonic() - t0,
         "bytes_to_dr": crossed1["to_ns"] - crossed0["to_ns"], "bytes_from_dr": crossed1["from_ns"] - crossed0["from_ns"],
         "packets_dropped": rig.dropped()["packets"] - dropped0 if name != "clean" else 0,
@@ -169,14 +173,16 @@ def run_phase(rig: TwoSiteRig, name: str, args, watch: ArrivalWatch) -> dict:
 def report(result: dict, args) -> None:
     print(f"\n== {result['link']} link: {result['delivered']} deliveries at {args.rate:g}/s over "
           f"{args.mailboxes} mailboxes ({args.duration:g} s)")
-    print(f"   lag p50 {result['p50_s']:.3f} s   p90 {result['p90_s']:.3f} s   p99 {result['p99_s']:.3f} s   "
-          f"max {result['max_s']:.3f} s")
+    shown = {k: "not seen" if result[k] == float("inf") else f"{result[k]:.3f} s"
+             for k in ("p50_s", "p90_s", "p99_s", "max_s")}
+    print(f"   lag p50 {shown['p50_s']}   p90 {shown['p90_s']}   p99 {shown['p99_s']}   max {shown['max_s']}")
     print(f"   delivered {result['delivered']}, seen {result['seen']}, never seen {result['never_seen']} "
           f"(after {args.drain:g} s of drain); delivery schedule slipped at most {result['schedule_slip_max_s']:.3f} s")
     print(f"   link bytes: {result['bytes_to_dr']:,} to DR, {result['bytes_from_dr']:,} back; "
           f"packets dropped by the loss rules: {result['packets_dropped']:,}")
     print(f"   CPU during the phase: source gateway {result['cpu_source_s']:.1f} s, "
-          f"recovery gateway {result['cpu_recovery_s']:.1f} s")
+          f"recovery gateway {result['cpu_recovery_s']:.1f} s; machine load average (1 min) at the end "
+          f"{result['load_average_1min']:.1f} on {os.cpu_count()} cores")
     if result["backlog"]:
         print("   backlog (changes, mean / max over the phase): " + ", ".join(
             f"{k.replace('_', ' ')} {v['mean']:.0f} / {v['max']}" for k, v in result["backlog"].items()))
