@@ -87,7 +87,7 @@ async def _serve(listen: tuple[str, int], target: tuple[str, int], state: DelayS
     async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         try:
             upstream_reader, upstream_writer = await asyncio.wait_for(asyncio.open_connection(*target), 10)
-        except (OSError, asyncio.TimeoutError):
+        except (OSError, TimeoutError):
             client_writer.close()
             return
         state.connections += 1
