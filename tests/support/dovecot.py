@@ -279,8 +279,8 @@ class DovecotServer:
         """
         out = self.base / "log" / "startup.out"
         with out.open("wb") as sink:
-            returncode = subprocess.run([*self._prefix(), self._dovecot, "-c", str(self.config)], stdin=subprocess.DEVNULL,
-                                        stdout=sink, stderr=subprocess.STDOUT, env=_clean_env(),
+            returncode = subprocess.run([*self._prefix(), self._dovecot, "-c", str(self.config)],
+                                        stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=_clean_env(),
                                         timeout=START_TIMEOUT).returncode
         return returncode, out.read_text(errors="replace")
 
