@@ -6,6 +6,7 @@
 #     tests run private instances from deploy/dovecot/dovecot.conf.in;
 #   - nginx (nginx-light + libnginx-mod-mail) for the mail proxy in front of the servers, its
 #     system instance never started: the tests run private instances from deploy/nginx/;
+#   - iproute2 and nftables for the two-site test rig (network namespaces, veth, tbf, loss);
 #   - PostgreSQL answering on 127.0.0.1:5432 with trust login for the tests;
 #   - the project installed with its test and postgres extras;
 #   - when the Python on PATH cannot take pip installs (missing, or the distribution's own),
@@ -69,6 +70,10 @@ elif [[ -s /run/dovecot/master.pid ]] && kill -0 "$(cat /run/dovecot/master.pid)
   doveadm -c /etc/dovecot/dovecot.conf stop >>"$log" 2>&1 || true
 fi
 say "$(dovecot --version | cut -d' ' -f1) Dovecot"
+
+# --- network namespaces (the two-site rig of the tests: veth link, nft loss, tbf rate) -----
+apt_install iproute2 nftables
+say "$(nft --version) and $(ip -V)"
 
 # --- nginx (mail proxy) --------------------------------------------------------------------
 apt_install nginx-light libnginx-mod-mail

@@ -71,7 +71,7 @@ render() { # instance imap_port lmtp_port max_mail_size
   [[ -n "$size" ]] && plugins=quota
   [[ "$2" =~ ^[0-9]+$ && "$3" =~ ^[0-9]+$ ]] || die "ports must be numbers"
   local -A values=(
-    [NAME]=$n [BASE]=$d [IMAP_PORT]=$2 [LMTP_PORT]=$3 [MAIL_LOCATION]=$location
+    [NAME]=$n [BASE]=$d [LISTEN]=127.0.0.1 [IMAP_PORT]=$2 [LMTP_PORT]=$3 [MAIL_LOCATION]=$location
     [MAIL_FSYNC]=${MAIL_FSYNC:-optimized} [MAIL_USER]=$MAIL_USER [MAIL_GROUP]=$MAIL_GROUP
     [MAIL_PLUGINS]=$plugins [QUOTA_MAX_MAIL_SIZE]=${size:-0}
   )

@@ -2,8 +2,8 @@
 
 A watcher only shortens latency. It holds its own adapter session parked in
 ``wait_for_change`` (IMAP NOTIFY or IDLE) and, when the server signals anything, wakes the capture
-workers; the capture cycle then re-reads the real state through QRESYNC. Missing a signal costs at
-most one poll interval, never a change. Mailboxes beyond ``limit`` (each watcher is one server
+of that mailbox (``on_change(key)``); the capture cycle then re-reads the real state through
+QRESYNC. Missing a signal costs at most one poll interval, never a change. Mailboxes beyond ``limit`` (each watcher is one server
 connection and one thread) are served by polling alone.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ WAIT_SECONDS = 25.0
 
 
 class _Watcher:
-    def __init__(self, key: Hashable, open_session: Callable[[], MailboxSession], on_change: Callable[[], None],
+    def __init__(self, key: Hashable, open_session: Callable[[], MailboxSession], on_change: Callable[[Hashable], None],
                  retry_max: float) -> None:
         self.key = key
         self.open_session = open_session
@@ -43,7 +43,7 @@ class _Watcher:
                 delay = 1.0
                 while not self.stop_event.is_set():
                     if session.wait_for_change(WAIT_SECONDS):
-                        self.on_change()
+                        self.on_change(self.key)
             except MailreplError as exc:
                 log.debug("watcher %s: %s (retry in %.0fs)", self.key, exc, delay)
             except Exception:  # a watcher must never take the gateway down
@@ -58,7 +58,7 @@ class _Watcher:
 class PushWatchers:
     """Keeps one watcher per key in ``sync(wanted)``; stops the ones no longer wanted."""
 
-    def __init__(self, on_change: Callable[[], None], *, limit: int = 200, retry_max: float = 60.0) -> None:
+    def __init__(self, on_change: Callable[[Hashable], None], *, limit: int = 200, retry_max: float = 60.0) -> None:
         self.on_change = on_change
         self.limit = limit
         self.retry_max = retry_max

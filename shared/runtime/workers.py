@@ -3,7 +3,8 @@
 Policy kept here, not in adapters: one job per mailbox at a time, a cached adapter session per
 mailbox (reopened after a failure), exponential back-off per mailbox after errors, and a wake-up
 event so that new work (a received batch, an admin toggle) starts at once instead of at the
-next poll.
+next poll. A wake-up names one mailbox (a push notification of its change) or none (every
+mailbox): with hundreds of mailboxes, a change in one must not start a cycle of all of them.
 """
 from __future__ import annotations
 
@@ -59,6 +60,8 @@ class MailboxWorkers:
         self._slots: dict[Hashable, _Slot] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
+        self._woken: set[Hashable] = set()  # keys woken since the last pass (or still running then)
+        self._wake_all = True
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -66,7 +69,13 @@ class MailboxWorkers:
         self._thread = threading.Thread(target=self._loop, name=f"{self.name}-loop", daemon=True)
         self._thread.start()
 
-    def wake(self) -> None:
+    def wake(self, key: Hashable | None = None) -> None:
+        """Start due work now: of every job (no ``key``), or of the job of ``key`` only."""
+        with self._lock:
+            if key is None:
+                self._wake_all = True
+            else:
+                self._woken.add(key)
         self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -108,12 +117,21 @@ class MailboxWorkers:
                 jobs = []
             now = time.monotonic()
             with self._lock:
+                run_all, woken = self._wake_all, self._woken
+                self._wake_all, self._woken = False, set()
                 for job in jobs:
+                    if not run_all and job.key not in woken:
+                        continue
                     slot = self._slots.setdefault(job.key, _Slot())
-                    if slot.future is not None or slot.not_before > now:
+                    if slot.future is not None:
+                        self._woken.add(job.key)  # runs again when this run ends
+                        continue
+                    if slot.not_before > now:
                         continue
                     slot.future = self._pool.submit(self._run, job, slot)
-            self._wake.wait(self.poll_interval)
+            if not self._wake.wait(self.poll_interval):
+                with self._lock:
+                    self._wake_all = True  # the poll: every job
             self._wake.clear()
 
     def _run(self, job: Job, slot: _Slot) -> None:
@@ -146,3 +164,5 @@ class MailboxWorkers:
         finally:
             with self._lock:
                 slot.future = None
+                if job.key in self._woken:
+                    self._wake.set()

@@ -133,6 +133,9 @@ class DovecotServer:
     instance refuses larger messages on APPEND (``NO [LIMIT]``) and on LMTP delivery.
     ``mail_fsync`` defaults to ``never``: tests crash processes, not the machine, and data that
     was written but not fsynced survives a killed process in the page cache.
+    ``netns`` runs the master inside that network namespace (``ip netns exec``); ``host`` is then
+    the address the test side reaches it at (an address of the namespace's link), and the
+    listeners bind both the namespace's loopback and ``host``.
     """
 
     master_user = MASTER_USER
@@ -143,7 +146,7 @@ class DovecotServer:
     def __init__(self, name: str, users: Iterable[str], *, base: Path | None = None,
                  imap_port: int | None = None, lmtp_port: int | None = None, mail_format: str = "mdbox",
                  mail_fsync: str = "never", max_mail_size: str | None = None,
-                 master_password: str = PASSWORD) -> None:
+                 master_password: str = PASSWORD, netns: str | None = None, host: str | None = None) -> None:
         reason = dovecot_missing_reason()
         if reason:
             raise DovecotUnavailable(reason)
@@ -159,6 +162,9 @@ class DovecotServer:
         if mail_fsync not in MAIL_FSYNC_MODES:
             raise ValueError(f"mail_fsync must be one of {MAIL_FSYNC_MODES}, not {mail_fsync!r}")
         self.name = name
+        self.netns = netns
+        if host is not None:
+            self.host = host
         self.master_password = master_password  # the service account's (users keep PASSWORD)
         self.mail_format, self.mail_fsync, self.max_mail_size = mail_format, mail_fsync, max_mail_size
         # an explicit base must be traversable by the mail user (pytest's tmp_path is not)
@@ -208,6 +214,7 @@ class DovecotServer:
     def _write_config(self) -> None:
         values = {
             "NAME": self.name,
+            "LISTEN": ", ".join(dict.fromkeys(["127.0.0.1", self.host])),
             "BASE": str(self.base),
             "IMAP_PORT": str(self.imap_port),
             "LMTP_PORT": str(self.lmtp_port),
@@ -256,8 +263,8 @@ class DovecotServer:
         if self._pgid is None:
             raise RuntimeError(f"dovecot {self.name} started but no master process was found\n"
                                f"--- log ---\n{self.log_tail()}")
-        ok = wait_for_greeting(self.imap_port, b"* OK", START_TIMEOUT) and \
-            wait_for_greeting(self.lmtp_port, b"220", START_TIMEOUT)
+        ok = wait_for_greeting(self.imap_port, b"* OK", START_TIMEOUT, self.host) and \
+            wait_for_greeting(self.lmtp_port, b"220", START_TIMEOUT, self.host)
         if not ok:
             self.kill()
             raise RuntimeError(f"dovecot {self.name} did not greet on IMAP {self.imap_port} / LMTP "
@@ -272,10 +279,14 @@ class DovecotServer:
         """
         out = self.base / "log" / "startup.out"
         with out.open("wb") as sink:
-            returncode = subprocess.run([self._dovecot, "-c", str(self.config)], stdin=subprocess.DEVNULL,
-                                        stdout=sink, stderr=subprocess.STDOUT, env=_clean_env(),
+            returncode = subprocess.run([*self._prefix(), self._dovecot, "-c", str(self.config)],
+                                        stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=_clean_env(),
                                         timeout=START_TIMEOUT).returncode
         return returncode, out.read_text(errors="replace")
+
+    def _prefix(self) -> list[str]:
+        """The command prefix that runs a program in this instance's network namespace."""
+        return ["ip", "netns", "exec", self.netns] if self.netns else []
 
     def _find_master(self, wait: float = 0.0) -> int | None:
         """The process group of this instance's running master, from its pid file.

@@ -49,16 +49,21 @@ users = [{", ".join(f'"{u}"' for u in users)}]
 
 
 class GatewayProcess:
-    def __init__(self, role: str, config: Path, port: int, log: Path) -> None:
+    """``prefix`` runs the command under another one (``ip netns exec NAME``); ``host`` is the
+    address its admin API is reached at from the test side."""
+
+    def __init__(self, role: str, config: Path, port: int, log: Path, *, prefix: list[str] | None = None,
+                 host: str = "127.0.0.1") -> None:
         self.role, self.config, self.port, self.log = role, config, port, log
+        self.prefix = list(prefix or [])
         self.proc: subprocess.Popen | None = None
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"http://{host}:{port}"
 
     def start(self, wait: float = 30.0) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         logf = open(self.log, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mailrepl", self.role, "run", "--config", str(self.config)],
+            [*self.prefix, sys.executable, "-m", "mailrepl", self.role, "run", "--config", str(self.config)],
             stdout=logf, stderr=subprocess.STDOUT, env=env, cwd=Path(__file__).resolve().parents[2],
             start_new_session=True,
         )
@@ -97,9 +102,15 @@ class GatewayPair:
     def __init__(self, tmp: Path, primary, standby, *, users, source_state: str, recovery_state: str,
                  poll_interval: float = 0.5, fetch_chunk: int = 200, part_threshold: int | None = None,
                  recovery_extra: str = "", with_primaries: bool = False, source_gateway_extra: str = "",
-                 recovery_gateway_extra: str = "") -> None:
+                 recovery_gateway_extra: str = "", recovery_prefix: list[str] | None = None,
+                 recovery_host: str = "127.0.0.1", peer_url: str | None = None,
+                 source_workers: int = 4, recovery_workers: int = 4) -> None:
+        """``recovery_prefix``/``recovery_host``: run the recovery gateway under a command prefix
+        (a network namespace) listening on that address; ``peer_url``: where the source gateway
+        sends to (default: the recovery gateway itself)."""
         self.tmp = tmp
         sport, rport = free_port(), free_port()
+        peer_url = peer_url or f"http://{recovery_host}:{rport}"
         src = tmp / "source.toml"
         src.write_text(
             f"""
@@ -110,11 +121,11 @@ listen = "127.0.0.1:{sport}"
 admin_token = "{ADMIN_TOKEN}"
 plaintext = true
 poll_interval = {poll_interval}
-workers = 4
+workers = {source_workers}
 fetch_chunk = {fetch_chunk}
 {source_gateway_extra}
 [peer]
-url = "http://127.0.0.1:{rport}"
+url = "{peer_url}"
 token = "{INGEST_TOKEN}"
 retry_initial = 0.2
 retry_max = 2.0
@@ -128,10 +139,10 @@ retry_max = 2.0
 [gateway]
 id = "dr"
 state_url = "{recovery_state}"
-listen = "127.0.0.1:{rport}"
+listen = "{recovery_host}:{rport}"
 admin_token = "{ADMIN_TOKEN}"
 plaintext = true
-workers = 4
+workers = {recovery_workers}
 blob_dir = "{tmp}/blobs"
 {recovery_gateway_extra}
 
@@ -149,7 +160,8 @@ servers = ["primary"]
         src.chmod(0o600)  # they hold secrets
         rec.chmod(0o600)
         self.source = GatewayProcess("source", src, sport, tmp / "source.log")
-        self.recovery = GatewayProcess("recovery", rec, rport, tmp / "recovery.log")
+        self.recovery = GatewayProcess("recovery", rec, rport, tmp / "recovery.log", prefix=recovery_prefix,
+                                       host=recovery_host)
 
     def start(self) -> None:
         self.recovery.start()

@@ -47,3 +47,65 @@ def test_take_session_hands_over_only_an_idle_cached_session():
     finally:
         workers.stop()
     assert not opened[0].closed  # the caller owns it now: stopping the pool does not close it
+
+
+def test_a_keyed_wake_runs_only_that_job_and_the_poll_runs_all():
+    runs: list[int] = []
+    lock = threading.Lock()
+
+    def job(key: int) -> Job:
+        def run(session) -> None:
+            with lock:
+                runs.append(key)
+        return Job(key=key, open_session=FakeSession, run=run)
+
+    jobs = [job(k) for k in range(10)]
+    workers = MailboxWorkers("t", lambda: list(jobs), workers=2, poll_interval=1.5)
+    workers.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(runs) < 10 and time.monotonic() < deadline:  # the first pass runs every job
+            time.sleep(0.01)
+        assert sorted(runs) == list(range(10))
+        runs.clear()
+        workers.wake(3)
+        workers.wake(7)
+        time.sleep(0.3)
+        assert sorted(runs) == [3, 7]  # a change in two mailboxes starts two cycles, not ten
+        runs.clear()
+        workers.wake()  # no key: every job
+        time.sleep(0.3)
+        assert sorted(runs) == list(range(10))
+        runs.clear()
+        time.sleep(1.6)  # the poll runs every job
+        assert sorted(set(runs)) == list(range(10))
+    finally:
+        workers.stop()
+
+
+def test_a_key_woken_while_its_job_runs_runs_again_afterwards():
+    started = threading.Event()
+    release = threading.Event()
+    runs: list[float] = []
+
+    def run(session) -> None:
+        runs.append(time.monotonic())
+        started.set()
+        if len(runs) == 2:
+            release.wait(5)  # the second run (the first woken one) is held
+
+    workers = MailboxWorkers("t", lambda: [Job(key=1, open_session=FakeSession, run=run)], workers=1,
+                             poll_interval=30)
+    workers.start()
+    try:
+        assert started.wait(5)
+        time.sleep(0.1)
+        workers.wake(1)
+        time.sleep(0.2)
+        assert len(runs) == 2  # running, held
+        workers.wake(1)  # a change while it runs: must not wait for the 30 s poll
+        release.set()
+        time.sleep(0.3)
+        assert len(runs) == 3
+    finally:
+        workers.stop()
