@@ -133,8 +133,44 @@ def fault_sites(tmp_path_factory, fault_profile, fault_seed, fault_corpus) -> It
 
 
 @pytest.fixture
-def fault_site(fault_sites) -> Site:
-    return fault_sites.get()
+def fault_site(request, fault_sites, tmp_path, fault_profile, fault_seed, fault_corpus) -> Iterator[Site]:
+    scenario = request.node.callspec.params.get("scenario") if hasattr(request.node, "callspec") else None
+    if scenario is None or not scenario.needs_rig:
+        yield fault_sites.get()
+        return
+    site = build_rig_site(tmp_path, fault_profile, fault_seed, fault_corpus)
+    try:
+        yield site
+    finally:
+        site.cleanup.close()
+
+
+def build_rig_site(tmp, profile: Profile, seed: int, corpus: list[bytes]) -> Site:
+    """The two-site rig (DR site in its own network namespace, the link between the gateways
+    under control), ``profile.users`` users populated, protected and seeded. ``Site.standby`` is
+    the standby as read on the DR site's loopback (a partition does not cut it)."""
+    from tests.support.netns import netns_missing_reason
+    from tests.support.two_site import TwoSiteRig
+
+    for reason in (dovecot_missing_reason(), netns_missing_reason()):
+        if reason:
+            unavailable(reason)
+    users = [f"u{i:02d}" for i in range(1, profile.users + 1)]
+    rig = TwoSiteRig(tmp / "rig", users)
+    rig.start()
+    try:
+        LoadSim(rig.primary, users, seed=seed, corpus=corpus).populate(profile.populate)
+        rig.protect_all()
+        if wait_drained(rig.pair, users, profile.drain_timeout, 1.0) is None:
+            raise AssertionError(f"seeding did not finish within {profile.drain_timeout} s:\n"
+                                 f"{rig.pair.source.log.read_text()[-3000:]}")
+        cleanup = contextlib.ExitStack()
+        cleanup.callback(rig.close)
+        return Site(primary=rig.primary, standby=rig.standby_local, pair=rig.pair, users=users, rig=rig,
+                    cleanup=cleanup)
+    except BaseException:
+        rig.close()
+        raise
 
 
 def _start_both(pair) -> None:

@@ -30,6 +30,7 @@ from tests.faults.loadsim import FLAGS, LoadSim, TrafficCounts
 from tests.faults.report import Row
 
 __all__ = ["CI", "FULL", "DiskFull", "FolderReset", "KillRestart", "Profile", "SCENARIOS", "Scenario", "Site", "StandbyWipe",
+           "WanTrouble",
            "profile_from_env", "run_scenario", "seed_from_env", "wait_drained"]
 
 DEFAULT_SEED = 20261206
@@ -51,15 +52,18 @@ class Profile:
     pause: tuple[float, float]  # seconds a killed process stays down (uniform)
     tail: float  # seconds of traffic after the last fault
     drain_timeout: float
+    wan_impaired: float  # WAN scenario: seconds of traffic over the delayed, lossy link before the partition
+    partition: float  # WAN scenario: seconds the link stays cut
     settle: float = 3.0  # drained must hold this long (capture polls every 0.5 s)
     deliverers: int = 2
     workers: int = 2
     pause_between_ops: float = 0.05
 
 
-CI = Profile("ci", users=20, populate=8, faults=3, gap=(0.5, 2.5), pause=(0.2, 2.0), tail=1.0, drain_timeout=180)
+CI = Profile("ci", users=20, populate=8, faults=3, gap=(0.5, 2.5), pause=(0.2, 2.0), tail=1.0, drain_timeout=180,
+             wan_impaired=8.0, partition=10.0)
 FULL = Profile("full", users=40, populate=20, faults=20, gap=(1.0, 5.0), pause=(0.2, 5.0), tail=3.0,
-               drain_timeout=600)
+               drain_timeout=600, wan_impaired=60.0, partition=60.0)
 
 
 def profile_from_env() -> Profile:
@@ -90,6 +94,7 @@ class Site:
     pair: object  # tests.support.gateways.GatewayPair
     users: list[str]
     disks: dict = field(default_factory=dict)  # "source"/"recovery" -> tests.support.tmpfs.SmallDisk under its state
+    rig: object = None  # tests.support.two_site.TwoSiteRig when the DR site is in its own network namespace
     notes: list[str] = field(default_factory=list)  # what went wrong outside the faults injected
     dirty: bool = False  # a scenario failed on it: the next one needs a new site
     cleanup: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)  # closed with the site
@@ -113,6 +118,7 @@ class Scenario:
     name = "scenario"
     settle = 0.0  # drained must hold at least this long (when longer than the profile's settle)
     damages_standby = False  # only then may the recovery gateway find its standby copy changed
+    needs_rig = False  # runs on its own two-site rig (tests.support.two_site), not on the shared site
 
     def prepare(self, site: Site, rng: random.Random) -> None:
         """Before traffic starts."""
@@ -120,6 +126,20 @@ class Scenario:
     def inject(self, site: Site, rng: random.Random, profile: Profile) -> None:
         """One fault, while traffic runs; returns once the fault is over (or left in place for heal)."""
         raise NotImplementedError
+
+    def planned_faults(self, profile: Profile) -> int:
+        return profile.faults
+
+    def run_faults(self, site: Site, rng: random.Random, profile: Profile) -> int:
+        """While traffic runs: ``profile.faults`` faults, each after a random stretch of traffic;
+        returns how many were injected."""
+        done = 0
+        for _ in range(profile.faults):
+            time.sleep(rng.uniform(*profile.gap))
+            self.inject(site, rng, profile)
+            done += 1
+        time.sleep(profile.tail)
+        return done
 
     def heal(self, site: Site) -> None:
         """After traffic stopped: undo whatever is still broken."""
@@ -229,6 +249,37 @@ class DiskFull(Scenario):
         super().heal(site)
 
 
+class WanTrouble(Scenario):
+    """The WAN between the sites (the two-site rig): 50 ms ± 10 ms delay each way and 1 % loss
+    both ways, sustained under traffic; then the link cut for ``profile.partition`` seconds while
+    traffic goes on; then the link back. Delay and loss stay while replication drains: they are
+    the link's normal state here. The standby is read on the DR site's own loopback."""
+
+    name = "WAN: 50±10 ms, 1 % loss, partition"
+    needs_rig = True
+
+    def prepare(self, site: Site, rng: random.Random) -> None:
+        site.rig.set_delay(50, 10)
+        site.rig.set_loss(1.0)
+
+    def planned_faults(self, profile: Profile) -> int:
+        return 1  # one partition, with delay and loss all along
+
+    def run_faults(self, site: Site, rng: random.Random, profile: Profile) -> int:
+        time.sleep(profile.wan_impaired)
+        site.rig.partition()
+        try:
+            time.sleep(profile.partition)
+        finally:
+            site.rig.heal()
+        time.sleep(profile.tail)
+        return 1
+
+    def heal(self, site: Site) -> None:
+        if site.rig.link.partitioned:
+            site.rig.heal()
+
+
 def fill(path) -> int:
     """Write ``path`` until its filesystem has no space left; returns the bytes written."""
     written, chunk = 0, b"\0" * (1 << 20)
@@ -253,6 +304,7 @@ SCENARIOS: list[Scenario] = [
     StandbyWipe(),
     DiskFull("recovery"),
     DiskFull("source"),
+    WanTrouble(),
 ]
 
 
@@ -269,11 +321,7 @@ def run_scenario(site: Site, scenario: Scenario, profile: Profile, seed: int, co
     faults = 0
     sim.start()
     try:
-        for _ in range(profile.faults):
-            time.sleep(rng.uniform(*profile.gap))
-            scenario.inject(site, rng, profile)
-            faults += 1
-        time.sleep(profile.tail)
+        faults = scenario.run_faults(site, rng, profile)
     finally:
         counts = sim.stop()
         scenario.heal(site)
