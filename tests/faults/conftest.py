@@ -27,8 +27,9 @@ from tests.support.mailcompare import corpus_files
 from tests.support.tmpfs import small_disk
 
 CORPUS_SAMPLE = 80
-# the recovery gateway checks idle standby copies for damage every second (default 300 s)
-RECOVERY_EXTRA = "standby_check_interval = 1"
+# the recovery gateway checks idle standby copies for damage every 5 s (default 300 s)
+STANDBY_CHECK_INTERVAL = 5
+RECOVERY_EXTRA = f"standby_check_interval = {STANDBY_CHECK_INTERVAL}"
 STATE_DISK = "512m"  # each gateway's state (and the recovery gateway's blob store) on a tmpfs this size
 
 

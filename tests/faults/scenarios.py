@@ -60,8 +60,8 @@ class Profile:
     pause_between_ops: float = 0.05
 
 
-CI = Profile("ci", users=20, populate=8, faults=3, gap=(0.5, 2.5), pause=(0.2, 2.0), tail=1.0, drain_timeout=180,
-             wan_impaired=8.0, partition=10.0)
+CI = Profile("ci", users=20, populate=5, faults=3, gap=(0.3, 1.5), pause=(0.2, 1.5), tail=0.5, drain_timeout=180,
+             wan_impaired=5.0, partition=8.0)
 FULL = Profile("full", users=40, populate=20, faults=20, gap=(1.0, 5.0), pause=(0.2, 5.0), tail=3.0,
                drain_timeout=600, wan_impaired=60.0, partition=60.0)
 
@@ -211,12 +211,12 @@ class StandbyWipe(Scenario):
     """A mailbox wiped on the standby behind the gateways' back (all its mail and indexes removed).
 
     The recovery gateway finds such damage after a replay pass of the mailbox, or, when nothing
-    is replicated to it, by its periodic check (``standby_check_interval``, 1 s on the test site);
+    is replicated to it, by its periodic check (``standby_check_interval``, 5 s on the test site);
     the source learns it from its next poll of the site states. Until then the status looks
     drained, so drained must hold longer than that round trip."""
 
     name = "mailbox wiped on the standby"
-    settle = 5.0
+    settle = 9.0
     damages_standby = True
 
     def inject(self, site: Site, rng: random.Random, profile: Profile) -> None:
