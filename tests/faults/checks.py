@@ -17,12 +17,21 @@ onto the same counts, so that the suite can switch to it by changing one call.
 from __future__ import annotations
 
 import collections
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from tests.support.mailcompare import Snapshot, snapshot
 
-__all__ = ["Differences", "compare_mailboxes", "compare_snapshots", "counts_from_verify_report"]
+__all__ = ["Differences", "compare_mailboxes", "compare_snapshots", "counts_from_verify_report", "primary_shas",
+           "run_verify"]
+
+REPO = Path(__file__).resolve().parents[2]
+VERIFY_TIMEOUT = 600.0
 
 MAX_DETAILS = 40
 
@@ -128,6 +137,28 @@ def _flags(key) -> str:
 
 
 # --- the product's verify report ----------------------------------------------------------------
+
+def run_verify(source_url: str, token: str, *, timeout: float = VERIFY_TIMEOUT) -> dict:
+    """``mailrepl verify --all --json`` against the source gateway; the report (exit 0 or 1)."""
+    proc = subprocess.run([sys.executable, "-m", "mailrepl", "verify", "--all", "--json", "--url", source_url,
+                           "--token", token], capture_output=True, text=True, cwd=REPO, timeout=timeout,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    if proc.returncode not in (0, 1):
+        raise AssertionError(f"mailrepl verify failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-3000:]}")
+    try:
+        report = json.loads(proc.stdout)
+    except ValueError:
+        raise AssertionError(f"mailrepl verify --json printed no JSON report:\n{proc.stdout[-3000:]}") from None
+    if (proc.returncode == 0) != bool(report.get("equal")):
+        raise AssertionError(f"mailrepl verify exited {proc.returncode} with equal={report.get('equal')!r}")
+    return report
+
+
+def primary_shas(primary) -> Callable[[str], set[str]]:
+    """For :func:`counts_from_verify_report`: the SHA-256 of every message of a mailbox on the primary."""
+    return lambda address: {key[0] for keys in snapshot(primary, address).values() for key in keys}
+
 
 _KIND_TO_COUNT = {
     "missing": "lost",
