@@ -125,6 +125,7 @@ class SourceGateway:
                     key=mid,
                     open_session=lambda a=adapter, addr=address: a.open(addr),
                     run=lambda sess, m=mid: self._cycle(m, sess),
+                    group=server,
                 )
             )
         self.watchers.sync(watch)

@@ -139,7 +139,7 @@ class RecoveryGateway:
             if adapter is None:
                 continue
             jobs.append(Job(key=rid, open_session=lambda a=adapter, addr=address: a.open(addr),
-                            run=lambda sess, r=rid: self._replay(r, sess)))
+                            run=lambda sess, r=rid: self._replay(r, sess), group=target))
         return jobs
 
     def _replay(self, rid: int, session) -> None:
