@@ -12,6 +12,9 @@ from mailrepl.gateway.api import admin_router
 from mailrepl.gateway.failback import FailbackPuller
 from mailrepl.gateway.registry import Registry
 from mailrepl.gateway.shipper import Shipper
+from mailrepl.gateway.verify import MailboxVerifier
+from mailrepl.gateway.verify_api import VerifyMetrics, verify_router
+from mailrepl.gateway.verify_jobs import VerifyJobs
 from mailrepl.shared.runtime.watcher import PushWatchers
 from mailrepl.shared.adapters.factory import make_adapter
 from mailrepl.shared.runtime.api_common import make_app
@@ -86,6 +89,10 @@ class SourceGateway:
                                      "Bytes of standby changes received for failback", registry=self.metrics)
         self._failback_bytes.set_function(lambda: self.failback.wire_bytes)
         self.metrics.register(_ByteCounters(self.registry))
+        # verify: the primary read here, the standby listed by the recovery gateway
+        self.verify = VerifyJobs(self.store, MailboxVerifier(self.store, self.adapters, self.peer,
+                                                             wake_capture=self.workers.wake))
+        self.metrics.register(VerifyMetrics(self.store))
 
     # ------------------------------------------------------------------ work
 
@@ -157,6 +164,7 @@ class SourceGateway:
                        metrics_open=g.metrics_open, docs_open=g.docs_open, start=self.start, stop=self.stop,
                        guard=guard_policy(g, tokens))
         app.include_router(admin_router(self.registry, authz, self.workers.wake))
+        app.include_router(verify_router(self.registry, self.store, self.verify, authz))
         app.include_router(security_router(tokens, audit, authz))
         app.add_middleware(AuditMiddleware, audit=audit)
 
