@@ -11,8 +11,10 @@
 3. **In flight**: differences may be changes still in the copy queue (captured, not received) or
    the replay queue (received, not applied), or not yet captured. The check waits, up to its
    bound, until a whole capture cycle has run since and everything captured is applied at DR,
-   then lists the differing folders again. A difference found again after such a wait is
-   reported; differences that never settle within the bound make the verdict ``in_flight``.
+   then lists the differing folders again. A difference the first look found and every one of
+   :data:`CONFIRM_LOOKS` looks found again (the queues settled before each) is reported; one that
+   only a later look finds appeared while the check ran and is not. Differences whose queues
+   never settle within the bound make the verdict ``in_flight``.
 
 Verdicts: ``equal``, ``different`` (with the differences), ``in_flight``, ``error`` (with why).
 """
@@ -43,6 +45,7 @@ __all__ = ["MailboxVerifier", "MailboxReport", "Progress"]
 log = logging.getLogger("mailrepl.verify")
 
 SETTLE_POLL = 0.2  # seconds between looks at the queues while waiting for changes in flight
+CONFIRM_LOOKS = 3  # a difference is reported once found this many times, with the queues settled between
 
 
 @dataclass
@@ -128,19 +131,18 @@ class MailboxVerifier:
         try:
             deadline = time.monotonic() + settle_timeout
             diffs = self._check(report, progress, session, mbx_id, focus=None)
-            seen: set[tuple] = set()
-            while diffs:
-                keys = {_key(d) for d in diffs}
-                if keys <= seen:  # found again after the queues settled: a real difference
-                    break
-                seen |= keys
+            looks = {_key(d): 1 for d in diffs}
+            while diffs and not all(looks[_key(d)] >= CONFIRM_LOOKS for d in diffs):
                 if not self._settle(mbx_id, deadline):
                     report.verdict, report.differences = "in_flight", diffs
                     return
                 report.rounds += 1
                 focus = {d.folder for d in diffs} | {d.standby_folder for d in diffs if d.standby_folder}
-                diffs = self._check(report, progress, session, mbx_id, focus=focus)
-                diffs = [d for d in diffs if _key(d) in seen] or diffs
+                again = self._check(report, progress, session, mbx_id, focus=focus)
+                # only what the first look found can be a difference: anything else appeared
+                # while the check ran, i.e. changes made since, on their way
+                looks = {_key(d): looks[_key(d)] + 1 for d in again if _key(d) in looks}
+                diffs = [d for d in again if _key(d) in looks]
         finally:
             session.close()
         report.differences = diffs
@@ -216,9 +218,10 @@ class MailboxVerifier:
             at = look()[0]
             if at is not None and at != last:
                 cycles, last = cycles + 1, at
+        target = look()[1]  # everything captured by then: later changes are not waited for
         while True:
-            _, captured, applied = look()
-            if applied >= captured:
+            applied = look()[2]
+            if applied >= target:
                 return True
             if time.monotonic() >= deadline:
                 return False
