@@ -15,6 +15,7 @@ from mailrepl.gateway.shipper import Shipper
 from mailrepl.gateway.verify import MailboxVerifier
 from mailrepl.gateway.verify_api import VerifyMetrics, verify_router
 from mailrepl.gateway.verify_jobs import VerifyJobs
+from mailrepl.gateway.verify_repair import Repairer
 from mailrepl.shared.runtime.watcher import PushWatchers
 from mailrepl.shared.adapters.factory import make_adapter
 from mailrepl.shared.runtime.api_common import make_app
@@ -91,7 +92,8 @@ class SourceGateway:
         self.metrics.register(_ByteCounters(self.registry))
         # verify: the primary read here, the standby listed by the recovery gateway
         self.verify = VerifyJobs(self.store, MailboxVerifier(self.store, self.adapters, self.peer,
-                                                             wake_capture=self.workers.wake))
+                                                             wake_capture=self.workers.wake),
+                                 Repairer(self.peer, self.capture.request_resync, self.workers.wake))
         self.metrics.register(VerifyMetrics(self.store))
 
     # ------------------------------------------------------------------ work

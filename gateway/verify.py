@@ -69,12 +69,16 @@ class MailboxReport:
     rounds: int = 1
     error: str | None = None
     differences: list[Difference] = field(default_factory=list)
+    repair: dict | None = None  # what --repair did
+    mailbox_id: int | None = None
+    standby_uidvalidity: dict[str, int] = field(default_factory=dict)  # of the last look, for a repair
 
     def as_dict(self) -> dict:
         return dict(address=self.address, server=self.server, verdict=self.verdict,
                     folders_checked=self.folders_checked, folders_listed=self.folders_listed,
                     messages_checked=self.messages_checked, rounds=self.rounds, error=self.error,
-                    differences=[d.as_dict() for d in self.differences])
+                    differences=[d.as_dict() for d in self.differences],
+                    **({"repair": self.repair} if self.repair is not None else {}))
 
 
 @dataclass
@@ -123,7 +127,7 @@ class MailboxVerifier:
                 raise MailreplError(f"mailbox {address!r} of {server!r} is not protected")
             if mbx.site_state != "replicating":
                 raise MailreplError(f"mailbox {address!r} is {mbx.site_state}, not replicating: users may be at DR")
-            mbx_id = mbx.id
+            mbx_id = report.mailbox_id = mbx.id
         adapter = self.adapters.get(server)
         if adapter is None:
             raise MailreplError(f"server {server!r} is not configured")
@@ -154,6 +158,7 @@ class MailboxVerifier:
         prove equal (or, with ``focus``, those of ``focus``) message by message."""
         primary = self._primary_folders(session, mbx_id)
         standby = self.peer.verify(report.server, report.address)
+        report.standby_uidvalidity = {f.name: f.uidvalidity for f in standby.folders}
         by_name = {f.name: f for f in standby.folders}
         pairs, diffs = pair_folder_names([FolderSide(n) for n in primary],
                                          [FolderSide(f.name, f.known_as) for f in standby.folders])

@@ -1,9 +1,10 @@
 """REST routes of verify on the source gateway, and its metrics.
 
 ``POST /api/v1/verify`` (operator): ``{"addresses": [...], "server": "...", "all": false,
-"settle_timeout": 60}`` starts a job (202, ``{"job": id}``): the addresses (``server`` names their
+"settle_timeout": 60, "repair": false}`` starts a job (202, ``{"job": id}``): the addresses (``server`` names their
 server where several list one), else every protected mailbox of ``server``, else with ``all``
-every protected mailbox. ``GET /api/v1/verify/{job}`` (viewer): its state, progress and report
+every protected mailbox; with ``repair``, what differs is handed to replication to fix
+(``mailrepl.gateway.verify_repair``) and the report says what was done. ``GET /api/v1/verify/{job}`` (viewer): its state, progress and report
 (``mailrepl.gateway.verify_jobs``).
 
 Metrics (from the state store, the last verdict of each mailbox):
@@ -40,6 +41,7 @@ class VerifyBody(BaseModel):
     server: Name | None = None
     all: StrictBool = False
     settle_timeout: float | None = Field(default=None, gt=0, le=SETTLE_TIMEOUT_MAX)
+    repair: StrictBool = False
 
 
 class JobStarted(BaseModel):
@@ -81,7 +83,7 @@ def verify_router(registry: Registry, store: Store, jobs: VerifyJobs, authz: Aut
     @r.post("/verify", status_code=202, response_model=JobStarted, dependencies=operator)
     def post_verify(body: VerifyBody) -> JobStarted:
         """Compare the primary and standby copies of mailboxes (a job; its report by GET)."""
-        return JobStarted(job=jobs.start(_targets(registry, store, body), body.settle_timeout))
+        return JobStarted(job=jobs.start(_targets(registry, store, body), body.settle_timeout, body.repair))
 
     @r.get("/verify/{job}", dependencies=viewer)
     def get_verify(job: str) -> dict:

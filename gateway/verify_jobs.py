@@ -26,6 +26,7 @@ from typing import Sequence
 from sqlalchemy import select
 
 from mailrepl.gateway.verify import MailboxVerifier, Progress
+from mailrepl.gateway.verify_repair import Repairer
 from mailrepl.shared.engines.verify_compare import KINDS
 from mailrepl.shared.model import utcnow
 from mailrepl.shared.store import Store
@@ -44,6 +45,7 @@ class _Job:
     id: str
     targets: list[tuple[str, str]]
     settle_timeout: float
+    repair: bool = False
     state: str = "running"
     error: str | None = None
     started_at: datetime = field(default_factory=utcnow)
@@ -54,7 +56,7 @@ class _Job:
 
     def as_dict(self) -> dict:
         done = self.state != "running"
-        return dict(job=self.id, state=self.state, error=self.error,
+        return dict(job=self.id, state=self.state, error=self.error, repair=self.repair,
                     equal=done and self.error is None and all(m["verdict"] == "equal" for m in self.mailboxes),
                     started_at=self.started_at.isoformat(),
                     finished_at=self.finished_at.isoformat() if self.finished_at else None,
@@ -64,15 +66,19 @@ class _Job:
 
 
 class VerifyJobs:
-    def __init__(self, store: Store, verifier: MailboxVerifier) -> None:
+    def __init__(self, store: Store, verifier: MailboxVerifier, repairer: Repairer | None = None) -> None:
         self.store = store
         self.verifier = verifier
+        self.repairer = repairer
         self._jobs: OrderedDict[str, _Job] = OrderedDict()
         self._lock = threading.Lock()
 
-    def start(self, targets: Sequence[tuple[str, str]], settle_timeout: float | None = None) -> str:
+    def start(self, targets: Sequence[tuple[str, str]], settle_timeout: float | None = None,
+              repair: bool = False) -> str:
+        if repair and self.repairer is None:
+            raise ValueError("this gateway cannot repair")
         job = _Job(uuid.uuid4().hex, list(targets),
-                   self.verifier.settle_timeout if settle_timeout is None else settle_timeout)
+                   self.verifier.settle_timeout if settle_timeout is None else settle_timeout, repair)
         with self._lock:
             self._jobs[job.id] = job
             while len(self._jobs) > JOBS_KEPT:
@@ -90,6 +96,8 @@ class VerifyJobs:
             for server, address in job.targets:
                 job.current = address
                 report = self.verifier.verify(server, address, job.progress, settle_timeout=job.settle_timeout)
+                if job.repair and report.verdict == "different":
+                    report.repair = self.repairer.repair(report)
                 data = report.as_dict()
                 self._record(job.id, report.server, report.address, data)
                 with self._lock:

@@ -261,7 +261,7 @@ def guard_policy(g, access: SourceAccess, tokens: TokenStore) -> GuardPolicy:
     peer = BodyRule(max(PEER_JSON_BYTES, g.max_json_bytes))
     routes = {("POST", "/api/v1/ingest/batches"): BodyRule(g.max_batch_bytes, (MEDIA_TYPE,),
                                                            max_concurrent=g.max_concurrent_ingests),
-              **{("POST", f"/api/v1/ingest/{name}"): peer for name in ("missing", "reverse", "resync", "verify")},
+              **{("POST", f"/api/v1/ingest/{name}"): peer for name in ("missing", "reverse", "resync", "verify", "verify-remove")},
               ("POST", "/api/v1/ingest/rebase"): BodyRule(g.max_batch_bytes)}  # failback's id pairs can be many
     return GuardPolicy(resolver=resolver(g, access, tokens), default=BodyRule(g.max_json_bytes, (JSON,)), open_paths=OPEN_PATHS,
                        routes=routes)

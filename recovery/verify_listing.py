@@ -8,6 +8,11 @@ pass), and, for the folders asked for, every message: SHA-256 of its bytes, flag
 date and the replication id the id map gives it. It also says how far this mailbox was received
 and applied, so the source can tell changes in flight from differences.
 
+``POST /api/v1/ingest/verify-remove`` (``--repair``) queues standby copies the primary lacks
+for removal: they become orphans of their folder (``orphan`` rows, as the replay engine makes
+of a reset folder's messages), which the replay engine removes when the source's resync of the
+folder is done, unless a re-add claims one as the same message.
+
 It reads the standby through the recovery gateway's own adapter and never writes it; it does not
 take the mailbox's replay lock (a listing may take long): what replay writes meanwhile shows as
 in flight, and the source checks again.
@@ -26,11 +31,13 @@ from mailrepl.shared.capture_state import IdMap, known_folders, pair_folders
 from mailrepl.shared.engines.verify_compare import summary_digest
 from mailrepl.shared.engines.verify_listing import list_folder
 from mailrepl.shared.errors import AdapterError
-from mailrepl.shared.protocol.messages import VerifyAnswer, VerifyEntry, VerifyFolder, VerifyRequest
+from mailrepl.shared.protocol.messages import (
+    VerifyAnswer, VerifyEntry, VerifyFolder, VerifyRemoval, VerifyRemoveAnswer, VerifyRemoveRequest, VerifyRequest,
+)
 from mailrepl.shared.runtime.api_common import ERROR_RESPONSES
 from mailrepl.shared.runtime.principals import Principal
 from mailrepl.shared.store import Store
-from mailrepl.shared.store.models import CatalogEntry, Mailbox, Replica
+from mailrepl.shared.store.models import CatalogEntry, Mailbox, Orphan, Replica
 
 __all__ = ["StandbyListing", "verify_ingest_router"]
 
@@ -80,6 +87,27 @@ class StandbyListing:
             return VerifyAnswer(folders=out, received_seq=rep.received_seq, applied_seq=rep.applied_seq,
                                 view_fresh=is_fresh(rep))
 
+    def queue_removal(self, source: str, server: str, address: str, folders: list[VerifyRemoval]) -> int:
+        """Orphan these standby copies (those the id map or an orphan row already holds are left
+        as they are: a reset orphans them anyway); how many were queued."""
+        queued = 0
+        with self.store.tx() as s:
+            rid = s.scalar(select(Replica.id).where(Replica.source_id == source, Replica.server == server,
+                                                    Replica.address == address))
+            if rid is None:
+                raise LookupError(f"mailbox {address!r} of {server!r} is not replicated here")
+            for f in folders:
+                known = {e.uid for e in IdMap(s, rid).in_folder(f.folder) if e.uidvalidity == f.uidvalidity}
+                known |= set(s.scalars(select(Orphan.uid).where(Orphan.replica_id == rid, Orphan.folder == f.folder,
+                                                                Orphan.uidvalidity == f.uidvalidity)))
+                for uid, sha in f.messages:
+                    if uid in known:
+                        continue
+                    known.add(uid)
+                    s.add(Orphan(replica_id=rid, folder=f.folder, uidvalidity=f.uidvalidity, uid=uid, sha256=sha))
+                    queued += 1
+        return queued
+
     def _list(self, rid: int, session: MailboxSession, folder: str, uidvalidity: int) -> list[VerifyEntry] | None:
         with self.store.read() as s:
             mid_of = {e.uid: e.mid for e in IdMap(s, rid).in_folder(folder) if e.uidvalidity == uidvalidity}
@@ -105,5 +133,15 @@ def verify_ingest_router(access: SourceAccess, listing: StandbyListing) -> APIRo
         except AdapterError as exc:
             raise HTTPException(503, f"cannot read the standby copy: {exc.__class__.__name__}",
                                 headers={"Retry-After": "5"}) from exc
+
+    @r.post("/verify-remove", response_model=VerifyRemoveAnswer)
+    def verify_remove(body: VerifyRemoveRequest, caller: Principal = Depends(as_source)) -> VerifyRemoveAnswer:
+        """Standby copies of this source's mailbox the primary lacks: removed at their folder's reset."""
+        access.check_mailboxes(caller, body.source, [(body.server, body.address)])
+        try:
+            return VerifyRemoveAnswer(queued=listing.queue_removal(body.source, body.server, body.address,
+                                                                   list(body.folders)))
+        except LookupError as exc:
+            raise HTTPException(404, str(exc)) from exc
 
     return r

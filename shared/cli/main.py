@@ -155,7 +155,7 @@ def _admin(args: argparse.Namespace) -> int:
             from mailrepl.shared.cli.verify_command import verify
 
             return verify(client, console, addresses=args.addresses, server=args.server, whole=args.all,
-                          as_json=args.json, timeout=args.timeout)
+                          as_json=args.json, timeout=args.timeout, repair=args.repair)
         if args.command == "status":
             if args.watch is not None:
                 return admin_commands.watch_status(client, console, address=args.address, server=args.server,
@@ -270,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", metavar="NAME", help="every protected mailbox of this server (or the server of ADDRESS)")
     p.add_argument("--all", action="store_true", help="every protected mailbox")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--repair", action="store_true",
+                   help="have replication fix what differs (resync the folders); the report says what was done; "
+                        "verify again afterwards")
     p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
                    help="how long to wait, per mailbox, for changes in flight to be applied before "
                         "reporting them (default 60)")

@@ -1,6 +1,6 @@
 """``mailrepl verify``: compare the primary and standby copies of mailboxes (source gateway).
 
-Starts a verify job, follows it (a progress bar on a terminal, a line per change otherwise), then
+Starts a verify job (with ``--repair``, what differs is handed to replication to fix), follows it (a progress bar on a terminal, a line per change otherwise), then
 prints each mailbox's verdict with its differences, or the report as JSON (``--json``).
 Exit status: 0 every mailbox equal, 1 a mailbox differs (or never settled), 2 an error.
 """
@@ -44,12 +44,26 @@ def render_report(report: dict[str, Any], console: Console) -> None:
             head.append(f": {m['error']}")
         console.print(head)
         for d in m.get("differences", []):
-            where = d["folder"] if not d.get("standby_folder") or d["standby_folder"] == d["folder"] else \
-                f"{d['folder']} -> {d['standby_folder']}"
-            ident = d.get("message_id") or (d["sha256"][:16] if d.get("sha256") else "")
-            console.print(Text(f"  {d['kind']:<14} {where}  {ident}  {d.get('detail', '')}".rstrip()))
+            _difference(d, console)
+        if m.get("repair"):
+            _repair(m["repair"], console)
     if report.get("error"):
         console.print(Text(f"verify failed: {report['error']}", style="red"))
+
+
+def _difference(d: dict[str, Any], console: Console) -> None:
+    same = not d.get("standby_folder") or d["standby_folder"] == d["folder"]
+    where = d["folder"] if same else f"{d['folder']} -> {d['standby_folder']}"
+    ident = d.get("message_id") or (d["sha256"][:16] if d.get("sha256") else "")
+    console.print(Text(f"  {d['kind']:<14} {where}  {ident}  {d.get('detail', '')}".rstrip()))
+
+
+def _repair(r: dict[str, Any], console: Console) -> None:
+    folders = ", ".join(r.get("resynced_folders", [])) or "none"
+    console.print(Text(f"  repair: folders resynchronised by replication: {folders}; "
+                       f"{r.get('removals_queued', 0)} standby copies queued for removal"))
+    for n in r.get("not_repaired", []):
+        console.print(Text(f"  not repaired: {n['kind']} {n['folder']}: {n['reason']}"))
 
 
 def _follow(client: AdminClient, job: str, console: Console, quiet: bool) -> dict[str, Any]:
@@ -92,8 +106,8 @@ def _follow(client: AdminClient, job: str, console: Console, quiet: bool) -> dic
 
 
 def verify(client: AdminClient, console: Console, *, addresses: Sequence[str], server: str | None,
-           whole: bool, as_json: bool, timeout: float | None) -> int:
-    body: dict[str, Any] = {"addresses": list(addresses), "all": whole}
+           whole: bool, as_json: bool, timeout: float | None, repair: bool = False) -> int:
+    body: dict[str, Any] = {"addresses": list(addresses), "all": whole, "repair": repair}
     if server:
         body["server"] = server
     if timeout is not None:

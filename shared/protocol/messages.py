@@ -10,6 +10,7 @@ The source gateway always calls; the recovery gateway answers (ingest token, ``/
     POST /resync      MailboxRef                       -> ResyncAnswer   full resync of one mailbox
     POST /rebase      RebaseRequest                    -> RebaseAnswer   back to replicating
     POST /verify      VerifyRequest                    -> VerifyAnswer   the standby copy, listed
+    POST /verify-remove  VerifyRemoveRequest           -> VerifyRemoveAnswer  copies a resync removes
 
 The recovery gateway's routes (``mailrepl.recovery.api``, ``mailrepl.recovery.site_api``) validate
 requests with these models and answer with them; the source gateway's client
@@ -50,6 +51,9 @@ __all__ = [
     "VerifyEntry",
     "VerifyFolder",
     "VerifyAnswer",
+    "VerifyRemoval",
+    "VerifyRemoveRequest",
+    "VerifyRemoveAnswer",
 ]
 
 # On a batch refused because of some of its mailboxes (403: not bound to the source; 422: the
@@ -264,3 +268,23 @@ class VerifyAnswer(_Answer):
     received_seq: int = 0
     applied_seq: int = 0
     view_fresh: bool = False
+
+
+class VerifyRemoval(_Request):
+    """Standby copies in one folder (as :class:`VerifyAnswer` listed it: ``uidvalidity``) that
+    the primary lacks: ``[uid, sha256]`` each."""
+
+    folder: FolderName
+    uidvalidity: Seq
+    messages: list[tuple[Seq, Sha256Hex]] = Field(max_length=HELD_QUERY_LIMIT)
+
+
+class VerifyRemoveRequest(MailboxRef):
+    """``POST /verify-remove``: these standby copies go at the next reset of their folder (the
+    source resyncs the folder next), unless a re-add claims one as the same message."""
+
+    folders: list[VerifyRemoval] = Field(max_length=VERIFY_FOLDERS_MAX)
+
+
+class VerifyRemoveAnswer(_Answer):
+    queued: int

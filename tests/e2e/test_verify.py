@@ -23,6 +23,7 @@ import pytest
 from tests.support.dovecot import DovecotServer, DovecotUnavailable, dovecot_missing_reason
 from tests.support.environment import unavailable
 from tests.support.gateways import ADMIN_TOKEN, GatewayPair
+from tests.support.mailcompare import assert_same_mailbox
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.slow]
 
@@ -218,6 +219,43 @@ def test_cli_exit_codes_and_json(pair):
     unprotected = _cli(pair, "nobody", "--timeout", "1")
     assert unprotected.returncode == 2, unprotected.stdout + unprotected.stderr
     assert "not protected" in unprotected.stdout
+
+
+def test_repair_then_verify_again_is_equal(pair):
+    """dave: a flag altered (previous test), a message deleted, a copy with another internal date,
+    an extra message and a duplicate, all on the standby; bob: the differences of the test above,
+    a renamed folder among them. ``repair`` hands them to replication; verified again, dave is
+    equal and bob differs only in the folder, which repair does not touch."""
+    S = pair.standby.imap("dave")
+    S.select("INBOX")
+    S.uid("STORE", uid_of(S, "message 1 for dave"), "+FLAGS", "(\\Deleted)")
+    S.expunge()
+    uid = uid_of(S, "message 2 for dave")
+    body = S.uid("FETCH", uid, "(BODY.PEEK[])")[1][0][1]
+    S.uid("STORE", uid, "+FLAGS", "(\\Deleted)")
+    S.expunge()
+    S.append("INBOX", None, imaplib.Time2Internaldate(time.mktime((2021, 5, 6, 7, 8, 9, 0, 0, 0))), body)
+    S.append("INBOX", None, None, message(998, "dave"))
+    typ, data = S.uid("FETCH", uid_of(S, "message 4 for dave"), "(INTERNALDATE BODY.PEEK[])")
+    date = re.search(rb'INTERNALDATE ("[^"]+")', data[0][0]).group(1).decode()
+    S.append("INBOX", None, date, data[0][1])
+    S.logout()
+
+    report = run_verify(pair, addresses=["dave", "bob"], settle_timeout=3, repair=True)
+    dave, bob = report["mailboxes"]
+    assert report["repair"] is True and dave["verdict"] == "different", json.dumps(report, indent=1)
+    assert sorted(d["kind"] for d in dave["differences"]) == [
+        "duplicate", "extra", "flags", "internal_date", "missing"], json.dumps(dave, indent=1)
+    assert dave["repair"] == {"resynced_folders": ["INBOX", "Lists"], "removals_queued": 3, "not_repaired": []}
+    assert bob["repair"]["resynced_folders"] == ["INBOX"] and bob["repair"]["removals_queued"] == 2
+    assert sorted(n["kind"] for n in bob["repair"]["not_repaired"]) == ["folder_extra", "folder_missing"]
+
+    pair.wait_synced(["dave", "bob"])
+    again = run_verify(pair, addresses=["dave", "bob"], settle_timeout=20)
+    dave, bob = again["mailboxes"]
+    assert dave["verdict"] == "equal", json.dumps(dave, indent=1)
+    assert sorted(d["kind"] for d in bob["differences"]) == ["folder_extra", "folder_missing"], json.dumps(bob, indent=1)
+    assert_same_mailbox(pair.primary, pair.standby, "dave")
 
 
 def test_viewer_cannot_start_a_verify(pair):
