@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import timedelta
 
 import httpx
 import pytest
@@ -140,3 +141,29 @@ def test_the_ingest_route_checks_the_source(site):
                    json={"source": "hq", "server": "primary", "address": "alice",
                          "folders": [{"folder": "INBOX", "uidvalidity": 1, "messages": [[1, "nothex"]]}]})
     assert r.status_code == 422
+
+
+def test_repair_then_equal(site):
+    """Every message difference handed to replication by ``repair``; verified again: equal."""
+    standby = site.standby
+    inbox = standby.box("alice")["INBOX"]
+    uids = sorted(inbox.msgs)
+    standby.expunge("alice", "INBOX", [uids[0]])  # missing
+    standby.set_flags("alice", "INBOX", uids[1], {"$Changed"})  # flags
+    third = inbox.msgs[uids[2]]
+    standby.expunge("alice", "INBOX", [uids[2]])  # replaced by a copy with another internal date
+    standby.deliver("alice", third.body, flags=third.flags, date=third.date - timedelta(days=3))
+    fourth = inbox.msgs[uids[3]]
+    standby.deliver("alice", fourth.body, flags=fourth.flags, date=fourth.date)  # duplicate
+    standby.deliver("alice", b"Subject: extra\r\n\r\nnot on the primary\r\n")  # extra
+    report = verify(site, addresses=["alice"], settle_timeout=5, repair=True)
+    alice = report["mailboxes"][0]
+    assert sorted(d["kind"] for d in alice["differences"]) == [
+        "duplicate", "extra", "flags", "internal_date", "missing"], json.dumps(alice, indent=1)
+    assert alice["repair"] == {"resynced_folders": ["INBOX"], "removals_queued": 3, "not_repaired": []}
+    # right away: the resync is in flight, and verify waits for it
+    again = verify(site, addresses=["alice"], settle_timeout=20)
+    assert again["equal"] is True, json.dumps(again, indent=1)
+    primary = sorted((m.body, frozenset(m.flags), m.date) for m in site.primary.box("alice")["INBOX"].msgs.values())
+    copy = sorted((m.body, frozenset(m.flags), m.date) for m in standby.box("alice")["INBOX"].msgs.values())
+    assert copy == primary
