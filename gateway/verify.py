@@ -137,12 +137,13 @@ class MailboxVerifier:
             diffs = self._check(report, progress, session, mbx_id, focus=None)
             looks = {_key(d): 1 for d in diffs}
             while diffs and not all(looks[_key(d)] >= CONFIRM_LOOKS for d in diffs):
-                if not self._settle(mbx_id, deadline):
+                settled = self._settle(mbx_id, deadline)
+                if settled is None:
                     report.verdict, report.differences = "in_flight", diffs
                     return
                 report.rounds += 1
                 focus = {d.folder for d in diffs} | {d.standby_folder for d in diffs if d.standby_folder}
-                again = self._check(report, progress, session, mbx_id, focus=focus)
+                again = self._check(report, progress, session, mbx_id, focus=focus, settled=settled)
                 # only what the first look found can be a difference: anything else appeared
                 # while the check ran, i.e. changes made since, on their way
                 looks = {_key(d): looks[_key(d)] + 1 for d in again if _key(d) in looks}
@@ -153,9 +154,12 @@ class MailboxVerifier:
         report.verdict = "different" if diffs else "equal"
 
     def _check(self, report: MailboxReport, progress: Progress, session: MailboxSession, mbx_id: int,
-               focus: set[str] | None) -> list[Difference]:
+               focus: set[str] | None, settled: Mapping[str, Cursor] | None = None) -> list[Difference]:
         """One look at both copies: every folder's status, and the folders the cheap pass cannot
-        prove equal (or, with ``focus``, those of ``focus``) message by message."""
+        prove equal (or, with ``focus``, those of ``focus``) message by message. ``settled``: the
+        capture cursors everything up to which is applied at DR; a flag difference of a primary
+        message changed after its folder's (a higher MODSEQ) is in flight, not a difference (flags
+        can change back and forth, so the same difference may be seen again while in flight)."""
         primary = self._primary_folders(session, mbx_id)
         standby = self.peer.verify(report.server, report.address)
         report.standby_uidvalidity = {f.name: f.uidvalidity for f in standby.folders}
@@ -178,7 +182,11 @@ class MailboxVerifier:
                 diffs.append(Difference("folder_missing" if p_msgs is not None else "folder_extra", p_name,
                                         standby_folder=s_name, detail="gone while it was being listed"))
                 continue
-            diffs.extend(compare_folder(p_name, s_name, p_msgs, s_msgs))
+            found = compare_folder(p_name, s_name, p_msgs, s_msgs)
+            if settled is not None:
+                modseq = {m.uid: m.modseq for m in p_msgs}
+                found = [d for d in found if not _flags_changed_since(d, modseq, settled.get(p_name))]
+            diffs.extend(found)
         if focus is not None:
             diffs = [d for d in diffs if d.folder in focus or (d.standby_folder or "") in focus
                      or d.kind in ("folder_missing", "folder_extra")]
@@ -205,31 +213,34 @@ class MailboxVerifier:
                 mid_of={uid: mid for mid, uid, _, _ in entries} if same_copy else {})
         return out
 
-    def _settle(self, mbx_id: int, deadline: float) -> bool:
-        """Wait until a whole capture cycle ran from now and every change captured is applied at
-        DR; False if that does not happen before ``deadline``."""
+    def _settle(self, mbx_id: int, deadline: float) -> dict[str, Cursor] | None:
+        """Wait until a whole capture cycle ran from now and every change it captured is applied
+        at DR; the capture cursors of the folders then (by name: everything up to them is applied),
+        or None if that does not happen before ``deadline``."""
         def look() -> tuple:
             with self.store.read() as s:
                 m = s.get(Mailbox, mbx_id)
                 return m.last_capture_at, m.last_seq, m.applied_seq
 
-        first = look()[0]
-        cycles, last = 0, first
+        cycles, last = 0, look()[0]
+        self.wake_capture()
         while cycles < 2:  # the first cycle to end may have started before now
             if time.monotonic() >= deadline:
-                return False
-            self.wake_capture()
+                return None
             time.sleep(SETTLE_POLL)
             at = look()[0]
             if at is not None and at != last:
                 cycles, last = cycles + 1, at
-        target = look()[1]  # everything captured by then: later changes are not waited for
+                self.wake_capture()
+        with self.store.read() as s:  # the cursors and what they were captured up to, as one snapshot
+            target = s.get(Mailbox, mbx_id).last_seq  # later changes are not waited for
+            cursors = {k.name: k.cursor for k in known_folders(s, mbx_id) if k.cursor is not None}
         while True:
             applied = look()[2]
             if applied >= target:
-                return True
+                return cursors
             if time.monotonic() >= deadline:
-                return False
+                return None
             time.sleep(SETTLE_POLL)
 
 
@@ -248,6 +259,14 @@ def _cheap_equal(p: _PrimaryFolder, s: VerifyFolder, standby: VerifyAnswer) -> b
     return (standby.view_fresh and s.known_as == s.name
             and (view.uidvalidity, view.highestmodseq, view.uidnext) == (s.uidvalidity, s.highestmodseq, s.uidnext)
             and live.messages == s.messages and p.digest == s.view_digest)
+
+
+def _flags_changed_since(d: Difference, modseq: Mapping[int, int], mark: Cursor | None) -> bool:
+    """A flag difference of a primary message changed after ``mark`` (None: its folder had no
+    capture cursor then) was changed while the check ran: in flight."""
+    if d.kind != "flags":
+        return False
+    return mark is None or modseq.get(d.primary_uid or 0, 0) > mark.highestmodseq
 
 
 def _standby_messages(answer: VerifyAnswer, name: str) -> list[Listed] | None:

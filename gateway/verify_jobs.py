@@ -28,6 +28,7 @@ from sqlalchemy import select
 from mailrepl.gateway.verify import MailboxVerifier, Progress
 from mailrepl.gateway.verify_repair import Repairer
 from mailrepl.shared.engines.verify_compare import KINDS
+from mailrepl.shared.errors import MailreplError
 from mailrepl.shared.model import utcnow
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import Mailbox, VerifyResult
@@ -97,7 +98,11 @@ class VerifyJobs:
                 job.current = address
                 report = self.verifier.verify(server, address, job.progress, settle_timeout=job.settle_timeout)
                 if job.repair and report.verdict == "different":
-                    report.repair = self.repairer.repair(report)
+                    try:
+                        report.repair = self.repairer.repair(report)
+                    except MailreplError as exc:
+                        report.repair = dict(error=f"{exc.__class__.__name__}: {exc}", resynced_folders=[],
+                                             removals_queued=0, not_repaired=[])
                 data = report.as_dict()
                 self._record(job.id, report.server, report.address, data)
                 with self._lock:

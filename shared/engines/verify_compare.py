@@ -60,6 +60,7 @@ class Listed:
     internaldate: str  # utc_seconds()
     mid: int | None = None  # the replication id, where known
     message_id: str = ""  # its Message-ID header, for the operator
+    modseq: int = 0  # its MODSEQ where the server gives one (not compared; 0: unknown)
 
     @property
     def flag_set(self) -> frozenset[str]:

@@ -52,7 +52,7 @@ def list_folder(session: MailboxSession, folder: str, mid_of: Mapping[int, int] 
         for msg in session.fetch(folder, uids[i:i + FETCH_CHUNK]):
             out.append(Listed(uid=msg.uid, sha256=hashlib.sha256(msg.body).hexdigest(), flags=frozenset(msg.flags),
                               internaldate=utc_seconds(msg.internaldate), mid=mid_of.get(msg.uid),
-                              message_id=message_id_of(msg.body)))
+                              message_id=message_id_of(msg.body), modseq=msg.modseq))
             if on_message is not None:
                 on_message()
     return out

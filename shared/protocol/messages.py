@@ -10,9 +10,10 @@ The source gateway always calls; the recovery gateway answers (ingest token, ``/
     POST /resync      MailboxRef                       -> ResyncAnswer   full resync of one mailbox
     POST /rebase      RebaseRequest                    -> RebaseAnswer   back to replicating
     POST /verify      VerifyRequest                    -> VerifyAnswer   the standby copy, listed
-    POST /verify-remove  VerifyRemoveRequest           -> VerifyRemoveAnswer  copies a resync removes
+    POST /verify-remove VerifyRemoveRequest            -> VerifyRemoveAnswer  copies a resync removes
 
-The recovery gateway's routes (``mailrepl.recovery.api``, ``mailrepl.recovery.site_api``) validate
+The recovery gateway's routes (``mailrepl.recovery.api``, ``mailrepl.recovery.site_api``,
+``mailrepl.recovery.verify_listing``) validate
 requests with these models and answer with them; the source gateway's client
 (``mailrepl.shared.protocol.peer_client``) sends and reads them. Field names, defaults and limits
 are the wire format: renaming one is a protocol change. Requests refuse unknown fields (a typo is a

@@ -189,7 +189,6 @@ def test_finds_what_was_changed_on_the_standby_behind_the_gateways_back(pair):
 
 def _cli(pair, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    env.pop("CI_TTY", None)
     return subprocess.run([sys.executable, "-m", "mailrepl", "verify", "--url", pair.source.url, "--token",
                            ADMIN_TOKEN, *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
 
