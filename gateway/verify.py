@@ -13,8 +13,10 @@
    bound, until a whole capture cycle has run since and everything captured is applied at DR,
    then lists the differing folders again. A difference the first look found and every one of
    :data:`CONFIRM_LOOKS` looks found again (the queues settled before each) is reported; one that
-   only a later look finds appeared while the check ran and is not. Differences whose queues
-   never settle within the bound make the verdict ``in_flight``.
+   only a later look finds appeared while the check ran and is not; nor is a flag difference of
+   a primary message changed (higher MODSEQ) after the capture cursor everything applied at DR
+   reaches (flags can change back and forth). Differences whose queues never settle within the
+   bound make the verdict ``in_flight``.
 
 Verdicts: ``equal``, ``different`` (with the differences), ``in_flight``, ``error`` (with why).
 """
