@@ -4,6 +4,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, HTTPException
 
 from mailrepl.gateway.registry import Ambiguous, NotFound, Registry
+from mailrepl.gateway.verify_jobs import last_verdict
 from mailrepl.shared.runtime.api_common import ERROR_RESPONSES, MailboxDetail, MailboxList, MailboxStatus, ProtectionBody, ServerProtection
 from mailrepl.shared.runtime.authz import Authorizer
 
@@ -30,9 +31,11 @@ def admin_router(registry: Registry, authz: Authorizer, on_change) -> APIRouter:
     def get_mailbox(address: str, server: str | None = None) -> MailboxDetail:
         srv, addr = resolve(address, server)
         try:
-            return registry.detail(srv, addr)
+            detail = registry.detail(srv, addr)
         except NotFound as exc:
             raise HTTPException(404, str(exc)) from exc
+        detail.verify = last_verdict(registry.store, srv, addr)
+        return detail
 
     @r.put("/mailboxes/{address}/protection", response_model=MailboxStatus, dependencies=operator)
     def put_protection(address: str, body: ProtectionBody, server: str | None = None) -> MailboxStatus:

@@ -13,6 +13,10 @@ from mailrepl.gateway.failback import FailbackPuller
 from mailrepl.gateway.queue_status import QueueCollector, alarms_router, gateway_alarms, mailbox_queue_fields
 from mailrepl.gateway.registry import Registry
 from mailrepl.gateway.shipper import Shipper
+from mailrepl.gateway.verify import MailboxVerifier
+from mailrepl.gateway.verify_api import VerifyMetrics, verify_router
+from mailrepl.gateway.verify_jobs import VerifyJobs
+from mailrepl.gateway.verify_repair import Repairer
 from mailrepl.shared.runtime.watcher import PushWatchers
 from mailrepl.shared.adapters.factory import make_adapter
 from mailrepl.shared.runtime.api_common import make_app
@@ -101,6 +105,11 @@ class SourceGateway:
         self.metrics.register(_ByteCounters(self.registry))
         self.metrics.register(QueueCollector(self.queue_gate, self.registry.list_status,
                                              lambda: self.shipper.peer_disk_full))
+        # verify: the primary read here, the standby listed by the recovery gateway
+        self.verify = VerifyJobs(self.store, MailboxVerifier(self.store, self.adapters, self.peer,
+                                                             wake_capture=self.workers.wake),
+                                 Repairer(self.peer, self.capture.request_resync, self.workers.wake))
+        self.metrics.register(VerifyMetrics(self.store))
 
     # ------------------------------------------------------------------ work
 
@@ -198,6 +207,7 @@ class SourceGateway:
                        metrics_open=g.metrics_open, docs_open=g.docs_open, start=self.start, stop=self.stop,
                        guard=guard_policy(g, tokens))
         app.include_router(admin_router(self.registry, authz, self.workers.wake))
+        app.include_router(verify_router(self.registry, self.store, self.verify, authz))
         app.include_router(security_router(tokens, audit, authz))
         app.include_router(alarms_router(self.queue_gate, authz, lambda: self.shipper.peer_disk_full))
         app.add_middleware(AuditMiddleware, audit=audit)

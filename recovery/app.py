@@ -23,6 +23,7 @@ from mailrepl.recovery.site_api import redirect_router, site_admin_router, site_
 from mailrepl.recovery.source_access import SourceAccess
 from mailrepl.recovery.standby_check import ResyncRequests, standby_damage
 from mailrepl.recovery.standby_view import StandbyView, is_fresh
+from mailrepl.recovery.verify_listing import StandbyListing, verify_ingest_router
 from mailrepl.shared.adapters.factory import make_adapter
 from mailrepl.shared.runtime.background import Background
 from mailrepl.shared.runtime.tls_server import serve
@@ -273,6 +274,7 @@ class RecoveryGateway:
                                              self.monitor, self.settings.failover.auto))
         app.include_router(security_router(tokens, audit, authz))
         app.include_router(site_ingest_router(self.access, g.id, self.failback, self.resyncs.for_source))
+        app.include_router(verify_ingest_router(self.access, StandbyListing(self.store, self._open_standby)))
         app.include_router(redirect_router(self.redirect, self.settings.failover.redirect_key))
         app.add_middleware(AuditMiddleware, audit=audit)
         return app
@@ -298,7 +300,7 @@ def guard_policy(g, access: SourceAccess, tokens: TokenStore) -> GuardPolicy:
     peer = BodyRule(max(PEER_JSON_BYTES, g.max_json_bytes))
     routes = {("POST", "/api/v1/ingest/batches"): BodyRule(g.max_batch_bytes, (MEDIA_TYPE,),
                                                            max_concurrent=g.max_concurrent_ingests),
-              **{("POST", f"/api/v1/ingest/{name}"): peer for name in ("missing", "reverse", "resync")},
+              **{("POST", f"/api/v1/ingest/{name}"): peer for name in ("missing", "reverse", "resync", "verify", "verify-remove")},
               ("POST", "/api/v1/ingest/rebase"): BodyRule(g.max_batch_bytes)}  # failback's id pairs can be many
     return GuardPolicy(resolver=resolver(g, access, tokens), default=BodyRule(g.max_json_bytes, (JSON,)), open_paths=OPEN_PATHS,
                        routes=routes)

@@ -107,6 +107,14 @@ class AdminClient:
         """(recovery gateway) ``{"results": [...]}``: start, confirm or abort a failback."""
         return self._request("POST", "/api/v1/failback", json=body)
 
+    def start_verify(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``{"job": id}``: start comparing the primary and standby copies of mailboxes."""
+        return self._request("POST", "/api/v1/verify", json=body)
+
+    def verify_job(self, job: str) -> dict[str, Any]:
+        """A verify job's state, progress and report."""
+        return self._request("GET", f"/api/v1/verify/{_segment(job)}")
+
     def create_token(self, name: str, role: str) -> dict[str, Any]:
         """A new API token (role admin needed); the answer's ``token`` is shown this once."""
         return self._request("POST", "/api/v1/tokens", json={"name": name, "role": role})

@@ -151,6 +151,11 @@ def _admin(args: argparse.Namespace) -> int:
             return site_commands.failback(client, console, addresses=args.addresses, server=args.server,
                                           whole_server=args.all, confirm=args.confirm, abort=args.abort,
                                           wait=args.wait, wait_timeout=args.wait_timeout)
+        if args.command == "verify":
+            from mailrepl.shared.cli.verify_command import verify
+
+            return verify(client, console, addresses=args.addresses, server=args.server, whole=args.all,
+                          as_json=args.json, timeout=args.timeout, repair=args.repair)
         if args.command == "status":
             if args.watch is not None:
                 return admin_commands.watch_status(client, console, address=args.address, server=args.server,
@@ -257,6 +262,21 @@ def build_parser() -> argparse.ArgumentParser:
                            help="wait until the primary has every change (with --confirm: until replicating)")
             p.add_argument("--wait-timeout", type=_seconds, metavar="SECONDS", help="give up waiting (exit 1)")
         p.set_defaults(handler=_admin, usage_error=p.error)
+    p = sub.add_parser("verify", parents=[api], help="compare primary and standby copies of mailboxes",
+                       description="Compare the primary and standby copies of mailboxes while replication runs: "
+                                   "folders, and per message its bytes (SHA-256), flags and internal date. "
+                                   "Exit 0 if all are equal, 1 if any differs, 2 on error.")
+    p.add_argument("addresses", nargs="*", metavar="ADDRESS", help="mailbox address")
+    p.add_argument("--server", metavar="NAME", help="every protected mailbox of this server (or the server of ADDRESS)")
+    p.add_argument("--all", action="store_true", help="every protected mailbox")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--repair", action="store_true",
+                   help="have replication fix what differs (resync the folders); the report says what was done; "
+                        "verify again afterwards")
+    p.add_argument("--timeout", type=_seconds, metavar="SECONDS",
+                   help="how long to wait, per mailbox, for changes in flight to be applied before "
+                        "reporting them (default 60)")
+    p.set_defaults(handler=_admin, usage_error=p.error)
     _add_security_parsers(sub, api)
     return parser
 
@@ -292,6 +312,12 @@ def _check_usage(args: argparse.Namespace) -> None:
     """Combinations argparse cannot express; exits 2 with the subcommand's usage."""
     if args.command == "status" and args.server and not args.address:
         args.usage_error("--server goes with an ADDRESS")
+    if args.command == "verify":
+        if args.all and args.addresses:
+            args.usage_error("give either ADDRESS... or --all, not both")
+        if not (args.all or args.addresses or args.server):
+            args.usage_error("give at least one ADDRESS, --server NAME or --all")
+        return
     if args.command not in SITE_COMMANDS and args.command not in ("protect", "unprotect"):
         return
     # the mailboxes: some addresses, or every one of a server

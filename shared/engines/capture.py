@@ -103,7 +103,9 @@ class _Seq:
 
 
 class CaptureEngine:
-    """Runs capture cycles; holds no per-mailbox state between cycles (it is all in the store)."""
+    """Runs capture cycles; holds no per-mailbox state between cycles (it is all in the store),
+    but for folder resyncs asked for (:meth:`request_resync`) and not yet begun: those are begun
+    by the mailbox's next cycle, and lost if the process stops first."""
 
     def __init__(
         self,
@@ -119,8 +121,41 @@ class CaptureEngine:
         self.body_lock = body_lock or threading.Lock()  # held with the shipper's body GC
         self.chunk_messages = chunk_messages
         self.chunk_bytes = chunk_bytes
+        self._resync: dict[int, set[str]] = {}  # mailbox id -> folders to read again from nothing
+        self._resync_lock = threading.Lock()
 
     # ------------------------------------------------------------------ public
+
+    def request_resync(self, mailbox_id: int, folders: Iterable[str]) -> None:
+        """Read these folders again from nothing at the mailbox's next cycle, as after a change of
+        UIDVALIDITY (a folder reset): the standby keeps each copy that is the same message in
+        everything but its flags (and gets the flags), gets again what it lacks or holds otherwise,
+        and loses the copies replication wrote (or was told to remove) that the primary lacks."""
+        with self._resync_lock:
+            self._resync.setdefault(mailbox_id, set()).update(folders)
+
+    def _begin_resyncs(self, mailbox_id: int, report: CycleReport) -> None:
+        with self._resync_lock:
+            wanted = self._resync.pop(mailbox_id, None)
+        if not wanted:
+            return
+        try:
+            self._reset_for_resync(mailbox_id, wanted, report)
+        except BaseException:
+            with self._resync_lock:  # not begun: asked again at the next cycle
+                self._resync.setdefault(mailbox_id, set()).update(wanted)
+            raise
+
+    def _reset_for_resync(self, mailbox_id: int, wanted: set[str], report: CycleReport) -> None:
+        with self.store.tx() as s:
+            mbx = s.get(Mailbox, mailbox_id, with_for_update=True)
+            seq = _Seq(s, mbx, report)
+            st = CaptureState(s, mailbox_id)
+            for k in known_folders(s, mailbox_id):
+                if k.name in wanted and k.cursor is not None and not k.pending:
+                    st.reset_folder(k.id)
+                    seq.emit(Change(Kind.FOLDER_RESET, k.name))
+                    log.info("mailbox %s: folder %r read again from nothing (resync asked for)", mailbox_id, k.name)
 
     def cycle(self, mailbox_id: int, session: MailboxSession) -> CycleReport:
         report = CycleReport()
@@ -130,6 +165,7 @@ class CaptureEngine:
             self._drain_all(mailbox_id, session, report)
             if report.paused:
                 return report
+            self._begin_resyncs(mailbox_id, report)
             plans, deleted = self._plan(mailbox_id, session)
             self._pair(mailbox_id, plans, deleted, session)
             self._commit_plan(mailbox_id, plans, deleted, report)

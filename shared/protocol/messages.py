@@ -9,8 +9,11 @@ The source gateway always calls; the recovery gateway answers (ingest token, ``/
     POST /reverse     ReverseRequest                   -> a wire batch, or 204: nothing to pull
     POST /resync      MailboxRef                       -> ResyncAnswer   full resync of one mailbox
     POST /rebase      RebaseRequest                    -> RebaseAnswer   back to replicating
+    POST /verify      VerifyRequest                    -> VerifyAnswer   the standby copy, listed
+    POST /verify-remove VerifyRemoveRequest            -> VerifyRemoveAnswer  copies a resync removes
 
-The recovery gateway's routes (``mailrepl.recovery.api``, ``mailrepl.recovery.site_api``) validate
+The recovery gateway's routes (``mailrepl.recovery.api``, ``mailrepl.recovery.site_api``,
+``mailrepl.recovery.verify_listing``) validate
 requests with these models and answer with them; the source gateway's client
 (``mailrepl.shared.protocol.peer_client``) sends and reads them. Field names, defaults and limits
 are the wire format: renaming one is a protocol change. Requests refuse unknown fields (a typo is a
@@ -45,6 +48,14 @@ __all__ = [
     "ResyncAnswer",
     "RebaseRequest",
     "RebaseAnswer",
+    "VERIFY_FOLDERS_MAX",
+    "VerifyRequest",
+    "VerifyEntry",
+    "VerifyFolder",
+    "VerifyAnswer",
+    "VerifyRemoval",
+    "VerifyRemoveRequest",
+    "VerifyRemoveAnswer",
 ]
 
 # On a batch refused because of some of its mailboxes (403: not bound to the source; 422: the
@@ -217,3 +228,76 @@ class RebaseAnswer(_Answer):
     primary_applied_seq: int | None = None
     failback_queue: int | None = None
     report: dict[str, Any] | None = None
+
+
+# ---------------------------------------------------------------------- verify
+
+VERIFY_FOLDERS_MAX = 10_000  # folders one verify request may ask to be listed in full
+FolderName = Annotated[str, StringConstraints(min_length=1, max_length=1000,
+                                              pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]+$")]
+
+
+class VerifyRequest(MailboxRef):
+    """``POST /verify``: the standby copy of one mailbox as it is now: every folder's status and
+    what the standby view knows of it; the folders named in ``folders`` also message by message."""
+
+    folders: list[FolderName] = Field(default=[], max_length=VERIFY_FOLDERS_MAX)
+
+
+class VerifyEntry(_Answer):
+    """One standby message: SHA-256 of its bytes, flags, internal date (UTC, ISO 8601), the
+    replication id the id map gives it (None: not written by replication), its Message-ID."""
+
+    uid: int
+    sha256: str
+    flags: list[str]
+    internaldate: str
+    mid: int | None = None
+    message_id: str = ""
+
+
+class VerifyFolder(_Answer):
+    """One standby folder: its status now; ``known_as`` the name the standby view knows it by
+    (another name: renamed behind replication's back; None: unknown to the view); ``view_cursor``
+    and ``view_digest`` what the view holds of it; ``messages_listed`` when it was asked for."""
+
+    name: str
+    messages: int
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    known_as: str | None = None
+    view_cursor: str | None = None
+    view_digest: str | None = None
+    messages_listed: list[VerifyEntry] | None = None
+
+
+class VerifyAnswer(_Answer):
+    """The answer to :class:`VerifyRequest`: the standby's folders, how far the recovery gateway
+    has received and applied this mailbox (its replay queue is the difference), and whether the
+    standby view matches everything applied."""
+
+    folders: list[VerifyFolder]
+    received_seq: int = 0
+    applied_seq: int = 0
+    view_fresh: bool = False
+
+
+class VerifyRemoval(_Request):
+    """Standby copies in one folder (as :class:`VerifyAnswer` listed it: ``uidvalidity``) that
+    the primary lacks: ``[uid, sha256]`` each."""
+
+    folder: FolderName
+    uidvalidity: Seq
+    messages: list[tuple[Seq, Sha256Hex]] = Field(max_length=HELD_QUERY_LIMIT)
+
+
+class VerifyRemoveRequest(MailboxRef):
+    """``POST /verify-remove``: these standby copies go at the next reset of their folder (the
+    source resyncs the folder next), unless a re-add claims one as the same message."""
+
+    folders: list[VerifyRemoval] = Field(max_length=VERIFY_FOLDERS_MAX)
+
+
+class VerifyRemoveAnswer(_Answer):
+    queued: int

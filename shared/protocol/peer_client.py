@@ -11,6 +11,8 @@
     peer.reverse(progress)       POST /api/v1/ingest/reverse  -> Batch, or None (204)
     peer.resync(server, address) POST /api/v1/ingest/resync   -> base_seq
     peer.rebase(request)         POST /api/v1/ingest/rebase   -> RebaseAnswer
+    peer.verify(server, address, folders)  POST /api/v1/ingest/verify -> VerifyAnswer
+    peer.verify_remove(server, address, removals)  POST /api/v1/ingest/verify-remove -> how many queued
 
 Requests and answers are the models of ``mailrepl.shared.protocol.messages``; batches and
 acknowledgements the wire format of ``mailrepl.shared.protocol.wire``. Every request carries
@@ -50,7 +52,7 @@ from mailrepl.shared.errors import PeerRefused, TransportError, WireError
 from mailrepl.shared.protocol.messages import (
     REFUSED_MAILBOXES_HEADER, parse_refused_mailboxes,
     HeldAnswer, HeldQuery, MailboxRef, RebaseAnswer, RebaseRequest, ResyncAnswer, ReverseProgress, ReverseRequest,
-    SitesAnswer,
+    SitesAnswer, VerifyAnswer, VerifyRemoveAnswer, VerifyRemoveRequest, VerifyRequest,
 )
 from mailrepl.shared.protocol.wire import MEDIA_TYPE, Ack, Batch, decode_batch
 
@@ -164,6 +166,23 @@ class PeerClient:
         body = _request(RebaseRequest, request, "a re-base request")
         r = self._exchange("POST", "/rebase", "a re-base request", json=body.model_dump(mode="json"))
         return _answer(r, RebaseAnswer, "a re-base request")
+
+    # ------------------------------------------------------------------ verify
+
+    def verify(self, server: str, address: str, folders: Sequence[str] = ()) -> VerifyAnswer:
+        """The standby copy of one mailbox: its folders, and ``folders`` message by message."""
+        body = _request(VerifyRequest, dict(source=self.source_id, server=server, address=address,
+                                            folders=list(folders)), "a verify listing")
+        r = self._exchange("POST", "/verify", "a verify listing", json=body.model_dump(mode="json"))
+        return _answer(r, VerifyAnswer, "a verify listing")
+
+    def verify_remove(self, server: str, address: str, removals: Sequence[Mapping[str, Any]]) -> int:
+        """Standby copies the primary lacks, removed at the next reset of their folder; how many
+        were queued (``removals``: ``{"folder", "uidvalidity", "messages": [[uid, sha256], ...]}``)."""
+        body = _request(VerifyRemoveRequest, dict(source=self.source_id, server=server, address=address,
+                                                  folders=list(removals)), "a verify repair")
+        r = self._exchange("POST", "/verify-remove", "a verify repair", json=body.model_dump(mode="json"))
+        return _answer(r, VerifyRemoveAnswer, "a verify repair").queued
 
     # ------------------------------------------------------------------ HTTP
 

@@ -244,6 +244,8 @@ class MailboxDetail(MailboxStatus):
     failback_report: dict | None = None
     # recovery gateway: the DR capture state matches everything applied (a cutover reads nothing)
     standby_view_current: bool | None = None
+    # source gateway: the last verify of this mailbox (verdict, job, at, kinds, differences)
+    verify: dict | None = None
 
 
 class MailboxList(_Model):

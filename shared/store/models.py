@@ -60,6 +60,7 @@ __all__ = [
     "ServerHealth",
     "ApiToken",
     "AuditEntry",
+    "VerifyResult",
 ]
 
 
@@ -360,3 +361,19 @@ class AuditEntry(Base):
     path: Mapped[str] = mapped_column(String(2000), nullable=False)
     target: Mapped[str | None] = mapped_column(Text)  # short summary: addresses, server, token name
     status: Mapped[int] = mapped_column(Integer, nullable=False)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+class VerifyResult(Base):
+    """The last verify verdict of one mailbox (source gateway)."""
+
+    __tablename__ = "verify_result"
+
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailbox.id", ondelete="CASCADE"), primary_key=True)
+    job: Mapped[str] = mapped_column(String(40), nullable=False)
+    verdict: Mapped[str] = mapped_column(String(20), nullable=False)  # equal, different, error, in_flight
+    kinds: Mapped[str] = mapped_column(Text, nullable=False)  # JSON {kind: count}
+    report: Mapped[str] = mapped_column(Text, nullable=False)  # JSON: the mailbox's report
+    at: Mapped[datetime] = _ts()

@@ -112,6 +112,8 @@ def test_every_admin_route_of_the_source_gateway_needs_its_role(site):
     r = check_route(url, tokens, "PUT", "/api/v1/servers/primary/protection", "operator", 200,
                     body={"enabled": False}, state=state)
     assert protection(site) == {"alice": False, "bob": False, "carol": False, "erin": False}
+    job = check_route(url, tokens, "POST", "/api/v1/verify", "operator", 202, body={"addresses": ["alice"]}).json()["job"]
+    assert check_route(url, tokens, "GET", f"/api/v1/verify/{job}", "viewer", 200).json()["job"] == job
     ops_routes(url, tokens)
     security_routes(url, tokens)
 
