@@ -1,6 +1,6 @@
 """Is every protected mailbox on the standby equal to the primary? Counts of what differs.
 
-:func:`compare_mailboxes` is the one check the fault suite calls. It reads both servers with
+:func:`compare_mailboxes` is the test oracle. It reads both servers with
 ``tests.support.mailcompare`` (per folder, a multiset of (SHA-256 of the bytes, flags, internal
 date)) and classifies every difference:
 
@@ -12,7 +12,8 @@ date)) and classifies every difference:
 - ``other``: a message on the standby the primary never had.
 
 :func:`counts_from_verify_report` maps the product's own ``mailrepl verify --all --json`` report
-onto the same counts, so that the suite can switch to it by changing one call.
+(:func:`run_verify`) onto the same counts. The suite counts with the product's report and keeps
+the oracle as a second, independent opinion (``scenarios.check_equal``): both must say equal.
 """
 from __future__ import annotations
 

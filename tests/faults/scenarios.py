@@ -25,7 +25,10 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 
-from tests.faults.checks import Differences, compare_mailboxes
+from tests.support.gateways import ADMIN_TOKEN
+
+from tests.faults.checks import (Differences, compare_mailboxes, counts_from_verify_report, primary_shas,
+                                 run_verify)
 from tests.faults.loadsim import FLAGS, LoadSim, TrafficCounts
 from tests.faults.report import Row
 
@@ -338,10 +341,29 @@ def run_scenario(site: Site, scenario: Scenario, profile: Profile, seed: int, co
         if alarms:
             site.notes.append(f"the recovery gateway found {alarms} standby copies changed behind its back, "
                               "but this scenario changes none")
-    diff = compare_mailboxes(site.primary, site.standby, site.users)
+    diff = check_equal(site, log)
     row = Row(scenario=scenario.name, faults=faults, delivered=counts.delivered, changes=counts.changes_made,
               lost=diff.lost, duplicated=diff.duplicated, other=diff.other_total, drain_seconds=drain)
     return row, diff, counts
+
+
+def check_equal(site: Site, log: Callable[[str], None] = print) -> Differences:
+    """The product's own verdict (``mailrepl verify --all --json`` on the source gateway), and the
+    test oracle's (``tests.support.mailcompare``) as a second, independent opinion: the counts are
+    the product's; where the two disagree, that is a problem too."""
+    report = run_verify(site.pair.source.url, ADMIN_TOKEN)
+    product = counts_from_verify_report(report, primary_shas(site.primary))
+    oracle = compare_mailboxes(site.primary, site.standby, site.users)
+    checked = {m["address"] for m in report["mailboxes"]}
+    if not set(site.users) <= checked:
+        site.notes.append(f"mailrepl verify --all left out {sorted(set(site.users) - checked)}")
+    if product.equal != oracle.equal:
+        site.notes.append(f"mailrepl verify says equal={product.equal} ({product.as_dict()}), the test oracle "
+                          f"says equal={oracle.equal} ({oracle.as_dict()}): " + "; ".join(oracle.details[:10]))
+    log(f"verify: {product.mailboxes} mailboxes, {product.as_dict()}; oracle: {oracle.as_dict()}")
+    if not oracle.equal:
+        product.details.extend(["(test oracle) " + d for d in oracle.details])
+    return product
 
 
 def drained(status: dict[str, dict], users: list[str]) -> bool:
