@@ -141,11 +141,12 @@ class MailboxWorkers:
 
     def _group_back(self, group: Hashable) -> None:
         """A job of ``group`` succeeded after failing: its server is back; the group's waiting jobs
-        run now (their failure count stays: one failing again for its own reason backs off further)."""
+        run now, and their back-off starts again from its first step (their failures were that
+        server's outage: kept, a server that flaps would leave every job at the longest back-off)."""
         with self._lock:
             waiting = [s for s in self._slots.values() if s.group == group and s.not_before > 0.0]
             for s in waiting:
-                s.not_before = 0.0
+                s.not_before, s.failures = 0.0, 0
             if waiting:
                 self._wake_all = True
         if waiting:

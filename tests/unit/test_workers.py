@@ -5,7 +5,7 @@ import threading
 import time
 
 from mailrepl.shared.errors import ServerUnavailable
-from mailrepl.shared.runtime.workers import Job, MailboxWorkers
+from mailrepl.shared.runtime.workers import Job, MailboxWorkers, _Slot
 
 
 class FakeSession:
@@ -151,3 +151,16 @@ def test_jobs_of_a_server_that_is_back_stop_waiting_out_their_back_off():
         assert len(runs[3]) == before[3], "a job of another server stopped waiting too"
     finally:
         workers.stop()
+
+
+def test_a_server_back_restarts_its_jobs_back_off_from_the_first_step():
+    """The failures were the outage's: a job that fails again right after (the server flaps)
+    waits 1 s, not the longest back-off it had reached."""
+    workers = MailboxWorkers("t", lambda: [], workers=1, poll_interval=0.05)
+    for key, group in ((1, "srv"), (2, "srv"), (3, "other")):
+        slot = workers._slots.setdefault(key, _Slot())
+        slot.group, slot.failures, slot.not_before = group, 7, time.monotonic() + 60
+    workers._group_back("srv")
+    assert [(workers._slots[k].failures, workers._slots[k].not_before) for k in (1, 2)] == [(0, 0.0), (0, 0.0)]
+    assert workers._slots[3].failures == 7 and workers._slots[3].not_before > time.monotonic() + 50
+    workers.stop()
