@@ -13,6 +13,7 @@ The peer is reached with this gateway's client certificate (``client_cert``/``cl
 mutual TLS, the recommended mode) and/or a bearer ``token`` bound to this source at the
 recovery gateway; at least one of them is required.
     [[servers]] the primary mail servers (see ``mailrepl.shared.config.settings_common``)
+    [alerts]    optional: thresholds, webhook, mail (see ``mailrepl.shared.config.alerts_settings``)
 
 ``deploy/examples/source.toml`` documents every key. Every secret may also come from a
 ``<key>_file``, the environment or a systemd credential (``Table.secret``).
@@ -43,6 +44,7 @@ from mailrepl.shared.config.settings_common import (
     read_token,
     refuse_reused,
 )
+from mailrepl.shared.config.alerts_settings import AlertSettings, read_alerts
 from mailrepl.shared.config.tls_settings import ServerTlsSettings, read_server_tls
 from mailrepl.shared.config.toml_reader import Table, open_config
 
@@ -113,6 +115,7 @@ class SourceSettings:
     gateway: SourceGatewaySettings
     peer: PeerSettings
     servers: tuple[ServerSettings, ...]
+    alerts: AlertSettings = AlertSettings()  # [alerts]: thresholds, webhook, mail
 
     def summary(self) -> str:
         """What ``check-config`` prints: the parsed settings without secrets."""
@@ -128,6 +131,7 @@ class SourceSettings:
             + (f", client certificate {p.client_cert}" if p.client_cert else ""),
             f"  API: {g.tls.describe()}",
             f"  {g.encryption.describe()}",
+            f"  {self.alerts.describe()}",
         ]
         lines += [describe_server(s) for s in self.servers]
         return "\n".join(lines)
@@ -196,6 +200,7 @@ def load_source_settings(path: str | Path, environ: Mapping[str, str] | None = N
         gateway=_read_gateway(root.table("gateway")),
         peer=_read_peer(root.table("peer")),
         servers=read_servers(root),
+        alerts=read_alerts(root.table("alerts", required=False)),
     )
     root.finish()
     refuse_reused(root, {"gateway.admin_token": settings.gateway.admin_token, "peer.token": settings.peer.token},
