@@ -15,9 +15,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Callable, Iterable
 
-__all__ = ["Alarm", "Alert", "Producer", "SEVERITIES"]
+__all__ = ["Alarm", "Alert", "Producer", "SEVERITIES", "KNOWN_KINDS"]
 
 SEVERITIES = ("info", "warning", "critical")
+# exported from the start at 0 on /metrics (a rule's increase() needs the series before the first alert)
+KNOWN_KINDS = ("lag", "copy-queue", "replay-queue", "mailbox-error", "rejected-messages", "site-state",
+               "automatic-failover", "certificate-expiry")
 
 
 @dataclass(frozen=True)

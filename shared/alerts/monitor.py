@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any, Callable, Iterable, Sequence
 
 from mailrepl.shared.alerts.mail import user_notice
-from mailrepl.shared.alerts.model import Alarm, Alert, Producer, unique
+from mailrepl.shared.alerts.model import KNOWN_KINDS, Alarm, Alert, Producer, unique
 from mailrepl.shared.alerts.rules import SiteChange, Thresholds, site_changes, status_alarms
 from mailrepl.shared.model import utcnow
 from mailrepl.shared.runtime.background import Background
@@ -45,7 +45,7 @@ class AlertMonitor:
         self.site_changes_from_status = site_changes_from_status
         self.interval = interval
         self.active: dict[tuple, Alarm] = {}
-        self.events_total: dict[str, int] = {}
+        self.events_total: dict[str, int] = dict.fromkeys(KNOWN_KINDS, 0)
         self._sites: dict[tuple[str, str], str | None] | None = None
         self._history: dict[tuple[str, str], deque] = {}
         self._lock = threading.Lock()

@@ -23,8 +23,8 @@ class Delivery:
 
 
 class WebhookReceiver:
-    def __init__(self, *, fail_first: bool = False) -> None:
-        self.fail_first = fail_first
+    def __init__(self, *, fail_first: bool = False, always: int | None = None) -> None:
+        self.fail_first, self.always = fail_first, always
         self.deliveries: list[Delivery] = []
         self._seen: set[str] = set()
         self._lock = threading.Lock()
@@ -39,6 +39,8 @@ class WebhookReceiver:
                     status = 200
                     if receiver.fail_first and alert_id not in receiver._seen:
                         status = 500
+                    if receiver.always is not None:
+                        status = receiver.always
                     receiver._seen.add(alert_id)
                     receiver.deliveries.append(Delivery({k.lower(): v for k, v in self.headers.items()}, body, status))
                 self.send_response(status)
