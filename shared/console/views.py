@@ -114,12 +114,14 @@ def search(statuses: Sequence[MailboxStatus], *, q: str = "", server: str | None
             and (site is None or st.active_site == site or st.site_state == site)
             and (protected is None or st.protected == protected)
             and (error is None or bool(st.error or st.phase == "error") == error)]
-    key: Callable[[MailboxStatus], Any] = {
+    primary: Callable[[MailboxStatus], Any] = {
         "address": lambda st: (st.address, st.server),
-        "lag": lambda st: (st.lag_seconds or 0.0, st.address),
-        "queue": lambda st: ((st.copy_queue or 0) + (st.replay_queue or 0), st.address),
+        "lag": lambda st: st.lag_seconds or 0.0,
+        "queue": lambda st: (st.copy_queue or 0) + (st.replay_queue or 0),
     }[sort]
-    rows.sort(key=key, reverse=order == "desc")
+    if sort != "address":  # ties in address order, whichever way the column is sorted
+        rows.sort(key=lambda st: (st.address, st.server))
+    rows.sort(key=primary, reverse=order == "desc")
     return MailboxPage(total=len(rows), offset=offset, limit=limit, mailboxes=rows[offset:offset + limit],
                        servers=sorted({st.server for st in statuses}))
 
