@@ -57,9 +57,9 @@ def mount_console(app: FastAPI, *, role: str, gateway_id: str, resolver: Resolve
     middleware is added (the console must sit outside the request guard)."""
     snapshot = Snapshot(statuses, ttl=1.0)
     certs = [(what, Path(p)) for what, p in cert_files if p is not None]
-    monitor = make_monitor(role=role, gateway_id=gateway_id, statuses=snapshot.get, alerts=alerts, cert_files=certs,
+    monitor = make_monitor(role=role, gateway_id=gateway_id, statuses=snapshot.fresh, alerts=alerts, cert_files=certs,
                            producers=producers, feeds=feeds, site_changes_from_status=site_changes_from_status)
-    app.include_router(status_views(snapshot.get, monitor, authz, role=role, gateway_id=gateway_id))
+    app.include_router(status_views(snapshot, monitor, authz, role=role, gateway_id=gateway_id))
     metrics.register(AlertCollector(role, snapshot.get, monitor, certs))
     app.add_middleware(ConsoleMiddleware, resolver=resolver, sessions=SessionStore(), secure=secure,
                        info={"gateway_role": role, "gateway_id": gateway_id, "actions": list(actions)})

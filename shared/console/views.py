@@ -5,17 +5,21 @@
 - ``GET /api/v1/mailbox-search``: one page of mailboxes, filtered (``q``, ``server``, ``phase``,
   ``site``, ``protected``, ``error``) and sorted (``sort`` = address, lag, queue; ``order``), with
   the total — the page is cut on the server, so 10,000 mailboxes cost the browser one page;
+
+They read one status snapshot (``snapshot.py``), refreshed in the background.
 - ``GET /api/v1/alarms``: every alarm holding now (kind, severity, mailbox, message, since);
 - ``GET /api/v1/lag-history?address=&server=``: the mailbox's lag over the last hour.
 """
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Callable, Literal, Sequence
 
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict
 
 from mailrepl.shared.alerts.monitor import AlertMonitor
+from mailrepl.shared.console.snapshot import Snapshot
 from mailrepl.shared.model import utcnow
 from mailrepl.shared.runtime.api_common import ERROR_RESPONSES, ByteCounts, MailboxStatus
 from mailrepl.shared.runtime.authz import Authorizer
@@ -69,14 +73,15 @@ class MailboxPage(_Model):
 class LagHistory(_Model):
     server: str
     address: str
-    points: list[tuple[float, float]]
+    points: list[list[float]]  # [Unix time, lag seconds]
 
 
 def _alarms(monitor: AlertMonitor) -> list[AlarmInfo]:
     return [AlarmInfo(**a.to_json()) for a in monitor.alarms()]
 
 
-def overview(statuses: Sequence[MailboxStatus], monitor: AlertMonitor, role: str, gid: str) -> Overview:
+def overview(statuses: Sequence[MailboxStatus], monitor: AlertMonitor, role: str, gid: str,
+             taken_at: datetime | None = None) -> Overview:
     by_phase: dict[str, int] = {}
     by_site: dict[str, int] = {}
     by_state: dict[str, int] = {}
@@ -97,7 +102,7 @@ def overview(statuses: Sequence[MailboxStatus], monitor: AlertMonitor, role: str
             for k in BYTE_KINDS:
                 total_bytes[k] += getattr(st.bytes, k)
     worst = sorted((st for st in statuses if (st.lag_seconds or 0) > 0), key=lambda st: -(st.lag_seconds or 0))[:WORST]
-    return Overview(gateway_role=role, gateway_id=gid, generated_at=utcnow().isoformat(), total=len(statuses),
+    return Overview(gateway_role=role, gateway_id=gid, generated_at=(taken_at or utcnow()).isoformat(), total=len(statuses),
                     protected=protected, by_phase=by_phase, by_site=by_site, by_site_state=by_state,
                     copy_queue=copy if has_copy else None, replay_queue=replay, worst_lags=worst,
                     alarms=_alarms(monitor), bytes=ByteCounts(**total_bytes) if has_bytes else None)
@@ -126,15 +131,19 @@ def search(statuses: Sequence[MailboxStatus], *, q: str = "", server: str | None
                        servers=sorted({st.server for st in statuses}))
 
 
-def status_views(statuses: Callable[[], Sequence[MailboxStatus]], monitor: AlertMonitor, authz: Authorizer,
+def status_views(snapshot: Snapshot[MailboxStatus], monitor: AlertMonitor, authz: Authorizer,
                  *, role: str, gateway_id: str) -> APIRouter:
+    """The routes; they read ``snapshot`` (at most a second or two old, never waited for)."""
+    statuses = snapshot.get
+
     r = APIRouter(prefix="/api/v1", tags=["console"], responses=ERROR_RESPONSES)
     viewer = [Depends(authz.require("viewer"))]
 
     @r.get("/overview", response_model=Overview, dependencies=viewer)
     def get_overview() -> Overview:
         """Counts, queues, worst lags, alarms and WAN bytes of this gateway's mailboxes."""
-        return overview(statuses(), monitor, role, gateway_id)
+        current = statuses()
+        return overview(current, monitor, role, gateway_id, snapshot.taken_at)
 
     @r.get("/mailbox-search", response_model=MailboxPage, dependencies=viewer)
     def get_mailbox_search(
@@ -158,6 +167,6 @@ def status_views(statuses: Callable[[], Sequence[MailboxStatus]], monitor: Alert
     @r.get("/lag-history", response_model=LagHistory, dependencies=viewer)
     def get_lag_history(address: str = Query(..., max_length=320), server: str = Query(..., max_length=200)) -> LagHistory:
         """The mailbox's lag over the last hour: (Unix time, seconds) per alert round."""
-        return LagHistory(server=server, address=address, points=monitor.lag_history(server, address))
+        return LagHistory(server=server, address=address, points=[list(p) for p in monitor.lag_history(server, address)])
 
     return r

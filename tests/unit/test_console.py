@@ -177,3 +177,35 @@ def test_static_files_come_from_the_package(path):
         r = c.get(path)
         assert r.status_code == 200 and r.headers["x-content-type-options"] == "nosniff" and len(r.content) > 1000
         assert b"http://" not in r.content.replace(b"http://www.w3.org/2000/svg", b"")  # nothing from elsewhere
+
+
+def test_the_snapshot_is_answered_at_once_and_reloaded_in_the_background():
+    import threading
+    import time as _time
+
+    from mailrepl.shared.console.snapshot import Snapshot
+
+    now = [0.0]
+    loads: list[int] = []
+    gate = threading.Event()
+
+    def load():
+        loads.append(1)
+        if len(loads) > 1:
+            gate.wait(5)  # a slow listing
+        return [len(loads)]
+
+    snap = Snapshot(load, ttl=1.0, clock=lambda: now[0])
+    assert snap.get() == [1] and snap.taken_at is not None
+    now[0] = 0.5
+    assert snap.get() == [1] and len(loads) == 1  # fresh enough
+    now[0] = 2.0
+    started = _time.monotonic()
+    assert snap.get() == [1] and snap.get() == [1]  # stale: answered at once, one reload started
+    assert _time.monotonic() - started < 1.0
+    gate.set()
+    deadline = _time.monotonic() + 5
+    while snap.get() != [2] and _time.monotonic() < deadline:
+        _time.sleep(0.01)
+    assert snap.get() == [2] and len(loads) == 2
+    assert snap.fresh() == [3]
