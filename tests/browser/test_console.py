@@ -243,6 +243,7 @@ def test_cutover_from_the_page(env, driver):
     confirm = wait_for(lambda: text(driver, "confirm-text"), 5, "the confirmation")
     assert confirm.startswith("Cut over 1 mailbox:") and "standby" in confirm
     assert "alice (primary)" in text(driver, "confirm-list")
+    driver.save_screenshot(str(screenshot_dir() / "console-cutover-confirm.png"))
     driver.find_element(By.ID, "confirm-go").click()
     wait_for(lambda: "active-at-dr" in text(driver, "confirm-result"), 60, "the cutover's result")
     assert "Done in" in text(driver, "confirm-progress")
@@ -299,3 +300,36 @@ def test_a_post_without_csrf_token_is_refused(env, driver):
     # sign-out needs it as well
     assert browser_fetch(driver, "POST", "/ui/logout", None, csrf=None) == 403
     assert browser_fetch(driver, "GET", "/ui/session", None) == 200
+
+
+def test_phone_width_and_keyboard(env, driver):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    pair, tokens = env
+    sign_in(driver, pair.source.url, tokens[("source", "viewer")])
+    try:
+        driver.set_window_size(390, 844)  # a phone
+        for page in ("overview", "mailboxes", "mailbox/primary/bob"):
+            driver.get(pair.source.url + f"/ui/#/{page}")
+            wait_for(lambda: driver.execute_script("return document.querySelector('main section:not([hidden]) h1')"
+                                                   ".textContent.trim().length > 1"), 10, f"the {page} page")
+            time.sleep(0.5)
+            overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 0, f"{page}: the page is {overflow}px wider than a phone screen"
+    finally:
+        driver.set_window_size(1366, 900)
+    # sorting by keyboard: tab to the Lag column's button, Enter
+    driver.get(pair.source.url + "/ui/#/mailboxes")
+    wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, "#mb-table tbody tr"), 10, "rows")
+    body = driver.find_element(By.TAG_NAME, "body")
+    body.send_keys(Keys.TAB)
+    for _ in range(30):
+        active = driver.switch_to.active_element
+        if active.get_attribute("data-sort") == "lag":
+            break
+        active.send_keys(Keys.TAB)
+    assert driver.switch_to.active_element.get_attribute("data-sort") == "lag", "the Lag column is reachable by Tab"
+    driver.switch_to.active_element.send_keys(Keys.ENTER)
+    wait_for(lambda: driver.find_element(By.CSS_SELECTOR, "button[data-sort=lag]").find_element(By.XPATH, "..")
+             .get_attribute("aria-sort") == "descending", 10, "sorted by lag")
