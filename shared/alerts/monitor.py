@@ -6,14 +6,13 @@ and whatever a later feature adds: mass-delete holds, verify differences) give t
 feeds give one-off events (the recovery gateway's site transitions with who asked). An alarm is
 sent once when it starts (``firing``), again when its count grows, and once when it ends
 (``resolved``); an event once. The same round records each mailbox's lag for the console's
-chart (the last hour at one point per round, at most ``HISTORY_POINTS``).
+chart (the last hour, a point where it changed, at most ``HISTORY_POINTS``).
 """
 from __future__ import annotations
 
 import logging
 import threading
 import uuid
-from collections import deque
 from datetime import datetime
 from typing import Any, Callable, Iterable, Sequence
 
@@ -47,7 +46,7 @@ class AlertMonitor:
         self.active: dict[tuple, Alarm] = {}
         self.events_total: dict[str, int] = dict.fromkeys(KNOWN_KINDS, 0)
         self._sites: dict[tuple[str, str], str | None] | None = None
-        self._history: dict[tuple[str, str], deque] = {}
+        self._history: dict[tuple[str, str], list[tuple[float, float]]] = {}
         self._lock = threading.Lock()
         self.loop = Background("alerts", self._run)
 
@@ -145,21 +144,32 @@ class AlertMonitor:
             return sorted(self.active.values(), key=lambda a: (order[a.severity], a.since, a.kind, a.address or ""))
 
     def lag_history(self, server: str, address: str) -> list[tuple[float, float]]:
-        """(Unix time, lag seconds) of the last hour."""
+        """(Unix time, lag seconds) where the lag changed in the last hour; the first point may be
+        older (the value the hour started with), the last value holds until now."""
         with self._lock:
             return list(self._history.get((server, address), ()))
 
     def _record_lags(self, statuses: Sequence[Any], now: datetime) -> None:
+        """Keep each mailbox's lag where it changed (a step series): an idle mailbox costs one point,
+        10,000 mailboxes a few MB. Points older than the hour go, but the last of them (the value
+        the hour starts with) stays."""
         t = now.timestamp()
-        keep = max(2, min(HISTORY_POINTS, int(HISTORY_SECONDS / max(self.interval, 1.0)) + 1))
+        start = t - HISTORY_SECONDS
         seen = set()
         for st in statuses:
             key = (_get(st, "server"), _get(st, "address"))
             seen.add(key)
+            lag = round(float(_get(st, "lag_seconds") or 0.0), 1)
             points = self._history.get(key)
-            if points is None or points.maxlen != keep:
-                points = self._history[key] = deque(points or (), maxlen=keep)
-            points.append((t, float(_get(st, "lag_seconds") or 0.0)))
+            if points is None:
+                self._history[key] = [(t, lag)]
+                continue
+            if points[-1][1] != lag:
+                points.append((t, lag))
+                if len(points) > HISTORY_POINTS:
+                    del points[1:len(points) - HISTORY_POINTS + 1]
+            while len(points) > 1 and points[1][0] <= start:
+                del points[0]
         for key in [k for k in self._history if k not in seen]:
             del self._history[key]
 

@@ -302,6 +302,38 @@ def test_a_post_without_csrf_token_is_refused(env, driver):
     assert browser_fetch(driver, "GET", "/ui/session", None) == 200
 
 
+
+def test_failback_from_the_mailbox_page(env, driver):
+    """alice, cut over above: failback started and confirmed from her page, back to replicating."""
+    from selenium.webdriver.common.by import By
+
+    pair, tokens = env
+    assert api_get(pair.recovery, "/api/v1/mailboxes/alice")["site_state"] == "active-at-dr"
+    sign_in(driver, pair.recovery.url, tokens[("recovery", "operator")])
+    driver.get(pair.recovery.url + "/ui/#/mailbox/primary/alice")
+    button = wait_for(lambda: (b := driver.find_element(By.ID, "mbx-act-failback")).is_displayed() and b, 15,
+                      "the Fail back button")
+    assert not driver.find_element(By.ID, "mbx-act-cutover").is_displayed()  # only what the state allows
+    button.click()
+    assert text(driver, "confirm-text").startswith("Start failing back 1 mailbox:")
+    driver.find_element(By.ID, "confirm-go").click()
+    wait_for(lambda: "failing-back" in text(driver, "confirm-result"), 60, "failback under way")
+    driver.find_element(By.ID, "confirm-cancel").click()
+    confirm = wait_for(lambda: (b := driver.find_element(By.ID, "mbx-act-confirm")).is_displayed() and b, 15,
+                       "the Confirm failback button")
+    confirm.click()
+    assert text(driver, "confirm-text").startswith("Switch back 1 mailbox:")
+    driver.find_element(By.ID, "confirm-go").click()
+    wait_for(lambda: "Done in" in text(driver, "confirm-progress"), 90, "the confirmation's result")
+    driver.find_element(By.ID, "confirm-cancel").click()
+    wait_for(lambda: api_get(pair.recovery, "/api/v1/mailboxes/alice")["site_state"] == "replicating", 90,
+             "alice replicating again")
+    wait_for(lambda: text(driver, "mbx-site") == "replicating", 15, "the page showing it")
+    afters = [tr.find_element(By.CSS_SELECTOR, ".c-after").text
+              for tr in driver.find_elements(By.CSS_SELECTOR, "#mbx-transitions tbody tr")]
+    assert afters[0] == "replicating" and "failing-back" in afters and "active-at-dr" in afters, afters
+
+
 def test_phone_width_and_keyboard(env, driver):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys

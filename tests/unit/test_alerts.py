@@ -229,3 +229,29 @@ def test_alert_settings(tmp_path):
         _alerts(tmp_path, "[alerts]\nlag_secs = 3\n")
     env = _alerts(tmp_path, '[alerts]\nwebhook_url = "http://h.example.org/x"\n', {"MAILREPL_WEBHOOK_SECRET": SECRET})
     assert env.webhook_secret == SECRET
+
+
+def test_lag_history_keeps_changes_of_the_last_hour():
+    from datetime import timedelta as td
+    from unittest import mock
+
+    from mailrepl.shared.alerts import monitor as mon
+
+    lags = {"a@example.org": 0.0}
+    statuses = lambda: [status(a, lag_seconds=v) for a, v in lags.items()]  # noqa: E731
+    m = AlertMonitor(gateway="hq", role="source", statuses=statuses, thresholds=Thresholds(lag_seconds=1e9, queue=10**9))
+    t0 = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
+    with mock.patch.object(mon, "utcnow") as now:
+        for minute, lag in [(0, 0.0), (1, 0.0), (2, 5.0), (3, 5.0), (4, 12.5), (5, 0.0), (6, 0.0)]:
+            now.return_value = t0 + td(minutes=minute)
+            lags["a@example.org"] = lag
+            m.evaluate()
+        base = t0.timestamp()
+        assert m.lag_history("primary", "a@example.org") == [(base, 0.0), (base + 120, 5.0), (base + 240, 12.5),
+                                                              (base + 300, 0.0)]
+        now.return_value = t0 + td(minutes=64)  # 10:04 is now more than an hour ago
+        m.evaluate()
+        assert m.lag_history("primary", "a@example.org") == [(base + 240, 12.5), (base + 300, 0.0)]
+        lags.clear()
+        m.evaluate()
+        assert m.lag_history("primary", "a@example.org") == []  # a mailbox gone takes its history with it

@@ -271,14 +271,23 @@
     text.dataset.done = s.messages_done; text.dataset.total = s.messages_total;
   }
   function chart(points) {
+    // points: where the lag changed; each value holds until the next point, the last until now
     const svg = $("mbx-chart"); const ns = "http://www.w3.org/2000/svg";
-    const now = Date.now() / 1000; const span = 3600;
+    const now = Date.now() / 1000; const span = 3600; const start = now - span;
     const max = Math.max(1, ...points.map((p) => p[1]));
+    const x = (t) => (300 * (Math.max(t, start) - start) / span).toFixed(1);
+    const y = (v) => (58 - 56 * v / max).toFixed(1);
+    const xy = [];
+    points.forEach(([t, v], i) => {
+      const end = i + 1 < points.length ? points[i + 1][0] : now;
+      xy.push(`${x(t)},${y(v)}`, `${x(end)},${y(v)}`);
+    });
     const path = document.createElementNS(ns, "polyline");
-    path.setAttribute("points", points.map(([t, v]) => `${(300 * (1 - (now - t) / span)).toFixed(1)},${(58 - 56 * v / max).toFixed(1)}`).join(" "));
+    path.setAttribute("points", xy.join(" "));
     path.setAttribute("class", "line");
     svg.replaceChildren(path);
-    $("mbx-chart-text").textContent = points.length ? `max ${fmtSecs(max === 1 && !points.some((p) => p[1]) ? 0 : max)} over ${points.length} samples` : "no samples yet";
+    const top = points.length ? Math.max(...points.map((p) => p[1])) : null;
+    $("mbx-chart-text").textContent = top === null ? "no samples yet" : `highest ${fmtSecs(top)}, now ${fmtSecs(points[points.length - 1][1])}`;
   }
 
   // ------------------------------------------------------------------ actions
