@@ -12,7 +12,7 @@
     confirm: { label: "Confirm failback", verb: "Switch back", what: "users will be served by the primary server again", danger: true },
   };
 
-  // ------------------------------------------------------------------ helpers
+  // ------------------------------------------------------------------ formatting and DOM
   function fmtInt(n) { return n === null || n === undefined ? "-" : Number(n).toLocaleString(); }
   function fmtBytes(n) {
     if (n === null || n === undefined) return "-";
