@@ -201,6 +201,7 @@
     const acts = S.session.actions.concat(S.session.actions.includes("failback") ? ["confirm"] : []);
     for (const a of acts) {
       const b = document.createElement("button"); b.type = "button"; b.id = "mbx-act-" + a; b.dataset.action = a;
+      b.hidden = true;  // shown once the mailbox's state says the action fits
       b.textContent = ACTIONS[a].label; if (ACTIONS[a].danger) b.className = "danger";
       b.addEventListener("click", () => confirmAction(a, [{ server: S.detail.server, address: S.detail.address }]));
       box.appendChild(b);
