@@ -25,6 +25,7 @@ from mailrepl.shared.runtime.authz import Authorizer
 from mailrepl.shared.runtime.guard import BodyRule, GuardPolicy, JSON
 from mailrepl.shared.runtime.principals import Resolver
 from mailrepl.shared.runtime.security_api import security_router
+from mailrepl.shared.console.mount import mount_console
 from mailrepl.shared.runtime.tls_server import serve
 from mailrepl.shared.runtime.tokens import TokenStore, admin_resolver
 from mailrepl.shared.content.blobstore import BlobStore
@@ -180,7 +181,11 @@ class SourceGateway:
         app.include_router(security_router(tokens, audit, authz))
         app.include_router(alarms_router(self.queue_gate, authz, lambda: self.shipper.peer_disk_full))
         app.add_middleware(AuditMiddleware, audit=audit)
-
+        self.alerts = mount_console(  # /ui/, the status views, alerts (after every other middleware)
+            app, role="source", gateway_id=g.id, resolver=resolver(g, tokens), authz=authz,
+            statuses=self.registry.list_status, metrics=self.metrics, alerts=self.settings.alerts,
+            actions=("protect", "unprotect"), secure=g.tls.enabled,
+            cert_files=(("API", g.tls.cert), ("peer client", self.settings.peer.client_cert)))
         return app
 
 

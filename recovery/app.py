@@ -32,6 +32,8 @@ from mailrepl.shared.protocol.wire import MEDIA_TYPE
 from mailrepl.shared.runtime.audit import AuditLog, AuditMiddleware
 from mailrepl.shared.runtime.authz import Authorizer
 from mailrepl.shared.runtime.security_api import security_router
+from mailrepl.shared.console.mount import mount_console
+from mailrepl.recovery.alert_sources import replica_statuses, transition_feed
 from mailrepl.shared.runtime.tokens import TokenStore, admin_resolver
 from mailrepl.shared.errors import MailreplError
 from mailrepl.shared.content.blobstore import BlobStore
@@ -250,6 +252,11 @@ class RecoveryGateway:
         app.include_router(verify_ingest_router(self.access, StandbyListing(self.store, self._open_standby)))
         app.include_router(redirect_router(self.redirect, self.settings.failover.redirect_key))
         app.add_middleware(AuditMiddleware, audit=audit)
+        self.alerts = mount_console(  # /ui/, the status views, alerts (after every other middleware)
+            app, role="recovery", gateway_id=g.id, resolver=admin_resolver(g.admin_token, tokens), authz=authz,
+            statuses=replica_statuses(self.store), metrics=self.metrics, alerts=self.settings.alerts,
+            actions=("cutover", "failback"), secure=g.tls.enabled, cert_files=(("API", g.tls.cert),),
+            feeds=[transition_feed(self.store)], site_changes_from_status=False)
         return app
 
     def redirect_app(self):
