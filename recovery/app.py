@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from mailrepl.shared.runtime.watcher import PushWatchers
 from mailrepl.recovery.api import admin_router, ingest_router
-from mailrepl.recovery.disk_guard import DiskCollector, DiskGuard, disk_router
+from mailrepl.recovery.disk_guard import DiskCollector, DiskGuard, disk_alarm_producer, disk_router
 from mailrepl.shared.errors import DiskFull
 from mailrepl.shared.store.diskspace import sqlite_dir
 from mailrepl.recovery.autofailover import FailoverMonitor
@@ -256,7 +256,8 @@ class RecoveryGateway:
             app, role="recovery", gateway_id=g.id, resolver=admin_resolver(g.admin_token, tokens), authz=authz,
             statuses=replica_statuses(self.store), metrics=self.metrics, alerts=self.settings.alerts,
             actions=("cutover", "failback"), secure=g.tls.enabled, cert_files=(("API", g.tls.cert),),
-            feeds=[transition_feed(self.store)], site_changes_from_status=False)
+            feeds=[transition_feed(self.store)], site_changes_from_status=False,
+            producers=[disk_alarm_producer(self.disk)])
         return app
 
     def redirect_app(self):

@@ -49,6 +49,10 @@ def status_alarms(statuses: Iterable[Any], limits: Thresholds, now: datetime) ->
         error = _get(st, "error")
         if _get(st, "phase") == "error" or (error and _get(st, "protected", True)):
             out.append(Alarm("mailbox-error", "critical", " ".join(str(error or "in error").split())[:300], **mbx))
+        bound = _get(st, "queue_alarm")  # the copy queue near or at its bound, the state disk full
+        if bound:
+            out.append(Alarm("queue-bound", "warning" if str(bound).startswith("warning") else "critical",
+                             " ".join(str(bound).split())[:300], **mbx))
         rejected = _get(st, "rejected") or 0
         if rejected:
             out.append(Alarm("rejected-messages", "warning",
