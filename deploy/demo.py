@@ -249,6 +249,8 @@ def main() -> int:
             subprocess.run(["bash", str(MAILPAIR), "stop", str(base)], stdout=subprocess.DEVNULL)
         else:
             print(f"\nleft running; logs and state in {base}")
+            print("web console: http://127.0.0.1:8470/ui/ (source) and http://127.0.0.1:8471/ui/ (recovery),"
+                  " sign in with the admin_token of deploy/examples/source.toml / recovery.toml")
 
 
 if __name__ == "__main__":

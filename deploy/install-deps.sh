@@ -7,6 +7,7 @@
 #   - nginx (nginx-light + libnginx-mod-mail) for the mail proxy in front of the servers, its
 #     system instance never started: the tests run private instances from deploy/nginx/;
 #   - iproute2 and nftables for the two-site test rig (network namespaces, veth, tbf, loss);
+#   - Debian's chromium and chromium-driver (headless) for the console's browser tests;
 #   - PostgreSQL answering on 127.0.0.1:5432 with trust login for the tests;
 #   - the project installed with its test and postgres extras;
 #   - when the Python on PATH cannot take pip installs (missing, or the distribution's own),
@@ -84,6 +85,10 @@ if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
   fi
 fi
 say "$(nginx -v 2>&1 | cut -d' ' -f3) with $(ls /usr/lib/nginx/modules/ngx_mail_module.so)"
+
+# --- headless Chromium (the console's browser tests) ----------------------------------------
+apt_install chromium chromium-driver
+say "$(chromium --version 2>/dev/null | head -n 1) with $(chromedriver --version 2>/dev/null | cut -d' ' -f1-2)"
 
 # --- PostgreSQL -----------------------------------------------------------------------------
 pg_answers() {

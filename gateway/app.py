@@ -10,11 +10,13 @@ from sqlalchemy import select
 
 from mailrepl.gateway.api import admin_router
 from mailrepl.gateway.failback import FailbackPuller
-from mailrepl.gateway.queue_status import QueueCollector, alarms_router, gateway_alarms, mailbox_queue_fields
+from mailrepl.gateway.queue_status import (
+    QueueCollector, alarms_router, gateway_alarms, mailbox_queue_fields, queue_alarm_producer,
+)
 from mailrepl.gateway.registry import Registry
 from mailrepl.gateway.shipper import Shipper
 from mailrepl.gateway.verify import MailboxVerifier
-from mailrepl.gateway.verify_api import VerifyMetrics, verify_router
+from mailrepl.gateway.verify_api import VerifyMetrics, verify_alarm_producer, verify_router
 from mailrepl.gateway.verify_jobs import VerifyJobs
 from mailrepl.gateway.verify_repair import Repairer
 from mailrepl.shared.runtime.watcher import PushWatchers
@@ -25,6 +27,7 @@ from mailrepl.shared.runtime.authz import Authorizer
 from mailrepl.shared.runtime.guard import BodyRule, GuardPolicy, JSON
 from mailrepl.shared.runtime.principals import Resolver
 from mailrepl.shared.runtime.security_api import security_router
+from mailrepl.shared.console.mount import mount_console
 from mailrepl.shared.runtime.tls_server import serve
 from mailrepl.shared.runtime.tokens import TokenStore, admin_resolver
 from mailrepl.shared.content.blobstore import BlobStore
@@ -68,7 +71,8 @@ class SourceGateway:
             retry_initial=peer.retry_initial, retry_max=peer.retry_max, body_lock=self.body_lock,
         )
         self.registry = Registry(self.store, self.adapters, shipper_error=lambda: self.shipper.last_error,
-                                 queue_fields=lambda s, mbx: mailbox_queue_fields(self.queue_gate, s, mbx))
+                                 queue_fields=lambda usage, protected, site: mailbox_queue_fields(
+                                     self.queue_gate, usage, protected, site))
         self.workers = MailboxWorkers(
             "capture", self._jobs, workers=g.workers, poll_interval=g.poll_interval,
             on_error=self.registry.record_error,
@@ -211,7 +215,13 @@ class SourceGateway:
         app.include_router(security_router(tokens, audit, authz))
         app.include_router(alarms_router(self.queue_gate, authz, lambda: self.shipper.peer_disk_full))
         app.add_middleware(AuditMiddleware, audit=audit)
-
+        self.alerts = mount_console(  # /ui/, the status views, alerts (after every other middleware)
+            app, role="source", gateway_id=g.id, resolver=resolver(g, tokens), authz=authz,
+            statuses=self.registry.list_status, metrics=self.metrics, alerts=self.settings.alerts,
+            actions=("protect", "unprotect"), secure=g.tls.enabled,
+            cert_files=(("API", g.tls.cert), ("peer client", self.settings.peer.client_cert)),
+            producers=[queue_alarm_producer(self.queue_gate, lambda: self.shipper.peer_disk_full),
+                       verify_alarm_producer(self.store)])
         return app
 
 

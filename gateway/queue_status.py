@@ -1,7 +1,7 @@
-"""Back-pressure in the source gateway's status, ``/metrics`` and ``GET /api/v1/alarms``.
+"""Back-pressure in the source gateway's status, ``/metrics`` and ``GET /api/v1/queue``.
 
 Per mailbox (``GET /api/v1/mailboxes…``): ``queue_bytes`` and ``queue_alarm``. Gateway-wide:
-``GET /api/v1/alarms`` (viewer) and ``alarms`` in ``/healthz``. Metrics::
+``GET /api/v1/queue`` (viewer) and ``alarms`` in ``/healthz``. Metrics::
 
     mailrepl_source_queue_changes / _bytes                 gateway-wide copy queue (outbox held)
     mailrepl_source_queue_bound_changes / _bytes           its bound
@@ -20,24 +20,25 @@ from fastapi import APIRouter, Depends
 from prometheus_client.core import GaugeMetricFamily
 from pydantic import BaseModel
 
-from mailrepl.shared.engines.queue_gate import LEVELS, QueueGate
+from mailrepl.shared.alerts.model import Alarm
+from mailrepl.shared.engines.queue_gate import LEVELS, QueueGate, QueueUsage
 from mailrepl.shared.errors import MailreplError
+from mailrepl.shared.model import utcnow
 from mailrepl.shared.runtime.api_common import ERROR_RESPONSES
 from mailrepl.shared.runtime.authz import Authorizer
-from mailrepl.shared.store.models import Mailbox
 
-__all__ = ["mailbox_queue_fields", "QueueCollector", "alarms_router", "gateway_alarms", "AlarmsAnswer"]
+__all__ = ["mailbox_queue_fields", "QueueCollector", "alarms_router", "gateway_alarms", "AlarmsAnswer", "queue_alarm_producer"]
 
 
-def mailbox_queue_fields(gate: QueueGate, s, mbx: Mailbox) -> dict:
-    """``queue_bytes`` and ``queue_alarm`` of one mailbox's status, in the caller's transaction."""
-    usage = gate.usage_of(s, mbx)
+def mailbox_queue_fields(gate: QueueGate, usage: QueueUsage, protected: bool, site_state: str | None) -> dict:
+    """``queue_bytes`` and ``queue_alarm`` of one mailbox's status, from its queue ``usage``
+    (changes not yet applied at DR, bytes of their bodies)."""
     level = gate.mailbox_level(usage)
     total = gate.total()
     alarm = None
     if gate.disk_alarm:
         alarm = f"disk full: {gate.disk_alarm}"
-    elif gate.gateway_level(total) == "full" and mbx.protected and mbx.site_state == "replicating":
+    elif gate.gateway_level(total) == "full" and protected and site_state == "replicating":
         alarm = (f"full: the gateway-wide copy queue is at its bound ({total.changes} changes / {total.bytes} bytes, "
                  f"bound {gate.limits.max_changes} / {gate.limits.max_bytes}): capture paused")
     elif level == "full":
@@ -82,7 +83,7 @@ class AlarmsAnswer(BaseModel):
 def alarms_router(gate: QueueGate, authz: Authorizer, peer_disk_full: Callable[[], str | None]) -> APIRouter:
     r = APIRouter(prefix="/api/v1", tags=["admin"], responses=ERROR_RESPONSES)
 
-    @r.get("/alarms", response_model=AlarmsAnswer, dependencies=[Depends(authz.require("viewer"))])
+    @r.get("/queue", response_model=AlarmsAnswer, dependencies=[Depends(authz.require("viewer"))])
     def alarms() -> AlarmsAnswer:
         """Gateway-wide back-pressure: the copy queue against its bound, the disk, the peer's disk."""
         rep = gate.report(fresh=True)
@@ -139,3 +140,26 @@ class QueueCollector:
                                  1 if alarm.startswith("warning") else 0)
         yield per_bytes
         yield per_alarm
+
+
+def queue_alarm_producer(gate: QueueGate, peer_disk_full: Callable[[], str | None]) -> Callable[[], list[Alarm]]:
+    """The gateway-wide back-pressure conditions as console/alert alarms: ``queue-bound`` (the
+    copy queue over its warning threshold or at its bound), ``disk-full`` (the state store),
+    ``peer-disk-full`` (the recovery gateway refusing batches)."""
+
+    def produce() -> list[Alarm]:
+        now = utcnow()
+        rep = gate.report()
+        out = []
+        if rep.level != "ok":
+            out.append(Alarm("queue-bound", "critical" if rep.level == "full" else "warning",
+                             f"copy queue {rep.level}: {rep.usage.changes} changes / {rep.usage.bytes} bytes "
+                             f"(bound {rep.limits.max_changes} / {rep.limits.max_bytes})"
+                             + (": capture paused" if rep.level == "full" else ""), since=now))
+        if rep.disk_full:
+            out.append(Alarm("disk-full", "critical", f"state store: {rep.disk_full}"[:300], since=now))
+        if peer := peer_disk_full():
+            out.append(Alarm("peer-disk-full", "critical", peer[:300], since=now))
+        return out
+
+    return produce

@@ -5,9 +5,10 @@ import json
 import logging
 from typing import Mapping
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, literal, select
 
 from mailrepl.shared.adapters.base import Adapter
+from mailrepl.shared.engines.queue_gate import QueueGate, QueueUsage
 from mailrepl.shared.runtime.api_common import ByteCounts, FolderStatus, MailboxDetail, MailboxStatus, RejectedInfo, SeedingProgress
 from mailrepl.shared.errors import AdapterError, DiskFull, MailboxNotFound, MailreplError
 from mailrepl.shared.model import UidSet, utcnow
@@ -33,7 +34,8 @@ class Registry:
         self.store = store
         self.adapters = adapters
         self.shipper_error = shipper_error
-        self.queue_fields = queue_fields  # (session, Mailbox) -> back-pressure fields of its status, or None
+        # (QueueUsage, protected, site_state) -> back-pressure fields of a status, or None
+        self.queue_fields = queue_fields
 
     # ------------------------------------------------------------------ discovery
 
@@ -120,8 +122,51 @@ class Registry:
     # ------------------------------------------------------------------ status
 
     def list_status(self) -> list[MailboxStatus]:
+        """Every mailbox's status in one query (the same values as ``_status``: 10,000 mailboxes
+        are listed for the console and ``/metrics`` in a fraction of what loading each costs)."""
+        oldest = (select(OutboxRow.created_at)
+                  .where(OutboxRow.mailbox_id == Mailbox.id, OutboxRow.seq == Mailbox.applied_seq + 1)
+                  .correlate(Mailbox).scalar_subquery())
+        queued = (select(func.coalesce(func.sum(OutboxRow.size), 0)).where(OutboxRow.mailbox_id == Mailbox.id)
+                  .correlate(Mailbox).scalar_subquery())
+        m = Mailbox
+        q = select(m.server, m.address, m.protected, m.phase, m.active_site, m.last_seq, m.acked_seq, m.applied_seq,
+                   m.error, m.ship_error, m.rejected, m.captured_bytes, m.shipped_raw_bytes, m.shipped_payload_bytes,
+                   m.shipped_wire_bytes, m.site_state,
+                   case((m.applied_seq < m.last_seq, oldest), else_=None),
+                   queued if self.queue_fields is not None else literal(0)).order_by(m.server, m.address)
+        now = utcnow()
+        out = []
+        shipper_error = None
         with self.store.read() as s:
-            return [self._status(s, m) for m in s.scalars(select(Mailbox).order_by(Mailbox.server, Mailbox.address))]
+            rows = s.execute(q).all()
+        for (server, address, protected, phase, active_site, last, acked, applied, error, ship_error, rejected,
+             captured, raw, payload, wire, site_state, since, queued_bytes) in rows:
+            lag = 0.0
+            if since is not None:
+                if since.tzinfo is None:
+                    since = since.replace(tzinfo=now.tzinfo)
+                lag = max(0.0, (now - since).total_seconds())
+            shown = ship_error or error
+            if shown is None and acked < last:
+                shipper_error = shipper_error or self.shipper_error() or ""
+                shown = shipper_error or None
+            if error or ship_error:
+                phase = "error"
+            elif not protected:
+                phase = "idle"
+            counts = ByteCounts(
+                captured=captured, shipped_raw=raw, sent_before_compression=payload, wire=wire,
+                saved_by_dedup=max(0, raw - payload), saved_by_compression=max(0, payload - wire))
+            out.append(MailboxStatus(
+                address=address, server=server, protected=protected, phase=phase,
+                active_site="primary" if active_site == "primary" else "dr",
+                copy_queue=last - acked, replay_queue=acked - applied, lag_seconds=round(lag, 3),
+                last_captured_seq=last, last_applied_seq=applied, error=shown,
+                rejected=len(json.loads(rejected)) if rejected else 0, bytes=counts, site_state=site_state,
+                **(self.queue_fields(QueueUsage(max(0, last - applied), int(queued_bytes or 0)), protected, site_state)
+                   if self.queue_fields is not None else {})))
+        return out
 
     def detail(self, server: str, address: str) -> MailboxDetail:
         with self.store.read() as s:
@@ -179,7 +224,8 @@ class Registry:
             bytes=ByteCounts.of(mbx.captured_bytes, mbx.shipped_raw_bytes, mbx.shipped_payload_bytes,
                                 mbx.shipped_wire_bytes),
             site_state=mbx.site_state,
-            **(self.queue_fields(s, mbx) if self.queue_fields is not None else {}),
+            **(self.queue_fields(QueueGate.usage_of(s, mbx), mbx.protected, mbx.site_state)
+               if self.queue_fields is not None else {}),
         )
 
     def record_error(self, mailbox_id: int, exc: BaseException) -> None:

@@ -15,6 +15,7 @@ The peer is reached with this gateway's client certificate (``client_cert``/``cl
 mutual TLS, the recommended mode) and/or a bearer ``token`` bound to this source at the
 recovery gateway; at least one of them is required.
     [[servers]] the primary mail servers (see ``mailrepl.shared.config.settings_common``)
+    [alerts]    optional: thresholds, webhook, mail (see ``mailrepl.shared.config.alerts_settings``)
 
 ``deploy/examples/source.toml`` documents every key. Every secret may also come from a
 ``<key>_file``, the environment or a systemd credential (``Table.secret``).
@@ -49,6 +50,7 @@ from mailrepl.shared.engines.queue_gate import (
     DEFAULT_MAILBOX_QUEUE_MAX_BYTES, DEFAULT_MAILBOX_QUEUE_MAX_CHANGES, DEFAULT_MIN_FREE_BYTES,
     DEFAULT_QUEUE_MAX_BYTES, DEFAULT_QUEUE_MAX_CHANGES, DEFAULT_QUEUE_WARN_RATIO, QueueLimits,
 )
+from mailrepl.shared.config.alerts_settings import AlertSettings, read_alerts
 from mailrepl.shared.config.tls_settings import ServerTlsSettings, read_server_tls
 from mailrepl.shared.config.toml_reader import Table, open_config
 
@@ -120,6 +122,7 @@ class SourceSettings:
     gateway: SourceGatewaySettings
     peer: PeerSettings
     servers: tuple[ServerSettings, ...]
+    alerts: AlertSettings = AlertSettings()  # [alerts]: thresholds, webhook, mail
 
     def summary(self) -> str:
         """What ``check-config`` prints: the parsed settings without secrets."""
@@ -138,6 +141,7 @@ class SourceSettings:
             f"  copy queue bound {g.queue.max_changes} changes / {g.queue.max_bytes} bytes "
             f"({g.queue.mailbox_max_changes} / {g.queue.mailbox_max_bytes} per mailbox), alarm at "
             f"{round(g.queue.warn_ratio * 100)} %, free-space floor {g.queue.min_free_bytes} bytes",
+            f"  {self.alerts.describe()}",
         ]
         lines += [describe_server(s) for s in self.servers]
         return "\n".join(lines)
@@ -227,6 +231,7 @@ def load_source_settings(path: str | Path, environ: Mapping[str, str] | None = N
         gateway=_read_gateway(root.table("gateway")),
         peer=_read_peer(root.table("peer")),
         servers=read_servers(root),
+        alerts=read_alerts(root.table("alerts", required=False)),
     )
     root.finish()
     refuse_reused(root, {"gateway.admin_token": settings.gateway.admin_token, "peer.token": settings.peer.token},

@@ -14,6 +14,7 @@ Metrics (from the state store, the last verdict of each mailbox):
 from __future__ import annotations
 
 from datetime import timezone
+from typing import Callable
 
 from fastapi import APIRouter, Depends, HTTPException
 from prometheus_client.core import GaugeMetricFamily
@@ -22,6 +23,7 @@ from sqlalchemy import select
 
 from mailrepl.gateway.registry import Ambiguous, NotFound, Registry
 from mailrepl.gateway.verify_jobs import VerifyJobs, last_verdicts
+from mailrepl.shared.alerts.model import Alarm
 from mailrepl.shared.engines.verify_compare import KINDS
 from mailrepl.shared.protocol.messages import Name
 from mailrepl.shared.runtime.api_common import ERROR_RESPONSES
@@ -119,3 +121,22 @@ class VerifyMetrics:
         yield equal
         yield diffs
         yield when
+
+
+def verify_alarm_producer(store: Store) -> Callable[[], list[Alarm]]:
+    """``verify-difference``: a mailbox whose last verify did not find the copies equal."""
+
+    def produce() -> list[Alarm]:
+        out = []
+        for v in last_verdicts(store):
+            if v["verdict"] == "equal":
+                continue
+            n = sum(v["kinds"].values())
+            what = ", ".join(f"{k} {c}" for k, c in sorted(v["kinds"].items()) if c) or v["verdict"]
+            at = v["at"] if v["at"].tzinfo is not None else v["at"].replace(tzinfo=timezone.utc)
+            out.append(Alarm("verify-difference", "critical" if v["verdict"] == "different" else "warning",
+                             f"last verify {v['verdict']} ({what}), job {v['job']}", since=at,
+                             address=v["address"], server=v["server"], count=n or None))
+        return out
+
+    return produce

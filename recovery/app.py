@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from mailrepl.shared.runtime.watcher import PushWatchers
 from mailrepl.recovery.api import admin_router, ingest_router
-from mailrepl.recovery.disk_guard import DiskCollector, DiskGuard, disk_router
+from mailrepl.recovery.disk_guard import DiskCollector, DiskGuard, disk_alarm_producer, disk_router
 from mailrepl.shared.errors import DiskFull
 from mailrepl.shared.store.diskspace import sqlite_dir
 from mailrepl.recovery.autofailover import FailoverMonitor
@@ -34,6 +34,8 @@ from mailrepl.shared.protocol.wire import MEDIA_TYPE
 from mailrepl.shared.runtime.audit import AuditLog, AuditMiddleware
 from mailrepl.shared.runtime.authz import Authorizer
 from mailrepl.shared.runtime.security_api import security_router
+from mailrepl.shared.console.mount import mount_console
+from mailrepl.recovery.alert_sources import replica_statuses, transition_feed
 from mailrepl.shared.runtime.tokens import TokenStore, admin_resolver
 from mailrepl.shared.errors import MailreplError
 from mailrepl.shared.content.blobstore import BlobStore
@@ -277,6 +279,12 @@ class RecoveryGateway:
         app.include_router(verify_ingest_router(self.access, StandbyListing(self.store, self._open_standby)))
         app.include_router(redirect_router(self.redirect, self.settings.failover.redirect_key))
         app.add_middleware(AuditMiddleware, audit=audit)
+        self.alerts = mount_console(  # /ui/, the status views, alerts (after every other middleware)
+            app, role="recovery", gateway_id=g.id, resolver=admin_resolver(g.admin_token, tokens), authz=authz,
+            statuses=replica_statuses(self.store), metrics=self.metrics, alerts=self.settings.alerts,
+            actions=("cutover", "failback"), secure=g.tls.enabled, cert_files=(("API", g.tls.cert),),
+            feeds=[transition_feed(self.store)], site_changes_from_status=False,
+            producers=[disk_alarm_producer(self.disk)])
         return app
 
     def redirect_app(self):

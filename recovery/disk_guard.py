@@ -18,7 +18,9 @@ from fastapi import APIRouter, Depends
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel
 
+from mailrepl.shared.alerts.model import Alarm
 from mailrepl.shared.errors import DiskFull
+from mailrepl.shared.model import utcnow
 from mailrepl.shared.runtime.api_common import ERROR_RESPONSES
 from mailrepl.shared.runtime.authz import Authorizer
 from mailrepl.shared.store.diskspace import free_bytes
@@ -108,10 +110,10 @@ class DiskAlarms(BaseModel):
 
 
 def disk_router(guard: DiskGuard, authz: Authorizer) -> APIRouter:
-    """``GET /api/v1/alarms`` (viewer): the disk alarm, free space, the floor."""
+    """``GET /api/v1/disk`` (viewer): the disk alarm, free space, the floor."""
     r = APIRouter(prefix="/api/v1", tags=["admin"], responses=ERROR_RESPONSES)
 
-    @r.get("/alarms", response_model=DiskAlarms, dependencies=[Depends(authz.require("viewer"))])
+    @r.get("/disk", response_model=DiskAlarms, dependencies=[Depends(authz.require("viewer"))])
     def alarms() -> DiskAlarms:
         """Whether batches are refused for lack of space, and the free space of each disk."""
         return DiskAlarms(alarms=[guard.alarm] if guard.alarm else [], disk_full=guard.alarm,
@@ -119,3 +121,13 @@ def disk_router(guard: DiskGuard, authz: Authorizer) -> APIRouter:
                           refused_batches=guard.refused)
 
     return r
+
+
+def disk_alarm_producer(guard: DiskGuard) -> Callable[[], list[Alarm]]:
+    """``disk-full`` as a console/alert alarm while batches are refused for lack of space."""
+
+    def produce() -> list[Alarm]:
+        reason = guard.alarm
+        return [Alarm("disk-full", "critical", reason[:300], since=utcnow())] if reason else []
+
+    return produce

@@ -14,6 +14,7 @@
     [failover]  auto, outage_seconds, check_interval, hold_seconds, confirm, redirect_key (or
                 MAILREPL_REDIRECT_KEY; required unless redirect_key_required = false),
                 redirect_case_sensitive
+    [alerts]    optional: thresholds, webhook, mail (see ``mailrepl.shared.config.alerts_settings``)
 
 Each ``[[sources]]`` table binds one source gateway ``id`` to its credential: the subject
 common name of its TLS client certificate (``certificate_cn``; the certificate must be signed by
@@ -55,6 +56,7 @@ from mailrepl.shared.config.settings_common import (
     read_token,
     refuse_reused,
 )
+from mailrepl.shared.config.alerts_settings import AlertSettings, read_alerts
 from mailrepl.shared.config.tls_settings import ServerTlsSettings, read_server_tls
 from mailrepl.shared.config.toml_reader import Table, open_config, show_value
 
@@ -155,6 +157,7 @@ class RecoverySettings:
     routes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     primaries: tuple[ServerSettings, ...] = ()
     failover: FailoverSettings = FailoverSettings()
+    alerts: AlertSettings = AlertSettings()  # [alerts]: thresholds, webhook, mail
 
     def summary(self) -> str:
         """What ``check-config`` prints: the parsed settings without secrets."""
@@ -181,6 +184,7 @@ class RecoverySettings:
         lines.append(f"  login redirect: key {'required' if f.redirect_key else 'NOT required'}, user names "
                      f"{'case-sensitive' if f.redirect_case_sensitive else 'case-insensitive'}; /metrics "
                      f"{'open' if g.metrics_open else 'viewer token'}, API docs {'open' if g.docs_open else 'viewer token'}")
+        lines.append(f"  {self.alerts.describe()}")
         return "\n".join(lines)
 
 
@@ -344,7 +348,8 @@ def load_recovery_settings(path: str | Path, environ: Mapping[str, str] | None =
     settings = RecoverySettings(gateway=gateway, servers=servers,
                                 sources=_read_sources(root, gateway, servers, routes), routes=routes,
                                 primaries=read_servers(root, "primaries", required=False),
-                                failover=_read_failover(root.table("failover", required=False)))
+                                failover=_read_failover(root.table("failover", required=False)),
+                                alerts=read_alerts(root.table("alerts", required=False)))
     root.finish()
     g = settings.gateway
     refuse_reused(root, {"gateway.admin_token": g.admin_token, "failover.redirect_key": settings.failover.redirect_key,

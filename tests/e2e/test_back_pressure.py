@@ -66,9 +66,17 @@ def metrics(gw: GatewayProcess) -> dict[str, float]:
     return out
 
 
-def alarms(gw: GatewayProcess) -> dict:
+def console_alarm(gw: GatewayProcess, kind: str) -> dict | None:
+    """The alarm of ``kind`` in the gateway's alarm list (the console's and the alerts'), if any."""
     with gw.api() as c:
         r = c.get("/api/v1/alarms")
+        r.raise_for_status()
+        return next((a for a in r.json() if a["kind"] == kind), None)
+
+
+def alarms(gw: GatewayProcess) -> dict:
+    with gw.api() as c:
+        r = c.get("/api/v1/queue" if gw.role == "source" else "/api/v1/disk")
         r.raise_for_status()
         return r.json()
 
@@ -166,6 +174,9 @@ def test_recovery_disk_full_refuses_batches_then_catches_up(dovecot_factory, tmp
             a = eventually(lambda: a if (a := alarms(pair.source))["peer_disk_full"] else None, what="peer alarm")
             assert "disk full" in a["peer_disk_full"] and any("recovery gateway disk full" in x for x in a["alarms"])
             assert metrics(pair.source)["mailrepl_source_peer_disk_full"] == 1
+            # the same conditions are alarms of the console and its alerts, on both sides
+            eventually(lambda: console_alarm(pair.source, "peer-disk-full"), timeout=60, what="console alarm, source")
+            eventually(lambda: console_alarm(pair.recovery, "disk-full"), timeout=60, what="console alarm, recovery")
             st = pair.status()["alice"]
             assert st["copy_queue"] > 0 and "507" in (st["error"] or ""), st
             # nothing acknowledged that is not stored; no partial blob left
