@@ -380,6 +380,7 @@ class ReplayEngine:
             )
             folder, uv, uidnext = intent.folder, intent.uidvalidity, intent.uidnext
             wanted: list[tuple[int, str]] = []  # (mid, sha) in order
+            moving: dict[int, MapEntry] = {}  # mid -> where a move took the message from
             mapped = IdMap(s, rid).all()
             for text in rows:
                 ch = Change.from_dict(json.loads(text))
@@ -387,6 +388,7 @@ class ReplayEngine:
                     wanted.append((ch.mid, ch.sha256))
                 elif ch.kind == Kind.MSG_MOVE and ch.mid in mapped and mapped[ch.mid].folder != folder:
                     wanted.append((ch.mid, mapped[ch.mid].sha256))
+                    moving[ch.mid] = mapped[ch.mid]
         found: list[MapEntry] = []
         info = session.folder_info(folder)
         if wanted and info is not None and info.uidvalidity == uv and info.uidnext > uidnext:
@@ -401,6 +403,18 @@ class ReplayEngine:
                         used.add(uid)
                         found.append(MapEntry(mid=mid, folder=folder, uidvalidity=uv, uid=uid, sha256=sha))
                         break
+        # a move is a copy and an expunge: a crash between them leaves the message in both
+        # folders; the copy is the one kept (found above), the original goes now
+        left: dict[str, list[MapEntry]] = {}
+        for e in found:
+            old = moving.get(e.mid)
+            if old is not None:
+                left.setdefault(old.folder, []).append(old)
+        for src, olds in left.items():
+            src_info = session.folder_info(src)
+            stale = [o.uid for o in olds if src_info is not None and o.uidvalidity == src_info.uidvalidity]
+            if stale:
+                session.expunge(src, stale)  # a no-op for the UIDs the move did expunge
         with self.store.tx() as s:
             IdMap(s, rid).put(found)
             s.execute(delete(ReplayIntent).where(ReplayIntent.replica_id == rid))
