@@ -218,7 +218,7 @@ class SourceGateway:
         self.alerts = mount_console(  # /ui/, the status views, alerts (after every other middleware)
             app, role="source", gateway_id=g.id, resolver=resolver(g, tokens), authz=authz,
             statuses=self.registry.list_status, metrics=self.metrics, alerts=self.settings.alerts,
-            actions=("protect", "unprotect"), secure=g.tls.enabled,
+            actions=("protect", "unprotect", "verify"), secure=g.tls.enabled,
             cert_files=(("API", g.tls.cert), ("peer client", self.settings.peer.client_cert)),
             producers=[queue_alarm_producer(self.queue_gate, lambda: self.shipper.peer_disk_full),
                        verify_alarm_producer(self.store)])

@@ -239,6 +239,32 @@ def test_seeding_progress_advances_on_the_page(env, driver):
     assert any(tr.text.startswith("INBOX") for tr in folders)
 
 
+def test_verify_from_the_page(env, driver):
+    from selenium.webdriver.common.by import By
+
+    pair, tokens = env
+    sign_in(driver, pair.source.url, tokens[("source", "operator")])
+    driver.get(pair.source.url + "/ui/#/mailboxes")
+    for who in ("bob", "carol"):
+        wait_for(lambda: driver.find_element(By.CSS_SELECTOR, f'#mb-table tr[data-address="{who}"] input.select'),
+                 15, f"{who}'s row").click()
+    driver.find_element(By.ID, "act-verify").click()
+    confirm = wait_for(lambda: text(driver, "confirm-text"), 5, "the confirmation")
+    assert confirm.startswith("Verify 2 mailboxes:") and "nothing is changed" in confirm
+    driver.find_element(By.ID, "confirm-go").click()
+    result = wait_for(lambda: (r := text(driver, "confirm-result")) and "bob" in r and "carol" in r and r, 120,
+                      "the verify's result")
+    assert result.count("equal") == 2, result
+    driver.find_element(By.ID, "confirm-cancel").click()
+    # the verdict is the mailbox's last verify, on its page and in the API
+    assert api_get(pair.source, "/api/v1/mailboxes/bob")["verify"]["verdict"] == "equal"
+    driver.get(pair.source.url + "/ui/#/mailbox/primary/bob")
+    wait_for(lambda: text(driver, "mbx-verify") == "equal", 15, "the mailbox page's last verify")
+    entries = api_get(pair.source, "/api/v1/audit")["entries"]
+    assert any(e["path"] == "/api/v1/verify" and e["principal"] == "operator-ui" and e["status"] == 202
+               for e in entries), entries
+
+
 def test_cutover_from_the_page(env, driver):
     from selenium.webdriver.common.by import By
 

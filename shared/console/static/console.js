@@ -9,6 +9,7 @@
     unprotect: { label: "Unprotect", verb: "Stop protecting", what: "their changes will no longer be replicated" },
     cutover: { label: "Cut over", verb: "Cut over", what: "users will be served by the standby server; replication from the primary stops for them", danger: true },
     failback: { label: "Fail back", verb: "Start failing back", what: "the changes made on the standby are replayed on the primary; users stay on the standby until confirmed" },
+    verify: { label: "Verify", verb: "Verify", what: "their primary and standby copies are compared message by message (bytes, flags, dates, folders); nothing is changed" },
     confirm: { label: "Confirm failback", verb: "Switch back", what: "users will be served by the primary server again", danger: true },
   };
 
@@ -222,7 +223,8 @@
     $("mbx-replay").textContent = fmtInt(d.replay_queue); $("mbx-lag").textContent = fmtSecs(d.lag_seconds);
     $("mbx-error").hidden = !d.error; $("mbx-error").textContent = d.error || "";
     seeding(d.seeding);
-    const fits = { protect: !d.protected, unprotect: d.protected, cutover: d.site_state === "replicating",
+    const fits = { protect: !d.protected, unprotect: d.protected, verify: d.protected && d.site_state === "replicating",
+                   cutover: d.site_state === "replicating",
                    failback: d.site_state === "active-at-dr", confirm: d.site_state === "failing-back" };
     document.querySelectorAll("#mbx-actions button[data-action]").forEach((b) => { b.hidden = !fits[b.dataset.action]; });
     chart(hist.points);
@@ -314,7 +316,29 @@
     const t0 = Date.now(); const tick = setInterval(() => { prog.textContent = `Running… ${((Date.now() - t0) / 1000).toFixed(1)} s`; }, 200);
     const results = [];
     try {
-      if (action === "protect" || action === "unprotect") {
+      if (action === "verify") {
+        const byServer = new Map();
+        for (const t of targets) { if (!byServer.has(t.server)) byServer.set(t.server, []); byServer.get(t.server).push(t.address); }
+        for (const [server, addresses] of byServer) {
+          try {
+            const started = await api("POST", "verify", { addresses, server });
+            let job = null;
+            for (;;) {
+              job = await api("GET", `verify/${encodeURIComponent(started.job)}`);
+              const p = job.progress || {};
+              prog.textContent = `${server}: ${fmtInt(p.mailboxes_done)} of ${fmtInt(p.mailboxes_total)} mailboxes, ${fmtInt(p.messages_checked)} messages checked`;
+              if (job.state !== "running") break;
+              await new Promise((res) => setTimeout(res, 1000));
+            }
+            if (job.error) addresses.forEach((a) => results.push([a, "error: " + job.error]));
+            for (const m of job.mailboxes || []) {
+              const n = (m.differences || []).length;
+              results.push([m.address, m.verdict + (n ? ` (${n} difference${n === 1 ? "" : "s"}: ` +
+                [...new Set(m.differences.map((d) => d.kind))].join(", ") + ")" : "") + (m.error ? ": " + m.error : "")]);
+            }
+          } catch (e) { addresses.forEach((a) => results.push([a, e.message])); }
+        }
+      } else if (action === "protect" || action === "unprotect") {
         let i = 0;
         for (const t of targets) {
           i++;
