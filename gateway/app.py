@@ -85,7 +85,13 @@ class SourceGateway:
             bodies=BodyStore(self.store, BlobStore(g.failback_blob_dir, sealer=sealer)),
             interval=min(1.0, g.poll_interval),
             on_rebased=self.workers.wake,
+            on_resync=self._want_resync,
         )
+        # standby copies the recovery gateway found damaged: mailbox id -> ((server, address), token),
+        # taken by the mailbox's next capture cycle; tokens already answered, per (server, address)
+        self._resync_lock = threading.Lock()
+        self._resync_due: dict[int, tuple[tuple[str, str], int]] = {}
+        self._resync_done: dict[tuple[str, str], int] = {}
         self.metrics = CollectorRegistry()
         self._gauges = {
             name: Gauge(f"mailrepl_source_{name}", doc, ["server", "address"], registry=self.metrics)
@@ -132,12 +138,37 @@ class SourceGateway:
                     key=mid,
                     open_session=lambda a=adapter, addr=address: a.open(addr),
                     run=lambda sess, m=mid: self._cycle(m, sess),
+                    group=server,
                 )
             )
         self.watchers.sync(watch)
         return jobs
 
+    def _want_resync(self, wanted) -> None:
+        with self._resync_lock:
+            todo = [w for w in wanted if self._resync_done.get((w.server, w.address)) != w.token]
+        if not todo:
+            return
+        with self.store.read() as s:
+            found = {(m.server, m.address): m.id for m in s.scalars(select(Mailbox).where(
+                Mailbox.protected.is_(True), Mailbox.active_site == "primary",
+                Mailbox.address.in_({w.address for w in todo})))}
+        with self._resync_lock:
+            for w in todo:
+                mid = found.get((w.server, w.address))
+                if mid is not None:
+                    self._resync_due[mid] = ((w.server, w.address), w.token)
+        self.workers.wake()
+
     def _cycle(self, mailbox_id: int, session) -> None:
+        with self._resync_lock:
+            due = self._resync_due.pop(mailbox_id, None)
+        if due is not None:
+            folders = self.capture.resync(mailbox_id)
+            log.warning("%s/%s: the standby copy was damaged: all %d folder(s) read again from the primary",
+                        *due[0], folders)
+            with self._resync_lock:
+                self._resync_done[due[0]] = due[1]
         report = self.capture.cycle(mailbox_id, session)
         if report.changes:
             self.shipper.wake_event.set()

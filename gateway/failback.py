@@ -64,7 +64,7 @@ KEPT_REASON = "deleted at DR; held mail delivered to the primary after the cutov
 class FailbackPuller:
     def __init__(self, store: Store, adapters: Mapping[str, Adapter], peer: PeerClient | HttpClient, *,
                  token: str | None = None, source_id: str, bodies: BodyStore, append_batch: int = 100,
-                 interval: float = DEFAULT_INTERVAL, on_rebased=lambda: None) -> None:
+                 interval: float = DEFAULT_INTERVAL, on_rebased=lambda: None, on_resync=lambda wanted: None) -> None:
         self.store = store
         self.adapters = adapters
         self.source_id = source_id
@@ -76,6 +76,7 @@ class FailbackPuller:
         self.receiver = Receiver(store, bodies, lambda server: server if server in adapters else None)
         self.interval = interval
         self.on_rebased = on_rebased
+        self.on_resync = on_resync  # mailboxes whose standby copy must be read again from the primary
         self.last_error: str | None = None
         self._background = Background("failback", self._loop)
         self._stop = self._background.stopping
@@ -108,6 +109,8 @@ class FailbackPuller:
         """One round: learn states, start failbacks, pull and replay, re-base what is done."""
         answer = self.peer.sites()
         peer, sites = answer.gateway, answer.mailboxes
+        if answer.resync:
+            self.on_resync(answer.resync)
         changed = self._learn(sites)
         begun = set()
         problems: list[str] = []

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Gauge
@@ -20,6 +21,7 @@ from mailrepl.recovery.redirect import Redirect
 from mailrepl.recovery.site import KeyedLocks
 from mailrepl.recovery.site_api import redirect_router, site_admin_router, site_ingest_router
 from mailrepl.recovery.source_access import SourceAccess
+from mailrepl.recovery.standby_check import ResyncRequests, standby_damage
 from mailrepl.recovery.standby_view import StandbyView, is_fresh
 from mailrepl.recovery.verify_listing import StandbyListing, verify_ingest_router
 from mailrepl.shared.adapters.factory import make_adapter
@@ -69,6 +71,10 @@ class RecoveryGateway:
         self.bodies = BodyStore(self.store, BlobStore(g.blob_dir, sealer=sealer))
         self.replay = ReplayEngine(self.store, self.bodies, append_batch=g.append_batch)
         self.view = StandbyView(self.store)  # kept current by the replay workers: cutover reads nothing
+        # standby copies changed behind our back: found by the replay workers, resynced by the source
+        self.resyncs = ResyncRequests()
+        self.check_interval = g.standby_check_interval
+        self._checked: dict[int, float] = {}  # replica id -> when its standby copy was last checked
         self.workers = MailboxWorkers(
             "replay", self._jobs, workers=g.workers, poll_interval=1.0, on_error=self._record_error
         )
@@ -123,21 +129,33 @@ class RecoveryGateway:
                     )
                 )
             )
+            busy = {rid for rid, _, _ in rows}
+            idle = s.execute(select(Replica.id, Replica.target, Replica.address).where(
+                Replica.site_state == SiteState.REPLICATING.value))
+            now = time.monotonic()
+            # nothing to apply: the standby copy is still checked now and then
+            rows += [r for r in idle if r[0] not in busy and now - self._checked.setdefault(r[0], now)
+                     >= self.check_interval]
         jobs = []
         for rid, target, address in rows:
             adapter = self.adapters.get(target)
             if adapter is None:
                 continue
             jobs.append(Job(key=rid, open_session=lambda a=adapter, addr=address: a.open(addr),
-                            run=lambda sess, r=rid: self._replay(r, sess)))
+                            run=lambda sess, r=rid: self._replay(r, sess), group=target))
         return jobs
 
     def _replay(self, rid: int, session) -> None:
         with self.locks(rid):
             with self.store.read() as s:
-                if s.get(Replica, rid).site_state != SiteState.REPLICATING.value:
+                rep = s.get(Replica, rid)
+                if rep.site_state != SiteState.REPLICATING.value:
                     return  # cutting over (the cutover drains) or users are on the standby
+                view_fresh = is_fresh(rep)
+            self._check_standby(rid, session, view_fresh)
             report = self.replay.replay(rid, session)
+            if report.last_reset_seq:
+                self.resyncs.reset_applied(rid, report.last_reset_seq)
             with self.store.read() as s:
                 fresh = is_fresh(s.get(Replica, rid))
             if not fresh:
@@ -148,6 +166,15 @@ class RecoveryGateway:
                 rep.error = None
         if report.applied:
             log.debug("replica %s: applied %d", rid, report.applied)
+
+    def _check_standby(self, rid: int, session, view_fresh: bool) -> None:
+        """Was the standby copy changed behind our back (``mailrepl.recovery.standby_check``)?"""
+        live = session.list_folders()
+        self._checked[rid] = time.monotonic()
+        with self.store.read() as s:
+            damaged = standby_damage(s, rid, live, view_fresh=view_fresh, use_fid=session.features.folder_id)
+            if damaged:
+                self.resyncs.want(s.get(Replica, rid), damaged)
 
     # ------------------------------------------------------------------ cutover / failback
 
@@ -248,7 +275,7 @@ class RecoveryGateway:
         app.include_router(site_admin_router(self.store, authz, self.cutover, self.failback,
                                              self.monitor, self.settings.failover.auto))
         app.include_router(security_router(tokens, audit, authz))
-        app.include_router(site_ingest_router(self.access, g.id, self.failback))
+        app.include_router(site_ingest_router(self.access, g.id, self.failback, self.resyncs.for_source))
         app.include_router(verify_ingest_router(self.access, StandbyListing(self.store, self._open_standby)))
         app.include_router(redirect_router(self.redirect, self.settings.failover.redirect_key))
         app.add_middleware(AuditMiddleware, audit=audit)

@@ -3,7 +3,7 @@
 ::
 
     [gateway]   id, state_url, listen, admin_token, workers, append_batch, blob_dir,
-                blob_grace_seconds, log_level, tls_cert, tls_key, tls_client_ca, plaintext,
+                blob_grace_seconds, standby_check_interval, log_level, tls_cert, tls_key, tls_client_ca, plaintext,
                 encryption_key(_file), encryption_old_key_files, max_json_bytes, max_batch_bytes,
                 max_inflated_bytes, max_concurrent_ingests, metrics_open, docs_open, min_free_bytes
     [[sources]] the source gateways that may send: id, certificate_cn, token, servers, mailboxes
@@ -79,6 +79,7 @@ DEFAULT_WORKERS = 4
 DEFAULT_APPEND_BATCH = 100
 DEFAULT_BLOB_DIR = "mailrepl-blobs"
 DEFAULT_BLOB_GRACE = 600
+DEFAULT_STANDBY_CHECK_INTERVAL = 300  # seconds between checks of an idle standby copy (see standby_check.py)
 DEFAULT_OUTAGE = 120.0
 DEFAULT_CHECK_INTERVAL = 10.0
 DEFAULT_HOLD = 3600.0
@@ -115,6 +116,8 @@ class RecoveryGatewaySettings:
     append_batch: int = DEFAULT_APPEND_BATCH
     blob_dir: str = DEFAULT_BLOB_DIR  # content-addressed message parts (absolute after loading)
     blob_grace_seconds: int = DEFAULT_BLOB_GRACE  # GC never deletes a part younger than this
+    # how often a standby copy with nothing to replay is checked for damage behind our back
+    standby_check_interval: float = DEFAULT_STANDBY_CHECK_INTERVAL
     log_level: str = "info"
     encryption: EncryptionSettings = EncryptionSettings()
     insecure_demo: bool = False  # loopback demo: secrets in a file others may read (warned at start-up)
@@ -202,6 +205,8 @@ def _read_gateway(table: Table) -> RecoveryGatewaySettings:
         # the key is read even when the environment overrides it (else it would count as unknown)
         blob_dir=str(table.resolve(table.environ.get(ENV_BLOB_DIR) or blob_dir)),
         blob_grace_seconds=table.integer("blob_grace_seconds", DEFAULT_BLOB_GRACE, minimum=60),
+        standby_check_interval=table.integer("standby_check_interval", DEFAULT_STANDBY_CHECK_INTERVAL, minimum=1,
+                                             maximum=86400),
         log_level=read_log_level(table),
         encryption=read_encryption(table),
         insecure_demo=demo,

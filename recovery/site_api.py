@@ -119,15 +119,17 @@ def site_admin_router(store: Store, authz: Authorizer, cutover: CutoverService, 
     return r
 
 
-def site_ingest_router(access: SourceAccess, gateway_id: str, failback: FailbackService) -> APIRouter:
+def site_ingest_router(access: SourceAccess, gateway_id: str, failback: FailbackService,
+                       resyncs: Callable[[str], list[dict]] = lambda source: []) -> APIRouter:
     r = APIRouter(prefix="/api/v1/ingest", tags=["ingest"], responses=ERROR_RESPONSES)
     as_source = access.dependency()
 
     @r.get("/sites", response_model=SitesAnswer)
     def sites(source: str, caller: Principal = Depends(as_source)) -> SitesAnswer:
-        """Mailboxes of this source that are not replicating, with their site state."""
+        """Mailboxes of this source that are not replicating, with their site state, and those
+        whose standby copy needs a resync."""
         access.source_of(caller, source)
-        return SitesAnswer(gateway=gateway_id, mailboxes=failback.sites(source))
+        return SitesAnswer(gateway=gateway_id, mailboxes=failback.sites(source), resync=resyncs(source))
 
     @r.post("/reverse", response_class=Response,
             responses={200: {"content": {MEDIA_TYPE: {}}, "description": "the next batch of standby changes"},

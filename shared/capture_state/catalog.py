@@ -119,11 +119,13 @@ class CaptureState:
         row.messages = info.messages
 
     def reset_folder(self, folder_id: int) -> None:
-        """The folder was replaced: its catalogue goes, capture reads it again from nothing."""
+        """The folder was replaced: its catalogue goes, capture reads it again from nothing (work
+        pending from an earlier cycle included)."""
         self.s.execute(delete(CatalogEntry).where(CatalogEntry.folder_id == folder_id))
         row = self.rows[folder_id]
         row.resetting = True
         row.cursor = None
+        row.pending_cursor = row.pending_uids = row.pending_replace = None
 
     def delete_folder(self, folder_id: int) -> None:
         """The folder and the catalogue rows still in it (those moved out were moved first)."""

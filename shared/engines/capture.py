@@ -199,6 +199,20 @@ class CaptureEngine:
             if mbx.error:
                 mbx.error = None
 
+    def resync(self, mailbox_id: int) -> int:
+        """Read every folder of the mailbox again from nothing (its copy was damaged): a folder
+        reset of each now, in one transaction; the next cycle captures every message again and
+        ends each reset. Returns how many folders were reset."""
+        with self.store.tx() as s:
+            mbx = s.get(Mailbox, mailbox_id, with_for_update=True)
+            seq = _Seq(s, mbx, CycleReport())
+            st = CaptureState(s, mailbox_id)
+            folders = sorted(known_folders(s, mailbox_id), key=lambda f: f.name.count("/"))
+            for f in folders:
+                st.reset_folder(f.id)
+                seq.emit(Change(Kind.FOLDER_RESET, f.name))
+        return len(folders)
+
     # ------------------------------------------------------------------ planning
 
     def _plan(self, mailbox_id: int, session: MailboxSession):

@@ -50,6 +50,7 @@ log = logging.getLogger("mailrepl.replay")
 DEFAULT_APPEND_BATCH = 100
 DEFAULT_APPEND_BYTES = 32 * 1024 * 1024
 _GROUPABLE = (Kind.MSG_ADD, Kind.MSG_EXPUNGE, Kind.MSG_FLAGS, Kind.MSG_MOVE)
+_Dates = dict[str, tuple[int, dict[int, int | None]]]  # folder -> (UIDVALIDITY, UID -> internal date in s)
 
 
 @dataclass
@@ -113,6 +114,7 @@ class ReplayReport:
     appended: int = 0
     rejected: int = 0
     recovered: int = 0  # messages found on the server after a crash instead of written again
+    last_reset_seq: int = 0  # the last folder reset applied in this pass (0: none)
     kept_folders: list[dict] = field(default_factory=list)  # deleted there, kept here (keep_unknown)
 
 
@@ -140,7 +142,7 @@ class ReplayEngine:
         """Apply every received change that continues the applied sequence; stop at a gap.
         ``report`` (filled in place) tells what was done even if a later change fails."""
         report = ReplayReport() if report is None else report
-        dates: dict[str, dict[int, int]] = {}  # folder -> UID -> internal date (s), read once a pass
+        dates: _Dates = {}  # read once a pass
         self._reconcile(replica_id, session, report)
         while True:
             with self.store.tx() as s:
@@ -168,7 +170,7 @@ class ReplayEngine:
     # ------------------------------------------------------------------ groups
 
     def _apply(self, rid: int, g: Group, session: MailboxSession, report: ReplayReport,
-               dates: dict[str, dict[int, int]] | None = None) -> None:
+               dates: _Dates | None = None) -> None:
         k = g.kind
         if k in (Kind.MSG_ADD, Kind.MSG_REPLACE):
             self._apply_adds(rid, g, session, report, {} if dates is None else dates)
@@ -212,6 +214,9 @@ class ReplayEngine:
             if kept is not None:
                 report.kept_folders.append(kept.record())
         elif k == Kind.FOLDER_RESET:
+            if session.folder_info(g.folder) is None:  # gone here too (wiped): an empty folder stays a folder
+                session.create_folder(g.folder)
+            report.last_reset_seq = g.last_seq
             with self.store.tx() as s:
                 for e in IdMap(s, rid).take_folder(g.folder):
                     s.add(Orphan(replica_id=rid, folder=e.folder, uidvalidity=e.uidvalidity, uid=e.uid, sha256=e.sha256))
@@ -219,8 +224,12 @@ class ReplayEngine:
         elif k == Kind.FOLDER_RESET_DONE:
             with self.store.tx() as s:
                 orphans = list(s.scalars(select(Orphan).where(Orphan.replica_id == rid, Orphan.folder == g.folder)))
-            if orphans:
-                session.expunge(g.folder, [o.uid for o in orphans])
+            info = session.folder_info(g.folder) if orphans else None
+            # an orphan of an older UIDVALIDITY (the folder was recreated here) is gone already:
+            # its UID may name another message now
+            stale = [o.uid for o in orphans if info is not None and o.uidvalidity == info.uidvalidity]
+            if stale:
+                session.expunge(g.folder, stale)
             with self.store.tx() as s:
                 s.execute(delete(Orphan).where(Orphan.replica_id == rid, Orphan.folder == g.folder))
                 self._advance(s, rid, g, report)
@@ -228,7 +237,7 @@ class ReplayEngine:
             raise ValueError(f"unknown change kind {k}")
 
     def _apply_adds(self, rid: int, g: Group, session: MailboxSession, report: ReplayReport,
-                    dates: dict[str, dict[int, int]]) -> None:
+                    dates: _Dates) -> None:
         with self.store.read() as s:
             mapped = IdMap(s, rid).mapped(c.mid for _, c in g.items)
             orphans: dict[str, list[Orphan]] = {}
@@ -371,6 +380,7 @@ class ReplayEngine:
             )
             folder, uv, uidnext = intent.folder, intent.uidvalidity, intent.uidnext
             wanted: list[tuple[int, str]] = []  # (mid, sha) in order
+            moving: dict[int, MapEntry] = {}  # mid -> where a move took the message from
             mapped = IdMap(s, rid).all()
             for text in rows:
                 ch = Change.from_dict(json.loads(text))
@@ -378,6 +388,7 @@ class ReplayEngine:
                     wanted.append((ch.mid, ch.sha256))
                 elif ch.kind == Kind.MSG_MOVE and ch.mid in mapped and mapped[ch.mid].folder != folder:
                     wanted.append((ch.mid, mapped[ch.mid].sha256))
+                    moving[ch.mid] = mapped[ch.mid]
         found: list[MapEntry] = []
         info = session.folder_info(folder)
         if wanted and info is not None and info.uidvalidity == uv and info.uidnext > uidnext:
@@ -392,6 +403,18 @@ class ReplayEngine:
                         used.add(uid)
                         found.append(MapEntry(mid=mid, folder=folder, uidvalidity=uv, uid=uid, sha256=sha))
                         break
+        # a move is a copy and an expunge: a crash between them leaves the message in both
+        # folders; the copy is the one kept (found above), the original goes now
+        left: dict[str, list[MapEntry]] = {}
+        for e in found:
+            old = moving.get(e.mid)
+            if old is not None:
+                left.setdefault(old.folder, []).append(old)
+        for src, olds in left.items():
+            src_info = session.folder_info(src)
+            stale = [o.uid for o in olds if src_info is not None and o.uidvalidity == src_info.uidvalidity]
+            if stale:
+                session.expunge(src, stale)  # a no-op for the UIDs the move did expunge
         with self.store.tx() as s:
             IdMap(s, rid).put(found)
             s.execute(delete(ReplayIntent).where(ReplayIntent.replica_id == rid))
@@ -454,22 +477,27 @@ class ReplayEngine:
 
 
 def _same_copy(bucket: list[Orphan], ch: Change, folder: str, session: MailboxSession,
-               dates: dict[str, dict[int, int]]) -> Orphan | None:
+               dates: _Dates) -> Orphan | None:
     """The orphan (same folder, same SHA-256) that is the message ``ch`` adds in everything but its
-    flags, which a flag store fixes: its internal date must be the same (to the second), since no
-    server lets an internal date change. None: the message is written again and the orphan goes
-    when the reset is done. The folder's dates are read once per replay pass."""
-    if not ch.internaldate:
-        return bucket[-1]
-    want = int(parse_internaldate(ch.internaldate).timestamp())
+    flags, which a flag store fixes: it must still be there, in a folder of the same UIDVALIDITY
+    (a folder recreated on this server gives its UIDs to other messages), with the same internal
+    date (to the second), since no server lets an internal date change. None: the message is
+    written again and the orphan goes when the reset is done. The folder's UIDVALIDITY and dates
+    are read once per replay pass."""
     known = dates.get(folder)
     if known is None:
         try:
-            listed = session.changes_since(folder, None).new
+            delta = session.changes_since(folder, None)
+            uidvalidity, listed = delta.cursor.uidvalidity, delta.new
         except FolderNotFound:  # gone meanwhile: nothing to keep, the adds create it again
-            listed = ()
-        known = dates[folder] = {m.uid: int(m.internaldate.timestamp()) for m in listed if m.internaldate is not None}
+            uidvalidity, listed = -1, ()
+        known = dates[folder] = (uidvalidity, {m.uid: (int(m.internaldate.timestamp()) if m.internaldate else None)
+                                               for m in listed})
+    uidvalidity, by_uid = known
+    want = int(parse_internaldate(ch.internaldate).timestamp()) if ch.internaldate else None
     for o in reversed(bucket):
-        if known.get(o.uid) == want:
+        if o.uidvalidity != uidvalidity or o.uid not in by_uid:
+            continue
+        if want is None or by_uid[o.uid] == want:
             return o
     return None

@@ -5,7 +5,7 @@ The source gateway always calls; the recovery gateway answers (ingest token, ``/
     POST /missing     HeldQuery                        -> HeldAnswer     bodies and parts it lacks
     POST /batches     a wire batch (binary, wire.py)   -> Ack            acknowledgement (wire.py)
     GET  /progress    ?source=<gateway id>             -> Ack            how far it applied
-    GET  /sites       ?source=<gateway id>             -> SitesAnswer    mailboxes not replicating
+    GET  /sites       ?source=<gateway id>             -> SitesAnswer    mailboxes not replicating, resyncs
     POST /reverse     ReverseRequest                   -> a wire batch, or 204: nothing to pull
     POST /resync      MailboxRef                       -> ResyncAnswer   full resync of one mailbox
     POST /rebase      RebaseRequest                    -> RebaseAnswer   back to replicating
@@ -40,6 +40,7 @@ __all__ = [
     "HeldQuery",
     "HeldAnswer",
     "MailboxSite",
+    "ResyncWanted",
     "SitesAnswer",
     "ReverseProgress",
     "ReverseRequest",
@@ -146,11 +147,22 @@ class MailboxSite(_Answer):
     dr_applied: int = 0
 
 
+class ResyncWanted(_Answer):
+    """A mailbox whose standby copy was changed behind the gateways' back: the source reads it
+    again from nothing (once per ``token``)."""
+
+    server: str
+    address: str
+    token: int
+
+
 class SitesAnswer(_Answer):
-    """``GET /sites``: the recovery gateway's id and the source's mailboxes not replicating."""
+    """``GET /sites``: the recovery gateway's id, the source's mailboxes not replicating, and
+    those whose standby copy needs a resync."""
 
     gateway: str
     mailboxes: list[MailboxSite]
+    resync: list[ResyncWanted] = []
 
 
 class ReverseProgress(_Request):

@@ -3,7 +3,9 @@
 Policy kept here, not in adapters: one job per mailbox at a time, a cached adapter session per
 mailbox (reopened after a failure), exponential back-off per mailbox after errors, and a wake-up
 event so that new work (a received batch, an admin toggle) starts at once instead of at the
-next poll. A wake-up names one mailbox (a push notification of its change) or none (every
+next poll. Jobs of one ``group`` (the mail server their mailboxes are on) recover together: when
+a job that had failed succeeds, the server is back, and the others of its group waiting out a
+back-off run at once instead of up to ``back_off_max`` later. A wake-up names one mailbox (a push notification of its change) or none (every
 mailbox): with hundreds of mailboxes, a change in one must not start a cycle of all of them.
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Job:
     key: Hashable  # mailbox id / replica id
     open_session: Callable[[], MailboxSession]
     run: Callable[[MailboxSession], object]
+    group: Hashable | None = None  # the server: its jobs' back-offs end together when it is back
 
 
 @dataclass
@@ -36,6 +39,7 @@ class _Slot:
     future: Future | None = None
     failures: int = 0
     not_before: float = 0.0
+    group: Hashable | None = None
 
 
 class MailboxWorkers:
@@ -123,6 +127,7 @@ class MailboxWorkers:
                     if not run_all and job.key not in woken:
                         continue
                     slot = self._slots.setdefault(job.key, _Slot())
+                    slot.group = job.group
                     if slot.future is not None:
                         self._woken.add(job.key)  # runs again when this run ends
                         continue
@@ -134,13 +139,30 @@ class MailboxWorkers:
                     self._wake_all = True  # the poll: every job
             self._wake.clear()
 
+    def _group_back(self, group: Hashable) -> None:
+        """A job of ``group`` succeeded after failing: its server is back; the group's waiting jobs
+        run now, and their back-off starts again from its first step (their failures were that
+        server's outage: kept, a server that flaps would leave every job at the longest back-off)."""
+        with self._lock:
+            waiting = [s for s in self._slots.values() if s.group == group and s.not_before > 0.0]
+            for s in waiting:
+                s.not_before, s.failures = 0.0, 0
+            if waiting:
+                self._wake_all = True
+        if waiting:
+            log.info("%s: %s is back: %d job(s) no longer wait out their back-off", self.name, group, len(waiting))
+            self._wake.set()
+
     def _run(self, job: Job, slot: _Slot) -> None:
         try:
             if slot.session is None:
                 slot.session = job.open_session()
             job.run(slot.session)
+            recovered = slot.failures > 0
             slot.failures = 0
             slot.not_before = 0.0
+            if recovered and job.group is not None:
+                self._group_back(job.group)
         except BaseException as exc:  # noqa: BLE001 - recorded and retried, never lost
             slot.failures += 1
             retryable = isinstance(exc, MailreplError) and exc.retryable

@@ -120,7 +120,7 @@ def test_sites_reverse_and_resync_during_a_failback(site):
     # the answer on the wire is the recovery gateway's list, key for key
     raw = site.client.get("/api/v1/ingest/sites", params={"source": "hq"},
                           headers={"Authorization": f"Bearer {TOKEN}"}).json()
-    assert raw == {"gateway": "dr", "mailboxes": site.failbacks.sites("hq")}
+    assert raw == {"gateway": "dr", "mailboxes": site.failbacks.sites("hq"), "resync": []}
 
     site.failbacks.failback([site.rid()])
     assert peer.sites().mailboxes[0].state == "failing-back"

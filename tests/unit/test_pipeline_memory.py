@@ -28,7 +28,7 @@ from mailrepl.shared.engines.replay import ReplayEngine
 from mailrepl.shared.store import open_store
 from mailrepl.shared.store.models import IdMapEntry, InboxRow, Mailbox, RejectedMessage, Replica
 from mailrepl.shared.protocol.wire import Batch, Segment, decode_batch, encode_batch
-from tests.unit.memory_server import MemoryAdapter, MemoryServer
+from tests.unit.memory_server import Folder, MemoryAdapter, MemoryServer
 
 TOKEN = "t0ken"
 
@@ -201,6 +201,33 @@ def test_crash_after_standby_stored_append_does_not_duplicate(tmp_path):
     p.sync()
     p.assert_equal()
     assert sum(len(f.msgs) for f in p.standby.box("alice").values()) == 5
+
+
+def test_crash_in_the_middle_of_a_move_on_the_standby_leaves_one_copy(tmp_path, monkeypatch):
+    """A move is a copy and an expunge (Dovecot's MOVE too): a standby killed between them holds the
+    message in both folders. Recovery keeps the copy in the target folder and removes the original."""
+    p = Pipeline(tmp_path)
+    for i in range(4):
+        p.primary.deliver("alice", _msg(i))
+    p.sync()
+    M = p.primary.open("alice")
+    M.move("INBOX", [1, 2], "Archive")
+    server = p.standby
+
+    def copy_then_die(user, folder, uid, dest):
+        m = server.boxes[user][folder].msgs[uid]
+        server._add(server.boxes[user].setdefault(dest, Folder(dest)), m.body, m.flags, m.date, m.guid)
+        raise ServerUnavailable("standby killed between the copy and the expunge")
+
+    monkeypatch.setattr(server, "move", copy_then_die)
+    with pytest.raises(ServerUnavailable):
+        p.sync()
+    monkeypatch.undo()
+    assert sum(len(f.msgs) for f in p.standby.box("alice").values()) == 5  # one message in both folders
+    p.replay = ReplayEngine(p.dst, p.bodies, append_batch=4)  # the restarted recovery gateway
+    p.sync()
+    p.assert_equal()
+    assert sum(len(f.msgs) for f in p.standby.box("alice").values()) == 4
 
 
 def test_rejected_message_is_reported_and_does_not_stop_the_rest(tmp_path):

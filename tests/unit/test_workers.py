@@ -4,7 +4,8 @@ from __future__ import annotations
 import threading
 import time
 
-from mailrepl.shared.runtime.workers import Job, MailboxWorkers
+from mailrepl.shared.errors import ServerUnavailable
+from mailrepl.shared.runtime.workers import Job, MailboxWorkers, _Slot
 
 
 class FakeSession:
@@ -109,3 +110,57 @@ def test_a_key_woken_while_its_job_runs_runs_again_afterwards():
         assert len(runs) == 3
     finally:
         workers.stop()
+
+
+def test_jobs_of_a_server_that_is_back_stop_waiting_out_their_back_off():
+    """Two mailboxes of one server fail while it is down and back off; when one succeeds again,
+    the other runs at once, not when its back-off ends; a job of another server keeps waiting."""
+    down = {"srv": True, "other": True}
+    runs: dict[int, list[float]] = {1: [], 2: [], 3: []}
+    lock = threading.Lock()
+
+    def job(key: int, server: str) -> Job:
+        def run(session) -> None:
+            with lock:
+                runs[key].append(time.monotonic())
+            if down[server]:
+                raise ServerUnavailable(f"{server} is down", retryable=True)
+        return Job(key=key, open_session=FakeSession, run=run, group=server)
+
+    jobs = [job(1, "srv"), job(2, "srv"), job(3, "other")]
+    workers = MailboxWorkers("t", lambda: list(jobs), workers=3, poll_interval=0.05, back_off_max=30.0)
+    workers.start()
+    try:
+        deadline = time.monotonic() + 10
+        while min(len(r) for r in runs.values()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert min(len(r) for r in runs.values()) >= 3  # each failed 3 times: back-offs of 1, 2, 4 s
+        for r in runs.values():
+            assert r[2] - r[1] >= 1.5  # back-off in force
+        down["srv"] = False
+        # job 1 is told the server is back (as a wake-up after new work would); job 2 follows at once
+        with lock:
+            before = {k: len(r) for k, r in runs.items()}
+        workers._slots[1].not_before = 0.0
+        workers.wake(1)
+        deadline = time.monotonic() + 2.0
+        while len(runs[2]) == before[2] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(runs[1]) > before[1] and len(runs[2]) > before[2], "job 2 still waits out its back-off"
+        time.sleep(0.3)
+        assert len(runs[3]) == before[3], "a job of another server stopped waiting too"
+    finally:
+        workers.stop()
+
+
+def test_a_server_back_restarts_its_jobs_back_off_from_the_first_step():
+    """The failures were the outage's: a job that fails again right after (the server flaps)
+    waits 1 s, not the longest back-off it had reached."""
+    workers = MailboxWorkers("t", lambda: [], workers=1, poll_interval=0.05)
+    for key, group in ((1, "srv"), (2, "srv"), (3, "other")):
+        slot = workers._slots.setdefault(key, _Slot())
+        slot.group, slot.failures, slot.not_before = group, 7, time.monotonic() + 60
+    workers._group_back("srv")
+    assert [(workers._slots[k].failures, workers._slots[k].not_before) for k in (1, 2)] == [(0, 0.0), (0, 0.0)]
+    assert workers._slots[3].failures == 7 and workers._slots[3].not_before > time.monotonic() + 50
+    workers.stop()

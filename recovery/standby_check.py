@@ -1,0 +1,83 @@
+"""Finding a standby copy changed behind the replayer's back, and asking for its resync.
+
+While a mailbox replicates, only the replayer writes its standby copy, so the id map (every
+message written, by folder, UIDVALIDITY and UID) and the standby view (the folders as the
+replayer left them) describe the copy exactly. A folder the id map has messages in that is gone
+or has another UIDVALIDITY, or, when the view matches everything applied, a folder of the view
+that is gone or was recreated, means someone else changed the copy: a mailbox or folder wiped or
+restored on the standby. Nothing written there can be trusted to be where the id map says.
+
+The repair is a resync from the primary, which holds the truth: the recovery gateway lists the
+mailbox in its answer to ``GET /api/v1/ingest/sites`` (``resync``, with a token), the source
+gateway resets the capture of every folder of that mailbox (``FOLDER_RESET`` … adds …
+``FOLDER_RESET_DONE``), and replay keeps what the standby still holds of it (same bytes, same
+internal date, in a folder of the same UIDVALIDITY), writes the rest again and removes what
+should not be there. Bodies do not cross the WAN again: the recovery gateway still holds them.
+
+A request stays until a folder reset of the source later than the request has been applied; it
+is kept in memory (a restart finds the damage again from the id map).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+
+from sqlalchemy import select
+
+from mailrepl.shared.adapters.base import FolderInfo
+from mailrepl.shared.capture_state import known_folders, pair_folders
+from mailrepl.shared.store.models import IdMapEntry, Mailbox, Replica
+
+__all__ = ["ResyncRequests", "standby_damage"]
+
+log = logging.getLogger("mailrepl.standby_check")
+
+
+def standby_damage(s, rid: int, live: Sequence[FolderInfo], *, view_fresh: bool, use_fid: bool) -> list[str]:
+    """Folders of replica ``rid``'s standby copy changed by someone else (sorted; empty: none)."""
+    live_uv = {f.name: f.uidvalidity for f in live}
+    damaged = {folder for folder, uv in s.execute(
+        select(IdMapEntry.folder, IdMapEntry.uidvalidity).where(IdMapEntry.replica_id == rid).distinct())
+        if live_uv.get(folder) != uv}
+    if view_fresh:
+        rep = s.get(Replica, rid)
+        mbx_id = s.scalar(select(Mailbox.id).where(Mailbox.server == rep.server, Mailbox.address == rep.address))
+        if mbx_id is not None:
+            matches, deleted = pair_folders(known_folders(s, mbx_id), live, use_fid)
+            damaged |= {k.name for k in deleted}
+            damaged |= {m.known.name for m in matches if m.identity_changed}
+    return sorted(damaged)
+
+
+class ResyncRequests:
+    """Mailboxes whose standby copy needs a resync from the primary: replica id -> token (the
+    received sequence number when the damage was found). Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._wanted: dict[int, tuple[str, str, str, int]] = {}  # rid -> (source, server, address, token)
+
+    def want(self, rep: Replica, folders: Sequence[str]) -> None:
+        with self._lock:
+            if rep.id in self._wanted:
+                return
+            self._wanted[rep.id] = (rep.source_id, rep.server, rep.address, rep.received_seq)
+        log.warning("%s/%s: the standby copy was changed behind the gateways' back (%s): asking the source "
+                    "for a resync", rep.server, rep.address, ", ".join(folders[:5]) + (" ..." if len(folders) > 5 else ""))
+
+    def reset_applied(self, rid: int, reset_seq: int) -> None:
+        """A folder reset of the source at ``reset_seq`` was applied: a request older than it is answered."""
+        with self._lock:
+            wanted = self._wanted.get(rid)
+            if wanted is not None and reset_seq > wanted[3]:
+                del self._wanted[rid]
+
+    def pending(self, rid: int) -> bool:
+        with self._lock:
+            return rid in self._wanted
+
+    def for_source(self, source: str) -> list[dict]:
+        with self._lock:
+            return [dict(server=server, address=address, token=token)
+                    for src, server, address, token in self._wanted.values() if src == source]
