@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -54,6 +55,7 @@ log = logging.getLogger("mailrepl.capture")
 
 DEFAULT_CHUNK_MESSAGES = 200
 DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
+IDLE_NOTE_SECONDS = 300.0  # how stale Mailbox.last_capture_at may get while nothing changes
 
 
 def _is_draft(flags: Iterable[str]) -> bool:
@@ -78,6 +80,7 @@ class _FolderPlan:
     delta: FolderDelta | None = None
     moves_in: list[tuple[MessageMeta, CatalogRow]] = field(default_factory=list)
     replaces: dict[int, int] = field(default_factory=dict)  # new uid -> old mid
+    idle: bool = False  # known, same name, id and cursor: nothing to write for it
 
 
 class _Seq:
@@ -113,8 +116,11 @@ class CaptureEngine:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         body_lock: threading.Lock | None = None,
         gate: QueueGate | None = None,
+        idle_note_seconds: float = IDLE_NOTE_SECONDS,
     ) -> None:
         self.store = store
+        self.idle_note_seconds = idle_note_seconds
+        self._noted: dict[int, float] = {}  # mailbox id -> monotonic time last_capture_at was written
         self.gate = gate  # back-pressure: None takes work whatever the queue
         self.body_lock = body_lock or threading.Lock()  # held with the shipper's body GC
         self.chunk_messages = chunk_messages
@@ -132,7 +138,8 @@ class CaptureEngine:
                 return report
             plans, deleted = self._plan(mailbox_id, session)
             self._pair(mailbox_id, plans, deleted, session)
-            self._commit_plan(mailbox_id, plans, deleted, report)
+            if deleted or not all(p.idle for p in plans):
+                self._commit_plan(mailbox_id, plans, deleted, report)
             self._drain_all(mailbox_id, session, report)
             if report.paused:
                 return report
@@ -155,6 +162,19 @@ class CaptureEngine:
         return report.paused is not None
 
     def _finish(self, mailbox_id: int, report: CycleReport) -> None:
+        """End of a cycle that caught up. A cycle that found nothing writes nothing (a poll of
+        hundreds of idle mailboxes must not queue hundreds of durable transactions): the
+        transaction is made only to end seeding, clear an error, or note ``last_capture_at``
+        after work or once every ``idle_note_seconds``."""
+        with self.store.read() as s:
+            mbx = s.get(Mailbox, mailbox_id)
+            ends_seeding = mbx.phase == "seeding" and report.pending == 0
+            clears_error = bool(mbx.error)
+        noted = self._noted.get(mailbox_id)
+        now = time.monotonic()
+        if not (ends_seeding or clears_error or report.changes or noted is None
+                or now - noted >= self.idle_note_seconds):
+            return
         with self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id)
             mbx.last_capture_at = utcnow()
@@ -162,6 +182,7 @@ class CaptureEngine:
                 mbx.phase = "replicating"
             if mbx.error:
                 mbx.error = None
+        self._noted[mailbox_id] = now
 
     # ------------------------------------------------------------------ planning
 
@@ -182,6 +203,7 @@ class CaptureEngine:
                     continue  # could not drain (e.g. server error); next cycle
                 if not plan.reset and row.cursor is not None and row.cursor == m.info.cursor:
                     plan.delta = FolderDelta(cursor=row.cursor)
+                    plan.idle = row.name == m.info.name and m.info.fid in ("", row.fid)
             plans.append(plan)
         # deltas, outside any transaction
         for plan in plans:

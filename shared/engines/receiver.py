@@ -40,18 +40,20 @@ class Receiver:
         bodies: BodyStore,
         route: Callable[[str], str | None],
         *,
-        on_received: Callable[[], None] | None = None,
+        on_received: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
         self.bodies = bodies
         self.route = route  # capturing server name -> server replayed into (None: no route)
         self.body_lock = bodies.lock
-        self.on_received = on_received
+        self.on_received = on_received  # called with each replica id that received new changes
 
     def ingest(self, batch: Batch) -> Ack:
-        results = [self._segment(batch, seg) for seg in batch.segments]
-        if self.on_received is not None and any(r.status == "ok" for r in results):
-            self.on_received()
+        received: list[int] = []
+        results = [self._segment(batch, seg, received) for seg in batch.segments]
+        if self.on_received is not None:
+            for replica_id in received:  # committed: the replay of these mailboxes may start
+                self.on_received(replica_id)
         return Ack(tuple(results))
 
     def progress(self, source: str) -> Ack:
@@ -73,7 +75,7 @@ class Receiver:
             applied=rep.applied_seq, rejected=rejected, **kw,
         )
 
-    def _segment(self, batch: Batch, seg: Segment) -> SegmentResult:
+    def _segment(self, batch: Batch, seg: Segment, received: list[int]) -> SegmentResult:
         target = self.route(seg.server)
         if target is None:
             return SegmentResult(
@@ -136,6 +138,7 @@ class Receiver:
             if new:
                 rep.received_seq = new[-1][0]
                 rep.last_received_at = utcnow()
+                received.append(rep.id)
             return self._result(s, rep, "ok")
 
 
