@@ -69,6 +69,7 @@ class CycleReport:
     bytes: int = 0
     pending: int = 0  # messages still to capture after this cycle (0 = caught up)
     paused: str | None = None  # why the cycle stopped before catching up (queue bound, disk full)
+    wrote: bool = False  # committed something (and with it ``Mailbox.last_capture_at``)
 
 
 @dataclass
@@ -163,17 +164,19 @@ class CaptureEngine:
 
     def _finish(self, mailbox_id: int, report: CycleReport) -> None:
         """End of a cycle that caught up. A cycle that found nothing writes nothing (a poll of
-        hundreds of idle mailboxes must not queue hundreds of durable transactions): the
-        transaction is made only to end seeding, clear an error, or note ``last_capture_at``
-        after work or once every ``idle_note_seconds``."""
+        hundreds of idle mailboxes must not queue hundreds of durable transactions), and one
+        that wrote noted ``last_capture_at`` in its own commits: the transaction here is made
+        only to end seeding, clear an error, or note ``last_capture_at`` of an idle mailbox once
+        every ``idle_note_seconds``."""
         with self.store.read() as s:
             mbx = s.get(Mailbox, mailbox_id)
             ends_seeding = mbx.phase == "seeding" and report.pending == 0
             clears_error = bool(mbx.error)
-        noted = self._noted.get(mailbox_id)
         now = time.monotonic()
-        if not (ends_seeding or clears_error or report.changes or noted is None
-                or now - noted >= self.idle_note_seconds):
+        if report.wrote:
+            self._noted[mailbox_id] = now
+        noted = self._noted.get(mailbox_id)
+        if not (ends_seeding or clears_error or noted is None or now - noted >= self.idle_note_seconds):
             return
         with self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id)
@@ -281,6 +284,8 @@ class CaptureEngine:
     def _commit_plan(self, mailbox_id, plans, deleted: list[KnownFolder], report: CycleReport) -> None:
         with self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id, with_for_update=True)
+            mbx.last_capture_at = utcnow()
+            report.wrote = True
             seq = _Seq(s, mbx, report)
             st = CaptureState(s, mailbox_id)
             seeding = mbx.phase == "seeding"
@@ -378,6 +383,8 @@ class CaptureEngine:
         shas = [hashlib.sha256(msg.body).hexdigest() for msg in batch]  # outside the write lock
         with self.body_lock, self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id, with_for_update=True)
+            mbx.last_capture_at = utcnow()
+            report.wrote = True
             st = CaptureState(s, mailbox_id)
             name = st.folder_name(folder_id)
             seq = _Seq(s, mbx, report)

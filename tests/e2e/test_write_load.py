@@ -93,12 +93,12 @@ def test_an_idle_capture_cycle_writes_nothing_and_changes_are_still_captured(dov
 
         primary.deliver("alice", message(3))
         assert capture.cycle(mid, session).messages == 1
-        assert writes.take()[0] >= 1
+        assert writes.take() == (2, 0)  # the cycle's plan, then the captured message: nothing more
         uid = max(session.changes_since("INBOX", None).new, key=lambda m: m.uid).uid
         session.store_flags("INBOX", [uid], frozenset({"\\Seen"}))
         report = capture.cycle(mid, session)
         assert report.changes == 1  # a flag change is seen by the cycle that skips idle folders
-        writes.take()
+        assert writes.take() == (1, 0)
         assert capture.cycle(mid, session).changes == 0
         assert writes.take() == (0, 0)
         with store.read() as s:
