@@ -120,21 +120,25 @@ def test_an_idle_capture_cycle_writes_nothing_and_changes_are_still_captured(dov
         store.dispose()
 
 
-def test_a_replayed_message_costs_one_flushed_transaction(dovecot_factory, tmp_path):
-    primary = dovecot_factory("primary", ["alice"])
-    standby = dovecot_factory("standby", ["alice"])
-    primary.deliver_many("alice", [message(i) for i in range(2)])
+def test_a_batch_is_stored_in_one_transaction_and_a_replayed_message_costs_one_flush(dovecot_factory, tmp_path):
+    users = ["alice", "bob", "carol"]
+    primary = dovecot_factory("primary", users)
+    standby = dovecot_factory("standby", users)
+    for user in users:
+        primary.deliver_many(user, [message(i) for i in range(2)])
     src = open_store(f"sqlite:///{tmp_path}/src.sqlite")
     src.migrate()
     dst = open_store(f"sqlite:///{tmp_path}/dst.sqlite")
     dst.migrate()
     with src.tx() as s:
-        s.add(Mailbox(server="primary", address="alice", protected=True, phase="seeding"))
+        for user in users:
+            s.add(Mailbox(server="primary", address=user, protected=True, phase="seeding"))
     with src.read() as s:
-        mid = s.scalar(select(Mailbox.id))
+        mids = dict(s.execute(select(Mailbox.address, Mailbox.id)).all())
     bodies = BodyStore(dst, BlobStore(tmp_path / "blobs"))
     standby_adapter = adapter("standby", standby)
-    receiver = Receiver(dst, bodies, lambda server: "standby")
+    woken: list[int] = []
+    receiver = Receiver(dst, bodies, lambda server: "standby", on_received=woken.append)
     app = FastAPI()
     app.include_router(ingest_router(
         receiver, SourceAccess([BoundSource(id="hq", token=TOKEN, servers=("primary",))], lambda server: "standby",
@@ -142,37 +146,43 @@ def test_a_replayed_message_costs_one_flushed_transaction(dovecot_factory, tmp_p
     shipper = Shipper(src, "hq", TestClient(app, base_url="http://recovery"), token=TOKEN)
     replay = ReplayEngine(dst, bodies)
     capture = CaptureEngine(src)
-    p_session = adapter("primary", primary).open("alice")
-    s_session = standby_adapter.open("alice")
+    p_sessions = {u: adapter("primary", primary).open(u) for u in users}
+    s_sessions = {u: standby_adapter.open(u) for u in users}
     try:
-        def sync() -> None:
-            capture.cycle(mid, p_session)
+        def ship() -> dict[str, int]:
             while shipper.ship_once():
                 pass
             with dst.read() as s:
-                rid = s.scalar(select(Replica.id))
-            replay.replay(rid, s_session)
+                return dict(s.execute(select(Replica.address, Replica.id)).all())
 
-        sync()  # seeding: folder create, two adds
+        for user in users:
+            capture.cycle(mids[user], p_sessions[user])
+        rids = ship()
+        for user in users:  # seeding: folder creates, two adds each
+            replay.replay(rids[user], s_sessions[user])
         writes = Writes(dst)
         for i in range(2, 5):
-            primary.deliver("alice", message(i))
-            capture.cycle(mid, p_session)
-            while shipper.ship_once():
-                pass
-            assert writes.take() == (1, 0)  # the received batch: durable before acknowledged
-            with dst.read() as s:
-                rid = s.scalar(select(Replica.id))
-            report = replay.replay(rid, s_session)
-            assert report.applied == 1 and report.appended == 1
-            # the intent (before the standby's write) is flushed; the id map and the applied
-            # sequence number ride with the next flushed commit
-            assert writes.take() == (1, 1)
-        assert replay.replay(rid, s_session).applied == 0
+            woken.clear()
+            for user in users:
+                primary.deliver(user, message(i))
+                capture.cycle(mids[user], p_sessions[user])
+            ship()
+            # one batch of three mailboxes: stored in one transaction, durable before acknowledged
+            assert writes.take() == (1, 0)
+            assert sorted(woken) == sorted(rids.values())  # each mailbox's replay is woken, by name
+            for user in users:
+                report = replay.replay(rids[user], s_sessions[user])
+                assert report.applied == 1 and report.appended == 1
+                # the intent (before the standby's write) is flushed; the id map and the applied
+                # sequence number ride with the next flushed commit
+                assert writes.take() == (1, 1)
+        for user in users:
+            assert replay.replay(rids[user], s_sessions[user]).applied == 0
         assert writes.take() == (0, 0)  # nothing to apply: nothing written
-        assert_same_mailbox(primary, standby, "alice")
+        for user in users:
+            assert_same_mailbox(primary, standby, user)
     finally:
-        p_session.close()
-        s_session.close()
+        for session in (*p_sessions.values(), *s_sessions.values()):
+            session.close()
         src.dispose()
         dst.dispose()
