@@ -16,6 +16,11 @@ One *cycle* brings a mailbox's outbox up to date with its server:
 6. Drain pending work in chunks: each chunk's bodies, catalog rows, outbox rows and the shrunk
    pending set commit together; the last chunk advances the cursor.
 
+A cycle that finds nothing (every folder's cursor as known) writes nothing: with hundreds of
+mailboxes polled, each writing transaction would queue for the state store's one writer and be
+flushed to disk. ``Mailbox.last_capture_at`` is noted in the commits a cycle makes anyway, and
+for an idle mailbox once every ``idle_note_seconds``.
+
 With a ``QueueGate`` (the source gateway's back-pressure), a cycle asks it before it takes work
 (before planning and before each chunk): while the copy queue is at its bound or the state
 store's disk is full, the cycle stops there, with the cursors where the last commit left them,
