@@ -211,7 +211,9 @@ class Shipper:
             self.stats.wire_bytes += wire_bytes
             self.stats.raw_bytes += built.raw_total
             self.stats.payload_bytes += built.payload_total
-        with self.body_lock, self.store.tx() as s:
+        # not flushed on its own: lost in a power failure, the peer's next answer says it again
+        # (a change sent again is a no-op there), and the outbox rows it removes come back
+        with self.body_lock, self.store.tx(durable=False) as s:
             for res in ack.results:
                 mbx = s.scalar(select(Mailbox).where(Mailbox.server == res.server, Mailbox.address == res.address))
                 if mbx is None:

@@ -160,10 +160,13 @@ class RecoveryGateway:
                 fresh = is_fresh(s.get(Replica, rid))
             if not fresh:
                 self.view.refresh(rid, session)
-        with self.store.tx() as s:
-            rep = s.get(Replica, rid)
-            if rep.error and not rep.error.startswith("conflict"):
-                rep.error = None
+        with self.store.read() as s:
+            error = s.get(Replica, rid).error
+        if error and not error.startswith("conflict"):  # written only when there is one to clear
+            with self.store.tx(durable=False) as s:
+                rep = s.get(Replica, rid)
+                if rep.error and not rep.error.startswith("conflict"):
+                    rep.error = None
         if report.applied:
             log.debug("replica %s: applied %d", rid, report.applied)
 

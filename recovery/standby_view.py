@@ -74,7 +74,7 @@ class StandbyView:
             except FolderNotFound:  # vanished between LIST and EXAMINE: read again next time
                 complete, delta = False, None
             listings.append(FolderListing(m, delta, reset))
-        with self.store.tx() as s:
+        with self.store.tx(durable=False) as s:  # lost in a power failure: refreshed again
             mbx = _mailbox(s, server, address)
             ids = IdMap(s, rid).shas_in(sorted({x.match.info.name for x in listings if x.delta is not None and x.delta.new}))
 

@@ -16,6 +16,11 @@ One *cycle* brings a mailbox's outbox up to date with its server:
 6. Drain pending work in chunks: each chunk's bodies, catalog rows, outbox rows and the shrunk
    pending set commit together; the last chunk advances the cursor.
 
+A cycle that finds nothing (every folder's cursor as known) writes nothing: with hundreds of
+mailboxes polled, each writing transaction would queue for the state store's one writer and be
+flushed to disk. ``Mailbox.last_capture_at`` is noted in the commits a cycle makes anyway, and
+for an idle mailbox once every ``idle_note_seconds``.
+
 With a ``QueueGate`` (the source gateway's back-pressure), a cycle asks it before it takes work
 (before planning and before each chunk): while the copy queue is at its bound or the state
 store's disk is full, the cycle stops there, with the cursors where the last commit left them,
@@ -32,6 +37,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -54,6 +60,7 @@ log = logging.getLogger("mailrepl.capture")
 
 DEFAULT_CHUNK_MESSAGES = 200
 DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
+IDLE_NOTE_SECONDS = 300.0  # how stale Mailbox.last_capture_at may get while nothing changes
 
 
 def _is_draft(flags: Iterable[str]) -> bool:
@@ -67,6 +74,7 @@ class CycleReport:
     bytes: int = 0
     pending: int = 0  # messages still to capture after this cycle (0 = caught up)
     paused: str | None = None  # why the cycle stopped before catching up (queue bound, disk full)
+    wrote: bool = False  # committed something (and with it ``Mailbox.last_capture_at``)
 
 
 @dataclass
@@ -78,6 +86,7 @@ class _FolderPlan:
     delta: FolderDelta | None = None
     moves_in: list[tuple[MessageMeta, CatalogRow]] = field(default_factory=list)
     replaces: dict[int, int] = field(default_factory=dict)  # new uid -> old mid
+    idle: bool = False  # known, same name, id and cursor: nothing to write for it
 
 
 class _Seq:
@@ -115,8 +124,11 @@ class CaptureEngine:
         chunk_bytes: int = DEFAULT_CHUNK_BYTES,
         body_lock: threading.Lock | None = None,
         gate: QueueGate | None = None,
+        idle_note_seconds: float = IDLE_NOTE_SECONDS,
     ) -> None:
         self.store = store
+        self.idle_note_seconds = idle_note_seconds
+        self._noted: dict[int, float] = {}  # mailbox id -> monotonic time last_capture_at was written
         self.gate = gate  # back-pressure: None takes work whatever the queue
         self.body_lock = body_lock or threading.Lock()  # held with the shipper's body GC
         self.chunk_messages = chunk_messages
@@ -168,7 +180,8 @@ class CaptureEngine:
             self._begin_resyncs(mailbox_id, report)
             plans, deleted = self._plan(mailbox_id, session)
             self._pair(mailbox_id, plans, deleted, session)
-            self._commit_plan(mailbox_id, plans, deleted, report)
+            if deleted or not all(p.idle for p in plans):
+                self._commit_plan(mailbox_id, plans, deleted, report)
             self._drain_all(mailbox_id, session, report)
             if report.paused:
                 return report
@@ -191,6 +204,21 @@ class CaptureEngine:
         return report.paused is not None
 
     def _finish(self, mailbox_id: int, report: CycleReport) -> None:
+        """End of a cycle that caught up. A cycle that found nothing writes nothing (a poll of
+        hundreds of idle mailboxes must not queue hundreds of durable transactions), and one
+        that wrote noted ``last_capture_at`` in its own commits: the transaction here is made
+        only to end seeding, clear an error, or note ``last_capture_at`` of an idle mailbox once
+        every ``idle_note_seconds``."""
+        with self.store.read() as s:
+            mbx = s.get(Mailbox, mailbox_id)
+            ends_seeding = mbx.phase == "seeding" and report.pending == 0
+            clears_error = bool(mbx.error)
+        now = time.monotonic()
+        if report.wrote:
+            self._noted[mailbox_id] = now
+        noted = self._noted.get(mailbox_id)
+        if not (ends_seeding or clears_error or noted is None or now - noted >= self.idle_note_seconds):
+            return
         with self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id)
             mbx.last_capture_at = utcnow()
@@ -198,6 +226,7 @@ class CaptureEngine:
                 mbx.phase = "replicating"
             if mbx.error:
                 mbx.error = None
+        self._noted[mailbox_id] = now
 
     def resync(self, mailbox_id: int) -> int:
         """Read every folder of the mailbox again from nothing (its copy was damaged): a folder
@@ -232,6 +261,7 @@ class CaptureEngine:
                     continue  # could not drain (e.g. server error); next cycle
                 if not plan.reset and row.cursor is not None and row.cursor == m.info.cursor:
                     plan.delta = FolderDelta(cursor=row.cursor)
+                    plan.idle = row.name == m.info.name and m.info.fid in ("", row.fid)
             plans.append(plan)
         # deltas, outside any transaction
         for plan in plans:
@@ -309,6 +339,8 @@ class CaptureEngine:
     def _commit_plan(self, mailbox_id, plans, deleted: list[KnownFolder], report: CycleReport) -> None:
         with self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id, with_for_update=True)
+            mbx.last_capture_at = utcnow()
+            report.wrote = True
             seq = _Seq(s, mbx, report)
             st = CaptureState(s, mailbox_id)
             seeding = mbx.phase == "seeding"
@@ -406,6 +438,8 @@ class CaptureEngine:
         shas = [hashlib.sha256(msg.body).hexdigest() for msg in batch]  # outside the write lock
         with self.body_lock, self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id, with_for_update=True)
+            mbx.last_capture_at = utcnow()
+            report.wrote = True
             st = CaptureState(s, mailbox_id)
             name = st.folder_name(folder_id)
             seq = _Seq(s, mbx, report)

@@ -1,6 +1,7 @@
 """Receiver: validates a batch, persists it, then acknowledges (durable before acknowledged).
 
-Per segment (one mailbox's contiguous range), in its own transaction:
+A batch is stored in one transaction (one flush to disk however many mailboxes it carries),
+committed before any answer is given. Per segment (one mailbox's contiguous range):
 
 - the range must continue what is held (``received_seq + 1``) or overlap it; a range that
   starts further on is a *gap*: nothing is stored, ``resend_from`` says where to resume;
@@ -40,18 +41,23 @@ class Receiver:
         bodies: BodyStore,
         route: Callable[[str], str | None],
         *,
-        on_received: Callable[[], None] | None = None,
+        on_received: Callable[[int], None] | None = None,
     ) -> None:
         self.store = store
         self.bodies = bodies
         self.route = route  # capturing server name -> server replayed into (None: no route)
         self.body_lock = bodies.lock
-        self.on_received = on_received
+        self.on_received = on_received  # called with each replica id that received new changes
 
     def ingest(self, batch: Batch) -> Ack:
-        results = [self._segment(batch, seg) for seg in batch.segments]
-        if self.on_received is not None and any(r.status == "ok" for r in results):
-            self.on_received()
+        received: list[int] = []
+        with self.body_lock, self.store.tx() as s:
+            # a segment that is refused (gap, conflict, missing bodies) stores none of its changes
+            # and leaves the others alone; an error rolls back the whole batch (sent again)
+            results = [self._segment(s, batch, seg, received) for seg in batch.segments]
+        if self.on_received is not None:
+            for replica_id in received:  # committed: the replay of these mailboxes may start
+                self.on_received(replica_id)
         return Ack(tuple(results))
 
     def progress(self, source: str) -> Ack:
@@ -73,70 +79,70 @@ class Receiver:
             applied=rep.applied_seq, rejected=rejected, **kw,
         )
 
-    def _segment(self, batch: Batch, seg: Segment) -> SegmentResult:
+    def _segment(self, s, batch: Batch, seg: Segment, received: list[int]) -> SegmentResult:
         target = self.route(seg.server)
         if target is None:
             return SegmentResult(
                 server=seg.server, address=seg.address, status="error", acked=0,
                 detail=f"no standby server is configured for primary server {seg.server!r}",
             )
-        with self.body_lock, self.store.tx() as s:
-            rep = s.scalar(
-                select(Replica).where(
-                    Replica.source_id == batch.source, Replica.server == seg.server, Replica.address == seg.address
-                )
+        rep = s.scalar(
+            select(Replica).where(
+                Replica.source_id == batch.source, Replica.server == seg.server, Replica.address == seg.address
             )
-            if rep is None:
-                rep = Replica(source_id=batch.source, server=seg.server, address=seg.address, target=target)
-                s.add(rep)
-                s.flush()
-            expected = rep.received_seq + 1
-            if seg.range.first > expected:
-                return self._result(s, rep, "gap", resend_from=expected,
-                                    detail=f"expected sequence {expected}, batch starts at {seg.range.first}")
-            digests = [c.digest() for c in seg.changes]
-            overlap_last = min(seg.range.last, rep.received_seq)
-            if overlap_last >= seg.range.first:
-                held = dict(
-                    s.execute(
-                        select(InboxRow.seq, InboxRow.digest).where(
-                            InboxRow.replica_id == rep.id,
-                            InboxRow.seq >= seg.range.first,
-                            InboxRow.seq <= overlap_last,
-                        )
-                    ).all()
-                )
-                for seq in range(seg.range.first, overlap_last + 1):
-                    old = held.get(seq)
-                    if old is not None and old != digests[seq - seg.range.first]:
-                        detail = f"sequence {seq} of {seg.server}/{seg.address} differs from what was received before"
-                        log.error("conflict: %s", detail)
-                        rep.phase, rep.error = "error", f"conflict: {detail}"
-                        return self._result(s, rep, "conflict", detail=detail)
-            new = [
-                (seq, ch, digests[seq - seg.range.first], seg.captured[seq - seg.range.first] if seg.captured else "")
-                for seq, ch in zip(seg.range, seg.changes)
-                if seq > rep.received_seq
-            ]
-            staged = self.bodies.stage(s, (ch.sha256 for _, ch, _, _ in new if ch.sha256 is not None),
-                                       batch.messages, batch.parts)
-            if staged.missing or staged.whole:
-                # told it was held, but it is not (collected meanwhile or damaged), or it does not
-                # reassemble to its hash (never stored, never replayed): ask again, those whole
-                return self._result(s, rep, "missing", missing=tuple(staged.missing), whole=tuple(staged.whole),
-                                    detail=f"{len(staged.missing)} bodies or parts must be sent again, "
-                                           f"{len(staged.whole)} of them unsplit")
-            self.bodies.store_staged(s, staged)
-            if new:
-                s.execute(insert(InboxRow), [
-                    dict(replica_id=rep.id, seq=seq, change=json.dumps(ch.to_dict(), separators=(",", ":")),
-                         digest=digest, sha256=ch.sha256, state="received", captured_at=_parse(captured))
-                    for seq, ch, digest, captured in new
-                ])
-            if new:
-                rep.received_seq = new[-1][0]
-                rep.last_received_at = utcnow()
-            return self._result(s, rep, "ok")
+        )
+        if rep is None:
+            rep = Replica(source_id=batch.source, server=seg.server, address=seg.address, target=target)
+            s.add(rep)
+            s.flush()
+        expected = rep.received_seq + 1
+        if seg.range.first > expected:
+            return self._result(s, rep, "gap", resend_from=expected,
+                                detail=f"expected sequence {expected}, batch starts at {seg.range.first}")
+        digests = [c.digest() for c in seg.changes]
+        overlap_last = min(seg.range.last, rep.received_seq)
+        if overlap_last >= seg.range.first:
+            held = dict(
+                s.execute(
+                    select(InboxRow.seq, InboxRow.digest).where(
+                        InboxRow.replica_id == rep.id,
+                        InboxRow.seq >= seg.range.first,
+                        InboxRow.seq <= overlap_last,
+                    )
+                ).all()
+            )
+            for seq in range(seg.range.first, overlap_last + 1):
+                old = held.get(seq)
+                if old is not None and old != digests[seq - seg.range.first]:
+                    detail = f"sequence {seq} of {seg.server}/{seg.address} differs from what was received before"
+                    log.error("conflict: %s", detail)
+                    rep.phase, rep.error = "error", f"conflict: {detail}"
+                    return self._result(s, rep, "conflict", detail=detail)
+        new = [
+            (seq, ch, digests[seq - seg.range.first], seg.captured[seq - seg.range.first] if seg.captured else "")
+            for seq, ch in zip(seg.range, seg.changes)
+            if seq > rep.received_seq
+        ]
+        staged = self.bodies.stage(s, (ch.sha256 for _, ch, _, _ in new if ch.sha256 is not None),
+                                   batch.messages, batch.parts)
+        if staged.missing or staged.whole:
+            # told it was held, but it is not (collected meanwhile or damaged), or it does not
+            # reassemble to its hash (never stored, never replayed): ask again, those whole
+            return self._result(s, rep, "missing", missing=tuple(staged.missing), whole=tuple(staged.whole),
+                                detail=f"{len(staged.missing)} bodies or parts must be sent again, "
+                                       f"{len(staged.whole)} of them unsplit")
+        self.bodies.store_staged(s, staged)
+        if new:
+            s.execute(insert(InboxRow), [
+                dict(replica_id=rep.id, seq=seq, change=json.dumps(ch.to_dict(), separators=(",", ":")),
+                     digest=digest, sha256=ch.sha256, state="received", captured_at=_parse(captured))
+                for seq, ch, digest, captured in new
+            ])
+        if new:
+            rep.received_seq = new[-1][0]
+            rep.last_received_at = utcnow()
+            received.append(rep.id)
+        return self._result(s, rep, "ok")
 
 
 def _parse(text: str) -> datetime | None:

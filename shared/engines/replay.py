@@ -9,11 +9,17 @@ Two parts:
   (id map, applied sequence number) in one transaction per group.
 
 Exactly once across crashes: a group that creates messages (add, replace, move) first commits a
-``replay_intent`` (folder, UIDVALIDITY, UIDNEXT before the write). If the process dies after the
+``replay_intent`` (folder, UIDVALIDITY, UIDNEXT before the write), durably. If the process dies after the
 server stored the messages but before the id map was recorded, the next run finds the intent,
 reads the messages at UID >= that UIDNEXT, matches them by SHA-256 to the intended changes and
 records them instead of writing again. An add whose mid is already mapped is a no-op; expunge,
 flag and folder operations are idempotent on the server.
+
+So the transaction that records a group's result (id map, applied sequence number, intent
+removed) need not be flushed to disk on its own (``Store.tx(durable=False)``): the next durable
+commit (the next intent, a received batch) flushes it, and if a power failure loses it, the
+group is done again from the state before it — from the still recorded intent where it wrote
+messages, idempotently where it did not. One replayed group costs one flush (its intent), or none.
 
 With ``keep_unknown`` a folder delete keeps what the id map does not know (``mailrepl.shared.engines.replay_keep``):
 failback replays the standby's deletes on a primary that may hold mail the standby never had.
@@ -145,7 +151,7 @@ class ReplayEngine:
         dates: _Dates = {}  # read once a pass
         self._reconcile(replica_id, session, report)
         while True:
-            with self.store.tx() as s:
+            with self.store.read() as s:
                 rep = s.get(Replica, replica_id)
                 start = rep.applied_seq + 1
                 rows = list(
@@ -217,12 +223,12 @@ class ReplayEngine:
             if session.folder_info(g.folder) is None:  # gone here too (wiped): an empty folder stays a folder
                 session.create_folder(g.folder)
             report.last_reset_seq = g.last_seq
-            with self.store.tx() as s:
+            with self.store.tx(durable=False) as s:
                 for e in IdMap(s, rid).take_folder(g.folder):
                     s.add(Orphan(replica_id=rid, folder=e.folder, uidvalidity=e.uidvalidity, uid=e.uid, sha256=e.sha256))
                 self._advance(s, rid, g, report)
         elif k == Kind.FOLDER_RESET_DONE:
-            with self.store.tx() as s:
+            with self.store.read() as s:
                 orphans = list(s.scalars(select(Orphan).where(Orphan.replica_id == rid, Orphan.folder == g.folder)))
             info = session.folder_info(g.folder) if orphans else None
             # an orphan of an older UIDVALIDITY (the folder was recreated here) is gone already:
@@ -230,7 +236,7 @@ class ReplayEngine:
             stale = [o.uid for o in orphans if info is not None and o.uidvalidity == info.uidvalidity]
             if stale:
                 session.expunge(g.folder, stale)
-            with self.store.tx() as s:
+            with self.store.tx(durable=False) as s:
                 s.execute(delete(Orphan).where(Orphan.replica_id == rid, Orphan.folder == g.folder))
                 self._advance(s, rid, g, report)
         else:  # pragma: no cover - Kind is closed
@@ -269,7 +275,7 @@ class ReplayEngine:
             old = self._mapped(rid, replaced)
             for e in old.values():
                 session.expunge(e.folder, [e.uid])
-        with self.store.tx() as s:
+        with self.store.tx(durable=False) as s:
             ids = IdMap(s, rid)
             ids.put(new_entries)  # set-based: replaces whatever rows these message ids had
             for o in (o for _, o in claims):
@@ -353,7 +359,7 @@ class ReplayEngine:
         for flags, uids in by_flags.items():
             session.store_flags(dest, uids, flags)
         missing = [(seq, c) for seq, c in g.items if c.mid in todo and c.mid not in moved]
-        with self.store.tx() as s:
+        with self.store.tx(durable=False) as s:
             ids = IdMap(s, rid)
             for mid, (uv, uid) in moved.items():
                 ids.relocate(mid, dest, uv, uid)
@@ -367,7 +373,7 @@ class ReplayEngine:
     # ------------------------------------------------------------------ crash recovery
 
     def _reconcile(self, rid: int, session: MailboxSession, report: ReplayReport) -> None:
-        with self.store.tx() as s:
+        with self.store.read() as s:
             intent = s.get(ReplayIntent, rid)
             if intent is None:
                 return
@@ -447,7 +453,7 @@ class ReplayEngine:
         log.error("replica %s: %s; re-requesting from sequence %d", rid, reason, rep.applied_seq + 1)
 
     def _done(self, rid, g, report, *, drop_mids=(), rename=None, drop_folder=None) -> None:
-        with self.store.tx() as s:
+        with self.store.tx(durable=False) as s:
             ids = IdMap(s, rid)
             ids.drop(drop_mids)
             if rename:

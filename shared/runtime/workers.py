@@ -7,13 +7,18 @@ next poll. Jobs of one ``group`` (the mail server their mailboxes are on) recove
 a job that had failed succeeds, the server is back, and the others of its group waiting out a
 back-off run at once instead of up to ``back_off_max`` later. A wake-up names one mailbox (a push notification of its change) or none (every
 mailbox): with hundreds of mailboxes, a change in one must not start a cycle of all of them.
+
+Two queues feed the threads: mailboxes woken by name, in the order they were woken, go before
+the poll's sweep of every mailbox; a mailbox already waiting in the sweep moves up when it is
+woken. A sweep of hundreds of idle mailboxes therefore never delays the one that has a change.
 """
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Hashable
 
@@ -36,7 +41,7 @@ class Job:
 @dataclass
 class _Slot:
     session: MailboxSession | None = None
-    future: Future | None = None
+    busy: bool = False  # queued or running
     failures: int = 0
     not_before: float = 0.0
     group: Hashable | None = None
@@ -64,7 +69,11 @@ class MailboxWorkers:
         self._slots: dict[Hashable, _Slot] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._woken: set[Hashable] = set()  # keys woken since the last pass (or still running then)
+        # keys to run at the next pass, in the order they were woken: True if woken by name,
+        # False if a sweep found them running (they run again, in the sweep, when that run ends)
+        self._woken: dict[Hashable, bool] = {}
+        self._urgent: OrderedDict[Hashable, Job] = OrderedDict()  # queued: woken by name, first woken first
+        self._sweep: OrderedDict[Hashable, Job] = OrderedDict()  # queued: by the poll or a wake-up of all
         self._wake_all = True
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -79,7 +88,7 @@ class MailboxWorkers:
             if key is None:
                 self._wake_all = True
             else:
-                self._woken.add(key)
+                self._woken[key] = True
         self._wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -99,7 +108,7 @@ class MailboxWorkers:
         closes it; the next job opens a new one), or None."""
         with self._lock:
             slot = self._slots.get(key)
-            if slot is None or slot.future is not None or slot.session is None:
+            if slot is None or slot.busy or slot.session is None:
                 return None
             session, slot.session = slot.session, None
             return session
@@ -108,7 +117,7 @@ class MailboxWorkers:
         """Drop the cached session of ``key`` (e.g. after protection was turned off)."""
         with self._lock:
             slot = self._slots.get(key)
-            if slot is not None and slot.future is None and slot.session is not None:
+            if slot is not None and not slot.busy and slot.session is not None:
                 slot.session.close()
                 slot.session = None
 
@@ -122,18 +131,14 @@ class MailboxWorkers:
             now = time.monotonic()
             with self._lock:
                 run_all, woken = self._wake_all, self._woken
-                self._wake_all, self._woken = False, set()
-                for job in jobs:
-                    if not run_all and job.key not in woken:
-                        continue
-                    slot = self._slots.setdefault(job.key, _Slot())
-                    slot.group = job.group
-                    if slot.future is not None:
-                        self._woken.add(job.key)  # runs again when this run ends
-                        continue
-                    if slot.not_before > now:
-                        continue
-                    slot.future = self._pool.submit(self._run, job, slot)
+                self._wake_all, self._woken = False, {}
+                by_key = {job.key: job for job in jobs}
+                order = [k for k, urgent in woken.items() if urgent and k in by_key]
+                order += [k for k, urgent in woken.items() if not urgent and k in by_key]
+                if run_all:
+                    order += [k for k in by_key if k not in woken]
+                for key in order:
+                    self._queue(by_key[key], woken.get(key, False), now)
             if not self._wake.wait(self.poll_interval):
                 with self._lock:
                     self._wake_all = True  # the poll: every job
@@ -152,6 +157,33 @@ class MailboxWorkers:
         if waiting:
             log.info("%s: %s is back: %d job(s) no longer wait out their back-off", self.name, group, len(waiting))
             self._wake.set()
+
+    def _queue(self, job: Job, urgent: bool, now: float) -> None:
+        """Queue ``job`` (lock held): woken ones ahead of the sweep; one entry per mailbox."""
+        slot = self._slots.setdefault(job.key, _Slot())
+        slot.group = job.group
+        if slot.busy:
+            if job.key in self._sweep:
+                if urgent:  # woken while waiting in the sweep: moves up
+                    self._urgent[job.key] = self._sweep.pop(job.key)
+            elif job.key not in self._urgent:  # running: runs again when this run ends
+                self._woken[job.key] = urgent or self._woken.get(job.key, False)
+            return
+        if slot.not_before > now:
+            return
+        slot.busy = True
+        (self._urgent if urgent else self._sweep)[job.key] = job
+        self._pool.submit(self._next)
+
+    def _next(self) -> None:
+        """One pool task per queued job: runs the first woken one, else the sweep's next."""
+        with self._lock:
+            queue = self._urgent if self._urgent else self._sweep
+            if not queue:
+                return
+            key, job = queue.popitem(last=False)
+            slot = self._slots[key]
+        self._run(job, slot)
 
     def _run(self, job: Job, slot: _Slot) -> None:
         try:
@@ -185,6 +217,6 @@ class MailboxWorkers:
                     log.exception("%s: recording an error failed", self.name)
         finally:
             with self._lock:
-                slot.future = None
+                slot.busy = False
                 if job.key in self._woken:
                     self._wake.set()

@@ -5,6 +5,14 @@ loss), a busy timeout, and ``BEGIN IMMEDIATE`` for every writing transaction so 
 writers queue instead of failing on lock upgrade; read-only transactions (``Store.read``) begin
 deferred and so never wait for a writer (WAL readers see the last committed state). PostgreSQL
 needs nothing special.
+
+``Store.tx(durable=False)`` is for a write whose loss in a power failure the product recovers
+from by redoing it (a replay step after its durable intent, the standby view, a recorded
+acknowledgement): its commit is not flushed to disk itself (SQLite ``synchronous=NORMAL`` for
+that transaction, PostgreSQL ``synchronous_commit=off``) but by the next durable commit, which
+flushes the log up to itself. Both logs are written in commit order, so a power failure loses
+at most the last such commits, never one before a durable one and never part of one. Anything
+that is acknowledged to a peer or a user, or that precedes a write on a mail server, stays durable.
 """
 from __future__ import annotations
 
@@ -38,6 +46,7 @@ class Store:
         self.engine = engine
         self.sealer = sealer
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._relaxed = sessionmaker(engine.execution_options(mailrepl_durable=False), expire_on_commit=False)
         self._readers = sessionmaker(engine.execution_options(mailrepl_read_only=True), expire_on_commit=False)
 
     @property
@@ -45,9 +54,10 @@ class Store:
         return self.engine.dialect.name
 
     @contextlib.contextmanager
-    def tx(self) -> Iterator[Session]:
-        """One transaction: committed when the block ends, rolled back on error."""
-        with self._transaction(self._sessions) as session:
+    def tx(self, *, durable: bool = True) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back on error. With
+        ``durable=False`` the commit is flushed to disk with the next durable one (see above)."""
+        with self._transaction(self._sessions if durable else self._relaxed) as session:
             yield session
 
     @contextlib.contextmanager
@@ -116,11 +126,24 @@ def open_store(url: str, *, echo: bool = False, sealer: Sealer = PLAIN) -> Store
 
             @event.listens_for(engine, "begin")
             def _begin(conn) -> None:  # noqa: ANN001
-                read_only = conn.get_execution_options().get("mailrepl_read_only", False)
-                conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+                options = conn.get_execution_options()
+                if options.get("mailrepl_read_only", False):
+                    conn.exec_driver_sql("BEGIN")
+                    return
+                # the flush level of this commit (set outside a transaction, once per change)
+                level = "FULL" if options.get("mailrepl_durable", True) else "NORMAL"
+                if conn.info.get("mailrepl_synchronous") != level:
+                    conn.exec_driver_sql(f"PRAGMA synchronous={level}")
+                    conn.info["mailrepl_synchronous"] = level
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
         else:
             engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+            @event.listens_for(engine, "begin")
+            def _begin_pg(conn) -> None:  # noqa: ANN001
+                if not conn.get_execution_options().get("mailrepl_durable", True):
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
     except (SQLAlchemyError, ImportError, ValueError) as exc:
         try:
             shown = make_url(url).render_as_string(hide_password=True)

@@ -112,6 +112,79 @@ def test_a_key_woken_while_its_job_runs_runs_again_afterwards():
         workers.stop()
 
 
+def test_a_woken_job_runs_before_the_poll_sweep_and_in_the_order_woken():
+    """A poll sweep of many mailboxes is queued; mailboxes woken meanwhile (push notifications)
+    run before the rest of the sweep, first woken first, also the ones already waiting in it."""
+    order: list[int] = []
+    gate = threading.Event()
+    first = threading.Event()
+
+    def job(key: int) -> Job:
+        def run(session) -> None:
+            order.append(key)
+            if key == 0:
+                first.set()
+                gate.wait(5)  # holds the only thread while the sweep queues up behind it
+        return Job(key=key, open_session=FakeSession, run=run)
+
+    jobs = [job(k) for k in range(50)]
+    workers = MailboxWorkers("t", lambda: list(jobs), workers=1, poll_interval=30)
+    workers.start()
+    try:
+        assert first.wait(5)
+        time.sleep(0.1)  # the first pass (a sweep of all 50) is queued behind job 0
+        workers.wake(42)  # waiting in the sweep: moves up
+        time.sleep(0.05)
+        workers.wake(17)
+        time.sleep(0.1)
+        gate.set()
+        deadline = time.monotonic() + 5
+        while len(order) < 50 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert order[:3] == [0, 42, 17]
+        assert sorted(order) == list(range(50))  # the sweep still runs every job, each once
+        assert order[3:] == [k for k in range(1, 50) if k not in (42, 17)]
+    finally:
+        workers.stop()
+
+
+def test_a_woken_job_is_not_queued_behind_a_sweep_already_queued():
+    """A job woken after the sweep was queued (not part of it: it ran just before) goes first."""
+    order: list[int] = []
+    gate = threading.Event()
+    first = threading.Event()
+    lock = threading.Lock()
+
+    def job(key: int) -> Job:
+        def run(session) -> None:
+            with lock:
+                order.append(key)
+            if key == 0 and not first.is_set():
+                first.set()
+                gate.wait(5)
+            else:
+                time.sleep(0.02)  # a cycle takes a while: the rerun is queued during the next one
+        return Job(key=key, open_session=FakeSession, run=run)
+
+    jobs = [job(k) for k in range(30)]
+    workers = MailboxWorkers("t", lambda: list(jobs), workers=1, poll_interval=30)
+    workers.start()
+    try:
+        assert first.wait(5)
+        time.sleep(0.1)
+        workers.wake(0)  # runs now: runs again when done, ahead of the 29 queued
+        time.sleep(0.1)
+        gate.set()
+        deadline = time.monotonic() + 5
+        while len(order) < 31 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        again = order.index(0, 1)
+        assert again <= 2, order  # at most the one sweep job that started meanwhile, not 29
+        assert sorted(order[1:again] + order[again + 1:]) == list(range(1, 30))
+    finally:
+        workers.stop()
+
+
 def test_jobs_of_a_server_that_is_back_stop_waiting_out_their_back_off():
     """Two mailboxes of one server fail while it is down and back off; when one succeeds again,
     the other runs at once, not when its back-off ends; a job of another server keeps waiting."""
