@@ -111,6 +111,7 @@ class SourceGateway:
                                              lambda: self.shipper.peer_disk_full))
         # verify: the primary read here, the standby listed by the recovery gateway
         self.verify = VerifyJobs(self.store, MailboxVerifier(self.store, self.adapters, self.peer,
+                                                             cycles_caught_up=self.capture.cycles_caught_up,
                                                              wake_capture=self.workers.wake),
                                  Repairer(self.peer, self.capture.request_resync, self.workers.wake))
         self.metrics.register(VerifyMetrics(self.store))

@@ -95,14 +95,17 @@ class _PrimaryFolder:
 class MailboxVerifier:
     """Checks mailboxes of the primary servers ``adapters`` against their standby copies.
 
-    ``wake_capture`` makes the capture workers look at their mailboxes now; ``settle_timeout``
-    bounds the wait for changes in flight (per mailbox)."""
+    ``wake_capture(mailbox_id)`` makes the capture workers look at that mailbox now; ``cycles_caught_up``
+    counts the capture cycles of a mailbox that ended caught up with its server (the capture
+    engine's); ``settle_timeout`` bounds the wait for changes in flight (per mailbox)."""
 
     def __init__(self, store: Store, adapters: Mapping[str, Adapter], peer: PeerClient, *,
-                 wake_capture: Callable[[], None] = lambda: None, settle_timeout: float = 60.0) -> None:
+                 cycles_caught_up: Callable[[int], int], wake_capture: Callable[[int], None] = lambda _: None,
+                 settle_timeout: float = 60.0) -> None:
         self.store = store
         self.adapters = adapters
         self.peer = peer
+        self.cycles_caught_up = cycles_caught_up
         self.wake_capture = wake_capture
         self.settle_timeout = settle_timeout
 
@@ -224,16 +227,16 @@ class MailboxVerifier:
                 m = s.get(Mailbox, mbx_id)
                 return m.last_capture_at, m.last_seq, m.applied_seq
 
-        cycles, last = 0, look()[0]
-        self.wake_capture()
-        while cycles < 2:  # the first cycle to end may have started before now
+        start = done = self.cycles_caught_up(mbx_id)
+        self.wake_capture(mbx_id)
+        while done < start + 2:  # the first cycle to end may have started before now
             if time.monotonic() >= deadline:
                 return None
             time.sleep(SETTLE_POLL)
-            at = look()[0]
-            if at is not None and at != last:
-                cycles, last = cycles + 1, at
-                self.wake_capture()
+            now = self.cycles_caught_up(mbx_id)
+            if now != done:
+                done = now
+                self.wake_capture(mbx_id)
         with self.store.read() as s:  # the cursors and what they were captured up to, as one snapshot
             target = s.get(Mailbox, mbx_id).last_seq  # later changes are not waited for
             cursors = {k.name: k.cursor for k in known_folders(s, mbx_id) if k.cursor is not None}

@@ -129,6 +129,7 @@ class CaptureEngine:
         self.store = store
         self.idle_note_seconds = idle_note_seconds
         self._noted: dict[int, float] = {}  # mailbox id -> monotonic time last_capture_at was written
+        self._caught_up: dict[int, int] = {}  # mailbox id -> cycles that ended caught up (written or not)
         self.gate = gate  # back-pressure: None takes work whatever the queue
         self.body_lock = body_lock or threading.Lock()  # held with the shipper's body GC
         self.chunk_messages = chunk_messages
@@ -186,6 +187,8 @@ class CaptureEngine:
             if report.paused:
                 return report
             self._finish(mailbox_id, report)
+            with self._resync_lock:
+                self._caught_up[mailbox_id] = self._caught_up.get(mailbox_id, 0) + 1
         except DiskFull as exc:
             if self.gate is None:
                 raise
@@ -195,6 +198,12 @@ class CaptureEngine:
         if self.gate is not None:
             self.gate.disk_ok()
         return report
+
+    def cycles_caught_up(self, mailbox_id: int) -> int:
+        """How many cycles of the mailbox ended caught up with its server since start (an idle
+        cycle writes nothing, so this, not ``last_capture_at``, tells that one ran)."""
+        with self._resync_lock:
+            return self._caught_up.get(mailbox_id, 0)
 
     def _held(self, mailbox_id: int, report: CycleReport) -> bool:
         """True (and why in ``report``) if the gate says to take no more work now."""

@@ -104,7 +104,7 @@ class GatewayPair:
                  recovery_extra: str = "", with_primaries: bool = False, source_gateway_extra: str = "",
                  recovery_gateway_extra: str = "", recovery_prefix: list[str] | None = None,
                  recovery_host: str = "127.0.0.1", peer_url: str | None = None,
-                 source_workers: int = 4, recovery_workers: int = 4) -> None:
+                 source_workers: int = 4, recovery_workers: int = 4, peer_timeout: float | None = None) -> None:
         """``recovery_prefix``/``recovery_host``: run the recovery gateway under a command prefix
         (a network namespace) listening on that address; ``peer_url``: where the source gateway
         sends to (default: the recovery gateway itself)."""
@@ -131,6 +131,7 @@ retry_initial = 0.2
 retry_max = 2.0
 """
             + (f"part_threshold = {part_threshold}\n" if part_threshold is not None else "")
+            + (f"timeout = {peer_timeout:g}\n" if peer_timeout is not None else "")
             + _server_toml("primary", primary, users)
         )
         rec = tmp / "recovery.toml"

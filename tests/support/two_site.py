@@ -43,6 +43,10 @@ __all__ = ["LocalPort", "TwoSiteRig", "user_names", "write_gateway_configs"]
 
 REPO = Path(__file__).resolve().parents[2]
 
+# a request caught on a link that goes down (a partition, through the delay relay's open
+# connection) is given up after this long, not after the product's default of a minute
+WAN_PEER_TIMEOUT = 20.0
+
 
 def user_names(count: int, prefix: str = "user") -> list[str]:
     """``count`` mailbox names that sort in creation order (``user000``, ``user001``, …)."""
@@ -61,7 +65,8 @@ def write_gateway_configs(tmp: Path, primary, standby, users: list[str], *, link
                          "reachable from the namespace)")
     return GatewayPair(tmp, primary, standby, users=users, source_state=f"sqlite:///{tmp}/source.sqlite",
                        recovery_state=f"sqlite:///{tmp}/recovery.sqlite", poll_interval=poll_interval,
-                       recovery_prefix=link.prefix, recovery_host=link.ns_addr, peer_url=peer_url, **options)
+                       recovery_prefix=link.prefix, recovery_host=link.ns_addr, peer_url=peer_url,
+                       **{"peer_timeout": WAN_PEER_TIMEOUT, **options})
 
 
 class LocalPort:
