@@ -14,6 +14,7 @@ import pytest
 from tests.support.dovecot import dovecot_missing_reason
 from tests.support.environment import unavailable
 from tests.support.mailcompare import assert_same_mailbox, snapshot, total_messages
+from tests.support.net import eventually
 from tests.support.netns import cleanup_stale, leftovers, netns_missing_reason
 from tests.support.two_site import TwoSiteRig
 
@@ -25,17 +26,6 @@ USERS = ["alice", "bob", "carol"]
 def msg(i: int, user: str) -> bytes:
     return (f"From: s{i}@example.org\r\nTo: {user}@example.org\r\nSubject: rig {i}\r\n"
             f"Message-ID: <rig.{i}.{user}@example.org>\r\n\r\nbody {i} for {user}\r\n").encode()
-
-
-def eventually(pred, timeout=60.0, what=""):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out: {what} (last: {last!r})")
 
 
 @pytest.fixture

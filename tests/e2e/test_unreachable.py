@@ -2,29 +2,18 @@
 shows the error; replication resumes by itself when they come back."""
 from __future__ import annotations
 
-import time
 
 import pytest
 
 from tests.support.gateways import GatewayPair
 from tests.support.mailcompare import assert_same_mailbox
+from tests.support.net import eventually
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.slow]
 
 
 def msg(i: int) -> bytes:
     return f"Subject: m{i}\r\nMessage-ID: <m{i}@x>\r\n\r\nbody {i}\r\n".encode()
-
-
-def eventually(pred, timeout=60.0, what=""):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = pred()
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"timed out: {what} (last: {last!r})")
 
 
 def test_peer_and_server_outages(dovecot_factory, tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import socket
 import time
 
-__all__ = ["free_port", "wait_for_greeting"]
+__all__ = ["eventually", "free_port", "wait_for_greeting"]
 
 
 def free_port() -> int:
@@ -31,3 +31,16 @@ def wait_for_greeting(port: int, prefix: bytes, timeout: float, host: str = "127
             pass
         time.sleep(0.05)
     return False
+
+
+def eventually(pred, timeout: float = 60.0, what: str = ""):
+    """Poll ``pred`` until it answers something true (returned), or fail after ``timeout`` s
+    naming ``what`` and the last answer."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = pred()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out: {what} (last: {last!r})")
