@@ -56,7 +56,7 @@ log = logging.getLogger("mailrepl.replay")
 DEFAULT_APPEND_BATCH = 100
 DEFAULT_APPEND_BYTES = 32 * 1024 * 1024
 _GROUPABLE = (Kind.MSG_ADD, Kind.MSG_EXPUNGE, Kind.MSG_FLAGS, Kind.MSG_MOVE)
-_Dates = dict[str, tuple[int, dict[int, int | None]]]  # folder -> (UIDVALIDITY, UID -> internal date in s)
+_Dates = dict[str, tuple[int, dict[int, tuple[int | None, int]]]]  # folder -> (UIDVALIDITY, UID -> (internal date in s, size))
 
 
 @dataclass
@@ -232,8 +232,16 @@ class ReplayEngine:
                 orphans = list(s.scalars(select(Orphan).where(Orphan.replica_id == rid, Orphan.folder == g.folder)))
             info = session.folder_info(g.folder) if orphans else None
             # an orphan of an older UIDVALIDITY (the folder was recreated here) is gone already:
-            # its UID may name another message now
-            stale = [o.uid for o in orphans if info is not None and o.uidvalidity == info.uidvalidity]
+            # its UID may name another message now. Nor is a UID the id map holds now an orphan's:
+            # a folder recreated with the UIDVALIDITY it had (a server that takes it from the
+            # clock, its record of used values wiped with the folder) gives old UIDs to the
+            # messages this reset wrote or kept.
+            written: set[int] = set()
+            if info is not None:
+                with self.store.read() as s:
+                    written = {e.uid for e in IdMap(s, rid).in_folder(g.folder) if e.uidvalidity == info.uidvalidity}
+            stale = sorted({o.uid for o in orphans
+                            if info is not None and o.uidvalidity == info.uidvalidity and o.uid not in written})
             if stale:
                 session.expunge(g.folder, stale)
             with self.store.tx(durable=False) as s:
@@ -249,7 +257,7 @@ class ReplayEngine:
             orphans: dict[str, list[Orphan]] = {}
             for o in s.scalars(select(Orphan).where(Orphan.replica_id == rid, Orphan.folder == g.folder)):
                 orphans.setdefault(o.sha256, []).append(o)
-        claims: list[tuple[Change, Orphan]] = []
+        claims: list[tuple[int, Change, Orphan]] = []
         todo: list[tuple[int, Change]] = []
         for seq, ch in g.items:
             if ch.mid in mapped:
@@ -258,14 +266,18 @@ class ReplayEngine:
             kept = _same_copy(bucket, ch, g.folder, session, dates) if bucket else None
             if kept is not None:
                 bucket.remove(kept)
-                claims.append((ch, kept))
+                claims.append((seq, ch, kept))
             else:
                 todo.append((seq, ch))  # written anew; an orphan not claimed goes at RESET_DONE
-        for ch, o in claims:  # a reset folder keeps the message it already has
+        if claims:
+            claims, wrong = _proven(claims, g.folder, session)
+            if wrong:  # another message sits at that UID: this one is written again
+                todo = sorted(todo + wrong, key=lambda t: t[0])
+        for _, ch, o in claims:  # a reset folder keeps the message it already has
             session.store_flags(g.folder, [o.uid], frozenset(ch.flags or ()))
         new_entries: list[MapEntry] = [
             MapEntry(mid=ch.mid, folder=g.folder, uidvalidity=o.uidvalidity, uid=o.uid, sha256=o.sha256)
-            for ch, o in claims
+            for _, ch, o in claims
         ]
         rejected: list[tuple[int, Change, str]] = []
         if todo:
@@ -278,7 +290,7 @@ class ReplayEngine:
         with self.store.tx(durable=False) as s:
             ids = IdMap(s, rid)
             ids.put(new_entries)  # set-based: replaces whatever rows these message ids had
-            for o in (o for _, o in claims):
+            for o in (o for _, _, o in claims):
                 s.execute(delete(Orphan).where(Orphan.id == o.id))
             ids.drop(replaced)
             for seq, ch, reason in rejected:
@@ -482,6 +494,16 @@ class ReplayEngine:
         report.applied += len(g.items)
 
 
+def _proven(claims: list[tuple[int, Change, Orphan]], folder: str, session: MailboxSession):
+    """The claims whose UID holds the message's very bytes (read back and hashed), and the changes
+    of the others: date and size only make a claim likely (a folder recreated with its old
+    UIDVALIDITY may hold another message of the same size and second at that UID)."""
+    actual = {m.uid: hashlib.sha256(m.body).hexdigest() for m in session.fetch(folder, [o.uid for _, _, o in claims])}
+    good = [(seq, ch, o) for seq, ch, o in claims if actual.get(o.uid) == ch.sha256]
+    wrong = [(seq, ch) for seq, ch, o in claims if actual.get(o.uid) != ch.sha256]
+    return good, wrong
+
+
 def _same_copy(bucket: list[Orphan], ch: Change, folder: str, session: MailboxSession,
                dates: _Dates) -> Orphan | None:
     """The orphan (same folder, same SHA-256) that is the message ``ch`` adds in everything but its
@@ -497,13 +519,15 @@ def _same_copy(bucket: list[Orphan], ch: Change, folder: str, session: MailboxSe
             uidvalidity, listed = delta.cursor.uidvalidity, delta.new
         except FolderNotFound:  # gone meanwhile: nothing to keep, the adds create it again
             uidvalidity, listed = -1, ()
-        known = dates[folder] = (uidvalidity, {m.uid: (int(m.internaldate.timestamp()) if m.internaldate else None)
-                                               for m in listed})
+        known = dates[folder] = (uidvalidity, {m.uid: ((int(m.internaldate.timestamp()) if m.internaldate else None),
+                                                       m.size) for m in listed})
     uidvalidity, by_uid = known
     want = int(parse_internaldate(ch.internaldate).timestamp()) if ch.internaldate else None
     for o in reversed(bucket):
         if o.uidvalidity != uidvalidity or o.uid not in by_uid:
             continue
-        if want is None or by_uid[o.uid] == want:
+        date, size = by_uid[o.uid]
+        # the size too: a folder recreated with its old UIDVALIDITY may hold another message at that UID
+        if (want is None or date == want) and (not size or not ch.size or size == ch.size):
             return o
     return None

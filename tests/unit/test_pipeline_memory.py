@@ -448,3 +448,25 @@ def test_a_message_too_large_for_the_recovery_gateway_sets_its_mailbox_aside(tmp
         assert alice.acked_seq < alice.last_seq  # what came before the big message went through
         assert bob.ship_error is None and bob.acked_seq == bob.last_seq > 0
     assert p.shipper.builder.max_bytes == p.shipper.max_bytes  # full-size batches again
+
+
+def test_a_resync_into_a_folder_recreated_with_its_old_uidvalidity_keeps_what_it_writes(tmp_path):
+    """A folder wiped on the standby and created again with the UIDVALIDITY it had before (a server
+    that derives it from the clock, its record of used values wiped too): its UIDs start again at 1,
+    so the id map's old entries name UIDs of new messages. The resync must end with the standby
+    equal: the end of the reset removes only copies nobody wrote, never one the replayer just
+    wrote or kept."""
+    p = Pipeline(tmp_path)
+    for i in range(3):
+        p.primary.deliver("alice", _msg(i))
+    p.sync()
+    p.assert_equal()
+    old = p.standby.box("alice")["INBOX"]
+    p.standby.boxes["alice"]["INBOX"] = Folder("INBOX", uidvalidity=old.uidvalidity)  # wiped, same UIDVALIDITY
+    p.primary.deliver("alice", _msg(9))
+    p.sync()  # written at UID 1 of the new folder, a UID the id map gave to another message too
+    p.capture.resync(p.mailbox().id)
+    p.sync()
+    p.sync()
+    p.assert_equal()
+    assert len(p.standby.box("alice")["INBOX"].msgs) == 4
