@@ -2,10 +2,11 @@
 
 While a mailbox replicates, only the replayer writes its standby copy, so the id map (every
 message written, by folder, UIDVALIDITY and UID) and the standby view (the folders as the
-replayer left them) describe the copy exactly. A folder the id map has messages in that is gone
-or has another UIDVALIDITY, or, when the view matches everything applied, a folder of the view
-that is gone or was recreated, means someone else changed the copy: a mailbox or folder wiped or
-restored on the standby. Nothing written there can be trusted to be where the id map says.
+replayer left them) describe the copy exactly. A folder the id map has messages in that is gone,
+has another UIDVALIDITY or holds, by the id map, a UID it has not given yet (recreated with its
+old UIDVALIDITY), or, when the view matches everything applied, a folder of the view that is gone
+or was recreated, means someone else changed the copy: a mailbox or folder wiped or restored on
+the standby. Nothing written there can be trusted to be where the id map says.
 
 The repair is a resync from the primary, which holds the truth: the recovery gateway lists the
 mailbox in its answer to ``GET /api/v1/ingest/sites`` (``resync``, with a token), the source
@@ -23,7 +24,7 @@ import logging
 import threading
 from collections.abc import Sequence
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from mailrepl.shared.adapters.base import FolderInfo
 from mailrepl.shared.capture_state import known_folders, pair_folders
@@ -36,10 +37,13 @@ log = logging.getLogger("mailrepl.standby_check")
 
 def standby_damage(s, rid: int, live: Sequence[FolderInfo], *, view_fresh: bool, use_fid: bool) -> list[str]:
     """Folders of replica ``rid``'s standby copy changed by someone else (sorted; empty: none)."""
-    live_uv = {f.name: f.uidvalidity for f in live}
-    damaged = {folder for folder, uv in s.execute(
-        select(IdMapEntry.folder, IdMapEntry.uidvalidity).where(IdMapEntry.replica_id == rid).distinct())
-        if live_uv.get(folder) != uv}
+    by_name = {f.name: f for f in live}
+    # a folder gone, or of another UIDVALIDITY; or holding, by the id map, a UID the server has not
+    # given yet: recreated with its old UIDVALIDITY (taken from the clock, its record wiped too)
+    damaged = {folder for folder, uv, top in s.execute(
+        select(IdMapEntry.folder, IdMapEntry.uidvalidity, func.max(IdMapEntry.uid))
+        .where(IdMapEntry.replica_id == rid).group_by(IdMapEntry.folder, IdMapEntry.uidvalidity))
+        if (f := by_name.get(folder)) is None or f.uidvalidity != uv or 0 < f.uidnext <= top}
     if view_fresh:
         rep = s.get(Replica, rid)
         mbx_id = s.scalar(select(Mailbox.id).where(Mailbox.server == rep.server, Mailbox.address == rep.address))
