@@ -74,7 +74,7 @@ def sign_in(driver, base_url: str, token: str) -> None:
     box.send_keys(token)
     driver.find_element(By.ID, "sign-in").click()
     wait_for(lambda: driver.current_url.rstrip("/").endswith("/ui") or "/ui/#" in driver.current_url
-             or driver.current_url.endswith("/ui/"), 15, "the console after sign-in")
+             or driver.current_url.endswith("/ui/"), 60, "the console after sign-in")
 
 
 def screenshot_dir() -> Path:
