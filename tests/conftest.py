@@ -78,3 +78,33 @@ def gateway_states(request, tmp_path) -> tuple[str, str]:
         return f"sqlite:///{tmp_path / 'source.sqlite'}", f"sqlite:///{tmp_path / 'recovery.sqlite'}"
     databases = request.getfixturevalue("postgres_databases")
     return databases.create(), databases.create()
+
+
+# The fault suite's result table (tests/faults): here, in the top-level conftest, because with
+# parallel workers only this one is loaded by the process that prints the summary.
+
+def pytest_runtest_logreport(report) -> None:
+    """Each fault scenario's row, from its report (reports reach the printing process, the
+    workers' memory does not)."""
+    if report.when == "call":
+        rows = [value for key, value in report.user_properties if key == "fault_row"]
+        if rows:
+            from tests.faults.report import ROWS, Row
+
+            ROWS.extend(Row(**value) for value in rows)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    from tests.faults.report import ROWS, format_table, write_table
+
+    if not ROWS:
+        return
+    from tests.faults.scenarios import profile_from_env, seed_from_env
+
+    profile, seed = profile_from_env(), seed_from_env()
+    title = f"Fault suite ({profile.name} profile, seed {seed}, MAILREPL_FAULTS_SEED={seed} to reproduce)"
+    terminalreporter.write_sep("=", "fault suite")
+    terminalreporter.write_line(format_table(ROWS, title))
+    written = write_table(ROWS, title)
+    if written:
+        terminalreporter.write_line(f"table written to {written}")

@@ -18,7 +18,6 @@ from collections.abc import Iterator
 import pytest
 
 from tests.faults.loadsim import LoadSim, pick_corpus
-from tests.faults.report import ROWS, format_table, write_table
 from tests.faults.scenarios import Profile, Site, profile_from_env, seed_from_env, wait_drained
 from tests.support.dovecot import DovecotServer, DovecotUnavailable, dovecot_missing_reason
 from tests.support.environment import unavailable
@@ -192,15 +191,3 @@ def _start_both(pair) -> None:
     if errors:
         pair.stop()
         raise errors[0]
-
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    if not ROWS:
-        return
-    profile, seed = profile_from_env(), seed_from_env()
-    title = f"Fault suite ({profile.name} profile, seed {seed}, MAILREPL_FAULTS_SEED={seed} to reproduce)"
-    terminalreporter.write_sep("=", "fault suite")
-    terminalreporter.write_line(format_table(ROWS, title))
-    written = write_table(ROWS, title)
-    if written:
-        terminalreporter.write_line(f"table written to {written}")

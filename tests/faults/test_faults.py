@@ -7,11 +7,12 @@ runs at least 20 faults per scenario. The seed is printed with every result.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
 
-from tests.faults.report import ROWS, format_table
+from tests.faults.report import format_table
 from tests.faults.scenarios import SCENARIOS, run_scenario
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.slow]
@@ -22,11 +23,11 @@ def scenario_id(scenario) -> str:
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=scenario_id)
-def test_scenario(scenario, fault_site, fault_profile, fault_seed, fault_corpus):
+def test_scenario(scenario, fault_site, fault_profile, fault_seed, fault_corpus, record_property):
     print(f"\nfault suite: {scenario.name}, {fault_profile.name} profile, seed {fault_seed}")
     fault_site.dirty = True  # until this scenario has passed
     row, diff, counts = run_scenario(fault_site, scenario, fault_profile, fault_seed, fault_corpus)
-    ROWS.append(row)
+    record_property("fault_row", dataclasses.asdict(row))  # to the table, also from a parallel worker
     print(format_table([row]))
     assert row.faults >= scenario.planned_faults(fault_profile)
     assert counts.delivered > 0 and counts.changes_made > 0, f"the traffic did nothing: {counts.summary()}"
