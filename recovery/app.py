@@ -36,6 +36,8 @@ from mailrepl.shared.runtime.authz import Authorizer
 from mailrepl.shared.runtime.security_api import security_router
 from mailrepl.shared.console.mount import mount_console
 from mailrepl.recovery.alert_sources import replica_statuses, transition_feed
+from mailrepl.recovery.history import HistoryKeeper
+from mailrepl.recovery.history_api import history_router
 from mailrepl.shared.runtime.tokens import TokenStore, admin_resolver
 from mailrepl.shared.errors import MailreplError
 from mailrepl.shared.content.blobstore import BlobStore
@@ -102,9 +104,17 @@ class RecoveryGateway:
             auto=f.auto, outage_seconds=f.outage_seconds, check_interval=f.check_interval,
         )
         self._gc = Background("blob-gc", self._gc_loop)
+        # history: kept changes, base snapshots, pruning (before each garbage collection)
+        self.history = HistoryKeeper(self.store, settings.history)
+        self._history = Background("history", self._history_loop)
         self.metrics = CollectorRegistry()
         self._queue = Gauge("mailrepl_recovery_replay_queue", "Changes received, not yet applied",
                             ["server", "address"], registry=self.metrics)
+        self._history_bytes = Gauge("mailrepl_recovery_history_bytes",
+                                    "Bytes a mailbox's history holds (kind: changes, snapshots, bodies)",
+                                    ["server", "address", "kind"], registry=self.metrics)
+        self._history_changes = Gauge("mailrepl_recovery_history_changes", "Applied changes kept as history",
+                                      ["server", "address"], registry=self.metrics)
         # full disks: batches refused (507) before they are taken in, the alarm (see disk_guard)
         self.disk = DiskGuard({"state": sqlite_dir(g.state_url), "blobs": Path(g.blob_dir)}, g.min_free_bytes)
         self.metrics.register(DiskCollector(self.disk))
@@ -236,10 +246,18 @@ class RecoveryGateway:
         with self.store.read() as s:
             for rep in s.scalars(select(Replica)):
                 self._queue.labels(rep.server, rep.address).set(rep.received_seq - rep.applied_seq)
+        for h in self.history.spaces():
+            for kind, value in (("changes", h.change_bytes), ("snapshots", h.snapshot_bytes), ("bodies", h.body_bytes)):
+                self._history_bytes.labels(h.server, h.address, kind).set(value)
+            self._history_changes.labels(h.server, h.address).set(h.changes)
 
     def collect_garbage(self, grace_seconds: float | None = None):
         grace = self.settings.gateway.blob_grace_seconds if grace_seconds is None else grace_seconds
-        return self.bodies.collect_garbage(grace_seconds=grace)
+        return self.bodies.collect_garbage(grace_seconds=grace, history_of=self.history.history_replicas())
+
+    def _history_total(self, rid: int) -> int | None:
+        space = self.history.space(rid)
+        return space.total_bytes if space is not None else None
 
     def _gc_loop(self) -> None:
         while not self._gc.stopping.wait(GC_INTERVAL):
@@ -248,14 +266,27 @@ class RecoveryGateway:
             except Exception:  # noqa: BLE001 - logged; the next round tries again
                 log.exception("garbage collection failed")
 
+    def _history_loop(self) -> None:
+        if not self.settings.history.enabled:
+            return
+        while True:
+            try:
+                self.history.maintain()
+            except Exception:  # noqa: BLE001 - logged; the next round tries again
+                log.exception("history maintenance failed")
+            if self._history.stopping.wait(self.settings.history.check_interval):
+                return
+
     def start(self) -> None:
         self.workers.start()
         self.dr_workers.start()
         self.monitor.start()
         self._gc.start()
+        self._history.start()
 
     def stop(self) -> None:
         self._gc.stop(timeout=0)  # a collection under way is not waited for
+        self._history.stop(timeout=0)
         self.monitor.stop()
         self.dr_watchers.stop()
         self.dr_workers.stop()
@@ -274,7 +305,8 @@ class RecoveryGateway:
         app.include_router(ingest_router(self.receiver, self.access, g.max_batch_bytes, g.max_inflated_bytes,
                                          disk=self.disk))
         app.include_router(disk_router(self.disk, authz))
-        app.include_router(admin_router(self.store, authz, self.collect_garbage))
+        app.include_router(admin_router(self.store, authz, self.collect_garbage, history_bytes=self._history_total))
+        app.include_router(history_router(self.history, authz))
         app.include_router(site_admin_router(self.store, authz, self.cutover, self.failback,
                                              self.monitor, self.settings.failover.auto))
         app.include_router(security_router(tokens, audit, authz))

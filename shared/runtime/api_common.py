@@ -211,6 +211,8 @@ class MailboxStatus(_Model):
     # applied at DR) in bytes of bodies, and its alarm: "warning: …", "full: … capture paused", "disk full: …"
     queue_bytes: int | None = None
     queue_alarm: str | None = None
+    # history (recovery gateway): bytes the mailbox's history holds; None: no history kept
+    history_bytes: int | None = None
 
 
 class FolderStatus(_Model):

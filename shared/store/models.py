@@ -15,7 +15,10 @@ by sequence number, with their digest kept after application for idempotency), `
 ``inbox_part`` (which content-addressed parts of the blob store each skeleton refers to),
 ``idmap`` (mid -> folder/uid on this server), ``replay_intent`` (a write in flight, to recover
 the id map from the server after a crash), ``orphan`` (messages of a folder being reset) and
-``rejected_message``.
+``rejected_message``. History (``mailrepl.recovery.history``): applied ``inbox`` rows are kept for
+the mailbox's retention, with ``history_snapshot`` (the mailbox's catalogue at one sequence
+number, a restore's starting point) and ``history_snapshot_body`` (the bodies a snapshot refers to,
+which garbage collection keeps).
 
 Admin API (both gateways): ``api_token`` (tokens with a role, stored as their SHA-256 only) and
 ``audit_log`` (every state-changing admin call and every refused one: who, what, outcome).
@@ -61,6 +64,8 @@ __all__ = [
     "ApiToken",
     "AuditEntry",
     "VerifyResult",
+    "HistorySnapshot",
+    "HistorySnapshotBody",
 ]
 
 
@@ -377,3 +382,33 @@ class VerifyResult(Base):
     kinds: Mapped[str] = mapped_column(Text, nullable=False)  # JSON {kind: count}
     report: Mapped[str] = mapped_column(Text, nullable=False)  # JSON: the mailbox's report
     at: Mapped[datetime] = _ts()
+
+
+# --------------------------------------------------------------------------- history
+
+
+class HistorySnapshot(Base):
+    """A replica's catalogue (folders, messages, renames) as it was after applying ``seq``."""
+
+    __tablename__ = "history_snapshot"
+    __table_args__ = (UniqueConstraint("replica_id", "seq", name="uq_history_snapshot_replica_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    replica_id: Mapped[int] = mapped_column(ForeignKey("replica.id", ondelete="CASCADE"), nullable=False)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # capture time of change ``seq`` (None: the empty start, seq 0): the mailbox time it shows
+    at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    messages: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # zlib-compressed catalogue JSON
+    taken_at: Mapped[datetime] = _ts()
+
+
+class HistorySnapshotBody(Base):
+    """Snapshot ``snapshot_id`` refers to body ``sha256``: garbage collection keeps it."""
+
+    __tablename__ = "history_snapshot_body"
+    __table_args__ = (Index("ix_history_snapshot_body_sha256", "sha256"),)
+
+    snapshot_id: Mapped[int] = mapped_column(ForeignKey("history_snapshot.id", ondelete="CASCADE"),
+                                             primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)

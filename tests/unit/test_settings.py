@@ -415,3 +415,23 @@ def test_blob_dir_from_the_environment_overrides_the_files_key(tmp_path):
     # the example sets blob_dir; the environment wins and the key is still a known one
     r = load_recovery_settings(EXAMPLES / "recovery.toml", {ENV_BLOB_DIR: str(tmp_path / "parts")})
     assert r.gateway.blob_dir == str(tmp_path / "parts")
+
+
+def test_history_settings_default_off_override_per_server_and_mailbox(tmp_path):
+    r = load_recovery_settings(write(tmp_path, RECOVERY, "r.toml"), {})
+    assert not r.history.enabled and r.history.retention_seconds("primary", "alice@example.org") == 0
+    text = RECOVERY + ('\n[history]\nretention_days = 14\nsnapshot_every_changes = 100\n'
+                       '[history.servers]\nprimary = 30\n[history.mailboxes]\n"CEO@example.org" = 0.5\n')
+    r = load_recovery_settings(write(tmp_path, text, "r2.toml"), {})
+    h = r.history
+    assert h.enabled and h.snapshot_every_changes == 100
+    assert h.retention_seconds("other", "bob@example.org") == 14 * 86400
+    assert h.retention_seconds("primary", "bob@example.org") == 30 * 86400
+    assert h.retention_seconds("primary", "ceo@example.org") == 43200
+    assert "history kept 14 days" in r.summary()
+    bad = write(tmp_path, RECOVERY + "\n[history]\nretention_days = -1\n", "r3.toml")
+    assert config_error(load_recovery_settings, bad).startswith("history.retention_days: expected a number of days")
+    bad = write(tmp_path, RECOVERY + "\n[history]\nretention = 3\n", "r4.toml")
+    assert "history.retention: unknown key" in config_error(load_recovery_settings, bad)
+    bad = write(tmp_path, RECOVERY + '\n[history.mailboxes]\n"not an address" = 3\n', "r5.toml")
+    assert "expected a mailbox address" in config_error(load_recovery_settings, bad)
