@@ -38,6 +38,8 @@ from mailrepl.shared.console.mount import mount_console
 from mailrepl.recovery.alert_sources import replica_statuses, transition_feed
 from mailrepl.recovery.history import HistoryKeeper
 from mailrepl.recovery.history_api import history_router
+from mailrepl.recovery.restore import RestoreService
+from mailrepl.recovery.restore_api import restore_router
 from mailrepl.shared.runtime.tokens import TokenStore, admin_resolver
 from mailrepl.shared.errors import MailreplError
 from mailrepl.shared.content.blobstore import BlobStore
@@ -107,6 +109,11 @@ class RecoveryGateway:
         # history: kept changes, base snapshots, pruning (before each garbage collection)
         self.history = HistoryKeeper(self.store, settings.history)
         self._history = Background("history", self._history_loop)
+        # point-in-time restores from history: into the mailbox where users are, another one, or a file
+        self._primary_adapters = {srv.name: make_adapter(srv) for srv in settings.primaries}
+        self.restores = RestoreService(self.store, self.history, self.bodies, self._open_for_restore,
+                                       Path(settings.history.export_dir),
+                                       can_write_primary=lambda server: server in self._primary_adapters)
         self.metrics = CollectorRegistry()
         self._queue = Gauge("mailrepl_recovery_replay_queue", "Changes received, not yet applied",
                             ["server", "address"], registry=self.metrics)
@@ -197,6 +204,14 @@ class RecoveryGateway:
             raise MailreplError(f"standby server {rep.target!r} is not configured")
         return adapter.open(rep.address)
 
+    def _open_for_restore(self, where: str, server: str, address: str):
+        if where == "primary":
+            return self._primary_adapters[server].open(address)
+        target = self.route(server)
+        if target is None or target not in self.adapters:
+            raise MailreplError(f"no standby server is configured for primary server {server!r}")
+        return self.adapters[target].open(address)
+
     def _dr_jobs(self) -> list[Job]:
         with self.store.read() as s:
             rows = list(s.execute(
@@ -283,10 +298,12 @@ class RecoveryGateway:
         self.monitor.start()
         self._gc.start()
         self._history.start()
+        self.restores.resume()
 
     def stop(self) -> None:
         self._gc.stop(timeout=0)  # a collection under way is not waited for
         self._history.stop(timeout=0)
+        self.restores.stop()
         self.monitor.stop()
         self.dr_watchers.stop()
         self.dr_workers.stop()
@@ -307,6 +324,7 @@ class RecoveryGateway:
         app.include_router(disk_router(self.disk, authz))
         app.include_router(admin_router(self.store, authz, self.collect_garbage, history_bytes=self._history_total))
         app.include_router(history_router(self.history, authz))
+        app.include_router(restore_router(self.restores, authz))
         app.include_router(site_admin_router(self.store, authz, self.cutover, self.failback,
                                              self.monitor, self.settings.failover.auto))
         app.include_router(security_router(tokens, audit, authz))

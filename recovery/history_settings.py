@@ -7,6 +7,7 @@
     snapshot_every_changes = 5000  # a base snapshot after this many applied changes ...
     snapshot_every_hours = 24      # ... or this long after the last one, whichever comes first
     check_interval = 600           # seconds between runs of snapshots and pruning
+    export_dir = "mailrepl-restores"  # where restore exports are written (relative: to the config)
 
     [history.servers]              # per primary server (as the source gateway names it), in days
     primary = 30
@@ -33,6 +34,7 @@ MAX_RETENTION_DAYS = 3650
 DEFAULT_SNAPSHOT_CHANGES = 5000
 DEFAULT_SNAPSHOT_HOURS = 24.0
 DEFAULT_CHECK_INTERVAL = 600.0
+DEFAULT_EXPORT_DIR = "mailrepl-restores"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +45,7 @@ class HistorySettings:
     check_interval: float = DEFAULT_CHECK_INTERVAL
     servers: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     mailboxes: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    export_dir: str = DEFAULT_EXPORT_DIR  # absolute after loading
 
     def retention_seconds(self, server: str, address: str) -> float:
         """The mailbox's retention: its own, else its primary server's, else the default; 0: none."""
@@ -83,6 +86,7 @@ def read_history(table: Table) -> HistorySettings:
         snapshot_every_hours=table.seconds("snapshot_every_hours", DEFAULT_SNAPSHOT_HOURS),
         check_interval=table.seconds("check_interval", DEFAULT_CHECK_INTERVAL),
         servers=MappingProxyType(servers), mailboxes=MappingProxyType(mailboxes),
+        export_dir=str(table.resolve(table.string("export_dir", DEFAULT_EXPORT_DIR))),
     )
     table.finish()
     return settings

@@ -18,7 +18,8 @@ the id map from the server after a crash), ``orphan`` (messages of a folder bein
 ``rejected_message``. History (``mailrepl.recovery.history``): applied ``inbox`` rows are kept for
 the mailbox's retention, with ``history_snapshot`` (the mailbox's catalogue at one sequence
 number, a restore's starting point) and ``history_snapshot_body`` (the bodies a snapshot refers to,
-which garbage collection keeps).
+which garbage collection keeps). ``restore_job``: point-in-time restores asked for, their progress
+and result (a job under way when the gateway stopped is taken up again at start).
 
 Admin API (both gateways): ``api_token`` (tokens with a role, stored as their SHA-256 only) and
 ``audit_log`` (every state-changing admin call and every refused one: who, what, outcome).
@@ -66,6 +67,7 @@ __all__ = [
     "VerifyResult",
     "HistorySnapshot",
     "HistorySnapshotBody",
+    "RestoreJob",
 ]
 
 
@@ -412,3 +414,23 @@ class HistorySnapshotBody(Base):
     snapshot_id: Mapped[int] = mapped_column(ForeignKey("history_snapshot.id", ondelete="CASCADE"),
                                              primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class RestoreJob(Base):
+    """A point-in-time restore: what was asked, how far it got, what it wrote."""
+
+    __tablename__ = "restore_job"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    replica_id: Mapped[int] = mapped_column(ForeignKey("replica.id", ondelete="CASCADE"), nullable=False)
+    request: Mapped[str] = mapped_column(Text, nullable=False)  # JSON: time, target, filters
+    state: Mapped[str] = mapped_column(String(10), nullable=False)  # running, done, error
+    messages_total: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    messages_done: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    result: Mapped[str | None] = mapped_column(Text)  # JSON
+    error: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _ts()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

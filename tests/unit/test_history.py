@@ -10,13 +10,13 @@ from collections import Counter
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
-
 from mailrepl.recovery.history import HistoryKeeper
 from mailrepl.recovery.history_settings import HistorySettings
 from mailrepl.recovery.restore_plan import Catalogue, HistoryGap
 from mailrepl.shared.model import parse_internaldate, utcnow
 from mailrepl.shared.store.models import HistorySnapshot, InboxBody, InboxRow, Replica
+from sqlalchemy import func, select
+
 from tests.unit.test_pipeline_memory import Pipeline, _msg
 
 

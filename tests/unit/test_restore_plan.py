@@ -1,14 +1,20 @@
 """The point-in-time fold and the restore plan (pure): a catalogue after any change, by time."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
-
-from mailrepl.recovery.restore_plan import Catalogue, Filter, HistoryGap, fold, plan, restored_prefix
+from mailrepl.recovery.restore_plan import (
+    Catalogue,
+    Filter,
+    HistoryGap,
+    fold,
+    plan,
+    restored_prefix,
+)
 from mailrepl.shared.model import Change, Kind
 
-T0 = datetime(2026, 12, 1, 10, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 SHA = [f"{i:064x}" for i in range(20)]
 
 
@@ -92,7 +98,7 @@ def test_plan_puts_a_restore_under_its_prefix_with_parents_and_filters():
     assert {f for f, _ in only.items} == {"Projects", "Projects/2025"}
     assert [f for f, _ in only.folders] == ["Projects", "Projects/2025"]
     dated = fold(Catalogue(), rows(add(1, date="2026-01-01T00:00:00+00:00"), add(2, date="2026-06-01T00:00:00+00:00")))
-    p = plan(dated, T0, flt=Filter(since=datetime(2026, 3, 1, tzinfo=timezone.utc)))
+    p = plan(dated, T0, flt=Filter(since=datetime(2026, 3, 1, tzinfo=UTC)))
     assert [m.mid for _, m in p.items] == [2]
     # an earlier restore is not restored again into a new prefix
     nested = fold(Catalogue(), rows(add(1, folder="Restored/x/INBOX"), add(2)))

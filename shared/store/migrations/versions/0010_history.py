@@ -4,7 +4,8 @@
 date and folder, folder renames) as it was after one applied sequence number, zlib-compressed
 JSON; a point-in-time restore starts from the nearest one and replays the applied ``inbox`` rows
 kept after it. ``history_snapshot_body``: the bodies a snapshot refers to (garbage collection
-keeps them while the snapshot exists).
+keeps them while the snapshot exists). ``restore_job``: point-in-time restores, their progress and
+result.
 
 Revision ID: 0010
 Revises: 0009
@@ -37,9 +38,26 @@ def upgrade() -> None:
         sa.Column("sha256", sa.String(64), primary_key=True),
     )
     op.create_index("ix_history_snapshot_body_sha256", "history_snapshot_body", ["sha256"])
+    op.create_table(
+        "restore_job",
+        sa.Column("id", sa.String(40), primary_key=True),
+        sa.Column("replica_id", sa.Integer(), sa.ForeignKey("replica.id", ondelete="CASCADE"), nullable=False),
+        sa.Column("request", sa.Text(), nullable=False),
+        sa.Column("state", sa.String(10), nullable=False),
+        sa.Column("messages_total", sa.BigInteger(), nullable=False),
+        sa.Column("messages_done", sa.BigInteger(), nullable=False),
+        sa.Column("bytes_total", sa.BigInteger(), nullable=False),
+        sa.Column("bytes_done", sa.BigInteger(), nullable=False),
+        sa.Column("result", sa.Text()),
+        sa.Column("error", sa.Text()),
+        sa.Column("created_by", sa.String(200)),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True)),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("restore_job")
     op.drop_index("ix_history_snapshot_body_sha256", table_name="history_snapshot_body")
     op.drop_table("history_snapshot_body")
     op.drop_table("history_snapshot")
