@@ -96,7 +96,7 @@ def _ingest(receiver: Receiver, access: SourceAccess, caller: Principal, data: b
     return receiver.ingest(batch).to_json()
 
 
-def replica_status(s, rep: Replica, history_bytes: int | None = None) -> MailboxStatus:
+def replica_status(s, rep: Replica, extras: dict | None = None) -> MailboxStatus:
     lag = 0.0
     if rep.applied_seq < rep.received_seq:
         oldest = s.scalar(
@@ -119,7 +119,7 @@ def replica_status(s, rep: Replica, history_bytes: int | None = None) -> Mailbox
         error=rep.error,
         rejected=len(rejected),
         site_state=rep.site_state,
-        history_bytes=history_bytes,
+        **(extras or {}),
     )
 
 
@@ -133,9 +133,10 @@ class GcResult(BaseModel):
 
 def admin_router(store: Store, authz: Authorizer,
                  collect_garbage: Callable[[float | None], object] | None = None,
-                 history_bytes: Callable[[int], int | None] = lambda rid: None) -> APIRouter:
-    """Status (viewer) and garbage collection (operator); ``history_bytes``: what a replica's
-    history holds (``mailrepl.recovery.history``), None where none is kept."""
+                 extras: Callable[[int], dict] = lambda rid: {}) -> APIRouter:
+    """Status (viewer) and garbage collection (operator); ``extras``: more status fields of a
+    replica (``history_bytes``: what its history holds; ``held_deletions``: what the mass-delete
+    guard holds)."""
     r = APIRouter(prefix="/api/v1", tags=["admin"], responses=ERROR_RESPONSES)
     viewer, operator = [Depends(authz.require("viewer"))], [Depends(authz.require("operator"))]
 
@@ -160,13 +161,13 @@ def admin_router(store: Store, authz: Authorizer,
     def list_mailboxes() -> MailboxList:
         with store.read() as s:
             reps = s.scalars(select(Replica).order_by(Replica.server, Replica.address))
-            return MailboxList(mailboxes=[replica_status(s, rep, history_bytes(rep.id)) for rep in reps])
+            return MailboxList(mailboxes=[replica_status(s, rep, extras(rep.id)) for rep in reps])
 
     @r.get("/mailboxes/{address}", response_model=MailboxDetail, dependencies=viewer)
     def get_mailbox(address: str, server: str | None = None) -> MailboxDetail:
         with store.read() as s:
             rep = find(s, address, server)
-            base = replica_status(s, rep, history_bytes(rep.id))
+            base = replica_status(s, rep, extras(rep.id))
             rejected = [
                 RejectedInfo(seq=x.seq, folder=x.folder, reason=x.reason)
                 for x in s.scalars(select(RejectedMessage).where(RejectedMessage.replica_id == rep.id).order_by(RejectedMessage.seq))

@@ -36,6 +36,8 @@ from mailrepl.shared.runtime.authz import Authorizer
 from mailrepl.shared.runtime.security_api import security_router
 from mailrepl.shared.console.mount import mount_console
 from mailrepl.recovery.alert_sources import replica_statuses, transition_feed
+from mailrepl.recovery.delete_guard import DeleteGuard
+from mailrepl.recovery.guard_api import guard_router
 from mailrepl.recovery.history import HistoryKeeper
 from mailrepl.recovery.history_api import history_router
 from mailrepl.recovery.restore import RestoreService
@@ -73,7 +75,9 @@ class RecoveryGateway:
         self.adapters = {srv.name: make_adapter(srv) for srv in settings.servers}
         self.routes = dict(settings.routes)
         self.bodies = BodyStore(self.store, BlobStore(g.blob_dir, sealer=sealer))
-        self.replay = ReplayEngine(self.store, self.bodies, append_batch=g.append_batch)
+        # the mass-delete guard holds a mailbox's deletions when too many come at once (replay's gate)
+        self.guard = DeleteGuard(self.store, settings.guard)
+        self.replay = ReplayEngine(self.store, self.bodies, append_batch=g.append_batch, gate=self.guard.gate)
         self.view = StandbyView(self.store)  # kept current by the replay workers: cutover reads nothing
         # standby copies changed behind our back: found by the replay workers, resynced by the source
         self.resyncs = ResyncRequests()
@@ -120,6 +124,11 @@ class RecoveryGateway:
         self._history_bytes = Gauge("mailrepl_recovery_history_bytes",
                                     "Bytes a mailbox's history holds (kind: changes, snapshots, bodies)",
                                     ["server", "address", "kind"], registry=self.metrics)
+        self._guard_held = Gauge("mailrepl_recovery_guard_held", "Changes the mass-delete guard holds for a mailbox",
+                                 ["server", "address"], registry=self.metrics)
+        self._guard_tripped = Gauge("mailrepl_recovery_guard_tripped",
+                                    "1 while a mailbox's deletions are held by the mass-delete guard",
+                                    ["server", "address"], registry=self.metrics)
         self._history_changes = Gauge("mailrepl_recovery_history_changes", "Applied changes kept as history",
                                       ["server", "address"], registry=self.metrics)
         # full disks: batches refused (507) before they are taken in, the alarm (see disk_guard)
@@ -261,6 +270,11 @@ class RecoveryGateway:
         with self.store.read() as s:
             for rep in s.scalars(select(Replica)):
                 self._queue.labels(rep.server, rep.address).set(rep.received_seq - rep.applied_seq)
+        held, tripped = self.guard.held_counts(), self.guard.tripped_ids()
+        with self.store.read() as s:
+            for rep in s.scalars(select(Replica)):
+                self._guard_held.labels(rep.server, rep.address).set(held.get(rep.id, 0))
+                self._guard_tripped.labels(rep.server, rep.address).set(1 if rep.id in tripped else 0)
         for h in self.history.spaces():
             for kind, value in (("changes", h.change_bytes), ("snapshots", h.snapshot_bytes), ("bodies", h.body_bytes)):
                 self._history_bytes.labels(h.server, h.address, kind).set(value)
@@ -270,9 +284,29 @@ class RecoveryGateway:
         grace = self.settings.gateway.blob_grace_seconds if grace_seconds is None else grace_seconds
         return self.bodies.collect_garbage(grace_seconds=grace, history_of=self.history.history_replicas())
 
-    def _history_total(self, rid: int) -> int | None:
+    def _status_extras(self, rid: int) -> dict:
+        """What history and the mass-delete guard add to a mailbox's status."""
         space = self.history.space(rid)
-        return space.total_bytes if space is not None else None
+        guard = self.guard.status(rid)
+        return {"history_bytes": space.total_bytes if space is not None else None,
+                "held_deletions": guard["held"] if guard is not None else None}
+
+    def _resolve_guard(self, rid: int, discard: bool) -> dict:
+        from fastapi import HTTPException
+
+        with self.locks(rid):
+            with self.store.read() as s:
+                rep = s.get(Replica, rid)
+                if rep.site_state != SiteState.REPLICATING.value:
+                    raise HTTPException(409, f"{rep.address} is {rep.site_state}: held changes are played only "
+                                             "while the mailbox replicates")
+            session = self._open_standby(rep)
+            try:
+                result = self.guard.resolve(rid, session, discard=discard, engine=self.replay)
+            finally:
+                session.close()
+        self.workers.wake(rid)
+        return result
 
     def _gc_loop(self) -> None:
         while not self._gc.stopping.wait(GC_INTERVAL):
@@ -322,7 +356,8 @@ class RecoveryGateway:
         app.include_router(ingest_router(self.receiver, self.access, g.max_batch_bytes, g.max_inflated_bytes,
                                          disk=self.disk))
         app.include_router(disk_router(self.disk, authz))
-        app.include_router(admin_router(self.store, authz, self.collect_garbage, history_bytes=self._history_total))
+        app.include_router(admin_router(self.store, authz, self.collect_garbage, extras=self._status_extras))
+        app.include_router(guard_router(self.guard, authz, self._resolve_guard))
         app.include_router(history_router(self.history, authz))
         app.include_router(restore_router(self.restores, authz))
         app.include_router(site_admin_router(self.store, authz, self.cutover, self.failback,
@@ -337,7 +372,7 @@ class RecoveryGateway:
             statuses=replica_statuses(self.store), metrics=self.metrics, alerts=self.settings.alerts,
             actions=("cutover", "failback"), secure=g.tls.enabled, cert_files=(("API", g.tls.cert),),
             feeds=[transition_feed(self.store)], site_changes_from_status=False,
-            producers=[disk_alarm_producer(self.disk)])
+            producers=[disk_alarm_producer(self.disk), self.guard.alarms])
         return app
 
     def redirect_app(self):

@@ -176,7 +176,8 @@ class HistoryKeeper:
                 return 0, 0
             _, base_seq = base
             changes = s.execute(delete(InboxRow).where(
-                InboxRow.replica_id == rid, InboxRow.seq <= base_seq, InboxRow.state != "received")).rowcount
+                InboxRow.replica_id == rid, InboxRow.seq <= base_seq,
+                InboxRow.state.not_in(("received", "held")))).rowcount  # held: a guard's, until released
             old = list(s.scalars(select(HistorySnapshot.id).where(HistorySnapshot.replica_id == rid,
                                                                   HistorySnapshot.seq < base_seq)))
             for part in chunks(old):

@@ -17,6 +17,7 @@
     [alerts]    optional: thresholds, webhook, mail (see ``mailrepl.shared.config.alerts_settings``)
     [history]   optional: retention of each mailbox's history, base snapshots (see
                 ``mailrepl.recovery.history_settings``)
+    [guard]     optional: the mass-delete guard (see ``mailrepl.recovery.guard_settings``)
 
 Each ``[[sources]]`` table binds one source gateway ``id`` to its credential: the subject
 common name of its TLS client certificate (``certificate_cn``; the certificate must be signed by
@@ -59,6 +60,7 @@ from mailrepl.shared.config.settings_common import (
     refuse_reused,
 )
 from mailrepl.shared.config.alerts_settings import AlertSettings, read_alerts
+from mailrepl.recovery.guard_settings import GuardSettings, read_guard
 from mailrepl.recovery.history_settings import HistorySettings, read_history
 from mailrepl.shared.config.tls_settings import ServerTlsSettings, read_server_tls
 from mailrepl.shared.config.toml_reader import Table, open_config, show_value
@@ -162,6 +164,7 @@ class RecoverySettings:
     failover: FailoverSettings = FailoverSettings()
     alerts: AlertSettings = AlertSettings()  # [alerts]: thresholds, webhook, mail
     history: HistorySettings = HistorySettings()  # [history]: retention, base snapshots
+    guard: GuardSettings = GuardSettings()  # [guard]: the mass-delete guard
 
     def summary(self) -> str:
         """What ``check-config`` prints: the parsed settings without secrets."""
@@ -190,6 +193,7 @@ class RecoverySettings:
                      f"{'open' if g.metrics_open else 'viewer token'}, API docs {'open' if g.docs_open else 'viewer token'}")
         lines.append(f"  {self.alerts.describe()}")
         lines.append(f"  {self.history.describe()}")
+        lines.append(f"  {self.guard.describe()}")
         return "\n".join(lines)
 
 
@@ -355,7 +359,8 @@ def load_recovery_settings(path: str | Path, environ: Mapping[str, str] | None =
                                 primaries=read_servers(root, "primaries", required=False),
                                 failover=_read_failover(root.table("failover", required=False)),
                                 alerts=read_alerts(root.table("alerts", required=False)),
-                                history=read_history(root.table("history", required=False)))
+                                history=read_history(root.table("history", required=False)),
+                                guard=read_guard(root.table("guard", required=False)))
     root.finish()
     g = settings.gateway
     refuse_reused(root, {"gateway.admin_token": g.admin_token, "failover.redirect_key": settings.failover.redirect_key,

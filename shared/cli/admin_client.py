@@ -146,6 +146,14 @@ class AdminClient:
             return self._request("GET", "/api/v1/history")
         return self._request("GET", f"/api/v1/history/{_segment(address)}", params=_server(server))
 
+    def guard(self) -> dict[str, Any]:
+        """``{"mailboxes": [...]}``: what the mass-delete guard holds (recovery gateway)."""
+        return self._request("GET", "/api/v1/guard")
+
+    def resolve_guard(self, address: str, action: str, server: str | None = None) -> dict[str, Any]:
+        """``action``: "release" or "discard"."""
+        return self._request("POST", f"/api/v1/guard/{_segment(address)}/{action}", params=_server(server))
+
     def download(self, path: str, dest: Path, **params: str) -> int:
         """Stream ``path`` into ``dest`` (written whole under a temporary name, then renamed); bytes."""
         tmp = dest.with_name(f".{dest.name}.part")

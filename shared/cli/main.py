@@ -44,7 +44,7 @@ ENV_URL = "MAILREPL_URL"
 ENV_RECOVERY_URL = "MAILREPL_RECOVERY_URL"
 SITE_COMMANDS = ("cutover", "failback")
 SECURITY_COMMANDS = ("tokens", "audit")
-HISTORY_COMMANDS = ("restore", "history")  # recovery gateway
+HISTORY_COMMANDS = ("restore", "history", "guard")  # recovery gateway
 ROLES = ("viewer", "operator", "admin")
 DEFAULT_WATCH_INTERVAL = 2.0
 
@@ -155,6 +155,12 @@ def _admin(args: argparse.Namespace) -> int:
         if args.command in HISTORY_COMMANDS:
             from mailrepl.shared.cli import restore_command
 
+            if args.command == "guard":
+                from mailrepl.shared.cli.guard_command import guard
+
+                action = "release" if args.release else "discard" if args.discard else None
+                return guard(client, console, address=args.address, server=args.server, action=action,
+                             as_json=args.json)
             if args.command == "history":
                 return restore_command.show_history(client, console, address=args.address, server=args.server,
                                                     as_json=args.json)
@@ -331,6 +337,17 @@ def _add_history_parsers(sub, api: argparse.ArgumentParser) -> None:
     p.add_argument("--server", metavar="NAME", help="the primary server (if several hold ADDRESS)")
     p.add_argument("--json", action="store_true", help="print the API's JSON")
     p.set_defaults(handler=_admin, usage_error=p.error)
+    p = sub.add_parser("guard", parents=[api], help="deletions held by the mass-delete guard (recovery gateway)",
+                       description="List the mailboxes whose deletions the mass-delete guard holds; release "
+                                   "them (play them on the standby) or discard them (the standby keeps the "
+                                   "messages).")
+    p.add_argument("address", nargs="?", metavar="ADDRESS", help="the mailbox")
+    p.add_argument("--server", metavar="NAME", help="the primary server (if several hold ADDRESS)")
+    act = p.add_mutually_exclusive_group()
+    act.add_argument("--release", action="store_true", help="play the held changes on the standby, in order")
+    act.add_argument("--discard", action="store_true", help="drop the held deletions; play the other held changes")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p.set_defaults(handler=_admin, usage_error=p.error)
 
 
 def _add_security_parsers(sub, api: argparse.ArgumentParser) -> None:
@@ -364,6 +381,8 @@ def _check_usage(args: argparse.Namespace) -> None:
     """Combinations argparse cannot express; exits 2 with the subcommand's usage."""
     if args.command == "status" and args.server and not args.address:
         args.usage_error("--server goes with an ADDRESS")
+    if args.command == "guard" and (args.release or args.discard) and not args.address:
+        args.usage_error("--release and --discard need an ADDRESS")
     if args.command == "restore" and args.format and args.export is None:
         args.usage_error("--format goes with --export FILE")
     if args.command == "verify":

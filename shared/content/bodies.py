@@ -181,7 +181,9 @@ class BodyStore:
         with self.lock:
             with self.store.tx() as s:
                 in_use = select(IdMapEntry.sha256)
-                waiting = select(InboxRow.sha256).where(InboxRow.state == "received", InboxRow.sha256.is_not(None))
+                # waiting to be applied, or held by a gate (``ReplayEngine.gate``) until released
+                waiting = select(InboxRow.sha256).where(InboxRow.state.in_(("received", "held")),
+                                                        InboxRow.sha256.is_not(None))
                 dead = set(s.scalars(
                     select(InboxBody.sha256).where(InboxBody.sha256.not_in(in_use), InboxBody.sha256.not_in(waiting))
                 ))

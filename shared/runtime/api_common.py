@@ -213,6 +213,8 @@ class MailboxStatus(_Model):
     queue_alarm: str | None = None
     # history (recovery gateway): bytes the mailbox's history holds; None: no history kept
     history_bytes: int | None = None
+    # mass-delete guard (recovery gateway): changes held for an operator; None: nothing held
+    held_deletions: int | None = None
 
 
 class FolderStatus(_Model):

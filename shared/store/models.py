@@ -20,6 +20,8 @@ the mailbox's retention, with ``history_snapshot`` (the mailbox's catalogue at o
 number, a restore's starting point) and ``history_snapshot_body`` (the bodies a snapshot refers to,
 which garbage collection keeps). ``restore_job``: point-in-time restores asked for, their progress
 and result (a job under way when the gateway stopped is taken up again at start).
+``delete_guard``: mailboxes whose deletions the mass-delete guard holds (the held changes are
+``inbox`` rows in state ``held``).
 
 Admin API (both gateways): ``api_token`` (tokens with a role, stored as their SHA-256 only) and
 ``audit_log`` (every state-changing admin call and every refused one: who, what, outcome).
@@ -68,6 +70,7 @@ __all__ = [
     "HistorySnapshot",
     "HistorySnapshotBody",
     "RestoreJob",
+    "DeleteGuardState",
 ]
 
 
@@ -434,3 +437,14 @@ class RestoreJob(Base):
     created_by: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = _ts()
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DeleteGuardState(Base):
+    """The mass-delete guard tripped for this replica: its deletions are held until released."""
+
+    __tablename__ = "delete_guard"
+
+    replica_id: Mapped[int] = mapped_column(ForeignKey("replica.id", ondelete="CASCADE"), primary_key=True)
+    since: Mapped[datetime] = _ts()
+    deletions: Mapped[int] = mapped_column(BigInteger, nullable=False)  # in the window when it tripped
+    mailbox_messages: Mapped[int] = mapped_column(BigInteger, nullable=False)  # on the standby then

@@ -5,7 +5,8 @@ date and folder, folder renames) as it was after one applied sequence number, zl
 JSON; a point-in-time restore starts from the nearest one and replays the applied ``inbox`` rows
 kept after it. ``history_snapshot_body``: the bodies a snapshot refers to (garbage collection
 keeps them while the snapshot exists). ``restore_job``: point-in-time restores, their progress and
-result.
+result. ``delete_guard``: mailboxes whose deletions the mass-delete guard holds (the held changes
+are ``inbox`` rows in state ``held``).
 
 Revision ID: 0010
 Revises: 0009
@@ -54,9 +55,17 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True)),
     )
+    op.create_table(
+        "delete_guard",
+        sa.Column("replica_id", sa.Integer(), sa.ForeignKey("replica.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("since", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("deletions", sa.BigInteger(), nullable=False),
+        sa.Column("mailbox_messages", sa.BigInteger(), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("delete_guard")
     op.drop_table("restore_job")
     op.drop_index("ix_history_snapshot_body_sha256", table_name="history_snapshot_body")
     op.drop_table("history_snapshot_body")
