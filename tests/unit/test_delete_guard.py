@@ -10,13 +10,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import select, update
-
 from mailrepl.recovery.delete_guard import DeleteGuard
 from mailrepl.recovery.guard_settings import GuardSettings
 from mailrepl.shared.engines.replay import ReplayEngine
 from mailrepl.shared.model import utcnow
 from mailrepl.shared.store.models import AuditEntry, InboxRow, Replica
+from sqlalchemy import select, update
+
 from tests.unit.test_history import primary_state
 from tests.unit.test_pipeline_memory import Pipeline, _msg, snapshot
 
@@ -95,7 +95,7 @@ def test_discard_keeps_the_messages_and_plays_the_rest(held):
 
 
 def test_the_hold_survives_a_restart(held):
-    p, guard, rid = held
+    p, _guard, rid = held
     again = DeleteGuard(p.dst, SETTINGS)  # a new process: state from the store
     p.replay = ReplayEngine(p.dst, p.bodies, append_batch=4, gate=again.gate)
     p.primary.expunge("alice", "INBOX", [28])
