@@ -40,6 +40,8 @@ from mailrepl.recovery.delete_guard import DeleteGuard
 from mailrepl.recovery.guard_api import guard_router
 from mailrepl.recovery.history import HistoryKeeper
 from mailrepl.recovery.history_api import history_router
+from mailrepl.recovery.lag_api import lag_router
+from mailrepl.recovery.replay_gate import ReplayGate
 from mailrepl.recovery.restore import RestoreService
 from mailrepl.recovery.restore_api import restore_router
 from mailrepl.shared.runtime.tokens import TokenStore, admin_resolver
@@ -77,7 +79,9 @@ class RecoveryGateway:
         self.bodies = BodyStore(self.store, BlobStore(g.blob_dir, sealer=sealer))
         # the mass-delete guard holds a mailbox's deletions when too many come at once (replay's gate)
         self.guard = DeleteGuard(self.store, settings.guard)
-        self.replay = ReplayEngine(self.store, self.bodies, append_batch=g.append_batch, gate=self.guard.gate)
+        # lagged copies play a change only once it is older than the mailbox's delay (then the guard)
+        self.gate = ReplayGate(self.store, settings.lag, then=self.guard.gate)
+        self.replay = ReplayEngine(self.store, self.bodies, append_batch=g.append_batch, gate=self.gate)
         self.view = StandbyView(self.store)  # kept current by the replay workers: cutover reads nothing
         # standby copies changed behind our back: found by the replay workers, resynced by the source
         self.resyncs = ResyncRequests()
@@ -155,6 +159,10 @@ class RecoveryGateway:
                     )
                 )
             )
+            if self.settings.lag.enabled:  # a lagged copy with nothing due yet is left alone
+                fresh = {rid for rid, vs, ap in s.execute(select(Replica.id, Replica.view_seq, Replica.applied_seq))
+                         if vs is not None and vs == ap}
+                rows = [r for r in rows if r[0] not in fresh or self.gate.due(r[0])]
             busy = {rid for rid, _, _ in rows}
             idle = s.execute(select(Replica.id, Replica.target, Replica.address).where(
                 Replica.site_state == SiteState.REPLICATING.value))
@@ -288,8 +296,11 @@ class RecoveryGateway:
         """What history and the mass-delete guard add to a mailbox's status."""
         space = self.history.space(rid)
         guard = self.guard.status(rid)
+        lag = self.gate.waiting(rid) if self.settings.lag.enabled else None
         return {"history_bytes": space.total_bytes if space is not None else None,
-                "held_deletions": guard["held"] if guard is not None else None}
+                "held_deletions": guard["held"] if guard is not None else None,
+                "replay_delay_seconds": lag["replay_delay_seconds"] if lag else None,
+                "delayed_changes": lag["not_yet_due"] if lag else None}
 
     def _resolve_guard(self, rid: int, discard: bool) -> dict:
         from fastapi import HTTPException
@@ -361,7 +372,8 @@ class RecoveryGateway:
         app.include_router(history_router(self.history, authz))
         app.include_router(restore_router(self.restores, authz))
         app.include_router(site_admin_router(self.store, authz, self.cutover, self.failback,
-                                             self.monitor, self.settings.failover.auto))
+                                             self.monitor, self.settings.failover.auto, gate=self.gate))
+        app.include_router(lag_router(self.gate, authz))
         app.include_router(security_router(tokens, audit, authz))
         app.include_router(site_ingest_router(self.access, g.id, self.failback, self.resyncs.for_source))
         app.include_router(verify_ingest_router(self.access, StandbyListing(self.store, self._open_standby)))

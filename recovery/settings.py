@@ -18,6 +18,7 @@
     [history]   optional: retention of each mailbox's history, base snapshots (see
                 ``mailrepl.recovery.history_settings``)
     [guard]     optional: the mass-delete guard (see ``mailrepl.recovery.guard_settings``)
+    [lag]       optional: lagged copies, replay_delay per server or mailbox (``mailrepl.recovery.lag_settings``)
 
 Each ``[[sources]]`` table binds one source gateway ``id`` to its credential: the subject
 common name of its TLS client certificate (``certificate_cn``; the certificate must be signed by
@@ -62,6 +63,7 @@ from mailrepl.shared.config.settings_common import (
 from mailrepl.shared.config.alerts_settings import AlertSettings, read_alerts
 from mailrepl.recovery.guard_settings import GuardSettings, read_guard
 from mailrepl.recovery.history_settings import HistorySettings, read_history
+from mailrepl.recovery.lag_settings import LagSettings, read_lag
 from mailrepl.shared.config.tls_settings import ServerTlsSettings, read_server_tls
 from mailrepl.shared.config.toml_reader import Table, open_config, show_value
 
@@ -165,6 +167,7 @@ class RecoverySettings:
     alerts: AlertSettings = AlertSettings()  # [alerts]: thresholds, webhook, mail
     history: HistorySettings = HistorySettings()  # [history]: retention, base snapshots
     guard: GuardSettings = GuardSettings()  # [guard]: the mass-delete guard
+    lag: LagSettings = LagSettings()  # [lag]: lagged copies
 
     def summary(self) -> str:
         """What ``check-config`` prints: the parsed settings without secrets."""
@@ -194,6 +197,7 @@ class RecoverySettings:
         lines.append(f"  {self.alerts.describe()}")
         lines.append(f"  {self.history.describe()}")
         lines.append(f"  {self.guard.describe()}")
+        lines.append(f"  {self.lag.describe()}")
         return "\n".join(lines)
 
 
@@ -360,7 +364,8 @@ def load_recovery_settings(path: str | Path, environ: Mapping[str, str] | None =
                                 failover=_read_failover(root.table("failover", required=False)),
                                 alerts=read_alerts(root.table("alerts", required=False)),
                                 history=read_history(root.table("history", required=False)),
-                                guard=read_guard(root.table("guard", required=False)))
+                                guard=read_guard(root.table("guard", required=False)),
+                                lag=read_lag(root.table("lag", required=False)))
     root.finish()
     g = settings.gateway
     refuse_reused(root, {"gateway.admin_token": g.admin_token, "failover.redirect_key": settings.failover.redirect_key,

@@ -148,7 +148,8 @@ def _admin(args: argparse.Namespace) -> int:
 
             if args.command == "cutover":
                 return site_commands.cutover(client, console, addresses=args.addresses, server=args.server,
-                                             whole_server=args.all)
+                                             whole_server=args.all, play=args.play,
+                                             until=args.until)
             return site_commands.failback(client, console, addresses=args.addresses, server=args.server,
                                           whole_server=args.all, confirm=args.confirm, abort=args.abort,
                                           wait=args.wait, wait_timeout=args.wait_timeout)
@@ -271,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("addresses", nargs="*", metavar="ADDRESS", help="mailbox address")
         p.add_argument("--server", metavar="NAME", help="the primary server (as the source gateway names it)")
         p.add_argument("--all", action="store_true", help="every replicated mailbox of --server")
+        if name == "cutover":
+            p.add_argument("--play", choices=("all", "until", "none"), default="all",
+                           help="a lagged copy ([lag] replay_delay): play every waiting change (default), those "
+                                "captured up to --until (the later ones are set aside, kept and listed), or none")
+            p.add_argument("--until", type=_time, metavar="TIME", help="with --play until: ISO 8601 (UTC without a zone)")
         if name == "failback":
             p.add_argument("--confirm", action="store_true",
                            help="switch users back to the primary (after the last standby changes)")
@@ -401,6 +407,8 @@ def _check_usage(args: argparse.Namespace) -> None:
     if not args.all and not args.addresses:
         args.usage_error("give at least one ADDRESS, or --all --server NAME")
     if args.command in SITE_COMMANDS:
+        if args.command == "cutover" and (args.play == "until") != (args.until is not None):
+            args.usage_error("--play until goes with --until TIME (and --until with it)")
         if args.command == "failback" and args.confirm and args.abort:
             args.usage_error("--confirm and --abort exclude each other")
         return

@@ -215,6 +215,9 @@ class MailboxStatus(_Model):
     history_bytes: int | None = None
     # mass-delete guard (recovery gateway): changes held for an operator; None: nothing held
     held_deletions: int | None = None
+    # lagged copy (recovery gateway): the replay delay and the received changes not yet due
+    replay_delay_seconds: float | None = None
+    delayed_changes: int | None = None
 
 
 class FolderStatus(_Model):
