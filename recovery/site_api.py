@@ -10,11 +10,14 @@ nginx mail proxy: ``GET /auth`` (``auth_http``, see ``mailrepl.recovery.redirect
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable
 from datetime import datetime
-from typing import Literal
+from typing import Callable, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from sqlalchemy import select
+from starlette.concurrency import run_in_threadpool
+
 from mailrepl.recovery.autofailover import FailoverMonitor
 from mailrepl.recovery.cutover import CutoverService
 from mailrepl.recovery.failback import FailbackService
@@ -22,27 +25,18 @@ from mailrepl.recovery.redirect import Redirect
 from mailrepl.recovery.replay_gate import ReplayGate
 from mailrepl.recovery.site import NoSuchMailbox, find_replicas
 from mailrepl.recovery.source_access import SourceAccess
+from mailrepl.shared.runtime.principals import Principal
 from mailrepl.shared.errors import IllegalTransition
-from mailrepl.shared.protocol.messages import (
-    MailboxRef,
-    Name,
-    RebaseAnswer,
-    RebaseRequest,
-    ResyncAnswer,
-    ReverseRequest,
-    SitesAnswer,
-)
-from mailrepl.shared.protocol.wire import MEDIA_TYPE, encode_batch
 from mailrepl.shared.runtime.api_common import ERROR_RESPONSES
 from mailrepl.shared.runtime.authz import Authorizer
-from mailrepl.shared.runtime.principals import Principal
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import Replica, SiteTransition
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
-from sqlalchemy import select
-from starlette.concurrency import run_in_threadpool
+from mailrepl.shared.protocol.messages import (
+    MailboxRef, Name, RebaseAnswer, RebaseRequest, ResyncAnswer, ReverseRequest, SitesAnswer,
+)
+from mailrepl.shared.protocol.wire import MEDIA_TYPE, encode_batch
 
-__all__ = ["redirect_router", "site_admin_router", "site_ingest_router"]
+__all__ = ["site_admin_router", "site_ingest_router", "redirect_router"]
 
 
 class _Model(BaseModel):
