@@ -59,8 +59,11 @@ def restore_router(service: RestoreService, authz: Authorizer) -> APIRouter:
                 raise HTTPException(422, f"{name}: give a UTC offset (e.g. 2026-12-01T10:00:00+00:00)")
         with service.store.read() as s:
             rid = find_replica(s, body.address, body.server).id
-        req = RestoreRequest(at=body.at, export=body.export, to_address=body.to_address, folder=body.folder,
-                             since=body.since, before=body.before, sender=body.sender, subject=body.subject)
+        try:
+            req = RestoreRequest(at=body.at, export=body.export, to_address=body.to_address, folder=body.folder,
+                                 since=body.since, before=body.before, sender=body.sender, subject=body.subject)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from exc
         try:
             return JobStarted(job=service.submit(rid, req, who.name))
         except (HistoryGap, RestoreRefused) as exc:

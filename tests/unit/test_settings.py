@@ -435,3 +435,20 @@ def test_history_settings_default_off_override_per_server_and_mailbox(tmp_path):
     assert "history.retention: unknown key" in config_error(load_recovery_settings, bad)
     bad = write(tmp_path, RECOVERY + '\n[history.mailboxes]\n"not an address" = 3\n', "r5.toml")
     assert "expected a mailbox address" in config_error(load_recovery_settings, bad)
+
+
+def test_lag_and_guard_settings(tmp_path):
+    r = load_recovery_settings(write(tmp_path, RECOVERY, "r.toml"), {})
+    assert not r.lag.enabled and r.guard.enabled and r.guard.min_messages == 250
+    assert not r.guard.trips(249, 300) and r.guard.trips(250, 800) and not r.guard.trips(250, 900)
+    assert r.guard.trips(10_000, 10**7) and r.guard.is_trash("Archive/TRASH") and not r.guard.is_trash("Trashy")
+    text = RECOVERY + ('\n[lag]\nreplay_delay = 60\n[lag.mailboxes]\n"Boss@example.org" = 1209600\n'
+                       '[guard]\nmin_messages = 5\nshare_percent = 50\nwindow_minutes = 1\ntrash_folders = ["Bin"]\n')
+    r = load_recovery_settings(write(tmp_path, text, "r2.toml"), {})
+    assert r.lag.delay("primary", "x@example.org") == 60 and r.lag.delay("primary", "boss@example.org") == 1209600
+    assert r.guard.window_seconds == 60 and r.guard.is_trash("Bin") and not r.guard.is_trash("Trash")
+    assert "replay delay 60s" in r.summary() and "mass-delete guard" in r.summary()
+    bad = write(tmp_path, RECOVERY + "\n[lag]\nreplay_delay = 1300000\n", "r3.toml")
+    assert config_error(load_recovery_settings, bad).startswith("lag.replay_delay: expected a number of seconds")
+    bad = write(tmp_path, RECOVERY + "\n[guard]\nshare_percent = 120\n", "r4.toml")
+    assert config_error(load_recovery_settings, bad).startswith("guard.share_percent: expected an integer 0-100")
