@@ -89,3 +89,14 @@ def test_cutover_plays_up_to_a_time_and_sets_the_rest_aside(tmp_path):
     gate.at_cutover([rid], "all")
     p.replay.replay(rid, p.standby.open("alice"))
     assert standby_bodies(p) == {_msg(i) for i in range(4)}
+
+
+def test_status_detail_shows_the_delay_what_waits_and_what_is_held():
+    from mailrepl.shared.cli.status_view import _time_lines
+
+    lines = _time_lines({"replay_delay_seconds": 3600, "delayed_changes": 4, "held_deletions": 24,
+                         "history_bytes": 123456})
+    assert lines == ["lagged copy: replay delay 1h00m, 4 received changes not yet due",
+                     "mass-delete guard: 24 changes held (mailrepl guard --release / --discard)",
+                     "history: 123.5 kB kept"]
+    assert _time_lines({"replay_delay_seconds": None, "held_deletions": None}) == []
