@@ -53,6 +53,7 @@ log = logging.getLogger("mailrepl.restore")
 
 BATCH_MESSAGES = 50  # messages loaded and written at once
 BATCH_BYTES = 16 * 1024 * 1024
+PARALLEL_JOBS = 2  # restores written at once (more wait their turn): bounded load on the servers
 AT_DR = (SiteState.ACTIVE_AT_DR.value, SiteState.FAILING_BACK.value)
 
 
@@ -118,6 +119,7 @@ class RestoreService:
         self._threads: dict[str, threading.Thread] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._slots = threading.Semaphore(PARALLEL_JOBS)
 
     # ------------------------------------------------------------------ jobs
 
@@ -177,7 +179,8 @@ class RestoreService:
 
     def _run_logged(self, job: str) -> None:
         try:
-            result = self.run(job)
+            with self._slots:
+                result = self.run(job)
         except Exception as exc:
             if self._stopping.is_set():
                 return  # still "running": taken up again at the next start
