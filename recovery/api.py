@@ -133,10 +133,11 @@ class GcResult(BaseModel):
 
 def admin_router(store: Store, authz: Authorizer,
                  collect_garbage: Callable[[float | None], object] | None = None,
-                 extras: Callable[[int], dict] = lambda rid: {}) -> APIRouter:
+                 extras: Callable[[int], dict] = lambda rid: {},
+                 holds: Callable[[int], list[dict] | None] = lambda rid: None) -> APIRouter:
     """Status (viewer) and garbage collection (operator); ``extras``: more status fields of a
     replica (``history_bytes``: what its history holds; ``held_deletions``: what the mass-delete
-    guard holds)."""
+    guard holds); ``holds``: the guard's holds of a replica, for its detail."""
     r = APIRouter(prefix="/api/v1", tags=["admin"], responses=ERROR_RESPONSES)
     viewer, operator = [Depends(authz.require("viewer"))], [Depends(authz.require("operator"))]
 
@@ -177,7 +178,7 @@ def admin_router(store: Store, authz: Authorizer,
                 seeding=SeedingProgress(messages_done=0, messages_total=0, bytes_done=0, bytes_total=0),
                 site_since=rep.site_since.isoformat() if rep.site_since else None,
                 transitions=history(s, rep.id), failback_report=report_of(rep),
-                standby_view_current=is_fresh(rep),
+                standby_view_current=is_fresh(rep), holds=holds(rep.id),
             )
 
     return r

@@ -367,7 +367,8 @@ class RecoveryGateway:
         app.include_router(ingest_router(self.receiver, self.access, g.max_batch_bytes, g.max_inflated_bytes,
                                          disk=self.disk))
         app.include_router(disk_router(self.disk, authz))
-        app.include_router(admin_router(self.store, authz, self.collect_garbage, extras=self._status_extras))
+        app.include_router(admin_router(self.store, authz, self.collect_garbage, extras=self._status_extras,
+                                        holds=self.guard.holds))
         app.include_router(guard_router(self.guard, authz, self._resolve_guard))
         app.include_router(history_router(self.history, authz))
         app.include_router(restore_router(self.restores, authz))

@@ -12,7 +12,7 @@ sliding window. When they reach the configured number and share of the mailbox, 
   folder whose delete is held, a rename onto it): the order of changes per message and per folder
   is kept, nothing is lost;
 - everything else keeps flowing to the standby;
-- the alarm (``mass-delete``) is raised: mailbox status (``held_deletions``), ``/metrics``, a
+- the alarm (``mass-delete-hold``) is raised: mailbox status (``held_deletions``), ``/metrics``, a
   warning in the log and an entry in the audit log.
 
 An operator then **releases** the held changes (played on the standby in their order: the
@@ -196,6 +196,15 @@ class DeleteGuard:
                 out.setdefault(rid, 0)
         return out
 
+    def holds(self, rid: int) -> list[dict] | None:
+        """The mailbox detail's ``holds`` (the console shows each ``message``); None: nothing held."""
+        st = self.status(rid)
+        if st is None:
+            return None
+        since = f" since {st['since']}" if st["since"] else ""
+        return [{**st, "message": f"{st['held']} changes held by the mass-delete guard{since}: release or discard "
+                                  "them (mailrepl guard)"}]
+
     def tripped_ids(self) -> set[int]:
         with self.store.read() as s:
             return set(s.scalars(select(DeleteGuardState.replica_id)))
@@ -208,7 +217,7 @@ class DeleteGuard:
                                     .group_by(InboxRow.replica_id)).all())
             for row, rep in rows:
                 n = counts.get(rep.id, 0)
-                out.append(Alarm("mass-delete", "critical",
+                out.append(Alarm("mass-delete-hold", "critical",
                                  f"{row.deletions} deletions in a short time: {n} changes held until an operator "
                                  "releases or discards them (mailrepl guard)", since=_aware(row.since),
                                  address=rep.address, server=rep.server, count=n))

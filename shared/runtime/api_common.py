@@ -253,6 +253,8 @@ class MailboxDetail(MailboxStatus):
     standby_view_current: bool | None = None
     # source gateway: the last verify of this mailbox (verdict, job, at, kinds, differences)
     verify: dict | None = None
+    # recovery gateway: what the mass-delete guard holds of this mailbox (each with a ``message``)
+    holds: list[dict] | None = None
 
 
 class MailboxList(_Model):

@@ -58,13 +58,15 @@ def test_a_mass_delete_is_held_until_released_or_discarded(dovecot_factory, tmp_
         with pair.recovery.api() as c:
             status = {m["address"]: m for m in c.get("/api/v1/mailboxes").json()["mailboxes"]}
             metrics = c.get("/metrics").text
+            detail = c.get("/api/v1/mailboxes/alice").json()
 
             def alarmed() -> set:
-                return {a["address"] for a in c.get("/api/v1/alarms").json() if a["kind"] == "mass-delete"}
+                return {a["address"] for a in c.get("/api/v1/alarms").json() if a["kind"] == "mass-delete-hold"}
 
             eventually(lambda: alarmed() == set(USERS), timeout=20, what="the mass-delete alarm")
             audit = c.get("/api/v1/audit").json()["entries"]
         assert status["alice"]["held_deletions"] == 24 and status["bob"]["held_deletions"] == 24
+        assert detail["holds"][0]["held"] == 24 and "mailrepl guard" in detail["holds"][0]["message"]
         assert 'mailrepl_recovery_guard_tripped{address="alice",server="primary"} 1.0' in metrics
         assert [e for e in audit if e["principal"] == "mass-delete-guard"]
         listed = cli(pair, "guard")

@@ -72,7 +72,7 @@ def test_release_plays_the_held_changes_in_order(held):
     p, guard, rid = held
     with p.dst.read() as s:
         assert s.scalar(select(AuditEntry.target).where(AuditEntry.principal == "mass-delete-guard"))
-    assert [a.kind for a in guard.alarms()] == ["mass-delete"]
+    assert [a.kind for a in guard.alarms()] == ["mass-delete-hold"]
     result = guard.resolve(rid, p.standby.open("alice"), discard=False, engine=p.replay)
     assert result == {"played": 26, "discarded": 0, "rejected": 0}
     p.assert_equal()
