@@ -96,7 +96,7 @@ def _ingest(receiver: Receiver, access: SourceAccess, caller: Principal, data: b
     return receiver.ingest(batch).to_json()
 
 
-def replica_status(s, rep: Replica) -> MailboxStatus:
+def replica_status(s, rep: Replica, extras: dict | None = None) -> MailboxStatus:
     lag = 0.0
     if rep.applied_seq < rep.received_seq:
         oldest = s.scalar(
@@ -119,6 +119,7 @@ def replica_status(s, rep: Replica) -> MailboxStatus:
         error=rep.error,
         rejected=len(rejected),
         site_state=rep.site_state,
+        **(extras or {}),
     )
 
 
@@ -131,8 +132,12 @@ class GcResult(BaseModel):
 
 
 def admin_router(store: Store, authz: Authorizer,
-                 collect_garbage: Callable[[float | None], object] | None = None) -> APIRouter:
-    """Status (viewer) and garbage collection (operator)."""
+                 collect_garbage: Callable[[float | None], object] | None = None,
+                 extras: Callable[[int], dict] = lambda rid: {},
+                 holds: Callable[[int], list[dict] | None] = lambda rid: None) -> APIRouter:
+    """Status (viewer) and garbage collection (operator); ``extras``: more status fields of a
+    replica (``history_bytes``: what its history holds; ``held_deletions``: what the mass-delete
+    guard holds); ``holds``: the guard's holds of a replica, for its detail."""
     r = APIRouter(prefix="/api/v1", tags=["admin"], responses=ERROR_RESPONSES)
     viewer, operator = [Depends(authz.require("viewer"))], [Depends(authz.require("operator"))]
 
@@ -157,13 +162,13 @@ def admin_router(store: Store, authz: Authorizer,
     def list_mailboxes() -> MailboxList:
         with store.read() as s:
             reps = s.scalars(select(Replica).order_by(Replica.server, Replica.address))
-            return MailboxList(mailboxes=[replica_status(s, rep) for rep in reps])
+            return MailboxList(mailboxes=[replica_status(s, rep, extras(rep.id)) for rep in reps])
 
     @r.get("/mailboxes/{address}", response_model=MailboxDetail, dependencies=viewer)
     def get_mailbox(address: str, server: str | None = None) -> MailboxDetail:
         with store.read() as s:
             rep = find(s, address, server)
-            base = replica_status(s, rep)
+            base = replica_status(s, rep, extras(rep.id))
             rejected = [
                 RejectedInfo(seq=x.seq, folder=x.folder, reason=x.reason)
                 for x in s.scalars(select(RejectedMessage).where(RejectedMessage.replica_id == rep.id).order_by(RejectedMessage.seq))
@@ -173,7 +178,7 @@ def admin_router(store: Store, authz: Authorizer,
                 seeding=SeedingProgress(messages_done=0, messages_total=0, bytes_done=0, bytes_total=0),
                 site_since=rep.site_since.isoformat() if rep.site_since else None,
                 transitions=history(s, rep.id), failback_report=report_of(rep),
-                standby_view_current=is_fresh(rep),
+                standby_view_current=is_fresh(rep), holds=holds(rep.id),
             )
 
     return r

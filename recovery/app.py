@@ -36,6 +36,14 @@ from mailrepl.shared.runtime.authz import Authorizer
 from mailrepl.shared.runtime.security_api import security_router
 from mailrepl.shared.console.mount import mount_console
 from mailrepl.recovery.alert_sources import replica_statuses, transition_feed
+from mailrepl.recovery.delete_guard import DeleteGuard
+from mailrepl.recovery.guard_api import guard_router
+from mailrepl.recovery.history import HistoryKeeper
+from mailrepl.recovery.history_api import history_router
+from mailrepl.recovery.lag_api import lag_router
+from mailrepl.recovery.replay_gate import ReplayGate
+from mailrepl.recovery.restore import RestoreService
+from mailrepl.recovery.restore_api import restore_router
 from mailrepl.shared.runtime.tokens import TokenStore, admin_resolver
 from mailrepl.shared.errors import MailreplError
 from mailrepl.shared.content.blobstore import BlobStore
@@ -69,7 +77,11 @@ class RecoveryGateway:
         self.adapters = {srv.name: make_adapter(srv) for srv in settings.servers}
         self.routes = dict(settings.routes)
         self.bodies = BodyStore(self.store, BlobStore(g.blob_dir, sealer=sealer))
-        self.replay = ReplayEngine(self.store, self.bodies, append_batch=g.append_batch)
+        # the mass-delete guard holds a mailbox's deletions when too many come at once (replay's gate)
+        self.guard = DeleteGuard(self.store, settings.guard)
+        # lagged copies play a change only once it is older than the mailbox's delay (then the guard)
+        self.gate = ReplayGate(self.store, settings.lag, then=self.guard.gate)
+        self.replay = ReplayEngine(self.store, self.bodies, append_batch=g.append_batch, gate=self.gate)
         self.view = StandbyView(self.store)  # kept current by the replay workers: cutover reads nothing
         # standby copies changed behind our back: found by the replay workers, resynced by the source
         self.resyncs = ResyncRequests()
@@ -102,9 +114,27 @@ class RecoveryGateway:
             auto=f.auto, outage_seconds=f.outage_seconds, check_interval=f.check_interval,
         )
         self._gc = Background("blob-gc", self._gc_loop)
+        # history: kept changes, base snapshots, pruning (before each garbage collection)
+        self.history = HistoryKeeper(self.store, settings.history)
+        self._history = Background("history", self._history_loop)
+        # point-in-time restores from history: into the mailbox where users are, another one, or a file
+        self._primary_adapters = {srv.name: make_adapter(srv) for srv in settings.primaries}
+        self.restores = RestoreService(self.store, self.history, self.bodies, self._open_for_restore,
+                                       Path(settings.history.export_dir),
+                                       can_write_primary=lambda server: server in self._primary_adapters)
         self.metrics = CollectorRegistry()
         self._queue = Gauge("mailrepl_recovery_replay_queue", "Changes received, not yet applied",
                             ["server", "address"], registry=self.metrics)
+        self._history_bytes = Gauge("mailrepl_recovery_history_bytes",
+                                    "Bytes a mailbox's history holds (kind: changes, snapshots, bodies)",
+                                    ["server", "address", "kind"], registry=self.metrics)
+        self._guard_held = Gauge("mailrepl_recovery_guard_held", "Changes the mass-delete guard holds for a mailbox",
+                                 ["server", "address"], registry=self.metrics)
+        self._guard_tripped = Gauge("mailrepl_recovery_guard_tripped",
+                                    "1 while a mailbox's deletions are held by the mass-delete guard",
+                                    ["server", "address"], registry=self.metrics)
+        self._history_changes = Gauge("mailrepl_recovery_history_changes", "Applied changes kept as history",
+                                      ["server", "address"], registry=self.metrics)
         # full disks: batches refused (507) before they are taken in, the alarm (see disk_guard)
         self.disk = DiskGuard({"state": sqlite_dir(g.state_url), "blobs": Path(g.blob_dir)}, g.min_free_bytes)
         self.metrics.register(DiskCollector(self.disk))
@@ -129,6 +159,10 @@ class RecoveryGateway:
                     )
                 )
             )
+            if self.settings.lag.enabled:  # a lagged copy with nothing due yet is left alone
+                fresh = {rid for rid, vs, ap in s.execute(select(Replica.id, Replica.view_seq, Replica.applied_seq))
+                         if vs is not None and vs == ap}
+                rows = [r for r in rows if r[0] not in fresh or self.gate.due(r[0])]
             busy = {rid for rid, _, _ in rows}
             idle = s.execute(select(Replica.id, Replica.target, Replica.address).where(
                 Replica.site_state == SiteState.REPLICATING.value))
@@ -187,6 +221,14 @@ class RecoveryGateway:
             raise MailreplError(f"standby server {rep.target!r} is not configured")
         return adapter.open(rep.address)
 
+    def _open_for_restore(self, where: str, server: str, address: str):
+        if where == "primary":
+            return self._primary_adapters[server].open(address)
+        target = self.route(server)
+        if target is None or target not in self.adapters:
+            raise MailreplError(f"no standby server is configured for primary server {server!r}")
+        return self.adapters[target].open(address)
+
     def _dr_jobs(self) -> list[Job]:
         with self.store.read() as s:
             rows = list(s.execute(
@@ -236,10 +278,46 @@ class RecoveryGateway:
         with self.store.read() as s:
             for rep in s.scalars(select(Replica)):
                 self._queue.labels(rep.server, rep.address).set(rep.received_seq - rep.applied_seq)
+        held, tripped = self.guard.held_counts(), self.guard.tripped_ids()
+        with self.store.read() as s:
+            for rep in s.scalars(select(Replica)):
+                self._guard_held.labels(rep.server, rep.address).set(held.get(rep.id, 0))
+                self._guard_tripped.labels(rep.server, rep.address).set(1 if rep.id in tripped else 0)
+        for h in self.history.spaces():
+            for kind, value in (("changes", h.change_bytes), ("snapshots", h.snapshot_bytes), ("bodies", h.body_bytes)):
+                self._history_bytes.labels(h.server, h.address, kind).set(value)
+            self._history_changes.labels(h.server, h.address).set(h.changes)
 
     def collect_garbage(self, grace_seconds: float | None = None):
         grace = self.settings.gateway.blob_grace_seconds if grace_seconds is None else grace_seconds
-        return self.bodies.collect_garbage(grace_seconds=grace)
+        return self.bodies.collect_garbage(grace_seconds=grace, history_of=self.history.history_replicas())
+
+    def _status_extras(self, rid: int) -> dict:
+        """What history and the mass-delete guard add to a mailbox's status."""
+        space = self.history.space(rid)
+        guard = self.guard.status(rid)
+        lag = self.gate.waiting(rid) if self.settings.lag.enabled else None
+        return {"history_bytes": space.total_bytes if space is not None else None,
+                "held_deletions": guard["held"] if guard is not None else None,
+                "replay_delay_seconds": lag["replay_delay_seconds"] if lag else None,
+                "delayed_changes": lag["not_yet_due"] if lag else None}
+
+    def _resolve_guard(self, rid: int, discard: bool) -> dict:
+        from fastapi import HTTPException
+
+        with self.locks(rid):
+            with self.store.read() as s:
+                rep = s.get(Replica, rid)
+                if rep.site_state != SiteState.REPLICATING.value:
+                    raise HTTPException(409, f"{rep.address} is {rep.site_state}: held changes are played only "
+                                             "while the mailbox replicates")
+            session = self._open_standby(rep)
+            try:
+                result = self.guard.resolve(rid, session, discard=discard, engine=self.replay)
+            finally:
+                session.close()
+        self.workers.wake(rid)
+        return result
 
     def _gc_loop(self) -> None:
         while not self._gc.stopping.wait(GC_INTERVAL):
@@ -248,14 +326,29 @@ class RecoveryGateway:
             except Exception:  # noqa: BLE001 - logged; the next round tries again
                 log.exception("garbage collection failed")
 
+    def _history_loop(self) -> None:
+        if not self.settings.history.enabled:
+            return
+        while True:
+            try:
+                self.history.maintain()
+            except Exception:  # noqa: BLE001 - logged; the next round tries again
+                log.exception("history maintenance failed")
+            if self._history.stopping.wait(self.settings.history.check_interval):
+                return
+
     def start(self) -> None:
         self.workers.start()
         self.dr_workers.start()
         self.monitor.start()
         self._gc.start()
+        self._history.start()
+        self.restores.resume()
 
     def stop(self) -> None:
         self._gc.stop(timeout=0)  # a collection under way is not waited for
+        self._history.stop(timeout=0)
+        self.restores.stop()
         self.monitor.stop()
         self.dr_watchers.stop()
         self.dr_workers.stop()
@@ -274,9 +367,14 @@ class RecoveryGateway:
         app.include_router(ingest_router(self.receiver, self.access, g.max_batch_bytes, g.max_inflated_bytes,
                                          disk=self.disk))
         app.include_router(disk_router(self.disk, authz))
-        app.include_router(admin_router(self.store, authz, self.collect_garbage))
+        app.include_router(admin_router(self.store, authz, self.collect_garbage, extras=self._status_extras,
+                                        holds=self.guard.holds))
+        app.include_router(guard_router(self.guard, authz, self._resolve_guard))
+        app.include_router(history_router(self.history, authz))
+        app.include_router(restore_router(self.restores, authz))
         app.include_router(site_admin_router(self.store, authz, self.cutover, self.failback,
-                                             self.monitor, self.settings.failover.auto))
+                                             self.monitor, self.settings.failover.auto, gate=self.gate))
+        app.include_router(lag_router(self.gate, authz))
         app.include_router(security_router(tokens, audit, authz))
         app.include_router(site_ingest_router(self.access, g.id, self.failback, self.resyncs.for_source))
         app.include_router(verify_ingest_router(self.access, StandbyListing(self.store, self._open_standby)))
@@ -287,7 +385,7 @@ class RecoveryGateway:
             statuses=replica_statuses(self.store), metrics=self.metrics, alerts=self.settings.alerts,
             actions=("cutover", "failback"), secure=g.tls.enabled, cert_files=(("API", g.tls.cert),),
             feeds=[transition_feed(self.store)], site_changes_from_status=False,
-            producers=[disk_alarm_producer(self.disk)])
+            producers=[disk_alarm_producer(self.disk), self.guard.alarms])
         return app
 
     def redirect_app(self):

@@ -15,6 +15,10 @@
                 MAILREPL_REDIRECT_KEY; required unless redirect_key_required = false),
                 redirect_case_sensitive
     [alerts]    optional: thresholds, webhook, mail (see ``mailrepl.shared.config.alerts_settings``)
+    [history]   optional: retention of each mailbox's history, base snapshots (see
+                ``mailrepl.recovery.history_settings``)
+    [guard]     optional: the mass-delete guard (see ``mailrepl.recovery.guard_settings``)
+    [lag]       optional: lagged copies, replay_delay per server or mailbox (``mailrepl.recovery.lag_settings``)
 
 Each ``[[sources]]`` table binds one source gateway ``id`` to its credential: the subject
 common name of its TLS client certificate (``certificate_cn``; the certificate must be signed by
@@ -57,6 +61,9 @@ from mailrepl.shared.config.settings_common import (
     refuse_reused,
 )
 from mailrepl.shared.config.alerts_settings import AlertSettings, read_alerts
+from mailrepl.recovery.guard_settings import GuardSettings, read_guard
+from mailrepl.recovery.history_settings import HistorySettings, read_history
+from mailrepl.recovery.lag_settings import LagSettings, read_lag
 from mailrepl.shared.config.tls_settings import ServerTlsSettings, read_server_tls
 from mailrepl.shared.config.toml_reader import Table, open_config, show_value
 
@@ -158,6 +165,9 @@ class RecoverySettings:
     primaries: tuple[ServerSettings, ...] = ()
     failover: FailoverSettings = FailoverSettings()
     alerts: AlertSettings = AlertSettings()  # [alerts]: thresholds, webhook, mail
+    history: HistorySettings = HistorySettings()  # [history]: retention, base snapshots
+    guard: GuardSettings = GuardSettings()  # [guard]: the mass-delete guard
+    lag: LagSettings = LagSettings()  # [lag]: lagged copies
 
     def summary(self) -> str:
         """What ``check-config`` prints: the parsed settings without secrets."""
@@ -185,6 +195,9 @@ class RecoverySettings:
                      f"{'case-sensitive' if f.redirect_case_sensitive else 'case-insensitive'}; /metrics "
                      f"{'open' if g.metrics_open else 'viewer token'}, API docs {'open' if g.docs_open else 'viewer token'}")
         lines.append(f"  {self.alerts.describe()}")
+        lines.append(f"  {self.history.describe()}")
+        lines.append(f"  {self.guard.describe()}")
+        lines.append(f"  {self.lag.describe()}")
         return "\n".join(lines)
 
 
@@ -349,7 +362,10 @@ def load_recovery_settings(path: str | Path, environ: Mapping[str, str] | None =
                                 sources=_read_sources(root, gateway, servers, routes), routes=routes,
                                 primaries=read_servers(root, "primaries", required=False),
                                 failover=_read_failover(root.table("failover", required=False)),
-                                alerts=read_alerts(root.table("alerts", required=False)))
+                                alerts=read_alerts(root.table("alerts", required=False)),
+                                history=read_history(root.table("history", required=False)),
+                                guard=read_guard(root.table("guard", required=False)),
+                                lag=read_lag(root.table("lag", required=False)))
     root.finish()
     g = settings.gateway
     refuse_reused(root, {"gateway.admin_token": g.admin_token, "failover.redirect_key": settings.failover.redirect_key,

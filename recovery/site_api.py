@@ -10,7 +10,8 @@ nginx mail proxy: ``GET /auth`` (``auth_http``, see ``mailrepl.recovery.redirect
 from __future__ import annotations
 
 import hmac
-from typing import Callable
+from datetime import datetime
+from typing import Callable, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
@@ -21,6 +22,7 @@ from mailrepl.recovery.autofailover import FailoverMonitor
 from mailrepl.recovery.cutover import CutoverService
 from mailrepl.recovery.failback import FailbackService
 from mailrepl.recovery.redirect import Redirect
+from mailrepl.recovery.replay_gate import ReplayGate
 from mailrepl.recovery.site import NoSuchMailbox, find_replicas
 from mailrepl.recovery.source_access import SourceAccess
 from mailrepl.shared.runtime.principals import Principal
@@ -45,6 +47,13 @@ class Selection(_Model):
     addresses: list[Name] = Field(default=[], max_length=100_000)
     server: Name | None = None  # the primary server (as the source gateway names it)
     all: StrictBool = False  # every replicated mailbox of ``server``
+
+
+class CutoverRequest(Selection):
+    # a lagged copy (``[lag]``): play every received change (default), those captured up to
+    # ``until`` (the later ones are set aside: kept, listed), or nothing more
+    play: Literal["all", "until", "none"] = "all"
+    until: datetime | None = None
 
 
 class FailbackRequest(Selection):
@@ -74,15 +83,24 @@ def _guard(fn: Callable, *args, **kw):
 
 
 def site_admin_router(store: Store, authz: Authorizer, cutover: CutoverService, failback: FailbackService,
-                      monitor: FailoverMonitor, auto: bool) -> APIRouter:
+                      monitor: FailoverMonitor, auto: bool, gate: ReplayGate | None = None) -> APIRouter:
     r = APIRouter(prefix="/api/v1", tags=["cutover"], responses=ERROR_RESPONSES)
     viewer, operator = [Depends(authz.require("viewer"))], [Depends(authz.require("operator"))]
 
     @r.post("/cutover", response_model=Results, dependencies=operator)
-    async def post_cutover(body: Selection) -> Results:
-        """Move users of these mailboxes to the standby (works while the primary site is down)."""
+    async def post_cutover(body: CutoverRequest) -> Results:
+        """Move users of these mailboxes to the standby (works while the primary site is down); a
+        lagged copy plays what ``play`` says first."""
         ids = _selected(store, body)
-        return Results(results=await run_in_threadpool(_guard, cutover.cutover, ids, actor="admin"))
+        if (body.play == "until") != (body.until is not None) or (body.until is not None and body.until.tzinfo is None):
+            raise HTTPException(422, "play \"until\" needs until, a time with a UTC offset (and only it does)")
+        if gate is not None:
+            gate.at_cutover(ids, body.play, body.until)
+        results = await run_in_threadpool(_guard, cutover.cutover, ids, actor="admin")
+        if gate is not None and body.play != "all":
+            for rid, res in zip(ids, results):
+                res["set_aside"] = len(gate.set_aside(rid))
+        return Results(results=results)
 
     @r.post("/failback", response_model=Results, dependencies=operator)
     async def post_failback(body: FailbackRequest) -> Results:

@@ -21,7 +21,7 @@ SEVERITIES = ("info", "warning", "critical")
 # exported from the start at 0 on /metrics (a rule's increase() needs the series before the first alert)
 KNOWN_KINDS = ("lag", "copy-queue", "replay-queue", "mailbox-error", "rejected-messages", "site-state",
                "automatic-failover", "certificate-expiry", "queue-bound", "disk-full", "peer-disk-full",
-               "verify-difference")
+               "verify-difference", "mass-delete-hold")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ failure to one of two errors with a one-line, human message::
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -132,6 +133,46 @@ class AdminClient:
         if since:
             params["since"] = since
         return self._request("GET", "/api/v1/audit", params=params)
+
+    def start_restore(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``{"job": id}``: a point-in-time restore started (recovery gateway)."""
+        return self._request("POST", "/api/v1/restore", json=body)
+
+    def restore_job(self, job: str) -> dict[str, Any]:
+        return self._request("GET", f"/api/v1/restore/{_segment(job)}")
+
+    def history(self, address: str | None = None, server: str | None = None) -> dict[str, Any]:
+        if address is None:
+            return self._request("GET", "/api/v1/history")
+        return self._request("GET", f"/api/v1/history/{_segment(address)}", params=_server(server))
+
+    def guard(self) -> dict[str, Any]:
+        """``{"mailboxes": [...]}``: what the mass-delete guard holds (recovery gateway)."""
+        return self._request("GET", "/api/v1/guard")
+
+    def resolve_guard(self, address: str, action: str, server: str | None = None) -> dict[str, Any]:
+        """``action``: "release" or "discard"."""
+        return self._request("POST", f"/api/v1/guard/{_segment(address)}/{action}", params=_server(server))
+
+    def download(self, path: str, dest: Path, **params: str) -> int:
+        """Stream ``path`` into ``dest`` (written whole under a temporary name, then renamed); bytes."""
+        tmp = dest.with_name(f".{dest.name}.part")
+        try:
+            with self._http.stream("GET", path, params=params) as response:
+                if response.is_error:
+                    response.read()
+                    raise ApiRefused(f"{_detail(response)} (HTTP {response.status_code})",
+                                     status=response.status_code, detail=_detail(response))
+                n = 0
+                with open(tmp, "wb") as fh:
+                    for chunk in response.iter_bytes():
+                        fh.write(chunk)
+                        n += len(chunk)
+        except httpx.HTTPError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ApiUnreachable(f"cannot fetch {path} from the {self.what} API: {_one_line(str(exc))}") from None
+        tmp.replace(dest)
+        return n
 
     # ------------------------------------------------------------------ plumbing
 

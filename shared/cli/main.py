@@ -44,6 +44,7 @@ ENV_URL = "MAILREPL_URL"
 ENV_RECOVERY_URL = "MAILREPL_RECOVERY_URL"
 SITE_COMMANDS = ("cutover", "failback")
 SECURITY_COMMANDS = ("tokens", "audit")
+HISTORY_COMMANDS = ("restore", "history", "guard")  # recovery gateway
 ROLES = ("viewer", "operator", "admin")
 DEFAULT_WATCH_INTERVAL = 2.0
 
@@ -99,7 +100,7 @@ def _api_tls(args: argparse.Namespace, environ: Mapping[str, str]):
 
 def _recovery(args: argparse.Namespace) -> bool:
     """True if the command talks to the recovery gateway."""
-    return args.command in SITE_COMMANDS or bool(getattr(args, "recovery", False))
+    return args.command in SITE_COMMANDS + HISTORY_COMMANDS or bool(getattr(args, "recovery", False))
 
 
 def _api_location(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, str]:
@@ -147,10 +148,27 @@ def _admin(args: argparse.Namespace) -> int:
 
             if args.command == "cutover":
                 return site_commands.cutover(client, console, addresses=args.addresses, server=args.server,
-                                             whole_server=args.all)
+                                             whole_server=args.all, play=args.play,
+                                             until=args.until)
             return site_commands.failback(client, console, addresses=args.addresses, server=args.server,
                                           whole_server=args.all, confirm=args.confirm, abort=args.abort,
                                           wait=args.wait, wait_timeout=args.wait_timeout)
+        if args.command in HISTORY_COMMANDS:
+            from mailrepl.shared.cli import restore_command
+
+            if args.command == "guard":
+                from mailrepl.shared.cli.guard_command import guard
+
+                action = "release" if args.release else "discard" if args.discard else None
+                return guard(client, console, address=args.address, server=args.server, action=action,
+                             as_json=args.json)
+            if args.command == "history":
+                return restore_command.show_history(client, console, address=args.address, server=args.server,
+                                                    as_json=args.json)
+            return restore_command.restore(
+                client, console, address=args.address, server=args.server, at=args.at, export=args.export,
+                export_format=args.format, to_address=args.to_mailbox, folder=args.folder, since=args.since,
+                before=args.before, sender=args.sender, subject=args.subject, as_json=args.json)
         if args.command == "verify":
             from mailrepl.shared.cli.verify_command import verify
 
@@ -254,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("addresses", nargs="*", metavar="ADDRESS", help="mailbox address")
         p.add_argument("--server", metavar="NAME", help="the primary server (as the source gateway names it)")
         p.add_argument("--all", action="store_true", help="every replicated mailbox of --server")
+        if name == "cutover":
+            p.add_argument("--play", choices=("all", "until", "none"), default="all",
+                           help="a lagged copy ([lag] replay_delay): play every waiting change (default), those "
+                                "captured up to --until (the later ones are set aside, kept and listed), or none")
+            p.add_argument("--until", type=_time, metavar="TIME", help="with --play until: ISO 8601 (UTC without a zone)")
         if name == "failback":
             p.add_argument("--confirm", action="store_true",
                            help="switch users back to the primary (after the last standby changes)")
@@ -277,8 +300,60 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how long to wait, per mailbox, for changes in flight to be applied before "
                         "reporting them (default 60)")
     p.set_defaults(handler=_admin, usage_error=p.error)
+    _add_history_parsers(sub, api)
     _add_security_parsers(sub, api)
     return parser
+
+
+def _time(text: str):
+    from mailrepl.shared.cli.restore_command import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_history_parsers(sub, api: argparse.ArgumentParser) -> None:
+    """``restore`` and ``history`` (recovery gateway; --config is a recovery config)."""
+    p = sub.add_parser("restore", parents=[api], help="rebuild a mailbox as it was at a time (recovery gateway)",
+                       description="Rebuild a mailbox as it was at TIME from the recovery gateway's history "
+                                   "(folders, messages byte-exact, flags, internal dates): into 'Restored/<TIME>/...' "
+                                   "of the mailbox itself (on the copy users are on), into another mailbox, or "
+                                   "into a file. Exit 0 done, 1 failed, 2 refused.")
+    p.add_argument("address", metavar="ADDRESS", help="the mailbox")
+    p.add_argument("--at", type=_time, required=True, metavar="TIME",
+                   help="ISO 8601, e.g. 2026-12-01T10:00 (UTC without a zone)")
+    p.add_argument("--server", metavar="NAME", help="the primary server (if several hold ADDRESS)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--to-mailbox", metavar="ADDRESS", help="write into this other mailbox, folders as they were")
+    where.add_argument("--export", type=Path, metavar="FILE", help="write an mbox (with FILE.manifest.json) or "
+                       "a zip of .eml files with manifest.json (by FILE's suffix, or --format)")
+    p.add_argument("--format", choices=("mbox", "zip"), help="the export's format")
+    p.add_argument("--folder", metavar="FOLDER", help="only this folder and its subfolders")
+    p.add_argument("--since", type=_time, metavar="TIME", help="only messages with an internal date from TIME on")
+    p.add_argument("--before", type=_time, metavar="TIME", help="only messages with an internal date before TIME")
+    p.add_argument("--sender", metavar="TEXT", help="only messages whose From holds TEXT")
+    p.add_argument("--subject", metavar="TEXT", help="only messages whose Subject holds TEXT")
+    p.add_argument("--json", action="store_true", help="print the job's final JSON")
+    p.set_defaults(handler=_admin, usage_error=p.error)
+    p = sub.add_parser("history", parents=[api], help="what each mailbox's history holds (recovery gateway)",
+                       description="How far back a restore reaches and what history costs, per mailbox.")
+    p.add_argument("address", nargs="?", metavar="ADDRESS", help="one mailbox, measured now")
+    p.add_argument("--server", metavar="NAME", help="the primary server (if several hold ADDRESS)")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p.set_defaults(handler=_admin, usage_error=p.error)
+    p = sub.add_parser("guard", parents=[api], help="deletions held by the mass-delete guard (recovery gateway)",
+                       description="List the mailboxes whose deletions the mass-delete guard holds; release "
+                                   "them (play them on the standby) or discard them (the standby keeps the "
+                                   "messages).")
+    p.add_argument("address", nargs="?", metavar="ADDRESS", help="the mailbox")
+    p.add_argument("--server", metavar="NAME", help="the primary server (if several hold ADDRESS)")
+    act = p.add_mutually_exclusive_group()
+    act.add_argument("--release", action="store_true", help="play the held changes on the standby, in order")
+    act.add_argument("--discard", action="store_true", help="drop the held deletions; play the other held changes")
+    p.add_argument("--json", action="store_true", help="print the API's JSON")
+    p.set_defaults(handler=_admin, usage_error=p.error)
 
 
 def _add_security_parsers(sub, api: argparse.ArgumentParser) -> None:
@@ -312,6 +387,10 @@ def _check_usage(args: argparse.Namespace) -> None:
     """Combinations argparse cannot express; exits 2 with the subcommand's usage."""
     if args.command == "status" and args.server and not args.address:
         args.usage_error("--server goes with an ADDRESS")
+    if args.command == "guard" and (args.release or args.discard) and not args.address:
+        args.usage_error("--release and --discard need an ADDRESS")
+    if args.command == "restore" and args.format and args.export is None:
+        args.usage_error("--format goes with --export FILE")
     if args.command == "verify":
         if args.all and args.addresses:
             args.usage_error("give either ADDRESS... or --all, not both")
@@ -328,6 +407,8 @@ def _check_usage(args: argparse.Namespace) -> None:
     if not args.all and not args.addresses:
         args.usage_error("give at least one ADDRESS, or --all --server NAME")
     if args.command in SITE_COMMANDS:
+        if args.command == "cutover" and (args.play == "until") != (args.until is not None):
+            args.usage_error("--play until goes with --until TIME (and --until with it)")
         if args.command == "failback" and args.confirm and args.abort:
             args.usage_error("--confirm and --abort exclude each other")
         return

@@ -43,8 +43,12 @@ def results_table(results: Sequence[dict[str, Any]], title: str) -> Table:
 
 
 def cutover(client: AdminClient, console: Console, *, addresses: Sequence[str], server: str | None,
-            whole_server: bool) -> int:
-    results = client.cutover(_selection(addresses, server, whole_server))["results"]
+            whole_server: bool, play: str = "all", until=None) -> int:
+    """``play``/``until``: what a lagged copy plays first (all, up to ``until``, none)."""
+    body = _selection(addresses, server, whole_server)
+    if play != "all":
+        body = dict(body, play=play, **({"until": until.isoformat()} if until is not None else {}))
+    results = client.cutover(body)["results"]
     console.print(results_table(results, f"cutover on {client.url}"))
     return 0 if all(r.get("status") == "ok" for r in results) else 1
 

@@ -160,4 +160,20 @@ def detail_view(detail: Mapping[str, Any]) -> RenderableType:
         for r in detail["rejected_messages"]:
             rejected.add_row(str(r["seq"]), r["folder"], r["reason"])
         parts.append(rejected)
+    time_lines = _time_lines(detail)
+    if time_lines:
+        parts.append(Text("\n".join(time_lines)))
     return Group(*parts)
+
+
+def _time_lines(m: Mapping[str, Any]) -> list[str]:
+    """History, lagged copy and mass-delete guard (recovery gateway), where the mailbox has them."""
+    out = []
+    if m.get("replay_delay_seconds") is not None:
+        out.append(f"lagged copy: replay delay {_lag(m['replay_delay_seconds'])}, "
+                   f"{_number(m.get('delayed_changes'))} received changes not yet due")
+    if m.get("held_deletions") is not None:
+        out.append(f"mass-delete guard: {m['held_deletions']} changes held (mailrepl guard --release / --discard)")
+    if m.get("history_bytes") is not None:
+        out.append(f"history: {_size(m['history_bytes'])} kept")
+    return out

@@ -5,8 +5,9 @@ not hold yet. Before anything is stored, every body is reassembled and must hash
 parts are made durable in the blob store before the transaction that records the skeleton and
 its part references commits, so an acknowledged body is always complete.
 
-Bodies are kept while a standby message (id map) or a change waiting to be applied refers to
-them; that is what lets a later message with the same content — or the same attachment in a new
+Bodies are kept while a standby message (id map), a change waiting to be applied, or — for the
+mailboxes whose history is kept (``history_of``) — a kept applied change or a history snapshot
+refers to them; that is what lets a later message with the same content — or the same attachment in a new
 message — cross the WAN without its bytes. ``collect_garbage`` removes the rest, then the parts
 no kept skeleton refers to.
 """
@@ -26,7 +27,7 @@ from mailrepl.shared.content.mime_split import SkeletonError, reassemble, skelet
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.chunks import chunks
 from mailrepl.shared.store.sealing import SealError, UnknownKey
-from mailrepl.shared.store.models import IdMapEntry, InboxBody, InboxPart, InboxRow
+from mailrepl.shared.store.models import HistorySnapshotBody, IdMapEntry, InboxBody, InboxPart, InboxRow
 
 __all__ = ["BodyStore", "BodyCorrupt", "Staged", "GcReport"]
 
@@ -169,8 +170,10 @@ class BodyStore:
 
     # ------------------------------------------------------------------ garbage collection
 
-    def collect_garbage(self, *, grace_seconds: float) -> GcReport:
+    def collect_garbage(self, *, grace_seconds: float, history_of: Sequence[int] = ()) -> GcReport:
         """Delete bodies nothing refers to any more, then the parts no kept body refers to.
+        ``history_of``: replicas whose kept changes (any state) count as references, as do all
+        history snapshots (pruning, not this, enforces retention).
 
         Runs under the ingest lock, so a batch being stored cannot lose a part it relies on;
         the grace period also spares parts written moments ago by another process.
@@ -178,10 +181,18 @@ class BodyStore:
         with self.lock:
             with self.store.tx() as s:
                 in_use = select(IdMapEntry.sha256)
-                waiting = select(InboxRow.sha256).where(InboxRow.state == "received", InboxRow.sha256.is_not(None))
-                dead = list(s.scalars(
+                # waiting to be applied, or held by a gate (``ReplayEngine.gate``) until released
+                waiting = select(InboxRow.sha256).where(InboxRow.state.in_(("received", "held")),
+                                                        InboxRow.sha256.is_not(None))
+                dead = set(s.scalars(
                     select(InboxBody.sha256).where(InboxBody.sha256.not_in(in_use), InboxBody.sha256.not_in(waiting))
                 ))
+                if dead:
+                    for part in chunks(sorted(history_of)):
+                        dead -= set(s.scalars(select(InboxRow.sha256).where(
+                            InboxRow.replica_id.in_(part), InboxRow.sha256.is_not(None)).distinct()))
+                    dead -= set(s.scalars(select(HistorySnapshotBody.sha256).distinct()))
+                dead = sorted(dead)
                 for part in chunks(dead):
                     s.execute(delete(InboxPart).where(InboxPart.sha256.in_(part)))
                     s.execute(delete(InboxBody).where(InboxBody.sha256.in_(part)))

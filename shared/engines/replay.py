@@ -23,6 +23,12 @@ messages, idempotently where it did not. One replayed group costs one flush (its
 
 With ``keep_unknown`` a folder delete keeps what the id map does not know (``mailrepl.shared.engines.replay_keep``):
 failback replays the standby's deletes on a primary that may hold mail the standby never had.
+
+A ``gate`` (``Gate``) decides which received changes are eligible now: how many of the next run
+may be played (a lagged copy plays only changes older than its delay), and which of them are set
+aside instead of played (a mass-delete guard holding deletions). A change set aside keeps its row
+(state ``held``) and the applied sequence number moves past it in the same transaction; playing
+or dropping it later is the gate owner's business. Without a gate every received change is played.
 """
 from __future__ import annotations
 
@@ -30,7 +36,7 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 from sqlalchemy import delete, select, update
 
@@ -49,7 +55,7 @@ from mailrepl.shared.store.models import (
     ReplayIntent,
 )
 
-__all__ = ["Group", "plan", "ReplayEngine", "ReplayReport", "DEFAULT_APPEND_BATCH", "DEFAULT_APPEND_BYTES"]
+__all__ = ["Group", "plan", "ReplayEngine", "ReplayReport", "DEFAULT_APPEND_BATCH", "DEFAULT_APPEND_BYTES", "Gate"]
 
 log = logging.getLogger("mailrepl.replay")
 
@@ -57,6 +63,9 @@ DEFAULT_APPEND_BATCH = 100
 DEFAULT_APPEND_BYTES = 32 * 1024 * 1024
 _GROUPABLE = (Kind.MSG_ADD, Kind.MSG_EXPUNGE, Kind.MSG_FLAGS, Kind.MSG_MOVE)
 _Dates = dict[str, tuple[int, dict[int, tuple[int | None, int]]]]  # folder -> (UIDVALIDITY, UID -> (internal date in s, size))
+# (replica id, the next contiguous changes) -> (how many of them may be played now, the sequence
+# numbers among those to set aside instead)
+Gate = Callable[[int, Sequence[tuple[int, Change]]], tuple[int, frozenset[int]]]
 
 
 @dataclass
@@ -121,6 +130,7 @@ class ReplayReport:
     rejected: int = 0
     recovered: int = 0  # messages found on the server after a crash instead of written again
     last_reset_seq: int = 0  # the last folder reset applied in this pass (0: none)
+    held: int = 0  # changes set aside by the gate
     kept_folders: list[dict] = field(default_factory=list)  # deleted there, kept here (keep_unknown)
 
 
@@ -134,6 +144,7 @@ class ReplayEngine:
         append_bytes: int = DEFAULT_APPEND_BYTES,
         window: int = 1000,
         keep_unknown: bool = False,
+        gate: Gate | None = None,
     ) -> None:
         self.store = store
         self.bodies = bodies  # received bodies: skeletons + parts, checked on every read
@@ -141,6 +152,7 @@ class ReplayEngine:
         self.append_bytes = append_bytes
         self.window = window
         self.keep_unknown = keep_unknown  # folder deletes keep messages and subfolders the id map does not know
+        self.gate = gate  # which received changes are eligible now (see the module docstring)
 
     # ------------------------------------------------------------------ driver
 
@@ -167,11 +179,30 @@ class ReplayEngine:
                 if seq != start + len(changes):
                     break  # a gap: stop this mailbox until it is filled
                 changes.append((seq, Change.from_dict(json.loads(text))))
+            held: frozenset[int] = frozenset()
+            if changes and self.gate is not None:
+                eligible, held = self.gate(replica_id, changes)
+                changes = changes[:eligible]
             if not changes:
                 break
-            for group in plan(changes, append_batch=self.append_batch, append_bytes=self.append_bytes):
-                self._apply(replica_id, group, session, report, dates)
+            for aside, run in _runs(changes, held):
+                if aside:
+                    self._set_aside(replica_id, run[0][0], run[-1][0], report)
+                    continue
+                for group in plan(run, append_batch=self.append_batch, append_bytes=self.append_bytes):
+                    self._apply(replica_id, group, session, report, dates)
         return report
+
+    def _set_aside(self, rid: int, first: int, last: int, report: ReplayReport) -> None:
+        """Changes ``first..last`` held by the gate: kept (state ``held``), the cursor moves past them."""
+        with self.store.tx() as s:
+            rep = s.get(Replica, rid)
+            if rep.applied_seq != first - 1:
+                raise StoreError(f"replica {rid}: applied {rep.applied_seq}, held run starts at {first}", retryable=False)
+            rep.applied_seq = last
+            s.execute(update(InboxRow).where(InboxRow.replica_id == rid, InboxRow.seq >= first, InboxRow.seq <= last,
+                                             InboxRow.state == "received").values(state="held"))
+        report.held += last - first + 1
 
     # ------------------------------------------------------------------ groups
 
@@ -502,6 +533,18 @@ def _proven(claims: list[tuple[int, Change, Orphan]], folder: str, session: Mail
     good = [(seq, ch, o) for seq, ch, o in claims if actual.get(o.uid) == ch.sha256]
     wrong = [(seq, ch) for seq, ch, o in claims if actual.get(o.uid) != ch.sha256]
     return good, wrong
+
+
+def _runs(changes: Sequence[tuple[int, Change]], held: frozenset[int]):
+    """Consecutive changes cut where they switch between held and played: (held?, run)."""
+    run: list[tuple[int, Change]] = []
+    for item in changes:
+        if run and (item[0] in held) != (run[-1][0] in held):
+            yield run[-1][0] in held, run
+            run = []
+        run.append(item)
+    if run:
+        yield run[-1][0] in held, run
 
 
 def _same_copy(bucket: list[Orphan], ch: Change, folder: str, session: MailboxSession,

@@ -211,6 +211,13 @@ class MailboxStatus(_Model):
     # applied at DR) in bytes of bodies, and its alarm: "warning: …", "full: … capture paused", "disk full: …"
     queue_bytes: int | None = None
     queue_alarm: str | None = None
+    # history (recovery gateway): bytes the mailbox's history holds; None: no history kept
+    history_bytes: int | None = None
+    # mass-delete guard (recovery gateway): changes held for an operator; None: nothing held
+    held_deletions: int | None = None
+    # lagged copy (recovery gateway): the replay delay and the received changes not yet due
+    replay_delay_seconds: float | None = None
+    delayed_changes: int | None = None
 
 
 class FolderStatus(_Model):
@@ -246,6 +253,8 @@ class MailboxDetail(MailboxStatus):
     standby_view_current: bool | None = None
     # source gateway: the last verify of this mailbox (verdict, job, at, kinds, differences)
     verify: dict | None = None
+    # recovery gateway: what the mass-delete guard holds of this mailbox (each with a ``message``)
+    holds: list[dict] | None = None
 
 
 class MailboxList(_Model):

@@ -15,7 +15,13 @@ by sequence number, with their digest kept after application for idempotency), `
 ``inbox_part`` (which content-addressed parts of the blob store each skeleton refers to),
 ``idmap`` (mid -> folder/uid on this server), ``replay_intent`` (a write in flight, to recover
 the id map from the server after a crash), ``orphan`` (messages of a folder being reset) and
-``rejected_message``.
+``rejected_message``. History (``mailrepl.recovery.history``): applied ``inbox`` rows are kept for
+the mailbox's retention, with ``history_snapshot`` (the mailbox's catalogue at one sequence
+number, a restore's starting point) and ``history_snapshot_body`` (the bodies a snapshot refers to,
+which garbage collection keeps). ``restore_job``: point-in-time restores asked for, their progress
+and result (a job under way when the gateway stopped is taken up again at start).
+``delete_guard``: mailboxes whose deletions the mass-delete guard holds (the held changes are
+``inbox`` rows in state ``held``).
 
 Admin API (both gateways): ``api_token`` (tokens with a role, stored as their SHA-256 only) and
 ``audit_log`` (every state-changing admin call and every refused one: who, what, outcome).
@@ -61,6 +67,10 @@ __all__ = [
     "ApiToken",
     "AuditEntry",
     "VerifyResult",
+    "HistorySnapshot",
+    "HistorySnapshotBody",
+    "RestoreJob",
+    "DeleteGuardState",
 ]
 
 
@@ -377,3 +387,64 @@ class VerifyResult(Base):
     kinds: Mapped[str] = mapped_column(Text, nullable=False)  # JSON {kind: count}
     report: Mapped[str] = mapped_column(Text, nullable=False)  # JSON: the mailbox's report
     at: Mapped[datetime] = _ts()
+
+
+# --------------------------------------------------------------------------- history
+
+
+class HistorySnapshot(Base):
+    """A replica's catalogue (folders, messages, renames) as it was after applying ``seq``."""
+
+    __tablename__ = "history_snapshot"
+    __table_args__ = (UniqueConstraint("replica_id", "seq", name="uq_history_snapshot_replica_seq"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    replica_id: Mapped[int] = mapped_column(ForeignKey("replica.id", ondelete="CASCADE"), nullable=False)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    # capture time of change ``seq`` (None: the empty start, seq 0): the mailbox time it shows
+    at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    messages: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)  # zlib-compressed catalogue JSON
+    taken_at: Mapped[datetime] = _ts()
+
+
+class HistorySnapshotBody(Base):
+    """Snapshot ``snapshot_id`` refers to body ``sha256``: garbage collection keeps it."""
+
+    __tablename__ = "history_snapshot_body"
+    __table_args__ = (Index("ix_history_snapshot_body_sha256", "sha256"),)
+
+    snapshot_id: Mapped[int] = mapped_column(ForeignKey("history_snapshot.id", ondelete="CASCADE"),
+                                             primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+
+
+class RestoreJob(Base):
+    """A point-in-time restore: what was asked, how far it got, what it wrote."""
+
+    __tablename__ = "restore_job"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    replica_id: Mapped[int] = mapped_column(ForeignKey("replica.id", ondelete="CASCADE"), nullable=False)
+    request: Mapped[str] = mapped_column(Text, nullable=False)  # JSON: time, target, filters
+    state: Mapped[str] = mapped_column(String(10), nullable=False)  # running, done, error
+    messages_total: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    messages_done: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
+    result: Mapped[str | None] = mapped_column(Text)  # JSON
+    error: Mapped[str | None] = mapped_column(Text)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = _ts()
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DeleteGuardState(Base):
+    """The mass-delete guard tripped for this replica: its deletions are held until released."""
+
+    __tablename__ = "delete_guard"
+
+    replica_id: Mapped[int] = mapped_column(ForeignKey("replica.id", ondelete="CASCADE"), primary_key=True)
+    since: Mapped[datetime] = _ts()
+    deletions: Mapped[int] = mapped_column(BigInteger, nullable=False)  # in the window when it tripped
+    mailbox_messages: Mapped[int] = mapped_column(BigInteger, nullable=False)  # on the standby then

@@ -132,6 +132,8 @@ def test_every_admin_route_of_the_recovery_gateway_needs_its_role(site):
     check_route(url, tokens, "GET", "/api/v1/mailboxes/alice", "viewer", 200)
     assert check_route(url, tokens, "GET", "/api/v1/failover", "viewer", 200).json()["auto"] is False
     check_route(url, tokens, "POST", "/api/v1/gc", "operator", 200, params={"grace_seconds": 0})
+    assert check_route(url, tokens, "GET", "/api/v1/history", "viewer", 200).json() == {"mailboxes": []}
+    check_route(url, tokens, "POST", "/api/v1/history/maintain", "operator", 200)
     r = check_route(url, tokens, "POST", "/api/v1/cutover", "operator", 200, body={"addresses": ["alice"]},
                     state=site_state)
     assert r.json()["results"][0]["state"] == "active-at-dr" and site_state() == "active-at-dr"

@@ -415,3 +415,40 @@ def test_blob_dir_from_the_environment_overrides_the_files_key(tmp_path):
     # the example sets blob_dir; the environment wins and the key is still a known one
     r = load_recovery_settings(EXAMPLES / "recovery.toml", {ENV_BLOB_DIR: str(tmp_path / "parts")})
     assert r.gateway.blob_dir == str(tmp_path / "parts")
+
+
+def test_history_settings_default_off_override_per_server_and_mailbox(tmp_path):
+    r = load_recovery_settings(write(tmp_path, RECOVERY, "r.toml"), {})
+    assert not r.history.enabled and r.history.retention_seconds("primary", "alice@example.org") == 0
+    text = RECOVERY + ('\n[history]\nretention_days = 14\nsnapshot_every_changes = 100\n'
+                       '[history.servers]\nprimary = 30\n[history.mailboxes]\n"CEO@example.org" = 0.5\n')
+    r = load_recovery_settings(write(tmp_path, text, "r2.toml"), {})
+    h = r.history
+    assert h.enabled and h.snapshot_every_changes == 100
+    assert h.retention_seconds("other", "bob@example.org") == 14 * 86400
+    assert h.retention_seconds("primary", "bob@example.org") == 30 * 86400
+    assert h.retention_seconds("primary", "ceo@example.org") == 43200
+    assert "history kept 14 days" in r.summary()
+    bad = write(tmp_path, RECOVERY + "\n[history]\nretention_days = -1\n", "r3.toml")
+    assert config_error(load_recovery_settings, bad).startswith("history.retention_days: expected a number of days")
+    bad = write(tmp_path, RECOVERY + "\n[history]\nretention = 3\n", "r4.toml")
+    assert "history.retention: unknown key" in config_error(load_recovery_settings, bad)
+    bad = write(tmp_path, RECOVERY + '\n[history.mailboxes]\n"not an address" = 3\n', "r5.toml")
+    assert "expected a mailbox address" in config_error(load_recovery_settings, bad)
+
+
+def test_lag_and_guard_settings(tmp_path):
+    r = load_recovery_settings(write(tmp_path, RECOVERY, "r.toml"), {})
+    assert not r.lag.enabled and r.guard.enabled and r.guard.min_messages == 250
+    assert not r.guard.trips(249, 300) and r.guard.trips(250, 800) and not r.guard.trips(250, 900)
+    assert r.guard.trips(10_000, 10**7) and r.guard.is_trash("Archive/TRASH") and not r.guard.is_trash("Trashy")
+    text = RECOVERY + ('\n[lag]\nreplay_delay = 60\n[lag.mailboxes]\n"Boss@example.org" = 1209600\n'
+                       '[guard]\nmin_messages = 5\nshare_percent = 50\nwindow_minutes = 1\ntrash_folders = ["Bin"]\n')
+    r = load_recovery_settings(write(tmp_path, text, "r2.toml"), {})
+    assert r.lag.delay("primary", "x@example.org") == 60 and r.lag.delay("primary", "boss@example.org") == 1209600
+    assert r.guard.window_seconds == 60 and r.guard.is_trash("Bin") and not r.guard.is_trash("Trash")
+    assert "replay delay 60s" in r.summary() and "mass-delete guard" in r.summary()
+    bad = write(tmp_path, RECOVERY + "\n[lag]\nreplay_delay = 1300000\n", "r3.toml")
+    assert config_error(load_recovery_settings, bad).startswith("lag.replay_delay: expected a number of seconds")
+    bad = write(tmp_path, RECOVERY + "\n[guard]\nshare_percent = 120\n", "r4.toml")
+    assert config_error(load_recovery_settings, bad).startswith("guard.share_percent: expected an integer 0-100")
