@@ -195,11 +195,12 @@ class ImapSession:
         out = []
         for e in entries:
             st = statuses.get(e.name)
-            if not _selectable(e) or st is None or "UIDVALIDITY" not in st:
+            name = mb.names.from_server(e.name)  # None: another user's or a shared folder
+            if name is None or not _selectable(e) or st is None or "UIDVALIDITY" not in st:
                 continue
             fid = st.get(mb.fid_item, "") if mb.fid_item else ""
             out.append(FolderInfo(
-                name=mb.names.from_server(e.name),
+                name=name,
                 fid=str(fid),
                 uidvalidity=int(st["UIDVALIDITY"]),
                 uidnext=int(st.get("UIDNEXT", 0)),
