@@ -1,0 +1,110 @@
+"""Replication across server kinds: Dovecot -> Cyrus (Debian's default configuration and the
+recommended one) and Cyrus -> Dovecot, both gateways as real processes.
+
+Folder names with the other side's separator, ``&``, non-ASCII and deep nesting arrive as the
+same canonical names (one level stays one level), special folders pair with the standby's own,
+and every change kind (new mail, flags and keywords, move, rename, delete, expunge) converges.
+Cyrus instances are shared per configuration for the test session; each test has its own user.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+
+from mailrepl.shared.adapters.base import AppendItem
+from tests.support.canonical_compare import adapter_for, canonical_snapshot, differences
+from tests.support.gateways import GatewayPair
+from tests.support.net import eventually
+
+pytestmark = [pytest.mark.dovecot, pytest.mark.cyrus]
+
+DATE = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+FOLDERS = ["Release v1.2", "Projects/2024/Q1/deep/deeper", "Tom & Jerry", "Entwürfe/Ünter", "dots.in.name/sub"]
+
+
+def message(i: int, what: str = "m") -> bytes:
+    return (f"From: a@example.org\r\nTo: b@example.org\r\nSubject: {what} {i}\r\n"
+            f"Message-ID: <{what}{i}@cross.example.org>\r\nDate: Mon, 6 May 2024 07:08:09 +0000\r\n\r\n"
+            f"body {what} {i}\r\n").encode()
+
+
+def fill(server, user: str) -> None:
+    session = adapter_for(server).open(user)
+    try:
+        session.append("INBOX", [AppendItem(message(i), frozenset({"\\Seen"} if i % 2 else ()), DATE) for i in range(6)])
+        for n, folder in enumerate(FOLDERS):
+            session.append(folder, [AppendItem(message(i, f"f{n}"), frozenset({"$Work"}), DATE) for i in range(2)])
+        session.append("Sent", [AppendItem(message(1, "sent"), frozenset({"\\Seen"}), DATE)])
+    finally:
+        session.close()
+
+
+def change(server, user: str) -> None:
+    """Every change kind, made on the primary through a user's session."""
+    session = adapter_for(server).open(user)
+    try:
+        inbox = sorted(m.uid for m in session.fetch("INBOX", list(range(1, session.folder_info("INBOX").uidnext))))
+        session.store_flags("INBOX", inbox[:1], frozenset({"\\Flagged", "$Label1"}))
+        session.move("INBOX", inbox[1:2], "Tom & Jerry")
+        session.expunge("INBOX", inbox[2:3])
+        session.rename_folder("Release v1.2", "Release v1.3")
+        session.delete_folder("dots.in.name/sub")
+        session.create_folder("new.level/x")
+        session.append("new.level/x", [AppendItem(message(9, "late"), frozenset(), DATE)])
+    finally:
+        session.close()
+
+
+def converge(pair: GatewayPair, primary, standby, user: str) -> list[str]:
+    """Wait until the standby equals the primary; the differences left if it never does."""
+    left: list[str] = []
+
+    def same() -> bool:
+        pair.wait_synced([user], timeout=120)
+        left[:] = differences(canonical_snapshot(primary, user), canonical_snapshot(standby, user))
+        return not left
+
+    try:
+        eventually(same, 60, "standby converges")
+    except AssertionError:
+        pass
+    return left
+
+
+def run_pair(tmp_path, primary, standby, user: str) -> None:
+    fill(primary, user)
+    pair = GatewayPair(tmp_path, primary, standby, users=[user],
+                       source_state=f"sqlite:///{tmp_path}/s.sqlite", recovery_state=f"sqlite:///{tmp_path}/r.sqlite",
+                       poll_interval=0.3)
+    pair.start()
+    try:
+        pair.protect(user)
+        assert converge(pair, primary, standby, user) == []
+        change(primary, user)
+        assert converge(pair, primary, standby, user) == []
+        snap = canonical_snapshot(standby, user)
+        # 6 + 5 folders x 2 + 1 sent; one expunged, a folder of 2 deleted, one late
+        assert sum(sum(v.values()) for k, v in snap.items() if not isinstance(k, tuple)) == 15
+        assert "Release v1.3" in snap and "Release v1.2" not in snap and "Release v1" not in snap
+        assert "Projects/2024/Q1/deep/deeper" in snap and "new.level/x" in snap
+        assert snap[("Sent", "special_use")] == frozenset({"\\Sent"})
+        assert pair.status()[user]["rejected"] == 0
+    finally:
+        pair.stop()
+
+
+@pytest.mark.parametrize("profile", ["debian-default", "recommended"])
+def test_dovecot_to_cyrus(profile, cyrus_instances, dovecot_factory, tmp_path):
+    cyrus = cyrus_instances(profile)
+    user = cyrus.unique_user("d2c")
+    primary = dovecot_factory("primary", [user])
+    run_pair(tmp_path, primary, cyrus, user)
+
+
+def test_cyrus_to_dovecot(cyrus_instances, dovecot_factory, tmp_path):
+    cyrus = cyrus_instances("debian-default")
+    user = cyrus.unique_user("c2d")
+    standby = dovecot_factory("standby", [user])
+    run_pair(tmp_path, cyrus, standby, user)
+    assert "INBOX/Sent" not in canonical_snapshot(standby, user)
