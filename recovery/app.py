@@ -8,6 +8,8 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import select
 
+from mailrepl.recovery.standby_findings import StandbyFindingsCollector
+
 from mailrepl.shared.runtime.watcher import PushWatchers
 from mailrepl.recovery.api import admin_router, ingest_router
 from mailrepl.recovery.disk_guard import DiskCollector, DiskGuard, disk_alarm_producer, disk_router
@@ -108,6 +110,7 @@ class RecoveryGateway:
         # full disks: batches refused (507) before they are taken in, the alarm (see disk_guard)
         self.disk = DiskGuard({"state": sqlite_dir(g.state_url), "blobs": Path(g.blob_dir)}, g.min_free_bytes)
         self.metrics.register(DiskCollector(self.disk))
+        self.metrics.register(StandbyFindingsCollector(self.store))  # refused and altered messages
 
     def route(self, primary_server: str) -> str | None:
         if primary_server in self.routes:

@@ -267,6 +267,18 @@ class ImapSession:
     def append(self, folder: str, items: Sequence[AppendItem]) -> AppendResult:
         return imap_messages.append(self._mb, folder, items, self.create_folder)
 
+    def server_facts(self):
+        """Capabilities, namespace, rights, ID (``imap_facts``), for the pre-flight check."""
+        from mailrepl.shared.adapters.imap_facts import imap_facts
+
+        return imap_facts(self._mb)
+
+    def stored_digests(self, folder: str, uids: Sequence[int]) -> dict:
+        """{uid: StoredDigest(size, sha1 or None)}: what the server stored (``imap_digests``)."""
+        from mailrepl.shared.adapters.imap_digests import stored_digests
+
+        return stored_digests(self._mb, folder, uids)
+
     def store_flags(self, folder: str, uids: Sequence[int], flags: frozenset[str]) -> None:
         """``UID STORE set FLAGS.SILENT (...)`` in a read-write SELECT; a missing folder is ignored."""
         mb = self._mb

@@ -4,6 +4,7 @@
 
     mailrepl source|recovery run --config FILE
     mailrepl source|recovery check-config --config FILE
+    mailrepl check-servers --config FILE [--server NAME] [--address ADDRESS] [--json]
     mailrepl protect ADDRESS... [--server NAME] [--wait [--wait-timeout S]]
     mailrepl protect --all --server NAME [--wait [--wait-timeout S]]
     mailrepl unprotect ADDRESS... [--server NAME] | --all --server NAME
@@ -58,6 +59,12 @@ def _run_gateway(args: argparse.Namespace) -> int:
     role = load_role(args.role)
     role.run(role.load_settings(args.config))
     return EXIT_OK
+
+
+def _check_servers(args: argparse.Namespace) -> int:
+    from mailrepl.shared.cli.check_servers import check_servers
+
+    return check_servers(args.config, server=args.server, address=args.address, as_json=args.json)
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -306,6 +313,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "reporting them (default 60)")
     p.set_defaults(handler=_admin, usage_error=p.error)
     _add_security_parsers(sub, api)
+    p = sub.add_parser("check-servers", help="pre-flight check of the mail servers a gateway config names",
+                       description="Connect to each mail server of a source or recovery config with its service "
+                                   "account and report, one line per finding, the capabilities mailrepl uses or "
+                                   "misses, the account's rights, namespace and separator, settings that alter or "
+                                   "refuse messages (probe messages in a scratch folder, removed afterwards), clock "
+                                   "skew, and what to change. Exit status 1 if a finding is a blocker.")
+    p.add_argument("--config", type=Path, required=True, metavar="FILE", help="a source or recovery gateway config")
+    p.add_argument("--server", metavar="NAME", help="only this server")
+    p.add_argument("--address", metavar="ADDRESS",
+                   help="the mailbox the probe writes into (default: the server's first configured user)")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.set_defaults(handler=_check_servers)
     return parser
 
 
