@@ -41,6 +41,8 @@ class Registry:
         self.shipper_error = shipper_error
         # (QueueUsage, protected, site_state) -> back-pressure fields of a status, or None
         self.queue_fields = queue_fields
+        # (server, address) -> None, called before the first mailbox of a server is protected
+        self.before_first_protection = None
 
     # ------------------------------------------------------------------ discovery
 
@@ -89,6 +91,12 @@ class Registry:
             self._check_exists(server, address)
             with self.store.tx() as s:
                 s.add(Mailbox(server=server, address=address))
+        if enabled and self.before_first_protection is not None:
+            with self.store.read() as s:
+                first = not s.scalar(select(func.count()).select_from(Mailbox).where(Mailbox.server == server,
+                                                                                    Mailbox.protected.is_(True)))
+            if first:
+                self.before_first_protection(server, address)  # the pre-flight check (never raises)
         with self.store.tx() as s:
             mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
             if enabled and not mbx.protected:

@@ -102,6 +102,13 @@ def test_altered_refused_and_blocked_are_reported(cyrus_instances, dovecot_facto
                             "the source shows the DR-side error")
         assert status["error"].startswith("at the DR site:") and "Invalid mailbox name" in status["error"]
         assert pair.status()[user]["phase"] == "replicating"
+        # the pre-flight check ran before the first protection of the primary, and runs on demand
+        with pair.source.api() as src:
+            last = src.get("/api/v1/servers/check").raise_for_status().json()
+            again = src.post("/api/v1/servers/check", json={"server": "primary"}).raise_for_status().json()
+        assert last["blockers"] == 0 and {f["server"] for f in last["findings"]} == {"primary"}
+        assert {(f["topic"], f["level"]) for f in again["findings"]} == {(f["topic"], f["level"]) for f in last["findings"]}
+        assert ("probe 8-bit header", "ok") in {(f["topic"], f["level"]) for f in again["findings"]}
     finally:
         pair.stop()
 
