@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from mailrepl.shared.adapters.base import ServerFeatures
 from mailrepl.shared.adapters.imap_client import ImapClient, Result
 from mailrepl.shared.adapters.imap_format import quoted, uid_set_batches
-from mailrepl.shared.adapters.imap_names import FolderNames
+from mailrepl.shared.adapters.imap_names import CYRUS_REFUSED, FolderNames
 from mailrepl.shared.adapters.imap_protocol import ListEntry, Response, as_text, parse_list
 from mailrepl.shared.errors import FolderNotFound, MailboxNotFound, ProtocolError, ServerUnavailable
 
@@ -125,6 +125,11 @@ def personal_namespace(responses: list[Response]) -> tuple[str | None, str] | No
     return None
 
 
+def _is_cyrus(capabilities) -> bool:
+    """Cyrus IMAP, known by capabilities no other server announces."""
+    return "X-REPLICATION" in capabilities or "XCONVERSATIONS" in capabilities
+
+
 def detect(client: ImapClient) -> Mailbox:
     """Check required capabilities, enable QRESYNC and find the delimiter and id items, in one
     pipelined round trip.
@@ -171,7 +176,8 @@ def detect(client: ImapClient) -> Mailbox:
     )
     return Mailbox(
         client=client,
-        names=FolderNames(*personal) if personal else FolderNames(entries[0].delimiter if entries else None),
+        names=FolderNames(*(personal or (entries[0].delimiter if entries else None, "")),
+                          refused=CYRUS_REFUSED if _is_cyrus(caps) else None),
         features=features,
         guid_item="EMAILID" if objectid else "X-GUID" if xguid else None,
         fid_item="MAILBOXID" if objectid else "X-GUID" if xguid else None,

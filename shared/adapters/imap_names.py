@@ -13,6 +13,10 @@ whose separator is not ``/``:
 - the server's separator inside a canonical level (``Release v1.2`` on a ``.`` server) is written
   as its look-alike (``.`` -> ``․`` U+2024 ONE DOT LEADER) and read back as the separator.
 
+Characters a server refuses in any name (``refused``; Cyrus: ``"``, ``\``, ``%``, ``^``) are
+written as their full-width look-alikes (U+FF02, U+FF3C, U+FF05, U+FF3E) and read back as the
+character, so ``Say "hi"`` on Dovecot is ``Say ＂hi＂`` on Cyrus and ``Say "hi"`` again at failback.
+
 The mapping is a bijection between the names each side can hold, so a folder keeps its exact
 name through cutover and failback. A canonical level that contains the look-alike itself cannot
 be told apart on such a server and is refused (``FolderNameUnrepresentable``), never guessed; a
@@ -24,7 +28,7 @@ from __future__ import annotations
 from mailrepl.shared.adapters.imap_format import decode_mutf7, encode_mutf7, quoted
 from mailrepl.shared.errors import ProtocolError
 
-__all__ = ["SEPARATOR_LOOKALIKES", "SLASH_LOOKALIKE", "FolderNameUnrepresentable", "FolderNames"]
+__all__ = ["CYRUS_REFUSED", "SEPARATOR_LOOKALIKES", "SLASH_LOOKALIKE", "FolderNameUnrepresentable", "FolderNames"]
 
 SLASH_LOOKALIKE = "\u2215"  # DIVISION SLASH: a "/" inside one level of a non-"/" server
 SEPARATOR_LOOKALIKES = {
@@ -33,6 +37,9 @@ SEPARATOR_LOOKALIKES = {
     ":": "\u2236",  # RATIO
     "|": "\u2223",  # DIVIDES
 }
+
+# characters Cyrus IMAP refuses in a mailbox name ("NO Invalid mailbox name") -> their look-alikes
+CYRUS_REFUSED = {'"': "\uff02", "\\": "\uff3c", "%": "\uff05", "^": "\uff3e"}
 
 
 class FolderNameUnrepresentable(ProtocolError):
@@ -48,12 +55,13 @@ class FolderNames:
     namespace prefix as NAMESPACE gives it (``"INBOX."``, or ``""``).
     """
 
-    def __init__(self, delimiter: str | None, prefix: str = "") -> None:
+    def __init__(self, delimiter: str | None, prefix: str = "", refused: dict[str, str] | None = None) -> None:
         self.delimiter = delimiter
+        self.refused = dict(refused or {})  # character the server refuses -> the look-alike written instead
         if prefix and delimiter and not prefix.endswith(delimiter):
             prefix += delimiter
         self.prefix = prefix
-        self._escape = delimiter not in (None, "/")
+        self._escape = delimiter not in (None, "/") or bool(self.refused)
         self._lookalike = SEPARATOR_LOOKALIKES.get(delimiter or "", "")
 
     def to_server(self, name: str) -> str:
@@ -100,6 +108,13 @@ class FolderNames:
         return "*"
 
     def _level_to_server(self, level: str, name: str) -> str:
+        for char, lookalike in self.refused.items():
+            if lookalike in level:
+                raise FolderNameUnrepresentable(
+                    f"folder {name!r}: a level contains {lookalike!r}, which this server's names use for {char!r}")
+            level = level.replace(char, lookalike)
+        if self.delimiter in (None, "/"):
+            return level
         sep = self.delimiter or ""
         if sep in level and not self._lookalike:
             raise FolderNameUnrepresentable(
@@ -111,6 +126,10 @@ class FolderNames:
         return level.replace(sep, self._lookalike)
 
     def _level_from_server(self, level: str) -> str:
+        for char, lookalike in self.refused.items():
+            level = level.replace(lookalike, char)
+        if self.delimiter in (None, "/"):
+            return level
         if self._lookalike:
             level = level.replace(self._lookalike, self.delimiter or "")
         return level.replace("/", SLASH_LOOKALIKE)

@@ -21,7 +21,8 @@ from tests.support.net import eventually
 pytestmark = [pytest.mark.dovecot, pytest.mark.cyrus]
 
 DATE = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
-FOLDERS = ["Release v1.2", "Projects/2024/Q1/deep/deeper", "Tom & Jerry", "Entwürfe/Ünter", "dots.in.name/sub"]
+FOLDERS = ["Release v1.2", "Projects/2024/Q1/deep/deeper", "Tom & Jerry", "Entwürfe/Ünter", "dots.in.name/sub",
+           'Say "hi" \\ 100%^']
 
 
 def message(i: int, what: str = "m") -> bytes:
@@ -85,8 +86,9 @@ def run_pair(tmp_path, primary, standby, user: str) -> None:
         change(primary, user)
         assert converge(pair, primary, standby, user) == []
         snap = canonical_snapshot(standby, user)
-        # 6 + 5 folders x 2 + 1 sent; one expunged, a folder of 2 deleted, one late
-        assert sum(sum(v.values()) for k, v in snap.items() if not isinstance(k, tuple)) == 15
+        # 6 + 6 folders x 2 + 1 sent; one expunged, a folder of 2 deleted, one late
+        assert sum(sum(v.values()) for k, v in snap.items() if not isinstance(k, tuple)) == 17
+        assert 'Say "hi" \\ 100%^' in snap
         assert "Release v1.3" in snap and "Release v1.2" not in snap and "Release v1" not in snap
         assert "Projects/2024/Q1/deep/deeper" in snap and "new.level/x" in snap
         assert snap[("Sent", "special_use")] == frozenset({"\\Sent"})
@@ -174,7 +176,8 @@ def test_cutover_and_failback_through_cyrus_write_nothing_twice(profile, cyrus_i
         final = canonical_snapshot(primary, user)
         assert "Release v1.2.1" in final and "Release v1.2" not in final and "Review v2.0/Ä & Ö" in final
         assert all(n == 1 for k, c in final.items() if not isinstance(k, tuple) for n in c.values()), "duplicate"
-        assert sum(sum(c.values()) for k, c in final.items() if not isinstance(k, tuple)) == 18
+        assert sum(sum(c.values()) for k, c in final.items() if not isinstance(k, tuple)) == 20
+        assert sum(final['Say "hi" \\ 100%^'].values()) == 2
         extra = {k for k in final if not isinstance(k, tuple)} - {k for k in before if not isinstance(k, tuple)}
         # Cyrus made the parent "Review v2.0" a real folder at DR: it comes back as one (empty)
         assert extra == {"Release v1.2.1", "Review v2.0/Ä & Ö", "Review v2.0"}, extra

@@ -5,8 +5,9 @@ while it alters messages writes nothing twice.
   as altered (recovery gateway API and CLI, ``/metrics``), with its identity;
 - a message with a header line Cyrus refuses (``NO Message contains invalid header``) is listed
   as rejected with Message-ID, subject and date, at both gateways, and counted on ``/metrics``;
-- a folder name Cyrus refuses blocks that mailbox at the DR site, and the source gateway's status
-  of the mailbox says so, with the server's reason;
+- a folder name the Cyrus standby cannot hold (it contains the look-alike that stands for a
+  character Cyrus refuses) blocks that mailbox at the DR site, and the source gateway's status of
+  the mailbox says so, with the reason;
 - kill -9 of the recovery gateway while it replays messages Cyrus alters: after the restart the
   standby holds each message once.
 """
@@ -22,7 +23,8 @@ import time
 import httpx
 import pytest
 
-from tests.support.canonical_compare import canonical_snapshot
+from mailrepl.shared.adapters.base import AppendItem
+from tests.support.canonical_compare import adapter_for, canonical_snapshot
 from tests.support.gateways import ADMIN_TOKEN, GatewayPair
 from tests.support.net import eventually
 
@@ -66,7 +68,11 @@ def test_altered_refused_and_blocked_are_reported(cyrus_instances, dovecot_facto
     user, blocked = cyrus.unique_user("find"), cyrus.unique_user("block")
     primary = dovecot_factory("primary", [user, blocked])
     primary.deliver_many(user, [plain(0), eight_bit(1), REFUSED, plain(2)])
-    primary.deliver(blocked, plain(0), folder='Say "hi"')
+    session = adapter_for(primary).open(blocked)
+    try:
+        session.append("Quote \uff02 mark", [AppendItem(plain(0), frozenset(), None)])
+    finally:
+        session.close()
     pair = make_pair(tmp_path, primary, cyrus, [user, blocked])
     pair.start()
     try:
@@ -100,7 +106,7 @@ def test_altered_refused_and_blocked_are_reported(cyrus_instances, dovecot_facto
         # blocked at DR (Cyrus refuses the folder name): shown at the source, with the reason
         status = eventually(lambda: (st := pair.status()[blocked])["phase"] == "error" and st, 60,
                             "the source shows the DR-side error")
-        assert status["error"].startswith("at the DR site:") and "Invalid mailbox name" in status["error"]
+        assert status["error"].startswith("at the DR site:") and "Quote \uff02 mark" in status["error"]
         assert pair.status()[user]["phase"] == "replicating"
         # the pre-flight check ran before the first protection of the primary, and runs on demand
         with pair.source.api() as src:
@@ -114,8 +120,6 @@ def test_altered_refused_and_blocked_are_reported(cyrus_instances, dovecot_facto
 
 
 def sent_bodies(server, user: str) -> list[bytes]:
-    from tests.support.canonical_compare import adapter_for
-
     session = adapter_for(server).open(user)
     try:
         info = session.folder_info("INBOX")

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import pytest
+
 from mailrepl.shared.adapters.imap_mailbox import personal_namespace
-from mailrepl.shared.adapters.imap_names import FolderNames, FolderNameUnrepresentable
+from mailrepl.shared.adapters.imap_names import CYRUS_REFUSED, FolderNames, FolderNameUnrepresentable
 from mailrepl.shared.adapters.imap_protocol import parse_response
 
 NAMES = ["INBOX", "Archive", "Release v1.2", "a/b/c/d/e/f", 'Say "hi" & \\ more', "Entwürfe/Ünter",
@@ -11,8 +12,8 @@ NAMES = ["INBOX", "Archive", "Release v1.2", "a/b/c/d/e/f", 'Say "hi" & \\ more'
 
 SERVERS = {
     "dovecot": FolderNames("/"),
-    "cyrus-recommended": FolderNames("/", ""),
-    "cyrus-debian": FolderNames(".", "INBOX."),
+    "cyrus-recommended": FolderNames("/", "", CYRUS_REFUSED),
+    "cyrus-debian": FolderNames(".", "INBOX.", CYRUS_REFUSED),
     "dotted-no-prefix": FolderNames(".", ""),
 }
 
@@ -73,3 +74,14 @@ def test_personal_namespace_from_the_namespace_response():
     assert personal_namespace([debian]) == (".", "INBOX.")
     assert personal_namespace([modern]) == ("/", "")
     assert personal_namespace([none]) is None
+
+
+def test_characters_cyrus_refuses_are_written_as_look_alikes_and_read_back():
+    odd = 'Say "hi" \\ 100% ^up'
+    for names in (SERVERS["cyrus-debian"], SERVERS["cyrus-recommended"]):
+        raw = names.to_server(odd)
+        assert not set('"\\%^') & set(raw.removeprefix(names.prefix))
+        assert names.from_server(raw) == odd
+        with pytest.raises(FolderNameUnrepresentable):
+            names.to_server("full\uff02width")
+    assert SERVERS["dovecot"].to_server(odd) == odd
