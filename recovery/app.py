@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import select
 
 from mailrepl.recovery.standby_findings import StandbyFindingsCollector
+from mailrepl.shared.engines.special_folders import AliasingAdapter, FolderAliases
 
 from mailrepl.shared.runtime.watcher import PushWatchers
 from mailrepl.recovery.api import admin_router, ingest_router
@@ -68,7 +69,9 @@ class RecoveryGateway:
         sealer = Sealer(g.encryption.key, g.encryption.old_keys)  # at-rest encryption (off without a key)
         self.store = open_store(g.state_url, sealer=sealer)
         self.store.migrate()
-        self.adapters = {srv.name: make_adapter(srv) for srv in settings.servers}
+        # special folders pair with the standby's own (engines/special_folders)
+        self.adapters = {srv.name: AliasingAdapter(make_adapter(srv), FolderAliases(self.store, srv.name))
+                         for srv in settings.servers}
         self.routes = dict(settings.routes)
         self.bodies = BodyStore(self.store, BlobStore(g.blob_dir, sealer=sealer))
         self.replay = ReplayEngine(self.store, self.bodies, append_batch=g.append_batch)

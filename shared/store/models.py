@@ -56,6 +56,7 @@ __all__ = [
     "Orphan",
     "RejectedMessage",
     "AlteredMessage",
+    "FolderAlias",
     "SiteTransition",
     "MidAlias",
     "ServerHealth",
@@ -293,6 +294,19 @@ class RejectedMessage(Base):
     message_id: Mapped[str | None] = mapped_column(String(1000))
     subject: Mapped[str | None] = mapped_column(String(1000))
     msg_date: Mapped[str | None] = mapped_column(String(200))
+
+
+class FolderAlias(Base):
+    """A source folder paired with the standby's own special folder (``engines/special_folders``)."""
+
+    __tablename__ = "folder_alias"
+    __table_args__ = (UniqueConstraint("server", "address", "source_name", name="uq_folder_alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    server: Mapped[str] = mapped_column(String(200), nullable=False)  # the standby server
+    address: Mapped[str] = mapped_column(String(320), nullable=False)
+    source_name: Mapped[str] = mapped_column(String(1000), nullable=False)
+    standby_name: Mapped[str] = mapped_column(String(1000), nullable=False)
 
 
 class AlteredMessage(Base):

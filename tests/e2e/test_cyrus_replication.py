@@ -184,3 +184,43 @@ def test_cutover_and_failback_through_cyrus_write_nothing_twice(profile, cyrus_i
         assert sum(final["Review v2.0"].values()) == 0
     finally:
         pair.stop()
+
+
+def test_special_folders_pair_with_the_standbys_own(cyrus_instances, dovecot_factory, tmp_path):
+    """Cyrus's \\Sent is "Sent Items" (INBOX.Sent Items), Dovecot's is "Sent": the sent mail lands in
+    Dovecot's Sent, no "Sent Items" appears there, and after cutover and failback the primary
+    still has its "Sent Items" and no "Sent"."""
+    cyrus = cyrus_instances("debian-default")
+    user = cyrus.unique_user("sp", specials=(("Sent Items", "\\Sent"), ("Trash", "\\Trash")))
+    standby = dovecot_factory("standby", [user])
+    session = adapter_for(cyrus).open(user)
+    try:
+        session.append("Sent Items", [AppendItem(message(i, "sent"), frozenset({"\\Seen"}), DATE) for i in range(3)])
+        session.append("INBOX", [AppendItem(message(1), frozenset(), DATE)])
+    finally:
+        session.close()
+    pair = GatewayPair(tmp_path, cyrus, standby, users=[user], poll_interval=0.3,
+                       source_state=f"sqlite:///{tmp_path}/s.sqlite", recovery_state=f"sqlite:///{tmp_path}/r.sqlite")
+    pair.start()
+    try:
+        pair.protect(user)
+        pair.wait_synced([user])
+        held = canonical_snapshot(standby, user)
+        assert "Sent Items" not in held and sum(held["Sent"].values()) == 3
+        assert held[("Sent", "special_use")] == frozenset({"\\Sent"})
+        before = canonical_snapshot(cyrus, user)
+        post(pair, "/api/v1/cutover", {"addresses": [user]})
+        eventually(lambda: pair.status()[user]["site_state"] == "active-at-dr", 60, "the source learns the cutover")
+        dr = adapter_for(standby).open(user)
+        try:
+            dr.append("Sent", [AppendItem(message(7, "sent at dr"), frozenset({"\\Seen"}), DATE)])
+        finally:
+            dr.close()
+        time.sleep(2)
+        fail_back(pair, user)
+        pair.wait_synced([user])
+        after = canonical_snapshot(cyrus, user)
+        assert "Sent" not in after and sum(after["Sent Items"].values()) == 4
+        assert {k for k in after if not isinstance(k, tuple)} == {k for k in before if not isinstance(k, tuple)}
+    finally:
+        pair.stop()

@@ -210,14 +210,15 @@ class CyrusServer:
         """The user's INBOX as the admin names it (``user.alice`` or ``user/alice``)."""
         return f"user{self.separator}{user}"
 
-    def unique_user(self, stem: str = "u") -> str:
+    def unique_user(self, stem: str = "u", specials=SPECIAL_FOLDERS) -> str:
         """A new user (password, INBOX, special folders) that no other test of this instance uses."""
         user = f"{stem}{os.getpid()}x{next(_serial)}"
-        self.add_user(user)
+        self.add_user(user, specials)
         return user
 
-    def add_user(self, user: str) -> None:
-        """Create ``user``: sasldb password, INBOX (by the admin), the special-use folders."""
+    def add_user(self, user: str, specials=SPECIAL_FOLDERS) -> None:
+        """Create ``user``: sasldb password, INBOX (by the admin), the special-use folders
+        (``specials``: (name, use) pairs)."""
         if not _USER_NAME.fullmatch(user):
             raise ValueError(f"bad user name {user!r} (lower-case letters, digits, _ and - only)")
         self._saslpasswd(user, self.user_password)
@@ -230,7 +231,7 @@ class CyrusServer:
             admin.logout()
         conn = self.imap(user, master=True)
         try:
-            for folder, use in SPECIAL_FOLDERS:
+            for folder, use in specials:
                 name = self.personal_prefix + folder
                 typ, data = conn._simple_command("CREATE", f'"{name}"', f"(USE ({use}))")
                 if typ != "OK":

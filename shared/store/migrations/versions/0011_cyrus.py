@@ -4,7 +4,8 @@
 ``altered_message``: per replica, a message the standby stored with other bytes than were sent
 (the change's sequence number and message id, folder, SHA-256 and size sent and stored, what
 changed, Message-ID, subject, date). ``mailbox.dr_error``: at the source gateway, what blocks the
-mailbox at the DR site, as the recovery gateway reports it.
+mailbox at the DR site, as the recovery gateway reports it. ``folder_alias``: at the recovery
+gateway, a source folder paired with the standby's own special folder of the same use.
 
 Revision ID: 0011
 Revises: 0009
@@ -43,9 +44,19 @@ def upgrade() -> None:
     op.create_index("ix_altered_message_replica", "altered_message", ["replica_id", "sha256"])
     with op.batch_alter_table("mailbox") as batch:
         batch.add_column(sa.Column("dr_error", sa.Text()))
+    op.create_table(
+        "folder_alias",
+        sa.Column("id", sa.Integer(), primary_key=True),
+        sa.Column("server", sa.String(200), nullable=False),
+        sa.Column("address", sa.String(320), nullable=False),
+        sa.Column("source_name", sa.String(1000), nullable=False),
+        sa.Column("standby_name", sa.String(1000), nullable=False),
+        sa.UniqueConstraint("server", "address", "source_name", name="uq_folder_alias"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("folder_alias")
     with op.batch_alter_table("mailbox") as batch:
         batch.drop_column("dr_error")
     op.drop_index("ix_altered_message_replica", table_name="altered_message")
