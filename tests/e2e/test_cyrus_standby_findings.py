@@ -149,6 +149,10 @@ def test_kill9_of_recovery_while_cyrus_alters_messages(cyrus_instances, dovecot_
             altered = detail(rec, user)["altered_messages"]
         assert altered and all(a["what"] == "8-bit header bytes rewritten" for a in altered)
         assert len({a["seq"] for a in altered}) == len(altered)
+        # verify: the altered copies are the messages sent (reported as altered, not as differences)
+        v = subprocess.run([sys.executable, "-m", "mailrepl", "verify", user, "--json", "--config",
+                            str(pair.source.config)], capture_output=True, text=True, timeout=300, check=False)
+        assert v.returncode == 0, v.stdout[-2000:] + v.stderr[-2000:]
     finally:
         pair.stop()
     print(json.dumps({"messages": total, "altered_reported": len(altered)}))
