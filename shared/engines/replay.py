@@ -291,7 +291,7 @@ class ReplayEngine:
                 s.add(RejectedMessage(replica_id=rid, seq=seq, mid=ch.mid, folder=ch.folder, sha256=ch.sha256, reason=reason,
                                       message_id=who.message_id, subject=who.subject, msg_date=who.date))
                 s.execute(update(InboxRow).where(InboxRow.replica_id == rid, InboxRow.seq == seq).values(state="rejected"))
-                log.warning("%s/%s: the standby refused a message (seq %s, folder %r, %s): %s", rep.server,
+                log.warning("%s/%s: the standby rejected a message (seq %s, folder %r, %s): %s", rep.server,
                             rep.address, seq, ch.folder, who.describe(), reason)
             for a in altered:
                 s.add(AlteredMessage(replica_id=rid, seq=a.seq, mid=a.change.mid, folder=g.folder, sha256=a.change.sha256,
