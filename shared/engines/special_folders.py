@@ -10,6 +10,13 @@ standby's folder under the source's name. The DR capture (cutover) and failback 
 through the same wrapper, so the source's names come back at failback. Renaming the source folder
 renames the pairing only; deleting it ends the pairing and keeps the standby's own folder.
 
+Parents the standby creates by itself: Cyrus makes the missing parents of a new folder real,
+selectable folders (Dovecot makes placeholders no listing shows). Those the replay brought into
+being are remembered (kind ``implicit``): while empty they are not listed (the source has no such
+folder, so the DR capture and failback never see one), and they are removed when the folder that
+needed them is deleted or renamed away and they are empty and childless. A parent the source
+creates itself, or one that receives mail, is an ordinary folder from then on.
+
 Policy lives here; the adapters below stay as they are.
 """
 from __future__ import annotations
@@ -33,19 +40,20 @@ class FolderAliases:
         self.store, self.server = store, server
         self._lock = threading.Lock()
 
-    def load(self, address: str) -> dict[str, str]:
+    def load(self, address: str, kind: str = "special") -> dict[str, str]:
         with self.store.read() as s:
             rows = s.execute(select(FolderAlias.source_name, FolderAlias.standby_name).where(
-                FolderAlias.server == self.server, FolderAlias.address == address)).all()
+                FolderAlias.server == self.server, FolderAlias.address == address, FolderAlias.kind == kind)).all()
         return dict(rows)
 
-    def save(self, address: str, source: str, standby: str | None) -> None:
+    def save(self, address: str, source: str, standby: str | None, kind: str = "special") -> None:
         """Record ``source`` -> ``standby`` (None: forget ``source``)."""
         with self._lock, self.store.tx() as s:
             s.execute(delete(FolderAlias).where(FolderAlias.server == self.server, FolderAlias.address == address,
-                                                FolderAlias.source_name == source))
+                                                FolderAlias.source_name == source, FolderAlias.kind == kind))
             if standby is not None:
-                s.add(FolderAlias(server=self.server, address=address, source_name=source, standby_name=standby))
+                s.add(FolderAlias(server=self.server, address=address, source_name=source, standby_name=standby,
+                                  kind=kind))
 
 
 class AliasingAdapter:
@@ -64,6 +72,7 @@ class AliasedSession:
     def __init__(self, inner, aliases: FolderAliases, address: str) -> None:
         self.inner, self._aliases, self.address = inner, aliases, address
         self.map = aliases.load(address)  # source name -> standby name
+        self.implicit = set(aliases.load(address, "implicit"))  # parents the standby made by itself
 
     def __getattr__(self, name: str):  # features, wait_for_change, close, stored_digests, server_facts …
         return getattr(self.inner, name)
@@ -90,6 +99,7 @@ class AliasedSession:
 
     def list_folders(self):
         out = [dataclasses.replace(f, name=self._from(f.name)) for f in self.inner.list_folders()]
+        out = [f for f in out if not (f.name in self.implicit and f.messages == 0)]
         return sorted(out, key=lambda f: (f.name != "INBOX", f.name))
 
     def folder_info(self, folder: str):
@@ -130,7 +140,39 @@ class AliasedSession:
                 self._aliases.save(self.address, folder, own.name)
                 self.map[folder] = own.name
                 return
+        if folder in self.implicit:  # the source has this folder itself now
+            self._forget_implicit(folder)
+        parents = [folder.rsplit("/", n)[0] for n in range(folder.count("/"), 0, -1)]
+        missing = parents and [p for p in parents if p not in self._standby_names()]
         self.inner.create_folder(target, special_use)
+        if missing:
+            made = self._standby_names()
+            for p in missing:
+                if p in made:  # a real folder the standby made by itself
+                    self._aliases.save(self.address, p, self._to(p), "implicit")
+                    self.implicit.add(p)
+
+    def _standby_names(self) -> set[str]:
+        return {self._from(f.name) for f in self.inner.list_folders()}
+
+    def _forget_implicit(self, folder: str) -> None:
+        self._aliases.save(self.address, folder, None, "implicit")
+        self.implicit.discard(folder)
+
+    def _drop_implicit_parents(self, folder: str) -> None:
+        """Remove the parents of ``folder`` the standby made by itself, deepest first, where empty
+        and childless now."""
+        for parent in [folder.rsplit("/", n)[0] for n in range(1, folder.count("/") + 1)]:
+            if parent not in self.implicit:
+                continue
+            listed = {f.name: f for f in self.inner.list_folders()}
+            info = listed.get(self._to(parent))
+            children = any(n.startswith(self._to(parent) + "/") for n in listed)
+            if info is not None and (info.messages or children):
+                return
+            if info is not None:
+                self.inner.delete_folder(self._to(parent))
+            self._forget_implicit(parent)
 
     def rename_folder(self, old: str, new: str) -> None:
         if old in self.map:
@@ -140,6 +182,7 @@ class AliasedSession:
             self.map[new] = standby
             return
         self.inner.rename_folder(self._to(old), self._to(new))
+        self._drop_implicit_parents(old)
 
     def delete_folder(self, folder: str) -> None:
         if folder in self.map:  # the standby's own special folder stays; the pairing ends
@@ -147,3 +190,4 @@ class AliasedSession:
             del self.map[folder]
             return
         self.inner.delete_folder(self._to(folder))
+        self._drop_implicit_parents(folder)

@@ -297,7 +297,8 @@ class RejectedMessage(Base):
 
 
 class FolderAlias(Base):
-    """A source folder paired with the standby's own special folder (``engines/special_folders``)."""
+    """A source folder paired with the standby's own special folder, or a parent folder the
+    standby created by itself (``engines/special_folders``)."""
 
     __tablename__ = "folder_alias"
     __table_args__ = (UniqueConstraint("server", "address", "source_name", name="uq_folder_alias"),)
@@ -307,6 +308,8 @@ class FolderAlias(Base):
     address: Mapped[str] = mapped_column(String(320), nullable=False)
     source_name: Mapped[str] = mapped_column(String(1000), nullable=False)
     standby_name: Mapped[str] = mapped_column(String(1000), nullable=False)
+    # "special": paired with the standby's own special folder; "implicit": a parent the standby made
+    kind: Mapped[str] = mapped_column(String(20), nullable=False, default="special", server_default="special")
 
 
 class AlteredMessage(Base):

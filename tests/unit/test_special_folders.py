@@ -47,3 +47,31 @@ def test_a_folder_without_special_use_or_with_a_free_one_is_created_as_named(tmp
     session.create_folder("Sent", frozenset({"\\Sent"}))  # the same name: itself
     assert {"Projects", "My Drafts", "Sent"} <= set(server.box("alice"))
     assert {f.name for f in session.list_folders()} >= {"Projects", "My Drafts", "Sent"}
+
+
+def test_parents_the_standby_makes_by_itself_are_hidden_while_empty_and_removed_with_their_child(tmp_path, monkeypatch):
+    server, _, adapter = standby(tmp_path)
+    session = adapter.open("alice")
+    inner = session.inner
+    plain_create = type(inner).create_folder
+
+    def create_with_parents(self, folder, special_use=frozenset()):  # as Cyrus does
+        levels = folder.split("/")
+        for n in range(1, len(levels)):
+            plain_create(self, "/".join(levels[:n]))
+        plain_create(self, folder, special_use)
+
+    monkeypatch.setattr(type(inner), "create_folder", create_with_parents)
+    session.create_folder("Lists")  # the source has this one
+    session.create_folder("Lists/a/b/c")
+    box = server.box("alice")
+    assert {"Lists", "Lists/a", "Lists/a/b", "Lists/a/b/c"} <= set(box)
+    names = {f.name for f in session.list_folders()}
+    assert "Lists" in names and "Lists/a/b/c" in names and not {"Lists/a", "Lists/a/b"} & names
+    session.delete_folder("Lists/a/b/c")
+    assert "Lists" in box and not {"Lists/a", "Lists/a/b"} & set(box)
+    session.create_folder("P/Q")
+    session.append("P", [AppendItem(b"Subject: x\r\n\r\ny\r\n", frozenset(), DATE)])  # mail in it: a folder
+    assert "P" in {f.name for f in session.list_folders()}
+    session.rename_folder("P/Q", "R")
+    assert "P" in box  # not empty: kept

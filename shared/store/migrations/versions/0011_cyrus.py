@@ -5,7 +5,9 @@
 (the change's sequence number and message id, folder, SHA-256 and size sent and stored, what
 changed, Message-ID, subject, date). ``mailbox.dr_error``: at the source gateway, what blocks the
 mailbox at the DR site, as the recovery gateway reports it. ``folder_alias``: at the recovery
-gateway, a source folder paired with the standby's own special folder of the same use.
+gateway, a source folder paired with the standby's own special folder of the same use (kind
+``special``), or a parent folder the standby created by itself for a replicated folder (kind
+``implicit``).
 
 Revision ID: 0011
 Revises: 0009
@@ -51,6 +53,7 @@ def upgrade() -> None:
         sa.Column("address", sa.String(320), nullable=False),
         sa.Column("source_name", sa.String(1000), nullable=False),
         sa.Column("standby_name", sa.String(1000), nullable=False),
+        sa.Column("kind", sa.String(20), nullable=False, server_default="special"),
         sa.UniqueConstraint("server", "address", "source_name", name="uq_folder_alias"),
     )
 
