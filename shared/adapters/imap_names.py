@@ -1,4 +1,4 @@
-"""Canonical folder names <-> one IMAP server's names. Pure: no I/O.
+r"""Canonical folder names <-> one IMAP server's names. Pure: no I/O.
 
 Canonical names are what mailrepl stores and ships: Unicode, ``/`` between levels, ``INBOX``
 spelled in capitals, no personal-namespace prefix. A server spells the same folder with its

@@ -34,11 +34,13 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+import pytest
+
 from tests.support.dovecot import DeliveryError, find_binary, render_config
 from tests.support.imapclient import login_as_master, login_as_user
 from tests.support.net import free_port, wait_for_greeting
 
-__all__ = ["PROFILES", "CyrusServer", "CyrusUnavailable", "cyrus_missing_reason"]
+__all__ = ["FULL", "PROFILES", "CyrusServer", "CyrusUnavailable", "cyrus_missing_reason", "full_only"]
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATES = REPO / "deploy" / "cyrus"
@@ -56,6 +58,11 @@ STOP_TIMEOUT = 20.0
 _USER_NAME = re.compile(r"[a-z0-9][a-z0-9_-]*")  # no "." : it is Debian-default Cyrus's separator
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 _serial = itertools.count(1)
+# The longer cross-server scenarios run with MAILREPL_CYRUS_FULL=1; the suite runs a short subset.
+FULL = os.environ.get("MAILREPL_CYRUS_FULL", "").strip().lower() not in ("", "0", "no", "false")
+
+# marks a test (or a parameter) of the longer cross-server set
+full_only = pytest.mark.skipif(not FULL, reason="longer cross-server scenario: MAILREPL_CYRUS_FULL=1 runs it")
 
 
 class CyrusUnavailable(RuntimeError):
