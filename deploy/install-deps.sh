@@ -6,6 +6,10 @@
 #     tests run private instances from deploy/dovecot/dovecot.conf.in;
 #   - nginx (nginx-light + libnginx-mod-mail) for the mail proxy in front of the servers, its
 #     system instance never started: the tests run private instances from deploy/nginx/;
+#   - Cyrus IMAP 3.6 beside Dovecot: cyrus-common (master, lmtpd, tools) and sasl2-bin installed,
+#     the system instance never started; the imapd binary extracted from the cyrus-imapd package
+#     into /opt/mailrepl/cyrus without installing it (cyrus-imapd conflicts with dovecot-imapd and
+#     would remove it); the tests run private instances from deploy/cyrus/;
 #   - iproute2 and nftables for the two-site test rig (network namespaces, veth, tbf, loss);
 #   - Debian's chromium and chromium-driver (headless) for the console's browser tests;
 #   - PostgreSQL answering on 127.0.0.1:5432 with trust login for the tests;
@@ -71,6 +75,32 @@ elif [[ -s /run/dovecot/master.pid ]] && kill -0 "$(cat /run/dovecot/master.pid)
   doveadm -c /etc/dovecot/dovecot.conf stop >>"$log" 2>&1 || true
 fi
 say "$(dovecot --version | cut -d' ' -f1) Dovecot"
+
+# --- Cyrus IMAP (beside Dovecot) ------------------------------------------------------------
+CYRUS_ROOT=/opt/mailrepl/cyrus
+apt_install cyrus-common sasl2-bin
+if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+  if systemctl is-active --quiet cyrus-imapd 2>/dev/null || systemctl is-enabled --quiet cyrus-imapd 2>/dev/null; then
+    say "stopping and disabling the system Cyrus"
+    systemctl disable --now cyrus-imapd >>"$log" 2>&1 || true
+  fi
+fi
+if [[ ! -x /usr/lib/cyrus/bin/imapd && ! -x $CYRUS_ROOT/usr/lib/cyrus/bin/imapd ]]; then
+  if [[ -z "$apt_updated" ]]; then quiet apt-get update; apt_updated=1; fi
+  say "extracting imapd from the cyrus-imapd package into $CYRUS_ROOT (not installed: it would remove Dovecot)"
+  pkgdir=$(mktemp -d -t mailrepl-cyrus.XXXXXX)
+  # the version must match cyrus-common's (same libraries, same database formats)
+  cyrus_version=$(dpkg-query -W -f='${Version}' cyrus-common)
+  (cd "$pkgdir" && apt-get download "cyrus-imapd=$cyrus_version") >>"$log" 2>&1 \
+    || fail "apt-get download cyrus-imapd=$cyrus_version"
+  mkdir -p "$CYRUS_ROOT"
+  quiet dpkg -x "$pkgdir"/cyrus-imapd_*.deb "$CYRUS_ROOT"
+  rm -rf "$pkgdir"
+fi
+imapd=/usr/lib/cyrus/bin/imapd
+[[ -x $imapd ]] || imapd=$CYRUS_ROOT/usr/lib/cyrus/bin/imapd
+say "Cyrus $(dpkg-query -W -f='${Version}' cyrus-common) with $imapd"
+installed dovecot-imapd || fail "dovecot-imapd is gone (was cyrus-imapd installed?)"
 
 # --- network namespaces (the two-site rig of the tests: veth link, nft loss, tbf rate) -----
 apt_install iproute2 nftables

@@ -13,6 +13,7 @@ from mailrepl.gateway.failback import FailbackPuller
 from mailrepl.gateway.queue_status import (
     QueueCollector, alarms_router, gateway_alarms, mailbox_queue_fields, queue_alarm_producer,
 )
+from mailrepl.gateway.preflight_api import PreflightService, preflight_router
 from mailrepl.gateway.registry import Registry
 from mailrepl.gateway.shipper import Shipper
 from mailrepl.gateway.verify import MailboxVerifier
@@ -73,6 +74,9 @@ class SourceGateway:
         self.registry = Registry(self.store, self.adapters, shipper_error=lambda: self.shipper.last_error,
                                  queue_fields=lambda usage, protected, site: mailbox_queue_fields(
                                      self.queue_gate, usage, protected, site))
+        self.preflight = PreflightService({srv.name: (srv.kind, self.adapters[srv.name], tuple(srv.users))
+                                           for srv in settings.servers})
+        self.registry.before_first_protection = self.preflight.before_first_protection
         self.workers = MailboxWorkers(
             "capture", self._jobs, workers=g.workers, poll_interval=g.poll_interval,
             on_error=self.registry.record_error,
@@ -213,6 +217,7 @@ class SourceGateway:
                        guard=guard_policy(g, tokens))
         app.include_router(admin_router(self.registry, authz, self.workers.wake))
         app.include_router(verify_router(self.registry, self.store, self.verify, authz))
+        app.include_router(preflight_router(self.preflight, authz))
         app.include_router(security_router(tokens, audit, authz))
         app.include_router(alarms_router(self.queue_gate, authz, lambda: self.shipper.peer_disk_full))
         app.add_middleware(AuditMiddleware, audit=audit)

@@ -20,6 +20,11 @@ __all__ = ["Registry", "NotFound", "Ambiguous"]
 log = logging.getLogger("mailrepl.registry")
 
 
+def dr_problem(dr_error: str | None) -> str | None:
+    """What blocks the mailbox at the DR site (the recovery gateway's replay), as shown here."""
+    return f"at the DR site: {dr_error}" if dr_error else None
+
+
 class NotFound(MailreplError):
     """No such server or mailbox (HTTP 404)."""
 
@@ -36,6 +41,8 @@ class Registry:
         self.shipper_error = shipper_error
         # (QueueUsage, protected, site_state) -> back-pressure fields of a status, or None
         self.queue_fields = queue_fields
+        # (server, address) -> None, called before the first mailbox of a server is protected
+        self.before_first_protection = None
 
     # ------------------------------------------------------------------ discovery
 
@@ -84,6 +91,12 @@ class Registry:
             self._check_exists(server, address)
             with self.store.tx() as s:
                 s.add(Mailbox(server=server, address=address))
+        if enabled and self.before_first_protection is not None:
+            with self.store.read() as s:
+                first = not s.scalar(select(func.count()).select_from(Mailbox).where(Mailbox.server == server,
+                                                                                    Mailbox.protected.is_(True)))
+            if first:
+                self.before_first_protection(server, address)  # the pre-flight check (never raises)
         with self.store.tx() as s:
             mbx = s.scalar(select(Mailbox).where(Mailbox.server == server, Mailbox.address == address))
             if enabled and not mbx.protected:
@@ -132,7 +145,7 @@ class Registry:
         m = Mailbox
         q = select(m.server, m.address, m.protected, m.phase, m.active_site, m.last_seq, m.acked_seq, m.applied_seq,
                    m.error, m.ship_error, m.rejected, m.captured_bytes, m.shipped_raw_bytes, m.shipped_payload_bytes,
-                   m.shipped_wire_bytes, m.site_state,
+                   m.shipped_wire_bytes, m.site_state, m.dr_error,
                    case((m.applied_seq < m.last_seq, oldest), else_=None),
                    queued if self.queue_fields is not None else literal(0)).order_by(m.server, m.address)
         now = utcnow()
@@ -141,17 +154,17 @@ class Registry:
         with self.store.read() as s:
             rows = s.execute(q).all()
         for (server, address, protected, phase, active_site, last, acked, applied, error, ship_error, rejected,
-             captured, raw, payload, wire, site_state, since, queued_bytes) in rows:
+             captured, raw, payload, wire, site_state, dr_error, since, queued_bytes) in rows:
             lag = 0.0
             if since is not None:
                 if since.tzinfo is None:
                     since = since.replace(tzinfo=now.tzinfo)
                 lag = max(0.0, (now - since).total_seconds())
-            shown = ship_error or error
+            shown = ship_error or error or dr_problem(dr_error)
             if shown is None and acked < last:
                 shipper_error = shipper_error or self.shipper_error() or ""
                 shown = shipper_error or None
-            if error or ship_error:
+            if error or ship_error or dr_error:
                 phase = "error"
             elif not protected:
                 phase = "idle"
@@ -202,11 +215,11 @@ class Registry:
                 if oldest.tzinfo is None:
                     oldest = oldest.replace(tzinfo=utcnow().tzinfo)
                 lag = max(0.0, (utcnow() - oldest).total_seconds())
-        error = mbx.ship_error or mbx.error
+        error = mbx.ship_error or mbx.error or dr_problem(mbx.dr_error)
         if error is None and mbx.acked_seq < mbx.last_seq:
             error = self.shipper_error()
         phase = mbx.phase if mbx.protected else "idle"
-        if mbx.error or mbx.ship_error:
+        if mbx.error or mbx.ship_error or mbx.dr_error:
             phase = "error"
         return MailboxStatus(
             address=mbx.address,

@@ -254,6 +254,8 @@ class Shipper:
                     released.update(s.scalars(select(OutboxRow.sha256).where(done, OutboxRow.sha256.is_not(None))))
                     s.execute(delete(OutboxRow).where(done))
                 mbx.rejected = json.dumps(list(res.rejected)) if res.rejected else mbx.rejected
+                if res.status != "error" and mbx.dr_error != res.dr_error:
+                    mbx.dr_error = res.dr_error  # set and cleared by the recovery gateway's answer
             s.flush()
             # bodies of the removed rows that no remaining row refers to (same message elsewhere)
             drop_unreferenced_bodies(s, released)

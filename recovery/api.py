@@ -12,21 +12,21 @@ from typing import Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel
-from sqlalchemy import select
+from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from mailrepl.recovery.source_access import SourceAccess
 from mailrepl.recovery.standby_view import is_fresh
 from mailrepl.shared.runtime.principals import Principal
 from mailrepl.recovery.disk_guard import DiskGuard
-from mailrepl.shared.runtime.api_common import ERROR_RESPONSES, ErrorDetail, retry_after, MailboxDetail, MailboxList, MailboxStatus, RejectedInfo, SeedingProgress
+from mailrepl.shared.runtime.api_common import ERROR_RESPONSES, ErrorDetail, retry_after, MailboxDetail, MailboxList, MailboxStatus, RejectedInfo, SeedingProgress, AlteredInfo
 from mailrepl.shared.runtime.authz import Authorizer
 from mailrepl.shared.errors import DiskFull, UnsupportedVersion, WireError
 from mailrepl.shared.model import utcnow
 from mailrepl.shared.site_state import active_site
 from mailrepl.recovery.site import history, report_of
 from mailrepl.shared.store import Store
-from mailrepl.shared.store.models import InboxRow, RejectedMessage, Replica
+from mailrepl.shared.store.models import AlteredMessage, InboxRow, RejectedMessage, Replica
 from mailrepl.shared.protocol.messages import HeldAnswer, HeldQuery
 from mailrepl.shared.protocol.wire import MAX_DECODED_BYTES, MEDIA_TYPE, decode_batch
 from mailrepl.shared.engines.receiver import Receiver
@@ -105,6 +105,7 @@ def replica_status(s, rep: Replica, extras: dict | None = None) -> MailboxStatus
         if oldest is not None:
             lag = max(0.0, (utcnow() - oldest).total_seconds()) if oldest.tzinfo else 0.0
     rejected = s.scalars(select(RejectedMessage.id).where(RejectedMessage.replica_id == rep.id)).all()
+    altered = s.scalar(select(func.count(AlteredMessage.id)).where(AlteredMessage.replica_id == rep.id))
     return MailboxStatus(
         address=rep.address,
         server=rep.server,
@@ -118,6 +119,7 @@ def replica_status(s, rep: Replica, extras: dict | None = None) -> MailboxStatus
         last_applied_seq=rep.applied_seq,
         error=rep.error,
         rejected=len(rejected),
+        altered=altered or 0,
         site_state=rep.site_state,
         **(extras or {}),
     )
@@ -170,11 +172,18 @@ def admin_router(store: Store, authz: Authorizer,
             rep = find(s, address, server)
             base = replica_status(s, rep, extras(rep.id))
             rejected = [
-                RejectedInfo(seq=x.seq, folder=x.folder, reason=x.reason)
+                RejectedInfo(seq=x.seq, folder=x.folder, reason=x.reason, message_id=x.message_id, subject=x.subject,
+                             date=x.msg_date)
                 for x in s.scalars(select(RejectedMessage).where(RejectedMessage.replica_id == rep.id).order_by(RejectedMessage.seq))
             ]
+            altered = [
+                AlteredInfo(seq=x.seq, folder=x.folder, what=x.what, sha256=x.sha256, standby_sha256=x.standby_sha256,
+                            sent_size=x.sent_size, stored_size=x.stored_size, message_id=x.message_id,
+                            subject=x.subject, date=x.msg_date)
+                for x in s.scalars(select(AlteredMessage).where(AlteredMessage.replica_id == rep.id).order_by(AlteredMessage.seq))
+            ]
             return MailboxDetail(
-                **base.model_dump(), folders=[], rejected_messages=rejected,
+                **base.model_dump(), folders=[], rejected_messages=rejected, altered_messages=altered,
                 seeding=SeedingProgress(messages_done=0, messages_total=0, bytes_done=0, bytes_total=0),
                 site_since=rep.site_since.isoformat() if rep.site_since else None,
                 transitions=history(s, rep.id), failback_report=report_of(rep),

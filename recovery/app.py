@@ -8,6 +8,9 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import select
 
+from mailrepl.recovery.standby_findings import StandbyFindingsCollector
+from mailrepl.shared.engines.special_folders import AliasingAdapter, FolderAliases
+
 from mailrepl.shared.runtime.watcher import PushWatchers
 from mailrepl.recovery.api import admin_router, ingest_router
 from mailrepl.recovery.disk_guard import DiskCollector, DiskGuard, disk_alarm_producer, disk_router
@@ -74,7 +77,9 @@ class RecoveryGateway:
         sealer = Sealer(g.encryption.key, g.encryption.old_keys)  # at-rest encryption (off without a key)
         self.store = open_store(g.state_url, sealer=sealer)
         self.store.migrate()
-        self.adapters = {srv.name: make_adapter(srv) for srv in settings.servers}
+        # special folders pair with the standby's own (engines/special_folders)
+        self.adapters = {srv.name: AliasingAdapter(make_adapter(srv), FolderAliases(self.store, srv.name))
+                         for srv in settings.servers}
         self.routes = dict(settings.routes)
         self.bodies = BodyStore(self.store, BlobStore(g.blob_dir, sealer=sealer))
         # the mass-delete guard holds a mailbox's deletions when too many come at once (replay's gate)
@@ -138,6 +143,7 @@ class RecoveryGateway:
         # full disks: batches refused (507) before they are taken in, the alarm (see disk_guard)
         self.disk = DiskGuard({"state": sqlite_dir(g.state_url), "blobs": Path(g.blob_dir)}, g.min_free_bytes)
         self.metrics.register(DiskCollector(self.disk))
+        self.metrics.register(StandbyFindingsCollector(self.store))  # refused and altered messages
 
     def route(self, primary_server: str) -> str | None:
         if primary_server in self.routes:

@@ -37,7 +37,7 @@ from mailrepl.shared.protocol.messages import (
 from mailrepl.shared.runtime.api_common import ERROR_RESPONSES
 from mailrepl.shared.runtime.principals import Principal
 from mailrepl.shared.store import Store
-from mailrepl.shared.store.models import CatalogEntry, Mailbox, Orphan, Replica
+from mailrepl.shared.store.models import AlteredMessage, CatalogEntry, Mailbox, Orphan, Replica
 
 __all__ = ["StandbyListing", "verify_ingest_router"]
 
@@ -111,11 +111,15 @@ class StandbyListing:
     def _list(self, rid: int, session: MailboxSession, folder: str, uidvalidity: int) -> list[VerifyEntry] | None:
         with self.store.read() as s:
             mid_of = {e.uid: e.mid for e in IdMap(s, rid).in_folder(folder) if e.uidvalidity == uidvalidity}
+            # messages the standby stored altered (reported as such): listed as what was sent
+            sent_as = {(mid, standby): sent for mid, standby, sent in s.execute(
+                select(AlteredMessage.mid, AlteredMessage.standby_sha256, AlteredMessage.sha256)
+                .where(AlteredMessage.replica_id == rid))}
         listed = list_folder(session, folder, mid_of)
         if listed is None:
             return None
-        return [VerifyEntry(uid=m.uid, sha256=m.sha256, flags=sorted(m.flags), internaldate=m.internaldate,
-                            mid=m.mid, message_id=m.message_id) for m in listed]
+        return [VerifyEntry(uid=m.uid, sha256=sent_as.get((m.mid, m.sha256), m.sha256), flags=sorted(m.flags),
+                            internaldate=m.internaldate, mid=m.mid, message_id=m.message_id) for m in listed]
 
 
 def verify_ingest_router(access: SourceAccess, listing: StandbyListing) -> APIRouter:

@@ -1,4 +1,4 @@
-"""Fixtures shared by all test layers: real Dovecot instances and gateway state stores.
+"""Fixtures shared by all test layers: real Dovecot and Cyrus instances and gateway state stores.
 
 ``tests`` is a package (``tests/__init__.py``) and this is its top-level conftest, so pytest puts
 the repository root on ``sys.path`` and ``tests.support...`` imports work however pytest is
@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.support.cyrus import CyrusServer, CyrusUnavailable, cyrus_missing_reason
 from tests.support.dovecot import DovecotServer, DovecotUnavailable, dovecot_missing_reason
 from tests.support.environment import unavailable
 
@@ -46,6 +47,34 @@ def dovecot_factory() -> Iterator[Callable[..., DovecotServer]]:
             errors.append(f"{server!r}: {exc}")
     if errors:
         raise RuntimeError("could not stop Dovecot instances: " + "; ".join(errors))
+
+
+@pytest.fixture(scope="session")
+def cyrus_instances() -> Iterator[Callable[[str], CyrusServer]]:
+    """``cyrus_instances(profile)`` → the started Cyrus instance of that profile
+    (``"debian-default"`` or ``"recommended"``), one per profile for the whole test session.
+
+    Instances are shared: a test makes its own users with ``server.unique_user()`` and never
+    restarts or stops the instance.
+    """
+    servers: dict[str, CyrusServer] = {}
+
+    def get(profile: str) -> CyrusServer:
+        reason = cyrus_missing_reason()
+        if reason:
+            unavailable(reason)
+        if profile not in servers:
+            try:
+                server = CyrusServer(profile.replace("-", ""), profile=profile)
+            except CyrusUnavailable as exc:
+                unavailable(str(exc))
+            server.start()
+            servers[profile] = server
+        return servers[profile]
+
+    yield get
+    for server in servers.values():
+        server.cleanup()
 
 
 @pytest.fixture

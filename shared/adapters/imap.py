@@ -195,11 +195,12 @@ class ImapSession:
         out = []
         for e in entries:
             st = statuses.get(e.name)
-            if not _selectable(e) or st is None or "UIDVALIDITY" not in st:
+            name = mb.names.from_server(e.name)  # None: another user's or a shared folder
+            if name is None or not _selectable(e) or st is None or "UIDVALIDITY" not in st:
                 continue
             fid = st.get(mb.fid_item, "") if mb.fid_item else ""
             out.append(FolderInfo(
-                name=mb.names.from_server(e.name),
+                name=name,
                 fid=str(fid),
                 uidvalidity=int(st["UIDVALIDITY"]),
                 uidnext=int(st.get("UIDNEXT", 0)),
@@ -265,6 +266,18 @@ class ImapSession:
 
     def append(self, folder: str, items: Sequence[AppendItem]) -> AppendResult:
         return imap_messages.append(self._mb, folder, items, self.create_folder)
+
+    def server_facts(self):
+        """Capabilities, namespace, rights, ID (``imap_facts``), for the pre-flight check."""
+        from mailrepl.shared.adapters.imap_facts import imap_facts
+
+        return imap_facts(self._mb)
+
+    def stored_digests(self, folder: str, uids: Sequence[int]) -> dict:
+        """{uid: StoredDigest(size, sha1 or None)}: what the server stored (``imap_digests``)."""
+        from mailrepl.shared.adapters.imap_digests import stored_digests
+
+        return stored_digests(self._mb, folder, uids)
 
     def store_flags(self, folder: str, uids: Sequence[int], flags: frozenset[str]) -> None:
         """``UID STORE set FLAGS.SILENT (...)`` in a read-write SELECT; a missing folder is ignored."""

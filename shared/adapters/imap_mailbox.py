@@ -10,11 +10,12 @@ from dataclasses import dataclass
 
 from mailrepl.shared.adapters.base import ServerFeatures
 from mailrepl.shared.adapters.imap_client import ImapClient, Result
-from mailrepl.shared.adapters.imap_format import decode_mutf7, encode_mutf7, quoted, uid_set_batches
+from mailrepl.shared.adapters.imap_format import quoted, uid_set_batches
+from mailrepl.shared.adapters.imap_names import CYRUS_REFUSED, FolderNames
 from mailrepl.shared.adapters.imap_protocol import ListEntry, Response, as_text, parse_list
-from mailrepl.shared.errors import FolderNotFound, ProtocolError, ServerUnavailable
+from mailrepl.shared.errors import FolderNotFound, MailboxNotFound, ProtocolError, ServerUnavailable
 
-__all__ = ["REQUIRED_CAPABILITIES", "TRANSIENT_CODES", "FolderNames", "Mailbox", "detect", "raise_for"]
+__all__ = ["REQUIRED_CAPABILITIES", "TRANSIENT_CODES", "FolderNames", "Mailbox", "detect", "personal_namespace", "raise_for"]
 
 # CONDSTORE/QRESYNC give cursors and deltas; UIDPLUS gives the UIDs the contract returns from
 # append and move, and UID EXPUNGE, which removes exactly the given messages.
@@ -22,41 +23,6 @@ REQUIRED_CAPABILITIES = ("CONDSTORE", "QRESYNC", "UIDPLUS")
 
 # Codes after which a NO is worth retrying later rather than a refusal of the request itself.
 TRANSIENT_CODES = frozenset({"UNAVAILABLE", "INUSE", "OVERQUOTA"})
-
-
-class FolderNames:
-    """Canonical folder names (``/`` between levels, Unicode, ``INBOX``) <-> the server's names
-    (its hierarchy delimiter, modified UTF-7).
-
-    A level whose name contains the server's delimiter cannot be expressed and would be read
-    back as two levels; servers with ``/`` as delimiter (Dovecot, Cyrus with unixhierarchysep)
-    have no such names.
-    """
-
-    def __init__(self, delimiter: str | None) -> None:
-        self.delimiter = delimiter
-
-    def to_server(self, name: str) -> str:
-        if not name:
-            raise ValueError("empty folder name")
-        levels = name.split("/")
-        if levels[0].upper() == "INBOX":
-            levels[0] = "INBOX"
-        return encode_mutf7((self.delimiter or "/").join(levels))
-
-    def from_server(self, raw: str) -> str:
-        try:
-            name = decode_mutf7(raw)
-        except ValueError:
-            name = raw  # not valid modified UTF-7 (servers sending UTF-8): take it as it is
-        levels = name.split(self.delimiter) if self.delimiter else [name]
-        if levels[0].upper() == "INBOX":
-            levels[0] = "INBOX"
-        return "/".join(levels)
-
-    def arg(self, name: str) -> bytes:
-        """The folder as a command argument (modified UTF-7 is ASCII, so always a quoted string)."""
-        return quoted(self.to_server(name))
 
 
 @dataclass
@@ -149,6 +115,21 @@ def raise_for(res: Result, what: str) -> Result:
     raise ProtocolError(f"{what}: server answered {res.describe()}")
 
 
+def personal_namespace(responses: list[Response]) -> tuple[str | None, str] | None:
+    """(separator, prefix) of the first personal namespace of a ``* NAMESPACE`` response (RFC 2342)."""
+    for r in responses:
+        if r.args and isinstance(r.args[0], list) and r.args[0] and isinstance(r.args[0][0], list):
+            first = r.args[0][0]
+            if len(first) >= 2:
+                return (as_text(first[1]) if first[1] is not None else None), as_text(first[0])
+    return None
+
+
+def _is_cyrus(capabilities) -> bool:
+    """Cyrus IMAP, known by capabilities no other server announces."""
+    return "X-REPLICATION" in capabilities or "XCONVERSATIONS" in capabilities
+
+
 def detect(client: ImapClient) -> Mailbox:
     """Check required capabilities, enable QRESYNC and find the delimiter and id items, in one
     pipelined round trip.
@@ -165,10 +146,21 @@ def detect(client: ImapClient) -> Mailbox:
     untagged: list[Response] = []  # one collector: pipelined commands may interleave their responses
     enable = client.send(b"ENABLE QRESYNC", collect=untagged.append)
     delimiter = client.send(b'LIST "" ""', collect=untagged.append)
+    namespace = client.send(b"NAMESPACE", collect=untagged.append) if "NAMESPACE" in client.capabilities else None
     probe = None if objectid else client.send(b"STATUS INBOX (X-GUID)", collect=untagged.append)
+    # a server that lets the service account act for any name (Cyrus proxy logins) shows an
+    # unknown mailbox by its missing INBOX
+    inbox = client.send(b"STATUS INBOX (UIDVALIDITY)", collect=untagged.append)
     raise_for(client.result(enable), "ENABLE QRESYNC")
     raise_for(client.result(delimiter), "LIST")
+    personal = None
+    if namespace is not None and client.result(namespace).ok:
+        personal = personal_namespace([r for r in untagged if r.name == "NAMESPACE"])
     xguid = probe is not None and client.result(probe).ok
+    exists = client.result(inbox)
+    if exists.status == "NO" and exists.code not in TRANSIENT_CODES:
+        raise MailboxNotFound(f"{client.host}: the mailbox has no INBOX: {exists.describe()}")
+    raise_for(exists, "STATUS INBOX")
     if not any(r.name == "ENABLED" and "QRESYNC" in map(str.upper, map(as_text, r.args)) for r in untagged):
         raise ProtocolError(f"{client.host} did not enable QRESYNC")
     entries = [parse_list(r) for r in untagged if r.name == "LIST"]
@@ -184,7 +176,8 @@ def detect(client: ImapClient) -> Mailbox:
     )
     return Mailbox(
         client=client,
-        names=FolderNames(entries[0].delimiter if entries else None),
+        names=FolderNames(*(personal or (entries[0].delimiter if entries else None, "")),
+                          refused=CYRUS_REFUSED if _is_cyrus(caps) else None),
         features=features,
         guid_item="EMAILID" if objectid else "X-GUID" if xguid else None,
         fid_item="MAILBOXID" if objectid else "X-GUID" if xguid else None,

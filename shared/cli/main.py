@@ -4,6 +4,7 @@
 
     mailrepl source|recovery run --config FILE
     mailrepl source|recovery check-config --config FILE
+    mailrepl check-servers --config FILE [--server NAME] [--address ADDRESS] [--json]
     mailrepl protect ADDRESS... [--server NAME] [--wait [--wait-timeout S]]
     mailrepl protect --all --server NAME [--wait [--wait-timeout S]]
     mailrepl unprotect ADDRESS... [--server NAME] | --all --server NAME
@@ -15,8 +16,9 @@
 
     mailrepl certs init --dir DIR [--source ID ...] [--recovery-host NAME ...] [--source-host NAME ...]
 
-The admin commands find the source gateway's API from ``--url``/``--token``, else from a source
-config (``--config``: its ``gateway.listen`` and ``admin_token``; https:// when it has
+The admin commands find the source gateway's API from ``--url``/``--token``, else from a gateway
+config (``--config``: a source config, or a recovery config to ask the recovery gateway; its
+``gateway.listen`` and ``admin_token``; https:// when it has
 ``tls_cert``, verified with ``tls_client_ca`` and presenting its own certificate when it
 requires client certificates), else from ``MAILREPL_URL`` / ``MAILREPL_ADMIN_TOKEN``.
 ``--ca-file``, ``--client-cert`` and ``--client-key`` override the TLS files. ``cutover`` and ``failback`` talk to the recovery gateway: ``--config``
@@ -60,6 +62,12 @@ def _run_gateway(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_servers(args: argparse.Namespace) -> int:
+    from mailrepl.shared.cli.check_servers import check_servers
+
+    return check_servers(args.config, server=args.server, address=args.address, as_json=args.json)
+
+
 def _check_config(args: argparse.Namespace) -> int:
     settings = load_role(args.role).load_settings(args.config)
     print(f"ok: {args.config}")
@@ -99,8 +107,33 @@ def _api_tls(args: argparse.Namespace, environ: Mapping[str, str]):
 
 
 def _recovery(args: argparse.Namespace) -> bool:
-    """True if the command talks to the recovery gateway."""
-    return args.command in SITE_COMMANDS + HISTORY_COMMANDS or bool(getattr(args, "recovery", False))
+    """True if the command talks to the recovery gateway: cutover, failback, ``--recovery``, or
+    a ``--config`` that is a recovery gateway's config (see ``config_role``)."""
+    if args.command in SITE_COMMANDS + HISTORY_COMMANDS or bool(getattr(args, "recovery", False)):
+        return True
+    return getattr(args, "config_role", None) == "recovery"
+
+
+def _detect_config_role(args: argparse.Namespace, environ: Mapping[str, str]) -> None:
+    """Find which gateway a ``--config`` file configures, so that admin commands reach that
+    gateway's API: the role the command expects if the file reads as its config, else the other
+    role if it reads as that one's; if neither, the expected role's error (naming the key)."""
+    if args.config is None:
+        return
+    expected = "recovery" if _recovery(args) else "source"
+    try:
+        load_role(expected).admin_endpoint(args.config, environ)
+        args.config_role = expected
+        return
+    except ConfigError as first:
+        if args.command in SITE_COMMANDS + HISTORY_COMMANDS:
+            raise  # cutover, failback, history, restore and the guard exist on the recovery gateway only
+        other = "source" if expected == "recovery" else "recovery"
+        try:
+            load_role(other).admin_endpoint(args.config, environ)
+        except ConfigError:
+            raise first from None
+        args.config_role = other
 
 
 def _api_location(args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[str, str]:
@@ -127,6 +160,7 @@ def _admin(args: argparse.Namespace) -> int:
     from mailrepl.shared.cli import admin_commands
     from mailrepl.shared.cli.admin_client import AdminClient
 
+    _detect_config_role(args, os.environ)
     url, token = _api_location(args, os.environ)
     # piped output (logs, scripts) is not cut to 80 columns; a terminal keeps its own width
     console = Console() if sys.stdout.isatty() or "COLUMNS" in os.environ else Console(width=160)
@@ -212,7 +246,8 @@ def _api_options() -> argparse.ArgumentParser:
                        "failback, else the gateway's default listen address on this host)")
     group.add_argument("--token", help=f"admin token (else from --config, else ${ENV_ADMIN_TOKEN})")
     group.add_argument("--config", type=Path, metavar="FILE",
-                       help="a source gateway config: the API is at its gateway.listen, with its admin_token")
+                       help="a source or recovery gateway config: the API of that gateway, at its gateway.listen, "
+                            "with its admin_token")
     group.add_argument("--ca-file", type=Path, metavar="PEM",
                        help="CA certificate(s) that verify an https:// API (else the config's tls_client_ca, "
                             "else the system's CAs)")
@@ -302,6 +337,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_admin, usage_error=p.error)
     _add_history_parsers(sub, api)
     _add_security_parsers(sub, api)
+    p = sub.add_parser("check-servers", help="pre-flight check of the mail servers a gateway config names",
+                       description="Connect to each mail server of a source or recovery config with its service "
+                                   "account and report, one line per finding, the capabilities mailrepl uses or "
+                                   "misses, the account's rights, namespace and separator, settings that alter or "
+                                   "refuse messages (probe messages in a scratch folder, removed afterwards), clock "
+                                   "skew, and what to change. Exit status 1 if a finding is a blocker.")
+    p.add_argument("--config", type=Path, required=True, metavar="FILE", help="a source or recovery gateway config")
+    p.add_argument("--server", metavar="NAME", help="only this server")
+    p.add_argument("--address", metavar="ADDRESS",
+                   help="the mailbox the probe writes into (default: the server's first configured user)")
+    p.add_argument("--json", action="store_true", help="print the findings as JSON")
+    p.set_defaults(handler=_check_servers)
     return parser
 
 

@@ -139,7 +139,8 @@ def overview(mailboxes: list[Mapping[str, Any]], seeding_details: list[Mapping[s
 
 
 def detail_view(detail: Mapping[str, Any]) -> RenderableType:
-    """``mailrepl status ADDRESS``: the status row, seeding progress, folders, rejected messages."""
+    """``mailrepl status ADDRESS``: the status row, seeding progress, folders, messages the standby
+    rejected or stored altered."""
     parts: list[RenderableType] = [mailbox_table([detail])]
     if detail["phase"] == "seeding":
         parts.append(progress_table([detail]))
@@ -156,10 +157,26 @@ def detail_view(detail: Mapping[str, Any]) -> RenderableType:
         rejected = Table(title="Rejected by the standby", title_justify="left", header_style="bold")
         rejected.add_column("Seq", justify="right")
         rejected.add_column("Folder")
+        rejected.add_column("Message-ID", overflow="fold")
+        rejected.add_column("Subject", overflow="fold")
+        rejected.add_column("Date")
         rejected.add_column("Reason", overflow="fold")
         for r in detail["rejected_messages"]:
-            rejected.add_row(str(r["seq"]), r["folder"], r["reason"])
+            rejected.add_row(str(r["seq"]), r["folder"], r.get("message_id") or "", r.get("subject") or "",
+                             r.get("date") or "", r["reason"])
         parts.append(rejected)
+    if detail.get("altered_messages"):
+        altered = Table(title="Stored altered by the standby", title_justify="left", header_style="bold")
+        altered.add_column("Seq", justify="right")
+        altered.add_column("Folder")
+        altered.add_column("Message-ID", overflow="fold")
+        altered.add_column("Subject", overflow="fold")
+        altered.add_column("Date")
+        altered.add_column("What changed", overflow="fold")
+        for r in detail["altered_messages"]:
+            altered.add_row(str(r["seq"]), r["folder"], r.get("message_id") or "", r.get("subject") or "",
+                            r.get("date") or "", r["what"])
+        parts.append(altered)
     time_lines = _time_lines(detail)
     if time_lines:
         parts.append(Text("\n".join(time_lines)))

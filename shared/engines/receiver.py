@@ -69,14 +69,15 @@ class Receiver:
 
     def _result(self, s, rep: Replica, status: str, **kw) -> SegmentResult:
         rejected = tuple(
-            {"seq": r.seq, "folder": r.folder, "reason": r.reason}
+            {"seq": r.seq, "folder": r.folder, "reason": r.reason,
+             **{k: v for k, v in (("message_id", r.message_id), ("subject", r.subject), ("date", r.msg_date)) if v}}
             for r in s.scalars(
                 select(RejectedMessage).where(RejectedMessage.replica_id == rep.id).order_by(RejectedMessage.seq)
             )
         )
         return SegmentResult(
             server=rep.server, address=rep.address, status=status, acked=rep.received_seq,
-            applied=rep.applied_seq, rejected=rejected, **kw,
+            applied=rep.applied_seq, rejected=rejected, dr_error=rep.error, **kw,
         )
 
     def _segment(self, s, batch: Batch, seg: Segment, received: list[int]) -> SegmentResult:

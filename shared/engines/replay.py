@@ -45,9 +45,12 @@ from mailrepl.shared.capture_state import IdMap, MapEntry
 from mailrepl.shared.content.bodies import BodyCorrupt, BodyStore
 from mailrepl.shared.errors import FolderNotFound, MessageRejected, StoreError
 from mailrepl.shared.model import Change, Kind, parse_internaldate, utcnow
+from mailrepl.shared.engines.replay_check import Alteration, check_written
 from mailrepl.shared.engines.replay_keep import plan_delete
+from mailrepl.shared.content.standby_copy import identity, standby_forms
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import (
+    AlteredMessage,
     InboxRow,
     Orphan,
     RejectedMessage,
@@ -128,6 +131,7 @@ class ReplayReport:
     applied: int = 0
     appended: int = 0
     rejected: int = 0
+    altered: int = 0  # written, but stored with other bytes by the standby
     recovered: int = 0  # messages found on the server after a crash instead of written again
     last_reset_seq: int = 0  # the last folder reset applied in this pass (0: none)
     held: int = 0  # changes set aside by the gate
@@ -310,9 +314,10 @@ class ReplayEngine:
             MapEntry(mid=ch.mid, folder=g.folder, uidvalidity=o.uidvalidity, uid=o.uid, sha256=o.sha256)
             for _, ch, o in claims
         ]
-        rejected: list[tuple[int, Change, str]] = []
+        rejected: list[tuple] = []  # (seq, change, reason, MessageIdentity)
+        altered: list[Alteration] = []
         if todo:
-            new_entries += self._append(rid, g.folder, todo, session, rejected, report)
+            new_entries += self._append(rid, g.folder, todo, session, rejected, report, altered)
         replaced = [c.old_mid for _, c in g.items if c.kind == Kind.MSG_REPLACE]
         if replaced:
             old = self._mapped(rid, replaced)
@@ -324,16 +329,27 @@ class ReplayEngine:
             for o in (o for _, _, o in claims):
                 s.execute(delete(Orphan).where(Orphan.id == o.id))
             ids.drop(replaced)
-            for seq, ch, reason in rejected:
-                s.add(RejectedMessage(replica_id=rid, seq=seq, mid=ch.mid, folder=ch.folder, sha256=ch.sha256, reason=reason))
+            rep = s.get(Replica, rid) if rejected or altered else None
+            for seq, ch, reason, who in rejected:
+                s.add(RejectedMessage(replica_id=rid, seq=seq, mid=ch.mid, folder=ch.folder, sha256=ch.sha256, reason=reason,
+                                      message_id=who.message_id, subject=who.subject, msg_date=who.date))
                 s.execute(update(InboxRow).where(InboxRow.replica_id == rid, InboxRow.seq == seq).values(state="rejected"))
-                log.warning("standby rejected message seq=%s folder=%s: %s", seq, ch.folder, reason)
+                log.warning("%s/%s: the standby rejected a message (seq %s, folder %r, %s): %s", rep.server,
+                            rep.address, seq, ch.folder, who.describe(), reason)
+            for a in altered:
+                s.add(AlteredMessage(replica_id=rid, seq=a.seq, mid=a.change.mid, folder=g.folder, sha256=a.change.sha256,
+                                     standby_sha256=a.standby_sha256, sent_size=a.sent_size, stored_size=a.stored_size,
+                                     what=a.what, message_id=a.who.message_id, subject=a.who.subject, msg_date=a.who.date))
+                log.warning("%s/%s: the standby altered a message (seq %s, folder %r, %s): %s", rep.server,
+                            rep.address, a.seq, g.folder, a.who.describe(), a.what)
             s.execute(delete(ReplayIntent).where(ReplayIntent.replica_id == rid))
-            self._advance(s, rid, g, report, skip_states={seq for seq, _, _ in rejected})
+            self._advance(s, rid, g, report, skip_states={r[0] for r in rejected})
         report.rejected += len(rejected)
+        report.altered += len(altered)
 
-    def _append(self, rid, folder, todo, session, rejected, report) -> list[MapEntry]:
-        """MULTIAPPEND ``todo`` under an intent; on rejection retry one by one to find the culprit."""
+    def _append(self, rid, folder, todo, session, rejected, report, altered) -> list[MapEntry]:
+        """MULTIAPPEND ``todo`` under an intent; on rejection retry one by one to find the culprit.
+        What the standby stored otherwise than sent goes to ``altered`` (``replay_check``)."""
         bodies = self._bodies(rid, [c.sha256 for _, c in todo])
         items = [
             AppendItem(bodies[c.sha256], frozenset(c.flags or ()), parse_internaldate(c.internaldate))
@@ -356,13 +372,16 @@ class ReplayEngine:
             res = session.append(folder, items)
         except MessageRejected as exc:
             if len(todo) == 1:
-                rejected.append((todo[0][0], todo[0][1], str(exc) or "rejected by the server"))
+                rejected.append((todo[0][0], todo[0][1], str(exc) or "rejected by the server",
+                                 identity(bodies[todo[0][1].sha256])))
                 return []
             out: list[MapEntry] = []
             for one in todo:
-                out += self._append(rid, folder, [one], session, rejected, report)
+                out += self._append(rid, folder, [one], session, rejected, report, altered)
             return out
         report.appended += len(todo)
+        altered += check_written(session, folder, [(seq, c, bodies[c.sha256], uid)
+                                                   for (seq, c), uid in zip(todo, res.uids)])
         return [
             MapEntry(mid=c.mid, folder=folder, uidvalidity=res.uidvalidity, uid=uid, sha256=c.sha256)
             for (_, c), uid in zip(todo, res.uids)
@@ -446,11 +465,17 @@ class ReplayEngine:
                 for m in session.fetch(folder, list(range(uidnext, info.uidnext)))
             ]
             used: set[int] = set()
+            forms: dict[str, set[str]] = {}  # the forms the standby may have stored a body in
             for mid, sha in wanted:
-                for uid, got in on_server:
-                    if uid not in used and got == sha:
-                        used.add(uid)
-                        found.append(MapEntry(mid=mid, folder=folder, uidvalidity=uv, uid=uid, sha256=sha))
+                for exact in (True, False):
+                    if not exact and sha not in forms:
+                        body = self._bodies(rid, [sha]).get(sha) if any(u not in used for u, _ in on_server) else None
+                        forms[sha] = set(standby_forms(body)) if body is not None else set()
+                    hit = next((uid for uid, got in on_server if uid not in used
+                                and (got == sha if exact else got in forms[sha])), None)
+                    if hit is not None:
+                        used.add(hit)
+                        found.append(MapEntry(mid=mid, folder=folder, uidvalidity=uv, uid=hit, sha256=sha))
                         break
         # a move is a copy and an expunge: a crash between them leaves the message in both
         # folders; the copy is the one kept (found above), the original goes now

@@ -123,6 +123,7 @@ class SegmentResult:
     rejected: tuple[dict[str, Any], ...] = ()
     missing: tuple[str, ...] = ()  # status "missing": message SHA-256s / part keys to send again
     whole: tuple[str, ...] = ()  # status "missing": message SHA-256s to send again unsplit
+    dr_error: str | None = None  # what blocks the mailbox at the DR site (replay), None: nothing
 
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in self.__dict__.items() if v is not None}
@@ -137,7 +138,8 @@ class SegmentResult:
         d["rejected"] = tuple(d.get("rejected") or ())
         d["missing"] = tuple(d.get("missing") or ())
         d["whole"] = tuple(d.get("whole") or ())
-        return cls(**d)
+        known = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in d.items() if k in known})  # fields of newer peers are ignored
 
 
 @dataclass(frozen=True)

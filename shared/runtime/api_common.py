@@ -174,6 +174,24 @@ class RejectedInfo(_Model):
     seq: int
     folder: str
     reason: str
+    message_id: str | None = None
+    subject: str | None = None
+    date: str | None = None
+
+
+class AlteredInfo(_Model):
+    """A message the standby stored with other bytes than were sent."""
+
+    seq: int
+    folder: str
+    what: str
+    sha256: str
+    standby_sha256: str
+    sent_size: int
+    stored_size: int
+    message_id: str | None = None
+    subject: str | None = None
+    date: str | None = None
 
 
 class ByteCounts(_Model):
@@ -205,6 +223,7 @@ class MailboxStatus(_Model):
     last_applied_seq: int | None
     error: str | None
     rejected: int
+    altered: int = 0  # recovery gateway: messages the standby stored otherwise than sent
     bytes: ByteCounts | None = None  # on the capturing side
     site_state: str | None = None  # replicating, cutting-over, active-at-dr, failing-back, switching-back
     # back-pressure (source gateway): what the outbox holds for this mailbox (captured, not yet
@@ -246,6 +265,8 @@ class MailboxDetail(MailboxStatus):
     folders: list[FolderStatus]
     seeding: SeedingProgress
     rejected_messages: list[RejectedInfo]
+    # recovery gateway: messages the standby stored otherwise than sent (e.g. 8-bit headers rewritten)
+    altered_messages: list[AlteredInfo] = []
     site_since: str | None = None
     transitions: list[SiteTransitionInfo] = []
     failback_report: dict | None = None

@@ -61,6 +61,8 @@ __all__ = [
     "ReplayIntent",
     "Orphan",
     "RejectedMessage",
+    "AlteredMessage",
+    "FolderAlias",
     "SiteTransition",
     "MidAlias",
     "ServerHealth",
@@ -101,6 +103,7 @@ class Mailbox(Base):
     error: Mapped[str | None] = mapped_column(Text)
     ship_error: Mapped[str | None] = mapped_column(Text)  # conflict/gap reported by the peer
     rejected: Mapped[str | None] = mapped_column(Text)  # JSON list the peer reported: seq, folder, reason
+    dr_error: Mapped[str | None] = mapped_column(Text)  # what blocks the mailbox at the DR site, as the peer reports it
     seed_msgs_total: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
     seed_msgs_done: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
     seed_bytes_total: Mapped[int] = mapped_column(BigInteger, default=0, nullable=False)
@@ -296,6 +299,49 @@ class RejectedMessage(Base):
     folder: Mapped[str] = mapped_column(String(1000), nullable=False)
     sha256: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str] = mapped_column(Text, nullable=False)
+    at: Mapped[datetime] = _ts()
+    # the refused message as people know it (from its header; None where it has none)
+    message_id: Mapped[str | None] = mapped_column(String(1000))
+    subject: Mapped[str | None] = mapped_column(String(1000))
+    msg_date: Mapped[str | None] = mapped_column(String(200))
+
+
+class FolderAlias(Base):
+    """A source folder paired with the standby's own special folder, or a parent folder the
+    standby created by itself (``engines/special_folders``)."""
+
+    __tablename__ = "folder_alias"
+    __table_args__ = (UniqueConstraint("server", "address", "source_name", name="uq_folder_alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    server: Mapped[str] = mapped_column(String(200), nullable=False)  # the standby server
+    address: Mapped[str] = mapped_column(String(320), nullable=False)
+    source_name: Mapped[str] = mapped_column(String(1000), nullable=False)
+    standby_name: Mapped[str] = mapped_column(String(1000), nullable=False)
+    # "special": paired with the standby's own special folder; "implicit": a parent the standby made
+    kind: Mapped[str] = mapped_column(String(20), nullable=False, default="special", server_default="special")
+
+
+class AlteredMessage(Base):
+    """A message the standby stored with other bytes than were sent (e.g. 8-bit header bytes
+    rewritten): replicated, but not byte-exact; ``standby_sha256`` is what the standby holds."""
+
+    __tablename__ = "altered_message"
+    __table_args__ = (Index("ix_altered_message_replica", "replica_id", "sha256"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    replica_id: Mapped[int] = mapped_column(ForeignKey("replica.id", ondelete="CASCADE"), nullable=False)
+    seq: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    mid: Mapped[int | None] = mapped_column(BigInteger)
+    folder: Mapped[str] = mapped_column(String(1000), nullable=False)
+    sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    standby_sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+    sent_size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    stored_size: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    what: Mapped[str] = mapped_column(Text, nullable=False)
+    message_id: Mapped[str | None] = mapped_column(String(1000))
+    subject: Mapped[str | None] = mapped_column(String(1000))
+    msg_date: Mapped[str | None] = mapped_column(String(200))
     at: Mapped[datetime] = _ts()
 
 

@@ -7,6 +7,8 @@ and end-to-end suites against Dovecot.
 """
 from __future__ import annotations
 
+import hashlib
+
 import itertools
 import uuid
 from dataclasses import dataclass, field
@@ -64,6 +66,7 @@ class MemoryServer:
         self.down = False
         self.reject: set[bytes] = set()  # bodies the server refuses
         self.fail_after_append = False  # simulate a crash after the server stored an append
+        self.alter = None  # bytes -> bytes: how the server changes a message it stores (None: not at all)
         self.appends = 0
         self.service_password = "secret"  # what MemoryAdapter must present
 
@@ -180,12 +183,22 @@ class MemorySession:
         for it in items:
             if it.body in self.server.reject:
                 raise MessageRejected("refused by policy")
-        uids = tuple(self.server._add(f, it.body, set(it.flags), it.internaldate, uuid.uuid4().hex) for it in items)
+        alter = self.server.alter or (lambda body: body)
+        uids = tuple(self.server._add(f, alter(it.body), set(it.flags), it.internaldate, uuid.uuid4().hex)
+                     for it in items)
         self.server.appends += len(items)
         if self.server.fail_after_append:
             self.server.fail_after_append = False
             raise ServerUnavailable("connection lost after APPEND")
         return AppendResult(f.uidvalidity, uids)
+
+    def stored_digests(self, folder: str, uids: Sequence[int]) -> dict:
+        """{uid: StoredDigest(size, sha1)}, as an IMAP server offering DIGEST=SHA1 answers."""
+        from mailrepl.shared.adapters.imap_digests import StoredDigest
+
+        f = self._check().get(folder)
+        return {uid: StoredDigest(len(f.msgs[uid].body), hashlib.sha1(f.msgs[uid].body).hexdigest())
+                for uid in uids if f is not None and uid in f.msgs}
 
     def store_flags(self, folder: str, uids: Sequence[int], flags: frozenset[str]) -> None:
         f = self._check().get(folder)

@@ -272,6 +272,7 @@ users = {json.dumps(sorted(adapters[name].boxes))}
 """ for name in ("primary", "branch")))
         rec_conf.chmod(0o600)
         self.source_conf.chmod(0o600)
+        self.recovery_conf = rec_conf
         self.recovery = Served(mailrepl.recovery.app.RecoveryGateway(load_recovery_settings(rec_conf, {})).app(), rec_sock)
         self.source = Served(mailrepl.gateway.app.SourceGateway(load_source_settings(self.source_conf, {})).app(), src_sock)
         self.url = f"http://127.0.0.1:{src_port}"
@@ -444,6 +445,29 @@ def test_status_watch_redraws_until_interrupted(site):
     assert proc.returncode == 0, err
     assert "Traceback" not in err
     assert table_row(out, "alice")[:2] == ["alice", "primary"]
+
+
+def test_admin_commands_reach_the_gateway_whose_config_is_given(site):
+    assert site.cli("protect", "alice", "--wait", "--wait-timeout", "60").returncode == 0
+    from_source = cli("status", "--json", "--config", str(site.source_conf))
+    assert from_source.returncode == 0, from_source.stderr
+    from_recovery = cli("status", "--json", "--config", str(site.recovery_conf))
+    assert from_recovery.returncode == 0, from_recovery.stderr
+    assert "unknown key" not in from_recovery.stderr
+    with httpx.Client(base_url=site.recovery_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10) as c:
+        expected = c.get("/api/v1/mailboxes").raise_for_status().json()
+    recovery_view = json.loads(from_recovery.stdout)
+    assert "alice" in {m["address"] for m in recovery_view["mailboxes"]}
+    assert sorted(m["address"] for m in recovery_view["mailboxes"]) == sorted(m["address"] for m in expected["mailboxes"])
+    assert json.loads(from_source.stdout) != recovery_view  # two gateways, two views
+    # a file that is neither gateway's config: the error of the expected role, naming the key
+    bad = site.recovery_conf.parent / "bad.toml"
+    bad.write_text(site.recovery_conf.read_text().replace("[gateway]", "[gateway]\nnot_a_key = 1", 1))
+    bad.chmod(0o600)
+    refused = cli("status", "--config", str(bad))
+    assert refused.returncode == 2 and "not_a_key" in refused.stderr
+    cutover_with_source = cli("cutover", "alice", "--config", str(site.source_conf))
+    assert cutover_with_source.returncode == 2
 
 
 def test_cutover_and_failback_commands(site):

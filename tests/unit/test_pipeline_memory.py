@@ -203,6 +203,33 @@ def test_crash_after_standby_stored_append_does_not_duplicate(tmp_path):
     assert sum(len(f.msgs) for f in p.standby.box("alice").values()) == 5
 
 
+def test_a_standby_that_alters_messages_is_reported_and_a_crash_writes_nothing_twice(tmp_path):
+    from mailrepl.shared.content.standby_copy import munge_8bit_headers
+    from mailrepl.shared.store.models import AlteredMessage
+
+    p = Pipeline(tmp_path)
+    p.standby.alter = munge_8bit_headers  # as Cyrus's munge8bit
+    eight = [f"Subject: H\u00c4NSCHEL {i}\r\nMessage-ID: <h{i}@x>\r\n\r\nK\u00f6rper\r\n".encode() for i in range(5)]
+    for body in eight[:3] + [_msg(9)]:
+        p.primary.deliver("alice", body)
+    p.sync()
+    with p.dst.read() as s:
+        altered = list(s.scalars(select(AlteredMessage).order_by(AlteredMessage.seq)))
+    assert [a.message_id for a in altered] == ["<h0@x>", "<h1@x>", "<h2@x>"]
+    assert all(a.what == "8-bit header bytes rewritten" and a.sent_size == a.stored_size for a in altered)
+    held = {hashlib.sha256(m.body).hexdigest() for m in p.standby.box("alice")["INBOX"].msgs.values()}
+    assert {a.standby_sha256 for a in altered} <= held and not {a.sha256 for a in altered} & held
+    # the standby stores the next ones, then the connection (the process) dies before the id map
+    for body in eight[3:]:
+        p.primary.deliver("alice", body)
+    p.standby.fail_after_append = True
+    with pytest.raises(ServerUnavailable):
+        p.sync()
+    p.replay = ReplayEngine(p.dst, p.bodies, append_batch=4)
+    p.sync()
+    assert len(p.standby.box("alice")["INBOX"].msgs) == 6, "an altered message was written twice"
+
+
 def test_crash_in_the_middle_of_a_move_on_the_standby_leaves_one_copy(tmp_path, monkeypatch):
     """A move is a copy and an expunge (Dovecot's MOVE too): a standby killed between them holds the
     message in both folders. Recovery keeps the copy in the target folder and removes the original."""
