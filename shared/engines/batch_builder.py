@@ -1,6 +1,6 @@
 """Build the next batch from the outbox, sending each body and each part across the WAN once.
 
-1. Per mailbox (most behind first), the next contiguous range of unacknowledged changes, up to
+1. Per mailbox (most behind first; least behind first with ``live_first``), the next contiguous range of unacknowledged changes, up to
    ``max_changes`` in all.
 2. Ask the recovery gateway which of the bodies these changes refer to it lacks (one round trip).
    Bodies it holds — the same message delivered to many mailboxes, a message that came back —
@@ -68,6 +68,8 @@ class BatchBuilder:
         self.held = held  # asks the recovery gateway; must raise on failure, never guess
         self.max_changes = max_changes
         self.max_bytes = max_bytes
+        # least behind first (live changes ahead of a seed: the link is capped), else most behind first
+        self.live_first = False
         self.part_threshold = part_threshold
         # bodies the recovery gateway could not reassemble: sent unsplit from now on
         self.send_whole: set[str] = set()
@@ -135,7 +137,8 @@ class BatchBuilder:
                 select(Mailbox.id, Mailbox.server, Mailbox.address, Mailbox.acked_seq, Mailbox.last_seq)
                 .where(Mailbox.last_seq > Mailbox.acked_seq, Mailbox.ship_error.is_(None),
                        *(() if self.where is None else (self.where,)))
-                .order_by(Mailbox.acked_seq - Mailbox.last_seq, Mailbox.id)
+                .order_by(*((Mailbox.last_seq - Mailbox.acked_seq,) if self.live_first
+                            else (Mailbox.acked_seq - Mailbox.last_seq,)), Mailbox.id)
             ))
             for mid, server, address, acked, last in mailboxes:
                 if budget <= 0:
