@@ -20,7 +20,7 @@ from mailrepl.gateway.verify_api import VerifyMetrics, verify_alarm_producer, ve
 from mailrepl.gateway.verify_jobs import VerifyJobs
 from mailrepl.gateway.verify_repair import Repairer
 from mailrepl.shared.runtime.watcher import PushWatchers
-from mailrepl.shared.runtime.connection_pool import pooled, push_budget
+from mailrepl.shared.runtime.connection_pool import pooled, push_budget, push_opener
 from mailrepl.shared.runtime.scale_status import ScaleCollector, connection_status, link_status
 from mailrepl.shared.protocol.link_rate import LinkRateCap
 from mailrepl.shared.adapters.factory import make_adapter
@@ -147,7 +147,7 @@ class SourceGateway:
                 continue
             if mid in active and per_server.get(server, 0) < self.push_budget.get(server, 0):
                 per_server[server] = per_server.get(server, 0) + 1
-                watch[mid] = lambda a=adapter, addr=address: a.open(addr)
+                watch[mid] = push_opener(adapter, address)
             jobs.append(
                 Job(
                     key=mid,

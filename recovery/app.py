@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Gauge
 from sqlalchemy import select
 
 from mailrepl.shared.runtime.watcher import PushWatchers
-from mailrepl.shared.runtime.connection_pool import pooled, push_budget
+from mailrepl.shared.runtime.connection_pool import pooled, push_budget, push_opener
 from mailrepl.shared.runtime.scale_status import ScaleCollector, connection_status
 from mailrepl.recovery.api import admin_router, ingest_router
 from mailrepl.recovery.disk_guard import DiskCollector, DiskGuard, disk_alarm_producer, disk_router
@@ -214,7 +214,7 @@ class RecoveryGateway:
                 continue
             if ("dr", mbx_id) in active and per_server.get(target, 0) < self.push_budget.get(target, 0):
                 per_server[target] = per_server.get(target, 0) + 1
-                watch[("dr", mbx_id)] = lambda a=adapter, addr=address: a.open(addr)
+                watch[("dr", mbx_id)] = push_opener(adapter, address)
             jobs.append(Job(key=("dr", mbx_id), open_session=lambda a=adapter, addr=address: a.open(addr),
                             run=lambda sess, m=mbx_id, r=rid: self._dr_cycle(m, r, sess)))
         self.dr_watchers.sync(watch)

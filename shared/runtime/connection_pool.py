@@ -30,7 +30,7 @@ from typing import Any
 
 from mailrepl.shared.errors import ServerBusy, ServerUnavailable
 
-__all__ = ["DEFAULT_IDLE_SECONDS", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_WAIT_SECONDS", "PoolStats", "PooledAdapter", "pooled", "push_budget"]
+__all__ = ["DEFAULT_IDLE_SECONDS", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_WAIT_SECONDS", "PoolStats", "PooledAdapter", "pooled", "push_budget", "push_opener"]
 
 log = logging.getLogger("mailrepl.pool")
 
@@ -61,8 +61,8 @@ class PoolStats:
 class _Lease:
     """A session handed out by the pool: every call goes to the real session; ``close`` gives it back."""
 
-    def __init__(self, pool: PooledAdapter, address: str, session: Any) -> None:
-        self._pool, self._address, self._session = pool, address, session
+    def __init__(self, pool: PooledAdapter, address: str, session: Any, push: bool = False) -> None:
+        self._pool, self._address, self._session, self._push = pool, address, session, push
         self._broken = False
         self._closed = False
 
@@ -94,7 +94,8 @@ class _Lease:
         if self._closed:
             return
         self._closed = True
-        self._pool._give_back(self._address, self._session, reusable=not self._broken)
+        self._pool._give_back(self._address, self._session, reusable=not self._broken and not self._push,
+                              push=self._push)
 
 
 class PooledAdapter:
@@ -120,39 +121,27 @@ class PooledAdapter:
         self._refused_back_off = REFUSED_BACK_OFF
         self._since_lowered = 0
         self._opened = self._refused = self._waits = 0
+        self._push_held = 0
 
     def __getattr__(self, name: str) -> Any:  # list_mailboxes, check, users, ...: the adapter's own
         return getattr(self.adapter, name)
 
     # ------------------------------------------------------------------ handing out
 
+    def check(self) -> None:
+        """The adapter's own probe (one connection, closed again), counted within the bound."""
+        self._reserve(None)
+        try:
+            self.adapter.check()
+        finally:
+            with self._cond:
+                self._opening -= 1
+                self._cond.notify()
+
     def open(self, address: str) -> _Lease:
-        deadline = self._clock() + self.wait_seconds
-        evicted = None
-        with self._cond:
-            while True:
-                self._expire_idle()
-                for key, (addr, session, _) in self._idle.items():
-                    if addr == address:
-                        del self._idle[key]
-                        self._in_use += 1
-                        return _Lease(self, address, session)
-                now = self._clock()
-                if now >= self._not_before:
-                    if self._count() < self._allowed:
-                        break
-                    if self._idle:  # room made by closing the least recently used idle connection
-                        _, (_, evicted, _) = self._idle.popitem(last=False)
-                        break
-                left = deadline - now
-                if left <= 0:
-                    raise ServerBusy(f"server {self.name!r}: all {self._allowed} connection(s) the gateway may "
-                                     f"open to it are in use", back_off=max(1.0, self._not_before - now))
-                self._waits += 1
-                self._cond.wait(min(left, max(0.05, self._not_before - now)) if now < self._not_before else left)
-            self._opening += 1
-        if evicted is not None:
-            _close_quietly(evicted)
+        session = self._reserve(address)
+        if session is not None:
+            return _Lease(self, address, session)
         try:
             session = self.adapter.open(address)
         except ServerUnavailable as exc:
@@ -169,20 +158,69 @@ class PooledAdapter:
             self._succeeded()
         return _Lease(self, address, session)
 
+    def open_push(self, address: str) -> _Lease:
+        """A connection to park in NOTIFY/IDLE: never more than half of the connections allowed now
+        are held that way (the others capture and replay); ``ServerBusy`` beyond that."""
+        with self._cond:
+            if self._push_held + 1 > self._allowed // 2:
+                raise ServerBusy(f"server {self.name!r}: no connection to spare for push now "
+                                 f"({self._push_held} of {self._allowed} held)", back_off=30.0)
+            self._push_held += 1
+        try:
+            lease = self.open(address)
+        except BaseException:
+            with self._cond:
+                self._push_held -= 1
+            raise
+        lease._push = True
+        return lease
+
+    def _reserve(self, address: str | None) -> Any:
+        """An idle session of ``address`` (now in use), or None with a slot reserved to open one."""
+        deadline = self._clock() + self.wait_seconds
+        evicted = None
+        with self._cond:
+            while True:
+                self._expire_idle()
+                for key, (addr, session, _) in self._idle.items():
+                    if addr == address:
+                        del self._idle[key]
+                        self._in_use += 1
+                        return session
+                now = self._clock()
+                if now >= self._not_before:
+                    if self._count() < self._allowed:
+                        break
+                    if self._idle:  # room made by closing the least recently used idle connection
+                        _, (_, evicted, _) = self._idle.popitem(last=False)
+                        break
+                left = deadline - now
+                if left <= 0:
+                    raise ServerBusy(f"server {self.name!r}: all {self._allowed} connection(s) the gateway may "
+                                     f"open to it are in use", back_off=max(1.0, self._not_before - now))
+                self._waits += 1
+                self._cond.wait(min(left, max(0.05, self._not_before - now)) if now < self._not_before else left)
+            self._opening += 1
+        if evicted is not None:
+            _close_quietly(evicted)
+        return None
+
     def _on_refused(self, exc: ServerUnavailable) -> Exception:
         """The server did not take a new connection: busy (others are open) or down (none is)."""
         with self._cond:
             self._opening -= 1
-            others = self._count()
+            others = self._in_use + len(self._idle)  # established (others being opened may fail too)
             self._cond.notify()
             if others == 0:
                 return exc  # nothing open: an outage, raised as it is
             self._refused += 1
             self._allowed = max(1, min(self._allowed, others))
             self._since_lowered = 0
-            back_off = self._refused_back_off
-            self._refused_back_off = min(REFUSED_BACK_OFF_MAX, back_off * 2)
-            self._not_before = self._clock() + back_off
+            now = self._clock()
+            if now >= self._not_before:  # a new refusal, not another of the same wave: back off longer
+                self._not_before = now + self._refused_back_off
+                self._refused_back_off = min(REFUSED_BACK_OFF_MAX, self._refused_back_off * 2)
+            back_off = self._not_before - now
             log.warning("server %r refused a new connection with %d open (%s): at most %d now, next in %.0f s",
                         self.name, others, exc, self._allowed, back_off)
             return ServerBusy(f"server {self.name!r} takes no more connections now ({exc})", back_off=back_off)
@@ -209,9 +247,11 @@ class PooledAdapter:
 
     # ------------------------------------------------------------------ giving back
 
-    def _give_back(self, address: str, session: Any, *, reusable: bool) -> None:
+    def _give_back(self, address: str, session: Any, *, reusable: bool, push: bool = False) -> None:
         with self._cond:
             self._in_use -= 1
+            if push:
+                self._push_held -= 1
             over = self._count() >= self._allowed  # the limit was lowered meanwhile
             if reusable and not over:
                 self._idle[id(session)] = (address, session, self._clock())
@@ -252,6 +292,13 @@ def pooled(server: Any, adapter: Any) -> Any:
     its own HTTP connections and is returned as it is)."""
     limit = getattr(server, "max_connections", 0) if getattr(server, "kind", "") == "imap" else 0
     return PooledAdapter(adapter, limit) if limit else adapter
+
+
+def push_opener(adapter: Any, address: str) -> Callable[[], Any]:
+    """What a push watcher opens its parked session with: within the pool's push share if pooled."""
+    if isinstance(adapter, PooledAdapter):
+        return lambda: adapter.open_push(address)
+    return lambda: adapter.open(address)
 
 
 def push_budget(server: Any) -> int:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import threading
 
 import pytest
-
 from mailrepl.shared.errors import MailboxNotFound, ServerBusy, ServerUnavailable
 from mailrepl.shared.runtime.connection_pool import PooledAdapter
 
 
 class Conn:
-    def __init__(self, server: "Server", address: str) -> None:
+    def __init__(self, server: Server, address: str) -> None:
         self.server, self.address, self.closed = server, address, False
 
     def list_folders(self):
@@ -176,3 +175,30 @@ def test_idle_connections_expire():
     assert pool.prune() == 1
     now[0] += 31
     assert pool.prune() == 0 and server.open_now == 0
+
+
+def test_the_adapters_probe_counts_within_the_bound():
+    server = Server()
+    seen = []
+    server.check = lambda: seen.append(PooledAdapter.stats(pool).open)
+    pool = PooledAdapter(server, 1, wait_seconds=0)
+    pool.check()
+    assert seen == [1]  # a slot was held while it ran
+    held = pool.open("a")
+    with pytest.raises(ServerBusy):
+        pool.check()
+    held.close()
+    assert pool.stats().open == 1  # the idle session only
+
+
+def test_push_connections_never_take_more_than_half():
+    server = Server()
+    pool = PooledAdapter(server, 4, wait_seconds=0)
+    parked = [pool.open_push("a"), pool.open_push("b")]
+    with pytest.raises(ServerBusy):
+        pool.open_push("c")
+    work = [pool.open("c"), pool.open("d")]  # capture and replay still get theirs
+    for s in parked + work:
+        s.close()
+    assert pool.stats().open == 2  # parked ones are closed, not kept idle
+    pool.open_push("e").close()
