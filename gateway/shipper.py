@@ -35,6 +35,7 @@ log = logging.getLogger("mailrepl.shipper")
 REFUSED_PREFIX = "refused by the recovery gateway: "
 INSUFFICIENT_STORAGE = 507  # the recovery gateway could not store a batch: its disk is full
 REFUSED_RETRY = 300.0  # seconds: mailboxes set aside for a refusal are tried again this often
+LIVE_BACKLOG = 20  # under a rate cap, a mailbox at most this many changes behind ships as live traffic
 
 
 class ShipStats:
@@ -179,12 +180,14 @@ class Shipper:
             return None
 
     def _seeding(self, built: Built) -> bool:
-        """Does the batch carry changes of a mailbox being seeded (bulk traffic under the cap)?"""
+        """Is the batch bulk traffic under the cap: does it carry changes of a mailbox being seeded,
+        or of one more than ``LIVE_BACKLOG`` changes behind (a seed, a mass import, a resync)?"""
         who = {(seg.server, seg.address) for seg in built.batch.segments}
         with self.store.read() as s:
-            rows = s.execute(select(Mailbox.server, Mailbox.address).where(
-                Mailbox.phase == "seeding", Mailbox.address.in_({a for _, a in who})))
-            return any((server, address) in who for server, address in rows)
+            rows = s.execute(select(Mailbox.server, Mailbox.address, Mailbox.phase, Mailbox.last_seq - Mailbox.acked_seq)
+                             .where(Mailbox.address.in_({a for _, a in who})))
+            return any((server, address) in who and (phase == "seeding" or behind > LIVE_BACKLOG)
+                       for server, address, phase, behind in rows)
 
     def _fit_to_cap(self) -> None:
         """Under a cap: batches of half a second of it, least behind mailboxes first, so a live
@@ -193,6 +196,7 @@ class Shipper:
             return
         self.builder.max_bytes = self.rate_cap.batch_bytes(self.max_bytes)
         self.builder.live_first = self.builder.max_bytes < self.max_bytes
+        self.builder.live_backlog = LIVE_BACKLOG
 
     def _unshrink(self) -> None:
         self._shrink_until = None

@@ -68,8 +68,11 @@ class BatchBuilder:
         self.held = held  # asks the recovery gateway; must raise on failure, never guess
         self.max_changes = max_changes
         self.max_bytes = max_bytes
-        # least behind first (live changes ahead of a seed: the link is capped), else most behind first
+        # least behind first (live changes ahead of a seed: the link is capped), else most behind first;
+        # then a batch that starts with live mailboxes (at most ``live_backlog`` changes behind) holds
+        # only those, so it does not wait behind a throttled seed
         self.live_first = False
+        self.live_backlog = 0
         self.part_threshold = part_threshold
         # bodies the recovery gateway could not reassemble: sent unsplit from now on
         self.send_whole: set[str] = set()
@@ -140,12 +143,19 @@ class BatchBuilder:
                 .order_by(*((Mailbox.last_seq - Mailbox.acked_seq,) if self.live_first
                             else (Mailbox.acked_seq - Mailbox.last_seq,)), Mailbox.id)
             ))
+            live_only = False
             for mid, server, address, acked, last in mailboxes:
                 if budget <= 0:
                     break
                 start = max(acked, after.get((server, address), 0))
                 if start >= last:
                     continue
+                if self.live_first:
+                    live = last - acked <= self.live_backlog
+                    if not out:
+                        live_only = live
+                    elif live_only and not live:
+                        break
                 rows = list(s.execute(
                     select(OutboxRow.seq, OutboxRow.change, OutboxRow.sha256, OutboxRow.size, OutboxRow.created_at)
                     .where(OutboxRow.mailbox_id == mid, OutboxRow.seq > start)

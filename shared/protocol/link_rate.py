@@ -6,9 +6,10 @@
                    else the default (0 = no cap); a window may run past midnight
     TokenBucket    bytes per second with a small burst; ``take(n)`` waits until ``n`` bytes may go
     LinkRateCap    what the shipper calls per chunk of a batch it sends: every byte passes the
-                   bucket of the whole cap; bulk bytes (a batch that carries a seed) also pass a
+                   bucket of the whole cap; while live changes were sent in the last
+                   ``LIVE_HOLD_SECONDS``, bulk bytes (a batch that carries a seed) also pass a
                    bucket of ``1 - live_share`` of it, so live changes keep at least ``live_share``
-                   of the cap while a seed is throttled
+                   of the cap while a seed is throttled; a seed alone may use the whole cap
 
 Pure policy with an injectable clock and sleep: unit-tested without a link.
 """
@@ -32,9 +33,10 @@ __all__ = [
     "schedule_of",
 ]
 
-BURST_SECONDS = 0.1  # a bucket holds at most this many seconds of its rate
+BURST_SECONDS = 0.5  # a bucket saves up at most this many seconds of its rate (covers the pause between batches)
 CHUNK_BYTES = 64 * 1024  # a batch is sent in chunks of this size when a cap is in force
-BATCH_SECONDS = 0.5  # under a cap, a batch carries at most this many seconds of it
+BATCH_SECONDS = 1.0  # under a cap, a batch carries at most this many seconds of it
+LIVE_HOLD_SECONDS = 5.0  # live traffic this recent keeps its share reserved from bulk traffic
 
 
 def parse_clock(text: str) -> int:
@@ -155,6 +157,9 @@ class LinkRateCap:
         self._bytes = {True: 0, False: 0}
         self._waited = 0.0
         self._checked_minute: tuple[int, int] | None = None
+        self._clock = clock
+        self._last_live = float("-inf")
+        self._rate = 0.0
         self._update()
 
     @property
@@ -167,14 +172,17 @@ class LinkRateCap:
         minute = (when.toordinal(), when.hour * 60 + when.minute)
         if minute != self._checked_minute:
             self._checked_minute = minute
-            rate = self.schedule.rate_at(when)
-            self._all.set_rate(rate)
-            self._bulk.set_rate(rate * (1.0 - self.live_share))
-        return self._all.rate
+            self._rate = self.schedule.rate_at(when)
+            self._all.set_rate(self._rate)
+        live_recently = self._clock() - self._last_live < LIVE_HOLD_SECONDS
+        self._bulk.set_rate(self._rate * (1.0 - self.live_share) if live_recently else self._rate)
+        return self._rate
 
     def acquire(self, n: int, *, live: bool) -> float:
         """Wait until ``n`` bytes of a live (or bulk) batch may go; returns the seconds waited."""
         with self._lock:
+            if live:
+                self._last_live = self._clock()
             self._update()
         waited = 0.0 if live else self._bulk.take(n)
         waited += self._all.take(n)
@@ -192,7 +200,7 @@ class LinkRateCap:
             yield bytes(piece)
 
     def batch_bytes(self, default: int) -> int:
-        """How large a batch may be now: half a second of the cap (so a live change never waits
+        """How large a batch may be now: a second of the cap (so a live change never waits
         long behind a throttled seed), at least 128 KiB; ``default`` when nothing is capped."""
         with self._lock:
             rate = self._update()

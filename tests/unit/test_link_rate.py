@@ -116,22 +116,27 @@ def test_cap_follows_the_window_it_is_in():
     assert cap.stats().rate == 0 and cap.stats().bulk_bytes == 100 * 10_000 + 1000 * 100_000
 
 
-def test_bulk_leaves_the_live_share_and_live_may_use_all():
-    """A seed alone gets (1 - share) of the cap; live changes alone the whole cap; both together
-    never more than the cap, and live changes at least their share while a seed is throttled."""
+def test_bulk_leaves_the_live_share_and_each_alone_may_use_all():
+    """A seed alone and live changes alone each get the whole cap; while live changes were sent
+    in the last seconds, a seed gets (1 - share) of it; never more than the cap in all."""
     t = FakeTime()
     cap = LinkRateCap(schedule_of(8, []), live_share=0.25, clock=t.clock, sleep=t.sleep,
                       now=lambda: dt.datetime(2026, 12, 6, 12))
     start = t.t
-    for _ in range(750):
-        cap.acquire(10_000, live=False)  # 7.5 MB of seed at 0.75 MB/s
+    for _ in range(1000):
+        cap.acquire(10_000, live=False)  # 10 MB of seed alone at the full 1 MB/s
     assert t.t - start == pytest.approx(10.0, abs=0.15)
     start = t.t
     for _ in range(1000):
         cap.acquire(10_000, live=True)  # 10 MB of live changes at the full 1 MB/s
     assert t.t - start == pytest.approx(10.0, abs=0.15)
+    cap.acquire(1, live=True)
+    start = t.t
+    for _ in range(300):
+        cap.acquire(10_000, live=False)  # 3 MB of seed right after live traffic: 0.75 MB/s
+    assert t.t - start == pytest.approx(4.0, abs=BURST_SECONDS + 0.05)
     stats = cap.stats()
-    assert (stats.bulk_bytes, stats.live_bytes) == (7_500_000, 10_000_000)
+    assert (stats.bulk_bytes, stats.live_bytes) == (13_000_000, 10_000_001)
 
 
 def test_live_keeps_its_share_under_a_concurrent_seed():
@@ -167,7 +172,7 @@ def test_live_keeps_its_share_under_a_concurrent_seed():
 
 def test_batch_size_follows_the_cap():
     cap = LinkRateCap(schedule_of(20, []), now=lambda: dt.datetime(2026, 12, 6, 12))
-    assert cap.batch_bytes(32 << 20) == 1_250_000
+    assert cap.batch_bytes(32 << 20) == 2_500_000
     assert LinkRateCap(schedule_of(0, [])).batch_bytes(32 << 20) == 32 << 20
     assert LinkRateCap(schedule_of(0.1, [])).batch_bytes(32 << 20) == 128 * 1024
 
