@@ -13,6 +13,7 @@ from mailrepl.gateway.failback import FailbackPuller
 from mailrepl.gateway.queue_status import (
     QueueCollector, alarms_router, gateway_alarms, mailbox_queue_fields, queue_alarm_producer,
 )
+from mailrepl.gateway.push_api import PUSH_PREFIX, PushCounter, push_router
 from mailrepl.gateway.registry import Registry
 from mailrepl.gateway.shipper import Shipper
 from mailrepl.gateway.verify import MailboxVerifier
@@ -115,7 +116,8 @@ class SourceGateway:
                                      "Bytes of standby changes received for failback", registry=self.metrics)
         self._failback_bytes.set_function(lambda: self.failback.wire_bytes)
         self.metrics.register(_ByteCounters(self.registry))
-        self.metrics.register(ScaleCollector("source", self.adapters.values(), self.rate_cap))
+        self.push_counter = PushCounter()  # server-side push wake-ups (Dovecot push_notification)
+        self.metrics.register(ScaleCollector("source", self.adapters.values(), self.rate_cap, self.push_counter))
         self.metrics.register(QueueCollector(self.queue_gate, self.registry.list_status,
                                              lambda: self.shipper.peer_disk_full))
         # verify: the primary read here, the standby listed by the recovery gateway
@@ -232,8 +234,9 @@ class SourceGateway:
         app.include_router(admin_router(self.registry, authz, self.workers.wake))
         app.include_router(verify_router(self.registry, self.store, self.verify, authz))
         app.include_router(security_router(tokens, audit, authz))
+        app.include_router(push_router(self.store, authz, self.workers.wake, self.push_counter))
         app.include_router(alarms_router(self.queue_gate, authz, lambda: self.shipper.peer_disk_full))
-        app.add_middleware(AuditMiddleware, audit=audit)
+        app.add_middleware(AuditMiddleware, audit=audit, refusals_only=(PUSH_PREFIX,))
         self.alerts = mount_console(  # /ui/, the status views, alerts (after every other middleware)
             app, role="source", gateway_id=g.id, resolver=resolver(g, tokens), authz=authz,
             statuses=self.registry.list_status, metrics=self.metrics, alerts=self.settings.alerts,

@@ -6,7 +6,7 @@ sent through it as seed and as live changes, seconds senders waited). Metrics:
 ``mailrepl_<role>_server_connections{server,state="open"|"in_use"|"limit"|"allowed"}``,
 ``mailrepl_<role>_server_connections_refused_total{server}``, and on the source
 ``mailrepl_source_link_rate_cap_bits`` (0: no cap), ``mailrepl_source_link_bytes_total{traffic}``,
-``mailrepl_source_link_wait_seconds_total``.
+``mailrepl_source_link_wait_seconds_total``, ``mailrepl_source_push_wakeups_total{result}``.
 """
 from __future__ import annotations
 
@@ -35,10 +35,12 @@ def link_status(cap: LinkRateCap | None) -> dict | None:
 
 
 class ScaleCollector:
-    def __init__(self, role: str, adapters: Iterable[object], cap: LinkRateCap | None = None) -> None:
+    def __init__(self, role: str, adapters: Iterable[object], cap: LinkRateCap | None = None,
+                 pushes: object | None = None) -> None:
         self.role = role
         self.adapters = list(adapters)
         self.cap = cap
+        self.pushes = pushes  # .woken, .ignored: server-side push wake-ups received
 
     def collect(self):
         conns = GaugeMetricFamily(f"mailrepl_{self.role}_server_connections",
@@ -56,6 +58,13 @@ class ScaleCollector:
             refused.add_metric([st.server], st.refused)
         yield conns
         yield refused
+        if self.pushes is not None:
+            pushed = CounterMetricFamily(f"mailrepl_{self.role}_push_wakeups",
+                                         "Server-side push wake-ups received, by whether a protected mailbox was woken",
+                                         labels=["result"])
+            pushed.add_metric(["woken"], self.pushes.woken)
+            pushed.add_metric(["ignored"], self.pushes.ignored)
+            yield pushed
         if self.cap is None:
             return
         st = self.cap.stats()
