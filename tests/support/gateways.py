@@ -105,14 +105,14 @@ class GatewayPair:
                  recovery_gateway_extra: str = "", recovery_prefix: list[str] | None = None,
                  recovery_host: str = "127.0.0.1", peer_url: str | None = None,
                  source_workers: int = 4, recovery_workers: int = 4, peer_timeout: float | None = None,
-                 server_extra: str = "", source_extra: str = "") -> None:
+                 server_extra: str = "", source_extra: str = "", source_port: int | None = None) -> None:
         """``recovery_prefix``/``recovery_host``: run the recovery gateway under a command prefix
         (a network namespace) listening on that address; ``peer_url``: where the source gateway
         sends to (default: the recovery gateway itself); ``server_extra``: lines added to both
         gateways' mail server tables (``max_connections = 6``); ``source_extra``: tables added to the
         source gateway's config (``[link]``)."""
         self.tmp = tmp
-        sport, rport = free_port(), free_port()
+        sport, rport = source_port or free_port(), free_port()
         peer_url = peer_url or f"http://{recovery_host}:{rport}"
         src = tmp / "source.toml"
         src.write_text(
