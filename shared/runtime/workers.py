@@ -14,7 +14,7 @@ woken. A sweep of hundreds of idle mailboxes therefore never delays the one that
 
 Idle cost at scale (``idle_poll_max``): a job whose run returns a false value found nothing to
 do; the periodic sweep then leaves it out for longer after each such run (``poll_interval``
-doubled per quiet run, at most ``idle_poll_max``), and one that found work is swept every
+times 3 per quiet run, at most ``idle_poll_max``), and one that found work is swept every
 ``poll_interval`` again. The sweep takes the most recently active first. A wake-up (by name, or
 of all after an admin action) always runs the job. ``most_active(n)`` names the mailboxes that
 had work most recently (the ones worth a push connection). With ``release_sessions`` a job's
@@ -39,6 +39,7 @@ __all__ = ["MailboxWorkers", "Job"]
 
 log = logging.getLogger("mailrepl.workers")
 
+IDLE_GROWTH = 3  # a quiet job's sweep interval grows by this factor per quiet run (up to idle_poll_max)
 TRANSIENT_FAILURES = 3  # a server-unavailable error is recorded on the mailbox from this many in a row
 
 
@@ -240,8 +241,8 @@ class MailboxWorkers:
         if found:
             slot.quiet, slot.last_active, slot.next_sweep = 0, now, 0.0
             return
-        slot.quiet = min(slot.quiet + 1, 16)
-        slot.next_sweep = now + min(self.idle_poll_max, self.poll_interval * (2 ** slot.quiet) / 2)
+        slot.quiet = min(slot.quiet + 1, 12)
+        slot.next_sweep = now + min(self.idle_poll_max, self.poll_interval * IDLE_GROWTH ** (slot.quiet - 1))
 
     def _run(self, job: Job, slot: _Slot) -> None:
         try:

@@ -15,7 +15,7 @@ from a passwd-file), one message per user delivered by LMTP, both gateways as re
 - peak RSS of each gateway (VmHWM).
 
     python tests/bench/bench_scale.py [--mailboxes 1000 | --ten-thousand] [--deliveries 200]
-        [--idle-seconds 60] [--gap 0.5] [--keep]
+        [--idle-seconds 60] [--settle 30] [--gap 0.5] [--server-push] [--idle-poll-max S] [--keep]
 
 Needs root (Dovecot instances run as the mail user) and Debian's dovecot-core/-imapd/-lmtpd.
 The figures depend on the host: say how loaded it was (load average printed at the end).
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import socket
 import statistics
 import sys
@@ -33,13 +34,15 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
 from tests.support.arrival_watch import ArrivalWatch  # noqa: E402
 from tests.support.dovecot import DovecotServer  # noqa: E402
 from tests.support.gateways import ADMIN_TOKEN, GatewayPair  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
 
 HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -119,6 +122,10 @@ def main() -> int:
     ap.add_argument("--gap", type=float, default=0.5, help="seconds between two deliveries")
     ap.add_argument("--idle-seconds", type=float, default=60.0)
     ap.add_argument("--settle", type=float, default=30.0, help="seconds idle before the idle measurement")
+    ap.add_argument("--server-push", action="store_true",
+                    help="the primary posts wake-ups (Dovecot push_notification, deploy/dovecot/mailrepl-push.lua)")
+    ap.add_argument("--idle-poll-max", type=float, default=None,
+                    help="the source's idle_poll_max (default: the product's, 120 s; 900 s is enough with --server-push)")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
     n = 10_000 if args.ten_thousand else args.mailboxes
@@ -126,7 +133,22 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="mailrepl-bench-scale-"))
     rnd = random.Random(14)
     t_setup = time.monotonic()
-    primary = DovecotServer("primary", users)
+    source_port = free_port()
+    push = ""
+    if args.server_push:
+        script = work / "mailrepl-push.lua"
+        shutil.copyfile(REPO / "deploy" / "dovecot" / "mailrepl-push.lua", script)
+        work.chmod(0o755)
+        script.chmod(0o644)
+        push = f"""
+mail_plugins = $mail_plugins mail_lua notify push_notification push_notification_lua
+plugin {{
+  push_notification_driver = lua:file={script}
+  mailrepl_push_url = http://127.0.0.1:{source_port}/api/v1/push/primary
+  mailrepl_push_token = {ADMIN_TOKEN}
+}}
+"""
+    primary = DovecotServer("primary", users, extra_config=push)
     standby = DovecotServer("standby", users)
     primary.start()
     standby.start()
@@ -136,7 +158,12 @@ def main() -> int:
             primary.deliver(u, message(u, "seed"))
         print(f"{n} users on both servers, one message each delivered by LMTP in {time.monotonic() - t_setup:.1f} s")
         pair = GatewayPair(work, primary, standby, users=users, source_state=f"sqlite:///{work}/source.sqlite",
-                           recovery_state=f"sqlite:///{work}/recovery.sqlite", poll_interval=5.0)
+                           recovery_state=f"sqlite:///{work}/recovery.sqlite", poll_interval=5.0,
+                           source_port=source_port,
+                           source_gateway_extra=(f"idle_poll_max = {args.idle_poll_max}\n"
+                                                 if args.idle_poll_max else ""))
+        print(f"server push: {'on' if args.server_push else 'off'}, idle_poll_max "
+              f"{args.idle_poll_max or 'default'}")
         pair.start()
         src_pid, rec_pid = pair.source.proc.pid, pair.recovery.proc.pid
         sampler = SessionSampler({"primary": primary, "standby": standby}).start()
@@ -238,7 +265,6 @@ def main() -> int:
         for s in (primary, standby):
             s.cleanup()
         if not args.keep:
-            import shutil
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"work directory kept: {work}")
