@@ -59,7 +59,7 @@ PEER_JSON_BYTES = 16 * 1024 * 1024  # the source gateway's JSON requests (body q
 OPEN_PATHS = frozenset({"/healthz", "/auth", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 GC_INTERVAL = 3600.0  # seconds between garbage collections of bodies and parts
 DR_POLL_INTERVAL = 5.0  # capture on the standby after cutover: polls, woken sooner by push
-DR_IDLE_POLL_MAX = 60.0  # … a mailbox quiet at DR is polled further apart, up to this
+DR_IDLE_POLL_MAX = 120.0  # … a mailbox quiet at DR is polled further apart, up to this (as at the source)
 
 
 class RecoveryGateway:

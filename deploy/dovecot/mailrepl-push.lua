@@ -14,13 +14,11 @@
 --   }
 --
 -- The POST waits at most 1 s and is never retried: a missed wake-up costs one poll interval.
-local client = nil
-
+-- A client per transaction: no connect back-off carried over, so a gateway that is down costs a
+-- refused connection per change, not a growing wait.
 local function http()
-  if client == nil then
-    client = dovecot.http.client({timeout = 1000, max_attempts = 1, request_timeout = 1000})
-  end
-  return client
+  return dovecot.http.client({max_attempts = 1, request_absolute_timeout_msecs = 1000,
+                              connect_backoff_max_time_msecs = 0})
 end
 
 function dovecot_lua_notify_begin_txn(user)
