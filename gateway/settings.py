@@ -2,7 +2,7 @@
 
 ::
 
-    [gateway]   id, state_url, listen, admin_token, poll_interval, workers, fetch_chunk, log_level,
+    [gateway]   id, state_url, listen, admin_token, poll_interval, idle_poll_max, workers, fetch_chunk, log_level,
                 tls_cert, tls_key, tls_client_ca, plaintext (the admin API; see ``tls_settings``),
                 encryption_key(_file), encryption_old_key_files,
                 max_json_bytes, metrics_open, docs_open,
