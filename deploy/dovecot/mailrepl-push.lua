@@ -1,8 +1,8 @@
 -- Dovecot push_notification Lua driver: wakes the mailrepl source gateway when a mailbox changes.
 --
 -- Optional: without it the gateway polls (idle mailboxes further apart) and keeps IMAP push
--- connections for the most active ones only. With it, any change of any mailbox (a delivery,
--- a flag, an expunge, a folder change) starts that mailbox's capture at once, whatever the
+-- connections for the most active ones only. With it, any message change of any mailbox (a
+-- delivery, an append, a flag, an expunge) starts that mailbox's capture at once, whatever the
 -- number of mailboxes. One small HTTP POST per transaction that changed something; nothing
 -- about the change travels (the gateway reads it back over IMAP). Configure (dovecot.conf):
 --
@@ -14,11 +14,16 @@
 --   }
 --
 -- The POST waits at most 1 s and is never retried: a missed wake-up costs one poll interval.
--- A client per transaction: no connect back-off carried over, so a gateway that is down costs a
--- refused connection per change, not a growing wait.
+-- No connect back-off is carried from one change to the next, so a gateway that is down costs
+-- a refused connection per change, not a growing wait.
+local client = nil
+
 local function http()
-  return dovecot.http.client({max_attempts = 1, request_absolute_timeout_msecs = 1000,
-                              connect_backoff_max_time_msecs = 0})
+  if client == nil then
+    client = dovecot.http.client({max_attempts = 1, request_absolute_timeout_msecs = 1000,
+                                  connect_backoff_max_time_msecs = 0})
+  end
+  return client
 end
 
 function dovecot_lua_notify_begin_txn(user)
@@ -29,6 +34,9 @@ local function changed(ctx, event)
   ctx.changed = true
 end
 
+-- Message events only: folder creations happen at a mailbox's first login (Dovecot creates the
+-- special-use folders then, also for the gateway's own first session), and folder changes are
+-- rare and found by the next poll.
 dovecot_lua_notify_event_message_new = changed
 dovecot_lua_notify_event_message_append = changed
 dovecot_lua_notify_event_message_expunge = changed
@@ -36,11 +44,6 @@ dovecot_lua_notify_event_flags_set = changed
 dovecot_lua_notify_event_flags_clear = changed
 dovecot_lua_notify_event_message_read = changed
 dovecot_lua_notify_event_message_trash = changed
-dovecot_lua_notify_event_mailbox_create = changed
-dovecot_lua_notify_event_mailbox_delete = changed
-dovecot_lua_notify_event_mailbox_rename = changed
-dovecot_lua_notify_event_mailbox_subscribe = changed
-dovecot_lua_notify_event_mailbox_unsubscribe = changed
 
 local function json_string(s)
   return '"' .. s:gsub('[%c"\\]', function(c) return string.format("\\u%04x", c:byte()) end) .. '"'
