@@ -14,15 +14,14 @@ import threading
 from collections.abc import Callable, Hashable
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
-
 from mailrepl.shared.runtime.api_common import ERROR_RESPONSES
 from mailrepl.shared.runtime.authz import Authorizer
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import Mailbox
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
 
-__all__ = ["PushCounter", "push_router", "PUSH_PREFIX"]
+__all__ = ["PUSH_PREFIX", "PushCounter", "push_router"]
 
 PUSH_PREFIX = "/api/v1/push"
 

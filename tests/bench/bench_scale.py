@@ -37,12 +37,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-import httpx  # noqa: E402
+import httpx
 
-from tests.support.arrival_watch import ArrivalWatch  # noqa: E402
-from tests.support.dovecot import DovecotServer  # noqa: E402
-from tests.support.gateways import ADMIN_TOKEN, GatewayPair  # noqa: E402
-from tests.support.net import free_port  # noqa: E402
+from tests.support.arrival_watch import ArrivalWatch
+from tests.support.dovecot import DovecotServer
+from tests.support.gateways import ADMIN_TOKEN, GatewayPair
+from tests.support.net import free_port
 
 HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 

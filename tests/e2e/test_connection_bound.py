@@ -5,6 +5,7 @@ putting mailboxes in error. Real Dovecot instances; connections counted by the s
 from __future__ import annotations
 
 import threading
+from typing import Self
 
 import httpx
 import pytest
@@ -42,7 +43,7 @@ class Sampler:
                 self.peak[name] = max(self.peak[name], imap_sessions(server))
             self.samples += 1
 
-    def __enter__(self) -> Sampler:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
