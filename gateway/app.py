@@ -14,6 +14,7 @@ from mailrepl.gateway.queue_status import (
     QueueCollector, alarms_router, gateway_alarms, mailbox_queue_fields, queue_alarm_producer,
 )
 from mailrepl.gateway.preflight_api import PreflightService, preflight_router
+from mailrepl.gateway.push_api import PUSH_PREFIX, PushCounter, push_router
 from mailrepl.gateway.registry import Registry
 from mailrepl.gateway.shipper import Shipper
 from mailrepl.gateway.verify import MailboxVerifier
@@ -21,6 +22,9 @@ from mailrepl.gateway.verify_api import VerifyMetrics, verify_alarm_producer, ve
 from mailrepl.gateway.verify_jobs import VerifyJobs
 from mailrepl.gateway.verify_repair import Repairer
 from mailrepl.shared.runtime.watcher import PushWatchers
+from mailrepl.shared.runtime.connection_pool import pooled, push_budget, push_opener
+from mailrepl.shared.runtime.scale_status import ScaleCollector, connection_status, link_status
+from mailrepl.shared.protocol.link_rate import LinkRateCap
 from mailrepl.shared.adapters.factory import make_adapter
 from mailrepl.shared.runtime.api_common import make_app
 from mailrepl.shared.runtime.audit import AuditLog, AuditMiddleware
@@ -57,7 +61,9 @@ class SourceGateway:
         sealer = Sealer(g.encryption.key, g.encryption.old_keys)  # at-rest encryption (off without a key)
         self.store = open_store(g.state_url, sealer=sealer)
         self.store.migrate()
-        self.adapters = {srv.name: make_adapter(srv) for srv in settings.servers}
+        # one bounded pool of connections per server, shared by capture, push, verify and failback
+        self.adapters = {srv.name: pooled(srv, make_adapter(srv)) for srv in settings.servers}
+        self.push_budget = {srv.name: push_budget(srv) for srv in settings.servers}
         self.body_lock = threading.Lock()
         # back-pressure: the copy queue's bound and the state store's disk (see queue_gate)
         self.queue_gate = QueueGate(self.store, g.queue, state_dir=sqlite_dir(g.state_url))
@@ -66,10 +72,13 @@ class SourceGateway:
         self.peer = make_peer_client(peer.url, token=peer.token, source_id=g.id, timeout=peer.timeout,
                                      ca_file=peer.ca_file, client_cert=peer.client_cert, client_key=peer.client_key,
                                      transport=transport)
+        # the link's rate cap (token buckets by time of day, a share kept for live changes)
+        self.rate_cap = LinkRateCap(settings.link.schedule, live_share=settings.link.live_share)
         self.shipper = Shipper(
             self.store, g.id, self.peer,
             max_changes=peer.batch_max_changes, max_bytes=peer.batch_max_bytes, part_threshold=peer.part_threshold,
             retry_initial=peer.retry_initial, retry_max=peer.retry_max, body_lock=self.body_lock,
+            rate_cap=self.rate_cap,
         )
         self.registry = Registry(self.store, self.adapters, shipper_error=lambda: self.shipper.last_error,
                                  queue_fields=lambda usage, protected, site: mailbox_queue_fields(
@@ -79,9 +88,9 @@ class SourceGateway:
         self.registry.before_first_protection = self.preflight.before_first_protection
         self.workers = MailboxWorkers(
             "capture", self._jobs, workers=g.workers, poll_interval=g.poll_interval,
-            on_error=self.registry.record_error,
+            on_error=self.registry.record_error, idle_poll_max=g.idle_poll_max, release_sessions=True,
         )
-        self.watchers = PushWatchers(self.workers.wake)
+        self.watchers = PushWatchers(self.workers.wake, limit=sum(self.push_budget.values()))
         # cutover/failback: learns where each mailbox is active, replays the standby's changes
         # on the primary at failback
         self.failback = FailbackPuller(
@@ -111,6 +120,8 @@ class SourceGateway:
                                      "Bytes of standby changes received for failback", registry=self.metrics)
         self._failback_bytes.set_function(lambda: self.failback.wire_bytes)
         self.metrics.register(_ByteCounters(self.registry))
+        self.push_counter = PushCounter()  # server-side push wake-ups (Dovecot push_notification)
+        self.metrics.register(ScaleCollector("source", self.adapters.values(), self.rate_cap, self.push_counter))
         self.metrics.register(QueueCollector(self.queue_gate, self.registry.list_status,
                                              lambda: self.shipper.peer_disk_full))
         # verify: the primary read here, the standby listed by the recovery gateway
@@ -133,11 +144,16 @@ class SourceGateway:
             )
         jobs = []
         watch = {}
-        for mid, server, address in rows:
+        # push connections for the most recently active mailboxes of each server, within its budget
+        active = set(self.workers.most_active(sum(self.push_budget.values()) * 4))
+        per_server: dict[str, int] = {}
+        for mid, server, address in sorted(rows, key=lambda r: r[0] not in active):
             adapter = self.adapters.get(server)
             if adapter is None:
                 continue
-            watch[mid] = lambda a=adapter, addr=address: a.open(addr)
+            if mid in active and per_server.get(server, 0) < self.push_budget.get(server, 0):
+                per_server[server] = per_server.get(server, 0) + 1
+                watch[mid] = push_opener(adapter, address)
             jobs.append(
                 Job(
                     key=mid,
@@ -165,7 +181,7 @@ class SourceGateway:
                     self._resync_due[mid] = ((w.server, w.address), w.token)
         self.workers.wake()
 
-    def _cycle(self, mailbox_id: int, session) -> None:
+    def _cycle(self, mailbox_id: int, session) -> bool:
         with self._resync_lock:
             due = self._resync_due.pop(mailbox_id, None)
         if due is not None:
@@ -177,6 +193,8 @@ class SourceGateway:
         report = self.capture.cycle(mailbox_id, session)
         if report.changes:
             self.shipper.wake_event.set()
+        # found work (or left some: paused, not caught up): swept at every poll again
+        return bool(report.changes or report.pending or report.paused or report.wrote) or due is not None
 
     def start(self) -> None:
         try:
@@ -207,7 +225,9 @@ class SourceGateway:
     def app(self):
         def health() -> dict:
             return {"role": "source", "id": self.settings.gateway.id, "peer_error": self.shipper.last_error,
-                    "alarms": gateway_alarms(self.queue_gate, lambda: self.shipper.peer_disk_full)}
+                    "alarms": gateway_alarms(self.queue_gate, lambda: self.shipper.peer_disk_full),
+                    "connections": connection_status(self.adapters.values()),
+                    "push_watchers": len(self.watchers), "link": link_status(self.rate_cap)}
 
         g = self.settings.gateway
         tokens, audit = TokenStore(self.store), AuditLog(self.store)
@@ -219,8 +239,9 @@ class SourceGateway:
         app.include_router(verify_router(self.registry, self.store, self.verify, authz))
         app.include_router(preflight_router(self.preflight, authz))
         app.include_router(security_router(tokens, audit, authz))
+        app.include_router(push_router(self.store, authz, self.workers.wake, self.push_counter))
         app.include_router(alarms_router(self.queue_gate, authz, lambda: self.shipper.peer_disk_full))
-        app.add_middleware(AuditMiddleware, audit=audit)
+        app.add_middleware(AuditMiddleware, audit=audit, refusals_only=(PUSH_PREFIX,))
         self.alerts = mount_console(  # /ui/, the status views, alerts (after every other middleware)
             app, role="source", gateway_id=g.id, resolver=resolver(g, tokens), authz=authz,
             statuses=self.registry.list_status, metrics=self.metrics, alerts=self.settings.alerts,

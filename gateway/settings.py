@@ -2,7 +2,7 @@
 
 ::
 
-    [gateway]   id, state_url, listen, admin_token, poll_interval, workers, fetch_chunk, log_level,
+    [gateway]   id, state_url, listen, admin_token, poll_interval, idle_poll_max, workers, fetch_chunk, log_level,
                 tls_cert, tls_key, tls_client_ca, plaintext (the admin API; see ``tls_settings``),
                 encryption_key(_file), encryption_old_key_files,
                 max_json_bytes, metrics_open, docs_open,
@@ -10,6 +10,8 @@
                 queue_warn_percent, min_free_bytes (back-pressure, see ``_read_queue``)
     [peer]      url, token, batch_max_changes, batch_max_bytes, part_threshold, timeout, retry_initial,
                 retry_max, ca_file, client_cert, client_key
+    [link]      optional rate cap of the gateway link: rate_mbit, live_share_percent, and
+                [[link.windows]] (from, to, rate_mbit) by local time of day (see ``_read_link``)
 
 The peer is reached with this gateway's client certificate (``client_cert``/``client_key``:
 mutual TLS, the recommended mode) and/or a bearer ``token`` bound to this source at the
@@ -53,12 +55,14 @@ from mailrepl.shared.engines.queue_gate import (
 from mailrepl.shared.config.alerts_settings import AlertSettings, read_alerts
 from mailrepl.shared.config.tls_settings import ServerTlsSettings, read_server_tls
 from mailrepl.shared.config.toml_reader import Table, open_config
+from mailrepl.shared.protocol.link_rate import LinkSchedule, RateWindow, parse_clock
 
 __all__ = [
     "ENV_PEER_TOKEN",
     "DEFAULT_LISTEN",
     "SourceGatewaySettings",
     "PeerSettings",
+    "LinkSettings",
     "SourceSettings",
     "load_source_settings",
     "load_source_gateway",
@@ -69,6 +73,10 @@ ENV_PEER_TOKEN = "MAILREPL_PEER_TOKEN"
 DEFAULT_STATE_URL = "sqlite:///mailrepl-source.sqlite"
 DEFAULT_LISTEN = "127.0.0.1:8470"
 DEFAULT_POLL_INTERVAL = 5.0
+# An idle mailbox is polled further apart after each quiet poll, up to this (push wake-ups and the
+# most recently active mailboxes keep their latency; 1,000 idle mailboxes cost ~8 polls a second)
+DEFAULT_IDLE_POLL_MAX = 120.0
+DEFAULT_LIVE_SHARE_PERCENT = 20
 DEFAULT_WORKERS = 4
 DEFAULT_FETCH_CHUNK = 200
 DEFAULT_BATCH_MAX_CHANGES = 2000
@@ -88,6 +96,7 @@ class SourceGatewaySettings:
     admin_token: str = field(repr=False)
     tls: ServerTlsSettings = ServerTlsSettings(plaintext=True)
     poll_interval: float = DEFAULT_POLL_INTERVAL
+    idle_poll_max: float = DEFAULT_IDLE_POLL_MAX  # a mailbox quiet for long is polled at most this far apart
     workers: int = DEFAULT_WORKERS
     fetch_chunk: int = DEFAULT_FETCH_CHUNK
     failback_blob_dir: str = DEFAULT_FAILBACK_BLOB_DIR  # parts of standby changes replayed at failback
@@ -118,10 +127,32 @@ class PeerSettings:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LinkSettings:
+    """The rate cap of the link to the recovery gateway (no cap by default)."""
+
+    schedule: LinkSchedule = LinkSchedule()
+    live_share: float = DEFAULT_LIVE_SHARE_PERCENT / 100  # of the cap kept for live changes during a seed
+
+    def describe(self) -> str:
+        if not self.schedule.capped:
+            return "link: no rate cap"
+        windows = ", ".join(f"{w.start // 60:02d}:{w.start % 60:02d}-{w.end // 60:02d}:{w.end % 60:02d} "
+                            f"{_mbit(w.rate)}" for w in self.schedule.windows)
+        return (f"link: capped at {_mbit(self.schedule.default)}"
+                + (f", windows {windows}" if windows else "")
+                + f", {round(self.live_share * 100)} % kept for live changes")
+
+
+def _mbit(rate: float) -> str:
+    return f"{rate / 125_000:g} Mbit/s" if rate > 0 else "no cap"
+
+
+@dataclass(frozen=True, kw_only=True)
 class SourceSettings:
     gateway: SourceGatewaySettings
     peer: PeerSettings
     servers: tuple[ServerSettings, ...]
+    link: LinkSettings = LinkSettings()
     alerts: AlertSettings = AlertSettings()  # [alerts]: thresholds, webhook, mail
 
     def summary(self) -> str:
@@ -142,6 +173,7 @@ class SourceSettings:
             f"({g.queue.mailbox_max_changes} / {g.queue.mailbox_max_bytes} per mailbox), alarm at "
             f"{round(g.queue.warn_ratio * 100)} %, free-space floor {g.queue.min_free_bytes} bytes",
             f"  {self.alerts.describe()}",
+            f"  {self.link.describe()}",
         ]
         lines += [describe_server(s) for s in self.servers]
         return "\n".join(lines)
@@ -156,6 +188,7 @@ def _read_gateway(table: Table) -> SourceGatewaySettings:
         admin_token=read_token(table, "admin_token", ENV_ADMIN_TOKEN),
         tls=read_server_tls(table),
         poll_interval=table.seconds("poll_interval", DEFAULT_POLL_INTERVAL),
+        idle_poll_max=table.seconds("idle_poll_max", DEFAULT_IDLE_POLL_MAX),
         workers=table.integer("workers", DEFAULT_WORKERS, minimum=1),
         fetch_chunk=table.integer("fetch_chunk", DEFAULT_FETCH_CHUNK, minimum=1),
         failback_blob_dir=str(table.resolve(table.string("failback_blob_dir", DEFAULT_FAILBACK_BLOB_DIR))),
@@ -168,7 +201,32 @@ def _read_gateway(table: Table) -> SourceGatewaySettings:
         queue=_read_queue(table),
     )
     table.finish()
+    if settings.idle_poll_max < settings.poll_interval:
+        raise table.error("idle_poll_max", f"must be >= poll_interval ({settings.poll_interval:g}), "
+                                           f"got {settings.idle_poll_max:g}")
     return settings
+
+
+def _read_link(table: Table) -> LinkSettings:
+    """``[link]``: ``rate_mbit`` (0 or missing: no cap), ``live_share_percent`` (default 20) and
+    ``[[link.windows]]`` with ``from``/``to`` ("HH:MM", local time; a window may run past
+    midnight, "24:00" ends at midnight) and that window's ``rate_mbit`` (0: no cap then). The
+    first window that holds sets the cap, else ``rate_mbit``."""
+    rate = table.number("rate_mbit", 0.0)
+    share = table.integer("live_share_percent", DEFAULT_LIVE_SHARE_PERCENT, minimum=0, maximum=90)
+    windows = []
+    for w in table.tables("windows"):
+        try:
+            start, end = parse_clock(w.string("from")), parse_clock(w.string("to"))
+            window = RateWindow(start, end, w.number("rate_mbit") * 125_000)
+        except ValueError as exc:
+            raise w.error("from", str(exc)) from None
+        if start == 24 * 60:
+            raise w.error("from", "a window cannot start at 24:00")
+        w.finish()
+        windows.append(window)
+    table.finish()
+    return LinkSettings(schedule=LinkSchedule(default=rate * 125_000, windows=tuple(windows)), live_share=share / 100)
 
 
 def _read_queue(table: Table) -> QueueLimits:
@@ -232,6 +290,7 @@ def load_source_settings(path: str | Path, environ: Mapping[str, str] | None = N
         peer=_read_peer(root.table("peer")),
         servers=read_servers(root),
         alerts=read_alerts(root.table("alerts", required=False)),
+        link=_read_link(root.table("link", required=False)),
     )
     root.finish()
     refuse_reused(root, {"gateway.admin_token": settings.gateway.admin_token, "peer.token": settings.peer.token},

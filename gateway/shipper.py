@@ -24,6 +24,7 @@ from mailrepl.shared.errors import PeerRefused
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.outbox import drop_unreferenced_bodies
 from mailrepl.shared.store.models import Mailbox, OutboxRow
+from mailrepl.shared.protocol.link_rate import LinkRateCap
 from mailrepl.shared.protocol.peer_client import HttpClient, PeerClient, as_peer_client
 from mailrepl.shared.protocol.wire import Ack, encode_batch
 
@@ -34,6 +35,7 @@ log = logging.getLogger("mailrepl.shipper")
 REFUSED_PREFIX = "refused by the recovery gateway: "
 INSUFFICIENT_STORAGE = 507  # the recovery gateway could not store a batch: its disk is full
 REFUSED_RETRY = 300.0  # seconds: mailboxes set aside for a refusal are tried again this often
+LIVE_BACKLOG = 20  # under a rate cap, a mailbox at most this many changes behind ships as live traffic
 
 
 class ShipStats:
@@ -59,8 +61,10 @@ class Shipper:
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         body_lock: threading.Lock | None = None,
+        rate_cap: LinkRateCap | None = None,
     ) -> None:
         self.store = store
+        self.rate_cap = rate_cap if rate_cap is not None and rate_cap.enabled else None
         self.source_id = source_id
         # the recovery gateway; an HTTP client (base URL the recovery gateway) is wrapped with ``token``
         self.peer = as_peer_client(peer, token=token, source_id=source_id)
@@ -152,7 +156,10 @@ class Shipper:
         peer named (403/422), or the one mailbox of a batch too large for it (413: a message
         bigger than the recovery gateway's ``max_batch_bytes``)."""
         try:
-            return self.peer.send_batch(data)
+            if self.rate_cap is None:
+                return self.peer.send_batch(data)
+            live = not self._seeding(built)
+            return self.peer.send_batch(data, paced=self.rate_cap.chunks(data, live=live))
         except PeerRefused as exc:
             if exc.status_code in (403, 422) and exc.mailboxes:
                 self._set_aside(exc.mailboxes, exc.detail)
@@ -171,6 +178,25 @@ class Shipper:
                                                f"over the recovery gateway's limit ({exc.detail})")
             self._unshrink()
             return None
+
+    def _seeding(self, built: Built) -> bool:
+        """Is the batch bulk traffic under the cap: does it carry changes of a mailbox being seeded,
+        or of one more than ``LIVE_BACKLOG`` changes behind (a seed, a mass import, a resync)?"""
+        who = {(seg.server, seg.address) for seg in built.batch.segments}
+        with self.store.read() as s:
+            rows = s.execute(select(Mailbox.server, Mailbox.address, Mailbox.phase, Mailbox.last_seq - Mailbox.acked_seq)
+                             .where(Mailbox.address.in_({a for _, a in who})))
+            return any((server, address) in who and (phase == "seeding" or behind > LIVE_BACKLOG)
+                       for server, address, phase, behind in rows)
+
+    def _fit_to_cap(self) -> None:
+        """Under a cap: batches of half a second of it, least behind mailboxes first, so a live
+        change goes in the next batch instead of after the seed."""
+        if self.rate_cap is None or self._shrink_until is not None:
+            return
+        self.builder.max_bytes = self.rate_cap.batch_bytes(self.max_bytes)
+        self.builder.live_first = self.builder.max_bytes < self.max_bytes
+        self.builder.live_backlog = LIVE_BACKLOG
 
     def _unshrink(self) -> None:
         self._shrink_until = None
@@ -296,6 +322,7 @@ class Shipper:
                 if time.monotonic() - last_release >= REFUSED_RETRY:
                     last_release = time.monotonic()
                     self.release_refused()
+                self._fit_to_cap()
                 sent = self.ship_pipelined() > 0
                 if not sent and self._pending_apply() and time.monotonic() - last_poll > 0.5:
                     self.poll_progress()

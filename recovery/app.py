@@ -12,6 +12,8 @@ from mailrepl.recovery.standby_findings import StandbyFindingsCollector
 from mailrepl.shared.engines.special_folders import AliasingAdapter, FolderAliases
 
 from mailrepl.shared.runtime.watcher import PushWatchers
+from mailrepl.shared.runtime.connection_pool import pooled, push_budget, push_opener
+from mailrepl.shared.runtime.scale_status import ScaleCollector, connection_status
 from mailrepl.recovery.api import admin_router, ingest_router
 from mailrepl.recovery.disk_guard import DiskCollector, DiskGuard, disk_alarm_producer, disk_router
 from mailrepl.shared.errors import DiskFull
@@ -68,6 +70,7 @@ PEER_JSON_BYTES = 16 * 1024 * 1024  # the source gateway's JSON requests (body q
 OPEN_PATHS = frozenset({"/healthz", "/auth", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 GC_INTERVAL = 3600.0  # seconds between garbage collections of bodies and parts
 DR_POLL_INTERVAL = 5.0  # capture on the standby after cutover: polls, woken sooner by push
+DR_IDLE_POLL_MAX = 120.0  # … a mailbox quiet at DR is polled further apart, up to this (as at the source)
 
 
 class RecoveryGateway:
@@ -77,9 +80,12 @@ class RecoveryGateway:
         sealer = Sealer(g.encryption.key, g.encryption.old_keys)  # at-rest encryption (off without a key)
         self.store = open_store(g.state_url, sealer=sealer)
         self.store.migrate()
+        # one bounded pool of connections per standby server: replay, standby view, cutover, DR capture, push
+        self.pools = {srv.name: pooled(srv, make_adapter(srv)) for srv in settings.servers}
         # special folders pair with the standby's own (engines/special_folders)
-        self.adapters = {srv.name: AliasingAdapter(make_adapter(srv), FolderAliases(self.store, srv.name))
+        self.adapters = {srv.name: AliasingAdapter(self.pools[srv.name], FolderAliases(self.store, srv.name))
                          for srv in settings.servers}
+        self.push_budget = {srv.name: push_budget(srv) for srv in settings.servers}
         self.routes = dict(settings.routes)
         self.bodies = BodyStore(self.store, BlobStore(g.blob_dir, sealer=sealer))
         # the mass-delete guard holds a mailbox's deletions when too many come at once (replay's gate)
@@ -93,7 +99,8 @@ class RecoveryGateway:
         self.check_interval = g.standby_check_interval
         self._checked: dict[int, float] = {}  # replica id -> when its standby copy was last checked
         self.workers = MailboxWorkers(
-            "replay", self._jobs, workers=g.workers, poll_interval=1.0, on_error=self._record_error
+            "replay", self._jobs, workers=g.workers, poll_interval=1.0, on_error=self._record_error,
+            release_sessions=True,
         )
         self.receiver = Receiver(self.store, self.bodies, self.route, on_received=self.workers.wake)
         # who may send what: checked before the receiver writes anything
@@ -103,8 +110,10 @@ class RecoveryGateway:
         f = settings.failover
         self.locks = KeyedLocks()
         self.capture = CaptureEngine(self.store)
-        self.dr_workers = MailboxWorkers("dr-capture", self._dr_jobs, workers=g.workers, poll_interval=DR_POLL_INTERVAL)
-        self.dr_watchers = PushWatchers(self.dr_workers.wake)  # NOTIFY/IDLE wake-ups, as at the source
+        self.dr_workers = MailboxWorkers("dr-capture", self._dr_jobs, workers=g.workers, poll_interval=DR_POLL_INTERVAL,
+                                         idle_poll_max=DR_IDLE_POLL_MAX, release_sessions=True)
+        # NOTIFY/IDLE wake-ups, as at the source: for the most active mailboxes, within each server's budget
+        self.dr_watchers = PushWatchers(self.dr_workers.wake, limit=sum(self.push_budget.values()))
         self.cutover = CutoverService(self.store, self.replay, self._open_standby, self.locks,
                                       on_done=self.dr_workers.wake, view=self.view,
                                       cached_session=lambda rep: self.workers.take_session(rep.id))
@@ -144,6 +153,7 @@ class RecoveryGateway:
         self.disk = DiskGuard({"state": sqlite_dir(g.state_url), "blobs": Path(g.blob_dir)}, g.min_free_bytes)
         self.metrics.register(DiskCollector(self.disk))
         self.metrics.register(StandbyFindingsCollector(self.store))  # refused and altered messages
+        self.metrics.register(ScaleCollector("recovery", self.pools.values()))
 
     def route(self, primary_server: str) -> str | None:
         if primary_server in self.routes:
@@ -245,22 +255,28 @@ class RecoveryGateway:
             ))
         jobs = []
         watch = {}
-        for mbx_id, rid, target, address in rows:
+        active = set(self.dr_workers.most_active(sum(self.push_budget.values()) * 4))
+        per_server: dict[str, int] = {}
+        for mbx_id, rid, target, address in sorted(rows, key=lambda r: ("dr", r[0]) not in active):
             adapter = self.adapters.get(target)
             if adapter is None:
                 continue
-            watch[("dr", mbx_id)] = lambda a=adapter, addr=address: a.open(addr)
+            if ("dr", mbx_id) in active and per_server.get(target, 0) < self.push_budget.get(target, 0):
+                per_server[target] = per_server.get(target, 0) + 1
+                watch[("dr", mbx_id)] = push_opener(self.pools[target], address)
             jobs.append(Job(key=("dr", mbx_id), open_session=lambda a=adapter, addr=address: a.open(addr),
                             run=lambda sess, m=mbx_id, r=rid: self._dr_cycle(m, r, sess)))
         self.dr_watchers.sync(watch)
         return jobs
 
-    def _dr_cycle(self, mbx_id: int, rid: int, session) -> None:
+    def _dr_cycle(self, mbx_id: int, rid: int, session) -> bool:
         with self.locks(rid):
             with self.store.read() as s:
                 if s.get(Replica, rid).site_state not in (SiteState.ACTIVE_AT_DR.value, SiteState.FAILING_BACK.value):
-                    return
-            self.capture.cycle(mbx_id, session)
+                    return False
+            report = self.capture.cycle(mbx_id, session)
+        # found work (or left some): polled at every interval again, else further apart
+        return bool(report.changes or report.pending or report.paused or report.wrote)
 
     def _auto_cutover(self, server: str) -> list[dict]:
         with self.store.read() as s:
@@ -366,7 +382,9 @@ class RecoveryGateway:
         tokens, audit = TokenStore(self.store), AuditLog(self.store)
         authz = Authorizer(admin_resolver(g.admin_token, tokens))
         app = make_app("mailrepl recovery gateway", self.metrics,
-                       lambda: {"role": "recovery", "id": g.id, "alarms": [self.disk.alarm] if self.disk.alarm else []},
+                       lambda: {"role": "recovery", "id": g.id, "alarms": [self.disk.alarm] if self.disk.alarm else [],
+                                "connections": connection_status(self.pools.values()),
+                                "push_watchers": len(self.dr_watchers)},
                        self._refresh_metrics, authz=authz,
                        metrics_open=g.metrics_open, docs_open=g.docs_open, start=self.start, stop=self.stop,
                        guard=guard_policy(g, self.access, tokens))

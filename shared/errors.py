@@ -6,6 +6,7 @@
     ├── ConfigError                    a wrong or missing setting (one line, names the key)
     ├── AdapterError                   a mail server said no or could not be reached
     │   ├── ServerUnavailable          connect/IO failure, timeout, BYE           (retryable)
+    │   │   └── ServerBusy             no connection to the server free now: wait, not an error of the mailbox
     │   ├── AuthenticationFailed       service account refused                     (not retryable)
     │   ├── MailboxNotFound            the server has no such user/mailbox
     │   ├── FolderNotFound             no such folder
@@ -31,6 +32,7 @@ __all__ = [
     "ConfigError",
     "AdapterError",
     "ServerUnavailable",
+    "ServerBusy",
     "AuthenticationFailed",
     "MailboxNotFound",
     "FolderNotFound",
@@ -73,6 +75,14 @@ class AdapterError(MailreplError):
 class ServerUnavailable(AdapterError):
     retryable = True
     back_off = 1.0
+
+
+class ServerBusy(ServerUnavailable):
+    """Every connection the gateway may open to the server is in use, or the server refused one more
+    while others are open: the work waits (``back_off``); the mailbox is not in error."""
+
+    retryable = True
+    back_off = 2.0
 
 
 class AuthenticationFailed(AdapterError):

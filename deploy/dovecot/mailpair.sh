@@ -73,7 +73,7 @@ render() { # instance imap_port lmtp_port max_mail_size
   local -A values=(
     [NAME]=$n [BASE]=$d [LISTEN]=127.0.0.1 [IMAP_PORT]=$2 [LMTP_PORT]=$3 [MAIL_LOCATION]=$location
     [MAIL_FSYNC]=${MAIL_FSYNC:-optimized} [MAIL_USER]=$MAIL_USER [MAIL_GROUP]=$MAIL_GROUP
-    [MAIL_PLUGINS]=$plugins [QUOTA_MAX_MAIL_SIZE]=${size:-0}
+    [MAIL_PLUGINS]=$plugins [QUOTA_MAX_MAIL_SIZE]=${size:-0} [IMAP_PROCESS_LIMIT]=${IMAP_PROCESS_LIMIT:-1024} [IMAP_MIN_AVAIL]=8
   )
   local script=() key
   for key in "${!values[@]}"; do script+=(-e "s|@$key@|$(sed_escape "${values[$key]}")|g"); done

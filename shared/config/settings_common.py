@@ -60,6 +60,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 DEFAULT_MAX_JSON_BYTES = 64 * 1024  # admin API request bodies (JSON)
 
 DEFAULT_IMAP_TIMEOUT = 30.0
+# Connections per IMAP server and gateway (capture or replay, standby view, cutover, verify and push
+# wake-ups share them): far inside Dovecot's default `process_limit` (1024 imap processes) and a
+# Cyrus `maxchild` of a few hundred. The push connections are taken from the same bound.
+DEFAULT_IMAP_MAX_CONNECTIONS = 16
+DEFAULT_IMAP_PUSH_CONNECTIONS = 4
 DEFAULT_IMAP_AUTH = "sasl-plain"
 IMAP_TLS_MODES = ("none", "starttls", "tls")
 IMAP_AUTH_MODES = ("sasl-plain", "login-master")
@@ -125,6 +130,8 @@ class ImapServerSettings:
     ca_file: Path | None = None
     users: tuple[str, ...] = ()  # the list and users_file merged, in order, without duplicates
     users_file: Path | None = None  # kept to say where the users came from
+    max_connections: int = DEFAULT_IMAP_MAX_CONNECTIONS  # open at a time, all uses together
+    push_connections: int = DEFAULT_IMAP_PUSH_CONNECTIONS  # of them: push wake-ups of the most active mailboxes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -175,7 +182,8 @@ def describe_server(server: ServerSettings) -> str:
     host = f"[{server.host}]" if ":" in server.host else server.host
     return (
         f'server "{server.name}" ({server.kind}): {host}:{server.port}, tls {server.tls}, '
-        f'{server.auth} as "{server.service_user}", {users}'
+        f'{server.auth} as "{server.service_user}", {users}, at most {server.max_connections} connections '
+        f'({server.push_connections} for push)'
     )
 
 
@@ -368,6 +376,12 @@ def _read_users(table: Table) -> tuple[tuple[str, ...], Path | None]:
 def _read_imap_server(table: Table, name: str) -> ImapServerSettings:
     tls = table.choice("tls", IMAP_TLS_MODES)
     users, users_file = _read_users(table)
+    max_connections = table.integer("max_connections", DEFAULT_IMAP_MAX_CONNECTIONS, minimum=2, maximum=4096)
+    push_connections = table.integer("push_connections", min(DEFAULT_IMAP_PUSH_CONNECTIONS, max_connections // 2),
+                                     minimum=0)
+    if push_connections > max_connections // 2:
+        raise table.error("push_connections", f"must be at most half of max_connections ({max_connections // 2}): "
+                                              f"the others are needed to capture and replay, got {push_connections}")
     return ImapServerSettings(
         name=name,
         kind="imap",
@@ -382,6 +396,8 @@ def _read_imap_server(table: Table, name: str) -> ImapServerSettings:
         ca_file=table.file("ca_file"),
         users=users,
         users_file=users_file,
+        max_connections=max_connections,
+        push_connections=push_connections,
     )
 
 

@@ -182,6 +182,14 @@ class Table:
 
         return float(self._typed(name, default, ok, "a number of seconds > 0"))
 
+    def number(self, name: str, default: Any = _REQUIRED, *, minimum: float = 0.0) -> float:
+        """A finite number >= ``minimum`` (TOML integers are accepted)."""
+
+        def ok(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= minimum
+
+        return float(self._typed(name, default, ok, f"a number >= {minimum:g}"))
+
     def boolean(self, name: str, default: Any = _REQUIRED) -> bool:
         return self._typed(name, default, lambda v: isinstance(v, bool), "true or false")
 

@@ -1,6 +1,6 @@
 """Build the next batch from the outbox, sending each body and each part across the WAN once.
 
-1. Per mailbox (most behind first), the next contiguous range of unacknowledged changes, up to
+1. Per mailbox (most behind first; least behind first with ``live_first``), the next contiguous range of unacknowledged changes, up to
    ``max_changes`` in all.
 2. Ask the recovery gateway which of the bodies these changes refer to it lacks (one round trip).
    Bodies it holds — the same message delivered to many mailboxes, a message that came back —
@@ -68,6 +68,11 @@ class BatchBuilder:
         self.held = held  # asks the recovery gateway; must raise on failure, never guess
         self.max_changes = max_changes
         self.max_bytes = max_bytes
+        # least behind first (live changes ahead of a seed: the link is capped), else most behind first;
+        # then a batch that starts with live mailboxes (at most ``live_backlog`` changes behind) holds
+        # only those, so it does not wait behind a throttled seed
+        self.live_first = False
+        self.live_backlog = 0
         self.part_threshold = part_threshold
         # bodies the recovery gateway could not reassemble: sent unsplit from now on
         self.send_whole: set[str] = set()
@@ -135,14 +140,22 @@ class BatchBuilder:
                 select(Mailbox.id, Mailbox.server, Mailbox.address, Mailbox.acked_seq, Mailbox.last_seq)
                 .where(Mailbox.last_seq > Mailbox.acked_seq, Mailbox.ship_error.is_(None),
                        *(() if self.where is None else (self.where,)))
-                .order_by(Mailbox.acked_seq - Mailbox.last_seq, Mailbox.id)
+                .order_by(*((Mailbox.last_seq - Mailbox.acked_seq,) if self.live_first
+                            else (Mailbox.acked_seq - Mailbox.last_seq,)), Mailbox.id)
             ))
+            live_only = False
             for mid, server, address, acked, last in mailboxes:
                 if budget <= 0:
                     break
                 start = max(acked, after.get((server, address), 0))
                 if start >= last:
                     continue
+                if self.live_first:
+                    live = last - acked <= self.live_backlog
+                    if not out:
+                        live_only = live
+                    elif live_only and not live:
+                        break
                 rows = list(s.execute(
                     select(OutboxRow.seq, OutboxRow.change, OutboxRow.sha256, OutboxRow.size, OutboxRow.created_at)
                     .where(OutboxRow.mailbox_id == mid, OutboxRow.seq > start)

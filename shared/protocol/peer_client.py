@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
-from typing import Any, Mapping, Sequence, TypeVar
+from typing import Any, Iterable, Mapping, Sequence, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -120,9 +120,15 @@ class PeerClient:
         # each answer was checked; together they may exceed one answer's limit
         return HeldAnswer.model_construct(messages=lacking_shas, parts=lacking_keys)
 
-    def send_batch(self, data: bytes) -> Ack:
-        """Send one encoded batch (``wire.encode_batch``); the peer's acknowledgement."""
-        r = self._exchange("POST", "/batches", "a batch", content=data, headers={"Content-Type": MEDIA_TYPE},
+    def send_batch(self, data: bytes, *, paced: Iterable[bytes] | None = None) -> Ack:
+        """Send one encoded batch (``wire.encode_batch``); the peer's acknowledgement.
+
+        ``paced``: the same bytes as chunks that a rate cap lets through one by one
+        (``link_rate.LinkRateCap.chunks``); the length is still announced up front."""
+        headers = {"Content-Type": MEDIA_TYPE}
+        if paced is not None:
+            headers["Content-Length"] = str(len(data))
+        r = self._exchange("POST", "/batches", "a batch", content=data if paced is None else paced, headers=headers,
                            refused_back_off=REFUSED_BATCH_BACK_OFF)
         return _ack(r, "a batch")
 

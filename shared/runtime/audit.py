@@ -116,10 +116,12 @@ class AuditMiddleware:
     """Records the watched calls of an ASGI app in an :class:`AuditLog` once their status is known."""
 
     def __init__(self, app, audit: AuditLog, *, prefix: str = "/api/v1", exclude: tuple[str, ...] = ("/api/v1/ingest",),
-                 also: tuple[str, ...] = ("/metrics", "/docs", "/redoc", "/openapi.json")) -> None:
+                 also: tuple[str, ...] = ("/metrics", "/docs", "/redoc", "/openapi.json"),
+                 refusals_only: tuple[str, ...] = ()) -> None:
         self.app = app
         self.audit = audit
         self.prefix, self.exclude, self.also = prefix, exclude, also
+        self.refusals_only = refusals_only  # calls that change nothing however they are made: refusals only
 
     def _watched(self, path: str) -> bool:
         if path in self.also:
@@ -132,7 +134,8 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         method = scope["method"].upper()
-        changing = method in CHANGING
+        path = scope["path"]
+        changing = method in CHANGING and not any(path == p or path.startswith(p + "/") for p in self.refusals_only)
         body = bytearray()
         status = 500
 

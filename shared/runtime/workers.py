@@ -11,10 +11,20 @@ mailbox): with hundreds of mailboxes, a change in one must not start a cycle of 
 Two queues feed the threads: mailboxes woken by name, in the order they were woken, go before
 the poll's sweep of every mailbox; a mailbox already waiting in the sweep moves up when it is
 woken. A sweep of hundreds of idle mailboxes therefore never delays the one that has a change.
+
+Idle cost at scale (``idle_poll_max``): a job whose run returns a false value found nothing to
+do; the periodic sweep then leaves it out for longer after each such run (``poll_interval``
+times 3 per quiet run, at most ``idle_poll_max``), and one that found work is swept every
+``poll_interval`` again. The sweep takes the most recently active first. A wake-up (by name, or
+of all after an admin action) always runs the job. ``most_active(n)`` names the mailboxes that
+had work most recently (the ones worth a push connection). With ``release_sessions`` a job's
+session is closed after each run (a pooled adapter keeps the connection for the next one, within
+its bound) instead of being kept per mailbox.
 """
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import OrderedDict
@@ -23,11 +33,14 @@ from dataclasses import dataclass
 from typing import Callable, Hashable
 
 from mailrepl.shared.adapters.base import MailboxSession
-from mailrepl.shared.errors import MailreplError
+from mailrepl.shared.errors import MailreplError, ServerBusy, ServerUnavailable
 
 __all__ = ["MailboxWorkers", "Job"]
 
 log = logging.getLogger("mailrepl.workers")
+
+IDLE_GROWTH = 3  # a quiet job's sweep interval grows by this factor per quiet run (up to idle_poll_max)
+TRANSIENT_FAILURES = 3  # a server-unavailable error is recorded on the mailbox from this many in a row
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,9 @@ class _Slot:
     failures: int = 0
     not_before: float = 0.0
     group: Hashable | None = None
+    quiet: int = 0  # runs in a row that found nothing to do
+    next_sweep: float = 0.0  # the periodic sweep leaves the job out until then (idle_poll_max)
+    last_active: float = 0.0  # when a run last found work
 
 
 class MailboxWorkers:
@@ -59,8 +75,12 @@ class MailboxWorkers:
         poll_interval: float = 2.0,
         on_error: Callable[[Hashable, BaseException], None] | None = None,
         back_off_max: float = 60.0,
+        idle_poll_max: float | None = None,
+        release_sessions: bool = False,
     ) -> None:
         self.name = name
+        self.idle_poll_max = idle_poll_max
+        self.release_sessions = release_sessions
         self.list_jobs = list_jobs
         self.poll_interval = poll_interval
         self.on_error = on_error
@@ -75,6 +95,7 @@ class MailboxWorkers:
         self._urgent: OrderedDict[Hashable, Job] = OrderedDict()  # queued: woken by name, first woken first
         self._sweep: OrderedDict[Hashable, Job] = OrderedDict()  # queued: by the poll or a wake-up of all
         self._wake_all = True
+        self._forced = True  # the pending sweep was asked for (wake of all), not the poll's
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -86,7 +107,7 @@ class MailboxWorkers:
         """Start due work now: of every job (no ``key``), or of the job of ``key`` only."""
         with self._lock:
             if key is None:
-                self._wake_all = True
+                self._wake_all = self._forced = True
             else:
                 self._woken[key] = True
         self._wake.set()
@@ -113,6 +134,13 @@ class MailboxWorkers:
             session, slot.session = slot.session, None
             return session
 
+    def most_active(self, n: int) -> list[Hashable]:
+        """The ``n`` keys whose jobs found work most recently (never-active ones last)."""
+        with self._lock:
+            ranked = sorted(((s.last_active, k) for k, s in self._slots.items() if s.last_active > 0.0),
+                            key=lambda t: t[0], reverse=True)
+        return [k for _, k in ranked[:n]]
+
     def forget(self, key: Hashable) -> None:
         """Drop the cached session of ``key`` (e.g. after protection was turned off)."""
         with self._lock:
@@ -130,19 +158,30 @@ class MailboxWorkers:
                 jobs = []
             now = time.monotonic()
             with self._lock:
-                run_all, woken = self._wake_all, self._woken
-                self._wake_all, self._woken = False, {}
+                run_all, forced, woken = self._wake_all, self._forced, self._woken
+                self._wake_all, self._forced, self._woken = False, False, {}
                 by_key = {job.key: job for job in jobs}
                 order = [k for k, urgent in woken.items() if urgent and k in by_key]
                 order += [k for k, urgent in woken.items() if not urgent and k in by_key]
                 if run_all:
-                    order += [k for k in by_key if k not in woken]
+                    order += self._sweep_order(by_key, woken, now, forced)
                 for key in order:
                     self._queue(by_key[key], woken.get(key, False), now)
             if not self._wake.wait(self.poll_interval):
                 with self._lock:
                     self._wake_all = True  # the poll: every job
             self._wake.clear()
+
+    def _sweep_order(self, by_key: dict, woken: dict, now: float, forced: bool) -> list[Hashable]:
+        """The keys a sweep queues (lock held): all of them, or with ``idle_poll_max`` those due,
+        the most recently active first."""
+        keys = [k for k in by_key if k not in woken]
+        if self.idle_poll_max is None:
+            return keys
+        slots = self._slots
+        if not forced:
+            keys = [k for k in keys if k not in slots or slots[k].next_sweep <= now]
+        return sorted(keys, key=lambda k: -slots[k].last_active if k in slots else 0.0)
 
     def _group_back(self, group: Hashable) -> None:
         """A job of ``group`` succeeded after failing: its server is back; the group's waiting jobs
@@ -185,16 +224,44 @@ class MailboxWorkers:
             slot = self._slots[key]
         self._run(job, slot)
 
+    @staticmethod
+    def _drop_session(slot: _Slot) -> None:
+        if slot.session is not None:
+            try:
+                slot.session.close()
+            except Exception as exc:  # noqa: BLE001 - it is being thrown away
+                log.debug("closing a session: %s", exc)
+            slot.session = None
+
+    def _note_result(self, slot: _Slot, found: bool) -> None:
+        """Adaptive sweep (``idle_poll_max``): back to every poll after work, further apart when quiet."""
+        if self.idle_poll_max is None:
+            return
+        now = time.monotonic()
+        if found:
+            slot.quiet, slot.last_active, slot.next_sweep = 0, now, 0.0
+            return
+        slot.quiet = min(slot.quiet + 1, 12)
+        slot.next_sweep = now + min(self.idle_poll_max, self.poll_interval * IDLE_GROWTH ** (slot.quiet - 1))
+
     def _run(self, job: Job, slot: _Slot) -> None:
         try:
             if slot.session is None:
                 slot.session = job.open_session()
-            job.run(slot.session)
+            found = job.run(slot.session)
+            if self.release_sessions:
+                session, slot.session = slot.session, None
+                session.close()
+            self._note_result(slot, bool(found))
             recovered = slot.failures > 0
             slot.failures = 0
             slot.not_before = 0.0
             if recovered and job.group is not None:
                 self._group_back(job.group)
+        except ServerBusy as exc:  # the server's connections are all taken: wait, not a failure
+            slot.not_before = time.monotonic() + exc.back_off * (1.0 + random.random())
+            self._drop_session(slot)
+            log.debug("%s: job %s waits: %s", self.name, job.key, exc)
         except BaseException as exc:  # noqa: BLE001 - recorded and retried, never lost
             slot.failures += 1
             retryable = isinstance(exc, MailreplError) and exc.retryable
@@ -203,14 +270,15 @@ class MailboxWorkers:
             if not retryable:
                 delay = max(delay, 5.0)
             slot.not_before = time.monotonic() + delay
-            if slot.session is not None:
-                slot.session.close()
-                slot.session = None
+            self._drop_session(slot)
             if not isinstance(exc, MailreplError):
                 log.exception("%s: job %s failed", self.name, job.key)
             else:
                 log.warning("%s: job %s: %s (retry in %.1fs)", self.name, job.key, exc, delay)
-            if self.on_error is not None:
+            # a connection dropped or refused now and then is the server's load, not the mailbox's
+            # fault: shown once it repeats (a server that stays down is shown within seconds)
+            transient = isinstance(exc, ServerUnavailable) and slot.failures < TRANSIENT_FAILURES
+            if self.on_error is not None and not transient:
                 try:
                     self.on_error(job.key, exc)
                 except Exception:

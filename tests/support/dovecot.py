@@ -133,6 +133,9 @@ class DovecotServer:
     instance refuses larger messages on APPEND (``NO [LIMIT]``) and on LMTP delivery.
     ``mail_fsync`` defaults to ``never``: tests crash processes, not the machine, and data that
     was written but not fsynced survives a killed process in the page cache.
+    ``imap_process_limit`` is the most imap sessions Dovecot serves at once (its default, 1024,
+    unless a test makes a server that refuses more); ``extra_config`` is appended to the rendered
+    configuration (e.g. the push_notification plugin).
     ``netns`` runs the master inside that network namespace (``ip netns exec``); ``host`` is then
     the address the test side reaches it at (an address of the namespace's link), and the
     listeners bind both the namespace's loopback and ``host``.
@@ -146,7 +149,8 @@ class DovecotServer:
     def __init__(self, name: str, users: Iterable[str], *, base: Path | None = None,
                  imap_port: int | None = None, lmtp_port: int | None = None, mail_format: str = "mdbox",
                  mail_fsync: str = "never", max_mail_size: str | None = None,
-                 master_password: str = PASSWORD, netns: str | None = None, host: str | None = None) -> None:
+                 master_password: str = PASSWORD, netns: str | None = None, host: str | None = None,
+                 imap_process_limit: int = 1024, extra_config: str = "") -> None:
         reason = dovecot_missing_reason()
         if reason:
             raise DovecotUnavailable(reason)
@@ -167,6 +171,8 @@ class DovecotServer:
             self.host = host
         self.master_password = master_password  # the service account's (users keep PASSWORD)
         self.mail_format, self.mail_fsync, self.max_mail_size = mail_format, mail_fsync, max_mail_size
+        self.imap_process_limit = imap_process_limit
+        self.extra_config = extra_config
         # an explicit base must be traversable by the mail user (pytest's tmp_path is not)
         self._owns_base = base is None
         self.base = Path(base) if base is not None else Path(tempfile.mkdtemp(prefix=f"mailrepl-{name}-"))
@@ -224,8 +230,10 @@ class DovecotServer:
             "MAIL_GROUP": MAIL_GROUP,
             "MAIL_PLUGINS": "quota" if self.max_mail_size else "",
             "QUOTA_MAX_MAIL_SIZE": self.max_mail_size or "0",
+            "IMAP_PROCESS_LIMIT": str(self.imap_process_limit),
+            "IMAP_MIN_AVAIL": str(min(8, self.imap_process_limit)),
         }
-        self.config.write_text(render_config(TEMPLATE.read_text(), values))
+        self.config.write_text(render_config(TEMPLATE.read_text(), values) + self.extra_config)
 
     def log_tail(self, lines: int = 40) -> str:
         try:

@@ -104,12 +104,15 @@ class GatewayPair:
                  recovery_extra: str = "", with_primaries: bool = False, source_gateway_extra: str = "",
                  recovery_gateway_extra: str = "", recovery_prefix: list[str] | None = None,
                  recovery_host: str = "127.0.0.1", peer_url: str | None = None,
-                 source_workers: int = 4, recovery_workers: int = 4, peer_timeout: float | None = None) -> None:
+                 source_workers: int = 4, recovery_workers: int = 4, peer_timeout: float | None = None,
+                 server_extra: str = "", source_extra: str = "", source_port: int | None = None) -> None:
         """``recovery_prefix``/``recovery_host``: run the recovery gateway under a command prefix
         (a network namespace) listening on that address; ``peer_url``: where the source gateway
-        sends to (default: the recovery gateway itself)."""
+        sends to (default: the recovery gateway itself); ``server_extra``: lines added to both
+        gateways' mail server tables (``max_connections = 6``); ``source_extra``: tables added to the
+        source gateway's config (``[link]``)."""
         self.tmp = tmp
-        sport, rport = free_port(), free_port()
+        sport, rport = source_port or free_port(), free_port()
         peer_url = peer_url or f"http://{recovery_host}:{rport}"
         src = tmp / "source.toml"
         src.write_text(
@@ -132,7 +135,8 @@ retry_max = 2.0
 """
             + (f"part_threshold = {part_threshold}\n" if part_threshold is not None else "")
             + (f"timeout = {peer_timeout:g}\n" if peer_timeout is not None else "")
-            + _server_toml("primary", primary, users)
+            + _server_toml("primary", primary, users) + server_extra + "\n"
+            + source_extra
         )
         rec = tmp / "recovery.toml"
         rec.write_text(
@@ -152,7 +156,7 @@ id = "hq"
 token = "{INGEST_TOKEN}"
 servers = ["primary"]
 """
-            + _server_toml("standby", standby, users)
+            + _server_toml("standby", standby, users) + server_extra + "\n"
             + (_server_toml("primary", primary, users, "primaries") if with_primaries else "")
             + recovery_extra
             # the login redirect needs a key; tests with their own [failover] table give theirs

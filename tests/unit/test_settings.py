@@ -452,3 +452,30 @@ def test_lag_and_guard_settings(tmp_path):
     assert config_error(load_recovery_settings, bad).startswith("lag.replay_delay: expected a number of seconds")
     bad = write(tmp_path, RECOVERY + "\n[guard]\nshare_percent = 120\n", "r4.toml")
     assert config_error(load_recovery_settings, bad).startswith("guard.share_percent: expected an integer 0-100")
+
+
+def test_scale_settings_connections_idle_poll_and_link_cap(tmp_path):
+    example = Path(__file__).resolve().parents[2] / "deploy" / "examples" / "source.toml"
+    base = example.read_text()
+    s = load_source_settings(example)
+    srv = s.servers[0]
+    assert (srv.max_connections, srv.push_connections) == (16, 4)
+    assert s.gateway.idle_poll_max == 120.0 and not s.link.schedule.capped
+    text = base.replace("max_connections = 16", "max_connections = 6").replace("push_connections = 4",
+                                                                               "push_connections = 3")
+    text = text.replace("# [link]\n# rate_mbit = 20\n# live_share_percent = 20\n# [[link.windows]]\n"
+                        '# from = "19:00"\n# to = "07:00"\n# rate_mbit = 0\n',
+                        '[link]\nrate_mbit = 20\nlive_share_percent = 30\n[[link.windows]]\nfrom = "19:00"\n'
+                        'to = "07:00"\nrate_mbit = 0\n')
+    s = load_source_settings(write(tmp_path, text))
+    assert (s.servers[0].max_connections, s.servers[0].push_connections) == (6, 3)
+    assert s.link.schedule.default == 2_500_000 and s.link.live_share == 0.3
+    (w,) = s.link.schedule.windows
+    assert (w.start, w.end, w.rate) == (19 * 60, 7 * 60, 0.0)
+    assert "20 Mbit/s" in s.summary() and "at most 6 connections" in s.summary()
+    with pytest.raises(ConfigError, match="push_connections"):
+        load_source_settings(write(tmp_path, text.replace("push_connections = 3", "push_connections = 4")))
+    with pytest.raises(ConfigError, match="link.windows"):
+        load_source_settings(write(tmp_path, text.replace('from = "19:00"', 'from = "25:00"')))
+    with pytest.raises(ConfigError, match="idle_poll_max"):
+        load_source_settings(write(tmp_path, base.replace("idle_poll_max = 120.0", "idle_poll_max = 1.0")))

@@ -237,3 +237,83 @@ def test_a_server_back_restarts_its_jobs_back_off_from_the_first_step():
     assert [(workers._slots[k].failures, workers._slots[k].not_before) for k in (1, 2)] == [(0, 0.0), (0, 0.0)]
     assert workers._slots[3].failures == 7 and workers._slots[3].not_before > time.monotonic() + 50
     workers.stop()
+
+
+def test_idle_jobs_are_swept_further_apart_and_active_ones_every_poll():
+    """With idle_poll_max, a job that keeps finding nothing is left out of more and more sweeps;
+    one that finds work is swept at every poll; a wake-up by name runs a quiet job at once."""
+    runs: dict[int, int] = {1: 0, 2: 0}
+    lock = threading.Lock()
+
+    def job(key: int) -> Job:
+        def run(session) -> bool:
+            with lock:
+                runs[key] += 1
+            return key == 1  # 1 always finds work, 2 never does
+
+        return Job(key=key, open_session=FakeSession, run=run)
+
+    workers = MailboxWorkers("t", lambda: [job(1), job(2)], workers=2, poll_interval=0.05, idle_poll_max=10.0,
+                             release_sessions=True)
+    workers.start()
+    try:
+        time.sleep(1.5)
+        with lock:
+            active, quiet = runs[1], runs[2]
+        # 0.05 s polls for 1.5 s: the active job ran at nearly every poll, the quiet one only at
+        # 0, 0.05, 0.2, 0.65 s (its sweeps three times further apart each time)
+        assert active >= 10, runs
+        assert quiet <= 5, runs
+        assert workers.most_active(5) == [1]
+        workers.wake(2)
+        deadline = time.monotonic() + 5
+        while runs[2] == quiet and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert runs[2] == quiet + 1  # woken by name: ran although not due
+    finally:
+        workers.stop()
+
+
+def test_without_idle_poll_max_every_poll_runs_every_job():
+    runs: dict[int, int] = {1: 0}
+
+    def run(session) -> bool:
+        runs[1] += 1
+        return False
+
+    workers = MailboxWorkers("t", lambda: [Job(key=1, open_session=FakeSession, run=run)], workers=1,
+                             poll_interval=0.05)
+    workers.start()
+    try:
+        time.sleep(1.0)
+    finally:
+        workers.stop()
+    assert runs[1] >= 8
+
+
+def test_released_sessions_are_closed_after_each_run_and_busy_is_no_error():
+    from mailrepl.shared.errors import ServerBusy
+
+    sessions: list[FakeSession] = []
+    errors: list[BaseException] = []
+    calls = {"n": 0}
+
+    def open_session() -> FakeSession:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ServerBusy("all taken", back_off=0.05)
+        sessions.append(FakeSession())
+        return sessions[-1]
+
+    workers = MailboxWorkers("t", lambda: [Job(key=1, open_session=open_session, run=lambda s: True)],
+                             workers=1, poll_interval=0.05, release_sessions=True,
+                             on_error=lambda k, e: errors.append(e))
+    workers.start()
+    try:
+        deadline = time.monotonic() + 5
+        while len(sessions) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        workers.stop()
+    assert len(sessions) >= 3 and all(s.closed for s in sessions)
+    assert errors == []  # waiting for a connection is not an error of the mailbox

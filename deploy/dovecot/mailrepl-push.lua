@@ -1,0 +1,73 @@
+-- Dovecot push_notification Lua driver: wakes the mailrepl source gateway when a mailbox changes.
+--
+-- Optional: without it the gateway polls (idle mailboxes further apart) and keeps IMAP push
+-- connections for the most active ones only. With it, any message change of any mailbox (a
+-- delivery, an append, a flag, an expunge) starts that mailbox's capture at once, whatever the
+-- number of mailboxes. One small HTTP POST per transaction that changed something; nothing
+-- about the change travels (the gateway reads it back over IMAP). Configure (dovecot.conf):
+--
+--   mail_plugins = $mail_plugins notify push_notification push_notification_lua
+--   plugin {
+--     push_notification_driver = lua:file=/etc/dovecot/mailrepl-push.lua
+--     mailrepl_push_url = http://gateway.example.org:8470/api/v1/push/primary
+--     mailrepl_push_token = <a viewer token of the source gateway: mailrepl tokens create dovecot-push --role viewer>
+--   }
+--
+-- The POST waits at most 1 s and is never retried: a missed wake-up costs one poll interval.
+-- No connect back-off is carried from one change to the next, so a gateway that is down costs
+-- a refused connection per change, not a growing wait.
+local client = nil
+
+local function http()
+  if client == nil then
+    client = dovecot.http.client({max_attempts = 1, request_absolute_timeout_msecs = 1000,
+                                  connect_backoff_max_time_msecs = 0})
+  end
+  return client
+end
+
+function dovecot_lua_notify_begin_txn(user)
+  return {user = user, name = user.username, changed = false}
+end
+
+local function changed(ctx, event)
+  ctx.changed = true
+end
+
+-- Message events only: folder creations happen at a mailbox's first login (Dovecot creates the
+-- special-use folders then, also for the gateway's own first session), and folder changes are
+-- rare and found by the next poll.
+dovecot_lua_notify_event_message_new = changed
+dovecot_lua_notify_event_message_append = changed
+dovecot_lua_notify_event_message_expunge = changed
+dovecot_lua_notify_event_flags_set = changed
+dovecot_lua_notify_event_flags_clear = changed
+dovecot_lua_notify_event_message_read = changed
+dovecot_lua_notify_event_message_trash = changed
+
+local function json_string(s)
+  return '"' .. s:gsub('[%c"\\]', function(c) return string.format("\\u%04x", c:byte()) end) .. '"'
+end
+
+function dovecot_lua_notify_end_txn(ctx, success)
+  if not ctx.changed then
+    return
+  end
+  local url = ctx.user:plugin_getenv("mailrepl_push_url")
+  local token = ctx.user:plugin_getenv("mailrepl_push_token")
+  if url == nil or url == "" then
+    return
+  end
+  local req = http():request({url = url, method = "POST"})
+  req:add_header("Content-Type", "application/json")
+  if token ~= nil and token ~= "" then
+    req:add_header("Authorization", "Bearer " .. token)
+  end
+  req:set_payload('{"user": ' .. json_string(ctx.name) .. '}')
+  local ok, resp = pcall(function() return req:submit() end)
+  if not ok then
+    dovecot.i_warning("mailrepl push: " .. tostring(resp))
+  elseif resp:status() >= 300 then
+    dovecot.i_warning("mailrepl push: the gateway answered " .. resp:status())
+  end
+end

@@ -1,0 +1,80 @@
+"""Server-side push: Dovecot's push_notification plugin (deploy/dovecot/mailrepl-push.lua) posts
+to the source gateway after a change, which starts that mailbox's capture at once. The gateway
+here polls every 10 minutes and holds no IMAP push connection, so only the server's push can
+bring the change to the standby within the test."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support.gateways import ADMIN_TOKEN, GatewayPair
+from tests.support.net import eventually, free_port
+
+pytestmark = [pytest.mark.dovecot]
+
+SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "dovecot" / "mailrepl-push.lua"
+
+
+def message(i: int) -> bytes:
+    return (f"From: a@example.org\r\nTo: bob@example.org\r\nSubject: p{i}\r\nMessage-ID: <p{i}@example.org>\r\n"
+            f"Date: Sun, 6 Dec 2026 10:00:00 +0000\r\n\r\npushed {i}\r\n").encode()
+
+
+def pushes(url: str) -> dict[str, float]:
+    text = httpx.get(url + "/metrics", timeout=10, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).text
+    return {line.split('"')[1]: float(line.split()[-1]) for line in text.splitlines()
+            if line.startswith("mailrepl_source_push_wakeups_total{")}
+
+
+def test_a_change_pushed_by_the_server_is_captured_without_polling(dovecot_factory, tmp_path):
+    users = ["alice", "bob"]
+    script_dir = Path(tempfile.mkdtemp(prefix="mailrepl-push-"))
+    script_dir.chmod(0o755)  # read by Dovecot's mail processes
+    script = script_dir / "mailrepl-push.lua"
+    shutil.copyfile(SCRIPT, script)
+    script.chmod(0o644)
+    port = free_port()
+    push = f"""
+mail_plugins = $mail_plugins mail_lua notify push_notification push_notification_lua
+plugin {{
+  push_notification_driver = lua:file={script}
+  mailrepl_push_url = http://127.0.0.1:{port}/api/v1/push/primary
+  mailrepl_push_token = {ADMIN_TOKEN}
+}}
+"""
+    try:
+        primary = dovecot_factory("primary", users, extra_config=push)
+        standby = dovecot_factory("standby", users)
+        primary.deliver("bob", message(0))  # the gateway is not up yet: the post fails, delivery does not
+        pair = GatewayPair(tmp_path, primary, standby, users=users, source_state=f"sqlite:///{tmp_path}/s.sqlite",
+                           recovery_state=f"sqlite:///{tmp_path}/r.sqlite", poll_interval=600.0,
+                           source_gateway_extra="idle_poll_max = 600.0\n", server_extra="push_connections = 0\n",
+                           source_port=port)
+        pair.start()
+        try:
+            pair.protect("alice", "bob")
+            pair.wait_synced(users, timeout=120)
+            seq = pair.status()["bob"]["last_captured_seq"]
+            before = pushes(pair.source.url)
+            primary.deliver("bob", message(1))
+            st = eventually(lambda: (s := pair.status()["bob"])["last_applied_seq"] > seq and s, timeout=60,
+                            what="the pushed change applied on the standby")
+            assert st["error"] is None
+            after = pushes(pair.source.url)
+            assert after["woken"] > before.get("woken", 0)
+            # a user the gateway does not protect is ignored; no token, no wake-up
+            r = httpx.post(pair.source.url + "/api/v1/push/primary", json={"user": "carol"},
+                           headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+            assert r.status_code == 200 and r.json() == {"woken": False}
+            assert httpx.post(pair.source.url + "/api/v1/push/primary", json={"user": "bob"}, timeout=10).status_code == 401
+            bad = httpx.post(pair.source.url + "/api/v1/push/primary", json={"user": "bob\r\nx"},
+                             headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}, timeout=10)
+            assert bad.status_code == 422
+        finally:
+            pair.stop()
+    finally:
+        shutil.rmtree(script_dir, ignore_errors=True)
