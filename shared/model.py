@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 from urllib.parse import quote, unquote
@@ -265,15 +265,7 @@ class Change:
         object.__setattr__(self, "flags", _norm_flags(self.flags))
         if self.special_use is not None:
             object.__setattr__(self, "special_use", tuple(sorted(self.special_use)))
-        need: dict[Kind, tuple[str, ...]] = {
-            Kind.FOLDER_RENAME: ("new_folder",),
-            Kind.MSG_ADD: ("mid", "sha256", "size", "flags", "internaldate"),
-            Kind.MSG_EXPUNGE: ("mid",),
-            Kind.MSG_MOVE: ("mid", "new_folder"),
-            Kind.MSG_FLAGS: ("mid", "flags"),
-            Kind.MSG_REPLACE: ("mid", "old_mid", "sha256", "size", "flags", "internaldate"),
-        }
-        for name in need.get(self.kind, ()):
+        for name in _NEED.get(self.kind, ()):
             if getattr(self, name) is None:
                 raise ValueError(f"{self.kind.value} change needs {name}")
         if not self.folder:
@@ -282,11 +274,13 @@ class Change:
             parse_internaldate(self.internaldate)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if v is not None}
+        # field by field: every value is immutable (no deep copy as ``asdict`` makes)
+        d: dict[str, Any] = {}
+        for k in _FIELDS:
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = list(v) if k in _LISTS else v
         d["kind"] = self.kind.value
-        for k in ("flags", "special_use"):
-            if k in d:
-                d[k] = list(d[k])
         return d
 
     @classmethod
@@ -307,6 +301,24 @@ class Change:
     def digest(self) -> str:
         """Content hash of the change (its body is covered through ``sha256``)."""
         return hashlib.sha256(self.canonical()).hexdigest()
+
+    def encoded(self) -> tuple[str, str]:
+        """The change as stored (compact JSON) and its digest, from one ``to_dict``."""
+        d = self.to_dict()
+        canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return json.dumps(d, separators=(",", ":")), hashlib.sha256(canonical).hexdigest()
+
+
+_NEED: dict[Kind, tuple[str, ...]] = {
+    Kind.FOLDER_RENAME: ("new_folder",),
+    Kind.MSG_ADD: ("mid", "sha256", "size", "flags", "internaldate"),
+    Kind.MSG_EXPUNGE: ("mid",),
+    Kind.MSG_MOVE: ("mid", "new_folder"),
+    Kind.MSG_FLAGS: ("mid", "flags"),
+    Kind.MSG_REPLACE: ("mid", "old_mid", "sha256", "size", "flags", "internaldate"),
+}
+_FIELDS = tuple(Change.__dataclass_fields__)
+_LISTS = frozenset({"flags", "special_use"})
 
 
 @dataclass(frozen=True, order=True)

@@ -88,7 +88,7 @@ class IdMap:
         if not entries:
             return
         self.drop([e.mid for e in entries])
-        self.s.execute(insert(IdMapEntry), [
+        self.s.execute(insert(IdMapEntry.__table__), [
             dict(replica_id=self.rid, mid=e.mid, folder=e.folder, uidvalidity=e.uidvalidity, uid=e.uid,
                  sha256=e.sha256) for e in entries])
 
@@ -154,7 +154,7 @@ def rebuild_from_catalog(s: Session, replica_id: int, mailbox_id: int, id_of: Ma
                             uidvalidity=Cursor.parse(f.cursor).uidvalidity, uid=c.uid, sha256=c.sha256)
     s.execute(delete(IdMapEntry).where(IdMapEntry.replica_id == replica_id))
     if entries:
-        s.execute(insert(IdMapEntry), list(entries.values()))
+        s.execute(insert(IdMapEntry.__table__), list(entries.values()))
     return len(entries)
 
 

@@ -129,13 +129,13 @@ class BodyStore:
         if staged.parts:
             self.blobs.put_many(staged.parts.items())
         if staged.skeletons:
-            s.execute(insert(InboxBody), [
+            s.execute(insert(InboxBody.__table__), [
                 dict(sha256=sha, size=size, data=self.store.sealer.seal(skeleton, sha))
                 for sha, (skeleton, size, _) in staged.skeletons.items()
             ])
             refs = [dict(sha256=sha, key=key) for sha, (_, _, keys) in staged.skeletons.items() for key in set(keys)]
             if refs:
-                s.execute(insert(InboxPart), refs)
+                s.execute(insert(InboxPart.__table__), refs)
 
     # ------------------------------------------------------------------ replay
 

@@ -34,14 +34,13 @@ the last commit left off: pending UIDs that vanished meanwhile are skipped, noth
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from sqlalchemy import insert, select
+from sqlalchemy import event, insert, select
 from sqlalchemy.orm import Session
 
 from mailrepl.shared.adapters.base import FolderDelta, FolderInfo, MailboxSession, MessageMeta
@@ -53,6 +52,9 @@ from mailrepl.shared.errors import CursorInvalid, DiskFull, FolderNotFound
 from mailrepl.shared.model import Change, Cursor, Kind, UidSet, flags_text, format_internaldate, utcnow
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import Mailbox, OutboxBody, OutboxRow
+
+_OUTBOX = OutboxRow.__table__
+_OUTBOX_BODY = OutboxBody.__table__
 
 __all__ = ["CaptureEngine", "CycleReport", "DEFAULT_CHUNK_MESSAGES", "DEFAULT_CHUNK_BYTES"]
 
@@ -90,25 +92,29 @@ class _FolderPlan:
 
 
 class _Seq:
-    """Hands out sequence numbers of one mailbox inside one transaction."""
+    """Hands out sequence numbers of one mailbox inside one transaction.
+
+    The outbox rows are collected and written with one multi-row insert when the transaction
+    commits (before its flush: the rows commit with the cursor advance, or not at all), not as
+    ORM objects one by one."""
 
     def __init__(self, session: Session, mailbox: Mailbox, report: CycleReport) -> None:
         self.s, self.mbx, self.report = session, mailbox, report
+        self.rows: list[dict] = []
+        event.listen(session, "before_commit", self._write, once=True)
 
     def emit(self, change: Change, size: int = 0) -> int:
         self.mbx.last_seq += 1
-        self.s.add(
-            OutboxRow(
-                mailbox_id=self.mbx.id,
-                seq=self.mbx.last_seq,
-                change=json.dumps(change.to_dict(), separators=(",", ":")),
-                digest=change.digest(),
-                sha256=change.sha256,
-                size=size,
-            )
-        )
+        text, digest = change.encoded()
+        self.rows.append({"mailbox_id": self.mbx.id, "seq": self.mbx.last_seq, "change": text, "digest": digest,
+                          "sha256": change.sha256, "size": size})
         self.report.changes += 1
         return self.mbx.last_seq
+
+    def _write(self, session: Session) -> None:
+        if self.rows:
+            session.execute(insert(_OUTBOX), self.rows)
+            self.rows = []
 
 
 class CaptureEngine:
@@ -460,7 +466,7 @@ class CaptureEngine:
                 if sha not in have:
                     fresh.setdefault(sha, msg.body)
             if fresh:
-                s.execute(insert(OutboxBody), [dict(sha256=k, size=len(v), data=self.store.sealer.seal(v, k))
+                s.execute(insert(_OUTBOX_BODY), [dict(sha256=k, size=len(v), data=self.store.sealer.seal(v, k))
                                                for k, v in fresh.items()])
             texts = [flags_text(msg.flags) for msg in batch]
             mids = st.add_entries(folder_id, [NewEntry(msg.uid, msg.guid, sha, len(msg.body), text)

@@ -133,7 +133,7 @@ class Receiver:
                                        f"{len(staged.whole)} of them unsplit")
         self.bodies.store_staged(s, staged)
         if new:
-            s.execute(insert(InboxRow), [
+            s.execute(insert(InboxRow.__table__), [
                 dict(replica_id=rep.id, seq=seq, change=json.dumps(ch.to_dict(), separators=(",", ":")),
                      digest=digest, sha256=ch.sha256, state="received", captured_at=_parse(captured))
                 for seq, ch, digest, captured in new

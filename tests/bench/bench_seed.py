@@ -15,7 +15,11 @@ Not a test: it prints figures (the machines are noisy, so nothing here asserts a
 
 Peak RSS of each gateway is the kernel's VmHWM of its process.
 
-    python tests/bench/bench_seed.py [--count 2500] [--state sqlite|postgres] [--json FILE]
+With ``--profile DIR`` both gateways are sampled by ``py-spy`` while they seed (samples holding
+the GIL, collapsed stacks in ``DIR/source.txt`` and ``DIR/recovery.txt``; summarise them with
+``tests/bench/profile_summary.py``).
+
+    python tests/bench/bench_seed.py [--count 2500] [--state sqlite|postgres] [--json FILE] [--profile DIR]
 """
 from __future__ import annotations
 
@@ -113,6 +117,32 @@ def fresh_postgres_db(admin_url: str, name: str) -> str:
     return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
+def start_profilers(pair: GatewayPair, out: Path) -> list[subprocess.Popen]:
+    """py-spy on both gateway processes, samples holding the GIL (CPU spent in Python)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for g in (pair.source, pair.recovery):
+        procs.append(subprocess.Popen(
+            [spy, "record", "--gil", "--rate", "200", "--format", "raw", "--nonblocking",
+             "-o", str(out / f"{g.role}.txt"), "--pid", str(g.proc.pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1.0)  # let py-spy attach before the work starts
+    return procs
+
+
+def stop_profilers(procs: list[subprocess.Popen]) -> None:
+    import signal
+
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def synced(st: dict, min_seq: int = 0) -> bool:
     return (
         st.get("phase") == "replicating" and st.get("copy_queue") == 0 and st.get("replay_queue") == 0
@@ -168,6 +198,7 @@ def main() -> int:
     ap.add_argument("--no-peers", action="store_true", help="skip the dsync/mbsync baseline")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--profile", help="sample both gateways with py-spy while seeding; raw profiles go to this directory")
     a = ap.parse_args()
     harness = harness_dir(a.harness)
     work = Path(tempfile.mkdtemp(prefix="mailrepl-bench-"))
@@ -212,18 +243,22 @@ def main() -> int:
         pair = GatewayPair(work, primary, standby, users=[USER], source_state=states[0], recovery_state=states[1],
                            poll_interval=0.5)
         pair.start()
+        spies = start_profilers(pair, Path(a.profile)) if a.profile else []
         cpu0 = {g.role: cpu_seconds(g.proc.pid) for g in (pair.source, pair.recovery)}
         t_protect = time.monotonic()
         pair.protect(USER)
         secs, st = wait_until(pair, 1, timeout=1800)
         secs = time.monotonic() - t_protect
         cpu = {g.role: cpu_seconds(g.proc.pid) - cpu0[g.role] for g in (pair.source, pair.recovery)}
+        stop_profilers(spies)
         figures.update(seed_s=secs, seed_msgs_per_s=msgs / secs, seed_mb_per_s=size / 1e6 / secs,
                        source_peak_rss_mb=vm_hwm_mb(pair.source.proc.pid),
                        recovery_peak_rss_mb=vm_hwm_mb(pair.recovery.proc.pid), wire_bytes=pair.wire_bytes(),
                        source_cpu_s=cpu["source"], recovery_cpu_s=cpu["recovery"])
         print(f"mailrepl seed    {secs:6.2f}s  {msgs / secs:7.0f} msg/s  {size / 1e6 / secs:6.1f} MB/s  "
               f"wire {figures['wire_bytes'] / 1e6:.1f} MB")
+        if "peer_dsync-imapc_s" in figures:
+            print(f"mailrepl / dsync throughput: {figures['peer_dsync-imapc_s'] / secs:.2f}x")
         print(f"CPU during seeding: source gateway {cpu['source']:.2f}s ({cpu['source'] / msgs * 1e3:.2f} ms/msg), "
               f"recovery gateway {cpu['recovery']:.2f}s ({cpu['recovery'] / msgs * 1e3:.2f} ms/msg)")
         assert_same_mailbox(primary, standby, USER)
