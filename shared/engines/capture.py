@@ -61,7 +61,7 @@ __all__ = ["CaptureEngine", "CycleReport", "DEFAULT_CHUNK_MESSAGES", "DEFAULT_CH
 log = logging.getLogger("mailrepl.capture")
 
 DEFAULT_CHUNK_MESSAGES = 200
-DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
+DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
 IDLE_NOTE_SECONDS = 300.0  # how stale Mailbox.last_capture_at may get while nothing changes
 
 

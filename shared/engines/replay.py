@@ -54,7 +54,7 @@ __all__ = ["Group", "plan", "ReplayEngine", "ReplayReport", "DEFAULT_APPEND_BATC
 log = logging.getLogger("mailrepl.replay")
 
 DEFAULT_APPEND_BATCH = 100
-DEFAULT_APPEND_BYTES = 32 * 1024 * 1024
+DEFAULT_APPEND_BYTES = 8 * 1024 * 1024
 _GROUPABLE = (Kind.MSG_ADD, Kind.MSG_EXPUNGE, Kind.MSG_FLAGS, Kind.MSG_MOVE)
 _Dates = dict[str, tuple[int, dict[int, int | None]]]  # folder -> (UIDVALIDITY, UID -> internal date in s)
 

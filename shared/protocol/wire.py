@@ -185,9 +185,13 @@ def encode_batch(batch: Batch, *, level: int = 3, compress: bool = True) -> byte
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     chunks = [_U32.pack(len(head)), head, *batch.messages.values(), *(batch.parts[k] for k in packed)]
     if compress:
-        frame = zstandard.ZstdCompressor(level=level).compress(b"".join(chunks))
+        # one frame, fed piece by piece (no joined copy of the payload), declaring its size
+        zc = zstandard.ZstdCompressor(level=level).compressobj(size=sum(len(c) for c in chunks))
+        frame = [zc.compress(c) for c in chunks]
+        frame.append(zc.flush())
         tail = [batch.parts[k] for k in batch.parts if k in stored]
-        return b"".join([_PREFIX.pack(MAGIC, WIRE_VERSION, CODEC_ZSTD), _U64.pack(len(frame)), frame, *tail])
+        return b"".join([_PREFIX.pack(MAGIC, WIRE_VERSION, CODEC_ZSTD), _U64.pack(sum(len(f) for f in frame)),
+                         *frame, *tail])
     return _PREFIX.pack(MAGIC, WIRE_VERSION, CODEC_NONE) + b"".join(chunks)
 
 

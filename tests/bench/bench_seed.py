@@ -244,6 +244,10 @@ def main() -> int:
                            poll_interval=0.5)
         pair.start()
         spies = start_profilers(pair, Path(a.profile)) if a.profile else []
+        figures.update(source_start_rss_mb=vm_hwm_mb(pair.source.proc.pid),
+                       recovery_start_rss_mb=vm_hwm_mb(pair.recovery.proc.pid))
+        print(f"peak RSS after start-up: source gateway {figures['source_start_rss_mb']:.0f} MB, "
+              f"recovery gateway {figures['recovery_start_rss_mb']:.0f} MB")
         cpu0 = {g.role: cpu_seconds(g.proc.pid) for g in (pair.source, pair.recovery)}
         t_protect = time.monotonic()
         pair.protect(USER)

@@ -448,3 +448,21 @@ def test_a_message_too_large_for_the_recovery_gateway_sets_its_mailbox_aside(tmp
         assert alice.acked_seq < alice.last_seq  # what came before the big message went through
         assert bob.ship_error is None and bob.acked_seq == bob.last_seq > 0
     assert p.shipper.builder.max_bytes == p.shipper.max_bytes  # full-size batches again
+
+
+def test_a_prepared_batch_keeps_its_bodies_only_in_the_encoded_bytes(tmp_path):
+    # memory: the batch in flight and the one prepared meanwhile are each held once, encoded
+    p = Pipeline(tmp_path)
+    attachment = bytes(range(256)) * 200  # one part above the split threshold
+    body = (b'Subject: a\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n\r\ntext\r\n--b\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n" + attachment + b"\r\n--b--\r\n")
+    p.primary.deliver("alice", body)
+    p.primary.deliver("alice", _msg(2))
+    p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
+    built, data = p.shipper._prepare({}, frozenset())
+    sent = decode_batch(data)
+    assert sent.parts and set(built.batch.parts) == set(sent.parts)  # keys still there (parts in flight)
+    assert set(built.batch.messages) == set(sent.messages)
+    assert not any(built.batch.messages.values()) and not any(built.batch.parts.values())
+    assert built.batch.segments == sent.segments
+    assert hashlib.sha256(body).hexdigest() in sent.messages
