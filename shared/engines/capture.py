@@ -310,24 +310,24 @@ class CaptureEngine:
         if not candidates:
             return
         use_guid = session.features.message_guid
-        pool: dict[str, list[CatalogRow]] = {}
+        # by message GUID where the server has them and the catalogue knows the message's (the
+        # standby view catalogues what the replayer appended without one), else by content hash
+        by_guid: dict[str, list[CatalogRow]] = {}
+        by_sha: dict[str, list[CatalogRow]] = {}
         for entry in vanished:
-            key = entry.guid if use_guid else entry.sha256
-            if key:
-                pool.setdefault(key, []).append(entry)
-        keys: dict[tuple[int, int], str] = {}
-        if use_guid:
-            for p, m in candidates:
-                if m.guid:
-                    keys[(id(p), m.uid)] = m.guid
-        else:
-            # No message GUIDs: hash the new messages' bodies (read only, nothing shipped here).
+            if use_guid and entry.guid:
+                by_guid.setdefault(entry.guid, []).append(entry)
+            elif entry.sha256:
+                by_sha.setdefault(entry.sha256, []).append(entry)
+        guids = {(id(p), m.uid): m.guid for p, m in candidates if use_guid and m.guid}
+        shas: dict[tuple[int, int], str] = {}
+        if by_sha:
+            # hash the new messages' bodies (read only, nothing shipped here)
             for p in {id(p): p for p, _ in candidates}.values():
                 for msg in session.fetch(p.info.name, [m.uid for m in p.delta.new]):
-                    keys[(id(p), msg.uid)] = hashlib.sha256(msg.body).hexdigest()
+                    shas[(id(p), msg.uid)] = hashlib.sha256(msg.body).hexdigest()
         for p, m in candidates:
-            key = keys.get((id(p), m.uid))
-            bucket = pool.get(key or "")
+            bucket = by_guid.get(guids.get((id(p), m.uid)) or "") or by_sha.get(shas.get((id(p), m.uid)) or "")
             if not bucket:
                 continue
             # a move needs another folder; the same folder is an expunge + re-add

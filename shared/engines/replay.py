@@ -39,6 +39,7 @@ from mailrepl.shared.capture_state import IdMap, MapEntry
 from mailrepl.shared.content.bodies import BodyCorrupt, BodyStore
 from mailrepl.shared.errors import FolderNotFound, MessageRejected, StoreError
 from mailrepl.shared.model import Change, Kind, parse_internaldate, utcnow
+from mailrepl.shared.engines.replay_journal import PassJournal
 from mailrepl.shared.engines.replay_keep import plan_delete
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import (
@@ -122,6 +123,7 @@ class ReplayReport:
     recovered: int = 0  # messages found on the server after a crash instead of written again
     last_reset_seq: int = 0  # the last folder reset applied in this pass (0: none)
     kept_folders: list[dict] = field(default_factory=list)  # deleted there, kept here (keep_unknown)
+    journal: PassJournal = field(default_factory=PassJournal)  # what the pass wrote (the standby view's input)
 
 
 class ReplayEngine:
@@ -185,6 +187,7 @@ class ReplayEngine:
             by_folder: dict[str, list[int]] = {}
             for e in entries.values():
                 by_folder.setdefault(e.folder, []).append(e.uid)
+            report.journal.touch(by_folder)
             for folder, uids in by_folder.items():
                 session.expunge(folder, uids)
             self._done(rid, g, report, drop_mids=list(entries))
@@ -194,20 +197,24 @@ class ReplayEngine:
             by_folder = {}
             for e in entries.values():
                 by_folder.setdefault(e.folder, []).append(e.uid)
+            report.journal.touch(by_folder)
             for folder, uids in by_folder.items():
                 session.store_flags(folder, uids, flags)
             self._done(rid, g, report)
         elif k == Kind.MSG_MOVE:
             self._apply_moves(rid, g, session, report)
         elif k == Kind.FOLDER_CREATE:
+            report.journal.void()
             ch = g.items[0][1]
             session.create_folder(ch.folder, frozenset(ch.special_use or ()))
             self._done(rid, g, report)
         elif k == Kind.FOLDER_RENAME:
+            report.journal.void()
             ch = g.items[0][1]
             session.rename_folder(ch.folder, ch.new_folder)
             self._done(rid, g, report, rename=(ch.folder, ch.new_folder))
         elif k == Kind.FOLDER_DELETE:
+            report.journal.void()
             kept = plan_delete(self.store, rid, g.folder, session) if self.keep_unknown else None
             if kept is None:
                 session.delete_folder(g.folder)
@@ -220,6 +227,7 @@ class ReplayEngine:
             if kept is not None:
                 report.kept_folders.append(kept.record())
         elif k == Kind.FOLDER_RESET:
+            report.journal.void()
             if session.folder_info(g.folder) is None:  # gone here too (wiped): an empty folder stays a folder
                 session.create_folder(g.folder)
             report.last_reset_seq = g.last_seq
@@ -228,6 +236,7 @@ class ReplayEngine:
                     s.add(Orphan(replica_id=rid, folder=e.folder, uidvalidity=e.uidvalidity, uid=e.uid, sha256=e.sha256))
                 self._advance(s, rid, g, report)
         elif k == Kind.FOLDER_RESET_DONE:
+            report.journal.void()
             with self.store.read() as s:
                 orphans = list(s.scalars(select(Orphan).where(Orphan.replica_id == rid, Orphan.folder == g.folder)))
             info = session.folder_info(g.folder) if orphans else None
@@ -261,6 +270,8 @@ class ReplayEngine:
                 claims.append((ch, kept))
             else:
                 todo.append((seq, ch))  # written anew; an orphan not claimed goes at RESET_DONE
+        if claims:
+            report.journal.touch([g.folder])
         for ch, o in claims:  # a reset folder keeps the message it already has
             session.store_flags(g.folder, [o.uid], frozenset(ch.flags or ()))
         new_entries: list[MapEntry] = [
@@ -273,6 +284,7 @@ class ReplayEngine:
         replaced = [c.old_mid for _, c in g.items if c.kind == Kind.MSG_REPLACE]
         if replaced:
             old = self._mapped(rid, replaced)
+            report.journal.touch(e.folder for e in old.values())
             for e in old.values():
                 session.expunge(e.folder, [e.uid])
         with self.store.tx(durable=False) as s:
@@ -320,6 +332,7 @@ class ReplayEngine:
                 out += self._append(rid, folder, [one], session, rejected, report)
             return out
         report.appended += len(todo)
+        report.journal.appended(folder, info, res, [c for _, c in todo])
         return [
             MapEntry(mid=c.mid, folder=folder, uidvalidity=res.uidvalidity, uid=uid, sha256=c.sha256)
             for (_, c), uid in zip(todo, res.uids)
@@ -328,6 +341,7 @@ class ReplayEngine:
     def _apply_moves(self, rid: int, g: Group, session: MailboxSession, report: ReplayReport) -> None:
         dest = g.items[0][1].new_folder
         entries = self._mapped(rid, [c.mid for _, c in g.items])
+        report.journal.touch([dest, *(e.folder for e in entries.values())])
         todo = {mid: e for mid, e in entries.items() if e.folder != dest}
         moved: dict[int, tuple[int, int]] = {}  # mid -> (uidvalidity, uid)
         if todo:
@@ -377,6 +391,7 @@ class ReplayEngine:
             intent = s.get(ReplayIntent, rid)
             if intent is None:
                 return
+            report.journal.void()  # recovering from a crash: the view reads the copy back
             rows = list(
                 s.scalars(
                     select(InboxRow.change).where(
