@@ -89,7 +89,8 @@ class StandbyView:
             listings.append(FolderListing(m, delta, reset))
         with self.store.tx(durable=False) as s:  # lost in a power failure: refreshed again
             mbx = _mailbox(s, server, address)
-            ids = IdMap(s, rid).shas_in(sorted({x.match.info.name for x in listings if x.delta is not None and x.delta.new}))
+            ids = IdMap(s, rid).shas_at({x.match.info.name: [m.uid for m in x.delta.new]
+                                         for x in listings if x.delta is not None and x.delta.new})
 
             def identify(folder, meta):
                 sha = ids.get((folder, meta.uid))

@@ -72,13 +72,15 @@ class IdMap:
         return [MapEntry.of(e) for e in self.s.scalars(select(IdMapEntry).where(
             IdMapEntry.replica_id == self.rid, IdMapEntry.folder == folder))]
 
-    def shas_in(self, folders: Iterable[str]) -> dict[tuple[str, int], str]:
-        """(folder, uid) -> SHA-256 of every mapped message of ``folders``."""
+    def shas_at(self, uids_by_folder: Mapping[str, Iterable[int]]) -> dict[tuple[str, int], str]:
+        """(folder, uid) -> SHA-256 of the mapped messages at these UIDs (only those: a folder
+        of a large mailbox is not read whole to identify the few messages just written)."""
         out: dict[tuple[str, int], str] = {}
-        for name in folders:
-            for uid, sha in self.s.execute(select(IdMapEntry.uid, IdMapEntry.sha256).where(
-                    IdMapEntry.replica_id == self.rid, IdMapEntry.folder == name)):
-                out[(name, uid)] = sha
+        for name, uids in uids_by_folder.items():
+            for part in chunks(sorted(set(uids))):
+                for uid, sha in self.s.execute(select(IdMapEntry.uid, IdMapEntry.sha256).where(
+                        IdMapEntry.replica_id == self.rid, IdMapEntry.folder == name, IdMapEntry.uid.in_(part))):
+                    out[(name, uid)] = sha
         return out
 
     # ------------------------------------------------------------------ writes
