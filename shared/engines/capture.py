@@ -62,6 +62,7 @@ log = logging.getLogger("mailrepl.capture")
 
 DEFAULT_CHUNK_MESSAGES = 200
 DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
+STREAM_CHUNKS = 10  # chunks fetched in one stream (its FETCH commands pipelined)
 IDLE_NOTE_SECONDS = 300.0  # how stale Mailbox.last_capture_at may get while nothing changes
 
 
@@ -435,19 +436,29 @@ class CaptureEngine:
                 work = CaptureState(s, mailbox_id).pending_work(folder_id)
             if work is None:
                 return
-            uids = work.uids.first(self.chunk_messages)
+            # one fetch stream over several chunks, each committed as it fills: the fetches in
+            # flight go on while a chunk commits, and none is cut short and fetched again
+            uids = work.uids.first(self.chunk_messages * STREAM_CHUNKS)
+            replace = dict(work.replace)  # draft edits still to pair; each commit takes its own
             batch: list = []
             size = 0
-            done_upto = 0
-            for msg in session.fetch(work.name, uids):
-                batch.append(msg)
-                size += len(msg.body)
-                if size >= self.chunk_bytes:
-                    done_upto = msg.uid
-                    break
-            else:
-                done_upto = uids[-1] if uids else 0
-            self._commit_chunk(mailbox_id, folder_id, batch, work.uids.above(done_upto), dict(work.replace), report)
+            committed: UidSet | None = None  # what was left pending by this stream's last commit
+            stream = session.fetch(work.name, uids)
+            try:
+                for msg in stream:
+                    batch.append(msg)
+                    size += len(msg.body)
+                    if len(batch) >= self.chunk_messages or size >= self.chunk_bytes:
+                        committed = work.uids.above(msg.uid)
+                        self._commit_chunk(mailbox_id, folder_id, batch, committed, replace, report)
+                        batch, size = [], 0
+                        if not committed or self._held(mailbox_id, report):
+                            return
+            finally:
+                stream.close()
+            rest = work.uids.above(uids[-1] if uids else 0)
+            if batch or committed is None or committed != rest:  # else that commit said it all
+                self._commit_chunk(mailbox_id, folder_id, batch, rest, replace, report)
 
     def _commit_chunk(self, mailbox_id, folder_id, batch, remaining: UidSet, replace, report) -> None:
         shas = [hashlib.sha256(msg.body).hexdigest() for msg in batch]  # outside the write lock
