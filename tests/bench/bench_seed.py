@@ -150,6 +150,9 @@ def synced(st: dict, min_seq: int = 0) -> bool:
     )
 
 
+POLL = 0.2  # seconds between status requests (one costs the source gateway a few ms of CPU)
+
+
 def wait_until(pair: GatewayPair, min_seq: int, timeout: float) -> tuple[float, dict]:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -159,7 +162,7 @@ def wait_until(pair: GatewayPair, min_seq: int, timeout: float) -> tuple[float, 
             st = {}
         if synced(st, min_seq):
             return time.monotonic() - t0, st
-        time.sleep(0.05)
+        time.sleep(POLL)
     raise SystemExit(f"bench_seed: not in sync after {timeout}s: {pair.status()}")
 
 
@@ -267,6 +270,21 @@ def main() -> int:
               f"recovery gateway {cpu['recovery']:.2f}s ({cpu['recovery'] / msgs * 1e3:.2f} ms/msg)")
         assert_same_mailbox(primary, standby, USER)
         print("standby equal to primary after seeding: yes")
+        # what the gateways spend when there is nothing to do, with the same status polling: the
+        # part of the CPU above that does not depend on the messages
+        idle0 = {g.role: cpu_seconds(g.proc.pid) for g in (pair.source, pair.recovery)}
+        t_idle = time.monotonic()
+        while time.monotonic() - t_idle < 3.0:
+            pair.status()
+            time.sleep(POLL)
+        idle_rate = {g.role: (cpu_seconds(g.proc.pid) - idle0[g.role]) / (time.monotonic() - t_idle)
+                     for g in (pair.source, pair.recovery)}
+        net = {role: max(0.0, cpu[role] - idle_rate[role] * secs) for role in cpu}
+        figures.update(source_idle_cpu_per_s=idle_rate["source"], recovery_idle_cpu_per_s=idle_rate["recovery"],
+                       source_cpu_net_s=net["source"], recovery_cpu_net_s=net["recovery"])
+        print(f"idle with the same polling: source {idle_rate['source'] * 1e3:.0f} ms/s, recovery "
+              f"{idle_rate['recovery'] * 1e3:.0f} ms/s; CPU per message net of it: source "
+              f"{net['source'] / msgs * 1e3:.2f} ms, recovery {net['recovery'] / msgs * 1e3:.2f} ms")
 
         base_seq = st["last_captured_seq"]
         t_burst = time.monotonic()
