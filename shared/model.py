@@ -261,7 +261,8 @@ class Change:
     special_use: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", Kind(self.kind))
+        if self.kind.__class__ is not Kind:
+            object.__setattr__(self, "kind", Kind(self.kind))
         object.__setattr__(self, "flags", _norm_flags(self.flags))
         if self.special_use is not None:
             object.__setattr__(self, "special_use", tuple(sorted(self.special_use)))
@@ -285,8 +286,7 @@ class Change:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Change":
-        known = {f for f in cls.__dataclass_fields__}
-        extra = set(d) - known
+        extra = d.keys() - _FIELD_SET
         if extra:
             raise ValueError(f"unknown change field(s): {', '.join(sorted(extra))}")
         kw = dict(d)
@@ -296,7 +296,7 @@ class Change:
         return cls(**kw)
 
     def canonical(self) -> bytes:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return _CANONICAL.encode(self.to_dict()).encode()
 
     def digest(self) -> str:
         """Content hash of the change (its body is covered through ``sha256``)."""
@@ -305,8 +305,7 @@ class Change:
     def encoded(self) -> tuple[str, str]:
         """The change as stored (compact JSON) and its digest, from one ``to_dict``."""
         d = self.to_dict()
-        canonical = json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-        return json.dumps(d, separators=(",", ":")), hashlib.sha256(canonical).hexdigest()
+        return _COMPACT.encode(d), hashlib.sha256(_CANONICAL.encode(d).encode()).hexdigest()
 
 
 _NEED: dict[Kind, tuple[str, ...]] = {
@@ -318,6 +317,10 @@ _NEED: dict[Kind, tuple[str, ...]] = {
     Kind.MSG_REPLACE: ("mid", "old_mid", "sha256", "size", "flags", "internaldate"),
 }
 _FIELDS = tuple(Change.__dataclass_fields__)
+_FIELD_SET = frozenset(_FIELDS)
+# built once: ``json.dumps`` with options makes a new encoder per call
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
 _LISTS = frozenset({"flags", "special_use"})
 
 
