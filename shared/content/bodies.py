@@ -32,6 +32,8 @@ __all__ = ["BodyStore", "BodyCorrupt", "Staged", "GcReport"]
 
 log = logging.getLogger("mailrepl.bodies")
 
+_BODY = InboxBody.__table__  # Core: rows are read as tuples
+
 
 class BodyCorrupt(StoreError):
     """A stored body no longer reassembles to its hash (disk damage): it must come again."""
@@ -143,7 +145,7 @@ class BodyStore:
         """The whole bodies, each checked against its SHA-256 (BodyCorrupt if one fails)."""
         out: dict[str, bytes] = {}
         with self.store.read() as s:
-            rows = list(s.execute(select(InboxBody.sha256, InboxBody.data).where(InboxBody.sha256.in_(set(shas)))))
+            rows = list(s.execute(select(_BODY.c.sha256, _BODY.c.data).where(_BODY.c.sha256.in_(set(shas)))))
         for sha, stored in rows:
             try:
                 skeleton = self.store.sealer.open(stored, sha)

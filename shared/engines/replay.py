@@ -54,6 +54,8 @@ __all__ = ["Group", "plan", "ReplayEngine", "ReplayReport", "DEFAULT_APPEND_BATC
 
 log = logging.getLogger("mailrepl.replay")
 
+_INBOX = InboxRow.__table__  # Core: rows are read as tuples
+
 DEFAULT_APPEND_BATCH = 100
 DEFAULT_APPEND_BYTES = 8 * 1024 * 1024
 _GROUPABLE = (Kind.MSG_ADD, Kind.MSG_EXPUNGE, Kind.MSG_FLAGS, Kind.MSG_MOVE)
@@ -158,9 +160,9 @@ class ReplayEngine:
                 start = rep.applied_seq + 1
                 rows = list(
                     s.execute(
-                        select(InboxRow.seq, InboxRow.change)
-                        .where(InboxRow.replica_id == replica_id, InboxRow.seq >= start)
-                        .order_by(InboxRow.seq)
+                        select(_INBOX.c.seq, _INBOX.c.change)
+                        .where(_INBOX.c.replica_id == replica_id, _INBOX.c.seq >= start)
+                        .order_by(_INBOX.c.seq)
                         .limit(self.window)
                     )
                 )
