@@ -5,7 +5,8 @@ and by total time, in percent of all samples.
     python tests/bench/profile_summary.py source.txt [--top 15]
 
 A frame is ``function (file:line)`` as py-spy writes it; self time counts the samples whose
-innermost frame it is, total time the samples that have it anywhere on the stack.
+innermost frame it is, total time the samples that have it anywhere on the stack (shown for
+mailrepl's own frames, without the thread and worker plumbing).
 """
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ def _short(frame: str) -> str:
     return f"{name} ({tail})"
 
 
+def _product(frame: str) -> bool:
+    """A frame of mailrepl's own code (not the runtime's thread and worker plumbing)."""
+    m = re.match(r"^.* \((.*?):\d+\)$", frame)
+    path = m.group(1) if m else ""  # py-spy writes paths relative to their import root
+    return path.split("/", 1)[0] in ("shared", "gateway", "recovery") and not path.startswith("shared/runtime/")
+
+
 def summarise(text: str) -> tuple[int, Counter, Counter]:
     own: Counter = Counter()
     total: Counter = Counter()
@@ -38,12 +46,12 @@ def summarise(text: str) -> tuple[int, Counter, Counter]:
         if not m:
             continue
         stack, n = m.group(1), int(m.group(2))
-        frames = [_short(f) for f in stack.split(";") if f]
-        if not frames:
+        raw = [f for f in stack.split(";") if f]
+        if not raw:
             continue
         samples += n
-        own[frames[-1]] += n
-        for f in set(frames):
+        own[_short(raw[-1])] += n
+        for f in {_short(f) for f in raw if _product(f)}:
             total[f] += n
     return samples, own, total
 
@@ -61,15 +69,9 @@ def main() -> int:
     print("self:")
     for frame, n in own.most_common(a.top):
         print(f"  {100 * n / samples:5.1f} %  {frame}")
-    print("total (excluding thread roots):")
-    shown = 0
-    for frame, n in total.most_common():
-        if n == samples or frame.startswith(("<module>", "_bootstrap", "run (threading.py)", "process ")):
-            continue
+    print("total, mailrepl's own frames:")
+    for frame, n in total.most_common(a.top):
         print(f"  {100 * n / samples:5.1f} %  {frame}")
-        shown += 1
-        if shown >= a.top:
-            break
     return 0
 
 
