@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Collection, Mapping, Sequence
 
 from sqlalchemy import delete, func, select, update
@@ -222,7 +223,11 @@ class Shipper:
         built = self.build_batch(after, in_flight)
         if built is None:
             return None
-        return built, encode_batch(built.batch)
+        data = encode_batch(built.batch)
+        # the bodies travel in ``data`` now: keep their keys (parts in flight), not a second copy
+        built.batch = replace(built.batch, messages=dict.fromkeys(built.batch.messages, b""),
+                              parts=dict.fromkeys(built.batch.parts, b""))
+        return built, data
 
     def poll_progress(self) -> None:
         """Ask the peer how far it has applied (acks only come with batches)."""

@@ -209,7 +209,8 @@ class RecoveryGateway:
             with self.store.read() as s:
                 fresh = is_fresh(s.get(Replica, rid))
             if not fresh:
-                self.view.refresh(rid, session)
+                # what the pass wrote is the view's delta where the view was current before it
+                self.view.refresh(rid, session, report.journal if view_fresh else None)
         with self.store.read() as s:
             error = s.get(Replica, rid).error
         if error and not error.startswith("conflict"):  # written only when there is one to clear

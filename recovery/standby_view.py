@@ -30,7 +30,8 @@ from mailrepl.shared.capture_state import (
 )
 from mailrepl.shared.errors import CursorInvalid, FolderNotFound
 from mailrepl.shared.store import Store
-from mailrepl.shared.store.models import Mailbox, Replica
+from mailrepl.shared.engines.replay_journal import PassJournal
+from mailrepl.shared.store.models import FolderState, Mailbox, Replica
 
 __all__ = ["StandbyView", "is_fresh"]
 
@@ -46,15 +47,22 @@ class StandbyView:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def refresh(self, rid: int, session: MailboxSession) -> int:
+    def refresh(self, rid: int, session: MailboxSession, journal: PassJournal | None = None) -> int:
         """Bring the view of replica ``rid`` up to date with its standby copy as it is now (the
         caller holds the mailbox's lock: nothing writes the copy meanwhile). Returns how many
-        folders had to be read."""
+        folders had to be read.
+
+        ``journal``: what the replay pass just made wrote, when the view was current before it;
+        a folder the pass only appended to is then catalogued from it, not read back
+        (``mailrepl.shared.engines.replay_journal`` says when it may be)."""
         with self.store.read() as s:
             rep = s.get(Replica, rid)
             server, address, applied = rep.server, rep.address, rep.applied_seq
             mbx_id = s.scalar(select(Mailbox.id).where(Mailbox.server == server, Mailbox.address == address))
             known = known_folders(s, mbx_id) if mbx_id else []
+            counts: dict[int, int | None] = (
+                dict(s.execute(select(FolderState.id, FolderState.messages).where(FolderState.mailbox_id == mbx_id)).all())
+                if journal is not None and mbx_id else {})
         live = session.list_folders()
         matches, deleted = pair_folders(known, live, session.features.folder_id)
         listings: list[FolderListing] = []
@@ -66,6 +74,11 @@ class StandbyView:
             if since is not None and since == m.info.cursor:
                 listings.append(FolderListing(m, None))
                 continue
+            delta = (journal.delta(m.info.name, since, counts.get(k.id), m.info)
+                     if journal is not None and since is not None else None)
+            if delta is not None:
+                listings.append(FolderListing(m, delta))
+                continue
             read += 1
             try:
                 delta = session.changes_since(m.info.name, since)
@@ -76,7 +89,8 @@ class StandbyView:
             listings.append(FolderListing(m, delta, reset))
         with self.store.tx(durable=False) as s:  # lost in a power failure: refreshed again
             mbx = _mailbox(s, server, address)
-            ids = IdMap(s, rid).shas_in(sorted({x.match.info.name for x in listings if x.delta is not None and x.delta.new}))
+            ids = IdMap(s, rid).shas_at({x.match.info.name: [m.uid for m in x.delta.new]
+                                         for x in listings if x.delta is not None and x.delta.new})
 
             def identify(folder, meta):
                 sha = ids.get((folder, meta.uid))

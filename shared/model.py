@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterable, Iterator
 from urllib.parse import quote, unquote
@@ -261,19 +261,12 @@ class Change:
     special_use: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "kind", Kind(self.kind))
+        if self.kind.__class__ is not Kind:
+            object.__setattr__(self, "kind", Kind(self.kind))
         object.__setattr__(self, "flags", _norm_flags(self.flags))
         if self.special_use is not None:
             object.__setattr__(self, "special_use", tuple(sorted(self.special_use)))
-        need: dict[Kind, tuple[str, ...]] = {
-            Kind.FOLDER_RENAME: ("new_folder",),
-            Kind.MSG_ADD: ("mid", "sha256", "size", "flags", "internaldate"),
-            Kind.MSG_EXPUNGE: ("mid",),
-            Kind.MSG_MOVE: ("mid", "new_folder"),
-            Kind.MSG_FLAGS: ("mid", "flags"),
-            Kind.MSG_REPLACE: ("mid", "old_mid", "sha256", "size", "flags", "internaldate"),
-        }
-        for name in need.get(self.kind, ()):
+        for name in _NEED.get(self.kind, ()):
             if getattr(self, name) is None:
                 raise ValueError(f"{self.kind.value} change needs {name}")
         if not self.folder:
@@ -282,17 +275,18 @@ class Change:
             parse_internaldate(self.internaldate)
 
     def to_dict(self) -> dict[str, Any]:
-        d = {k: v for k, v in asdict(self).items() if v is not None}
+        # field by field: every value is immutable (no deep copy as ``asdict`` makes)
+        d: dict[str, Any] = {}
+        for k in _FIELDS:
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = list(v) if k in _LISTS else v
         d["kind"] = self.kind.value
-        for k in ("flags", "special_use"):
-            if k in d:
-                d[k] = list(d[k])
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Change":
-        known = {f for f in cls.__dataclass_fields__}
-        extra = set(d) - known
+        extra = d.keys() - _FIELD_SET
         if extra:
             raise ValueError(f"unknown change field(s): {', '.join(sorted(extra))}")
         kw = dict(d)
@@ -302,11 +296,32 @@ class Change:
         return cls(**kw)
 
     def canonical(self) -> bytes:
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        return _CANONICAL.encode(self.to_dict()).encode()
 
     def digest(self) -> str:
         """Content hash of the change (its body is covered through ``sha256``)."""
         return hashlib.sha256(self.canonical()).hexdigest()
+
+    def encoded(self) -> tuple[str, str]:
+        """The change as stored (compact JSON) and its digest, from one ``to_dict``."""
+        d = self.to_dict()
+        return _COMPACT.encode(d), hashlib.sha256(_CANONICAL.encode(d).encode()).hexdigest()
+
+
+_NEED: dict[Kind, tuple[str, ...]] = {
+    Kind.FOLDER_RENAME: ("new_folder",),
+    Kind.MSG_ADD: ("mid", "sha256", "size", "flags", "internaldate"),
+    Kind.MSG_EXPUNGE: ("mid",),
+    Kind.MSG_MOVE: ("mid", "new_folder"),
+    Kind.MSG_FLAGS: ("mid", "flags"),
+    Kind.MSG_REPLACE: ("mid", "old_mid", "sha256", "size", "flags", "internaldate"),
+}
+_FIELDS = tuple(Change.__dataclass_fields__)
+_FIELD_SET = frozenset(_FIELDS)
+# built once: ``json.dumps`` with options makes a new encoder per call
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_LISTS = frozenset({"flags", "special_use"})
 
 
 @dataclass(frozen=True, order=True)

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-from sqlalchemy import delete, select
+from sqlalchemy import bindparam, delete, insert, select, update
 from sqlalchemy.orm import Session
 
 from mailrepl.shared.adapters.base import FolderInfo
@@ -22,7 +22,27 @@ from mailrepl.shared.model import Cursor, UidSet, flags_text
 from mailrepl.shared.store.chunks import chunks
 from mailrepl.shared.store.models import CatalogEntry, FolderState
 
-__all__ = ["CaptureState", "CatalogRow", "NewEntry", "PendingWork", "known_folders", "pending_folders"]
+__all__ = ["CaptureState", "CatalogRow", "NewEntry", "PendingWork", "insert_entries", "known_folders",
+           "pending_folders", "set_flags"]
+
+_CATALOG = CatalogEntry.__table__
+
+
+def insert_entries(s: Session, rows: Sequence[dict]) -> list[int]:
+    """Catalogue rows (``catalog`` columns but ``mid``) in one multi-row insert; returns the
+    message ids given to them, in order."""
+    if not rows:
+        return []
+    s.flush()  # the folders they go to, created in this transaction, exist first
+    result = s.execute(insert(_CATALOG).returning(_CATALOG.c.mid, sort_by_parameter_order=True), list(rows))
+    return list(result.scalars())
+
+
+def set_flags(s: Session, flags_by_mid: Sequence[tuple[int, str]]) -> None:
+    """New flags (flags_text) of catalogued messages, in one executemany."""
+    if flags_by_mid:
+        s.execute(update(_CATALOG).where(_CATALOG.c.mid == bindparam("m")).values(flags=bindparam("f")),
+                  [{"m": mid, "f": text} for mid, text in flags_by_mid])
 
 
 @dataclass(frozen=True)
@@ -179,11 +199,9 @@ class CaptureState:
 
     def add_entries(self, folder_id: int, entries: Sequence[NewEntry]) -> list[int]:
         """Catalogue new messages; returns their message ids, in order."""
-        cats = [CatalogEntry(mailbox_id=self.mailbox_id, folder_id=folder_id, uid=e.uid, guid=e.guid,
-                             sha256=e.sha256, size=e.size, flags=e.flags) for e in entries]
-        self.s.add_all(cats)
-        self.s.flush()
-        return [c.mid for c in cats]
+        return insert_entries(self.s, [
+            {"mailbox_id": self.mailbox_id, "folder_id": folder_id, "uid": e.uid, "guid": e.guid,
+             "sha256": e.sha256, "size": e.size, "flags": e.flags} for e in entries])
 
     def move_entry(self, mid: int, folder_id: int, uid: int, flags: Iterable[str]) -> None:
         cat = self.s.get(CatalogEntry, mid)
@@ -213,13 +231,14 @@ class CaptureState:
     def update_flags(self, folder_id: int, flags_by_uid: Mapping[int, Iterable[str]]) -> list[tuple[int, str]]:
         """Store new flags of messages of a folder; returns (mid, flags_text) of those that changed."""
         changed: list[tuple[int, str]] = []
+        self.s.flush()  # rows moved or added in this transaction are read as they are now
         for part in chunks(sorted(flags_by_uid)):
-            for cat in self.s.scalars(select(CatalogEntry).where(
-                    CatalogEntry.folder_id == folder_id, CatalogEntry.uid.in_(part))).all():
-                text = flags_text(flags_by_uid[cat.uid])
-                if text != cat.flags:
-                    cat.flags = text
-                    changed.append((cat.mid, text))
+            for mid, uid, old in self.s.execute(select(_CATALOG.c.mid, _CATALOG.c.uid, _CATALOG.c.flags).where(
+                    _CATALOG.c.folder_id == folder_id, _CATALOG.c.uid.in_(part))):
+                text = flags_text(flags_by_uid[uid])
+                if text != old:
+                    changed.append((mid, text))
+        set_flags(self.s, changed)
         return changed
 
     def flush(self) -> None:

@@ -72,13 +72,15 @@ class IdMap:
         return [MapEntry.of(e) for e in self.s.scalars(select(IdMapEntry).where(
             IdMapEntry.replica_id == self.rid, IdMapEntry.folder == folder))]
 
-    def shas_in(self, folders: Iterable[str]) -> dict[tuple[str, int], str]:
-        """(folder, uid) -> SHA-256 of every mapped message of ``folders``."""
+    def shas_at(self, uids_by_folder: Mapping[str, Iterable[int]]) -> dict[tuple[str, int], str]:
+        """(folder, uid) -> SHA-256 of the mapped messages at these UIDs (only those: a folder
+        of a large mailbox is not read whole to identify the few messages just written)."""
         out: dict[tuple[str, int], str] = {}
-        for name in folders:
-            for uid, sha in self.s.execute(select(IdMapEntry.uid, IdMapEntry.sha256).where(
-                    IdMapEntry.replica_id == self.rid, IdMapEntry.folder == name)):
-                out[(name, uid)] = sha
+        for name, uids in uids_by_folder.items():
+            for part in chunks(sorted(set(uids))):
+                for uid, sha in self.s.execute(select(IdMapEntry.uid, IdMapEntry.sha256).where(
+                        IdMapEntry.replica_id == self.rid, IdMapEntry.folder == name, IdMapEntry.uid.in_(part))):
+                    out[(name, uid)] = sha
         return out
 
     # ------------------------------------------------------------------ writes
@@ -88,7 +90,7 @@ class IdMap:
         if not entries:
             return
         self.drop([e.mid for e in entries])
-        self.s.execute(insert(IdMapEntry), [
+        self.s.execute(insert(IdMapEntry.__table__), [
             dict(replica_id=self.rid, mid=e.mid, folder=e.folder, uidvalidity=e.uidvalidity, uid=e.uid,
                  sha256=e.sha256) for e in entries])
 
@@ -154,7 +156,7 @@ def rebuild_from_catalog(s: Session, replica_id: int, mailbox_id: int, id_of: Ma
                             uidvalidity=Cursor.parse(f.cursor).uidvalidity, uid=c.uid, sha256=c.sha256)
     s.execute(delete(IdMapEntry).where(IdMapEntry.replica_id == replica_id))
     if entries:
-        s.execute(insert(IdMapEntry), list(entries.values()))
+        s.execute(insert(IdMapEntry.__table__), list(entries.values()))
     return len(entries)
 
 

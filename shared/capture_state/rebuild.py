@@ -17,15 +17,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Collection, Mapping, Sequence
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from mailrepl.shared.adapters.base import FolderDelta, MessageMeta
-from mailrepl.shared.capture_state.catalog import CatalogRow
+from mailrepl.shared.capture_state.catalog import CatalogRow, insert_entries
 from mailrepl.shared.capture_state.pairing import FolderMatch, KnownFolder
 from mailrepl.shared.model import Cursor, UidSet, flags_text
 from mailrepl.shared.store.chunks import chunks
 from mailrepl.shared.store.models import CatalogEntry, FolderState
+
+_CATALOG = CatalogEntry.__table__
 
 __all__ = ["Keep", "Fresh", "FolderListing", "FolderOutcome", "Placement", "Addition", "RebuildPlan",
            "plan_rebuild", "apply_rebuild"]
@@ -210,18 +212,15 @@ def apply_rebuild(s: Session, mailbox_id: int, plan: RebuildPlan) -> list[int]:
         s.execute(update(CatalogEntry), [dict(mid=p.mid, folder_id=by_name[p.folder], uid=p.uid, flags=p.flags,
                                               **({"guid": p.guid} if p.guid else {})) for p in plan.placed])
     for folder_id, flags in plan.flags.items():
-        for part in chunks(sorted(flags)):
-            for cat in s.scalars(select(CatalogEntry).where(CatalogEntry.folder_id == folder_id,
-                                                            CatalogEntry.uid.in_(part))):
-                cat.flags = flags[cat.uid]
-    cats = [CatalogEntry(mailbox_id=mailbox_id, folder_id=by_name[a.folder], uid=a.uid, guid=a.guid,
-                         sha256=a.sha256, size=a.size, flags=a.flags) for a in plan.added]
-    s.add_all(cats)
-    s.flush()
+        s.execute(update(_CATALOG).where(_CATALOG.c.folder_id == folder_id, _CATALOG.c.uid == bindparam("u"))
+                  .values(flags=bindparam("f")), [{"u": uid, "f": text} for uid, text in flags.items()])
+    mids = insert_entries(s, [
+        {"mailbox_id": mailbox_id, "folder_id": by_name[a.folder], "uid": a.uid, "guid": a.guid,
+         "sha256": a.sha256, "size": a.size, "flags": a.flags} for a in plan.added])
     # 5. folders no longer there, with what is left in them
     for part in chunks(plan.gone):
         s.execute(delete(CatalogEntry).where(CatalogEntry.folder_id.in_(part)))
         s.execute(delete(FolderState).where(FolderState.id.in_(part)).execution_options(synchronize_session=False))
     for folder_id in plan.gone:
         s.expunge(rows.pop(folder_id))
-    return [c.mid for c in cats]
+    return mids

@@ -33,6 +33,8 @@ __all__ = ["BodyStore", "BodyCorrupt", "Staged", "GcReport"]
 
 log = logging.getLogger("mailrepl.bodies")
 
+_BODY = InboxBody.__table__  # Core: rows are read as tuples
+
 
 class BodyCorrupt(StoreError):
     """A stored body no longer reassembles to its hash (disk damage): it must come again."""
@@ -130,13 +132,13 @@ class BodyStore:
         if staged.parts:
             self.blobs.put_many(staged.parts.items())
         if staged.skeletons:
-            s.execute(insert(InboxBody), [
+            s.execute(insert(InboxBody.__table__), [
                 dict(sha256=sha, size=size, data=self.store.sealer.seal(skeleton, sha))
                 for sha, (skeleton, size, _) in staged.skeletons.items()
             ])
             refs = [dict(sha256=sha, key=key) for sha, (_, _, keys) in staged.skeletons.items() for key in set(keys)]
             if refs:
-                s.execute(insert(InboxPart), refs)
+                s.execute(insert(InboxPart.__table__), refs)
 
     # ------------------------------------------------------------------ replay
 
@@ -144,7 +146,7 @@ class BodyStore:
         """The whole bodies, each checked against its SHA-256 (BodyCorrupt if one fails)."""
         out: dict[str, bytes] = {}
         with self.store.read() as s:
-            rows = list(s.execute(select(InboxBody.sha256, InboxBody.data).where(InboxBody.sha256.in_(set(shas)))))
+            rows = list(s.execute(select(_BODY.c.sha256, _BODY.c.data).where(_BODY.c.sha256.in_(set(shas)))))
         for sha, stored in rows:
             try:
                 skeleton = self.store.sealer.open(stored, sha)

@@ -35,6 +35,8 @@ from mailrepl.shared.protocol.wire import Batch, Segment
 
 __all__ = ["BatchBuilder", "Built", "Held"]
 
+_ROW, _BODY = OutboxRow.__table__, OutboxBody.__table__  # Core: rows are read as tuples
+
 Held = Callable[[Sequence[str], Sequence[str]], tuple[list[str], list[str]]]  # -> missing (bodies, parts)
 
 
@@ -157,9 +159,9 @@ class BatchBuilder:
                     elif live_only and not live:
                         break
                 rows = list(s.execute(
-                    select(OutboxRow.seq, OutboxRow.change, OutboxRow.sha256, OutboxRow.size, OutboxRow.created_at)
-                    .where(OutboxRow.mailbox_id == mid, OutboxRow.seq > start)
-                    .order_by(OutboxRow.seq)
+                    select(_ROW.c.seq, _ROW.c.change, _ROW.c.sha256, _ROW.c.size, _ROW.c.created_at)
+                    .where(_ROW.c.mailbox_id == mid, _ROW.c.seq > start)
+                    .order_by(_ROW.c.seq)
                     .limit(budget)
                 ))
                 picked = []
@@ -199,7 +201,7 @@ class BatchBuilder:
         wanted = list(shas)
         found = 0
         for part in chunks(wanted, 100):  # bodies are large: few per query
-            for sha, data in s.execute(select(OutboxBody.sha256, OutboxBody.data).where(OutboxBody.sha256.in_(part))):
+            for sha, data in s.execute(select(_BODY.c.sha256, _BODY.c.data).where(_BODY.c.sha256.in_(part))):
                 found += 1
                 yield sha, self.store.sealer.open(data, sha)
         if found != len(wanted):

@@ -34,14 +34,13 @@ the last commit left off: pending UIDs that vanished meanwhile are skipped, noth
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from sqlalchemy import insert, select
+from sqlalchemy import event, insert, select
 from sqlalchemy.orm import Session
 
 from mailrepl.shared.adapters.base import FolderDelta, FolderInfo, MailboxSession, MessageMeta
@@ -54,12 +53,16 @@ from mailrepl.shared.model import Change, Cursor, Kind, UidSet, flags_text, form
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import Mailbox, OutboxBody, OutboxRow
 
+_OUTBOX = OutboxRow.__table__
+_OUTBOX_BODY = OutboxBody.__table__
+
 __all__ = ["CaptureEngine", "CycleReport", "DEFAULT_CHUNK_MESSAGES", "DEFAULT_CHUNK_BYTES"]
 
 log = logging.getLogger("mailrepl.capture")
 
 DEFAULT_CHUNK_MESSAGES = 200
-DEFAULT_CHUNK_BYTES = 32 * 1024 * 1024
+DEFAULT_CHUNK_BYTES = 8 * 1024 * 1024
+STREAM_CHUNKS = 10  # chunks fetched in one stream (its FETCH commands pipelined)
 IDLE_NOTE_SECONDS = 300.0  # how stale Mailbox.last_capture_at may get while nothing changes
 
 
@@ -90,25 +93,29 @@ class _FolderPlan:
 
 
 class _Seq:
-    """Hands out sequence numbers of one mailbox inside one transaction."""
+    """Hands out sequence numbers of one mailbox inside one transaction.
+
+    The outbox rows are collected and written with one multi-row insert when the transaction
+    commits (before its flush: the rows commit with the cursor advance, or not at all), not as
+    ORM objects one by one."""
 
     def __init__(self, session: Session, mailbox: Mailbox, report: CycleReport) -> None:
         self.s, self.mbx, self.report = session, mailbox, report
+        self.rows: list[dict] = []
+        event.listen(session, "before_commit", self._write, once=True)
 
     def emit(self, change: Change, size: int = 0) -> int:
         self.mbx.last_seq += 1
-        self.s.add(
-            OutboxRow(
-                mailbox_id=self.mbx.id,
-                seq=self.mbx.last_seq,
-                change=json.dumps(change.to_dict(), separators=(",", ":")),
-                digest=change.digest(),
-                sha256=change.sha256,
-                size=size,
-            )
-        )
+        text, digest = change.encoded()
+        self.rows.append({"mailbox_id": self.mbx.id, "seq": self.mbx.last_seq, "change": text, "digest": digest,
+                          "sha256": change.sha256, "size": size})
         self.report.changes += 1
         return self.mbx.last_seq
+
+    def _write(self, session: Session) -> None:
+        if self.rows:
+            session.execute(insert(_OUTBOX), self.rows)
+            self.rows = []
 
 
 class CaptureEngine:
@@ -304,24 +311,24 @@ class CaptureEngine:
         if not candidates:
             return
         use_guid = session.features.message_guid
-        pool: dict[str, list[CatalogRow]] = {}
+        # by message GUID where the server has them and the catalogue knows the message's (the
+        # standby view catalogues what the replayer appended without one), else by content hash
+        by_guid: dict[str, list[CatalogRow]] = {}
+        by_sha: dict[str, list[CatalogRow]] = {}
         for entry in vanished:
-            key = entry.guid if use_guid else entry.sha256
-            if key:
-                pool.setdefault(key, []).append(entry)
-        keys: dict[tuple[int, int], str] = {}
-        if use_guid:
-            for p, m in candidates:
-                if m.guid:
-                    keys[(id(p), m.uid)] = m.guid
-        else:
-            # No message GUIDs: hash the new messages' bodies (read only, nothing shipped here).
+            if use_guid and entry.guid:
+                by_guid.setdefault(entry.guid, []).append(entry)
+            elif entry.sha256:
+                by_sha.setdefault(entry.sha256, []).append(entry)
+        guids = {(id(p), m.uid): m.guid for p, m in candidates if use_guid and m.guid}
+        shas: dict[tuple[int, int], str] = {}
+        if by_sha:
+            # hash the new messages' bodies (read only, nothing shipped here)
             for p in {id(p): p for p, _ in candidates}.values():
                 for msg in session.fetch(p.info.name, [m.uid for m in p.delta.new]):
-                    keys[(id(p), msg.uid)] = hashlib.sha256(msg.body).hexdigest()
+                    shas[(id(p), msg.uid)] = hashlib.sha256(msg.body).hexdigest()
         for p, m in candidates:
-            key = keys.get((id(p), m.uid))
-            bucket = pool.get(key or "")
+            bucket = by_guid.get(guids.get((id(p), m.uid)) or "") or by_sha.get(shas.get((id(p), m.uid)) or "")
             if not bucket:
                 continue
             # a move needs another folder; the same folder is an expunge + re-add
@@ -429,19 +436,29 @@ class CaptureEngine:
                 work = CaptureState(s, mailbox_id).pending_work(folder_id)
             if work is None:
                 return
-            uids = work.uids.first(self.chunk_messages)
+            # one fetch stream over several chunks, each committed as it fills: the fetches in
+            # flight go on while a chunk commits, and none is cut short and fetched again
+            uids = work.uids.first(self.chunk_messages * STREAM_CHUNKS)
+            replace = dict(work.replace)  # draft edits still to pair; each commit takes its own
             batch: list = []
             size = 0
-            done_upto = 0
-            for msg in session.fetch(work.name, uids):
-                batch.append(msg)
-                size += len(msg.body)
-                if size >= self.chunk_bytes:
-                    done_upto = msg.uid
-                    break
-            else:
-                done_upto = uids[-1] if uids else 0
-            self._commit_chunk(mailbox_id, folder_id, batch, work.uids.above(done_upto), dict(work.replace), report)
+            committed: UidSet | None = None  # what was left pending by this stream's last commit
+            stream = session.fetch(work.name, uids)
+            try:
+                for msg in stream:
+                    batch.append(msg)
+                    size += len(msg.body)
+                    if len(batch) >= self.chunk_messages or size >= self.chunk_bytes:
+                        committed = work.uids.above(msg.uid)
+                        self._commit_chunk(mailbox_id, folder_id, batch, committed, replace, report)
+                        batch, size = [], 0
+                        if not committed or self._held(mailbox_id, report):
+                            return
+            finally:
+                stream.close()
+            rest = work.uids.above(uids[-1] if uids else 0)
+            if batch or committed is None or committed != rest:  # else that commit said it all
+                self._commit_chunk(mailbox_id, folder_id, batch, rest, replace, report)
 
     def _commit_chunk(self, mailbox_id, folder_id, batch, remaining: UidSet, replace, report) -> None:
         shas = [hashlib.sha256(msg.body).hexdigest() for msg in batch]  # outside the write lock
@@ -460,7 +477,7 @@ class CaptureEngine:
                 if sha not in have:
                     fresh.setdefault(sha, msg.body)
             if fresh:
-                s.execute(insert(OutboxBody), [dict(sha256=k, size=len(v), data=self.store.sealer.seal(v, k))
+                s.execute(insert(_OUTBOX_BODY), [dict(sha256=k, size=len(v), data=self.store.sealer.seal(v, k))
                                                for k, v in fresh.items()])
             texts = [flags_text(msg.flags) for msg in batch]
             mids = st.add_entries(folder_id, [NewEntry(msg.uid, msg.guid, sha, len(msg.body), text)

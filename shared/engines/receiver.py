@@ -16,7 +16,6 @@ committed before any answer is given. Per segment (one mailbox's contiguous rang
 """
 from __future__ import annotations
 
-import json
 import logging
 from datetime import datetime
 from typing import Callable
@@ -100,7 +99,8 @@ class Receiver:
         if seg.range.first > expected:
             return self._result(s, rep, "gap", resend_from=expected,
                                 detail=f"expected sequence {expected}, batch starts at {seg.range.first}")
-        digests = [c.digest() for c in seg.changes]
+        encoded = [c.encoded() for c in seg.changes]  # (stored JSON, digest)
+        digests = [digest for _, digest in encoded]
         overlap_last = min(seg.range.last, rep.received_seq)
         if overlap_last >= seg.range.first:
             held = dict(
@@ -120,7 +120,7 @@ class Receiver:
                     rep.phase, rep.error = "error", f"conflict: {detail}"
                     return self._result(s, rep, "conflict", detail=detail)
         new = [
-            (seq, ch, digests[seq - seg.range.first], seg.captured[seq - seg.range.first] if seg.captured else "")
+            (seq, ch, encoded[seq - seg.range.first], seg.captured[seq - seg.range.first] if seg.captured else "")
             for seq, ch in zip(seg.range, seg.changes)
             if seq > rep.received_seq
         ]
@@ -134,10 +134,10 @@ class Receiver:
                                        f"{len(staged.whole)} of them unsplit")
         self.bodies.store_staged(s, staged)
         if new:
-            s.execute(insert(InboxRow), [
-                dict(replica_id=rep.id, seq=seq, change=json.dumps(ch.to_dict(), separators=(",", ":")),
-                     digest=digest, sha256=ch.sha256, state="received", captured_at=_parse(captured))
-                for seq, ch, digest, captured in new
+            s.execute(insert(InboxRow.__table__), [
+                dict(replica_id=rep.id, seq=seq, change=text, digest=digest, sha256=ch.sha256, state="received",
+                     captured_at=_parse(captured))
+                for seq, ch, (text, digest), captured in new
             ])
         if new:
             rep.received_seq = new[-1][0]

@@ -46,6 +46,7 @@ from mailrepl.shared.content.bodies import BodyCorrupt, BodyStore
 from mailrepl.shared.errors import FolderNotFound, MessageRejected, StoreError
 from mailrepl.shared.model import Change, Kind, parse_internaldate, utcnow
 from mailrepl.shared.engines.replay_check import Alteration, check_written
+from mailrepl.shared.engines.replay_journal import PassJournal
 from mailrepl.shared.engines.replay_keep import plan_delete
 from mailrepl.shared.content.standby_copy import identity, standby_forms
 from mailrepl.shared.store import Store
@@ -62,8 +63,10 @@ __all__ = ["Group", "plan", "ReplayEngine", "ReplayReport", "DEFAULT_APPEND_BATC
 
 log = logging.getLogger("mailrepl.replay")
 
+_INBOX = InboxRow.__table__  # Core: rows are read as tuples
+
 DEFAULT_APPEND_BATCH = 100
-DEFAULT_APPEND_BYTES = 32 * 1024 * 1024
+DEFAULT_APPEND_BYTES = 8 * 1024 * 1024
 _GROUPABLE = (Kind.MSG_ADD, Kind.MSG_EXPUNGE, Kind.MSG_FLAGS, Kind.MSG_MOVE)
 _Dates = dict[str, tuple[int, dict[int, tuple[int | None, int]]]]  # folder -> (UIDVALIDITY, UID -> (internal date in s, size))
 # (replica id, the next contiguous changes) -> (how many of them may be played now, the sequence
@@ -136,6 +139,7 @@ class ReplayReport:
     last_reset_seq: int = 0  # the last folder reset applied in this pass (0: none)
     held: int = 0  # changes set aside by the gate
     kept_folders: list[dict] = field(default_factory=list)  # deleted there, kept here (keep_unknown)
+    journal: PassJournal = field(default_factory=PassJournal)  # what the pass wrote (the standby view's input)
 
 
 class ReplayEngine:
@@ -172,9 +176,9 @@ class ReplayEngine:
                 start = rep.applied_seq + 1
                 rows = list(
                     s.execute(
-                        select(InboxRow.seq, InboxRow.change)
-                        .where(InboxRow.replica_id == replica_id, InboxRow.seq >= start)
-                        .order_by(InboxRow.seq)
+                        select(_INBOX.c.seq, _INBOX.c.change)
+                        .where(_INBOX.c.replica_id == replica_id, _INBOX.c.seq >= start)
+                        .order_by(_INBOX.c.seq)
                         .limit(self.window)
                     )
                 )
@@ -220,6 +224,7 @@ class ReplayEngine:
             by_folder: dict[str, list[int]] = {}
             for e in entries.values():
                 by_folder.setdefault(e.folder, []).append(e.uid)
+            report.journal.touch(by_folder)
             for folder, uids in by_folder.items():
                 session.expunge(folder, uids)
             self._done(rid, g, report, drop_mids=list(entries))
@@ -229,20 +234,24 @@ class ReplayEngine:
             by_folder = {}
             for e in entries.values():
                 by_folder.setdefault(e.folder, []).append(e.uid)
+            report.journal.touch(by_folder)
             for folder, uids in by_folder.items():
                 session.store_flags(folder, uids, flags)
             self._done(rid, g, report)
         elif k == Kind.MSG_MOVE:
             self._apply_moves(rid, g, session, report)
         elif k == Kind.FOLDER_CREATE:
+            report.journal.void()
             ch = g.items[0][1]
             session.create_folder(ch.folder, frozenset(ch.special_use or ()))
             self._done(rid, g, report)
         elif k == Kind.FOLDER_RENAME:
+            report.journal.void()
             ch = g.items[0][1]
             session.rename_folder(ch.folder, ch.new_folder)
             self._done(rid, g, report, rename=(ch.folder, ch.new_folder))
         elif k == Kind.FOLDER_DELETE:
+            report.journal.void()
             kept = plan_delete(self.store, rid, g.folder, session) if self.keep_unknown else None
             if kept is None:
                 session.delete_folder(g.folder)
@@ -255,6 +264,7 @@ class ReplayEngine:
             if kept is not None:
                 report.kept_folders.append(kept.record())
         elif k == Kind.FOLDER_RESET:
+            report.journal.void()
             if session.folder_info(g.folder) is None:  # gone here too (wiped): an empty folder stays a folder
                 session.create_folder(g.folder)
             report.last_reset_seq = g.last_seq
@@ -263,6 +273,7 @@ class ReplayEngine:
                     s.add(Orphan(replica_id=rid, folder=e.folder, uidvalidity=e.uidvalidity, uid=e.uid, sha256=e.sha256))
                 self._advance(s, rid, g, report)
         elif k == Kind.FOLDER_RESET_DONE:
+            report.journal.void()
             with self.store.read() as s:
                 orphans = list(s.scalars(select(Orphan).where(Orphan.replica_id == rid, Orphan.folder == g.folder)))
             info = session.folder_info(g.folder) if orphans else None
@@ -308,6 +319,7 @@ class ReplayEngine:
             claims, wrong = _proven(claims, g.folder, session)
             if wrong:  # another message sits at that UID: this one is written again
                 todo = sorted(todo + wrong, key=lambda t: t[0])
+            report.journal.touch([g.folder])
         for _, ch, o in claims:  # a reset folder keeps the message it already has
             session.store_flags(g.folder, [o.uid], frozenset(ch.flags or ()))
         new_entries: list[MapEntry] = [
@@ -321,6 +333,7 @@ class ReplayEngine:
         replaced = [c.old_mid for _, c in g.items if c.kind == Kind.MSG_REPLACE]
         if replaced:
             old = self._mapped(rid, replaced)
+            report.journal.touch(e.folder for e in old.values())
             for e in old.values():
                 session.expunge(e.folder, [e.uid])
         with self.store.tx(durable=False) as s:
@@ -382,6 +395,7 @@ class ReplayEngine:
         report.appended += len(todo)
         altered += check_written(session, folder, [(seq, c, bodies[c.sha256], uid)
                                                    for (seq, c), uid in zip(todo, res.uids)])
+        report.journal.appended(folder, info, res, [c for _, c in todo])
         return [
             MapEntry(mid=c.mid, folder=folder, uidvalidity=res.uidvalidity, uid=uid, sha256=c.sha256)
             for (_, c), uid in zip(todo, res.uids)
@@ -390,6 +404,7 @@ class ReplayEngine:
     def _apply_moves(self, rid: int, g: Group, session: MailboxSession, report: ReplayReport) -> None:
         dest = g.items[0][1].new_folder
         entries = self._mapped(rid, [c.mid for _, c in g.items])
+        report.journal.touch([dest, *(e.folder for e in entries.values())])
         todo = {mid: e for mid, e in entries.items() if e.folder != dest}
         moved: dict[int, tuple[int, int]] = {}  # mid -> (uidvalidity, uid)
         if todo:
@@ -439,6 +454,7 @@ class ReplayEngine:
             intent = s.get(ReplayIntent, rid)
             if intent is None:
                 return
+            report.journal.void()  # recovering from a crash: the view reads the copy back
             rows = list(
                 s.scalars(
                     select(InboxRow.change).where(

@@ -187,9 +187,13 @@ def encode_batch(batch: Batch, *, level: int = 3, compress: bool = True) -> byte
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     chunks = [_U32.pack(len(head)), head, *batch.messages.values(), *(batch.parts[k] for k in packed)]
     if compress:
-        frame = zstandard.ZstdCompressor(level=level).compress(b"".join(chunks))
+        # one frame, fed piece by piece (no joined copy of the payload), declaring its size
+        zc = zstandard.ZstdCompressor(level=level).compressobj(size=sum(len(c) for c in chunks))
+        frame = [zc.compress(c) for c in chunks]
+        frame.append(zc.flush())
         tail = [batch.parts[k] for k in batch.parts if k in stored]
-        return b"".join([_PREFIX.pack(MAGIC, WIRE_VERSION, CODEC_ZSTD), _U64.pack(len(frame)), frame, *tail])
+        return b"".join([_PREFIX.pack(MAGIC, WIRE_VERSION, CODEC_ZSTD), _U64.pack(sum(len(f) for f in frame)),
+                         *frame, *tail])
     return _PREFIX.pack(MAGIC, WIRE_VERSION, CODEC_NONE) + b"".join(chunks)
 
 
@@ -233,11 +237,11 @@ def decode_batch(data: bytes, *, max_bytes: int = MAX_DECODED_BYTES, born_ids: b
             raise WireError(f"batch inflates beyond {max_bytes} bytes")
         payload = _inflate(frame, room, max_bytes)
         if len(tail):
-            payload += tail  # the stored parts follow the compressed ones
+            payload = b"".join((payload, tail))  # the stored parts follow the compressed ones
     elif codec == CODEC_NONE:
         if len(body) > max_bytes:
             raise WireError(f"batch inflates beyond {max_bytes} bytes")
-        payload = bytearray(body)
+        payload = bytes(body)
     else:
         raise WireError(f"unknown codec {codec}")
     if len(payload) < 4:
@@ -281,20 +285,36 @@ def decode_batch(data: bytes, *, max_bytes: int = MAX_DECODED_BYTES, born_ids: b
     return Batch(source=source, segments=segments, messages=messages, parts=parts, created=created)
 
 
-def _inflate(frame: memoryview, room: int, limit: int) -> bytearray:
-    """The zstd ``frame`` decompressed, streamed: refused (``WireError``) as soon as it passes
-    ``room`` bytes, so a small frame that inflates to gigabytes never takes more than ``room``
-    plus one chunk of memory."""
-    out = bytearray()
+def _inflate(frame: memoryview, room: int, limit: int) -> bytes:
+    """The zstd ``frame`` decompressed; refused (``WireError``) beyond ``room`` bytes. A frame
+    that declares its size (ours always do) is checked against ``room`` before anything is
+    allocated and inflated in one call, outside the interpreter lock, into a buffer of exactly
+    that size (zstd fails if the frame does not hold what it declares). Otherwise it is streamed
+    and refused as soon as it passes ``room``, so a small frame that inflates to gigabytes never
+    takes more than ``room`` plus one chunk of memory."""
     try:
+        declared = zstandard.frame_content_size(frame)
+    except zstandard.ZstdError as exc:
+        raise WireError(f"batch does not decompress: {exc}") from exc
+    if declared > room:
+        raise WireError(f"batch inflates beyond {limit} bytes")
+    try:
+        if declared >= 0:
+            out = zstandard.ZstdDecompressor().decompress(frame)
+            if len(out) != declared:
+                raise WireError("batch does not decompress: frame shorter than it declares")
+            return out
+        pieces: list[bytes] = []
+        size = 0
         with zstandard.ZstdDecompressor().stream_reader(frame, read_across_frames=False) as reader:
             while True:
-                chunk = reader.read(min(_INFLATE_CHUNK, room - len(out) + 1))
+                chunk = reader.read(min(_INFLATE_CHUNK, room - size + 1))
                 if not chunk:
                     break
-                out += chunk
-                if len(out) > room:
+                pieces.append(chunk)
+                size += len(chunk)
+                if size > room:
                     raise WireError(f"batch inflates beyond {limit} bytes")
     except zstandard.ZstdError as exc:
         raise WireError(f"batch does not decompress: {exc}") from exc
-    return out
+    return b"".join(pieces)

@@ -7,9 +7,16 @@
   record is always one line (a traceback follows it as the record's exception text).
 * The HTTP client's per-request INFO lines (one per site-state poll, every second) are shown at
   DEBUG only.
+* Memory goes back to the system when a batch is done (glibc): message bodies and batches are
+  large, short-lived buffers, and by default glibc raises its mmap threshold after freeing one,
+  keeping later ones on heaps it does not return, one heap set per thread; a fixed threshold
+  and two arenas keep the peak close to what is alive (measured while seeding: -20 to -30 MB
+  per gateway at the same CPU within noise).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import re
@@ -17,6 +24,9 @@ import re
 __all__ = ["escape_controls", "SafeFormatter", "LOG_FORMAT", "prepare_process"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8  # glibc's mallopt parameters
+MMAP_THRESHOLD = 1 << 20  # buffers from 1 MiB on are mapped, and unmapped when freed
+ARENA_MAX = 2
 PRIVATE_UMASK = 0o077
 
 # C0 controls but TAB, DEL, C1 controls, the Unicode line/paragraph separators, and the format
@@ -45,6 +55,7 @@ def prepare_process(log_level: str, *, insecure_demo: bool = False) -> None:
     """Private umask, root logging at ``log_level`` through :class:`SafeFormatter`, quiet HTTP
     client; a warning when the configuration runs in ``insecure_demo`` mode."""
     os.umask(PRIVATE_UMASK)
+    _return_freed_memory()
     level = getattr(logging, log_level.upper())
     root = logging.getLogger()
     for handler in list(root.handlers):
@@ -59,3 +70,17 @@ def prepare_process(log_level: str, *, insecure_demo: bool = False) -> None:
         logging.getLogger("mailrepl").warning(
             "insecure_demo = true: secrets are accepted from a configuration file others can read; "
             "for a loopback demo only")
+
+
+def _return_freed_memory() -> None:
+    """Fixed mmap threshold and at most two malloc arenas (glibc only; elsewhere nothing)."""
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return  # not glibc
+    mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+    mallopt(_M_ARENA_MAX, ARENA_MAX)

@@ -248,7 +248,7 @@ class InboxPart(Base):
 
 class IdMapEntry(Base):
     __tablename__ = "idmap"
-    __table_args__ = (Index("ix_idmap_replica_folder", "replica_id", "folder"), Index("ix_idmap_sha256", "sha256"))
+    __table_args__ = (Index("ix_idmap_replica_folder_uid", "replica_id", "folder", "uid"), Index("ix_idmap_sha256", "sha256"))
 
     replica_id: Mapped[int] = mapped_column(
         ForeignKey("replica.id", ondelete="CASCADE"), primary_key=True

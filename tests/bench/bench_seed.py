@@ -15,7 +15,11 @@ Not a test: it prints figures (the machines are noisy, so nothing here asserts a
 
 Peak RSS of each gateway is the kernel's VmHWM of its process.
 
-    python tests/bench/bench_seed.py [--count 2500] [--state sqlite|postgres] [--json FILE]
+With ``--profile DIR`` both gateways are sampled by ``py-spy`` while they seed (samples holding
+the GIL, collapsed stacks in ``DIR/source.txt`` and ``DIR/recovery.txt``; summarise them with
+``tests/bench/profile_summary.py``).
+
+    python tests/bench/bench_seed.py [--count 2500] [--state sqlite|postgres] [--json FILE] [--profile DIR]
 """
 from __future__ import annotations
 
@@ -113,11 +117,40 @@ def fresh_postgres_db(admin_url: str, name: str) -> str:
     return admin_url.rsplit("/", 1)[0] + "/" + name
 
 
+def start_profilers(pair: GatewayPair, out: Path) -> list[subprocess.Popen]:
+    """py-spy on both gateway processes, samples holding the GIL (CPU spent in Python)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for g in (pair.source, pair.recovery):
+        procs.append(subprocess.Popen(
+            [spy, "record", "--gil", "--rate", "200", "--format", "raw", "--nonblocking",
+             "-o", str(out / f"{g.role}.txt"), "--pid", str(g.proc.pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(1.0)  # let py-spy attach before the work starts
+    return procs
+
+
+def stop_profilers(procs: list[subprocess.Popen]) -> None:
+    import signal
+
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 def synced(st: dict, min_seq: int = 0) -> bool:
     return (
         st.get("phase") == "replicating" and st.get("copy_queue") == 0 and st.get("replay_queue") == 0
         and st.get("last_applied_seq") == st.get("last_captured_seq") and st.get("last_captured_seq", 0) >= min_seq
     )
+
+
+POLL = 0.2  # seconds between status requests (one costs the source gateway a few ms of CPU)
 
 
 def wait_until(pair: GatewayPair, min_seq: int, timeout: float) -> tuple[float, dict]:
@@ -129,7 +162,7 @@ def wait_until(pair: GatewayPair, min_seq: int, timeout: float) -> tuple[float, 
             st = {}
         if synced(st, min_seq):
             return time.monotonic() - t0, st
-        time.sleep(0.05)
+        time.sleep(POLL)
     raise SystemExit(f"bench_seed: not in sync after {timeout}s: {pair.status()}")
 
 
@@ -168,6 +201,7 @@ def main() -> int:
     ap.add_argument("--no-peers", action="store_true", help="skip the dsync/mbsync baseline")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--profile", help="sample both gateways with py-spy while seeding; raw profiles go to this directory")
     a = ap.parse_args()
     harness = harness_dir(a.harness)
     work = Path(tempfile.mkdtemp(prefix="mailrepl-bench-"))
@@ -212,22 +246,45 @@ def main() -> int:
         pair = GatewayPair(work, primary, standby, users=[USER], source_state=states[0], recovery_state=states[1],
                            poll_interval=0.5)
         pair.start()
+        spies = start_profilers(pair, Path(a.profile)) if a.profile else []
+        figures.update(source_start_rss_mb=vm_hwm_mb(pair.source.proc.pid),
+                       recovery_start_rss_mb=vm_hwm_mb(pair.recovery.proc.pid))
+        print(f"peak RSS after start-up: source gateway {figures['source_start_rss_mb']:.0f} MB, "
+              f"recovery gateway {figures['recovery_start_rss_mb']:.0f} MB")
         cpu0 = {g.role: cpu_seconds(g.proc.pid) for g in (pair.source, pair.recovery)}
         t_protect = time.monotonic()
         pair.protect(USER)
         secs, st = wait_until(pair, 1, timeout=1800)
         secs = time.monotonic() - t_protect
         cpu = {g.role: cpu_seconds(g.proc.pid) - cpu0[g.role] for g in (pair.source, pair.recovery)}
+        stop_profilers(spies)
         figures.update(seed_s=secs, seed_msgs_per_s=msgs / secs, seed_mb_per_s=size / 1e6 / secs,
                        source_peak_rss_mb=vm_hwm_mb(pair.source.proc.pid),
                        recovery_peak_rss_mb=vm_hwm_mb(pair.recovery.proc.pid), wire_bytes=pair.wire_bytes(),
                        source_cpu_s=cpu["source"], recovery_cpu_s=cpu["recovery"])
         print(f"mailrepl seed    {secs:6.2f}s  {msgs / secs:7.0f} msg/s  {size / 1e6 / secs:6.1f} MB/s  "
               f"wire {figures['wire_bytes'] / 1e6:.1f} MB")
+        if "peer_dsync-imapc_s" in figures:
+            print(f"mailrepl / dsync throughput: {figures['peer_dsync-imapc_s'] / secs:.2f}x")
         print(f"CPU during seeding: source gateway {cpu['source']:.2f}s ({cpu['source'] / msgs * 1e3:.2f} ms/msg), "
               f"recovery gateway {cpu['recovery']:.2f}s ({cpu['recovery'] / msgs * 1e3:.2f} ms/msg)")
         assert_same_mailbox(primary, standby, USER)
         print("standby equal to primary after seeding: yes")
+        # what the gateways spend when there is nothing to do, with the same status polling: the
+        # part of the CPU above that does not depend on the messages
+        idle0 = {g.role: cpu_seconds(g.proc.pid) for g in (pair.source, pair.recovery)}
+        t_idle = time.monotonic()
+        while time.monotonic() - t_idle < 3.0:
+            pair.status()
+            time.sleep(POLL)
+        idle_rate = {g.role: (cpu_seconds(g.proc.pid) - idle0[g.role]) / (time.monotonic() - t_idle)
+                     for g in (pair.source, pair.recovery)}
+        net = {role: max(0.0, cpu[role] - idle_rate[role] * secs) for role in cpu}
+        figures.update(source_idle_cpu_per_s=idle_rate["source"], recovery_idle_cpu_per_s=idle_rate["recovery"],
+                       source_cpu_net_s=net["source"], recovery_cpu_net_s=net["recovery"])
+        print(f"idle with the same polling: source {idle_rate['source'] * 1e3:.0f} ms/s, recovery "
+              f"{idle_rate['recovery'] * 1e3:.0f} ms/s; CPU per message net of it: source "
+              f"{net['source'] / msgs * 1e3:.2f} ms, recovery {net['recovery'] / msgs * 1e3:.2f} ms")
 
         base_seq = st["last_captured_seq"]
         t_burst = time.monotonic()

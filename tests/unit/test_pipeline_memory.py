@@ -497,3 +497,58 @@ def test_a_resync_into_a_folder_recreated_with_its_old_uidvalidity_keeps_what_it
     p.sync()
     p.assert_equal()
     assert len(p.standby.box("alice")["INBOX"].msgs) == 4
+
+
+def test_a_prepared_batch_keeps_its_bodies_only_in_the_encoded_bytes(tmp_path):
+    # memory: the batch in flight and the one prepared meanwhile are each held once, encoded
+    p = Pipeline(tmp_path)
+    attachment = bytes(range(256)) * 200  # one part above the split threshold
+    body = (b'Subject: a\r\nContent-Type: multipart/mixed; boundary="b"\r\n\r\n--b\r\n\r\ntext\r\n--b\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n" + attachment + b"\r\n--b--\r\n")
+    p.primary.deliver("alice", body)
+    p.primary.deliver("alice", _msg(2))
+    p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
+    built, data = p.shipper._prepare({}, frozenset())
+    sent = decode_batch(data)
+    assert sent.parts and set(built.batch.parts) == set(sent.parts)  # keys still there (parts in flight)
+    assert set(built.batch.messages) == set(sent.messages)
+    assert not any(built.batch.messages.values()) and not any(built.batch.parts.values())
+    assert built.batch.segments == sent.segments
+    assert hashlib.sha256(body).hexdigest() in sent.messages
+
+
+def test_capture_streams_several_chunks_from_one_fetch_and_commits_each(tmp_path):
+    # each chunk commits on its own (bounded memory, progress kept), yet the messages come from
+    # one fetch of the pending UIDs: nothing fetched is thrown away and fetched again
+    p = Pipeline(tmp_path, chunk=3)
+    for i in range(10):
+        p.primary.deliver("alice", _msg(i))
+    session = p.primary.open("alice")
+    asked: list[list[int]] = []
+    fetched: list[int] = []
+    real = session.fetch
+
+    def fetch(folder, uids):
+        asked.append(list(uids))
+        for msg in real(folder, uids):
+            fetched.append(msg.uid)
+            yield msg
+
+    session.fetch = fetch
+    commits: list[int] = []
+    real_commit = p.capture._commit_chunk
+
+    def commit(mailbox_id, folder_id, batch, remaining, replace, report):
+        commits.append(len(batch))
+        real_commit(mailbox_id, folder_id, batch, remaining, replace, report)
+
+    p.capture._commit_chunk = commit
+    report = p.capture.cycle(p.mailbox().id, session)
+    assert report.messages == 10 and len(asked) == 1 and sorted(fetched) == fetched and len(fetched) == 10
+    assert commits == [3, 3, 3, 1]
+    while p.shipper.ship_once():
+        pass
+    with p.dst.tx() as s:
+        rid = s.scalar(select(Replica.id).where(Replica.address == "alice"))
+    p.replay.replay(rid, p.standby.open("alice"))
+    p.assert_equal()

@@ -114,7 +114,7 @@ def test_defaults(tmp_path):
     assert g.listen == ListenAddress("127.0.0.1", 8470)
     assert g.state_url == f"sqlite:///{tmp_path / 'mailrepl-source.sqlite'}"
     assert (g.poll_interval, g.workers, g.fetch_chunk, g.log_level) == (5.0, 4, 200, "info")
-    assert (p.batch_max_changes, p.batch_max_bytes) == (2000, 32 * 1024 * 1024)
+    assert (p.batch_max_changes, p.batch_max_bytes) == (2000, 8 * 1024 * 1024)
     assert (p.timeout, p.retry_initial, p.retry_max, p.ca_file) == (60.0, 1.0, 60.0, None)
     assert (srv.kind, srv.port, srv.auth, srv.timeout, srv.verify_tls, srv.ca_file) == (
         "imap", 143, "sasl-plain", 30.0, True, None)

@@ -1,8 +1,10 @@
 """The wire format: golden file, version checks, integrity checks."""
 import hashlib
+import struct
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from mailrepl.shared.errors import UnsupportedVersion, WireError
 from mailrepl.shared.model import Change, Kind, SeqRange
@@ -124,3 +126,31 @@ def test_ack_round_trip_and_version():
     assert Ack.from_json(ack.to_json()) == ack
     with pytest.raises(UnsupportedVersion):
         Ack.from_json({"v": 99, "results": []})
+
+
+def _zstd_batch(payload: bytes, *, declare: bool) -> bytes:
+    """A version-2 batch whose frame does or does not declare its decompressed size."""
+    frame = zstandard.ZstdCompressor(level=1, write_content_size=declare).compress(payload)
+    return b"MRPL" + bytes([WIRE_VERSION, 1]) + struct.pack(">Q", len(frame)) + frame
+
+
+@pytest.mark.parametrize("declare", [True, False])
+def test_inflating_past_the_limit_is_refused_whether_the_frame_declares_its_size_or_not(declare):
+    whole = encode_batch(sample(), compress=False)[6:]  # the payload (header, bodies, parts)
+    data = _zstd_batch(whole, declare=declare)
+    assert decode_batch(data).segments == sample().segments
+    with pytest.raises(WireError, match="inflates beyond"):
+        decode_batch(data, max_bytes=len(whole) - 1)
+    bomb = _zstd_batch(b"\x00" * (64 << 20), declare=declare)  # 64 MiB of zeros in a few KiB
+    with pytest.raises(WireError, match="inflates beyond"):
+        decode_batch(bomb, max_bytes=1 << 20)
+
+
+def test_a_frame_that_holds_less_than_it_declares_is_refused():
+    frame = bytearray(zstandard.ZstdCompressor(level=1).compress(b"x" * 5000))
+    params = zstandard.get_frame_parameters(bytes(frame))
+    assert params.content_size == 5000
+    truncated = bytes(frame[: len(frame) - 4])  # its last block cut short
+    data = b"MRPL" + bytes([WIRE_VERSION, 1]) + struct.pack(">Q", len(truncated)) + truncated
+    with pytest.raises(WireError):
+        decode_batch(data)
