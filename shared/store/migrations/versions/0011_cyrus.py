@@ -10,13 +10,13 @@ gateway, a source folder paired with the standby's own special folder of the sam
 ``implicit``).
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0010"
 branch_labels = None
 depends_on = None
 

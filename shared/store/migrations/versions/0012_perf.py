@@ -5,12 +5,12 @@ The standby view identifies the messages a replay pass just wrote by their UIDs:
 instead of a scan of the folder's map.
 
 Revision ID: 0012
-Revises: 0009
+Revises: 0011
 """
 from alembic import op
 
 revision = "0012"
-down_revision = "0009"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
