@@ -3,13 +3,14 @@
 80 % of two mailboxes deleted on the primary: the standby keeps every message, the alarm is up
 (mailbox status, /metrics, the alarms list, the audit log); other changes keep flowing; ``mailrepl
 guard --release`` makes the standby equal to the primary, ``--discard`` leaves the messages on the
-standby. (Deletions spread over time not tripping it: tests/unit/test_delete_guard.py.)
+standby; 100 ordinary deletes of a third mailbox spread over time do not trip it.
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -20,7 +21,9 @@ from tests.support.net import eventually
 pytestmark = [pytest.mark.dovecot]
 
 USERS = ["alice", "bob"]
-GUARD = "\n[guard]\nmin_messages = 10\nshare_percent = 50\nwindow_minutes = 5\n[alerts]\ninterval = 1\n"
+# a 3 s window: 24 of 30 deleted at once trip it; 100 of 200 spread over 12 s (about 25 in any 3 s,
+# fewer than half the mailbox) do not — the same 100 at once would
+GUARD = "\n[guard]\nmin_messages = 10\nshare_percent = 50\nwindow_minutes = 0.05\n[alerts]\ninterval = 1\n"
 
 
 def msg(i: int, user: str) -> bytes:
@@ -34,16 +37,29 @@ def cli(pair: GatewayPair, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_a_mass_delete_is_held_until_released_or_discarded(dovecot_factory, tmp_path):
-    primary = dovecot_factory("primary", USERS)
-    standby = dovecot_factory("standby", USERS)
-    pair = GatewayPair(tmp_path, primary, standby, users=USERS, recovery_extra=GUARD,
+    everyone = [*USERS, "carol"]
+    primary = dovecot_factory("primary", everyone)
+    standby = dovecot_factory("standby", everyone)
+    pair = GatewayPair(tmp_path, primary, standby, users=everyone, recovery_extra=GUARD,
                        source_state=f"sqlite:///{tmp_path}/s.sqlite", recovery_state=f"sqlite:///{tmp_path}/r.sqlite")
     for u in USERS:
         primary.deliver_many(u, [msg(i, u) for i in range(30)])
+    primary.deliver_many("carol", [msg(i, "carol") for i in range(200)])
     pair.start()
     try:
-        pair.protect(*USERS)
-        pair.wait_synced(USERS)
+        pair.protect(*everyone)
+        pair.wait_synced(everyone)
+        # ordinary use: 100 deletes, 5 at a time, spread over 12 s
+        C = primary.imap("carol", master=True)
+        C.select("INBOX")
+        for k in range(20):
+            uids = f"{1 + 5 * k}:{5 + 5 * k}"
+            C.uid("STORE", uids, "+FLAGS", "(\\Deleted)")
+            C.uid("EXPUNGE", uids)
+            time.sleep(0.6)
+        C.logout()
+        pair.wait_synced(everyone)
+        assert_same_mailbox(primary, standby, "carol")
         for u in USERS:
             M = primary.imap(u, master=True)
             M.select("INBOX")
@@ -79,6 +95,7 @@ def test_a_mass_delete_is_held_until_released_or_discarded(dovecot_factory, tmp_
         assert r.returncode == 0 and "24 deletions dropped" in r.stdout, r.stdout + r.stderr
         assert total_messages(snapshot(standby, "bob")) == 30 and total_messages(snapshot(primary, "bob")) == 6
         assert cli(pair, "guard", "--json").stdout.count('"address"') == 0
+        assert status["carol"]["held_deletions"] is None, "ordinary deletes do not trip the guard"
         # replication goes on: a later change reaches the standby
         primary.deliver("bob", msg(100, "bob"))
         pair.wait_synced(USERS)
