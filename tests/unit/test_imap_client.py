@@ -379,6 +379,7 @@ def log_in(peer: Peer, caps: bytes) -> None:
     reply(peer, b"ENABLE QRESYNC", b"* ENABLED QRESYNC\r\nTAG OK\r\n")
     reply(peer, b'LIST "" ""', b'* LIST (\\Noselect) "." ""\r\nTAG OK\r\n')
     reply(peer, b"STATUS INBOX (X-GUID)", b"TAG BAD unknown item\r\n")
+    reply(peer, b"STATUS INBOX (UIDVALIDITY)", b"* STATUS INBOX (UIDVALIDITY 5)\r\nTAG OK\r\n")
 
 
 def test_a_server_without_notify_or_guids_waits_with_idle_on_inbox():
