@@ -26,7 +26,7 @@ to that folder is not seen (nobody but the replayer writes a copy that replicate
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 from mailrepl.shared.adapters.base import AppendResult, FolderDelta, FolderInfo, MessageMeta
 from mailrepl.shared.model import Change, Cursor
