@@ -24,7 +24,7 @@ from tests.support.net import eventually
 
 pytestmark = [pytest.mark.dovecot, pytest.mark.slow]
 
-CONFIG = "\n[lag]\nreplay_delay = 2\n[history]\nretention_days = 1\ncheck_interval = 1\n"
+CONFIG = "\n[lag]\nreplay_delay = 3\n[history]\nretention_days = 1\ncheck_interval = 1\n"
 
 
 def body(i: int) -> bytes:
@@ -49,11 +49,15 @@ def test_kill9_during_a_lagged_replay_and_during_a_restore(dovecot_factory, tmp_
     pair = GatewayPair(tmp_path, primary, standby, users=["alice"], with_primaries=True, recovery_extra=CONFIG,
                        recovery_gateway_extra="append_batch = 10",
                        source_state=f"sqlite:///{tmp_path}/s.sqlite", recovery_state=f"sqlite:///{tmp_path}/r.sqlite")
-    primary.deliver_many("alice", [body(i) for i in range(200)])
+    primary.deliver_many("alice", [body(i) for i in range(100)])
     pair.start()
     try:
-        # 1. a lagged replay under way: everything received, part of it applied
+        # 1. a lagged replay under way: the first half applied once older than the delay, the
+        # second half, delivered 2 s later, received and still waiting for it
         pair.protect("alice")
+        eventually(lambda: recovery_seqs(pair)[1] >= 100, timeout=60, what="the first half received")
+        time.sleep(2)
+        primary.deliver_many("alice", [body(i) for i in range(100, 200)])
 
         def mid_replay() -> bool:
             applied, received = recovery_seqs(pair)
