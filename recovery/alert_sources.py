@@ -12,19 +12,24 @@ from mailrepl.shared.model import utcnow
 from mailrepl.shared.runtime.api_common import MailboxStatus
 from mailrepl.shared.site_state import active_site
 from mailrepl.shared.store import Store
-from mailrepl.shared.store.models import InboxRow, RejectedMessage, Replica, SiteTransition
+from mailrepl.shared.store.models import AlteredMessage, InboxRow, RejectedMessage, Replica, SiteTransition
 
 __all__ = ["replica_statuses", "transition_feed"]
 
 
-def replica_statuses(store: Store) -> Callable[[], list[MailboxStatus]]:
+def replica_statuses(store: Store, extras: Callable[[int], dict] | None = None
+                     ) -> Callable[[], list[MailboxStatus]]:
+    """Every replica's status in one query (10,000 mailboxes: not 20,000 more queries); ``extras``:
+    more fields of a replica by its id (history, lag, guard), asked for each one."""
     r = Replica
     oldest = (select(InboxRow.captured_at).where(InboxRow.replica_id == r.id, InboxRow.seq == r.applied_seq + 1)
               .correlate(r).scalar_subquery())
     rejected = (select(func.count(RejectedMessage.id)).where(RejectedMessage.replica_id == r.id)
                 .correlate(r).scalar_subquery())
-    query = (select(r.server, r.address, r.received_seq, r.applied_seq, r.error, r.site_state,
-                    case((r.applied_seq < r.received_seq, oldest), else_=None), rejected)
+    altered = (select(func.count(AlteredMessage.id)).where(AlteredMessage.replica_id == r.id)
+               .correlate(r).scalar_subquery())
+    query = (select(r.id, r.server, r.address, r.received_seq, r.applied_seq, r.error, r.site_state,
+                    case((r.applied_seq < r.received_seq, oldest), else_=None), rejected, altered)
              .order_by(r.server, r.address))
 
     def load() -> list[MailboxStatus]:
@@ -32,14 +37,15 @@ def replica_statuses(store: Store) -> Callable[[], list[MailboxStatus]]:
             rows = s.execute(query).all()
         now = utcnow()
         out = []
-        for server, address, received, applied, error, site_state, since, n_rejected in rows:
+        for rid, server, address, received, applied, error, site_state, since, n_rejected, n_altered in rows:
             # as replica_status: a captured_at without a time zone counts as no lag
             lag = max(0.0, (now - since).total_seconds()) if since is not None and since.tzinfo else 0.0
-            out.append(MailboxStatus(
+            out.append(MailboxStatus.model_construct(  # our own typed columns: not validated again
                 address=address, server=server, protected=True, phase="error" if error else "replicating",
                 active_site=active_site(site_state), copy_queue=None, replay_queue=received - applied,
                 lag_seconds=round(lag, 3), last_captured_seq=received, last_applied_seq=applied, error=error,
-                rejected=n_rejected or 0, site_state=site_state))
+                rejected=n_rejected or 0, altered=n_altered or 0, site_state=site_state,
+                **(extras(rid) if extras is not None else {})))
         return out
 
     return load
