@@ -52,8 +52,12 @@ def env():
         for u in ("alice", "bob", "carol"):
             primary.deliver_many(u, [message(i, u) for i in range(5)])
         primary.deliver_many("seedy", [message(i, "seedy") for i in range(SEED_MESSAGES)])
+        # seeding paced so that the page sees it under way: capture stops at a copy queue of 300
+        # changes and the link is capped, so the queue drains (and capture goes on) in steps
         pair = GatewayPair(tmp, primary, standby, users=USERS, source_state=f"sqlite:///{tmp}/source.sqlite",
-                           recovery_state=f"sqlite:///{tmp}/recovery.sqlite", fetch_chunk=20)
+                           recovery_state=f"sqlite:///{tmp}/recovery.sqlite", fetch_chunk=20,
+                           source_gateway_extra="mailbox_queue_max_changes = 300\n",
+                           source_extra="[link]\nrate_mbit = 0.25\n")
         pair.start()
         try:
             pair.protect("alice", "bob", "carol")
