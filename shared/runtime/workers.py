@@ -15,7 +15,8 @@ woken. A sweep of hundreds of idle mailboxes therefore never delays the one that
 Idle cost at scale (``idle_poll_max``): a job whose run returns a false value found nothing to
 do; the periodic sweep then leaves it out for longer after each such run (``poll_interval``
 times 3 per quiet run, at most ``idle_poll_max``), and one that found work is swept every
-``poll_interval`` again. The sweep takes the most recently active first. A wake-up (by name, or
+``poll_interval`` again, and keeps being so for ``active_window`` seconds after its last work
+(mail comes in bursts: a mailbox that just had a change is likely to have the next soon). The sweep takes the most recently active first. A wake-up (by name, or
 of all after an admin action) always runs the job. ``most_active(n)`` names the mailboxes that
 had work most recently (the ones worth a push connection). With ``release_sessions`` a job's
 session is closed after each run (a pooled adapter keeps the connection for the next one, within
@@ -40,6 +41,7 @@ __all__ = ["MailboxWorkers", "Job"]
 log = logging.getLogger("mailrepl.workers")
 
 IDLE_GROWTH = 3  # a quiet job's sweep interval grows by this factor per quiet run (up to idle_poll_max)
+ACTIVE_WINDOW = 120.0  # s after a job's last work during which it is swept at every poll
 TRANSIENT_FAILURES = 3  # a server-unavailable error is recorded on the mailbox from this many in a row
 
 
@@ -76,10 +78,12 @@ class MailboxWorkers:
         on_error: Callable[[Hashable, BaseException], None] | None = None,
         back_off_max: float = 60.0,
         idle_poll_max: float | None = None,
+        active_window: float = ACTIVE_WINDOW,
         release_sessions: bool = False,
     ) -> None:
         self.name = name
         self.idle_poll_max = idle_poll_max
+        self.active_window = active_window
         self.release_sessions = release_sessions
         self.list_jobs = list_jobs
         self.poll_interval = poll_interval
@@ -240,6 +244,9 @@ class MailboxWorkers:
         now = time.monotonic()
         if found:
             slot.quiet, slot.last_active, slot.next_sweep = 0, now, 0.0
+            return
+        if slot.last_active and now - slot.last_active < self.active_window:
+            slot.next_sweep = 0.0  # recently active: still swept at every poll
             return
         slot.quiet = min(slot.quiet + 1, 12)
         slot.next_sweep = now + min(self.idle_poll_max, self.poll_interval * IDLE_GROWTH ** (slot.quiet - 1))

@@ -317,3 +317,28 @@ def test_released_sessions_are_closed_after_each_run_and_busy_is_no_error():
         workers.stop()
     assert len(sessions) >= 3 and all(s.closed for s in sessions)
     assert errors == []  # waiting for a connection is not an error of the mailbox
+
+
+def test_a_job_that_just_found_work_is_swept_at_every_poll_for_the_active_window():
+    """Mail comes in bursts: a job whose last run found nothing but which found work moments ago
+    stays in every sweep for ``active_window`` seconds; after that its sweeps grow apart."""
+    runs: list[float] = []
+    found = [True]
+
+    def run(session) -> bool:
+        runs.append(time.monotonic())
+        was, found[0] = found[0], False
+        return was  # work on the first run only
+
+    workers = MailboxWorkers("t", lambda: [Job(key=1, open_session=FakeSession, run=run)], workers=1,
+                             poll_interval=0.05, idle_poll_max=10.0, active_window=0.6, release_sessions=True)
+    workers.start()
+    try:
+        time.sleep(1.6)
+    finally:
+        workers.stop()
+    start = runs[0]
+    within = [t for t in runs if t - start < 0.55]
+    after = [t for t in runs if t - start >= 0.7]
+    assert len(within) >= 6, runs  # every 0.05 s poll while recently active (about 11)
+    assert len(after) <= 4, runs  # then 0.05, 0.15, 0.45 s apart: at most a few in 0.9 s
