@@ -47,6 +47,7 @@ from mailrepl.shared.errors import FolderNotFound, MessageRejected, StoreError
 from mailrepl.shared.model import Change, Kind, parse_internaldate, utcnow
 from mailrepl.shared.engines.replay_check import Alteration, check_written
 from mailrepl.shared.engines.replay_journal import PassJournal
+from mailrepl.shared.engines.replay_claims import Dates, proven, same_copy
 from mailrepl.shared.engines.replay_keep import plan_delete
 from mailrepl.shared.content.standby_copy import identity, standby_forms
 from mailrepl.shared.store import Store
@@ -68,7 +69,6 @@ _INBOX = InboxRow.__table__  # Core: rows are read as tuples
 DEFAULT_APPEND_BATCH = 100
 DEFAULT_APPEND_BYTES = 8 * 1024 * 1024
 _GROUPABLE = (Kind.MSG_ADD, Kind.MSG_EXPUNGE, Kind.MSG_FLAGS, Kind.MSG_MOVE)
-_Dates = dict[str, tuple[int, dict[int, tuple[int | None, int]]]]  # folder -> (UIDVALIDITY, UID -> (internal date in s, size))
 # (replica id, the next contiguous changes) -> (how many of them may be played now, the sequence
 # numbers among those to set aside instead)
 Gate = Callable[[int, Sequence[tuple[int, Change]]], tuple[int, frozenset[int]]]
@@ -168,7 +168,7 @@ class ReplayEngine:
         """Apply every received change that continues the applied sequence; stop at a gap.
         ``report`` (filled in place) tells what was done even if a later change fails."""
         report = ReplayReport() if report is None else report
-        dates: _Dates = {}  # read once a pass
+        dates: Dates = {}  # read once a pass
         self._reconcile(replica_id, session, report)
         while True:
             with self.store.read() as s:
@@ -215,7 +215,7 @@ class ReplayEngine:
     # ------------------------------------------------------------------ groups
 
     def _apply(self, rid: int, g: Group, session: MailboxSession, report: ReplayReport,
-               dates: _Dates | None = None) -> None:
+               dates: Dates | None = None) -> None:
         k = g.kind
         if k in (Kind.MSG_ADD, Kind.MSG_REPLACE):
             self._apply_adds(rid, g, session, report, {} if dates is None else dates)
@@ -297,7 +297,7 @@ class ReplayEngine:
             raise ValueError(f"unknown change kind {k}")
 
     def _apply_adds(self, rid: int, g: Group, session: MailboxSession, report: ReplayReport,
-                    dates: _Dates) -> None:
+                    dates: Dates) -> None:
         with self.store.read() as s:
             mapped = IdMap(s, rid).mapped(c.mid for _, c in g.items)
             orphans: dict[str, list[Orphan]] = {}
@@ -309,14 +309,14 @@ class ReplayEngine:
             if ch.mid in mapped:
                 continue  # written before a crash and recovered: not again
             bucket = orphans.get(ch.sha256)
-            kept = _same_copy(bucket, ch, g.folder, session, dates) if bucket else None
+            kept = same_copy(bucket, ch, g.folder, session, dates) if bucket else None
             if kept is not None:
                 bucket.remove(kept)
                 claims.append((seq, ch, kept))
             else:
                 todo.append((seq, ch))  # written anew; an orphan not claimed goes at RESET_DONE
         if claims:
-            claims, wrong = _proven(claims, g.folder, session)
+            claims, wrong = proven(claims, g.folder, session)
             if wrong:  # another message sits at that UID: this one is written again
                 todo = sorted(todo + wrong, key=lambda t: t[0])
             report.journal.touch([g.folder])
@@ -566,16 +566,6 @@ class ReplayEngine:
         report.applied += len(g.items)
 
 
-def _proven(claims: list[tuple[int, Change, Orphan]], folder: str, session: MailboxSession):
-    """The claims whose UID holds the message's very bytes (read back and hashed), and the changes
-    of the others: date and size only make a claim likely (a folder recreated with its old
-    UIDVALIDITY may hold another message of the same size and second at that UID)."""
-    actual = {m.uid: hashlib.sha256(m.body).hexdigest() for m in session.fetch(folder, [o.uid for _, _, o in claims])}
-    good = [(seq, ch, o) for seq, ch, o in claims if actual.get(o.uid) == ch.sha256]
-    wrong = [(seq, ch) for seq, ch, o in claims if actual.get(o.uid) != ch.sha256]
-    return good, wrong
-
-
 def _runs(changes: Sequence[tuple[int, Change]], held: frozenset[int]):
     """Consecutive changes cut where they switch between held and played: (held?, run)."""
     run: list[tuple[int, Change]] = []
@@ -586,32 +576,3 @@ def _runs(changes: Sequence[tuple[int, Change]], held: frozenset[int]):
         run.append(item)
     if run:
         yield run[-1][0] in held, run
-
-
-def _same_copy(bucket: list[Orphan], ch: Change, folder: str, session: MailboxSession,
-               dates: _Dates) -> Orphan | None:
-    """The orphan (same folder, same SHA-256) that is the message ``ch`` adds in everything but its
-    flags, which a flag store fixes: it must still be there, in a folder of the same UIDVALIDITY
-    (a folder recreated on this server gives its UIDs to other messages), with the same internal
-    date (to the second), since no server lets an internal date change. None: the message is
-    written again and the orphan goes when the reset is done. The folder's UIDVALIDITY and dates
-    are read once per replay pass."""
-    known = dates.get(folder)
-    if known is None:
-        try:
-            delta = session.changes_since(folder, None)
-            uidvalidity, listed = delta.cursor.uidvalidity, delta.new
-        except FolderNotFound:  # gone meanwhile: nothing to keep, the adds create it again
-            uidvalidity, listed = -1, ()
-        known = dates[folder] = (uidvalidity, {m.uid: ((int(m.internaldate.timestamp()) if m.internaldate else None),
-                                                       m.size) for m in listed})
-    uidvalidity, by_uid = known
-    want = int(parse_internaldate(ch.internaldate).timestamp()) if ch.internaldate else None
-    for o in reversed(bucket):
-        if o.uidvalidity != uidvalidity or o.uid not in by_uid:
-            continue
-        date, size = by_uid[o.uid]
-        # the size too: a folder recreated with its old UIDVALIDITY may hold another message at that UID
-        if (want is None or date == want) and (not size or not ch.size or size == ch.size):
-            return o
-    return None
