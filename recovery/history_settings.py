@@ -25,7 +25,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from mailrepl.shared.config.toml_reader import Table, show_value
+from mailrepl.recovery.override_settings import read_overrides
+from mailrepl.shared.config.toml_reader import Table
 
 __all__ = ["DAY", "MAX_RETENTION_DAYS", "HistorySettings", "read_history"]
 
@@ -72,20 +73,13 @@ def _days(table: Table, name: str, default: float | None = None) -> float:
 
 
 def read_history(table: Table) -> HistorySettings:
-    servers_t = table.table("servers", required=False)
-    servers = {name: _days(servers_t, name) for name in servers_t.keys()}  # noqa: SIM118 - a Table, not a dict
-    mailboxes_t = table.table("mailboxes", required=False)
-    mailboxes = {}
-    for address in mailboxes_t.keys():  # noqa: SIM118 - a Table, not a dict
-        if not address or any(c.isspace() or ord(c) < 32 for c in address) or "@" not in address:
-            raise mailboxes_t.error(address, f"expected a mailbox address as key, got {show_value(address)}")
-        mailboxes[address.lower()] = _days(mailboxes_t, address)
+    servers, mailboxes = read_overrides(table, _days)
     settings = HistorySettings(
         retention_days=_days(table, "retention_days", 0.0),
         snapshot_every_changes=table.integer("snapshot_every_changes", DEFAULT_SNAPSHOT_CHANGES, minimum=1),
         snapshot_every_hours=table.seconds("snapshot_every_hours", DEFAULT_SNAPSHOT_HOURS),
         check_interval=table.seconds("check_interval", DEFAULT_CHECK_INTERVAL),
-        servers=MappingProxyType(servers), mailboxes=MappingProxyType(mailboxes),
+        servers=servers, mailboxes=mailboxes,
         export_dir=str(table.resolve(table.string("export_dir", DEFAULT_EXPORT_DIR))),
     )
     table.finish()

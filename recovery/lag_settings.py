@@ -18,7 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from mailrepl.shared.config.toml_reader import Table, show_value
+from mailrepl.recovery.override_settings import read_overrides
+from mailrepl.shared.config.toml_reader import Table
 
 __all__ = ["MAX_DELAY", "LagSettings", "read_lag"]
 
@@ -51,15 +52,8 @@ def _delay(table: Table, name: str, default: float | None = None) -> float:
 
 
 def read_lag(table: Table) -> LagSettings:
-    servers_t = table.table("servers", required=False)
-    servers = {name: _delay(servers_t, name) for name in servers_t.keys()}  # noqa: SIM118 - a Table, not a dict
-    mailboxes_t = table.table("mailboxes", required=False)
-    mailboxes = {}
-    for address in mailboxes_t.keys():  # noqa: SIM118 - a Table, not a dict
-        if not address or any(c.isspace() or ord(c) < 32 for c in address) or "@" not in address:
-            raise mailboxes_t.error(address, f"expected a mailbox address as key, got {show_value(address)}")
-        mailboxes[address.lower()] = _delay(mailboxes_t, address)
-    settings = LagSettings(replay_delay=_delay(table, "replay_delay", 0.0), servers=MappingProxyType(servers),
-                           mailboxes=MappingProxyType(mailboxes))
+    servers, mailboxes = read_overrides(table, _delay)
+    settings = LagSettings(replay_delay=_delay(table, "replay_delay", 0.0), servers=servers,
+                           mailboxes=mailboxes)
     table.finish()
     return settings

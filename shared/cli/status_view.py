@@ -154,33 +154,29 @@ def detail_view(detail: Mapping[str, Any]) -> RenderableType:
             folders.add_row(f["name"], _number(f["messages"]), str(f["pending"]), f["cursor"] or "")
         parts.append(folders)
     if detail["rejected_messages"]:
-        rejected = Table(title="Rejected by the standby", title_justify="left", header_style="bold")
-        rejected.add_column("Seq", justify="right")
-        rejected.add_column("Folder")
-        rejected.add_column("Message-ID", overflow="fold")
-        rejected.add_column("Subject", overflow="fold")
-        rejected.add_column("Date")
-        rejected.add_column("Reason", overflow="fold")
-        for r in detail["rejected_messages"]:
-            rejected.add_row(str(r["seq"]), r["folder"], r.get("message_id") or "", r.get("subject") or "",
-                             r.get("date") or "", r["reason"])
-        parts.append(rejected)
+        parts.append(_message_table("Rejected by the standby", detail["rejected_messages"], "Reason", "reason"))
     if detail.get("altered_messages"):
-        altered = Table(title="Stored altered by the standby", title_justify="left", header_style="bold")
-        altered.add_column("Seq", justify="right")
-        altered.add_column("Folder")
-        altered.add_column("Message-ID", overflow="fold")
-        altered.add_column("Subject", overflow="fold")
-        altered.add_column("Date")
-        altered.add_column("What changed", overflow="fold")
-        for r in detail["altered_messages"]:
-            altered.add_row(str(r["seq"]), r["folder"], r.get("message_id") or "", r.get("subject") or "",
-                            r.get("date") or "", r["what"])
-        parts.append(altered)
+        parts.append(_message_table("Stored altered by the standby", detail["altered_messages"], "What changed",
+                                    "what"))
     time_lines = _time_lines(detail)
     if time_lines:
         parts.append(Text("\n".join(time_lines)))
     return Group(*parts)
+
+
+def _message_table(title: str, rows, last: str, key: str) -> Table:
+    """Messages the standby refused or altered: seq, folder, identity, and ``key`` (why / what)."""
+    table = Table(title=title, title_justify="left", header_style="bold")
+    table.add_column("Seq", justify="right")
+    table.add_column("Folder")
+    table.add_column("Message-ID", overflow="fold")
+    table.add_column("Subject", overflow="fold")
+    table.add_column("Date")
+    table.add_column(last, overflow="fold")
+    for r in rows:
+        table.add_row(str(r["seq"]), r["folder"], r.get("message_id") or "", r.get("subject") or "",
+                      r.get("date") or "", r[key])
+    return table
 
 
 def _time_lines(m: Mapping[str, Any]) -> list[str]:
