@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -11,15 +10,11 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.net import free_port, listens_on
+
 ADMIN_TOKEN = "admin-secret-Wd4Fg7Hj0Kl3Zx6Cv9Bn2M"
 INGEST_TOKEN = "ingest-secret-Qp8Ow5Ie2Ur9Yt6Tr3Ew0Q"
 REDIRECT_KEY = "redirect-secret-Jk2Lm5Nb8Vc1Xz4As7Df0G"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _server_toml(name: str, server, users, section: str = "servers") -> str:
@@ -72,7 +67,9 @@ class GatewayProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.role} gateway exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
             try:
-                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                # the answer must come from this process, not from another test's gateway that
+                # holds the port (this one then fails to bind and exits)
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200 and listens_on(self.proc.pid, self.port):
                     return
             except httpx.HTTPError:
                 pass
