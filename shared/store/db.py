@@ -2,7 +2,8 @@
 
 SQLite is opened in WAL mode with ``synchronous=FULL`` (a committed transaction survives power
 loss), a busy timeout, and ``BEGIN IMMEDIATE`` for every writing transaction so that concurrent
-writers queue instead of failing on lock upgrade; read-only transactions (``Store.read``) begin
+writers queue instead of failing on lock upgrade (within the process they queue in arrival order:
+``sqlite_writer.py``); read-only transactions (``Store.read``) begin
 deferred and so never wait for a writer (WAL readers see the last committed state). PostgreSQL
 needs nothing special.
 
@@ -30,9 +31,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from mailrepl.shared.errors import DiskFull, StoreError
 from mailrepl.shared.store.diskspace import is_disk_full
 from mailrepl.shared.store.sealing import PLAIN, Sealer
+from mailrepl.shared.store.sqlite_writer import writer_queue
 
 __all__ = ["Store", "open_store"]
 
+BUSY_TIMEOUT = 60.0  # seconds a SQLite writer waits for the write lock before the store reports it busy
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -109,7 +112,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA wal_autocheckpoint=4000")
     cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA busy_timeout=60000")
+    cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT * 1000)}")
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
@@ -121,7 +124,9 @@ def open_store(url: str, *, echo: bool = False, sealer: Sealer = PLAIN) -> Store
             path = (url.split("///", 1)[1] if "///" in url else "").partition("?")[0]
             if path and path != ":memory:":
                 _private_sqlite_file(Path(path))
-            engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 60})
+            writers = writer_queue(path, BUSY_TIMEOUT)
+            engine = create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT,
+                                                                 "factory": writers.connection_class()})
             event.listen(engine, "connect", _sqlite_pragmas)
 
             @event.listens_for(engine, "begin")
@@ -135,7 +140,13 @@ def open_store(url: str, *, echo: bool = False, sealer: Sealer = PLAIN) -> Store
                 if conn.info.get("mailrepl_synchronous") != level:
                     conn.exec_driver_sql(f"PRAGMA synchronous={level}")
                     conn.info["mailrepl_synchronous"] = level
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                dbapi = conn.connection.dbapi_connection
+                dbapi.take_turn()  # this process's writers queue in arrival order (sqlite_writer.py)
+                try:
+                    conn.exec_driver_sql("BEGIN IMMEDIATE")
+                except BaseException:
+                    dbapi.pass_turn()
+                    raise
 
         else:
             engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10)

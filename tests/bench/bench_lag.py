@@ -24,6 +24,7 @@ Not a test: it prints figures (the machines are noisy, so nothing here asserts a
    and the CPU both gateways used during the phase.
 
     python tests/bench/bench_lag.py [--duration 60] [--rate 50] [--mailboxes 200] [--links clean,impaired]
+        [--server-push] [--max-connections N] [--push-connections N]
 
 Needs root (network namespaces), Debian's dovecot-imapd/dovecot-lmtpd, iproute2 and nftables.
 """
@@ -33,6 +34,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import smtplib
 import sys
 import tempfile
@@ -45,8 +47,27 @@ sys.path.insert(0, str(REPO))
 
 from tests.support.arrival_watch import ArrivalWatch  # noqa: E402
 from tests.support.dovecot import SENDER, lmtp_recipient  # noqa: E402
+from tests.support.gateways import ADMIN_TOKEN  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
 from tests.support.netns import socket_in_netns  # noqa: E402
 from tests.support.two_site import TwoSiteRig  # noqa: E402
+
+
+def push_plugin(work: Path, url: str) -> str:
+    """The primary Dovecot's lines for server-side push: its push_notification plugin runs the
+    product's Lua script, which posts each change's mailbox to the source gateway at ``url``."""
+    script = work / "mailrepl-push.lua"
+    shutil.copyfile(REPO / "deploy" / "dovecot" / "mailrepl-push.lua", script)
+    work.chmod(0o755)
+    script.chmod(0o644)
+    return f"""
+mail_plugins = $mail_plugins mail_lua notify push_notification push_notification_lua
+plugin {{
+  push_notification_driver = lua:file={script}
+  mailrepl_push_url = {url}
+  mailrepl_push_token = {ADMIN_TOKEN}
+}}
+"""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -211,6 +232,11 @@ def main() -> int:
                     help="source gateway poll_interval (default 5, the product default; push wake-ups come sooner)")
     ap.add_argument("--queue-interval", type=float, default=2.0,
                     help="seconds between backlog samples from the source's status API (0: none)")
+    ap.add_argument("--server-push", action="store_true",
+                    help="the primary posts wake-ups to the source gateway (Dovecot push_notification, "
+                         "deploy/dovecot/mailrepl-push.lua)")
+    ap.add_argument("--max-connections", type=int, help="both gateways' max_connections per server (default: the product's)")
+    ap.add_argument("--push-connections", type=int, help="the source's push_connections (default: the product's)")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args()
@@ -220,7 +246,21 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="mailrepl-bench-lag-"))
     results = []
-    with TwoSiteRig(work / "rig", args.mailboxes, poll_interval=args.poll_interval) as rig:
+    options, server_extra = {}, ""
+    if args.max_connections:
+        server_extra += f"max_connections = {args.max_connections}\n"
+    if args.push_connections:
+        server_extra += f"push_connections = {args.push_connections}\n"
+    if server_extra:
+        options["server_extra"] = server_extra
+    primary_extra = ""
+    if args.server_push:
+        options["source_port"] = free_port()
+        primary_extra = push_plugin(work, f"http://127.0.0.1:{options['source_port']}/api/v1/push/primary")
+    print(f"server push: {'on' if args.server_push else 'off'}; connections per server: "
+          f"{args.max_connections or 'default'}, push: {args.push_connections or 'default'}")
+    with TwoSiteRig(work / "rig", args.mailboxes, poll_interval=args.poll_interval, primary_extra=primary_extra,
+                    **options) as rig:
         rnd = random.Random(args.seed)
         t0 = time.monotonic()
         for user in rig.users:
@@ -254,7 +294,6 @@ def main() -> int:
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
     if not args.keep:
-        import shutil
         shutil.rmtree(work, ignore_errors=True)
     else:
         print(f"work directory kept: {work}")

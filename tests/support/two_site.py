@@ -159,15 +159,17 @@ class TwoSiteRig:
 
     ``users``: names or a count (``user_names``). ``relay``: put the delay relay between the
     source gateway and the link (needed for ``set_delay``; with delay 0 it only forwards).
+    ``primary_extra``: lines appended to the primary Dovecot's configuration (plugins).
     Nothing is protected on start: call ``protect_all()`` or ``pair.protect(...)``.
     """
 
     def __init__(self, tmp: Path, users: list[str] | int, *, relay: bool = True, poll_interval: float = 0.5,
-                 mail_fsync: str = "never", **gateway_options) -> None:
+                 mail_fsync: str = "never", primary_extra: str = "", **gateway_options) -> None:
         self.tmp = Path(tmp)
         self.users = user_names(users) if isinstance(users, int) else list(users)
         self._relay_wanted, self._poll_interval, self._fsync = relay, poll_interval, mail_fsync
         self._gateway_options = gateway_options
+        self._primary_extra = primary_extra
         self.link: Link | None = None
         self.relay: DelayRelay | None = None
         self.primary: DovecotServer | None = None
@@ -194,7 +196,7 @@ class TwoSiteRig:
     def _start(self) -> None:
         self.tmp.mkdir(parents=True, exist_ok=True)
         self.link = create_link()
-        self.primary = DovecotServer("primary", self.users, mail_fsync=self._fsync)
+        self.primary = DovecotServer("primary", self.users, mail_fsync=self._fsync, extra_config=self._primary_extra)
         self.primary.start()
         self.standby = DovecotServer("standby", self.users, mail_fsync=self._fsync, netns=self.link.netns,
                                      host=self.link.ns_addr)
