@@ -10,7 +10,11 @@ mailbox): with hundreds of mailboxes, a change in one must not start a cycle of 
 
 Two queues feed the threads: mailboxes woken by name, in the order they were woken, go before
 the poll's sweep of every mailbox; a mailbox already waiting in the sweep moves up when it is
-woken. A sweep of hundreds of idle mailboxes therefore never delays the one that has a change.
+woken. A sweep of hundreds of idle mailboxes therefore never delays the one that has a change;
+and a stream of wake-ups never starves the swept ones: once the sweep's next job has waited a
+poll interval, woken and swept jobs take turns (a mailbox without a push connection, or whose
+wake-up was missed, is captured within about a poll interval plus its turn, as the push watchers
+promise).
 
 Idle cost at scale (``idle_poll_max``): a job whose run returns a false value found nothing to
 do; the periodic sweep then leaves it out for longer after each such run (``poll_interval``
@@ -98,6 +102,8 @@ class MailboxWorkers:
         self._woken: dict[Hashable, bool] = {}
         self._urgent: OrderedDict[Hashable, Job] = OrderedDict()  # queued: woken by name, first woken first
         self._sweep: OrderedDict[Hashable, Job] = OrderedDict()  # queued: by the poll or a wake-up of all
+        self._swept_at: dict[Hashable, float] = {}  # when each job in the sweep was queued
+        self._sweep_turn = False  # woken and overdue swept jobs alternate
         self._wake_all = True
         self._forced = True  # the pending sweep was asked for (wake of all), not the poll's
         self._stop = threading.Event()
@@ -154,6 +160,7 @@ class MailboxWorkers:
                 slot.session = None
 
     def _loop(self) -> None:
+        next_poll = time.monotonic() + self.poll_interval
         while not self._stop.is_set():
             try:
                 jobs = self.list_jobs()
@@ -171,10 +178,14 @@ class MailboxWorkers:
                     order += self._sweep_order(by_key, woken, now, forced)
                 for key in order:
                     self._queue(by_key[key], woken.get(key, False), now)
-            if not self._wake.wait(self.poll_interval):
+            # the poll comes every poll_interval whatever the wake-ups in between: a stream of
+            # them must not put off the sweep of the mailboxes nobody wakes
+            self._wake.wait(max(0.0, next_poll - time.monotonic()))
+            self._wake.clear()
+            if time.monotonic() >= next_poll:
+                next_poll = time.monotonic() + self.poll_interval
                 with self._lock:
                     self._wake_all = True  # the poll: every job
-            self._wake.clear()
 
     def _sweep_order(self, by_key: dict, woken: dict, now: float, forced: bool) -> list[Hashable]:
         """The keys a sweep queues (lock held): all of them, or with ``idle_poll_max`` those due,
@@ -209,22 +220,36 @@ class MailboxWorkers:
             if job.key in self._sweep:
                 if urgent:  # woken while waiting in the sweep: moves up
                     self._urgent[job.key] = self._sweep.pop(job.key)
+                    self._swept_at.pop(job.key, None)
             elif job.key not in self._urgent:  # running: runs again when this run ends
                 self._woken[job.key] = urgent or self._woken.get(job.key, False)
             return
         if slot.not_before > now:
             return
         slot.busy = True
-        (self._urgent if urgent else self._sweep)[job.key] = job
+        if urgent:
+            self._urgent[job.key] = job
+        else:
+            self._sweep[job.key] = job
+            self._swept_at[job.key] = now
         self._pool.submit(self._next)
 
     def _next(self) -> None:
-        """One pool task per queued job: runs the first woken one, else the sweep's next."""
+        """One pool task per queued job: runs the first woken one, else the sweep's next; but
+        once the sweep's next has waited ``poll_interval``, woken and swept jobs take turns, so
+        that a steady stream of wake-ups never starves the mailboxes that are only swept."""
         with self._lock:
             queue = self._urgent if self._urgent else self._sweep
+            if self._urgent and self._sweep:
+                head = next(iter(self._sweep))
+                if time.monotonic() - self._swept_at.get(head, 0.0) >= self.poll_interval:
+                    self._sweep_turn = not self._sweep_turn
+                    if self._sweep_turn:
+                        queue = self._sweep
             if not queue:
                 return
             key, job = queue.popitem(last=False)
+            self._swept_at.pop(key, None)
             slot = self._slots[key]
         self._run(job, slot)
 

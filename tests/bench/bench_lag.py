@@ -76,7 +76,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def message(tag: str, i: int, user: str, rnd: random.Random) -> tuple[str, bytes]:
-    msgid = f"<lag.{tag}.{i}@bench.example.org>"
+    msgid = f"<lag.{tag}.{i}.{user}@bench.example.org>"
     words = " ".join(rnd.choice(("mail", "standby", "replica", "lag", "site", "link", "queue")) for _ in range(300))
     raw = (f"From: bench@example.org\r\nTo: {user}@example.org\r\nSubject: lag {tag} {i}\r\n"
            f"Message-ID: {msgid}\r\nDate: Sun, 6 Dec 2026 10:00:00 +0000\r\n\r\n{words}\r\n").encode()
@@ -194,6 +194,9 @@ def run_phase(rig: TwoSiteRig, name: str, args, watch: ArrivalWatch) -> dict:
         "cpu_source_s": cpu1[0] - cpu0[0], "cpu_recovery_s": cpu1[1] - cpu0[1],
         "backlog": sampler.summary(),
         "all_seen_after_s": max(watch.seen.get(m, float("inf")) for m in accepted) - max(accepted.values()),
+        # each delivery: seconds after the phase's first, its lag (None: never seen), the mailbox
+        "deliveries": [(t - min(accepted.values()), watch.seen[m] - t if m in watch.seen else None,
+                        m.split(".", 3)[3].split("@", 1)[0]) for m, t in sorted(accepted.items(), key=lambda i: i[1])],
     }
 
 

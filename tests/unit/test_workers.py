@@ -342,3 +342,46 @@ def test_a_job_that_just_found_work_is_swept_at_every_poll_for_the_active_window
     after = [t for t in runs if t - start >= 0.7]
     assert len(within) >= 6, runs  # every 0.05 s poll while recently active (about 11)
     assert len(after) <= 4, runs  # then 0.05, 0.15, 0.45 s apart: at most a few in 0.9 s
+
+
+def test_a_stream_of_wake_ups_does_not_starve_the_swept_mailboxes():
+    """Ten mailboxes are woken by name again and again (push), faster than one thread can run
+    them; the ten others are only swept by the poll. Once the sweep has waited a poll interval,
+    woken and swept jobs take turns: every swept mailbox runs within seconds, not never."""
+    ran: dict[int, list[float]] = {k: [] for k in range(20)}
+    stop = threading.Event()
+
+    def job(key: int) -> Job:
+        def run(session) -> bool:
+            ran[key].append(time.monotonic())
+            time.sleep(0.01)
+            return True
+        return Job(key=key, open_session=FakeSession, run=run)
+
+    jobs = [job(k) for k in range(20)]
+    workers = MailboxWorkers("t", lambda: list(jobs), workers=1, poll_interval=0.2, idle_poll_max=60)
+
+    def pusher() -> None:
+        while not stop.is_set():
+            for k in range(10):
+                workers.wake(k)
+            time.sleep(0.002)
+
+    workers.start()
+    started = time.monotonic()
+    t = threading.Thread(target=pusher)
+    t.start()
+    try:
+        time.sleep(0.5)  # the first pass has run every job once
+        since = time.monotonic()
+        deadline = since + 10
+        while time.monotonic() < deadline and not all(any(x > since for x in ran[k]) for k in range(10, 20)):
+            time.sleep(0.05)
+        late = [k for k in range(10, 20) if not any(x > since for x in ran[k])]
+        assert late == [], f"swept mailboxes starved behind the wake-ups: {late}"
+        assert all(any(x > since for x in ran[k]) for k in range(10)), "the woken ones kept running too"
+        assert time.monotonic() - started < 10
+    finally:
+        stop.set()
+        t.join(5)
+        workers.stop()
