@@ -244,9 +244,15 @@ class Shipper:
             self.stats.payload_bytes += built.payload_total
         # not flushed on its own: lost in a power failure, the peer's next answer says it again
         # (a change sent again is a no-op there), and the outbox rows it removes come back
+        with self.store.read() as s:
+            todo = _changed(s, ack, built)
+        if not todo:
+            return
         with self.body_lock, self.store.tx(durable=False) as s:
-            for res in ack.results:
-                mbx = s.scalar(select(Mailbox).where(Mailbox.server == res.server, Mailbox.address == res.address))
+            rows = {(m.server, m.address): m
+                    for m in s.scalars(select(Mailbox).where(Mailbox.id.in_([mid for mid, _ in todo])))}
+            for _, res in todo:
+                mbx = rows.get((res.server, res.address))
                 if mbx is None:
                     continue
                 if built is not None and res.status == "ok":
@@ -347,3 +353,35 @@ class Shipper:
                 self._stop.wait(max(delay, getattr(exc, "back_off", 0.0)))
                 delay = min(self.retry_max, delay * 2)
 
+
+
+def _changed(s, ack: Ack, built: Built | None) -> list[tuple[int, object]]:
+    """The results of ``ack`` that change something here, with their mailbox's id: one read of
+    every answered mailbox's counters (a progress answer names all of a source's mailboxes, most
+    of them unchanged), instead of loading each mailbox."""
+    if not ack.results:
+        return []
+    wanted = {(r.server, r.address) for r in ack.results}
+    servers = {srv for srv, _ in wanted}
+    cols = (Mailbox.id, Mailbox.server, Mailbox.address, Mailbox.acked_seq, Mailbox.applied_seq, Mailbox.last_seq,
+            Mailbox.rejected, Mailbox.dr_error)
+    current = {(r.server, r.address): r for r in s.execute(select(*cols).where(Mailbox.server.in_(servers)))
+               if (r.server, r.address) in wanted}
+    todo = []
+    for res in ack.results:
+        row = current.get((res.server, res.address))
+        if row is not None and (built is not None or _differs(res, row)):
+            todo.append((row.id, res))
+    return todo
+
+
+def _differs(res, row) -> bool:
+    """Whether applying progress answer ``res`` would change the mailbox's ``row`` (see ``_record``)."""
+    if res.status != "ok":
+        return True  # conflicts, gaps, errors and missing bodies are always handled
+    acked = max(res.acked, row.applied_seq) if res.acked < row.acked_seq else min(res.acked, row.last_seq)
+    if acked != row.acked_seq or res.applied > row.applied_seq:
+        return True
+    if res.rejected and json.dumps(list(res.rejected)) != row.rejected:
+        return True
+    return row.dr_error != res.dr_error
