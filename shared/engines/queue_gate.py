@@ -168,12 +168,16 @@ class QueueGate:
         floor = self._under_floor()
         if floor:  # a write that failed for lack of space does not hold: the next cycle tries again
             return f"disk full: {floor}"
-        with self.store.read() as s:
-            mbx = s.get(Mailbox, mailbox_id)
-            if mbx is None:
-                return None
-            own = self.usage_of(s, mbx)
-            where = f"{mbx.server}/{mbx.address}"
+        queued = (select(func.coalesce(func.sum(OutboxRow.size), 0)).where(OutboxRow.mailbox_id == mailbox_id)
+                  .scalar_subquery())
+        with self.store.read() as s:  # one query, no ORM load: this runs at every capture cycle
+            row = s.execute(select(Mailbox.server, Mailbox.address, Mailbox.last_seq, Mailbox.applied_seq, queued)
+                            .where(Mailbox.id == mailbox_id)).first()
+        if row is None:
+            return None
+        server, address, last_seq, applied_seq, size = row
+        own = QueueUsage(max(0, last_seq - applied_seq), int(size or 0))
+        where = f"{server}/{address}"
         own_level = self.mailbox_level(own)
         self._log_level(mailbox_id, where, own_level, own)
         total = self.total()

@@ -161,17 +161,26 @@ class MailboxWorkers:
 
     def _loop(self) -> None:
         next_poll = time.monotonic() + self.poll_interval
+        by_key: dict[Hashable, Job] = {}
+        listed_at = float("-inf")
         while not self._stop.is_set():
-            try:
-                jobs = self.list_jobs()
-            except Exception:  # the store may be briefly unavailable; try again next tick
-                log.exception("%s: listing work failed", self.name)
-                jobs = []
+            # the jobs are listed for a sweep, and otherwise at most once a poll interval: a
+            # wake-up by name (one per change pushed) reuses the last list unless it names a job
+            # that list does not have
+            with self._lock:
+                relist = (self._wake_all or time.monotonic() - listed_at >= self.poll_interval
+                          or any(k not in by_key for k in self._woken))
+            if relist:
+                try:
+                    by_key = {job.key: job for job in self.list_jobs()}
+                    listed_at = time.monotonic()
+                except Exception:  # the store may be briefly unavailable; try again next tick
+                    log.exception("%s: listing work failed", self.name)
+                    by_key = {}
             now = time.monotonic()
             with self._lock:
                 run_all, forced, woken = self._wake_all, self._forced, self._woken
                 self._wake_all, self._forced, self._woken = False, False, {}
-                by_key = {job.key: job for job in jobs}
                 order = [k for k, urgent in woken.items() if urgent and k in by_key]
                 order += [k for k, urgent in woken.items() if not urgent and k in by_key]
                 if run_all:

@@ -45,6 +45,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+import httpx  # noqa: E402
+
 from tests.support.arrival_watch import ArrivalWatch  # noqa: E402
 from tests.support.dovecot import SENDER, lmtp_recipient  # noqa: E402
 from tests.support.gateways import ADMIN_TOKEN  # noqa: E402
@@ -162,6 +164,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
+def source_pools(rig: TwoSiteRig) -> dict:
+    """The source gateway's connections per server and its push watchers (its /healthz)."""
+    try:
+        r = httpx.get(rig.pair.source.url + "/healthz", timeout=10)
+        body = r.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        return {"error": str(exc)}
+    return {"connections": body.get("connections"), "push_watchers": body.get("push_watchers")}
+
+
 def run_phase(rig: TwoSiteRig, name: str, args, watch: ArrivalWatch) -> dict:
     crossed0, cpu0 = rig.bytes_crossed(), (cpu_seconds(rig.pair.source.proc.pid), cpu_seconds(rig.pair.recovery.proc.pid))
     dropped0 = rig.dropped()["packets"]
@@ -169,6 +181,7 @@ def run_phase(rig: TwoSiteRig, name: str, args, watch: ArrivalWatch) -> dict:
     accepted: dict[str, float] = {}
     with QueueSampler(rig, accepted, args.queue_interval) as sampler:
         slip = deliver_schedule(rig, name, args.rate, args.duration, args.seed + len(name), accepted)
+        pools = source_pools(rig)  # at the end of the deliveries: what the source holds
         deadline = time.monotonic() + args.drain
         while time.monotonic() < deadline and not all(m in watch.seen for m in accepted):
             time.sleep(0.2)
@@ -193,6 +206,7 @@ def run_phase(rig: TwoSiteRig, name: str, args, watch: ArrivalWatch) -> dict:
         "packets_dropped": rig.dropped()["packets"] - dropped0 if name != "clean" else 0,
         "cpu_source_s": cpu1[0] - cpu0[0], "cpu_recovery_s": cpu1[1] - cpu0[1],
         "backlog": sampler.summary(),
+        "source_pools": pools,
         "all_seen_after_s": max(watch.seen.get(m, float("inf")) for m in accepted) - max(accepted.values()),
         # each delivery: seconds after the phase's first, its lag (None: never seen), the mailbox
         "deliveries": [(t - min(accepted.values()), watch.seen[m] - t if m in watch.seen else None,
@@ -214,6 +228,7 @@ def report(result: dict, args) -> None:
     print(f"   CPU during the phase: source gateway {result['cpu_source_s']:.1f} s, "
           f"recovery gateway {result['cpu_recovery_s']:.1f} s; machine load average (1 min) at the end "
           f"{result['load_average_1min']:.1f} on {os.cpu_count()} cores")
+    print(f"   source at the end of the deliveries: {result['source_pools']}")
     if result["backlog"]:
         print("   backlog (changes, mean / max over the phase): " + ", ".join(
             f"{k.replace('_', ' ')} {v['mean']:.0f} / {v['max']}" for k, v in result["backlog"].items()))

@@ -385,3 +385,37 @@ def test_a_stream_of_wake_ups_does_not_starve_the_swept_mailboxes():
         stop.set()
         t.join(5)
         workers.stop()
+
+
+def test_wake_ups_by_name_reuse_the_job_list_and_an_unknown_name_lists_again():
+    """Listing the jobs reads every mailbox: a wake-up per pushed change must not do it each
+    time. Within a poll interval, wake-ups of listed jobs reuse the list; a wake-up naming a job
+    the list lacks (just protected) lists again and runs it at once."""
+    listed = []
+    ran: list[int] = []
+    keys = list(range(5))
+
+    def list_jobs() -> list[Job]:
+        listed.append(time.monotonic())
+        return [Job(key=k, open_session=FakeSession, run=lambda session, k=k: ran.append(k)) for k in list(keys)]
+
+    workers = MailboxWorkers("t", list_jobs, workers=2, poll_interval=1.0)
+    workers.start()
+    try:
+        time.sleep(0.3)
+        before = len(listed)
+        for _ in range(100):
+            for k in range(5):
+                workers.wake(k)
+            time.sleep(0.005)
+        assert len(listed) - before <= 2, f"{len(listed) - before} listings for 500 wake-ups within a poll interval"
+        assert ran.count(3) >= 2  # and the woken jobs ran
+        keys.append(99)
+        woken_at = time.monotonic()
+        workers.wake(99)
+        deadline = woken_at + 5
+        while 99 not in ran and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert 99 in ran and time.monotonic() - woken_at < 0.5
+    finally:
+        workers.stop()
