@@ -139,6 +139,31 @@ def test_bulk_leaves_the_live_share_and_each_alone_may_use_all():
     assert (stats.bulk_bytes, stats.live_bytes) == (13_000_000, 10_000_001)
 
 
+def test_a_trickle_of_live_changes_leaves_the_seed_the_cap():
+    """Live changes that use little (one small batch a second) are left what they use, twice over,
+    not the whole live share: the seed keeps filling the cap, and the link as a whole stays under it."""
+    t = FakeTime()
+    cap = LinkRateCap(schedule_of(8, []), live_share=0.25, clock=t.clock, sleep=t.sleep,
+                      now=lambda: dt.datetime(2026, 12, 6, 12))
+    start = t.t
+    for _ in range(20):
+        cap.acquire(2_000, live=True)  # a delivery a second: 2 kB
+        for _ in range(100):
+            cap.acquire(10_000, live=False)  # 1 MB of seed per round
+    elapsed = t.t - start
+    total = 20 * (2_000 + 1_000_000)
+    assert total / elapsed <= 1_000_000 * 1.001 + 1_000_000 * BURST_SECONDS / elapsed  # never over the cap
+    assert total / elapsed >= 1_000_000 * 0.99  # the seed was not held to 1 - live_share of it
+    # live changes busy enough to use their share get it reserved again: a seed right after
+    # 0.6 MB/s of live traffic gets 0.75 of the cap
+    for _ in range(300):
+        cap.acquire(20_000, live=True)
+    start = t.t
+    for _ in range(300):
+        cap.acquire(10_000, live=False)
+    assert t.t - start == pytest.approx(4.0, abs=BURST_SECONDS + 0.05)
+
+
 def test_live_keeps_its_share_under_a_concurrent_seed():
     """Real threads and clock: a seed sending flat out and a live sender both through one cap."""
     cap = LinkRateCap(schedule_of(8, []), live_share=0.3)  # 1 MB/s, 0.3 MB/s kept for live
