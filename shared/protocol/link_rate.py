@@ -5,9 +5,10 @@
     LinkSchedule   the cap in force at a time of day: windows ("08:00"-"18:00" at 20 Mbit/s, …),
                    else the default (0 = no cap); a window may run past midnight
     TokenBucket    bytes per second with a small burst; ``take(n)`` waits until ``n`` bytes may go
-    LinkRateCap    what the shipper calls per chunk of a batch it sends: every byte passes the
-                   bucket of the whole cap; bulk bytes (a batch that carries a seed) also pass a
-                   bucket of the cap minus what is kept for live changes: twice what they sent
+    LinkRateCap    what the shipper calls per chunk of a batch it sends: every byte (counted with
+                   its share of the headers that carry it, ``FRAMING``) passes the bucket of the
+                   whole cap; bulk bytes (a batch that carries a seed) also pass a bucket of the
+                   cap minus what is kept for live changes: twice what they sent
                    in the last ``LIVE_HOLD_SECONDS`` (``LIVE_HEADROOM``), at most ``live_share``
                    of the cap. Live changes busy enough to need it keep ``live_share`` while a
                    seed is throttled; a trickle of live changes (a delivery a second) takes only
@@ -18,6 +19,7 @@ Pure policy with an injectable clock and sleep: unit-tested without a link.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import threading
 import time
 from collections import deque
@@ -27,6 +29,7 @@ from dataclasses import dataclass
 __all__ = [
     "BURST_SECONDS",
     "CHUNK_BYTES",
+    "FRAMING",
     "LinkRateCap",
     "LinkSchedule",
     "LinkStats",
@@ -36,7 +39,13 @@ __all__ = [
     "schedule_of",
 ]
 
-BURST_SECONDS = 0.5  # a bucket saves up at most this many seconds of its rate (covers the pause between batches)
+# a bucket saves up at most this many seconds of its rate: it covers the pause between batches
+# (one in flight: the round trip and the recovery gateway's durable write of up to a second of
+# the cap), which would otherwise be lost to the average
+BURST_SECONDS = 1.0
+# what the link carries per byte of a request body: TCP/IP and Ethernet headers (66 bytes per
+# 1,448-byte segment, 4.6 %) and HTTP framing; the cap is on what crosses the link
+FRAMING = 1.05
 CHUNK_BYTES = 64 * 1024  # a batch is sent in chunks of this size when a cap is in force
 BATCH_SECONDS = 1.0  # under a cap, a batch carries at most this many seconds of it
 LIVE_HOLD_SECONDS = 5.0  # live traffic this recent counts towards what bulk traffic leaves for it
@@ -193,13 +202,14 @@ class LinkRateCap:
 
     def acquire(self, n: int, *, live: bool) -> float:
         """Wait until ``n`` bytes of a live (or bulk) batch may go; returns the seconds waited."""
+        wire = math.ceil(n * FRAMING)
         with self._lock:
             if live:
-                self._live_sent.append((self._clock(), n))
-                self._live_recent += n
+                self._live_sent.append((self._clock(), wire))
+                self._live_recent += wire
             self._update()
-        waited = 0.0 if live else self._bulk.take(n)
-        waited += self._all.take(n)
+        waited = 0.0 if live else self._bulk.take(wire)
+        waited += self._all.take(wire)
         with self._lock:
             self._bytes[live] += n
             self._waited += waited
