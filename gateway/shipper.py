@@ -139,6 +139,12 @@ class Shipper:
         pending = self._prepare(upto, frozenset())
         while pending is not None and not self._stop.is_set():
             built, data = pending
+            if self._live_overtaken(built):
+                # live changes came in after this seed batch was prepared: they go first
+                pending = self._prepare(dict(upto), frozenset())
+                if pending is None:
+                    break
+                built, data = pending
             for seg in built.batch.segments:
                 upto[(seg.server, seg.address)] = seg.range.last
             ahead = self._ahead.submit(self._prepare, dict(upto), frozenset(built.batch.parts))
@@ -198,6 +204,18 @@ class Shipper:
                              .where(Mailbox.address.in_({a for _, a in who})))
             return any((server, address) in who and (phase == "seeding" or behind > LIVE_BACKLOG)
                        for server, address, phase, behind in rows)
+
+    def _live_overtaken(self, built: Built) -> bool:
+        """Under a cap: is ``built`` a seed batch while a live mailbox outside it waits (its
+        change captured after the batch was prepared ahead)? Then it is prepared again, live first."""
+        if not self.builder.live_first or not self._seeding(built):
+            return False
+        inside = {(seg.server, seg.address) for seg in built.batch.segments}
+        with self.store.read() as s:
+            waiting = s.execute(select(Mailbox.server, Mailbox.address).where(
+                Mailbox.last_seq > Mailbox.acked_seq, Mailbox.last_seq - Mailbox.acked_seq <= LIVE_BACKLOG,
+                Mailbox.phase != "seeding", Mailbox.ship_error.is_(None), Mailbox.site_state == "replicating"))
+            return any((server, address) not in inside for server, address in waiting)
 
     def _fit_to_cap(self) -> None:
         """Under a cap: batches of half a second of it, least behind mailboxes first, so a live
