@@ -37,6 +37,11 @@ REFUSED_PREFIX = "refused by the recovery gateway: "
 INSUFFICIENT_STORAGE = 507  # the recovery gateway could not store a batch: its disk is full
 REFUSED_RETRY = 300.0  # seconds: mailboxes set aside for a refusal are tried again this often
 LIVE_BACKLOG = 20  # under a rate cap, a mailbox at most this many changes behind ships as live traffic
+# while batches flow (a seed), the peer is asked how far it applied at most this often when a
+# mailbox outside the batch just sent waits to be applied: an ack only tells about the mailboxes
+# of its own batch, so without it their applied position (status, lag) would stand still until
+# the shipper runs out of work
+PROGRESS_EVERY = 1.0
 
 
 class ShipStats:
@@ -72,6 +77,7 @@ class Shipper:
         self.max_changes = max_changes
         self.max_bytes = max_bytes
         self._shrink_until: float | None = None  # one body per batch until then (a 413 to find)
+        self._last_progress = float("-inf")  # when the peer was last asked how far it applied
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.body_lock = body_lock or threading.Lock()
@@ -133,6 +139,12 @@ class Shipper:
         pending = self._prepare(upto, frozenset())
         while pending is not None and not self._stop.is_set():
             built, data = pending
+            if self._live_overtaken(built):
+                # live changes came in after this seed batch was prepared: they go first
+                pending = self._prepare(dict(upto), frozenset())
+                if pending is None:
+                    break
+                built, data = pending
             for seg in built.batch.segments:
                 upto[(seg.server, seg.address)] = seg.range.last
             ahead = self._ahead.submit(self._prepare, dict(upto), frozenset(built.batch.parts))
@@ -149,6 +161,9 @@ class Shipper:
             sent += 1
             if ack is None or any(res.status != "ok" for res in ack.results):
                 break
+            if time.monotonic() - self._last_progress >= PROGRESS_EVERY and \
+                    self._pending_apply(besides={(seg.server, seg.address) for seg in built.batch.segments}):
+                self.poll_progress()
         return sent
 
     def _send(self, data: bytes, built: Built) -> Ack | None:
@@ -189,6 +204,18 @@ class Shipper:
                              .where(Mailbox.address.in_({a for _, a in who})))
             return any((server, address) in who and (phase == "seeding" or behind > LIVE_BACKLOG)
                        for server, address, phase, behind in rows)
+
+    def _live_overtaken(self, built: Built) -> bool:
+        """Under a cap: is ``built`` a seed batch while a live mailbox outside it waits (its
+        change captured after the batch was prepared ahead)? Then it is prepared again, live first."""
+        if not self.builder.live_first or not self._seeding(built):
+            return False
+        inside = {(seg.server, seg.address) for seg in built.batch.segments}
+        with self.store.read() as s:
+            waiting = s.execute(select(Mailbox.server, Mailbox.address).where(
+                Mailbox.last_seq > Mailbox.acked_seq, Mailbox.last_seq - Mailbox.acked_seq <= LIVE_BACKLOG,
+                Mailbox.phase != "seeding", Mailbox.ship_error.is_(None), Mailbox.site_state == "replicating"))
+            return any((server, address) not in inside for server, address in waiting)
 
     def _fit_to_cap(self) -> None:
         """Under a cap: batches of half a second of it, least behind mailboxes first, so a live
@@ -231,6 +258,7 @@ class Shipper:
 
     def poll_progress(self) -> None:
         """Ask the peer how far it has applied (acks only come with batches)."""
+        self._last_progress = time.monotonic()
         self._record(self.peer.progress())
 
     def _record(self, ack: Ack, built: Built | None = None, wire_bytes: int = 0) -> None:
@@ -318,9 +346,14 @@ class Shipper:
         self._background.stop(timeout)
         self._ahead.shutdown(wait=False, cancel_futures=True)
 
-    def _pending_apply(self) -> bool:
+    def _pending_apply(self, besides: Collection[tuple[str, str]] = frozenset()) -> bool:
+        """Does a mailbox (other than ``besides``, (server, address)) wait to be applied at DR?"""
         with self.store.read() as s:
-            return bool(s.scalar(select(func.count()).select_from(Mailbox).where(Mailbox.applied_seq < Mailbox.acked_seq)))
+            if not besides:
+                return bool(s.scalar(select(func.count()).select_from(Mailbox)
+                                     .where(Mailbox.applied_seq < Mailbox.acked_seq)))
+            waiting = s.execute(select(Mailbox.server, Mailbox.address).where(Mailbox.applied_seq < Mailbox.acked_seq))
+            return any((server, address) not in besides for server, address in waiting)
 
     def _loop(self) -> None:
         delay = self.retry_initial

@@ -5,25 +5,31 @@
     LinkSchedule   the cap in force at a time of day: windows ("08:00"-"18:00" at 20 Mbit/s, …),
                    else the default (0 = no cap); a window may run past midnight
     TokenBucket    bytes per second with a small burst; ``take(n)`` waits until ``n`` bytes may go
-    LinkRateCap    what the shipper calls per chunk of a batch it sends: every byte passes the
-                   bucket of the whole cap; while live changes were sent in the last
-                   ``LIVE_HOLD_SECONDS``, bulk bytes (a batch that carries a seed) also pass a
-                   bucket of ``1 - live_share`` of it, so live changes keep at least ``live_share``
-                   of the cap while a seed is throttled; a seed alone may use the whole cap
+    LinkRateCap    what the shipper calls per chunk of a batch it sends: every byte (counted with
+                   its share of the headers that carry it, ``FRAMING``) passes the bucket of the
+                   whole cap; bulk bytes (a batch that carries a seed) also pass a bucket of the
+                   cap minus what is kept for live changes: twice what they sent
+                   in the last ``LIVE_HOLD_SECONDS`` (``LIVE_HEADROOM``), at most ``live_share``
+                   of the cap. Live changes busy enough to need it keep ``live_share`` while a
+                   seed is throttled; a trickle of live changes (a delivery a second) takes only
+                   what it uses, so the seed still fills the cap; a seed alone may use all of it
 
 Pure policy with an injectable clock and sleep: unit-tested without a link.
 """
 from __future__ import annotations
 
 import datetime as dt
+import math
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 __all__ = [
     "BURST_SECONDS",
     "CHUNK_BYTES",
+    "FRAMING",
     "LinkRateCap",
     "LinkSchedule",
     "LinkStats",
@@ -33,10 +39,17 @@ __all__ = [
     "schedule_of",
 ]
 
-BURST_SECONDS = 0.5  # a bucket saves up at most this many seconds of its rate (covers the pause between batches)
+# a bucket saves up at most this many seconds of its rate: it covers the pause between batches
+# (one in flight: the round trip and the recovery gateway's durable write of up to a second of
+# the cap), which would otherwise be lost to the average
+BURST_SECONDS = 1.0
+# what the link carries per byte of a request body: TCP/IP and Ethernet headers (66 bytes per
+# 1,448-byte segment, 4.6 %) and HTTP framing; the cap is on what crosses the link
+FRAMING = 1.05
 CHUNK_BYTES = 64 * 1024  # a batch is sent in chunks of this size when a cap is in force
 BATCH_SECONDS = 1.0  # under a cap, a batch carries at most this many seconds of it
-LIVE_HOLD_SECONDS = 5.0  # live traffic this recent keeps its share reserved from bulk traffic
+LIVE_HOLD_SECONDS = 5.0  # live traffic this recent counts towards what bulk traffic leaves for it
+LIVE_HEADROOM = 2.0  # bulk traffic leaves live traffic this many times its recent rate (up to its share)
 
 
 def parse_clock(text: str) -> int:
@@ -138,6 +151,7 @@ class LinkStats:
     bulk_bytes: int  # sent through the cap since start, batches carrying a seed
     live_bytes: int  # … batches of live changes only
     waited_seconds: float  # time senders spent waiting for the cap
+    live_reserved: float  # bytes per second bulk traffic leaves for live traffic now
 
 
 class LinkRateCap:
@@ -158,7 +172,8 @@ class LinkRateCap:
         self._waited = 0.0
         self._checked_minute: tuple[int, int] | None = None
         self._clock = clock
-        self._last_live = float("-inf")
+        self._live_sent: deque[tuple[float, int]] = deque()  # (when, bytes) of the last LIVE_HOLD_SECONDS
+        self._live_recent = 0
         self._rate = 0.0
         self._update()
 
@@ -174,18 +189,27 @@ class LinkRateCap:
             self._checked_minute = minute
             self._rate = self.schedule.rate_at(when)
             self._all.set_rate(self._rate)
-        live_recently = self._clock() - self._last_live < LIVE_HOLD_SECONDS
-        self._bulk.set_rate(self._rate * (1.0 - self.live_share) if live_recently else self._rate)
+        self._bulk.set_rate(self._rate - self._live_reserve())
         return self._rate
+
+    def _live_reserve(self) -> float:
+        """Bytes per second bulk traffic leaves for live traffic now (see the module doc)."""
+        cutoff = self._clock() - LIVE_HOLD_SECONDS
+        while self._live_sent and self._live_sent[0][0] < cutoff:
+            self._live_recent -= self._live_sent.popleft()[1]
+        recent_rate = self._live_recent / LIVE_HOLD_SECONDS
+        return min(self._rate * self.live_share, LIVE_HEADROOM * recent_rate)
 
     def acquire(self, n: int, *, live: bool) -> float:
         """Wait until ``n`` bytes of a live (or bulk) batch may go; returns the seconds waited."""
+        wire = math.ceil(n * FRAMING)
         with self._lock:
             if live:
-                self._last_live = self._clock()
+                self._live_sent.append((self._clock(), wire))
+                self._live_recent += wire
             self._update()
-        waited = 0.0 if live else self._bulk.take(n)
-        waited += self._all.take(n)
+        waited = 0.0 if live else self._bulk.take(wire)
+        waited += self._all.take(wire)
         with self._lock:
             self._bytes[live] += n
             self._waited += waited
@@ -210,7 +234,8 @@ class LinkRateCap:
         with self._lock:
             rate = self._update()
             return LinkStats(rate=rate, live_share=self.live_share, bulk_bytes=self._bytes[False],
-                             live_bytes=self._bytes[True], waited_seconds=round(self._waited, 3))
+                             live_bytes=self._bytes[True], waited_seconds=round(self._waited, 3),
+                             live_reserved=self._live_reserve())
 
 
 def schedule_of(default_mbit: float, windows: Sequence[tuple[str, str, float]]) -> LinkSchedule:

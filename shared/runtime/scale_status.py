@@ -2,7 +2,8 @@
 
 ``/healthz``: ``connections`` (per server: limit, allowed now, open, in use, opened, refused,
 waits) and, on the source gateway, ``link`` (the cap in force in bit/s, the live share, bytes
-sent through it as seed and as live changes, seconds senders waited). Metrics:
+sent through it as seed and as live changes, seconds senders waited, what the seed leaves for
+live changes now in bit/s). Metrics:
 ``mailrepl_<role>_server_connections{server,state="open"|"in_use"|"limit"|"allowed"}``,
 ``mailrepl_<role>_server_connections_refused_total{server}``, and on the source
 ``mailrepl_source_link_rate_cap_bits`` (0: no cap), ``mailrepl_source_link_bytes_total{traffic}``,
@@ -31,7 +32,8 @@ def link_status(cap: LinkRateCap | None) -> dict | None:
         return None
     st = cap.stats()
     return {"rate_cap_bits": round(st.rate * 8), "live_share": st.live_share, "bulk_bytes": st.bulk_bytes,
-            "live_bytes": st.live_bytes, "waited_seconds": st.waited_seconds}
+            "live_bytes": st.live_bytes, "waited_seconds": st.waited_seconds,
+            "live_reserved_bits": round(st.live_reserved * 8)}
 
 
 class ScaleCollector:

@@ -121,18 +121,21 @@ def _copy(src: socket.socket, dst: socket.socket) -> None:
 
 
 class DelayRelay:
-    """The delay relay as its own process (``tests/support/delay_relay.py``), steered by stdin."""
+    """The delay relay as its own process (``tests/support/delay_relay.py``), steered by stdin.
 
-    def __init__(self, listen_port: int, target: tuple[str, int], log: Path) -> None:
-        self.port = listen_port
+    ``listen_port`` 0 lets the relay pick a free port (``port`` holds the one it took)."""
+
+    def __init__(self, listen_port: int, target: tuple[str, int], log: Path, *, listen_host: str = "127.0.0.1") -> None:
+        self.host, self.port = listen_host, listen_port
         self._log = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.delay_relay", f"127.0.0.1:{listen_port}", f"{target[0]}:{target[1]}"],
+            [sys.executable, "-m", "tests.support.delay_relay", f"{listen_host}:{listen_port}", f"{target[0]}:{target[1]}"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, cwd=REPO, text=True, bufsize=1)
         ready = self.proc.stdout.readline().split()
-        if ready[:1] != ["ready"]:
+        if ready[:1] != ["ready"] or len(ready) != 2:
             self.close()
             raise RuntimeError(f"delay relay did not start: {ready!r}\n{log.read_text()[-2000:]}")
+        self.port = int(ready[1])
 
     def command(self, line: str) -> str:
         self.proc.stdin.write(line + "\n")
@@ -286,6 +289,13 @@ class TwoSiteRig:
         """Run a command inside the DR namespace (e.g. a probe that must not cross the link)."""
         return subprocess.run([*self.link.prefix, *args], capture_output=True, text=True, timeout=timeout,
                               env=dict(os.environ))
+
+    def primary_imap_relay(self) -> DelayRelay:
+        """A delay relay on the link's root address in front of the primary's IMAP, so that a
+        client at the DR site (inside the namespace) reaches the primary across the link, delayed
+        like the gateways' traffic (``relay.command("delay MS JITTER")``). The caller closes it."""
+        return DelayRelay(0, ("127.0.0.1", self.primary.imap_port), self.tmp / "primary-relay.log",
+                          listen_host=self.link.root_addr)
 
     def peer_request_seconds(self, port: int | None = None, timeout: float = 5.0) -> float:
         """Seconds one ``GET /healthz`` on a new connection takes along the source gateway's path to

@@ -7,6 +7,7 @@ import threading
 import pytest
 from mailrepl.shared.protocol.link_rate import (
     BURST_SECONDS,
+    FRAMING,
     LinkRateCap,
     LinkSchedule,
     RateWindow,
@@ -124,19 +125,45 @@ def test_bulk_leaves_the_live_share_and_each_alone_may_use_all():
                       now=lambda: dt.datetime(2026, 12, 6, 12))
     start = t.t
     for _ in range(1000):
-        cap.acquire(10_000, live=False)  # 10 MB of seed alone at the full 1 MB/s
-    assert t.t - start == pytest.approx(10.0, abs=0.15)
+        cap.acquire(10_000, live=False)  # 10 MB of seed alone at the full 1 MB/s (with its framing)
+    assert t.t - start == pytest.approx(10.0 * FRAMING, abs=0.15)
     start = t.t
     for _ in range(1000):
         cap.acquire(10_000, live=True)  # 10 MB of live changes at the full 1 MB/s
-    assert t.t - start == pytest.approx(10.0, abs=0.15)
+    assert t.t - start == pytest.approx(10.0 * FRAMING, abs=0.15)
     cap.acquire(1, live=True)
     start = t.t
     for _ in range(300):
         cap.acquire(10_000, live=False)  # 3 MB of seed right after live traffic: 0.75 MB/s
-    assert t.t - start == pytest.approx(4.0, abs=BURST_SECONDS + 0.05)
+    assert t.t - start == pytest.approx(4.0 * FRAMING, abs=BURST_SECONDS + 0.05)
     stats = cap.stats()
     assert (stats.bulk_bytes, stats.live_bytes) == (13_000_000, 10_000_001)
+
+
+def test_a_trickle_of_live_changes_leaves_the_seed_the_cap():
+    """Live changes that use little (one small batch a second) are left what they use, twice over,
+    not the whole live share: the seed keeps filling the cap, and the link as a whole stays under it."""
+    t = FakeTime()
+    cap = LinkRateCap(schedule_of(8, []), live_share=0.25, clock=t.clock, sleep=t.sleep,
+                      now=lambda: dt.datetime(2026, 12, 6, 12))
+    start = t.t
+    for _ in range(20):
+        cap.acquire(2_000, live=True)  # a delivery a second: 2 kB
+        for _ in range(100):
+            cap.acquire(10_000, live=False)  # 1 MB of seed per round
+    elapsed = t.t - start
+    total = 20 * (2_000 + 1_000_000)
+    on_link = total * FRAMING  # the cap counts the headers that carry the bytes
+    assert on_link / elapsed <= 1_000_000 * 1.001 + 1_000_000 * BURST_SECONDS / elapsed  # never over the cap
+    assert on_link / elapsed >= 1_000_000 * 0.99  # the seed was not held to 1 - live_share of it
+    # live changes busy enough to use their share get it reserved again: a seed right after
+    # 0.6 MB/s of live traffic gets 0.75 of the cap
+    for _ in range(300):
+        cap.acquire(20_000, live=True)
+    start = t.t
+    for _ in range(300):
+        cap.acquire(10_000, live=False)
+    assert t.t - start == pytest.approx(4.0 * FRAMING, abs=BURST_SECONDS + 0.05)
 
 
 def test_live_keeps_its_share_under_a_concurrent_seed():
@@ -182,4 +209,4 @@ def test_chunks_are_the_bytes_in_order():
     cap = LinkRateCap(schedule_of(1, []), clock=t.clock, sleep=t.sleep, now=lambda: dt.datetime(2026, 12, 6, 12))
     data = bytes(range(256)) * 1000
     assert b"".join(cap.chunks(data, live=True, size=4096)) == data
-    assert t.t - 1000.0 == pytest.approx(len(data) / 125_000, abs=BURST_SECONDS + 0.01)
+    assert t.t - 1000.0 == pytest.approx(len(data) * FRAMING / 125_000, abs=BURST_SECONDS + 0.01)
