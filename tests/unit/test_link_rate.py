@@ -183,7 +183,7 @@ def test_live_keeps_its_share_under_a_concurrent_seed():
         import time
         start = time.monotonic()
         live = 0
-        while live < 150_000:  # half a second of the live share
+        while live < 600_000:  # two seconds of the live share
             cap.acquire(10_000, live=True)
             live += 10_000
         live_time = time.monotonic() - start
@@ -191,8 +191,9 @@ def test_live_keeps_its_share_under_a_concurrent_seed():
         stop.set()
         th.join()
     total_time = time.monotonic() - start
-    # the whole link never exceeded the cap (burst aside) …
-    assert (sent["bulk"] + live) / total_time <= 1_000_000 * 1.1 + 16_384 / total_time
+    # the whole link never exceeded the cap, but for what the bucket may save up while a starved
+    # thread sleeps past its time (at most BURST_SECONDS of the rate) and one chunk in flight …
+    assert sent["bulk"] + live <= 1_000_000 * (total_time * 1.05 + BURST_SECONDS) + 16_384
     # … and the live sender was not starved: at least its share of the cap (wide margin, loaded host)
     assert live / live_time >= 0.3 * 1_000_000 * 0.5
 
