@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Callable, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -88,7 +89,7 @@ def site_admin_router(store: Store, authz: Authorizer, cutover: CutoverService, 
     viewer, operator = [Depends(authz.require("viewer"))], [Depends(authz.require("operator"))]
 
     @r.post("/cutover", response_model=Results, dependencies=operator)
-    async def post_cutover(body: CutoverRequest) -> Results:
+    async def post_cutover(body: CutoverRequest) -> JSONResponse:
         """Move users of these mailboxes to the standby (works while the primary site is down); a
         lagged copy plays what ``play`` says first."""
         ids = _selected(store, body)
@@ -100,7 +101,9 @@ def site_admin_router(store: Store, authz: Authorizer, cutover: CutoverService, 
         if gate is not None and body.play != "all":
             for rid, res in zip(ids, results):
                 res["set_aside"] = len(gate.set_aside(rid))
-        return Results(results=results)
+        # plain values built by the cutover: serialised as they are, not validated and encoded
+        # again field by field (10,000 mailboxes: seconds)
+        return JSONResponse({"results": results})
 
     @r.post("/failback", response_model=Results, dependencies=operator)
     async def post_failback(body: FailbackRequest) -> Results:
