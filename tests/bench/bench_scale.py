@@ -19,8 +19,12 @@ from a passwd-file), one message per user delivered by LMTP, both gateways as re
 
     python tests/bench/bench_scale.py [--mailboxes 1000 | --ten-thousand] [--deliveries 200]
         [--idle-seconds 60] [--settle 30] [--gap 0.5] [--server-push] [--idle-poll-max S] [--keep]
-        [--only idle,latency,listing,cutover] [--cutover-via api|cli] [--profile DIR]
+        [--only idle,latency,listing,cutover] [--cutover-via api|cli] [--profile DIR] [--snapshot DIR]
+        [--lock FILE]
 
+``--lock FILE`` takes an exclusive ``flock`` on FILE around each timed step only (protect all, the
+listing, the cutover), not while 10,000 mailboxes seed, so that runs of several benchmarks on one
+host measure one at a time without one of them holding the others for its whole set-up.
 ``--only`` runs just the named phases after seeding (default: all of them); ``--profile DIR``
 samples both gateways with py-spy during the listing and the cutover (raw profiles
 ``DIR/{listing,cutover}-{source,recovery}.txt``, summarised by ``tests/bench/profile_summary.py``).
@@ -31,6 +35,8 @@ The figures depend on the host: say how loaded it was (load average printed at t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import random
 import shutil
@@ -133,6 +139,23 @@ def cli_cutover(config: Path) -> tuple[float, int, int]:
     return took, r.returncode, r.stdout.count("\n")
 
 
+@contextlib.contextmanager
+def locked(path: str | None, what: str):
+    """An exclusive flock on ``path`` (if given) while the block runs; says how long it waited."""
+    if path is None:
+        yield
+        return
+    with open(path, "a") as f:
+        t = time.monotonic()
+        fcntl.flock(f, fcntl.LOCK_EX)
+        print(f"  ({what}: waited {time.monotonic() - t:.1f} s for {path}, load average "
+              f"{os.getloadavg()[0]:.1f})")
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class SessionSampler:
     """Dovecot's count of logged-in IMAP sessions on each server, every ``interval`` s."""
 
@@ -181,6 +204,7 @@ def main() -> int:
     ap.add_argument("--cutover-via", choices=("api", "cli"), default="api",
                     help="which path does the cutover (the other one then asks again, a no-op)")
     ap.add_argument("--profile", help="py-spy both gateways during the listing and the cutover; raw profiles here")
+    ap.add_argument("--lock", help="flock this file around each timed step (not the set-up)")
     ap.add_argument("--snapshot", help="copy both gateways' SQLite state here before the listing and the cutover "
                                        "(to profile them in process)")
     args = ap.parse_args()
@@ -227,11 +251,12 @@ plugin {{
         src_pid, rec_pid = pair.source.proc.pid, pair.recovery.proc.pid
         sampler = SessionSampler({"primary": primary, "standby": standby}).start()
 
-        t = time.monotonic()
-        r = httpx.put(pair.source.url + "/api/v1/servers/primary/protection", json={"enabled": True},
-                      headers=HEADERS, timeout=600)
-        r.raise_for_status()
-        protect_s = time.monotonic() - t
+        with locked(args.lock, "protect all"):
+            t = time.monotonic()
+            r = httpx.put(pair.source.url + "/api/v1/servers/primary/protection", json={"enabled": True},
+                          headers=HEADERS, timeout=600)
+            r.raise_for_status()
+            protect_s = time.monotonic() - t
         print(f"protect all ({n}, PUT /api/v1/servers/primary/protection): {protect_s:.2f} s")
         deadline = time.monotonic() + max(1800, n * 0.5)
         phases: dict[str, int] = {}
@@ -311,37 +336,39 @@ plugin {{
             print(f"state copied to {args.snapshot}")
         if "listing" in only:
             spies = start_profilers(pids, Path(args.profile), "listing") if args.profile else []
-            src_list = [listing(pair.source.url)[0] for _ in range(3)]
-            rec_list = [listing(pair.recovery.url)[0] for _ in range(3)]
+            with locked(args.lock, "listing"):
+                src_list = [listing(pair.source.url)[0] for _ in range(3)]
+                rec_list = [listing(pair.recovery.url)[0] for _ in range(3)]
             stop_profilers(spies)
             print(f"GET /api/v1/mailboxes ({n}): source median {statistics.median(src_list):.2f} s "
                   f"(max {max(src_list):.2f}), recovery median {statistics.median(rec_list):.2f} s "
                   f"(max {max(rec_list):.2f})")
         if "cutover" in only:
             spies = start_profilers(pids, Path(args.profile), "cutover") if args.profile else []
-            again = "  asked again (a no-op) by "
-            if args.cutover_via == "cli":
-                cli_s, rc, lines = cli_cutover(pair.recovery.config)
-                print(f"cutover of all {n} (mailrepl cutover --all --server primary): {cli_s:.2f} s "
-                      f"(exit {rc}, {lines} lines printed)")
-            t = time.monotonic()
-            r = httpx.post(pair.recovery.url + "/api/v1/cutover", json={"server": "primary", "all": True},
-                           headers=HEADERS, timeout=1200)
-            cut_s = time.monotonic() - t
-            ok = r.status_code == 200
-            detail = r.json() if ok else r.text[:300]
-            results = detail.get("results", detail) if isinstance(detail, dict) else detail
-            states: dict[str, int] = {}
-            if isinstance(results, list):
-                for item in results:
-                    key = f"{item.get('state')}/{item.get('status')}"
-                    states[key] = states.get(key, 0) + 1
-            print(f"{again if args.cutover_via == 'cli' else ''}cutover of all {n} "
-                  f"(POST /api/v1/cutover): {cut_s:.2f} s (HTTP {r.status_code}; {states or detail})")
-            if args.cutover_via == "api":
-                cli_s, rc, lines = cli_cutover(pair.recovery.config)
-                print(f"{again}mailrepl cutover --all --server primary: {cli_s:.2f} s "
-                      f"(exit {rc}, {lines} lines printed)")
+            with locked(args.lock, "cutover"):
+                again = "  asked again (a no-op) by "
+                if args.cutover_via == "cli":
+                    cli_s, rc, lines = cli_cutover(pair.recovery.config)
+                    print(f"cutover of all {n} (mailrepl cutover --all --server primary): {cli_s:.2f} s "
+                          f"(exit {rc}, {lines} lines printed)")
+                t = time.monotonic()
+                r = httpx.post(pair.recovery.url + "/api/v1/cutover", json={"server": "primary", "all": True},
+                               headers=HEADERS, timeout=1200)
+                cut_s = time.monotonic() - t
+                ok = r.status_code == 200
+                detail = r.json() if ok else r.text[:300]
+                results = detail.get("results", detail) if isinstance(detail, dict) else detail
+                states: dict[str, int] = {}
+                if isinstance(results, list):
+                    for item in results:
+                        key = f"{item.get('state')}/{item.get('status')}"
+                        states[key] = states.get(key, 0) + 1
+                print(f"{again if args.cutover_via == 'cli' else ''}cutover of all {n} "
+                      f"(POST /api/v1/cutover): {cut_s:.2f} s (HTTP {r.status_code}; {states or detail})")
+                if args.cutover_via == "api":
+                    cli_s, rc, lines = cli_cutover(pair.recovery.config)
+                    print(f"{again}mailrepl cutover --all --server primary: {cli_s:.2f} s "
+                          f"(exit {rc}, {lines} lines printed)")
             stop_profilers(spies)
         print(f"peak RSS: source {peak_rss_mb(src_pid):.0f} MB, recovery {peak_rss_mb(rec_pid):.0f} MB")
         sampler.stop()
