@@ -45,7 +45,7 @@ __all__ = ["CutoverService", "switch_on"]
 log = logging.getLogger("mailrepl.cutover")
 
 DEFAULT_PARALLEL = 16
-WRITE_CHUNK = 500  # mailboxes per state store transaction
+WRITE_CHUNK = 2000  # mailboxes per state store transaction (each a few set-based statements per 500)
 
 
 class CutoverService:

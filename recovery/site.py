@@ -19,7 +19,7 @@ from mailrepl.shared.site_state import Transition, next_state
 from mailrepl.shared.store.chunks import chunks
 from mailrepl.shared.store.models import Replica, SiteTransition
 
-__all__ = ["apply_action", "apply_action_all", "history", "find_replicas", "report_of", "KeyedLocks", "NoSuchMailbox"]
+__all__ = ["apply_action", "apply_action_all", "history", "find_replicas", "find_replica_ids", "report_of", "KeyedLocks", "NoSuchMailbox"]
 
 
 class NoSuchMailbox(MailreplError):
@@ -43,7 +43,8 @@ def apply_action_all(s, states: Sequence[tuple[int, str]], action: str, actor: s
     move is checked first (IllegalTransition, nothing written, if one is not allowed), then one
     UPDATE per chunk of those that change and one INSERT of their history rows. ``detail``: a
     text, or a replica id -> text. Returns each replica's transition."""
-    moves = {rid: next_state(state, action) for rid, state in states}
+    by_state: dict[str, Transition] = {}  # the same few states over and over: each worked out once
+    moves = {rid: by_state.get(state) or by_state.setdefault(state, next_state(state, action)) for rid, state in states}
     changed = [rid for rid, t in moves.items() if t.changed]
     now = utcnow()
     by_move: dict[tuple[str, str], list[int]] = {}
@@ -88,6 +89,18 @@ def find_replicas(s, *, addresses: Sequence[str] = (), server: str | None = None
             raise NoSuchMailbox(f"{address!r} is replicated from several servers; name one with server")
         out.append(found[0])
     return out
+
+
+def find_replica_ids(s, *, addresses: Sequence[str] = (), server: str | None = None,
+                     all_of_server: bool = False) -> list[int]:
+    """The ids of ``find_replicas``, in the same order; every mailbox of a server without loading
+    each one (10,000 of them)."""
+    if not all_of_server or not server:
+        return [rep.id for rep in find_replicas(s, addresses=addresses, server=server, all_of_server=all_of_server)]
+    ids = list(s.scalars(select(Replica.id).where(Replica.server == server).order_by(Replica.address)))
+    if not ids:
+        raise NoSuchMailbox(f"no mailbox of primary server {server!r} is replicated here")
+    return ids
 
 
 def report_of(rep: Replica) -> dict | None:

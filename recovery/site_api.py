@@ -24,7 +24,7 @@ from mailrepl.recovery.cutover import CutoverService
 from mailrepl.recovery.failback import FailbackService
 from mailrepl.recovery.redirect import Redirect
 from mailrepl.recovery.replay_gate import ReplayGate
-from mailrepl.recovery.site import NoSuchMailbox, find_replicas
+from mailrepl.recovery.site import NoSuchMailbox, find_replica_ids
 from mailrepl.recovery.source_access import SourceAccess
 from mailrepl.shared.runtime.principals import Principal
 from mailrepl.shared.errors import IllegalTransition
@@ -71,7 +71,7 @@ def _selected(store: Store, sel: Selection) -> list[int]:
         raise HTTPException(422, "name the mailboxes (addresses) or a whole server (server + all)")
     with store.read() as s:
         try:
-            return [r.id for r in find_replicas(s, addresses=sel.addresses, server=sel.server, all_of_server=sel.all)]
+            return find_replica_ids(s, addresses=sel.addresses, server=sel.server, all_of_server=sel.all)
         except NoSuchMailbox as exc:
             raise HTTPException(404, str(exc)) from exc
 
