@@ -1,7 +1,7 @@
 """REST admin API of the source gateway (under /api/v1): status for viewers, protection for operators."""
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Response
 
 from mailrepl.gateway.registry import Ambiguous, NotFound, Registry
 from mailrepl.gateway.verify_jobs import last_verdict
@@ -24,8 +24,9 @@ def admin_router(registry: Registry, authz: Authorizer, on_change) -> APIRouter:
             raise HTTPException(409, str(exc)) from exc
 
     @r.get("/mailboxes", response_model=MailboxList, dependencies=viewer)
-    def list_mailboxes() -> MailboxList:
-        return MailboxList(mailboxes=registry.list_status())
+    def list_mailboxes() -> Response:
+        # every status in one query, serialised once (10,000 mailboxes: not validated again)
+        return MailboxList.model_construct(mailboxes=registry.list_status()).response()
 
     @r.get("/mailboxes/{address}", response_model=MailboxDetail, dependencies=viewer)
     def get_mailbox(address: str, server: str | None = None) -> MailboxDetail:

@@ -27,6 +27,7 @@ from mailrepl.recovery.site import KeyedLocks
 from mailrepl.recovery.site_api import redirect_router, site_admin_router, site_ingest_router
 from mailrepl.recovery.source_access import SourceAccess
 from mailrepl.recovery.standby_check import ResyncRequests, standby_damage
+from mailrepl.recovery.status_extras import StatusExtras
 from mailrepl.recovery.standby_view import StandbyView, is_fresh
 from mailrepl.recovery.verify_listing import StandbyListing, verify_ingest_router
 from mailrepl.shared.adapters.factory import make_adapter
@@ -130,6 +131,8 @@ class RecoveryGateway:
         self._gc = Background("blob-gc", self._gc_loop)
         # history: kept changes, base snapshots, pruning (before each garbage collection)
         self.history = HistoryKeeper(self.store, settings.history)
+        # what history, the guard and lagged copies add to a mailbox's status (one or all of them)
+        self.extras = StatusExtras(self.history, self.guard, self.gate, settings.lag.enabled)
         self._history = Background("history", self._history_loop)
         # point-in-time restores from history: into the mailbox where users are, another one, or a file
         self._primary_adapters = {srv.name: make_adapter(srv) for srv in settings.primaries}
@@ -315,16 +318,6 @@ class RecoveryGateway:
         grace = self.settings.gateway.blob_grace_seconds if grace_seconds is None else grace_seconds
         return self.bodies.collect_garbage(grace_seconds=grace, history_of=self.history.history_replicas())
 
-    def _status_extras(self, rid: int) -> dict:
-        """What history and the mass-delete guard add to a mailbox's status."""
-        space = self.history.space(rid)
-        guard = self.guard.status(rid)
-        lag = self.gate.waiting(rid) if self.settings.lag.enabled else None
-        return {"history_bytes": space.total_bytes if space is not None else None,
-                "held_deletions": guard["held"] if guard is not None else None,
-                "replay_delay_seconds": lag["replay_delay_seconds"] if lag else None,
-                "delayed_changes": lag["not_yet_due"] if lag else None}
-
     def _resolve_guard(self, rid: int, discard: bool) -> dict:
         from fastapi import HTTPException
 
@@ -392,7 +385,7 @@ class RecoveryGateway:
         app.include_router(ingest_router(self.receiver, self.access, g.max_batch_bytes, g.max_inflated_bytes,
                                          disk=self.disk))
         app.include_router(disk_router(self.disk, authz))
-        app.include_router(admin_router(self.store, authz, self.collect_garbage, extras=self._status_extras,
+        app.include_router(admin_router(self.store, authz, self.collect_garbage, extras=self.extras.of, extras_all=self.extras.of_all,
                                         holds=self.guard.holds))
         app.include_router(guard_router(self.guard, authz, self._resolve_guard))
         app.include_router(history_router(self.history, authz))

@@ -244,6 +244,15 @@ class HistoryKeeper:
             self._space[rid] = self.measure(rid)
         return self._space.get(rid)
 
+    def space_of(self, rid: int, server: str, address: str) -> HistorySpace | None:
+        """``space(rid)`` for a replica whose names the caller has read: no query unless its
+        history is kept and not measured yet (a listing of every mailbox asks for each)."""
+        if rid in self._space:
+            return self._space[rid]
+        if self.settings.retention_seconds(server, address) <= 0:
+            return None
+        return self.space(rid)
+
     def spaces(self) -> list[HistorySpace]:
         return list(self._space.values())
 

@@ -25,7 +25,8 @@ from mailrepl.shared.model import Change, utcnow
 from mailrepl.shared.site_state import SiteState
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import InboxRow, Replica
-from sqlalchemy import func, select
+from mailrepl.shared.store.chunks import chunks
+from sqlalchemy import case, func, select
 
 __all__ = ["CUTOVER_PLAYS", "ReplayGate"]
 
@@ -110,6 +111,34 @@ class ReplayGate:
                                                           InboxRow.state == "received", captured > due))
         return {"replay_delay_seconds": delay, "waiting": count, "not_yet_due": not_due,
                 "oldest_waiting": _aware(oldest).isoformat() if oldest else None}
+
+    def waiting_all(self, replicas: Sequence[tuple[int, str, str]]) -> dict[int, dict]:
+        """``waiting`` of many replicas ((id, server, address)), the lagged ones only, in one
+        query per distinct delay (a listing of every mailbox: not one query per mailbox)."""
+        by_delay: dict[float, list[int]] = {}
+        for rid, server, address in replicas:
+            delay = self.lag.delay(server, address)
+            if delay > 0:
+                by_delay.setdefault(delay, []).append(rid)
+        out: dict[int, dict] = {}
+        captured = func.coalesce(InboxRow.captured_at, InboxRow.received_at)
+        with self.store.read() as s:
+            for delay, rids in by_delay.items():
+                due = utcnow() - timedelta(seconds=delay)
+                found = {}
+                for part in chunks(rids):
+                    found.update({rid: (count, oldest, not_due) for rid, count, oldest, not_due in s.execute(
+                        select(InboxRow.replica_id, func.count(), func.min(captured),
+                               func.count(case((captured > due, 1))))
+                        .join(Replica, Replica.id == InboxRow.replica_id)
+                        .where(InboxRow.replica_id.in_(part), InboxRow.seq > Replica.applied_seq,
+                               InboxRow.state == "received")
+                        .group_by(InboxRow.replica_id))})
+                for rid in rids:
+                    count, oldest, not_due = found.get(rid, (0, None, 0))
+                    out[rid] = {"replay_delay_seconds": delay, "waiting": count, "not_yet_due": not_due,
+                                "oldest_waiting": _aware(oldest).isoformat() if oldest else None}
+        return out
 
     def due(self, rid: int) -> bool:
         """Whether a lagged mailbox has a received change old enough to play (the replay workers ask)."""

@@ -9,16 +9,17 @@ from __future__ import annotations
 import json
 import threading
 from collections import defaultdict
-from typing import Sequence
+from typing import Callable, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 
 from mailrepl.shared.errors import MailreplError
 from mailrepl.shared.model import utcnow
 from mailrepl.shared.site_state import Transition, next_state
+from mailrepl.shared.store.chunks import chunks
 from mailrepl.shared.store.models import Replica, SiteTransition
 
-__all__ = ["apply_action", "history", "find_replicas", "report_of", "KeyedLocks", "NoSuchMailbox"]
+__all__ = ["apply_action", "apply_action_all", "history", "find_replicas", "find_replica_ids", "report_of", "KeyedLocks", "NoSuchMailbox"]
 
 
 class NoSuchMailbox(MailreplError):
@@ -34,6 +35,30 @@ def apply_action(s, rep: Replica, action: str, actor: str, detail: str | None = 
         s.add(SiteTransition(replica_id=rep.id, before=t.before.value, after=t.after.value, actor=actor,
                              detail=detail))
     return t
+
+
+def apply_action_all(s, states: Sequence[tuple[int, str]], action: str, actor: str,
+                     detail: str | Callable[[int], str | None] | None = None) -> dict[int, Transition]:
+    """``apply_action`` for many replicas ((id, current state) each) in a few statements: every
+    move is checked first (IllegalTransition, nothing written, if one is not allowed), then one
+    UPDATE per chunk of those that change and one INSERT of their history rows. ``detail``: a
+    text, or a replica id -> text. Returns each replica's transition."""
+    by_state: dict[str, Transition] = {}  # the same few states over and over: each worked out once
+    moves = {rid: by_state.get(state) or by_state.setdefault(state, next_state(state, action)) for rid, state in states}
+    changed = [rid for rid, t in moves.items() if t.changed]
+    now = utcnow()
+    by_move: dict[tuple[str, str], list[int]] = {}
+    for rid in changed:
+        by_move.setdefault((moves[rid].before.value, moves[rid].after.value), []).append(rid)
+    for (before, after), rids in by_move.items():
+        for part in chunks(rids):
+            s.execute(update(Replica).where(Replica.id.in_(part), Replica.site_state == before)
+                      .values(site_state=after, site_since=now).execution_options(synchronize_session=False))
+    if changed:
+        s.execute(insert(SiteTransition), [
+            {"replica_id": rid, "before": moves[rid].before.value, "after": moves[rid].after.value, "actor": actor,
+             "detail": detail(rid) if callable(detail) else detail, "at": now} for rid in changed])
+    return moves
 
 
 def history(s, replica_id: int) -> list[dict]:
@@ -64,6 +89,18 @@ def find_replicas(s, *, addresses: Sequence[str] = (), server: str | None = None
             raise NoSuchMailbox(f"{address!r} is replicated from several servers; name one with server")
         out.append(found[0])
     return out
+
+
+def find_replica_ids(s, *, addresses: Sequence[str] = (), server: str | None = None,
+                     all_of_server: bool = False) -> list[int]:
+    """The ids of ``find_replicas``, in the same order; every mailbox of a server without loading
+    each one (10,000 of them)."""
+    if not all_of_server or not server:
+        return [rep.id for rep in find_replicas(s, addresses=addresses, server=server, all_of_server=all_of_server)]
+    ids = list(s.scalars(select(Replica.id).where(Replica.server == server).order_by(Replica.address)))
+    if not ids:
+        raise NoSuchMailbox(f"no mailbox of primary server {server!r} is replicated here")
+    return ids
 
 
 def report_of(rep: Replica) -> dict | None:

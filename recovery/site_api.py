@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Callable, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
@@ -23,7 +24,7 @@ from mailrepl.recovery.cutover import CutoverService
 from mailrepl.recovery.failback import FailbackService
 from mailrepl.recovery.redirect import Redirect
 from mailrepl.recovery.replay_gate import ReplayGate
-from mailrepl.recovery.site import NoSuchMailbox, find_replicas
+from mailrepl.recovery.site import NoSuchMailbox, find_replica_ids
 from mailrepl.recovery.source_access import SourceAccess
 from mailrepl.shared.runtime.principals import Principal
 from mailrepl.shared.errors import IllegalTransition
@@ -70,7 +71,7 @@ def _selected(store: Store, sel: Selection) -> list[int]:
         raise HTTPException(422, "name the mailboxes (addresses) or a whole server (server + all)")
     with store.read() as s:
         try:
-            return [r.id for r in find_replicas(s, addresses=sel.addresses, server=sel.server, all_of_server=sel.all)]
+            return find_replica_ids(s, addresses=sel.addresses, server=sel.server, all_of_server=sel.all)
         except NoSuchMailbox as exc:
             raise HTTPException(404, str(exc)) from exc
 
@@ -88,7 +89,7 @@ def site_admin_router(store: Store, authz: Authorizer, cutover: CutoverService, 
     viewer, operator = [Depends(authz.require("viewer"))], [Depends(authz.require("operator"))]
 
     @r.post("/cutover", response_model=Results, dependencies=operator)
-    async def post_cutover(body: CutoverRequest) -> Results:
+    async def post_cutover(body: CutoverRequest) -> JSONResponse:
         """Move users of these mailboxes to the standby (works while the primary site is down); a
         lagged copy plays what ``play`` says first."""
         ids = _selected(store, body)
@@ -100,7 +101,9 @@ def site_admin_router(store: Store, authz: Authorizer, cutover: CutoverService, 
         if gate is not None and body.play != "all":
             for rid, res in zip(ids, results):
                 res["set_aside"] = len(gate.set_aside(rid))
-        return Results(results=results)
+        # plain values built by the cutover: serialised as they are, not validated and encoded
+        # again field by field (10,000 mailboxes: seconds)
+        return JSONResponse({"results": results})
 
     @r.post("/failback", response_model=Results, dependencies=operator)
     async def post_failback(body: FailbackRequest) -> Results:

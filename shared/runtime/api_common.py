@@ -21,7 +21,7 @@ from typing import Any, AsyncIterator, Callable, Literal
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, StrictBool
@@ -280,6 +280,12 @@ class MailboxDetail(MailboxStatus):
 
 class MailboxList(_Model):
     mailboxes: list[MailboxStatus]
+
+    def response(self) -> Response:
+        """This list as its JSON answer, serialised once: built from the state store's typed columns
+        (``model_construct``), so not validated and converted again on the way out as a route's
+        return value would be (10,000 mailboxes: most of a listing's time)."""
+        return Response(content=self.model_dump_json(), media_type="application/json")
 
 
 class ServerProtection(_Model):

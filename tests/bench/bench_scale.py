@@ -12,10 +12,22 @@ from a passwd-file), one message per user delivered by LMTP, both gateways as re
   tests/support/arrival_watch.py), and how many of them were seen;
 - GET /api/v1/mailboxes time (source and recovery, median of 3);
 - cutover of every mailbox (`POST /api/v1/cutover {"server": "primary", "all": true}`) time;
+- the same cutover asked again through the CLI (`mailrepl cutover --all --server primary`: a no-op
+  on the state, the request, the results of every mailbox and the table printed), or the other
+  way round with ``--cutover-via cli``;
 - peak RSS of each gateway (VmHWM).
 
     python tests/bench/bench_scale.py [--mailboxes 1000 | --ten-thousand] [--deliveries 200]
         [--idle-seconds 60] [--settle 30] [--gap 0.5] [--server-push] [--idle-poll-max S] [--keep]
+        [--only idle,latency,listing,cutover] [--cutover-via api|cli] [--profile DIR] [--snapshot DIR]
+        [--lock FILE]
+
+``--lock FILE`` takes an exclusive ``flock`` on FILE around each timed step only (protect all, the
+listing, the cutover), not while 10,000 mailboxes seed, so that runs of several benchmarks on one
+host measure one at a time without one of them holding the others for its whole set-up.
+``--only`` runs just the named phases after seeding (default: all of them); ``--profile DIR``
+samples both gateways with py-spy during the listing and the cutover (raw profiles
+``DIR/{listing,cutover}-{source,recovery}.txt``, summarised by ``tests/bench/profile_summary.py``).
 
 Needs root (Dovecot instances run as the mail user) and Debian's dovecot-core/-imapd/-lmtpd.
 The figures depend on the host: say how loaded it was (load average printed at the end).
@@ -23,11 +35,15 @@ The figures depend on the host: say how loaded it was (load average printed at t
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import random
 import shutil
 import socket
+import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -84,6 +100,62 @@ def listing(url: str, path: str = "/api/v1/mailboxes") -> tuple[float, dict]:
     return time.monotonic() - t, r.json()
 
 
+PHASES = ("idle", "latency", "listing", "cutover")
+
+
+def start_profilers(pids: dict[str, int], out: Path, phase: str) -> list[subprocess.Popen]:
+    """py-spy on the gateway processes (all samples, idle threads left out)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out.mkdir(parents=True, exist_ok=True)
+    procs = [subprocess.Popen([spy, "record", "--rate", "100", "--format", "raw", "--nonblocking",
+                               "-o", str(out / f"{phase}-{role}.txt"), "--pid", str(pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for role, pid in pids.items()]
+    time.sleep(1.0)  # let py-spy attach before the work starts
+    return procs
+
+
+def stop_profilers(procs: list[subprocess.Popen]) -> None:
+    import signal
+
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def cli_cutover(config: Path) -> tuple[float, int, int]:
+    """``mailrepl cutover --all --server primary``: seconds, exit code, lines printed."""
+    t = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "mailrepl", "cutover", "--all", "--server", "primary",
+                        "--config", str(config)], check=False, capture_output=True, text=True, timeout=1200,
+                       env=dict(os.environ, COLUMNS="120"))
+    took = time.monotonic() - t
+    if r.returncode not in (0, 1):
+        print(f"  mailrepl cutover failed ({r.returncode}): {r.stderr[-500:]}")
+    return took, r.returncode, r.stdout.count("\n")
+
+
+@contextlib.contextmanager
+def locked(path: str | None, what: str):
+    """An exclusive flock on ``path`` (if given) while the block runs; says how long it waited."""
+    if path is None:
+        yield
+        return
+    with open(path, "a") as f:
+        t = time.monotonic()
+        fcntl.flock(f, fcntl.LOCK_EX)
+        print(f"  ({what}: waited {time.monotonic() - t:.1f} s for {path}, load average "
+              f"{os.getloadavg()[0]:.1f})")
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class SessionSampler:
     """Dovecot's count of logged-in IMAP sessions on each server, every ``interval`` s."""
 
@@ -127,7 +199,18 @@ def main() -> int:
     ap.add_argument("--idle-poll-max", type=float, default=None,
                     help="the source's idle_poll_max (default: the product's, 120 s; 900 s is enough with --server-push)")
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--only", default=",".join(PHASES),
+                    help=f"phases after seeding, comma-separated (default: all of {','.join(PHASES)})")
+    ap.add_argument("--cutover-via", choices=("api", "cli"), default="api",
+                    help="which path does the cutover (the other one then asks again, a no-op)")
+    ap.add_argument("--profile", help="py-spy both gateways during the listing and the cutover; raw profiles here")
+    ap.add_argument("--lock", help="flock this file around each timed step (not the set-up)")
+    ap.add_argument("--snapshot", help="copy both gateways' SQLite state here before the listing and the cutover "
+                                       "(to profile them in process)")
     args = ap.parse_args()
+    only = {p.strip() for p in args.only.split(",") if p.strip()}
+    if only - set(PHASES):
+        ap.error(f"--only: unknown phase(s) {sorted(only - set(PHASES))}; known: {','.join(PHASES)}")
     n = 10_000 if args.ten_thousand else args.mailboxes
     users = [f"u{i:05d}" for i in range(n)]
     work = Path(tempfile.mkdtemp(prefix="mailrepl-bench-scale-"))
@@ -168,11 +251,12 @@ plugin {{
         src_pid, rec_pid = pair.source.proc.pid, pair.recovery.proc.pid
         sampler = SessionSampler({"primary": primary, "standby": standby}).start()
 
-        t = time.monotonic()
-        r = httpx.put(pair.source.url + "/api/v1/servers/primary/protection", json={"enabled": True},
-                      headers=HEADERS, timeout=600)
-        r.raise_for_status()
-        protect_s = time.monotonic() - t
+        with locked(args.lock, "protect all"):
+            t = time.monotonic()
+            r = httpx.put(pair.source.url + "/api/v1/servers/primary/protection", json={"enabled": True},
+                          headers=HEADERS, timeout=600)
+            r.raise_for_status()
+            protect_s = time.monotonic() - t
         print(f"protect all ({n}, PUT /api/v1/servers/primary/protection): {protect_s:.2f} s")
         deadline = time.monotonic() + max(1800, n * 0.5)
         phases: dict[str, int] = {}
@@ -191,71 +275,101 @@ plugin {{
         print(f"all {n} seeded and replicating after {seeded_s:.1f} s (phases {phases}); "
               f"sessions at peak so far: primary {sampler.peak['primary']}, standby {sampler.peak['standby']}")
 
-        time.sleep(args.settle)
-        c0 = (cpu_seconds(src_pid), cpu_seconds(rec_pid))
-        w0 = time.monotonic()
-        peak_before = dict(sampler.peak)
-        sampler.peak = dict.fromkeys(sampler.peak, 0)
-        time.sleep(args.idle_seconds)
-        c1 = (cpu_seconds(src_pid), cpu_seconds(rec_pid))
-        idle_wall = time.monotonic() - w0
-        _, sh = listing(pair.source.url, "/healthz")
-        _, rh = listing(pair.recovery.url, "/healthz")
-        _, body = listing(pair.source.url)
-        phases = {}
-        for m in body["mailboxes"]:
-            phases[m["phase"]] = phases.get(m["phase"], 0) + 1
-        errors = sum(1 for m in body["mailboxes"] if m["error"])
-        print(f"idle {idle_wall:.0f} s: CPU source {100 * (c1[0] - c0[0]) / idle_wall:.1f} %, "
-              f"recovery {100 * (c1[1] - c0[1]) / idle_wall:.1f} % of one core")
-        print(f"  IMAP sessions (doveadm who): primary peak {sampler.peak['primary']} (now "
-              f"{sampler.last['primary']}), standby peak {sampler.peak['standby']} (now {sampler.last['standby']}); "
-              f"peak during seeding: primary {peak_before['primary']}, standby {peak_before['standby']}")
-        print(f"  pools: source {sh.get('connections')}, push watchers {sh.get('push_watchers')}; "
-              f"recovery {rh.get('connections')}")
-        print(f"  phases {phases}, mailboxes with an error: {errors}")
+        if "idle" in only:
+            time.sleep(args.settle)
+            c0 = (cpu_seconds(src_pid), cpu_seconds(rec_pid))
+            w0 = time.monotonic()
+            peak_before = dict(sampler.peak)
+            sampler.peak = dict.fromkeys(sampler.peak, 0)
+            time.sleep(args.idle_seconds)
+            c1 = (cpu_seconds(src_pid), cpu_seconds(rec_pid))
+            idle_wall = time.monotonic() - w0
+            _, sh = listing(pair.source.url, "/healthz")
+            _, rh = listing(pair.recovery.url, "/healthz")
+            _, body = listing(pair.source.url)
+            phases = {}
+            for m in body["mailboxes"]:
+                phases[m["phase"]] = phases.get(m["phase"], 0) + 1
+            errors = sum(1 for m in body["mailboxes"] if m["error"])
+            print(f"idle {idle_wall:.0f} s: CPU source {100 * (c1[0] - c0[0]) / idle_wall:.1f} %, "
+                  f"recovery {100 * (c1[1] - c0[1]) / idle_wall:.1f} % of one core")
+            print(f"  IMAP sessions (doveadm who): primary peak {sampler.peak['primary']} (now "
+                  f"{sampler.last['primary']}), standby peak {sampler.peak['standby']} (now {sampler.last['standby']}); "
+                  f"peak during seeding: primary {peak_before['primary']}, standby {peak_before['standby']}")
+            print(f"  pools: source {sh.get('connections')}, push watchers {sh.get('push_watchers')}; "
+                  f"recovery {rh.get('connections')}")
+            print(f"  phases {phases}, mailboxes with an error: {errors}")
 
-        targets = rnd.sample(users, min(args.targets, n))
-        mail_dirs = {u: standby.base / "mail" / u / "mdbox" / "mailboxes" / "INBOX" / "dbox-Mails" for u in targets}
-        watch = ArrivalWatch(lambda _u: socket.create_connection(("127.0.0.1", standby.imap_port), timeout=30),
-                             targets, mail_dirs, standby.master_user, standby.master_password)
-        watch.start()
-        accepted: dict[str, float] = {}
-        try:
-            for i in range(args.deliveries):
-                u = rnd.choice(targets)
-                tag = f"live{i}"
-                primary.deliver(u, message(u, tag))
-                accepted[f"<{tag}.{u}@bench.example.org>"] = time.monotonic()
-                time.sleep(args.gap)
-            wait_until = time.monotonic() + 180
-            while time.monotonic() < wait_until and not all(k in watch.seen for k in accepted):
-                time.sleep(0.5)
-        finally:
-            watch.stop()
-        lags = [watch.seen[k] - t0 for k, t0 in accepted.items() if k in watch.seen]
-        print(f"delivery -> standby over {len(accepted)} deliveries to {len(targets)} random mailboxes, "
-              f"{args.gap:g} s apart: seen {len(lags)}; p50 {percentile(lags, 50):.2f} s, p90 "
-              f"{percentile(lags, 90):.2f} s, p99 {percentile(lags, 99):.2f} s, max {max(lags, default=float('nan')):.2f} s")
+        if "latency" in only:
+            targets = rnd.sample(users, min(args.targets, n))
+            mail_dirs = {u: standby.base / "mail" / u / "mdbox" / "mailboxes" / "INBOX" / "dbox-Mails" for u in targets}
+            watch = ArrivalWatch(lambda _u: socket.create_connection(("127.0.0.1", standby.imap_port), timeout=30),
+                                 targets, mail_dirs, standby.master_user, standby.master_password)
+            watch.start()
+            accepted: dict[str, float] = {}
+            try:
+                for i in range(args.deliveries):
+                    u = rnd.choice(targets)
+                    tag = f"live{i}"
+                    primary.deliver(u, message(u, tag))
+                    accepted[f"<{tag}.{u}@bench.example.org>"] = time.monotonic()
+                    time.sleep(args.gap)
+                wait_until = time.monotonic() + 180
+                while time.monotonic() < wait_until and not all(k in watch.seen for k in accepted):
+                    time.sleep(0.5)
+            finally:
+                watch.stop()
+            lags = [watch.seen[k] - t0 for k, t0 in accepted.items() if k in watch.seen]
+            print(f"delivery -> standby over {len(accepted)} deliveries to {len(targets)} random mailboxes, "
+                  f"{args.gap:g} s apart: seen {len(lags)}; p50 {percentile(lags, 50):.2f} s, p90 "
+                  f"{percentile(lags, 90):.2f} s, p99 {percentile(lags, 99):.2f} s, max {max(lags, default=float('nan')):.2f} s")
 
-        src_list = [listing(pair.source.url)[0] for _ in range(3)]
-        rec_list = [listing(pair.recovery.url)[0] for _ in range(3)]
-        print(f"GET /api/v1/mailboxes ({n}): source median {statistics.median(src_list):.2f} s "
-              f"(max {max(src_list):.2f}), recovery median {statistics.median(rec_list):.2f} s (max {max(rec_list):.2f})")
-
-        t = time.monotonic()
-        r = httpx.post(pair.recovery.url + "/api/v1/cutover", json={"server": "primary", "all": True},
-                       headers=HEADERS, timeout=1200)
-        cut_s = time.monotonic() - t
-        ok = r.status_code == 200
-        detail = r.json() if ok else r.text[:300]
-        results = detail.get("results", detail) if isinstance(detail, dict) else detail
-        states: dict[str, int] = {}
-        if isinstance(results, list):
-            for item in results:
-                key = str(item.get("site_state") or item.get("state") or item.get("status"))
-                states[key] = states.get(key, 0) + 1
-        print(f"cutover of all {n}: {cut_s:.2f} s (HTTP {r.status_code}; {states or detail})")
+        pids = {"source": src_pid, "recovery": rec_pid}
+        if args.snapshot:
+            Path(args.snapshot).mkdir(parents=True, exist_ok=True)
+            for role in pids:
+                with sqlite3.connect(work / f"{role}.sqlite") as src, \
+                        sqlite3.connect(Path(args.snapshot) / f"{role}.sqlite") as dst:
+                    src.backup(dst)
+            shutil.copyfile(work / "recovery.toml", Path(args.snapshot) / "recovery.toml")
+            shutil.copyfile(work / "source.toml", Path(args.snapshot) / "source.toml")
+            print(f"state copied to {args.snapshot}")
+        if "listing" in only:
+            spies = start_profilers(pids, Path(args.profile), "listing") if args.profile else []
+            with locked(args.lock, "listing"):
+                src_list = [listing(pair.source.url)[0] for _ in range(3)]
+                rec_list = [listing(pair.recovery.url)[0] for _ in range(3)]
+            stop_profilers(spies)
+            print(f"GET /api/v1/mailboxes ({n}): source median {statistics.median(src_list):.2f} s "
+                  f"(max {max(src_list):.2f}), recovery median {statistics.median(rec_list):.2f} s "
+                  f"(max {max(rec_list):.2f})")
+        if "cutover" in only:
+            spies = start_profilers(pids, Path(args.profile), "cutover") if args.profile else []
+            with locked(args.lock, "cutover"):
+                again = "  asked again (a no-op) by "
+                if args.cutover_via == "cli":
+                    cli_s, rc, lines = cli_cutover(pair.recovery.config)
+                    print(f"cutover of all {n} (mailrepl cutover --all --server primary): {cli_s:.2f} s "
+                          f"(exit {rc}, {lines} lines printed)")
+                t = time.monotonic()
+                r = httpx.post(pair.recovery.url + "/api/v1/cutover", json={"server": "primary", "all": True},
+                               headers=HEADERS, timeout=1200)
+                cut_s = time.monotonic() - t
+                ok = r.status_code == 200
+                detail = r.json() if ok else r.text[:300]
+                results = detail.get("results", detail) if isinstance(detail, dict) else detail
+                states: dict[str, int] = {}
+                if isinstance(results, list):
+                    for item in results:
+                        key = f"{item.get('state')}/{item.get('status')}"
+                        states[key] = states.get(key, 0) + 1
+                print(f"{again if args.cutover_via == 'cli' else ''}cutover of all {n} "
+                      f"(POST /api/v1/cutover): {cut_s:.2f} s (HTTP {r.status_code}; {states or detail})")
+                if args.cutover_via == "api":
+                    cli_s, rc, lines = cli_cutover(pair.recovery.config)
+                    print(f"{again}mailrepl cutover --all --server primary: {cli_s:.2f} s "
+                          f"(exit {rc}, {lines} lines printed)")
+            stop_profilers(spies)
         print(f"peak RSS: source {peak_rss_mb(src_pid):.0f} MB, recovery {peak_rss_mb(rec_pid):.0f} MB")
         sampler.stop()
         print(f"load average at the end: {os.getloadavg()[0]:.1f} (1 min) on {os.cpu_count()} cores")

@@ -88,3 +88,75 @@ def test_recovery_listing_matches_each_status(tmp_path):
         slow = [replica_status(s, rep) for rep in s.scalars(select(Replica).order_by(Replica.server, Replica.address))]
     assert len(fast) == 40 and any(x.rejected == 2 for x in fast)
     _same(fast, slow)
+
+
+def test_recovery_listing_extras_for_all_at_once_equal_each_replicas(tmp_path):
+    """History, the mass-delete guard and lagged copies: the listing's few queries for every
+    replica answer what the per-replica lookups answer (those a mailbox's detail uses)."""
+    from types import MappingProxyType
+
+    from mailrepl.recovery.delete_guard import DeleteGuard, GuardSettings
+    from mailrepl.recovery.history import HistoryKeeper
+    from mailrepl.recovery.history_settings import HistorySettings
+    from mailrepl.recovery.lag_settings import LagSettings
+    from mailrepl.recovery.replay_gate import ReplayGate
+    from mailrepl.recovery.status_extras import StatusExtras
+    from mailrepl.shared.store.models import DeleteGuardState
+
+    from mailrepl.shared.model import Change, Kind
+
+    store = open_store(f"sqlite:///{tmp_path}/r.sqlite")
+    store.migrate()
+    now = utcnow()
+    expunge = json.dumps(Change(kind=Kind.MSG_EXPUNGE, folder="INBOX", mid="m1").to_dict())
+    with store.tx() as s:
+        for i in range(30):
+            rep = Replica(source_id="hq", server="a" if i % 2 else "b", address=f"u{i:03d}@x", target="standby",
+                          received_seq=10, applied_seq=4)
+            s.add(rep)
+            s.flush()
+            for seq in range(5, 11):  # waiting, some old enough to play, some not
+                s.add(InboxRow(replica_id=rep.id, seq=seq, change=expunge, digest="0" * 64,
+                               state="held" if i % 5 == 0 and seq > 8 else "received",
+                               captured_at=now - timedelta(seconds=(11 - seq) * 40 + i)))
+            if i % 7 == 0:
+                s.add(DeleteGuardState(replica_id=rep.id, since=now, deletions=50, mailbox_messages=60))
+    history = HistoryKeeper(store, HistorySettings(retention_days=0, servers=MappingProxyType({"a": 2.0}),
+                                                   mailboxes=MappingProxyType({"u004@x": 1.0})))
+    guard = DeleteGuard(store, GuardSettings(min_messages=10, share=0.5, max_messages=1000, window_seconds=300))
+    lag = LagSettings(replay_delay=0.0, servers=MappingProxyType({"b": 150.0}), mailboxes=MappingProxyType({"u003@x": 90.0}))
+    extras = StatusExtras(history, guard, ReplayGate(store, lag), lagged=lag.enabled)
+    with store.read() as s:
+        replicas = [(r.id, r.server, r.address) for r in s.scalars(select(Replica).order_by(Replica.id))]
+    bulk = extras.of_all(replicas)
+    each = {rid: extras.of(rid) for rid, _, _ in replicas}
+    assert bulk == each
+    values = list(bulk.values())
+    # every kind of value is there: history kept or not, changes held or not, lagged or not
+    assert {v["history_bytes"] is None for v in values} == {True, False}
+    assert {v["held_deletions"] for v in values} == {None, 0, 2}  # tripped without held changes: 0
+    assert {v["replay_delay_seconds"] for v in values} == {None, 90.0, 150.0}
+    assert len({v["delayed_changes"] for v in values if v["delayed_changes"] is not None}) > 1
+    # and the same through the listing
+    listed = replica_statuses(store, extras.of_all)()
+    assert {(x.address, x.history_bytes, x.held_deletions, x.replay_delay_seconds, x.delayed_changes) for x in listed} == {
+        (addr, *each[rid].values()) for rid, _, addr in replicas}
+    # the API's listing (serialised once, not validated again) is the same JSON as the statuses
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from mailrepl.recovery.api import admin_router
+    from mailrepl.shared.runtime.api_common import MailboxStatus
+    from mailrepl.shared.runtime.authz import Authorizer
+    from mailrepl.shared.runtime.tokens import admin_resolver
+
+    app = FastAPI()
+    app.include_router(admin_router(store, Authorizer(admin_resolver("t" * 32, None)), extras=extras.of,
+                                    extras_all=extras.of_all))
+    answer = TestClient(app, headers={"Authorization": "Bearer " + "t" * 32}).get("/api/v1/mailboxes")
+    assert answer.status_code == 200 and answer.headers["content-type"] == "application/json"
+    with store.read() as s:
+        slow = [replica_status(s, rep, extras.of(rep.id))
+                for rep in s.scalars(select(Replica).order_by(Replica.server, Replica.address))]
+    _same([MailboxStatus.model_validate(m) for m in answer.json()["mailboxes"]], slow)
+    assert set(answer.json()["mailboxes"][0]) == set(MailboxStatus.model_fields)
