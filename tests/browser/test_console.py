@@ -389,6 +389,22 @@ def test_phone_width_and_keyboard(env, driver):
             time.sleep(0.5)
             overflow = driver.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 0, f"{page}: the page is {overflow}px wider than a phone screen"
+        # an alarm with a long mailbox name and message (as the overview renders one) still fits
+        driver.get(pair.source.url + "/ui/#/overview")
+        wait_for(lambda: driver.execute_script("return document.querySelector('main section:not([hidden]) h1')"
+                                               ".textContent.trim().length > 1"), 45, "the overview page")
+        overflow = driver.execute_script("""
+            const t = document.getElementById('ov-alarms'); t.hidden = false;
+            const tr = document.createElement('tr');
+            for (const text of ['warning', 'copy-queue-near-bound',
+                                'a.rather.long.mailbox.name.for.a.phone@departement-exemple.example.org',
+                                'copy queue of this mailbox at 95% of its bound (2850 changes / 123456789 bytes)',
+                                '2026-12-06 10:00:00']) {
+              const td = document.createElement('td'); td.textContent = text; tr.appendChild(td);
+            }
+            t.tBodies[0].replaceChildren(tr);
+            return document.documentElement.scrollWidth - window.innerWidth;""")
+        assert overflow <= 0, f"overview with a long alarm: the page is {overflow}px wider than a phone screen"
     finally:
         driver.set_window_size(1366, 900)
     # sorting by keyboard: tab to the Lag column's button, Enter
