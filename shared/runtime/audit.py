@@ -145,23 +145,35 @@ class AuditMiddleware:
                 body.extend(message.get("body", b"")[: BODY_CAP - len(body)])
             return message
 
+        recorded = False
+
+        async def record() -> None:
+            nonlocal recorded
+            recorded = True
+            if not (changing or status in REFUSED):
+                return
+            principal = (scope.get("state") or {}).get("principal")
+            rec = AuditRecord(
+                at=utcnow(), principal=getattr(principal, "name", None), role=getattr(principal, "role", None),
+                method=method, path=escape_controls(scope["path"]),
+                target=_summary(bytes(body), scope.get("query_string", b"")), status=status,
+            )
+            try:
+                await anyio.to_thread.run_sync(self.audit.record, rec)
+            except Exception:  # noqa: BLE001 - the call is answered anyway; a lost entry is logged
+                log.exception("could not write the audit entry of %s %s", method, escape_controls(scope["path"]))
+
         async def send_seen(message: MutableMapping[str, Any]) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                # written before the caller hears the answer: the log's order is the order in
+                # which callers saw their calls answered
+                await record()
             await send(message)
 
         try:
             await self.app(scope, receive_kept, send_seen)
         finally:
-            if changing or status in REFUSED:
-                principal = (scope.get("state") or {}).get("principal")
-                rec = AuditRecord(
-                    at=utcnow(), principal=getattr(principal, "name", None), role=getattr(principal, "role", None),
-                    method=method, path=escape_controls(scope["path"]),
-                    target=_summary(bytes(body), scope.get("query_string", b"")), status=status,
-                )
-                try:
-                    await anyio.to_thread.run_sync(self.audit.record, rec)
-                except Exception:  # noqa: BLE001 - the call is done; a lost entry is logged
-                    log.exception("could not write the audit entry of %s %s", method, escape_controls(scope["path"]))
+            if not recorded:  # no answer was started (the application failed): recorded as a 500
+                await record()
