@@ -59,6 +59,7 @@ from tests.support.arrival_watch import ArrivalWatch
 from tests.support.dovecot import DovecotServer
 from tests.support.gateways import ADMIN_TOKEN, GatewayPair
 from tests.support.net import free_port
+from tests.bench.profile_summary import stop_profilers  # noqa: E402
 
 HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -113,18 +114,6 @@ def start_profilers(pids: dict[str, int], out: Path, phase: str) -> list[subproc
              for role, pid in pids.items()]
     time.sleep(1.0)  # let py-spy attach before the work starts
     return procs
-
-
-def stop_profilers(procs: list[subprocess.Popen]) -> None:
-    import signal
-
-    for p in procs:
-        p.send_signal(signal.SIGINT)
-    for p in procs:
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def cli_cutover(config: Path) -> tuple[float, int, int]:

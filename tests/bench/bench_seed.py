@@ -37,9 +37,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from tests.support.dovecot import DovecotServer  # noqa: E402
+from tests.support.dovecot import DovecotServer, mailbox_size  # noqa: E402
 from tests.support.gateways import GatewayPair  # noqa: E402
 from tests.support.mailcompare import assert_same_mailbox, snapshot, total_messages  # noqa: E402
+from tests.bench.profile_summary import stop_profilers  # noqa: E402
 
 USER = "alice"
 
@@ -62,17 +63,6 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time the process has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def mailbox_size(server: DovecotServer) -> tuple[int, int]:
-    """(messages, bytes) of the user's whole mailbox as the server counts them (RFC822.SIZE)."""
-    out = server.doveadm("-f", "flow", "mailbox", "status", "-u", USER, "messages vsize", "*")
-    msgs = size = 0
-    for line in out.splitlines():
-        fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
-        msgs += int(fields.get("messages", 0))
-        size += int(fields.get("vsize", 0))
-    return msgs, size
 
 
 def timed(cmd: list[str], log: Path) -> float:
@@ -129,18 +119,6 @@ def start_profilers(pair: GatewayPair, out: Path) -> list[subprocess.Popen]:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(1.0)  # let py-spy attach before the work starts
     return procs
-
-
-def stop_profilers(procs: list[subprocess.Popen]) -> None:
-    import signal
-
-    for p in procs:
-        p.send_signal(signal.SIGINT)
-    for p in procs:
-        try:
-            p.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            p.kill()
 
 
 def synced(st: dict, min_seq: int = 0) -> bool:
@@ -219,7 +197,7 @@ def main() -> int:
              "--lmtp-port", str(primary.lmtp_port), "--imap-port", str(primary.imap_port)],
             check=True, stdout=subprocess.DEVNULL,
         )
-        msgs, size = mailbox_size(primary)
+        msgs, size = mailbox_size(primary, USER)
         figures.update(messages=msgs, bytes=size)
         print(f"corpus: {msgs} messages, {size / 1e6:.1f} MB on the primary (generated in {time.monotonic() - t0:.1f}s)")
 

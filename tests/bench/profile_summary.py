@@ -12,11 +12,24 @@ from __future__ import annotations
 
 import argparse
 import re
+import signal
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
 _LINE = re.compile(r"^(.*) (\d+)$")
+
+
+def stop_profilers(procs: list[subprocess.Popen]) -> None:
+    """End py-spy recorders (SIGINT makes them write their output), killing any that hang."""
+    for p in procs:
+        p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
 
 
 def _short(frame: str) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 from mailrepl.shared.adapters.base import AppendItem
 from mailrepl.shared.errors import MessageRejected
 from tests.bench.bench_dedup import primary_adapter
+from tests.support.dovecot import mailbox_size as dovecot_mailbox_size
 from tests.support.mailcompare import corpus_files
 from tests.support.two_site import TwoSiteRig
 
@@ -109,13 +110,7 @@ def fill_public(rig: TwoSiteRig, user: str, count: int) -> tuple[int, int]:
 
 def mailbox_size(rig: TwoSiteRig, user: str) -> tuple[int, int]:
     """(messages, bytes) of a user's whole mailbox on the primary (RFC822.SIZE)."""
-    out = rig.primary.doveadm("-f", "flow", "mailbox", "status", "-u", user, "messages vsize", "*")
-    msgs = size = 0
-    for line in out.splitlines():
-        fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
-        msgs += int(fields.get("messages", 0))
-        size += int(fields.get("vsize", 0))
-    return msgs, size
+    return dovecot_mailbox_size(rig.primary, user)
 
 
 def reset_mailrepl(rig: TwoSiteRig) -> None:

@@ -30,7 +30,8 @@ from pathlib import Path
 from tests.support.imapclient import login_as_master, login_as_user
 from tests.support.net import free_port, wait_for_greeting
 
-__all__ = ["DeliveryError", "DovecotServer", "DovecotUnavailable", "dovecot_missing_reason", "render_config"]
+__all__ = ["DeliveryError", "DovecotServer", "DovecotUnavailable", "dovecot_missing_reason", "mailbox_size",
+           "render_config"]
 
 REPO = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO / "deploy" / "dovecot" / "dovecot.conf.in"
@@ -107,6 +108,17 @@ def render_config(template: str, values: Mapping[str, str]) -> str:
     if unknown:
         raise ValueError(f"no value for template placeholders: {', '.join(sorted(unknown))}")
     return text
+
+
+def mailbox_size(server, user: str) -> tuple[int, int]:
+    """(messages, bytes) of ``user``'s whole mailbox as ``server`` counts them (RFC822.SIZE)."""
+    out = server.doveadm("-f", "flow", "mailbox", "status", "-u", user, "messages vsize", "*")
+    msgs = size = 0
+    for line in out.splitlines():
+        fields = dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+        msgs += int(fields.get("messages", 0))
+        size += int(fields.get("vsize", 0))
+    return msgs, size
 
 
 def lmtp_recipient(user: str, folder: str | None, domain: str = "localhost") -> str:
