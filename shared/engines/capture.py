@@ -16,10 +16,16 @@ One *cycle* brings a mailbox's outbox up to date with its server:
 6. Drain pending work in chunks: each chunk's bodies, catalog rows, outbox rows and the shrunk
    pending set commit together; the last chunk advances the cursor.
 
+New messages that fit in one chunk (the usual case once a mailbox is seeded: a delivery or
+two) are fetched before step 5 and written by its transaction, cursors advanced: a cycle that
+captures a new message is one writing transaction, not a plan and then a chunk.
+
 A cycle that finds nothing (every folder's cursor as known) writes nothing: with hundreds of
 mailboxes polled, each writing transaction would queue for the state store's one writer and be
 flushed to disk. ``Mailbox.last_capture_at`` is noted in the commits a cycle makes anyway, and
-for an idle mailbox once every ``idle_note_seconds``.
+for an idle mailbox once every ``idle_note_seconds``. What a cycle reads of the store before it
+asks the server (the queue gate's check, the known folders and their pending work, the
+mailbox's phase) is one read transaction.
 
 With a ``QueueGate`` (the source gateway's back-pressure), a cycle asks it before it takes work
 (before planning and before each chunk): while the copy queue is at its bound or the state
@@ -33,6 +39,7 @@ the last commit left off: pending UIDs that vanished meanwhile are skipped, noth
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import threading
@@ -40,21 +47,18 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from sqlalchemy import event, insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
-from mailrepl.shared.adapters.base import FolderDelta, FolderInfo, MailboxSession, MessageMeta
+from mailrepl.shared.adapters.base import FetchedMessage, FolderDelta, FolderInfo, MailboxSession, MessageMeta
+from mailrepl.shared.engines.capture_writes import CycleReport, Seq, body_hashes, expunge_unreplaced, write_messages
 from mailrepl.shared.engines.queue_gate import QueueGate
 from mailrepl.shared.capture_state import (
-    CaptureState, CatalogRow, KnownFolder, NewEntry, known_folders, pair_folders, pending_folders,
+    CaptureState, CatalogRow, KnownFolder, known_folders, pair_folders,
 )
 from mailrepl.shared.errors import CursorInvalid, DiskFull, FolderNotFound
-from mailrepl.shared.model import Change, Cursor, Kind, UidSet, flags_text, format_internaldate, utcnow
+from mailrepl.shared.model import Change, Cursor, Kind, UidSet, utcnow
 from mailrepl.shared.store import Store
-from mailrepl.shared.store.models import Mailbox, OutboxBody, OutboxRow
-
-_OUTBOX = OutboxRow.__table__
-_OUTBOX_BODY = OutboxBody.__table__
+from mailrepl.shared.store.models import Mailbox
 
 __all__ = ["CaptureEngine", "CycleReport", "DEFAULT_CHUNK_MESSAGES", "DEFAULT_CHUNK_BYTES"]
 
@@ -71,16 +75,6 @@ def _is_draft(flags: Iterable[str]) -> bool:
 
 
 @dataclass
-class CycleReport:
-    changes: int = 0
-    messages: int = 0
-    bytes: int = 0
-    pending: int = 0  # messages still to capture after this cycle (0 = caught up)
-    paused: str | None = None  # why the cycle stopped before catching up (queue bound, disk full)
-    wrote: bool = False  # committed something (and with it ``Mailbox.last_capture_at``)
-
-
-@dataclass
 class _FolderPlan:
     info: FolderInfo
     row_id: int | None = None  # known folder_state id
@@ -90,32 +84,24 @@ class _FolderPlan:
     moves_in: list[tuple[MessageMeta, CatalogRow]] = field(default_factory=list)
     replaces: dict[int, int] = field(default_factory=dict)  # new uid -> old mid
     idle: bool = False  # known, same name, id and cursor: nothing to write for it
+    fetched: list[FetchedMessage] | None = None  # new messages captured with the plan (None: left pending)
+
+    def todo(self) -> list[MessageMeta]:
+        """The new messages to capture (those paired with a vanished one are moves)."""
+        paired = {m.uid for m, _ in self.moves_in}
+        return [m for m in self.delta.new if m.uid not in paired]
 
 
-class _Seq:
-    """Hands out sequence numbers of one mailbox inside one transaction.
+@dataclass(frozen=True)
+class _Start:
+    """What a cycle reads of the store before it asks the server, in one read transaction."""
 
-    The outbox rows are collected and written with one multi-row insert when the transaction
-    commits (before its flush: the rows commit with the cursor advance, or not at all), not as
-    ORM objects one by one."""
+    known: list[KnownFolder]
+    phase: str
+    error: str | None
 
-    def __init__(self, session: Session, mailbox: Mailbox, report: CycleReport) -> None:
-        self.s, self.mbx, self.report = session, mailbox, report
-        self.rows: list[dict] = []
-        event.listen(session, "before_commit", self._write, once=True)
 
-    def emit(self, change: Change, size: int = 0) -> int:
-        self.mbx.last_seq += 1
-        text, digest = change.encoded()
-        self.rows.append({"mailbox_id": self.mbx.id, "seq": self.mbx.last_seq, "change": text, "digest": digest,
-                          "sha256": change.sha256, "size": size})
-        self.report.changes += 1
-        return self.mbx.last_seq
-
-    def _write(self, session: Session) -> None:
-        if self.rows:
-            session.execute(insert(_OUTBOX), self.rows)
-            self.rows = []
+_NO_LOCK = contextlib.nullcontext()
 
 
 class CaptureEngine:
@@ -154,22 +140,24 @@ class CaptureEngine:
         with self._resync_lock:
             self._resync.setdefault(mailbox_id, set()).update(folders)
 
-    def _begin_resyncs(self, mailbox_id: int, report: CycleReport) -> None:
+    def _begin_resyncs(self, mailbox_id: int, report: CycleReport) -> bool:
+        """Begin the resyncs asked for; True if any was (the known folders changed)."""
         with self._resync_lock:
             wanted = self._resync.pop(mailbox_id, None)
         if not wanted:
-            return
+            return False
         try:
             self._reset_for_resync(mailbox_id, wanted, report)
         except BaseException:
             with self._resync_lock:  # not begun: asked again at the next cycle
                 self._resync.setdefault(mailbox_id, set()).update(wanted)
             raise
+        return True
 
     def _reset_for_resync(self, mailbox_id: int, wanted: set[str], report: CycleReport) -> None:
         with self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id, with_for_update=True)
-            seq = _Seq(s, mbx, report)
+            seq = Seq(s, mbx, report)
             st = CaptureState(s, mailbox_id)
             for k in known_folders(s, mailbox_id):
                 if k.name in wanted and k.cursor is not None and not k.pending:
@@ -180,20 +168,28 @@ class CaptureEngine:
     def cycle(self, mailbox_id: int, session: MailboxSession) -> CycleReport:
         report = CycleReport()
         try:
-            if self._held(mailbox_id, report):
+            start = self._start(mailbox_id, report)
+            if start is None:
                 return report
-            self._drain_all(mailbox_id, session, report)
-            if report.paused:
-                return report
-            self._begin_resyncs(mailbox_id, report)
-            plans, deleted = self._plan(mailbox_id, session)
+            known: list[KnownFolder] | None = start.known
+            left = [k.id for k in start.known if k.pending]
+            if left:  # work an earlier cycle left pending goes first
+                self._drain_all(mailbox_id, left, session, report)
+                if report.paused:
+                    return report
+                known = None  # its cursors moved: read again
+            if self._begin_resyncs(mailbox_id, report):
+                known = None
+            plans, deleted = self._plan(mailbox_id, session, known)
             self._pair(mailbox_id, plans, deleted, session)
+            self._fetch_new(plans, session)
+            pending: list[int] = []
             if deleted or not all(p.idle for p in plans):
-                self._commit_plan(mailbox_id, plans, deleted, report)
-            self._drain_all(mailbox_id, session, report)
+                pending = self._commit_plan(mailbox_id, plans, deleted, report)
+            self._drain_all(mailbox_id, pending, session, report)
             if report.paused:
                 return report
-            self._finish(mailbox_id, report)
+            self._finish(mailbox_id, report, start)
             with self._resync_lock:
                 self._caught_up[mailbox_id] = self._caught_up.get(mailbox_id, 0) + 1
         except DiskFull as exc:
@@ -212,23 +208,35 @@ class CaptureEngine:
         with self._resync_lock:
             return self._caught_up.get(mailbox_id, 0)
 
-    def _held(self, mailbox_id: int, report: CycleReport) -> bool:
-        """True (and why in ``report``) if the gate says to take no more work now."""
+    def _held(self, mailbox_id: int, report: CycleReport, s=None) -> bool:
+        """True (and why in ``report``) if the gate says to take no more work now (asked in the
+        read transaction ``s`` if given)."""
         if self.gate is None:
             return False
-        report.paused = self.gate.hold(mailbox_id)
+        report.paused = self.gate.hold(mailbox_id, s)
         return report.paused is not None
 
-    def _finish(self, mailbox_id: int, report: CycleReport) -> None:
+    def _start(self, mailbox_id: int, report: CycleReport) -> _Start | None:
+        """The gate's check, the known folders (with the work left pending in them) and the
+        mailbox's phase, in one read transaction; None if the gate holds the cycle (why in
+        ``report``) or the mailbox is gone."""
+        with self.store.read() as s:
+            if self._held(mailbox_id, report, s):
+                return None
+            row = s.execute(select(Mailbox.phase, Mailbox.error).where(Mailbox.id == mailbox_id)).first()
+            if row is None:
+                return None
+            return _Start(known_folders(s, mailbox_id), row.phase, row.error)
+
+    def _finish(self, mailbox_id: int, report: CycleReport, start: _Start) -> None:
         """End of a cycle that caught up. A cycle that found nothing writes nothing (a poll of
         hundreds of idle mailboxes must not queue hundreds of durable transactions), and one
         that wrote noted ``last_capture_at`` in its own commits: the transaction here is made
         only to end seeding, clear an error, or note ``last_capture_at`` of an idle mailbox once
-        every ``idle_note_seconds``."""
-        with self.store.read() as s:
-            mbx = s.get(Mailbox, mailbox_id)
-            ends_seeding = mbx.phase == "seeding" and report.pending == 0
-            clears_error = bool(mbx.error)
+        every ``idle_note_seconds``. Phase and error are as the cycle's start read them: only
+        this method and protection change them, and a mailbox's cycles never overlap."""
+        ends_seeding = start.phase == "seeding" and report.pending == 0
+        clears_error = bool(start.error)
         now = time.monotonic()
         if report.wrote:
             self._noted[mailbox_id] = now
@@ -250,7 +258,7 @@ class CaptureEngine:
         ends each reset. Returns how many folders were reset."""
         with self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id, with_for_update=True)
-            seq = _Seq(s, mbx, CycleReport())
+            seq = Seq(s, mbx, CycleReport())
             st = CaptureState(s, mailbox_id)
             folders = sorted(known_folders(s, mailbox_id), key=lambda f: f.name.count("/"))
             for f in folders:
@@ -260,10 +268,11 @@ class CaptureEngine:
 
     # ------------------------------------------------------------------ planning
 
-    def _plan(self, mailbox_id: int, session: MailboxSession):
+    def _plan(self, mailbox_id: int, session: MailboxSession, known: list[KnownFolder] | None):
         live = session.list_folders()
-        with self.store.read() as s:
-            known = known_folders(s, mailbox_id)
+        if known is None:
+            with self.store.read() as s:
+                known = known_folders(s, mailbox_id)
         matches, deleted = pair_folders(known, live, session.features.folder_id)
         plans: list[_FolderPlan] = []
         for m in matches:
@@ -297,6 +306,8 @@ class CaptureEngine:
               session: MailboxSession) -> None:
         """Find moves (vanished here, new there, same message) and draft replaces."""
         vanished: list[CatalogRow] = []
+        if not deleted and not any(p.row_id is not None and not p.reset and p.delta.vanished for p in plans):
+            return
         with self.store.read() as s:
             st = CaptureState(s, mailbox_id)
             for p in plans:
@@ -350,14 +361,37 @@ class CaptureEngine:
             for old, new in zip(sorted(old_drafts, key=lambda e: e.uid), new_drafts):
                 p.replaces[new.uid] = old.mid
 
+    def _fetch_new(self, plans: list[_FolderPlan], session: MailboxSession) -> None:
+        """New messages that fit in one chunk are fetched now, to be written by the plan's own
+        transaction (one writing transaction for the cycle); more stay pending work, drained
+        chunk by chunk. A message expunged meanwhile is not fetched: skipped, as in a drain."""
+        todo = {id(p): p.todo() for p in plans}
+        count = sum(len(t) for t in todo.values())
+        if not count or count > self.chunk_messages or \
+                sum(m.size for t in todo.values() for m in t) > self.chunk_bytes:
+            return
+        for p in plans:
+            uids = [m.uid for m in todo[id(p)]]
+            if not uids:
+                continue
+            stream = session.fetch(p.info.name, uids)
+            try:
+                p.fetched = list(stream)
+            finally:
+                stream.close()
+
     # ------------------------------------------------------------------ commit
 
-    def _commit_plan(self, mailbox_id, plans, deleted: list[KnownFolder], report: CycleReport) -> None:
-        with self.store.tx() as s:
+    def _commit_plan(self, mailbox_id, plans, deleted: list[KnownFolder], report: CycleReport) -> list[int]:
+        """Commit the plan; returns the folders left with pending work (to drain)."""
+        fetched = [p for p in plans if p.fetched]
+        shas = {id(p): body_hashes(p.fetched) for p in fetched}  # outside the write lock
+        pending: list[int] = []
+        with self.body_lock if fetched else _NO_LOCK, self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id, with_for_update=True)
             mbx.last_capture_at = utcnow()
             report.wrote = True
-            seq = _Seq(s, mbx, report)
+            seq = Seq(s, mbx, report)
             st = CaptureState(s, mailbox_id)
             seeding = mbx.phase == "seeding"
             # 1. creates and renames, parents first
@@ -406,23 +440,28 @@ class CaptureEngine:
             for f in sorted(deleted, key=lambda f: -f.name.count("/")):
                 seq.emit(Change(Kind.FOLDER_DELETE, st.folder_name(f.id)))
                 st.delete_folder(f.id)  # catalog rows of messages not moved out go with it
-            # 6. pending new messages; cursors of folders with nothing pending
+            # 6. new messages, captured now or left pending; cursors of folders with nothing pending
             for p in plans:
-                paired = {m.uid for m, _ in p.moves_in}
-                todo = [m for m in p.delta.new if m.uid not in paired]
-                if todo:
+                todo = p.todo()
+                if todo and seeding:
+                    mbx.seed_msgs_total += len(todo)
+                    mbx.seed_bytes_total += sum(m.size for m in todo)
+                if todo and p.fetched is None:
                     st.set_pending(p.row_id, p.delta.cursor, (m.uid for m in todo), p.replaces)
-                    if seeding:
-                        mbx.seed_msgs_total += len(todo)
-                        mbx.seed_bytes_total += sum(m.size for m in todo)
-                elif st.advance(p.row_id, p.delta.cursor):
+                    pending.append(p.row_id)
+                    continue
+                if todo:
+                    replace = dict(p.replaces)
+                    write_messages(s, st, seq, p.row_id, p.info.name, p.fetched, shas[id(p)], replace,
+                                   self.store.sealer, report)
+                    expunge_unreplaced(st, seq, p.info.name, replace)
+                if st.advance(p.row_id, p.delta.cursor):
                     seq.emit(Change(Kind.FOLDER_RESET_DONE, p.info.name))
+        return pending
 
     # ------------------------------------------------------------------ draining
 
-    def _drain_all(self, mailbox_id: int, session: MailboxSession, report: CycleReport) -> None:
-        with self.store.read() as s:
-            pending = pending_folders(s, mailbox_id)
+    def _drain_all(self, mailbox_id: int, pending: list[int], session: MailboxSession, report: CycleReport) -> None:
         for folder_id in pending:
             self._drain(mailbox_id, folder_id, session, report)
             if report.paused:
@@ -459,53 +498,25 @@ class CaptureEngine:
             rest = work.uids.above(uids[-1] if uids else 0)
             if batch or committed is None or committed != rest:  # else that commit said it all
                 self._commit_chunk(mailbox_id, folder_id, batch, rest, replace, report)
+            if not rest:
+                return  # that commit finished the folder's pending work
 
     def _commit_chunk(self, mailbox_id, folder_id, batch, remaining: UidSet, replace, report) -> None:
-        shas = [hashlib.sha256(msg.body).hexdigest() for msg in batch]  # outside the write lock
+        shas = body_hashes(batch)  # outside the write lock
         with self.body_lock, self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id, with_for_update=True)
             mbx.last_capture_at = utcnow()
             report.wrote = True
             st = CaptureState(s, mailbox_id)
             name = st.folder_name(folder_id)
-            seq = _Seq(s, mbx, report)
-            # set-based: one query for the bodies already held, one insert for the new ones,
-            # one flush for the catalog rows (their ids are the changes' message ids)
-            have = set(s.scalars(select(OutboxBody.sha256).where(OutboxBody.sha256.in_(set(shas))))) if shas else set()
-            fresh: dict[str, bytes] = {}
-            for msg, sha in zip(batch, shas):
-                if sha not in have:
-                    fresh.setdefault(sha, msg.body)
-            if fresh:
-                s.execute(insert(_OUTBOX_BODY), [dict(sha256=k, size=len(v), data=self.store.sealer.seal(v, k))
-                                               for k, v in fresh.items()])
-            texts = [flags_text(msg.flags) for msg in batch]
-            mids = st.add_entries(folder_id, [NewEntry(msg.uid, msg.guid, sha, len(msg.body), text)
-                                              for msg, sha, text in zip(batch, shas, texts)])
-            for msg, sha, mid, text in zip(batch, shas, mids, texts):
-                fields = dict(
-                    mid=mid, sha256=sha, size=len(msg.body), flags=tuple(text.split()),
-                    internaldate=format_internaldate(msg.internaldate),
-                )
-                old_mid = replace.pop(msg.uid, None)
-                if old_mid is not None and st.drop_entry(old_mid):
-                    seq.emit(Change(Kind.MSG_REPLACE, name, old_mid=old_mid, **fields), size=len(msg.body))
-                else:
-                    seq.emit(Change(Kind.MSG_ADD, name, **fields), size=len(msg.body))
-                report.messages += 1
-                report.bytes += len(msg.body)
-                mbx.captured_bytes += len(msg.body)
-                if mbx.phase == "seeding":
-                    mbx.seed_msgs_done += 1
-                    mbx.seed_bytes_done += len(msg.body)
+            seq = Seq(s, mbx, report)
+            write_messages(s, st, seq, folder_id, name, batch, shas, replace, self.store.sealer, report)
             if remaining:
                 st.shrink_pending(folder_id, remaining, replace)
                 report.pending = len(remaining)
                 return
             # Replaced drafts whose replacement vanished before capture: plain expunge.
-            for old_mid in replace.values():
-                if st.drop_entry(old_mid):
-                    seq.emit(Change(Kind.MSG_EXPUNGE, name, mid=old_mid))
+            expunge_unreplaced(st, seq, name, replace)
             report.pending = 0
             if st.finish_pending(folder_id):
                 seq.emit(Change(Kind.FOLDER_RESET_DONE, name))

@@ -163,16 +163,21 @@ class QueueGate:
 
     # ------------------------------------------------------------------ the gate
 
-    def hold(self, mailbox_id: int) -> str | None:
-        """Why capture must not take more work for ``mailbox_id`` now, or None."""
+    def hold(self, mailbox_id: int, s=None) -> str | None:
+        """Why capture must not take more work for ``mailbox_id`` now, or None. Asked in the read
+        transaction ``s`` if given (a capture cycle's first read), else in one of its own."""
         floor = self._under_floor()
         if floor:  # a write that failed for lack of space does not hold: the next cycle tries again
             return f"disk full: {floor}"
         queued = (select(func.coalesce(func.sum(OutboxRow.size), 0)).where(OutboxRow.mailbox_id == mailbox_id)
                   .scalar_subquery())
-        with self.store.read() as s:  # one query, no ORM load: this runs at every capture cycle
-            row = s.execute(select(Mailbox.server, Mailbox.address, Mailbox.last_seq, Mailbox.applied_seq, queued)
-                            .where(Mailbox.id == mailbox_id)).first()
+        query = (select(Mailbox.server, Mailbox.address, Mailbox.last_seq, Mailbox.applied_seq, queued)
+                 .where(Mailbox.id == mailbox_id))
+        if s is not None:
+            row = s.execute(query).first()
+        else:
+            with self.store.read() as own:  # one query, no ORM load: this runs at every capture cycle
+                row = own.execute(query).first()
         if row is None:
             return None
         server, address, last_seq, applied_seq, size = row

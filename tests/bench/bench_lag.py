@@ -23,8 +23,13 @@ Not a test: it prints figures (the machines are noisy, so nothing here asserts a
    the delivery schedule slipped, the bytes that crossed the link, packets the loss rules dropped,
    and the CPU both gateways used during the phase.
 
+With ``--profile DIR`` both gateways are sampled by ``py-spy`` (samples holding the GIL, 100 Hz)
+during each phase's deliveries, into ``DIR/<link>-source.txt`` and ``DIR/<link>-recovery.txt``
+(summarise with ``tests/bench/profile_summary.py``). The sampler costs CPU of its own: compare
+lag and CPU figures of runs without it.
+
     python tests/bench/bench_lag.py [--duration 60] [--rate 50] [--mailboxes 200] [--links clean,impaired]
-        [--server-push] [--max-connections N] [--push-connections N]
+        [--server-push] [--max-connections N] [--push-connections N] [--profile DIR]
 
 Needs root (network namespaces), Debian's dovecot-imapd/dovecot-lmtpd, iproute2 and nftables.
 """
@@ -36,6 +41,7 @@ import os
 import random
 import shutil
 import smtplib
+import subprocess
 import sys
 import tempfile
 import threading
@@ -47,6 +53,7 @@ sys.path.insert(0, str(REPO))
 
 import httpx  # noqa: E402
 
+from tests.bench.profile_summary import stop_profilers  # noqa: E402
 from tests.support.arrival_watch import ArrivalWatch  # noqa: E402
 from tests.support.dovecot import SENDER, lmtp_recipient  # noqa: E402
 from tests.support.gateways import ADMIN_TOKEN  # noqa: E402
@@ -70,6 +77,18 @@ plugin {{
   mailrepl_push_token = {ADMIN_TOKEN}
 }}
 """
+
+
+def start_profilers(rig: TwoSiteRig, out: Path, link: str) -> list[subprocess.Popen]:
+    """py-spy on both gateway processes, samples holding the GIL (CPU spent in Python)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    out.mkdir(parents=True, exist_ok=True)
+    procs = [subprocess.Popen([spy, "record", "--gil", "--rate", "100", "--format", "raw", "--nonblocking",
+                               "-o", str(out / f"{link}-{g.role}.txt"), "--pid", str(g.proc.pid)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for g in (rig.pair.source, rig.pair.recovery)]
+    time.sleep(1.0)  # let py-spy attach before the deliveries start
+    return procs
 
 
 def cpu_seconds(pid: int) -> float:
@@ -175,12 +194,16 @@ def source_pools(rig: TwoSiteRig) -> dict:
 
 
 def run_phase(rig: TwoSiteRig, name: str, args, watch: ArrivalWatch) -> dict:
+    spies = start_profilers(rig, Path(args.profile), name) if args.profile else []
     crossed0, cpu0 = rig.bytes_crossed(), (cpu_seconds(rig.pair.source.proc.pid), cpu_seconds(rig.pair.recovery.proc.pid))
     dropped0 = rig.dropped()["packets"]
     t0 = time.monotonic()
     accepted: dict[str, float] = {}
     with QueueSampler(rig, accepted, args.queue_interval) as sampler:
-        slip = deliver_schedule(rig, name, args.rate, args.duration, args.seed + len(name), accepted)
+        try:
+            slip = deliver_schedule(rig, name, args.rate, args.duration, args.seed + len(name), accepted)
+        finally:
+            stop_profilers(spies)
         pools = source_pools(rig)  # at the end of the deliveries: what the source holds
         deadline = time.monotonic() + args.drain
         while time.monotonic() < deadline and not all(m in watch.seen for m in accepted):
@@ -256,6 +279,8 @@ def main() -> int:
     ap.add_argument("--max-connections", type=int, help="both gateways' max_connections per server (default: the product's)")
     ap.add_argument("--push-connections", type=int, help="the source's push_connections (default: the product's)")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--profile", help="sample both gateways with py-spy during each phase's deliveries; raw "
+                                      "profiles go to this directory")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args()
     links = [x.strip() for x in args.links.split(",") if x.strip()]

@@ -1,0 +1,111 @@
+"""What a capture commit writes besides the capture state: sequenced outbox rows and captured
+messages (bodies, catalogue rows, their ``msg.add`` / ``msg.replace`` changes).
+
+Both run inside the caller's transaction, the one that moves the folder's cursor or pending
+work: the changes commit with the cursor advance, or not at all.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from sqlalchemy import event, insert, select
+from sqlalchemy.orm import Session
+
+from mailrepl.shared.adapters.base import FetchedMessage
+from mailrepl.shared.capture_state import CaptureState, NewEntry
+from mailrepl.shared.model import Change, Kind, flags_text, format_internaldate
+from mailrepl.shared.store.models import Mailbox, OutboxBody, OutboxRow
+
+__all__ = ["CycleReport", "Seq", "body_hashes", "expunge_unreplaced", "write_messages"]
+
+_OUTBOX = OutboxRow.__table__
+_OUTBOX_BODY = OutboxBody.__table__
+
+
+@dataclass
+class CycleReport:
+    changes: int = 0
+    messages: int = 0
+    bytes: int = 0
+    pending: int = 0  # messages still to capture after this cycle (0 = caught up)
+    paused: str | None = None  # why the cycle stopped before catching up (queue bound, disk full)
+    wrote: bool = False  # committed something (and with it ``Mailbox.last_capture_at``)
+
+
+class Seq:
+    """Hands out sequence numbers of one mailbox inside one transaction.
+
+    The outbox rows are collected and written with one multi-row insert when the transaction
+    commits (before its flush: the rows commit with the cursor advance, or not at all), not as
+    ORM objects one by one."""
+
+    def __init__(self, session: Session, mailbox: Mailbox, report: CycleReport) -> None:
+        self.s, self.mbx, self.report = session, mailbox, report
+        self.rows: list[dict] = []
+        event.listen(session, "before_commit", self._write, once=True)
+
+    def emit(self, change: Change, size: int = 0) -> int:
+        self.mbx.last_seq += 1
+        text, digest = change.encoded()
+        self.rows.append({"mailbox_id": self.mbx.id, "seq": self.mbx.last_seq, "change": text, "digest": digest,
+                          "sha256": change.sha256, "size": size})
+        self.report.changes += 1
+        return self.mbx.last_seq
+
+    def _write(self, session: Session) -> None:
+        if self.rows:
+            session.execute(insert(_OUTBOX), self.rows)
+            self.rows = []
+
+
+def body_hashes(batch: Sequence[FetchedMessage]) -> list[str]:
+    """SHA-256 of each body (computed before the transaction: it holds the write lock)."""
+    return [hashlib.sha256(msg.body).hexdigest() for msg in batch]
+
+
+def write_messages(s: Session, st: CaptureState, seq: Seq, folder_id: int, name: str,
+                   batch: Sequence[FetchedMessage], shas: Sequence[str], replace: dict[int, int],
+                   sealer, report: CycleReport) -> None:
+    """Queue the captured messages ``batch`` of folder ``folder_id`` (``name``): their bodies not
+    yet held, their catalogue rows, one change each (a draft edit of ``replace``, new uid -> the
+    old draft's message id, is a ``msg.replace``; the entries it used are taken out of it).
+    Set-based: one query for the bodies already held, one insert for the new ones, one for the
+    catalogue rows (their ids are the changes' message ids)."""
+    mbx = seq.mbx
+    have = set(s.scalars(select(OutboxBody.sha256).where(OutboxBody.sha256.in_(set(shas))))) if shas else set()
+    fresh: dict[str, bytes] = {}
+    for msg, sha in zip(batch, shas):
+        if sha not in have:
+            fresh.setdefault(sha, msg.body)
+    if fresh:
+        s.execute(insert(_OUTBOX_BODY), [dict(sha256=k, size=len(v), data=sealer.seal(v, k))
+                                         for k, v in fresh.items()])
+    texts = [flags_text(msg.flags) for msg in batch]
+    mids = st.add_entries(folder_id, [NewEntry(msg.uid, msg.guid, sha, len(msg.body), text)
+                                      for msg, sha, text in zip(batch, shas, texts)])
+    seeding = mbx.phase == "seeding"
+    for msg, sha, mid, text in zip(batch, shas, mids, texts):
+        fields = dict(
+            mid=mid, sha256=sha, size=len(msg.body), flags=tuple(text.split()),
+            internaldate=format_internaldate(msg.internaldate),
+        )
+        old_mid = replace.pop(msg.uid, None)
+        if old_mid is not None and st.drop_entry(old_mid):
+            seq.emit(Change(Kind.MSG_REPLACE, name, old_mid=old_mid, **fields), size=len(msg.body))
+        else:
+            seq.emit(Change(Kind.MSG_ADD, name, **fields), size=len(msg.body))
+        report.messages += 1
+        report.bytes += len(msg.body)
+        mbx.captured_bytes += len(msg.body)
+        if seeding:
+            mbx.seed_msgs_done += 1
+            mbx.seed_bytes_done += len(msg.body)
+
+
+def expunge_unreplaced(st: CaptureState, seq: Seq, name: str, replace: Mapping[int, int]) -> None:
+    """Drafts whose replacement vanished before it was captured: a plain expunge each."""
+    for old_mid in replace.values():
+        if st.drop_entry(old_mid):
+            seq.emit(Change(Kind.MSG_EXPUNGE, name, mid=old_mid))
