@@ -89,6 +89,7 @@ class SourceGateway:
         self.workers = MailboxWorkers(
             "capture", self._jobs, workers=g.workers, poll_interval=g.poll_interval,
             on_error=self.registry.record_error, idle_poll_max=g.idle_poll_max, release_sessions=True,
+            sweep_skips_woken=True,  # a mailbox a push wake-up just captured is left out of the next sweep
         )
         self.watchers = PushWatchers(self.workers.wake, limit=sum(self.push_budget.values()))
         # cutover/failback: learns where each mailbox is active, replays the standby's changes

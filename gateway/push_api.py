@@ -19,11 +19,15 @@ from mailrepl.shared.runtime.authz import Authorizer
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import Mailbox
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 __all__ = ["PUSH_PREFIX", "PushCounter", "push_router"]
 
 PUSH_PREFIX = "/api/v1/push"
+
+# the protected mailbox a wake-up names: built once (one call per change on the server)
+_WOKEN_QUERY = select(Mailbox.id).where(Mailbox.server == bindparam("server"), Mailbox.address == bindparam("address"),
+                                        Mailbox.protected.is_(True), Mailbox.active_site == "primary")
 
 
 class PushBody(BaseModel):
@@ -56,8 +60,7 @@ def push_router(store: Store, authz: Authorizer, wake: Callable[[Hashable], None
     @r.post("/{server}", response_model=PushAnswer, dependencies=[Depends(authz.require("viewer"))])
     def push(server: str, body: PushBody) -> PushAnswer:
         with store.read() as s:
-            mid = s.scalar(select(Mailbox.id).where(Mailbox.server == server, Mailbox.address == body.user,
-                                                    Mailbox.protected.is_(True), Mailbox.active_site == "primary"))
+            mid = s.scalar(_WOKEN_QUERY, {"server": server, "address": body.user})
         if mid is not None:
             wake(mid)
         counter.count(mid is not None)

@@ -82,8 +82,14 @@ class PendingWork:
     replace: dict[int, int]  # new uid -> mid of the draft it replaces
 
 
+_FOLDER = FolderState.__table__
+# built once: capture reads it at every cycle (a Core row per folder, no ORM objects)
+_KNOWN_QUERY = select(_FOLDER.c.id, _FOLDER.c.name, _FOLDER.c.fid, _FOLDER.c.cursor, _FOLDER.c.pending_uids).where(
+    _FOLDER.c.mailbox_id == bindparam("mailbox_id"))
+
+
 def known_folders(s: Session, mailbox_id: int) -> list[KnownFolder]:
-    return [_known(f) for f in s.scalars(select(FolderState).where(FolderState.mailbox_id == mailbox_id))]
+    return [_known(f) for f in s.execute(_KNOWN_QUERY, {"mailbox_id": mailbox_id})]
 
 
 def pending_folders(s: Session, mailbox_id: int) -> list[int]:
@@ -92,7 +98,8 @@ def pending_folders(s: Session, mailbox_id: int) -> list[int]:
         FolderState.mailbox_id == mailbox_id, FolderState.pending_uids.is_not(None))))
 
 
-def _known(f: FolderState) -> KnownFolder:
+def _known(f) -> KnownFolder:
+    """A ``folder_state`` row (ORM object or Core row) as a :class:`KnownFolder`."""
     return KnownFolder(f.id, f.name, f.fid, Cursor.parse(f.cursor) if f.cursor else None,
                        UidSet.parse(f.pending_uids) if f.pending_uids is not None else None)
 

@@ -47,7 +47,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from mailrepl.shared.adapters.base import FetchedMessage, FolderDelta, FolderInfo, MailboxSession, MessageMeta
 from mailrepl.shared.engines.capture_writes import CycleReport, Seq, body_hashes, expunge_unreplaced, write_messages
@@ -102,6 +102,7 @@ class _Start:
 
 
 _NO_LOCK = contextlib.nullcontext()
+_PHASE_QUERY = select(Mailbox.phase, Mailbox.error).where(Mailbox.id == bindparam("mailbox_id"))  # built once
 
 
 class CaptureEngine:
@@ -223,7 +224,7 @@ class CaptureEngine:
         with self.store.read() as s:
             if self._held(mailbox_id, report, s):
                 return None
-            row = s.execute(select(Mailbox.phase, Mailbox.error).where(Mailbox.id == mailbox_id)).first()
+            row = s.execute(_PHASE_QUERY, {"mailbox_id": mailbox_id}).first()
             if row is None:
                 return None
             return _Start(known_folders(s, mailbox_id), row.phase, row.error)

@@ -7,16 +7,15 @@ work: the changes commit with the cursor advance, or not at all.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
-
-from sqlalchemy import event, insert, select
-from sqlalchemy.orm import Session
 
 from mailrepl.shared.adapters.base import FetchedMessage
 from mailrepl.shared.capture_state import CaptureState, NewEntry
 from mailrepl.shared.model import Change, Kind, flags_text, format_internaldate
 from mailrepl.shared.store.models import Mailbox, OutboxBody, OutboxRow
+from sqlalchemy import event, insert, select
+from sqlalchemy.orm import Session
 
 __all__ = ["CycleReport", "Seq", "body_hashes", "expunge_unreplaced", "write_messages"]
 
@@ -80,17 +79,17 @@ def write_messages(s: Session, st: CaptureState, seq: Seq, folder_id: int, name:
         if sha not in have:
             fresh.setdefault(sha, msg.body)
     if fresh:
-        s.execute(insert(_OUTBOX_BODY), [dict(sha256=k, size=len(v), data=sealer.seal(v, k))
+        s.execute(insert(_OUTBOX_BODY), [{"sha256": k, "size": len(v), "data": sealer.seal(v, k)}
                                          for k, v in fresh.items()])
     texts = [flags_text(msg.flags) for msg in batch]
     mids = st.add_entries(folder_id, [NewEntry(msg.uid, msg.guid, sha, len(msg.body), text)
                                       for msg, sha, text in zip(batch, shas, texts)])
     seeding = mbx.phase == "seeding"
     for msg, sha, mid, text in zip(batch, shas, mids, texts):
-        fields = dict(
-            mid=mid, sha256=sha, size=len(msg.body), flags=tuple(text.split()),
-            internaldate=format_internaldate(msg.internaldate),
-        )
+        fields = {
+            "mid": mid, "sha256": sha, "size": len(msg.body), "flags": tuple(text.split()),
+            "internaldate": format_internaldate(msg.internaldate),
+        }
         old_mid = replace.pop(msg.uid, None)
         if old_mid is not None and st.drop_entry(old_mid):
             seq.emit(Change(Kind.MSG_REPLACE, name, old_mid=old_mid, **fields), size=len(msg.body))

@@ -25,6 +25,12 @@ of all after an admin action) always runs the job. ``most_active(n)`` names the 
 had work most recently (the ones worth a push connection). With ``release_sessions`` a job's
 session is closed after each run (a pooled adapter keeps the connection for the next one, within
 its bound) instead of being kept per mailbox.
+
+With ``sweep_skips_woken`` (the source gateway, whose mailboxes are woken by push), the poll's
+sweep leaves out a job that a wake-up by name ran within the last poll interval: that run read
+the server's state moments ago, and a sweep run of it would most often find nothing. A change
+whose wake-up was lost is then captured within about two poll intervals instead of one; with
+hundreds of mailboxes active and woken, this halves the cycles or better.
 """
 from __future__ import annotations
 
@@ -67,6 +73,7 @@ class _Slot:
     quiet: int = 0  # runs in a row that found nothing to do
     next_sweep: float = 0.0  # the periodic sweep leaves the job out until then (idle_poll_max)
     last_active: float = 0.0  # when a run last found work
+    woken_run: float = float("-inf")  # when a run woken by name last started
 
 
 class MailboxWorkers:
@@ -84,8 +91,10 @@ class MailboxWorkers:
         idle_poll_max: float | None = None,
         active_window: float = ACTIVE_WINDOW,
         release_sessions: bool = False,
+        sweep_skips_woken: bool = False,
     ) -> None:
         self.name = name
+        self.sweep_skips_woken = sweep_skips_woken
         self.idle_poll_max = idle_poll_max
         self.active_window = active_window
         self.release_sessions = release_sessions
@@ -200,9 +209,12 @@ class MailboxWorkers:
         """The keys a sweep queues (lock held): all of them, or with ``idle_poll_max`` those due,
         the most recently active first."""
         keys = [k for k in by_key if k not in woken]
+        slots = self._slots
+        if self.sweep_skips_woken and not forced:
+            ran = now - self.poll_interval
+            keys = [k for k in keys if k not in slots or slots[k].woken_run < ran]
         if self.idle_poll_max is None:
             return keys
-        slots = self._slots
         if not forced:
             keys = [k for k in keys if k not in slots or slots[k].next_sweep <= now]
         return sorted(keys, key=lambda k: -slots[k].last_active if k in slots else 0.0)
@@ -257,9 +269,12 @@ class MailboxWorkers:
                         queue = self._sweep
             if not queue:
                 return
+            woken = queue is self._urgent
             key, job = queue.popitem(last=False)
             self._swept_at.pop(key, None)
             slot = self._slots[key]
+            if woken:
+                slot.woken_run = time.monotonic()
         self._run(job, slot)
 
     @staticmethod

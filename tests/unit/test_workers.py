@@ -419,3 +419,48 @@ def test_wake_ups_by_name_reuse_the_job_list_and_an_unknown_name_lists_again():
         assert 99 in ran and time.monotonic() - woken_at < 0.5
     finally:
         workers.stop()
+
+
+def test_a_sweep_leaves_out_a_job_a_wake_up_ran_within_the_poll_interval():
+    """With ``sweep_skips_woken`` (push at the source), a mailbox a wake-up by name ran moments
+    ago is not swept again by the next poll; one woken longer ago, or only ever swept, is; a
+    wake of all (an admin action) runs every job."""
+    workers = MailboxWorkers("t", list, workers=1, poll_interval=5.0, sweep_skips_woken=True)
+    plain = MailboxWorkers("t", list, workers=1, poll_interval=5.0)
+    try:
+        now = time.monotonic()
+        by_key = {k: Job(key=k, open_session=FakeSession, run=lambda s: True) for k in (1, 2, 3, 4)}
+        for w in (workers, plain):
+            w._slots[1] = _Slot(woken_run=now - 1.0)  # woken and run a second ago
+            w._slots[2] = _Slot(woken_run=now - 6.0)  # more than a poll interval ago
+            w._slots[3] = _Slot()  # only ever swept
+        assert sorted(workers._sweep_order(by_key, {}, now, False)) == [2, 3, 4]
+        assert sorted(workers._sweep_order(by_key, {}, now, True)) == [1, 2, 3, 4]
+        assert sorted(plain._sweep_order(by_key, {}, now, False)) == [1, 2, 3, 4]
+    finally:
+        workers.stop()
+        plain.stop()
+
+
+def test_a_job_woken_once_is_swept_again_within_two_poll_intervals():
+    """A wake-up stamps the run it starts as woken, and a change whose wake-up was lost is still
+    found by a sweep: the skipped job runs again within two poll intervals of its woken run."""
+    ran: list[float] = []
+    workers = MailboxWorkers("t", lambda: [Job(key=1, open_session=FakeSession, run=lambda s: ran.append(
+        time.monotonic()) or True)], workers=1, poll_interval=0.2, sweep_skips_woken=True)
+    workers.start()
+    try:
+        time.sleep(0.1)  # the first sweep ran it
+        woken_at = time.monotonic()
+        workers.wake(1)
+        deadline = time.monotonic() + 5
+        while not any(t >= woken_at for t in ran) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        first = next(t for t in ran if t >= woken_at)
+        assert workers._slots[1].woken_run >= woken_at  # the run was stamped as woken
+        while not any(t > first for t in ran) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        later = [t for t in ran if t > first]
+        assert later and later[0] - first <= 2 * 0.2 + 0.1, (first, ran)
+    finally:
+        workers.stop()
