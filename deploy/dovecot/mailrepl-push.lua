@@ -13,7 +13,8 @@
 --     mailrepl_push_token = <a viewer token of the source gateway: mailrepl tokens create dovecot-push --role viewer>
 --   }
 --
--- The POST waits at most 1 s and is never retried: a missed wake-up costs one poll interval.
+-- The POST waits at most 1 s and is never retried: a missed wake-up costs at most two poll intervals
+-- (a mailbox a wake-up has just captured is left out of the next poll's sweep).
 -- No connect back-off is carried from one change to the next, so a gateway that is down costs
 -- a refused connection per change, not a growing wait.
 local client = nil

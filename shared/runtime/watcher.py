@@ -3,7 +3,8 @@
 A watcher only shortens latency. It holds its own adapter session parked in
 ``wait_for_change`` (IMAP NOTIFY or IDLE) and, when the server signals anything, wakes the capture
 of that mailbox (``on_change(key)``); the capture cycle then re-reads the real state through
-QRESYNC. Missing a signal costs at most one poll interval, never a change. Mailboxes beyond ``limit`` (each watcher is one server
+QRESYNC. Missing a signal costs at most two poll intervals (a mailbox a wake-up has just captured
+is left out of the next sweep), never a change. Mailboxes beyond ``limit`` (each watcher is one server
 connection and one thread) are served by polling alone.
 """
 from __future__ import annotations

@@ -12,9 +12,9 @@ Two queues feed the threads: mailboxes woken by name, in the order they were wok
 the poll's sweep of every mailbox; a mailbox already waiting in the sweep moves up when it is
 woken. A sweep of hundreds of idle mailboxes therefore never delays the one that has a change;
 and a stream of wake-ups never starves the swept ones: once the sweep's next job has waited a
-poll interval, woken and swept jobs take turns (a mailbox without a push connection, or whose
-wake-up was missed, is captured within about a poll interval plus its turn, as the push watchers
-promise).
+poll interval, woken and swept jobs take turns (a mailbox without a push connection is captured
+within about a poll interval plus its turn; one whose wake-up was missed within two with
+``sweep_skips_woken``, below, as the push watchers promise).
 
 Idle cost at scale (``idle_poll_max``): a job whose run returns a false value found nothing to
 do; the periodic sweep then leaves it out for longer after each such run (``poll_interval``
