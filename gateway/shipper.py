@@ -42,6 +42,9 @@ LIVE_BACKLOG = 20  # under a rate cap, a mailbox at most this many changes behin
 # of its own batch, so without it their applied position (status, lag) would stand still until
 # the shipper runs out of work
 PROGRESS_EVERY = 1.0
+# with nothing to send, how often the peer is asked how far it applied while a mailbox waits to be
+# applied there (each answer names every mailbox of the source: its cost grows with their number)
+PROGRESS_IDLE_EVERY = 1.0
 
 
 class ShipStats:
@@ -357,7 +360,6 @@ class Shipper:
 
     def _loop(self) -> None:
         delay = self.retry_initial
-        last_poll = 0.0
         last_release = -REFUSED_RETRY
         while not self._stop.is_set():
             try:
@@ -368,9 +370,9 @@ class Shipper:
                     self.release_refused()
                 self._fit_to_cap()
                 sent = self.ship_pipelined() > 0
-                if not sent and self._pending_apply() and time.monotonic() - last_poll > 0.5:
+                if not sent and time.monotonic() - self._last_progress >= PROGRESS_IDLE_EVERY and \
+                        self._pending_apply():
                     self.poll_progress()
-                    last_poll = time.monotonic()
                 self.last_error = None
                 self.peer_disk_full = None
                 delay = self.retry_initial
