@@ -12,24 +12,28 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Collection, Mapping, Sequence
 
-from sqlalchemy import delete, func, select, update
-
-from mailrepl.shared.runtime.background import Background
-from mailrepl.shared.engines.batch_builder import BatchBuilder, Built
 from mailrepl.shared.content.mime_split import BLOB_THRESHOLD
+from mailrepl.shared.engines.batch_builder import BatchBuilder, Built
 from mailrepl.shared.errors import PeerRefused
-from mailrepl.shared.store import Store
-from mailrepl.shared.store.outbox import drop_unreferenced_bodies
-from mailrepl.shared.store.models import Mailbox, OutboxRow
 from mailrepl.shared.protocol.link_rate import LinkRateCap
 from mailrepl.shared.protocol.peer_client import HttpClient, PeerClient, as_peer_client
 from mailrepl.shared.protocol.wire import Ack, encode_batch
+from mailrepl.shared.runtime.background import Background
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import Mailbox, OutboxRow
+from mailrepl.shared.store.outbox import drop_unreferenced_bodies
+from sqlalchemy import bindparam, delete, func, select, update
 
-__all__ = ["Shipper", "ShipStats"]
+__all__ = ["ShipStats", "Shipper"]
+
+_OUTBOX = OutboxRow.__table__
+# what applying an answer reads of each mailbox it names
+_COUNTERS = (Mailbox.id, Mailbox.server, Mailbox.address, Mailbox.acked_seq, Mailbox.applied_seq, Mailbox.last_seq,
+             Mailbox.rejected, Mailbox.dr_error)
 
 log = logging.getLogger("mailrepl.shipper")
 
@@ -280,28 +284,31 @@ class Shipper:
         if not todo:
             return
         with self.body_lock, self.store.tx(durable=False) as s:
-            rows = {(m.server, m.address): m
-                    for m in s.scalars(select(Mailbox).where(Mailbox.id.in_([mid for mid, _ in todo])))}
+            # Core statements: a progress answer changes dozens of mailboxes a second; loading
+            # each as an ORM object and flushing it cost more than the answer itself
+            rows = {(r.server, r.address): r for r in s.execute(
+                select(*_COUNTERS).where(Mailbox.id.in_([mid for mid, _ in todo])))}
+            applied_upto: list[dict] = []
             for _, res in todo:
-                mbx = rows.get((res.server, res.address))
-                if mbx is None:
+                row = rows.get((res.server, res.address))
+                if row is None:
                     continue
-                if built is not None and res.status == "ok":
-                    self._account(mbx, built, wire_bytes)
+                values = self._account(row, built, wire_bytes) if built is not None and res.status == "ok" else {}
+                acked, applied = row.acked_seq, row.applied_seq
                 if res.status == "conflict":
-                    mbx.ship_error = f"recovery gateway reports a conflict: {res.detail}"
-                    log.error("%s/%s: %s", res.server, res.address, mbx.ship_error)
+                    values["ship_error"] = f"recovery gateway reports a conflict: {res.detail}"
+                    log.error("%s/%s: %s", res.server, res.address, values["ship_error"])
                 elif res.status == "gap":
                     resend = res.resend_from or 1
-                    if resend <= mbx.applied_seq:
-                        mbx.ship_error = (
+                    if resend <= applied:
+                        values["ship_error"] = (
                             f"recovery gateway lost changes from {resend} on, which were already applied and "
                             "removed here; protect the mailbox again to re-seed"
                         )
                     else:
-                        mbx.acked_seq = min(mbx.acked_seq, resend - 1)
+                        acked = min(acked, resend - 1)
                 elif res.status == "error":
-                    mbx.ship_error = f"recovery gateway: {res.detail}"
+                    values["ship_error"] = f"recovery gateway: {res.detail}"
                 elif res.status == "missing":  # asked again and sent on the next run
                     log.info("%s/%s: recovery gateway lacks %d bodies or parts it was said to hold",
                              res.server, res.address, len(res.missing))
@@ -310,33 +317,46 @@ class Shipper:
                                     "sending them unsplit", res.server, res.address, len(res.whole))
                         self.builder.send_whole.update(res.whole)
                 if res.status == "ok":
-                    if res.acked < mbx.acked_seq:
+                    if res.acked < acked:
                         # the peer holds less than it acknowledged before (it dropped a damaged
                         # body and asks again): send again from there
-                        mbx.acked_seq = max(res.acked, mbx.applied_seq)
+                        acked = max(res.acked, applied)
                     else:
-                        mbx.acked_seq = min(res.acked, mbx.last_seq)
-                if res.applied > mbx.applied_seq:
-                    mbx.applied_seq = min(res.applied, mbx.last_seq)
-                    done = (OutboxRow.mailbox_id == mbx.id) & (OutboxRow.seq <= mbx.applied_seq)
-                    released.update(s.scalars(select(OutboxRow.sha256).where(done, OutboxRow.sha256.is_not(None))))
-                    s.execute(delete(OutboxRow).where(done))
-                mbx.rejected = json.dumps(list(res.rejected)) if res.rejected else mbx.rejected
-                if res.status != "error" and mbx.dr_error != res.dr_error:
-                    mbx.dr_error = res.dr_error  # set and cleared by the recovery gateway's answer
-            s.flush()
+                        acked = min(res.acked, row.last_seq)
+                if res.applied > applied:
+                    applied = min(res.applied, row.last_seq)
+                    applied_upto.append({"m": row.id, "a": applied})
+                if acked != row.acked_seq:
+                    values["acked_seq"] = acked
+                if applied != row.applied_seq:
+                    values["applied_seq"] = applied
+                if res.rejected:
+                    values["rejected"] = json.dumps(list(res.rejected))
+                if res.status != "error" and row.dr_error != res.dr_error:
+                    values["dr_error"] = res.dr_error  # set and cleared by the recovery gateway's answer
+                if values:
+                    s.execute(update(Mailbox).where(Mailbox.id == row.id).values(**values))
+            for upto in applied_upto:
+                released.update(s.scalars(select(OutboxRow.sha256).where(
+                    OutboxRow.mailbox_id == upto["m"], OutboxRow.seq <= upto["a"], OutboxRow.sha256.is_not(None))))
+            if applied_upto:
+                s.execute(delete(_OUTBOX).where(_OUTBOX.c.mailbox_id == bindparam("m"), _OUTBOX.c.seq <= bindparam("a")),
+                          applied_upto)
             # bodies of the removed rows that no remaining row refers to (same message elsewhere)
             drop_unreferenced_bodies(s, released)
 
     @staticmethod
-    def _account(mbx: Mailbox, built: Built, wire_bytes: int) -> None:
-        who = (mbx.server, mbx.address)
+    def _account(row, built: Built, wire_bytes: int) -> dict:
+        """The bytes accounting of a sent batch's mailbox ``row``: column increments."""
+        who = (row.server, row.address)
         payload = built.payload.get(who, 0)
-        mbx.shipped_raw_bytes += built.raw.get(who, 0)
-        mbx.shipped_payload_bytes += payload
         # the compressed batch is shared: each mailbox carries its share of the payload
         total = built.payload_total
-        mbx.shipped_wire_bytes += round(wire_bytes * payload / total) if total else 0
+        return {
+            "shipped_raw_bytes": Mailbox.shipped_raw_bytes + built.raw.get(who, 0),
+            "shipped_payload_bytes": Mailbox.shipped_payload_bytes + payload,
+            "shipped_wire_bytes": Mailbox.shipped_wire_bytes + (round(wire_bytes * payload / total) if total else 0),
+        }
 
     # ------------------------------------------------------------------ loop
 
@@ -397,11 +417,10 @@ def _changed(s, ack: Ack, built: Built | None) -> list[tuple[int, object]]:
     if not ack.results:
         return []
     wanted = {(r.server, r.address) for r in ack.results}
-    servers = {srv for srv, _ in wanted}
-    cols = (Mailbox.id, Mailbox.server, Mailbox.address, Mailbox.acked_seq, Mailbox.applied_seq, Mailbox.last_seq,
-            Mailbox.rejected, Mailbox.dr_error)
-    current = {(r.server, r.address): r for r in s.execute(select(*cols).where(Mailbox.server.in_(servers)))
-               if (r.server, r.address) in wanted}
+    query = select(*_COUNTERS).where(Mailbox.server.in_({srv for srv, _ in wanted}))
+    if built is not None:  # a batch's answer names its own few mailboxes, a progress answer all of them
+        query = query.where(Mailbox.address.in_({address for _, address in wanted}))
+    current = {(r.server, r.address): r for r in s.execute(query) if (r.server, r.address) in wanted}
     todo = []
     for res in ack.results:
         row = current.get((res.server, res.address))
