@@ -34,6 +34,16 @@ _OUTBOX = OutboxRow.__table__
 # what applying an answer reads of each mailbox it names
 _COUNTERS = (Mailbox.id, Mailbox.server, Mailbox.address, Mailbox.acked_seq, Mailbox.applied_seq, Mailbox.last_seq,
              Mailbox.rejected, Mailbox.dr_error)
+# statements built once (an answer is applied several times a second), run for many mailboxes at a time
+_MAILBOX = Mailbox.__table__
+_APPLY = update(_MAILBOX).where(_MAILBOX.c.id == bindparam("m")).values(
+    acked_seq=bindparam("acked"), applied_seq=bindparam("applied"),
+    shipped_raw_bytes=_MAILBOX.c.shipped_raw_bytes + bindparam("raw"),
+    shipped_payload_bytes=_MAILBOX.c.shipped_payload_bytes + bindparam("payload"),
+    shipped_wire_bytes=_MAILBOX.c.shipped_wire_bytes + bindparam("wire"))
+_APPLIED_SHAS = select(_OUTBOX.c.sha256).where(_OUTBOX.c.mailbox_id == bindparam("m"), _OUTBOX.c.seq <= bindparam("a"),
+                                               _OUTBOX.c.sha256.is_not(None))
+_DROP_APPLIED = delete(_OUTBOX).where(_OUTBOX.c.mailbox_id == bindparam("m"), _OUTBOX.c.seq <= bindparam("a"))
 
 log = logging.getLogger("mailrepl.shipper")
 
@@ -289,11 +299,13 @@ class Shipper:
             rows = {(r.server, r.address): r for r in s.execute(
                 select(*_COUNTERS).where(Mailbox.id.in_([mid for mid, _ in todo])))}
             applied_upto: list[dict] = []
+            counters: list[dict] = []  # the usual change: acknowledged and applied positions, bytes sent
             for _, res in todo:
                 row = rows.get((res.server, res.address))
                 if row is None:
                     continue
-                values = self._account(row, built, wire_bytes) if built is not None and res.status == "ok" else {}
+                sent = self._account(row, built, wire_bytes) if built is not None and res.status == "ok" else None
+                values: dict = {}
                 acked, applied = row.acked_seq, row.applied_seq
                 if res.status == "conflict":
                     values["ship_error"] = f"recovery gateway reports a conflict: {res.detail}"
@@ -326,37 +338,33 @@ class Shipper:
                 if res.applied > applied:
                     applied = min(res.applied, row.last_seq)
                     applied_upto.append({"m": row.id, "a": applied})
-                if acked != row.acked_seq:
-                    values["acked_seq"] = acked
-                if applied != row.applied_seq:
-                    values["applied_seq"] = applied
-                if res.rejected:
+                if sent is not None or acked != row.acked_seq or applied != row.applied_seq:
+                    counters.append({"m": row.id, "acked": acked, "applied": applied,
+                                     **(sent or {"raw": 0, "payload": 0, "wire": 0})})
+                if res.rejected and json.dumps(list(res.rejected)) != row.rejected:
                     values["rejected"] = json.dumps(list(res.rejected))
                 if res.status != "error" and row.dr_error != res.dr_error:
                     values["dr_error"] = res.dr_error  # set and cleared by the recovery gateway's answer
                 if values:
                     s.execute(update(Mailbox).where(Mailbox.id == row.id).values(**values))
+            if counters:
+                s.execute(_APPLY, counters)
             for upto in applied_upto:
-                released.update(s.scalars(select(OutboxRow.sha256).where(
-                    OutboxRow.mailbox_id == upto["m"], OutboxRow.seq <= upto["a"], OutboxRow.sha256.is_not(None))))
+                released.update(s.scalars(_APPLIED_SHAS, upto))
             if applied_upto:
-                s.execute(delete(_OUTBOX).where(_OUTBOX.c.mailbox_id == bindparam("m"), _OUTBOX.c.seq <= bindparam("a")),
-                          applied_upto)
+                s.execute(_DROP_APPLIED, applied_upto)
             # bodies of the removed rows that no remaining row refers to (same message elsewhere)
             drop_unreferenced_bodies(s, released)
 
     @staticmethod
     def _account(row, built: Built, wire_bytes: int) -> dict:
-        """The bytes accounting of a sent batch's mailbox ``row``: column increments."""
+        """The bytes accounting of a sent batch's mailbox ``row``: what its byte counters grow by."""
         who = (row.server, row.address)
         payload = built.payload.get(who, 0)
         # the compressed batch is shared: each mailbox carries its share of the payload
         total = built.payload_total
-        return {
-            "shipped_raw_bytes": Mailbox.shipped_raw_bytes + built.raw.get(who, 0),
-            "shipped_payload_bytes": Mailbox.shipped_payload_bytes + payload,
-            "shipped_wire_bytes": Mailbox.shipped_wire_bytes + (round(wire_bytes * payload / total) if total else 0),
-        }
+        return {"raw": built.raw.get(who, 0), "payload": payload,
+                "wire": round(wire_bytes * payload / total) if total else 0}
 
     # ------------------------------------------------------------------ loop
 
