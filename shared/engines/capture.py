@@ -371,24 +371,27 @@ class CaptureEngine:
         if not count or count > self.chunk_messages or \
                 sum(m.size for t in todo.values() for m in t) > self.chunk_bytes:
             return
-        for p in plans:
-            uids = [m.uid for m in todo[id(p)]]
-            if not uids:
-                continue
-            stream = session.fetch(p.info.name, uids)
-            try:
-                p.fetched = list(stream)
-            finally:
-                stream.close()
+        try:
+            for p in plans:
+                uids = [m.uid for m in todo[id(p)]]
+                if not uids:
+                    continue
+                stream = session.fetch(p.info.name, uids)
+                try:
+                    p.fetched = list(stream)
+                finally:
+                    stream.close()
+        except FolderNotFound:  # gone since the delta: left pending, as a larger set would be
+            for p in plans:
+                p.fetched = None
 
     # ------------------------------------------------------------------ commit
 
     def _commit_plan(self, mailbox_id, plans, deleted: list[KnownFolder], report: CycleReport) -> list[int]:
         """Commit the plan; returns the folders left with pending work (to drain)."""
-        fetched = [p for p in plans if p.fetched]
-        shas = {id(p): body_hashes(p.fetched) for p in fetched}  # outside the write lock
+        shas = {id(p): body_hashes(p.fetched) for p in plans if p.fetched is not None}  # outside the write lock
         pending: list[int] = []
-        with self.body_lock if fetched else _NO_LOCK, self.store.tx() as s:
+        with self.body_lock if any(p.fetched for p in plans) else _NO_LOCK, self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id, with_for_update=True)
             mbx.last_capture_at = utcnow()
             report.wrote = True

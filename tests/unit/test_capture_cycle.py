@@ -126,6 +126,29 @@ def test_a_message_expunged_between_the_delta_and_the_fetch_is_skipped_and_the_c
     p.assert_equal()
 
 
+def test_new_messages_all_expunged_before_the_fetch_leave_nothing_pending(tmp_path):
+    p = seeded(tmp_path)
+    mid = p.mailbox().id
+    before = p.mailbox().last_seq
+    gone = [p.primary.deliver("alice", _msg(i)) for i in (32, 33)]
+    p.primary.set_flags("alice", "INBOX", 1, {"\\Seen"})
+    session = p.primary.open("alice")
+    real = session.fetch
+
+    def fetch(folder, uids):
+        p.primary.expunge("alice", folder, gone)
+        return real(folder, uids)
+
+    session.fetch = fetch
+    report = p.capture.cycle(mid, session)
+    assert report.messages == 0 and report.pending == 0
+    assert kinds_after(p, before) == [("msg.flags", "INBOX")]
+    inbox = folders(p)["INBOX"]
+    assert inbox.pending_uids is None and Cursor.parse(inbox.cursor).uidnext == gone[-1] + 1
+    p.sync()
+    p.assert_equal()
+
+
 def test_more_new_messages_than_a_chunk_are_left_pending_and_drained_by_chunks(tmp_path):
     p = seeded(tmp_path, chunk=3)
     mid = p.mailbox().id
