@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 from sqlalchemy import delete, select, update
 
 from mailrepl.shared.adapters.base import AppendItem, MailboxSession
-from mailrepl.shared.capture_state import IdMap, MapEntry
+from mailrepl.shared.capture_state import IdMap, MapEntry, ReplicaFolders
 from mailrepl.shared.content.bodies import BodyCorrupt, BodyStore
 from mailrepl.shared.errors import FolderNotFound, MessageRejected, StoreError
 from mailrepl.shared.model import Change, Kind, parse_internaldate, utcnow
@@ -266,7 +266,9 @@ class ReplayEngine:
         elif k == Kind.FOLDER_RESET:
             report.journal.void()
             if session.folder_info(g.folder) is None:  # gone here too (wiped): an empty folder stays a folder
-                session.create_folder(g.folder)
+                with self.store.read() as s:  # and a special folder stays one
+                    special_use = ReplicaFolders(s, rid).special_use(g.folder)
+                session.create_folder(g.folder, special_use)
             report.last_reset_seq = g.last_seq
             with self.store.tx(durable=False) as s:
                 for e in IdMap(s, rid).take_folder(g.folder):
@@ -552,6 +554,7 @@ class ReplayEngine:
             self._advance(s, rid, g, report)
 
     def _advance(self, s, rid: int, g: Group, report: ReplayReport, skip_states=frozenset()) -> None:
+        self._note_folders(s, rid, g)
         rep = s.get(Replica, rid)
         if rep.applied_seq != g.first_seq - 1:
             raise StoreError(f"replica {rid}: applied {rep.applied_seq}, group starts at {g.first_seq}", retryable=False)
@@ -564,6 +567,14 @@ class ReplayEngine:
             .values(state="applied")
         )
         report.applied += len(g.items)
+
+
+    @staticmethod
+    def _note_folders(s, rid: int, g: Group) -> None:
+        """The folders the server's copy must have now, as the group's changes say (flag changes
+        and expunges say nothing new)."""
+        if g.kind not in (Kind.MSG_FLAGS, Kind.MSG_EXPUNGE, Kind.FOLDER_RESET_DONE):
+            ReplicaFolders(s, rid).applied(c for _, c in g.items)
 
 
 def _runs(changes: Sequence[tuple[int, Change]], held: frozenset[int]):
