@@ -27,6 +27,7 @@ it is kept in memory (a restart finds the damage again from the id map and the f
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -35,7 +36,8 @@ from sqlalchemy import func, select
 
 from mailrepl.shared.adapters.base import FolderInfo
 from mailrepl.shared.capture_state import ReplicaFolders, known_folders, pair_folders
-from mailrepl.shared.store.models import IdMapEntry, Mailbox, Replica
+from mailrepl.shared.model import Change, Kind
+from mailrepl.shared.store.models import IdMapEntry, InboxRow, Mailbox, Replica
 
 __all__ = ["ResyncRequests", "standby_damage"]
 
@@ -60,7 +62,19 @@ def standby_damage(s, rid: int, live: Sequence[FolderInfo], *, view_fresh: bool,
             matches, deleted = pair_folders(known_folders(s, mbx_id), live, use_fid)
             damaged |= {k.name for k in deleted}
             damaged |= {m.known.name for m in matches if m.identity_changed}
-    return sorted(damaged)
+    # the next change to apply may be done on the server already (the process stopped before its
+    # bookkeeping): a folder it renames or deletes, and their subfolders, may be gone by right
+    gone = _maybe_gone(s, rid)
+    return sorted(f for f in damaged if gone is None or not (f == gone or f.startswith(gone + "/")))
+
+
+def _maybe_gone(s, rid: int) -> str | None:
+    rep = s.get(Replica, rid)
+    text = s.scalar(select(InboxRow.change).where(InboxRow.replica_id == rid, InboxRow.seq == rep.applied_seq + 1))
+    if text is None:
+        return None
+    ch = Change.from_dict(json.loads(text))
+    return ch.folder if ch.kind in (Kind.FOLDER_RENAME, Kind.FOLDER_DELETE) else None
 
 
 class ResyncRequests:

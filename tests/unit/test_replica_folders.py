@@ -3,19 +3,27 @@ special ones included, so that a copy that lost one is found and a resync brings
 was (the same story against a wiped real Dovecot is tests/e2e/test_standby_folder_loss.py)."""
 from __future__ import annotations
 
+import pytest
 from mailrepl.recovery.standby_check import standby_damage
 from mailrepl.shared.adapters.base import FolderInfo
 from mailrepl.shared.capture_state import ReplicaFolders
 from mailrepl.shared.model import Change, Kind
 from mailrepl.shared.store import open_store
-from mailrepl.shared.store.models import Replica
+from mailrepl.shared.store.models import InboxRow, Replica
+
 from tests.unit.memory_server import Folder
 from tests.unit.test_pipeline_memory import Pipeline, _msg
 
 
-def test_the_record_follows_creates_renames_deletes_and_writes(tmp_path):
-    store = open_store(f"sqlite:///{tmp_path}/r.sqlite")
-    store.migrate()
+@pytest.fixture
+def store(tmp_path):
+    st = open_store(f"sqlite:///{tmp_path}/r.sqlite")
+    st.migrate()
+    yield st
+    st.dispose()
+
+
+def test_the_record_follows_creates_renames_deletes_and_writes(store):
     with store.tx() as s:
         rep = Replica(source_id="hq", server="primary", address="alice", target="standby")
         s.add(rep)
@@ -42,6 +50,14 @@ def test_the_record_follows_creates_renames_deletes_and_writes(tmp_path):
         # an empty folder, lost alone, with nothing of it in the id map and no fresh view
         assert standby_damage(s, rid, live, view_fresh=False, use_fid=False) == ["Done"]
         assert standby_damage(s, rid, [*live, FolderInfo("Done", "", 3, 1, 1, 0)], view_fresh=False, use_fid=False) == []
+    # unless the next change to apply deletes it: done on the server, the process stopped before
+    # its bookkeeping (only that change can be; a later one cannot have begun)
+    for seq, ch in ((2, Change(Kind.FOLDER_DELETE, "Done")), (1, Change(Kind.FOLDER_RENAME, "Done", new_folder="Old"))):
+        text, digest = ch.encoded()
+        with store.tx() as s:
+            s.add(InboxRow(replica_id=rid, seq=seq, change=text, digest=digest))
+        with store.read() as s:
+            assert standby_damage(s, rid, live, view_fresh=False, use_fid=False) == ([] if seq == 1 else ["Done"])
 
 
 def test_a_resync_of_a_wiped_copy_brings_back_empty_and_special_folders(tmp_path):
