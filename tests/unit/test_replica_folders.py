@@ -12,6 +12,7 @@ from mailrepl.shared.store import open_store
 from mailrepl.shared.store.models import InboxRow, Replica
 
 from tests.unit.memory_server import Folder
+from tests.unit.test_failback_memory import Sites, body
 from tests.unit.test_pipeline_memory import Pipeline, _msg
 
 
@@ -78,3 +79,26 @@ def test_a_resync_of_a_wiped_copy_brings_back_empty_and_special_folders(tmp_path
     p.assert_equal()
     assert set(p.standby.box("alice")) == {"INBOX", "Receipts", "Empty"}
     assert p.standby.box("alice")["Receipts"].special_use == {"\\Archive"}
+
+
+def test_after_a_failback_the_record_is_the_copy_users_left(tmp_path):
+    p = Sites(tmp_path)
+    p.primary.deliver("alice", body(1))
+    p.primary.deliver("alice", body(2, "work"), folder="Work")
+    p.primary.box("alice")["Empty"] = Folder("Empty")
+    p.sync()
+    p.sync()
+    p.assert_equal()
+    assert p.cutovers.cutover([p.rid()])[0]["state"] == "active-at-dr"
+    p.puller.step()
+    p.standby.delete_folder("alice", "Empty")  # users at DR remove one folder and make another
+    p.standby.deliver("alice", body(3, "dr"), folder="New")
+    p.dr_cycle()
+    p.fail_back()
+    # replicating again: the first check, before any forward change, sees no damage
+    with p.dst.read() as s:
+        assert ReplicaFolders(s, p.rid()).names() == set(p.standby.box("alice")) == {"INBOX", "Work", "New"}
+        live = p.standby.open("alice").list_folders()
+        assert standby_damage(s, p.rid(), live, view_fresh=False, use_fid=False) == []
+    p.sync()
+    p.assert_equal()
