@@ -7,6 +7,11 @@ A pass that applied a folder reset checks the copy again before the view takes t
 is: a wipe that landed during the pass (after the reset of a folder recreated it, before the adds
 recreated the others) is asked for again at once, instead of being taken as the new normal by the
 view and found only by the next check.
+
+A connection through which damage was seen is not kept for the next pass: a server process
+logged in while the copy was being wiped can go on listing the copy as that process last saw it
+(its index files removed under it), so that every check through it would find the same folders
+missing, and every resync, written through it, would not bring them back.
 """
 from __future__ import annotations
 
@@ -58,4 +63,8 @@ class ReplayPass:
             damaged = standby_damage(s, rid, live, view_fresh=view_fresh, use_fid=session.features.folder_id)
             if damaged:
                 self.resyncs.want(s.get(Replica, rid), damaged)
+        if damaged and (discard := getattr(session, "discard", None)) is not None:
+            # a server process that lived through the wipe may keep seeing the copy as it was
+            # (Dovecot: index files removed under it): the next pass reads it through a new one
+            discard()
         return damaged

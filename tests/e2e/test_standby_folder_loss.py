@@ -9,6 +9,7 @@ the replayer on the standby (the replayer's connection is kicked by the wipe and
 from __future__ import annotations
 
 import contextlib
+import shutil
 
 import pytest
 from fastapi import FastAPI
@@ -27,6 +28,7 @@ from mailrepl.shared.engines.receiver import Receiver
 from mailrepl.shared.engines.replay import ReplayEngine
 from mailrepl.shared.engines.special_folders import AliasingAdapter, FolderAliases
 from mailrepl.shared.errors import MailreplError
+from mailrepl.shared.runtime.connection_pool import PooledAdapter
 from mailrepl.shared.store import open_store
 from mailrepl.shared.store.models import Mailbox, Replica
 from sqlalchemy import select
@@ -69,7 +71,7 @@ class WipedDuringPass:
 
 
 class Rig:
-    def __init__(self, tmp_path, primary, standby) -> None:
+    def __init__(self, tmp_path, primary, standby, *, pooled: bool = False) -> None:
         self.primary, self.standby = primary, standby
         self.src = open_store(f"sqlite:///{tmp_path}/src.sqlite")
         self.src.migrate()
@@ -77,7 +79,10 @@ class Rig:
         self.dst.migrate()
         self.capture = CaptureEngine(self.src)
         self.primary_adapter = adapter_for(primary, "primary")
-        self.standby_adapter = AliasingAdapter(adapter_for(standby, "standby"), FolderAliases(self.dst, "standby"))
+        standby_adapter = adapter_for(standby, "standby")
+        if pooled:  # as the recovery gateway reaches it: connections kept between passes
+            standby_adapter = PooledAdapter(standby_adapter, 2)
+        self.standby_adapter = AliasingAdapter(standby_adapter, FolderAliases(self.dst, "standby"))
         bodies = BodyStore(self.dst, BlobStore(tmp_path / "blobs"))
         receiver = Receiver(self.dst, bodies, lambda server: "standby")
         access = SourceAccess([BoundSource(id="hq", token=TOKEN, servers=("primary",))], lambda server: "standby",
@@ -184,3 +189,25 @@ def test_an_empty_folder_lost_alone_is_found_and_brought_back(rig, view_fresh):
     rig.sync_until_equal()
     assert rig.resynced == 1
     assert snapshot(rig.standby, "alice")[EMPTY] == {}
+
+
+def test_a_connection_that_lived_through_the_wipe_is_not_trusted_again(dovecot_factory, tmp_path):
+    primary = dovecot_factory("primary", ["alice"])
+    standby = dovecot_factory("standby", ["alice"])
+    primary.deliver("alice", message(1))
+    conn = primary.imap("alice")
+    assert conn.create(f'"{EMPTY}"')[0] == "OK"
+    conn.logout()
+    rig = Rig(tmp_path, primary, standby, pooled=True)
+    rig.sync_until_equal()
+    # wiped while the replayer's pooled connection stays logged in (it logged in between the
+    # kick and the removal): that server process goes on listing the copy as it last saw it
+    # (Dovecot: its index files removed under it) and does not list what it creates itself, so
+    # every check through it would find the empty folder missing and every resync through it
+    # would create it without seeing it
+    shutil.rmtree(standby.base / "mail" / "alice")
+    rig.sync_until_equal()
+    for _ in range(3):  # and it stays so: no resync asked for again
+        rig.sync()
+    assert rig.resynced == 1, rig.resynced
+    assert not rig.difference()
