@@ -10,6 +10,7 @@ from mailrepl.shared.capture_state import ReplicaFolders
 from mailrepl.shared.model import Change, Kind
 from mailrepl.shared.store import open_store
 from mailrepl.shared.store.models import InboxRow, Replica
+from sqlalchemy import select
 
 from tests.unit.memory_server import Folder
 from tests.unit.test_failback_memory import Sites, body
@@ -102,3 +103,21 @@ def test_after_a_failback_the_record_is_the_copy_users_left(tmp_path):
         assert standby_damage(s, p.rid(), live, view_fresh=False, use_fid=False) == []
     p.sync()
     p.assert_equal()
+
+
+def test_one_pass_writing_renaming_and_writing_again_leaves_the_record_right(tmp_path):
+    p = Pipeline(tmp_path)
+    p.primary.deliver("alice", _msg(1), folder="A")
+    p.sync()
+    # in one replay pass: A renamed to B, then a new A written into
+    box = p.primary.box("alice")
+    box["B"] = box.pop("A")
+    box["B"].name = "B"
+    p.primary.deliver("alice", _msg(3), folder="B")
+    p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
+    p.primary.deliver("alice", _msg(2), folder="A")
+    p.sync()
+    p.assert_equal()
+    with p.dst.read() as s:
+        rid = s.scalar(select(Replica.id))
+        assert ReplicaFolders(s, rid).names() == {"INBOX", "A", "B"} == set(p.standby.box("alice"))
