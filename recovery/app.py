@@ -26,9 +26,10 @@ from mailrepl.recovery.redirect import Redirect
 from mailrepl.recovery.site import KeyedLocks
 from mailrepl.recovery.site_api import redirect_router, site_admin_router, site_ingest_router
 from mailrepl.recovery.source_access import SourceAccess
-from mailrepl.recovery.standby_check import ResyncRequests, standby_damage
+from mailrepl.recovery.replay_pass import ReplayPass
+from mailrepl.recovery.standby_check import ResyncRequests
 from mailrepl.recovery.status_extras import StatusExtras
-from mailrepl.recovery.standby_view import StandbyView, is_fresh
+from mailrepl.recovery.standby_view import StandbyView
 from mailrepl.recovery.verify_listing import StandbyListing, verify_ingest_router
 from mailrepl.shared.adapters.factory import make_adapter
 from mailrepl.shared.runtime.background import Background
@@ -98,7 +99,7 @@ class RecoveryGateway:
         # standby copies changed behind our back: found by the replay workers, resynced by the source
         self.resyncs = ResyncRequests()
         self.check_interval = g.standby_check_interval
-        self._checked: dict[int, float] = {}  # replica id -> when its standby copy was last checked
+        self.passes = ReplayPass(self.store, self.replay, self.view, self.resyncs)
         self.workers = MailboxWorkers(
             "replay", self._jobs, workers=g.workers, poll_interval=1.0, on_error=self._record_error,
             release_sessions=True,
@@ -187,7 +188,7 @@ class RecoveryGateway:
                 Replica.site_state == SiteState.REPLICATING.value))
             now = time.monotonic()
             # nothing to apply: the standby copy is still checked now and then
-            rows += [r for r in idle if r[0] not in busy and now - self._checked.setdefault(r[0], now)
+            rows += [r for r in idle if r[0] not in busy and now - self.passes.checked.setdefault(r[0], now)
                      >= self.check_interval]
         jobs = []
         for rid, target, address in rows:
@@ -200,20 +201,9 @@ class RecoveryGateway:
 
     def _replay(self, rid: int, session) -> None:
         with self.locks(rid):
-            with self.store.read() as s:
-                rep = s.get(Replica, rid)
-                if rep.site_state != SiteState.REPLICATING.value:
-                    return  # cutting over (the cutover drains) or users are on the standby
-                view_fresh = is_fresh(rep)
-            self._check_standby(rid, session, view_fresh)
-            report = self.replay.replay(rid, session)
-            if report.last_reset_seq:
-                self.resyncs.reset_applied(rid, report.last_reset_seq)
-            with self.store.read() as s:
-                fresh = is_fresh(s.get(Replica, rid))
-            if not fresh:
-                # what the pass wrote is the view's delta where the view was current before it
-                self.view.refresh(rid, session, report.journal if view_fresh else None)
+            report = self.passes.run(rid, session)
+        if report is None:
+            return
         with self.store.read() as s:
             error = s.get(Replica, rid).error
         if error and not error.startswith("conflict"):  # written only when there is one to clear
@@ -223,15 +213,6 @@ class RecoveryGateway:
                     rep.error = None
         if report.applied:
             log.debug("replica %s: applied %d", rid, report.applied)
-
-    def _check_standby(self, rid: int, session, view_fresh: bool) -> None:
-        """Was the standby copy changed behind our back (``mailrepl.recovery.standby_check``)?"""
-        live = session.list_folders()
-        self._checked[rid] = time.monotonic()
-        with self.store.read() as s:
-            damaged = standby_damage(s, rid, live, view_fresh=view_fresh, use_fid=session.features.folder_id)
-            if damaged:
-                self.resyncs.want(s.get(Replica, rid), damaged)
 
     # ------------------------------------------------------------------ cutover / failback
 

@@ -266,6 +266,7 @@ class HeldReplay(ReplayEngine):
         return report
 
     def _advance(self, s, rid: int, g: Group, report: ReplayReport, skip_states=frozenset()) -> None:
+        self._note_folders(s, rid, g)
         seqs = [seq for seq, _ in g.items if seq not in skip_states]
         if seqs:
             done = s.execute(update(InboxRow).where(InboxRow.replica_id == rid, InboxRow.seq.in_(seqs),

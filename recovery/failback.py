@@ -30,7 +30,7 @@ from sqlalchemy import delete, select
 from mailrepl.shared.engines.batch_builder import BatchBuilder
 from mailrepl.recovery.site import KeyedLocks, apply_action
 from mailrepl.shared.adapters.base import MailboxSession
-from mailrepl.shared.capture_state import CaptureState, aliases, drop_aliases, rebuild_from_catalog
+from mailrepl.shared.capture_state import CaptureState, ReplicaFolders, aliases, drop_aliases, rebuild_from_catalog
 from mailrepl.shared.engines.capture import CaptureEngine
 from mailrepl.shared.errors import IllegalTransition, MailreplError
 from mailrepl.shared.model import Change, utcnow
@@ -38,7 +38,7 @@ from mailrepl.shared.site_state import SiteState
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.outbox import drop_unreferenced_bodies
 from mailrepl.shared.store.models import (
-    InboxRow, Mailbox, Orphan, OutboxRow, Replica,
+    FolderState, InboxRow, Mailbox, Orphan, OutboxRow, Replica,
     ReplayIntent, SiteTransition,
 )
 from mailrepl.shared.protocol.wire import Batch, Segment
@@ -290,6 +290,8 @@ class FailbackService:
                 id_of = {dr_mid: src for src, dr_mid in born}
                 id_of.update(aliases(s, dr.id))
                 mapped = rebuild_from_catalog(s, rid, dr.id, id_of)
+                # the standby copy's folders are the DR capture's now (users may have made or removed some)
+                ReplicaFolders(s, rid).replace(s.scalars(select(FolderState.name).where(FolderState.mailbox_id == dr.id)))
                 for model in (Orphan, ReplayIntent, InboxRow):
                     s.execute(delete(model).where(model.replica_id == rid))
                 shas = set(s.scalars(select(OutboxRow.sha256).where(OutboxRow.mailbox_id == dr.id,

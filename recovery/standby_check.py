@@ -1,12 +1,18 @@
 """Finding a standby copy changed behind the replayer's back, and asking for its resync.
 
 While a mailbox replicates, only the replayer writes its standby copy, so the id map (every
-message written, by folder, UIDVALIDITY and UID) and the standby view (the folders as the
-replayer left them) describe the copy exactly. A folder the id map has messages in that is gone,
-has another UIDVALIDITY or holds, by the id map, a UID it has not given yet (recreated with its
-old UIDVALIDITY), or, when the view matches everything applied, a folder of the view that is gone
-or was recreated, means someone else changed the copy: a mailbox or folder wiped or restored on
-the standby. Nothing written there can be trusted to be where the id map says.
+message written, by folder, UIDVALIDITY and UID), the replica's folder record (every folder the
+applied changes say the copy has, empty ones included: ``capture_state.replica_folders``) and
+the standby view (the folders as the replayer left them) describe the copy exactly. A folder the
+id map has messages in that is gone, has another UIDVALIDITY or holds, by the id map, a UID it
+has not given yet (recreated with its old UIDVALIDITY); a folder of the record that is gone; or,
+when the view matches everything applied, a folder of the view that is gone or was recreated,
+means someone else changed the copy: a mailbox or folder wiped or restored on the standby.
+Nothing written there can be trusted to be where the id map says.
+
+The record does not depend on when the damage happened: the view is rebuilt from the copy as it
+is after each pass, so a folder removed while a pass ran (after it was created or reset, before
+the pass ended) is missing from the view too, and an empty folder has nothing in the id map.
 
 The repair is a resync from the primary, which holds the truth: the recovery gateway lists the
 mailbox in its answer to ``GET /api/v1/ingest/sites`` (``resync``, with a token), the source
@@ -15,11 +21,13 @@ gateway resets the capture of every folder of that mailbox (``FOLDER_RESET`` …
 internal date, in a folder of the same UIDVALIDITY), writes the rest again and removes what
 should not be there. Bodies do not cross the WAN again: the recovery gateway still holds them.
 
-A request stays until a folder reset of the source later than the request has been applied; it
-is kept in memory (a restart finds the damage again from the id map).
+A request stays until a folder reset of the source later than the request has been applied (the
+pass that applied it checks the copy again: damaged anew while it ran, it is asked for again);
+it is kept in memory (a restart finds the damage again from the id map and the folder record).
 """
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Sequence
@@ -27,8 +35,9 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 
 from mailrepl.shared.adapters.base import FolderInfo
-from mailrepl.shared.capture_state import known_folders, pair_folders
-from mailrepl.shared.store.models import IdMapEntry, Mailbox, Replica
+from mailrepl.shared.capture_state import ReplicaFolders, known_folders, pair_folders
+from mailrepl.shared.model import Change, Kind
+from mailrepl.shared.store.models import IdMapEntry, InboxRow, Mailbox, Replica
 
 __all__ = ["ResyncRequests", "standby_damage"]
 
@@ -44,6 +53,8 @@ def standby_damage(s, rid: int, live: Sequence[FolderInfo], *, view_fresh: bool,
         select(IdMapEntry.folder, IdMapEntry.uidvalidity, func.max(IdMapEntry.uid))
         .where(IdMapEntry.replica_id == rid).group_by(IdMapEntry.folder, IdMapEntry.uidvalidity))
         if (f := by_name.get(folder)) is None or f.uidvalidity != uv or 0 < f.uidnext <= top}
+    # a folder the applied changes say the copy has (empty ones included) that is gone
+    damaged |= ReplicaFolders(s, rid).names() - by_name.keys()
     if view_fresh:
         rep = s.get(Replica, rid)
         mbx_id = s.scalar(select(Mailbox.id).where(Mailbox.server == rep.server, Mailbox.address == rep.address))
@@ -51,7 +62,19 @@ def standby_damage(s, rid: int, live: Sequence[FolderInfo], *, view_fresh: bool,
             matches, deleted = pair_folders(known_folders(s, mbx_id), live, use_fid)
             damaged |= {k.name for k in deleted}
             damaged |= {m.known.name for m in matches if m.identity_changed}
-    return sorted(damaged)
+    # the next change to apply may be done on the server already (the process stopped before its
+    # bookkeeping): a folder it renames or deletes, and their subfolders, may be gone by right
+    gone = _maybe_gone(s, rid)
+    return sorted(f for f in damaged if gone is None or not (f == gone or f.startswith(gone + "/")))
+
+
+def _maybe_gone(s, rid: int) -> str | None:
+    rep = s.get(Replica, rid)
+    text = s.scalar(select(InboxRow.change).where(InboxRow.replica_id == rid, InboxRow.seq == rep.applied_seq + 1))
+    if text is None:
+        return None
+    ch = Change.from_dict(json.loads(text))
+    return ch.folder if ch.kind in (Kind.FOLDER_RENAME, Kind.FOLDER_DELETE) else None
 
 
 class ResyncRequests:

@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 from sqlalchemy import delete, select, update
 
 from mailrepl.shared.adapters.base import AppendItem, MailboxSession
-from mailrepl.shared.capture_state import IdMap, MapEntry
+from mailrepl.shared.capture_state import IdMap, MapEntry, ReplicaFolders
 from mailrepl.shared.content.bodies import BodyCorrupt, BodyStore
 from mailrepl.shared.errors import FolderNotFound, MessageRejected, StoreError
 from mailrepl.shared.model import Change, Kind, parse_internaldate, utcnow
@@ -69,6 +69,7 @@ _INBOX = InboxRow.__table__  # Core: rows are read as tuples
 DEFAULT_APPEND_BATCH = 100
 DEFAULT_APPEND_BYTES = 8 * 1024 * 1024
 _GROUPABLE = (Kind.MSG_ADD, Kind.MSG_EXPUNGE, Kind.MSG_FLAGS, Kind.MSG_MOVE)
+_WRITES_INTO = (Kind.MSG_ADD, Kind.MSG_REPLACE, Kind.MSG_MOVE, Kind.FOLDER_RESET)  # a folder the copy has
 # (replica id, the next contiguous changes) -> (how many of them may be played now, the sequence
 # numbers among those to set aside instead)
 Gate = Callable[[int, Sequence[tuple[int, Change]]], tuple[int, frozenset[int]]]
@@ -161,6 +162,9 @@ class ReplayEngine:
         self.window = window
         self.keep_unknown = keep_unknown  # folder deletes keep messages and subfolders the id map does not know
         self.gate = gate  # which received changes are eligible now (see the module docstring)
+        # replica id -> folders this pass found in, or wrote to, the replica's folder record
+        # (forgotten at the start of each pass: the record may be rewritten between passes)
+        self._recorded: dict[int, set[str]] = {}
 
     # ------------------------------------------------------------------ driver
 
@@ -169,6 +173,7 @@ class ReplayEngine:
         ``report`` (filled in place) tells what was done even if a later change fails."""
         report = ReplayReport() if report is None else report
         dates: Dates = {}  # read once a pass
+        self._recorded.pop(replica_id, None)
         self._reconcile(replica_id, session, report)
         while True:
             with self.store.read() as s:
@@ -266,7 +271,9 @@ class ReplayEngine:
         elif k == Kind.FOLDER_RESET:
             report.journal.void()
             if session.folder_info(g.folder) is None:  # gone here too (wiped): an empty folder stays a folder
-                session.create_folder(g.folder)
+                with self.store.read() as s:  # and a special folder stays one
+                    special_use = ReplicaFolders(s, rid).special_use(g.folder)
+                session.create_folder(g.folder, special_use)
             report.last_reset_seq = g.last_seq
             with self.store.tx(durable=False) as s:
                 for e in IdMap(s, rid).take_folder(g.folder):
@@ -552,6 +559,7 @@ class ReplayEngine:
             self._advance(s, rid, g, report)
 
     def _advance(self, s, rid: int, g: Group, report: ReplayReport, skip_states=frozenset()) -> None:
+        self._note_folders(s, rid, g)
         rep = s.get(Replica, rid)
         if rep.applied_seq != g.first_seq - 1:
             raise StoreError(f"replica {rid}: applied {rep.applied_seq}, group starts at {g.first_seq}", retryable=False)
@@ -564,6 +572,27 @@ class ReplayEngine:
             .values(state="applied")
         )
         report.applied += len(g.items)
+
+
+    def _note_folders(self, s, rid: int, g: Group) -> None:
+        """The folders the server's copy must have now, as the group's changes say (flag changes
+        and expunges say nothing new). A folder written into that this pass has already seen
+        recorded is not looked up again: one lookup per folder and pass, not per group."""
+        if g.kind in (Kind.MSG_FLAGS, Kind.MSG_EXPUNGE, Kind.FOLDER_RESET_DONE):
+            return
+        seen = self._recorded.setdefault(rid, set())
+        first = g.items[0][1]
+        into = first.new_folder if g.kind == Kind.MSG_MOVE else g.folder
+        if g.kind in _WRITES_INTO:
+            if into in seen:
+                return
+            ReplicaFolders(s, rid).applied([first])  # the group's changes all name that folder
+        else:
+            ReplicaFolders(s, rid).applied(c for _, c in g.items)
+        if g.kind in (Kind.FOLDER_RENAME, Kind.FOLDER_DELETE):
+            seen.clear()
+        else:
+            seen.add(into)
 
 
 def _runs(changes: Sequence[tuple[int, Change]], held: frozenset[int]):

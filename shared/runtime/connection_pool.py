@@ -9,7 +9,9 @@ they never hold more than ``max_connections`` connections to that server:
   of another mailbox and opens in its place, else waits (at most ``wait_seconds``) for one to be
   given back. Still none: ``ServerBusy`` (retryable, with a back-off): the caller tries later.
 - ``close()`` of a handed-out session gives it back: kept idle for its mailbox's next job (at
-  most ``idle_seconds``), unless a call on it raised, which closes it for good.
+  most ``idle_seconds``), unless a call on it raised or its holder called ``discard()`` (it
+  saw something that makes the connection's view of the mailbox suspect), which closes it for
+  good.
 - A server that refuses or drops a new connection while others to it are open is at *its*
   limit, not down: the pool lowers its own limit to what the server took, waits a back-off
   before opening again, and raises the limit one step at a time after each later success. The
@@ -89,6 +91,10 @@ class _Lease:
         except BaseException:
             self._broken = True
             raise
+
+    def discard(self) -> None:
+        """Not to be reused: closed for good when given back."""
+        self._broken = True
 
     def close(self) -> None:
         if self._closed:

@@ -58,6 +58,7 @@ __all__ = [
     "InboxBody",
     "InboxPart",
     "IdMapEntry",
+    "ReplicaFolder",
     "ReplayIntent",
     "Orphan",
     "RejectedMessage",
@@ -258,6 +259,17 @@ class IdMapEntry(Base):
     uidvalidity: Mapped[int] = mapped_column(BigInteger, nullable=False)
     uid: Mapped[int] = mapped_column(BigInteger, nullable=False)
     sha256: Mapped[str] = mapped_column(String(64), nullable=False)
+
+
+class ReplicaFolder(Base):
+    """A folder the applied changes say the replica's copy has (``capture_state.replica_folders``):
+    empty folders included, which the id map cannot name."""
+
+    __tablename__ = "replica_folder"
+
+    replica_id: Mapped[int] = mapped_column(ForeignKey("replica.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(1000), primary_key=True)
+    special_use: Mapped[str | None] = mapped_column(String(200))  # space-separated, as it was created
 
 
 class ReplayIntent(Base):

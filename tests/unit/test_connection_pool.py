@@ -202,3 +202,16 @@ def test_push_connections_never_take_more_than_half():
         s.close()
     assert pool.stats().open == 2  # parked ones are closed, not kept idle
     pool.open_push("e").close()
+
+
+def test_a_discarded_connection_is_closed_when_given_back():
+    server = Server()
+    pool = PooledAdapter(server, 2)
+    s = pool.open("a")
+    assert s.list_folders() == ["INBOX"]
+    s.discard()  # its holder no longer trusts what it sees through it
+    s.close()
+    assert server.open_now == 0 and pool.stats().open == 0
+    s = pool.open("a")
+    s.close()
+    assert pool.open("a") is not None and server.opened == 2  # an undiscarded one is reused

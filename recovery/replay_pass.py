@@ -1,0 +1,70 @@
+"""One replay pass of a replicating mailbox, as the replay workers run it (the caller holds the
+mailbox's lock): the standby copy checked for damage (``mailrepl.recovery.standby_check``), the
+received changes applied, the resync requests a folder reset answers dropped, the standby view
+brought up to date.
+
+A pass that applied a folder reset checks the copy again before the view takes the copy as it
+is: a wipe that landed during the pass (after the reset of a folder recreated it, before the adds
+recreated the others) is asked for again at once, instead of being taken as the new normal by the
+view and found only by the next check.
+
+A connection through which damage was seen is not kept for the next pass: a server process
+logged in while the copy was being wiped can go on listing the copy as that process last saw it
+(its index files removed under it), so that every check through it would find the same folders
+missing, and every resync, written through it, would not bring them back.
+"""
+from __future__ import annotations
+
+import time
+
+from mailrepl.recovery.standby_check import ResyncRequests, standby_damage
+from mailrepl.recovery.standby_view import StandbyView, is_fresh
+from mailrepl.shared.engines.replay import ReplayEngine, ReplayReport
+from mailrepl.shared.site_state import SiteState
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.models import Replica
+
+__all__ = ["ReplayPass"]
+
+class ReplayPass:
+    def __init__(self, store: Store, replay: ReplayEngine, view: StandbyView, resyncs: ResyncRequests) -> None:
+        self.store = store
+        self.replay = replay
+        self.view = view
+        self.resyncs = resyncs
+        self.checked: dict[int, float] = {}  # replica id -> when its standby copy was last checked (monotonic)
+
+    def run(self, rid: int, session) -> ReplayReport | None:
+        """One pass of replica ``rid`` through its standby ``session``; None if it does not
+        replicate (cutting over: the cutover drains; or users are on the standby)."""
+        with self.store.read() as s:
+            rep = s.get(Replica, rid)
+            if rep.site_state != SiteState.REPLICATING.value:
+                return None
+            view_fresh = is_fresh(rep)
+        self.check(rid, session, view_fresh=view_fresh)
+        report = self.replay.replay(rid, session)
+        if report.last_reset_seq:
+            self.resyncs.reset_applied(rid, report.last_reset_seq)
+            self.check(rid, session, view_fresh=False)  # what the reset answered may be damaged again
+        with self.store.read() as s:
+            fresh = is_fresh(s.get(Replica, rid))
+        if not fresh:
+            # what the pass wrote is the view's delta where the view was current before it
+            self.view.refresh(rid, session, report.journal if view_fresh else None)
+        return report
+
+    def check(self, rid: int, session, *, view_fresh: bool) -> list[str]:
+        """Was the standby copy changed behind our back? If so, a resync is asked for; returns
+        the damaged folders."""
+        live = session.list_folders()
+        self.checked[rid] = time.monotonic()
+        with self.store.read() as s:
+            damaged = standby_damage(s, rid, live, view_fresh=view_fresh, use_fid=session.features.folder_id)
+            if damaged:
+                self.resyncs.want(s.get(Replica, rid), damaged)
+        if damaged and (discard := getattr(session, "discard", None)) is not None:
+            # a server process that lived through the wipe may keep seeing the copy as it was
+            # (Dovecot: index files removed under it): the next pass reads it through a new one
+            discard()
+        return damaged
