@@ -205,15 +205,19 @@ class RecoveryGateway:
                 if rep.site_state != SiteState.REPLICATING.value:
                     return  # cutting over (the cutover drains) or users are on the standby
                 view_fresh = is_fresh(rep)
-            self._check_standby(rid, session, view_fresh)
-            report = self.replay.replay(rid, session)
+            live = session.list_folders()  # the pass's one LIST: the check, replay and the view read it
+            self._check_standby(rid, session, view_fresh, live)
+            report = self.replay.replay(rid, session, listing=live)
             if report.last_reset_seq:
                 self.resyncs.reset_applied(rid, report.last_reset_seq)
             with self.store.read() as s:
                 fresh = is_fresh(s.get(Replica, rid))
             if not fresh:
                 # what the pass wrote is the view's delta where the view was current before it
-                self.view.refresh(rid, session, report.journal if view_fresh else None)
+                if view_fresh:
+                    self.view.refresh(rid, session, report.journal, live)
+                else:
+                    self.view.refresh(rid, session)
         with self.store.read() as s:
             error = s.get(Replica, rid).error
         if error and not error.startswith("conflict"):  # written only when there is one to clear
@@ -224,9 +228,9 @@ class RecoveryGateway:
         if report.applied:
             log.debug("replica %s: applied %d", rid, report.applied)
 
-    def _check_standby(self, rid: int, session, view_fresh: bool) -> None:
-        """Was the standby copy changed behind our back (``mailrepl.recovery.standby_check``)?"""
-        live = session.list_folders()
+    def _check_standby(self, rid: int, session, view_fresh: bool, live) -> None:
+        """Was the standby copy (``live``: as listed now) changed behind our back
+        (``mailrepl.recovery.standby_check``)?"""
         self._checked[rid] = time.monotonic()
         with self.store.read() as s:
             damaged = standby_damage(s, rid, live, view_fresh=view_fresh, use_fid=session.features.folder_id)

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import logging
 
+from collections.abc import Sequence
+
 from sqlalchemy import select
 
-from mailrepl.shared.adapters.base import MailboxSession
+from mailrepl.shared.adapters.base import FolderInfo, MailboxSession
 from mailrepl.shared.capture_state import (
     Fresh, FolderListing, IdMap, apply_rebuild, known_folders, pair_folders, plan_rebuild,
 )
@@ -47,14 +49,17 @@ class StandbyView:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def refresh(self, rid: int, session: MailboxSession, journal: PassJournal | None = None) -> int:
+    def refresh(self, rid: int, session: MailboxSession, journal: PassJournal | None = None,
+                listed: Sequence[FolderInfo] | None = None) -> int:
         """Bring the view of replica ``rid`` up to date with its standby copy as it is now (the
         caller holds the mailbox's lock: nothing writes the copy meanwhile). Returns how many
         folders had to be read.
 
         ``journal``: what the replay pass just made wrote, when the view was current before it;
-        a folder the pass only appended to is then catalogued from it, not read back
-        (``mailrepl.shared.engines.replay_journal`` says when it may be)."""
+        a folder the pass appended to, stored flags in or expunged from is then catalogued from
+        it, not read back (``mailrepl.shared.engines.replay_journal`` says when it may be).
+        ``listed``: the copy's folders as listed at the start of that pass; with an exact
+        journal, only the folders the pass wrote are listed again (one folder each), not all."""
         with self.store.read() as s:
             rep = s.get(Replica, rid)
             server, address, applied = rep.server, rep.address, rep.applied_seq
@@ -63,7 +68,7 @@ class StandbyView:
             counts: dict[int, int | None] = (
                 dict(s.execute(select(FolderState.id, FolderState.messages).where(FolderState.mailbox_id == mbx_id)).all())
                 if journal is not None and mbx_id else {})
-        live = session.list_folders()
+        live = _listed_now(session, journal, listed)
         matches, deleted = pair_folders(known, live, session.features.folder_id)
         listings: list[FolderListing] = []
         complete, read = True, 0
@@ -89,11 +94,13 @@ class StandbyView:
             listings.append(FolderListing(m, delta, reset))
         with self.store.tx(durable=False) as s:  # lost in a power failure: refreshed again
             mbx = _mailbox(s, server, address)
-            ids = IdMap(s, rid).shas_at({x.match.info.name: [m.uid for m in x.delta.new]
-                                         for x in listings if x.delta is not None and x.delta.new})
+            known_shas = journal.shas if journal is not None else {}
+            unknown = {x.match.info.name: uids for x in listings if x.delta is not None
+                       if (uids := [m.uid for m in x.delta.new if (x.match.info.name, m.uid) not in known_shas])}
+            ids = IdMap(s, rid).shas_at(unknown) if unknown else {}
 
             def identify(folder, meta):
-                sha = ids.get((folder, meta.uid))
+                sha = known_shas.get((folder, meta.uid)) or ids.get((folder, meta.uid))
                 return Fresh(sha) if sha is not None else None
 
             plan = plan_rebuild(listings, deleted, identify)
@@ -105,6 +112,26 @@ class StandbyView:
                 log.info("%s: %d message(s) in %r on the standby that replay did not write; captured as new "
                          "after a cutover", address, len(out.pending), out.name)
         return read
+
+
+def _listed_now(session: MailboxSession, journal: PassJournal | None,
+                listed: Sequence[FolderInfo] | None) -> list[FolderInfo]:
+    """The copy's folders now: the listing at the start of the pass with the folders the pass
+    wrote listed again, where the journal says that no folder came or went; else a full LIST."""
+    if listed is None or journal is None or not journal.exact:
+        return session.list_folders()
+    written = journal.written()
+    names = {f.name for f in listed}
+    if not written <= names:
+        return session.list_folders()
+    out = []
+    for f in listed:
+        if f.name in written:
+            f = session.folder_info(f.name)
+            if f is None:  # gone meanwhile: read everything
+                return session.list_folders()
+        out.append(f)
+    return out
 
 
 def _mailbox(s, server: str, address: str) -> Mailbox:
