@@ -211,15 +211,14 @@ class RecoveryGateway:
             if report.last_reset_seq:
                 self.resyncs.reset_applied(rid, report.last_reset_seq)
             with self.store.read() as s:
-                fresh = is_fresh(s.get(Replica, rid))
+                rep = s.get(Replica, rid)
+                fresh, error = is_fresh(rep), rep.error
             if not fresh:
                 # what the pass wrote is the view's delta where the view was current before it
                 if view_fresh:
                     self.view.refresh(rid, session, report.journal, live)
                 else:
                     self.view.refresh(rid, session)
-        with self.store.read() as s:
-            error = s.get(Replica, rid).error
         if error and not error.startswith("conflict"):  # written only when there is one to clear
             with self.store.tx(durable=False) as s:
                 rep = s.get(Replica, rid)
