@@ -28,7 +28,7 @@ from mailrepl.recovery.site_api import redirect_router, site_admin_router, site_
 from mailrepl.recovery.source_access import SourceAccess
 from mailrepl.recovery.standby_check import ResyncRequests, standby_damage
 from mailrepl.recovery.status_extras import StatusExtras
-from mailrepl.recovery.standby_view import StandbyView, is_fresh
+from mailrepl.recovery.standby_view import StandbyView, is_fresh, view_state
 from mailrepl.recovery.verify_listing import StandbyListing, verify_ingest_router
 from mailrepl.shared.adapters.factory import make_adapter
 from mailrepl.shared.runtime.background import Background
@@ -200,25 +200,26 @@ class RecoveryGateway:
 
     def _replay(self, rid: int, session) -> None:
         with self.locks(rid):
+            live = session.list_folders()  # the pass's one LIST: the check, replay and the view read it
             with self.store.read() as s:
                 rep = s.get(Replica, rid)
                 if rep.site_state != SiteState.REPLICATING.value:
                     return  # cutting over (the cutover drains) or users are on the standby
                 view_fresh = is_fresh(rep)
-            live = session.list_folders()  # the pass's one LIST: the check, replay and the view read it
-            self._check_standby(rid, session, view_fresh, live)
+                self._check_standby(s, rid, session, view_fresh, live)
             report = self.replay.replay(rid, session, listing=live)
             if report.last_reset_seq:
                 self.resyncs.reset_applied(rid, report.last_reset_seq)
             with self.store.read() as s:
                 rep = s.get(Replica, rid)
                 fresh, error = is_fresh(rep), rep.error
+                state = None if fresh else view_state(s, rid, with_counts=view_fresh)
             if not fresh:
                 # what the pass wrote is the view's delta where the view was current before it
                 if view_fresh:
-                    self.view.refresh(rid, session, report.journal, live)
+                    self.view.refresh(rid, session, report.journal, live, state)
                 else:
-                    self.view.refresh(rid, session)
+                    self.view.refresh(rid, session, state=state)
         if error and not error.startswith("conflict"):  # written only when there is one to clear
             with self.store.tx(durable=False) as s:
                 rep = s.get(Replica, rid)
@@ -227,14 +228,13 @@ class RecoveryGateway:
         if report.applied:
             log.debug("replica %s: applied %d", rid, report.applied)
 
-    def _check_standby(self, rid: int, session, view_fresh: bool, live) -> None:
+    def _check_standby(self, s, rid: int, session, view_fresh: bool, live) -> None:
         """Was the standby copy (``live``: as listed now) changed behind our back
-        (``mailrepl.recovery.standby_check``)?"""
+        (``mailrepl.recovery.standby_check``)? ``s``: a reading session of the state store."""
         self._checked[rid] = time.monotonic()
-        with self.store.read() as s:
-            damaged = standby_damage(s, rid, live, view_fresh=view_fresh, use_fid=session.features.folder_id)
-            if damaged:
-                self.resyncs.want(s.get(Replica, rid), damaged)
+        damaged = standby_damage(s, rid, live, view_fresh=view_fresh, use_fid=session.features.folder_id)
+        if damaged:
+            self.resyncs.want(s.get(Replica, rid), damaged)
 
     # ------------------------------------------------------------------ cutover / failback
 

@@ -6,9 +6,14 @@ The view is the DR capture state of the mailbox (its ``mailbox`` row, ``folder_s
 runs mailboxes that are active at DR or failing back, and a dormant row has nothing to ship.
 
 After each replay pass the replay worker calls :meth:`StandbyView.refresh` on the same session,
-under the same per-mailbox lock: one LIST (with STATUS) of the standby copy and, for each folder
+under the same per-mailbox lock: the standby copy's folders as they are now and, for each folder
 whose state moved since the view last saw it, the delta since the view's cursor (QRESYNC), so
-each message the replayer wrote is read once, as metadata (flags, size, GUID). Every standby
+each message the replayer wrote is read once, as metadata (flags, size, GUID). When the view
+was current before the pass, the folders are the pass's own LIST (made at its start, for the
+standby check and replay too) with only the folders the pass wrote listed again, and a folder
+whose changes the pass's journal knows (appends, flags stored, expunges) is not read back
+(``mailrepl.shared.engines.replay_journal``); a pass that created, renamed, deleted or reset a
+folder makes the view list the whole copy and read back what moved. Every standby
 message the id map knows is catalogued (its DR id is aliased to the source's id when the cutover
 switches the view on: the id map may change without the standby changing, when a reset folder's
 messages are claimed again); one it does not know (never the case while only the replayer
@@ -21,23 +26,45 @@ applied sequence number the view matches; a cutover reads the standby only if it
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import select
 
 from mailrepl.shared.adapters.base import FolderInfo, MailboxSession
 from mailrepl.shared.capture_state import (
-    Fresh, FolderListing, IdMap, apply_rebuild, known_folders, pair_folders, plan_rebuild,
+    Fresh, FolderListing, IdMap, KnownFolder, apply_rebuild, known_folders, pair_folders, plan_rebuild,
 )
 from mailrepl.shared.errors import CursorInvalid, FolderNotFound
 from mailrepl.shared.store import Store
 from mailrepl.shared.engines.replay_journal import PassJournal
 from mailrepl.shared.store.models import FolderState, Mailbox, Replica
 
-__all__ = ["StandbyView", "is_fresh"]
+__all__ = ["StandbyView", "ViewState", "is_fresh", "view_state"]
 
 log = logging.getLogger("mailrepl.standby_view")
+
+
+@dataclass(frozen=True)
+class ViewState:
+    """The view of one replica as read before a refresh."""
+
+    server: str
+    address: str
+    applied: int  # the applied sequence number the refreshed view will match
+    known: list[KnownFolder]
+    counts: dict[int, int | None]  # folder row -> message count (only where a journal is used)
+
+
+def view_state(s, rid: int, *, with_counts: bool) -> ViewState:
+    """Read the view of replica ``rid`` in the caller's reading session ``s``."""
+    rep = s.get(Replica, rid)
+    server, address = rep.server, rep.address
+    mbx_id = s.scalar(select(Mailbox.id).where(Mailbox.server == server, Mailbox.address == address))
+    known = known_folders(s, mbx_id) if mbx_id else []
+    counts = (dict(s.execute(select(FolderState.id, FolderState.messages).where(FolderState.mailbox_id == mbx_id)).all())
+              if with_counts and mbx_id else {})
+    return ViewState(server, address, rep.applied_seq, known, counts)
 
 
 def is_fresh(rep: Replica) -> bool:
@@ -50,7 +77,7 @@ class StandbyView:
         self.store = store
 
     def refresh(self, rid: int, session: MailboxSession, journal: PassJournal | None = None,
-                listed: Sequence[FolderInfo] | None = None) -> int:
+                listed: Sequence[FolderInfo] | None = None, state: ViewState | None = None) -> int:
         """Bring the view of replica ``rid`` up to date with its standby copy as it is now (the
         caller holds the mailbox's lock: nothing writes the copy meanwhile). Returns how many
         folders had to be read.
@@ -59,15 +86,13 @@ class StandbyView:
         a folder the pass appended to, stored flags in or expunged from is then catalogued from
         it, not read back (``mailrepl.shared.engines.replay_journal`` says when it may be).
         ``listed``: the copy's folders as listed at the start of that pass; with an exact
-        journal, only the folders the pass wrote are listed again (one folder each), not all."""
-        with self.store.read() as s:
-            rep = s.get(Replica, rid)
-            server, address, applied = rep.server, rep.address, rep.applied_seq
-            mbx_id = s.scalar(select(Mailbox.id).where(Mailbox.server == server, Mailbox.address == address))
-            known = known_folders(s, mbx_id) if mbx_id else []
-            counts: dict[int, int | None] = (
-                dict(s.execute(select(FolderState.id, FolderState.messages).where(FolderState.mailbox_id == mbx_id)).all())
-                if journal is not None and mbx_id else {})
+        journal, only the folders the pass wrote are listed again (one folder each), not all.
+        ``state``: the view as the caller just read it (:func:`view_state`), else read here."""
+        if state is None:
+            with self.store.read() as s:
+                state = view_state(s, rid, with_counts=journal is not None)
+        server, address, applied, known, counts = (state.server, state.address, state.applied, state.known,
+                                                   state.counts)
         live = _listed_now(session, journal, listed)
         matches, deleted = pair_folders(known, live, session.features.folder_id)
         listings: list[FolderListing] = []
