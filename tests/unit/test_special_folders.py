@@ -78,7 +78,7 @@ def test_parents_the_standby_makes_by_itself_are_hidden_while_empty_and_removed_
 
 
 def test_pairings_are_read_from_the_store_once_and_again_after_each_save(tmp_path):
-    server, store, adapter = standby(tmp_path)
+    _, store, adapter = standby(tmp_path)
     reads = []
     real_read = store.read
 
