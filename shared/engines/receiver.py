@@ -64,7 +64,9 @@ class Receiver:
         """Where every replica of ``source`` stands (asked every fraction of a second while
         anything waits to be applied): two reads whatever the number of replicas."""
         with self.store.read() as s:
-            reps = list(s.scalars(select(Replica).where(Replica.source_id == source)))
+            # rows, not ORM objects: only the fields of the answer
+            reps = s.execute(select(Replica.id, Replica.server, Replica.address, Replica.received_seq,
+                                    Replica.applied_seq, Replica.error).where(Replica.source_id == source)).all()
             rejected: dict[int, list[RejectedMessage]] = {}
             for r in s.scalars(select(RejectedMessage).join(Replica, Replica.id == RejectedMessage.replica_id)
                                .where(Replica.source_id == source).order_by(RejectedMessage.seq)):
