@@ -201,11 +201,10 @@ class RecoveryGateway:
 
     def _replay(self, rid: int, session) -> None:
         with self.locks(rid):
-            report = self.passes.run(rid, session)
-        if report is None:
+            done = self.passes.run(rid, session)
+        if done is None:
             return
-        with self.store.read() as s:
-            error = s.get(Replica, rid).error
+        report, error = done
         if error and not error.startswith("conflict"):  # written only when there is one to clear
             with self.store.tx(durable=False) as s:
                 rep = s.get(Replica, rid)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 
 from mailrepl.recovery.standby_check import ResyncRequests, standby_damage
-from mailrepl.recovery.standby_view import StandbyView, is_fresh
+from mailrepl.recovery.standby_view import StandbyView, is_fresh, view_state
 from mailrepl.shared.engines.replay import ReplayEngine, ReplayReport
 from mailrepl.shared.site_state import SiteState
 from mailrepl.shared.store import Store
@@ -34,37 +34,49 @@ class ReplayPass:
         self.resyncs = resyncs
         self.checked: dict[int, float] = {}  # replica id -> when its standby copy was last checked (monotonic)
 
-    def run(self, rid: int, session) -> ReplayReport | None:
-        """One pass of replica ``rid`` through its standby ``session``; None if it does not
-        replicate (cutting over: the cutover drains; or users are on the standby)."""
+    def run(self, rid: int, session) -> tuple[ReplayReport, str | None] | None:
+        """One pass of replica ``rid`` through its standby ``session``: its report and the
+        replica's error after it; None if it does not replicate (cutting over: the cutover
+        drains; or users are on the standby). The copy is listed once for the check, replay and
+        the view (again only where a folder reset or the journal says it must be)."""
+        live = session.list_folders()
         with self.store.read() as s:
             rep = s.get(Replica, rid)
             if rep.site_state != SiteState.REPLICATING.value:
                 return None
             view_fresh = is_fresh(rep)
-        self.check(rid, session, view_fresh=view_fresh)
-        report = self.replay.replay(rid, session)
+            self._check(s, rid, session, live, view_fresh=view_fresh)
+        report = self.replay.replay(rid, session, listing=live)
         if report.last_reset_seq:
             self.resyncs.reset_applied(rid, report.last_reset_seq)
             self.check(rid, session, view_fresh=False)  # what the reset answered may be damaged again
         with self.store.read() as s:
-            fresh = is_fresh(s.get(Replica, rid))
+            rep = s.get(Replica, rid)
+            fresh, error = is_fresh(rep), rep.error
+            state = None if fresh else view_state(s, rid, with_counts=view_fresh)
         if not fresh:
             # what the pass wrote is the view's delta where the view was current before it
-            self.view.refresh(rid, session, report.journal if view_fresh else None)
-        return report
+            if view_fresh:
+                self.view.refresh(rid, session, report.journal, live, state)
+            else:
+                self.view.refresh(rid, session, state=state)
+        return report, error
 
     def check(self, rid: int, session, *, view_fresh: bool) -> list[str]:
         """Was the standby copy changed behind our back? If so, a resync is asked for; returns
         the damaged folders."""
         live = session.list_folders()
-        self.checked[rid] = time.monotonic()
         with self.store.read() as s:
-            damaged = standby_damage(s, rid, live, view_fresh=view_fresh, use_fid=session.features.folder_id)
-            if damaged:
-                self.resyncs.want(s.get(Replica, rid), damaged)
-        if damaged and (discard := getattr(session, "discard", None)) is not None:
-            # a server process that lived through the wipe may keep seeing the copy as it was
-            # (Dovecot: index files removed under it): the next pass reads it through a new one
-            discard()
+            return self._check(s, rid, session, live, view_fresh=view_fresh)
+
+    def _check(self, s, rid: int, session, live, *, view_fresh: bool) -> list[str]:
+        """``check`` of the copy as listed (``live``), in the reading session ``s``."""
+        self.checked[rid] = time.monotonic()
+        damaged = standby_damage(s, rid, live, view_fresh=view_fresh, use_fid=session.features.folder_id)
+        if damaged:
+            self.resyncs.want(s.get(Replica, rid), damaged)
+            if (discard := getattr(session, "discard", None)) is not None:
+                # a server process that lived through the wipe may keep seeing the copy as it was
+                # (Dovecot: index files removed under it): the next pass reads it through a new one
+                discard()
         return damaged

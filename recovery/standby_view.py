@@ -6,9 +6,14 @@ The view is the DR capture state of the mailbox (its ``mailbox`` row, ``folder_s
 runs mailboxes that are active at DR or failing back, and a dormant row has nothing to ship.
 
 After each replay pass the replay worker calls :meth:`StandbyView.refresh` on the same session,
-under the same per-mailbox lock: one LIST (with STATUS) of the standby copy and, for each folder
+under the same per-mailbox lock: the standby copy's folders as they are now and, for each folder
 whose state moved since the view last saw it, the delta since the view's cursor (QRESYNC), so
-each message the replayer wrote is read once, as metadata (flags, size, GUID). Every standby
+each message the replayer wrote is read once, as metadata (flags, size, GUID). When the view
+was current before the pass, the folders are the pass's own LIST (made at its start, for the
+standby check and replay too) with only the folders the pass wrote listed again, and a folder
+whose changes the pass's journal knows (appends, flags stored, expunges) is not read back
+(``mailrepl.shared.engines.replay_journal``); a pass that created, renamed, deleted or reset a
+folder makes the view list the whole copy and read back what moved. Every standby
 message the id map knows is catalogued (its DR id is aliased to the source's id when the cutover
 switches the view on: the id map may change without the standby changing, when a reset folder's
 messages are claimed again); one it does not know (never the case while only the replayer
@@ -21,21 +26,45 @@ applied sequence number the view matches; a cutover reads the standby only if it
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from mailrepl.shared.adapters.base import MailboxSession
+from mailrepl.shared.adapters.base import FolderInfo, MailboxSession
 from mailrepl.shared.capture_state import (
-    Fresh, FolderListing, IdMap, apply_rebuild, known_folders, pair_folders, plan_rebuild,
+    Fresh, FolderListing, IdMap, KnownFolder, apply_rebuild, known_folders, pair_folders, plan_rebuild,
 )
 from mailrepl.shared.errors import CursorInvalid, FolderNotFound
 from mailrepl.shared.store import Store
 from mailrepl.shared.engines.replay_journal import PassJournal
 from mailrepl.shared.store.models import FolderState, Mailbox, Replica
 
-__all__ = ["StandbyView", "is_fresh"]
+__all__ = ["StandbyView", "ViewState", "is_fresh", "view_state"]
 
 log = logging.getLogger("mailrepl.standby_view")
+
+
+@dataclass(frozen=True)
+class ViewState:
+    """The view of one replica as read before a refresh."""
+
+    server: str
+    address: str
+    applied: int  # the applied sequence number the refreshed view will match
+    known: list[KnownFolder]
+    counts: dict[int, int | None]  # folder row -> message count (only where a journal is used)
+
+
+def view_state(s, rid: int, *, with_counts: bool) -> ViewState:
+    """Read the view of replica ``rid`` in the caller's reading session ``s``."""
+    rep = s.get(Replica, rid)
+    server, address = rep.server, rep.address
+    mbx_id = s.scalar(select(Mailbox.id).where(Mailbox.server == server, Mailbox.address == address))
+    known = known_folders(s, mbx_id) if mbx_id else []
+    counts = (dict(s.execute(select(FolderState.id, FolderState.messages).where(FolderState.mailbox_id == mbx_id)).all())
+              if with_counts and mbx_id else {})
+    return ViewState(server, address, rep.applied_seq, known, counts)
 
 
 def is_fresh(rep: Replica) -> bool:
@@ -47,23 +76,24 @@ class StandbyView:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def refresh(self, rid: int, session: MailboxSession, journal: PassJournal | None = None) -> int:
+    def refresh(self, rid: int, session: MailboxSession, journal: PassJournal | None = None,
+                listed: Sequence[FolderInfo] | None = None, state: ViewState | None = None) -> int:
         """Bring the view of replica ``rid`` up to date with its standby copy as it is now (the
         caller holds the mailbox's lock: nothing writes the copy meanwhile). Returns how many
         folders had to be read.
 
         ``journal``: what the replay pass just made wrote, when the view was current before it;
-        a folder the pass only appended to is then catalogued from it, not read back
-        (``mailrepl.shared.engines.replay_journal`` says when it may be)."""
-        with self.store.read() as s:
-            rep = s.get(Replica, rid)
-            server, address, applied = rep.server, rep.address, rep.applied_seq
-            mbx_id = s.scalar(select(Mailbox.id).where(Mailbox.server == server, Mailbox.address == address))
-            known = known_folders(s, mbx_id) if mbx_id else []
-            counts: dict[int, int | None] = (
-                dict(s.execute(select(FolderState.id, FolderState.messages).where(FolderState.mailbox_id == mbx_id)).all())
-                if journal is not None and mbx_id else {})
-        live = session.list_folders()
+        a folder the pass appended to, stored flags in or expunged from is then catalogued from
+        it, not read back (``mailrepl.shared.engines.replay_journal`` says when it may be).
+        ``listed``: the copy's folders as listed at the start of that pass; with an exact
+        journal, only the folders the pass wrote are listed again (one folder each), not all.
+        ``state``: the view as the caller just read it (:func:`view_state`), else read here."""
+        if state is None:
+            with self.store.read() as s:
+                state = view_state(s, rid, with_counts=journal is not None)
+        server, address, applied, known, counts = (state.server, state.address, state.applied, state.known,
+                                                   state.counts)
+        live = _listed_now(session, journal, listed)
         matches, deleted = pair_folders(known, live, session.features.folder_id)
         listings: list[FolderListing] = []
         complete, read = True, 0
@@ -89,11 +119,13 @@ class StandbyView:
             listings.append(FolderListing(m, delta, reset))
         with self.store.tx(durable=False) as s:  # lost in a power failure: refreshed again
             mbx = _mailbox(s, server, address)
-            ids = IdMap(s, rid).shas_at({x.match.info.name: [m.uid for m in x.delta.new]
-                                         for x in listings if x.delta is not None and x.delta.new})
+            known_shas = journal.shas if journal is not None else {}
+            unknown = {x.match.info.name: uids for x in listings if x.delta is not None
+                       if (uids := [m.uid for m in x.delta.new if (x.match.info.name, m.uid) not in known_shas])}
+            ids = IdMap(s, rid).shas_at(unknown) if unknown else {}
 
             def identify(folder, meta):
-                sha = ids.get((folder, meta.uid))
+                sha = known_shas.get((folder, meta.uid)) or ids.get((folder, meta.uid))
                 return Fresh(sha) if sha is not None else None
 
             plan = plan_rebuild(listings, deleted, identify)
@@ -105,6 +137,26 @@ class StandbyView:
                 log.info("%s: %d message(s) in %r on the standby that replay did not write; captured as new "
                          "after a cutover", address, len(out.pending), out.name)
         return read
+
+
+def _listed_now(session: MailboxSession, journal: PassJournal | None,
+                listed: Sequence[FolderInfo] | None) -> list[FolderInfo]:
+    """The copy's folders now: the listing at the start of the pass with the folders the pass
+    wrote listed again, where the journal says that no folder came or went; else a full LIST."""
+    if listed is None or journal is None or not journal.exact:
+        return session.list_folders()
+    written = journal.written()
+    names = {f.name for f in listed}
+    if not written <= names:
+        return session.list_folders()
+    out = []
+    for f in listed:
+        if f.name in written:
+            f = session.folder_info(f.name)
+            if f is None:  # gone meanwhile: read everything
+                return session.list_folders()
+        out.append(f)
+    return out
 
 
 def _mailbox(s, server: str, address: str) -> Mailbox:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
+from collections.abc import Sequence
 from typing import Callable
 
 from sqlalchemy import insert, select
@@ -60,19 +61,30 @@ class Receiver:
         return Ack(tuple(results))
 
     def progress(self, source: str) -> Ack:
+        """Where every replica of ``source`` stands (asked every fraction of a second while
+        anything waits to be applied): two reads whatever the number of replicas."""
         with self.store.read() as s:
-            reps = list(s.scalars(select(Replica).where(Replica.source_id == source)))
-            return Ack(tuple(self._result(s, rep, "ok") for rep in reps))
+            # rows, not ORM objects: only the fields of the answer
+            reps = s.execute(select(Replica.id, Replica.server, Replica.address, Replica.received_seq,
+                                    Replica.applied_seq, Replica.error).where(Replica.source_id == source)).all()
+            rejected: dict[int, list[RejectedMessage]] = {}
+            for r in s.scalars(select(RejectedMessage).join(Replica, Replica.id == RejectedMessage.replica_id)
+                               .where(Replica.source_id == source).order_by(RejectedMessage.seq)):
+                rejected.setdefault(r.replica_id, []).append(r)
+            return Ack(tuple(self._result(s, rep, "ok", rejected=rejected.get(rep.id, ())) for rep in reps))
 
     # ------------------------------------------------------------------ internals
 
-    def _result(self, s, rep: Replica, status: str, **kw) -> SegmentResult:
+    def _result(self, s, rep: Replica, status: str, rejected: Sequence[RejectedMessage] | None = None,
+                **kw) -> SegmentResult:
+        """``rejected``: the replica's rejected messages in sequence order, if the caller read them."""
+        if rejected is None:
+            rejected = s.scalars(
+                select(RejectedMessage).where(RejectedMessage.replica_id == rep.id).order_by(RejectedMessage.seq))
         rejected = tuple(
             {"seq": r.seq, "folder": r.folder, "reason": r.reason,
              **{k: v for k, v in (("message_id", r.message_id), ("subject", r.subject), ("date", r.msg_date)) if v}}
-            for r in s.scalars(
-                select(RejectedMessage).where(RejectedMessage.replica_id == rep.id).order_by(RejectedMessage.seq)
-            )
+            for r in rejected
         )
         return SegmentResult(
             server=rep.server, address=rep.address, status=status, acked=rep.received_seq,

@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 
 from sqlalchemy import delete, select, update
 
-from mailrepl.shared.adapters.base import AppendItem, MailboxSession
+from mailrepl.shared.adapters.base import AppendItem, FolderInfo, MailboxSession
 from mailrepl.shared.capture_state import IdMap, MapEntry, ReplicaFolders
 from mailrepl.shared.content.bodies import BodyCorrupt, BodyStore
 from mailrepl.shared.errors import FolderNotFound, MessageRejected, StoreError
@@ -168,10 +168,14 @@ class ReplayEngine:
 
     # ------------------------------------------------------------------ driver
 
-    def replay(self, replica_id: int, session: MailboxSession, report: ReplayReport | None = None) -> ReplayReport:
+    def replay(self, replica_id: int, session: MailboxSession, report: ReplayReport | None = None,
+               listing: Sequence[FolderInfo] = ()) -> ReplayReport:
         """Apply every received change that continues the applied sequence; stop at a gap.
-        ``report`` (filled in place) tells what was done even if a later change fails."""
+        ``report`` (filled in place) tells what was done even if a later change fails.
+        ``listing``: the copy's folders as listed just before, under the mailbox's lock (a
+        folder's UIDVALIDITY and UIDNEXT before the pass's first write into it, not asked again)."""
         report = ReplayReport() if report is None else report
+        report.journal.listed.update((f.name, f) for f in listing)
         dates: Dates = {}  # read once a pass
         self._recorded.pop(replica_id, None)
         self._reconcile(replica_id, session, report)
@@ -226,22 +230,16 @@ class ReplayEngine:
             self._apply_adds(rid, g, session, report, {} if dates is None else dates)
         elif k == Kind.MSG_EXPUNGE:
             entries = self._mapped(rid, [c.mid for _, c in g.items])
-            by_folder: dict[str, list[int]] = {}
-            for e in entries.values():
-                by_folder.setdefault(e.folder, []).append(e.uid)
-            report.journal.touch(by_folder)
-            for folder, uids in by_folder.items():
+            for (folder, uidvalidity), uids in _by_folder(entries.values()).items():
                 session.expunge(folder, uids)
+                report.journal.expunged(folder, uidvalidity, uids)
             self._done(rid, g, report, drop_mids=list(entries))
         elif k == Kind.MSG_FLAGS:
             entries = self._mapped(rid, [c.mid for _, c in g.items])
             flags = frozenset(g.items[0][1].flags or ())
-            by_folder = {}
-            for e in entries.values():
-                by_folder.setdefault(e.folder, []).append(e.uid)
-            report.journal.touch(by_folder)
-            for folder, uids in by_folder.items():
+            for (folder, uidvalidity), uids in _by_folder(entries.values()).items():
                 session.store_flags(folder, uids, flags)
+                report.journal.flags_stored(folder, uidvalidity, uids, flags)
             self._done(rid, g, report)
         elif k == Kind.MSG_MOVE:
             self._apply_moves(rid, g, session, report)
@@ -375,8 +373,9 @@ class ReplayEngine:
             AppendItem(bodies[c.sha256], frozenset(c.flags or ()), parse_internaldate(c.internaldate))
             for _, c in todo
         ]
-        info = session.folder_info(folder)
+        info = report.journal.listed_before(folder) or session.folder_info(folder)
         if info is None:
+            report.journal.void()  # a folder the listing at the start of the pass did not have
             session.create_folder(folder)
             info = session.folder_info(folder)
             if info is None:
@@ -415,8 +414,9 @@ class ReplayEngine:
         todo = {mid: e for mid, e in entries.items() if e.folder != dest}
         moved: dict[int, tuple[int, int]] = {}  # mid -> (uidvalidity, uid)
         if todo:
-            info = session.folder_info(dest)
+            info = report.journal.listed_before(dest) or session.folder_info(dest)
             if info is None:
+                report.journal.void()
                 session.create_folder(dest)
                 info = session.folder_info(dest)
             with self.store.tx() as s:
@@ -593,6 +593,14 @@ class ReplayEngine:
             seen.clear()
         else:
             seen.add(into)
+
+
+def _by_folder(entries) -> dict[tuple[str, int], list[int]]:
+    """(folder, UIDVALIDITY) -> the UIDs of ``entries`` there."""
+    out: dict[tuple[str, int], list[int]] = {}
+    for e in entries:
+        out.setdefault((e.folder, e.uidvalidity), []).append(e.uid)
+    return out
 
 
 def _runs(changes: Sequence[tuple[int, Change]], held: frozenset[int]):

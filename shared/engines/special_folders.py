@@ -34,26 +34,45 @@ __all__ = ["AliasedSession", "AliasingAdapter", "FolderAliases"]
 
 
 class FolderAliases:
-    """The recorded pairings of one standby server, per mailbox."""
+    """The recorded pairings of one standby server, per mailbox.
+
+    Read at every session opened on the standby (each replay pass opens one), written only
+    through :meth:`save`: what was read is kept in memory until a save of that mailbox, so a
+    pass reads no pairing from the state store. A read that overlapped a save is not kept."""
 
     def __init__(self, store: Store, server: str) -> None:
         self.store, self.server = store, server
         self._lock = threading.Lock()
+        self._known: dict[tuple[str, str], dict[str, str]] = {}  # (address, kind) -> pairings
+        self._saves = 0  # bumped by every save: a read begun before it is not kept
 
     def load(self, address: str, kind: str = "special") -> dict[str, str]:
+        key = (address, kind)
+        with self._lock:
+            known, saves = self._known.get(key), self._saves
+        if known is not None:
+            return dict(known)
         with self.store.read() as s:
-            rows = s.execute(select(FolderAlias.source_name, FolderAlias.standby_name).where(
-                FolderAlias.server == self.server, FolderAlias.address == address, FolderAlias.kind == kind)).all()
-        return dict(rows)
+            rows = dict(s.execute(select(FolderAlias.source_name, FolderAlias.standby_name).where(
+                FolderAlias.server == self.server, FolderAlias.address == address, FolderAlias.kind == kind)).all())
+        with self._lock:
+            if self._saves == saves:
+                self._known[key] = dict(rows)
+        return rows
 
     def save(self, address: str, source: str, standby: str | None, kind: str = "special") -> None:
         """Record ``source`` -> ``standby`` (None: forget ``source``)."""
-        with self._lock, self.store.tx() as s:
-            s.execute(delete(FolderAlias).where(FolderAlias.server == self.server, FolderAlias.address == address,
-                                                FolderAlias.source_name == source, FolderAlias.kind == kind))
-            if standby is not None:
-                s.add(FolderAlias(server=self.server, address=address, source_name=source, standby_name=standby,
-                                  kind=kind))
+        with self._lock:
+            try:
+                with self.store.tx() as s:
+                    s.execute(delete(FolderAlias).where(FolderAlias.server == self.server, FolderAlias.address == address,
+                                                        FolderAlias.source_name == source, FolderAlias.kind == kind))
+                    if standby is not None:
+                        s.add(FolderAlias(server=self.server, address=address, source_name=source,
+                                          standby_name=standby, kind=kind))
+            finally:  # committed or not, what was kept of this mailbox is read again
+                self._saves += 1
+                self._known.pop((address, kind), None)
 
 
 class AliasingAdapter:

@@ -552,3 +552,26 @@ def test_capture_streams_several_chunks_from_one_fetch_and_commits_each(tmp_path
         rid = s.scalar(select(Replica.id).where(Replica.address == "alice"))
     p.replay.replay(rid, p.standby.open("alice"))
     p.assert_equal()
+
+
+def test_progress_reports_each_replicas_own_rejected_messages_in_order(tmp_path):
+    store = open_store(f"sqlite:///{tmp_path}/dr.sqlite")
+    store.migrate()
+    with store.tx() as s:
+        reps = [Replica(source_id=src, server="primary", address=addr, target="standby", received_seq=5, applied_seq=5)
+                for src, addr in (("hq", "alice"), ("hq", "bob"), ("hq", "carol"), ("branch", "alice"))]
+        s.add_all(reps)
+        s.flush()
+        alice, bob, _, other = (r.id for r in reps)
+        for rid, seq, folder in ((bob, 4, "Work"), (alice, 3, "INBOX"), (bob, 2, "INBOX"), (other, 1, "Elsewhere")):
+            s.add(RejectedMessage(replica_id=rid, seq=seq, folder=folder, reason=f"refused {seq}",
+                                  subject="s" if seq == 4 else None))
+    ack = Receiver(store, BodyStore(store, BlobStore(tmp_path / "blobs")), lambda server: "standby").progress("hq")
+    by_address = {r.address: r.rejected for r in ack.results}
+    assert by_address == {
+        "alice": ({"seq": 3, "folder": "INBOX", "reason": "refused 3"},),
+        "bob": ({"seq": 2, "folder": "INBOX", "reason": "refused 2"},
+                {"seq": 4, "folder": "Work", "reason": "refused 4", "subject": "s"}),
+        "carol": (),
+    }
+    assert all(r.status == "ok" and r.acked == 5 and r.applied == 5 for r in ack.results)

@@ -59,3 +59,41 @@ def test_appends_that_do_not_chain_touch_the_folder():
     j = PassJournal()
     j.appended("INBOX", info(10, 5), AppendResult(7, ()), [add(1)])  # no APPENDUID
     assert "INBOX" in j.touched
+
+
+def test_flags_and_expunges_join_the_appends_in_the_folders_delta():
+    j = PassJournal()
+    j.flags_stored("INBOX", 7, [3, 4], frozenset({"\\Flagged"}))
+    j.appended("INBOX", info(10, 5), AppendResult(7, (10, 11, 12)), [add(1), add(2), add(3)])
+    j.flags_stored("INBOX", 7, [11], frozenset({"\\Seen"}))  # a message of this pass
+    j.expunged("INBOX", 7, [4, 12, 2])  # two old ones (one flagged before) and the last one appended
+    d = j.delta("INBOX", Cursor(7, 40, 10), 5, info(13, 5, modseq=60))  # 5 + 3 appended - 3 expunged
+    assert d is not None and d.cursor == Cursor(7, 60, 13)
+    assert d.vanished == (2, 4) and [(m.uid, m.flags) for m in d.changed] == [(3, frozenset({"\\Flagged"}))]
+    assert [(m.uid, m.flags) for m in d.new] == [(10, frozenset()), (11, frozenset({"\\Seen"}))]
+    assert j.shas[("INBOX", 11)] == add(2).sha256
+    assert j.delta("INBOX", Cursor(7, 40, 10), 5, info(13, 6)) is None  # one expunge did not happen
+    assert j.delta("INBOX", Cursor(7, 40, 10), 5, info(14, 5)) is None  # someone appended after us
+
+
+def test_flags_and_expunges_without_appends_keep_the_folders_uidnext():
+    j = PassJournal()
+    j.flags_stored("Work", 7, [3], frozenset())
+    j.expunged("Work", 7, [5])
+    d = j.delta("Work", Cursor(7, 40, 10), 5, FolderInfo("Work", "", 7, 10, 44, 4))
+    assert d is not None and d.vanished == (5,) and d.changed[0].uid == 3 and not d.new
+    assert j.delta("Work", Cursor(7, 40, 10), 5, FolderInfo("Work", "", 7, 11, 44, 5)) is None  # a new message
+    assert j.delta("Work", Cursor(7, 40, 5), 5, FolderInfo("Work", "", 7, 5, 44, 4)) is None  # UIDs not below the view's UIDNEXT
+    other = PassJournal()
+    other.flags_stored("Work", 7, [3], frozenset())
+    other.expunged("Work", 8, [5])  # the id map knew the folder under two UIDVALIDITYs
+    assert "Work" in other.touched and other.delta("Work", Cursor(7, 40, 10), 5, FolderInfo("Work", "", 7, 10, 44, 4)) is None
+
+
+def test_the_listing_before_the_pass_is_used_once_and_never_after_a_void():
+    j = PassJournal(listed={"INBOX": info(10, 5)})
+    assert j.listed_before("INBOX") == info(10, 5)
+    assert j.listed_before("INBOX") is None  # written since: ask the server
+    j = PassJournal(listed={"INBOX": info(10, 5)})
+    j.void()
+    assert j.listed_before("INBOX") is None

@@ -75,3 +75,26 @@ def test_parents_the_standby_makes_by_itself_are_hidden_while_empty_and_removed_
     assert "P" in {f.name for f in session.list_folders()}
     session.rename_folder("P/Q", "R")
     assert "P" in box  # not empty: kept
+
+
+def test_pairings_are_read_from_the_store_once_and_again_after_each_save(tmp_path):
+    _, store, adapter = standby(tmp_path)
+    reads = []
+    real_read = store.read
+
+    def counting_read():
+        reads.append(1)
+        return real_read()
+
+    store.read = counting_read
+    adapter.open("alice").create_folder("Sent Items", frozenset({"\\Sent"}))  # paired: saved
+    reads.clear()
+    for _ in range(3):  # a session per replay pass
+        assert adapter.open("alice").map == {"Sent Items": "Sent"}
+    assert len(reads) == 1  # the special pairings (saved since the first session read them), once
+    session = adapter.open("alice")
+    session.rename_folder("Sent Items", "Gesendet")  # a save: read again
+    assert adapter.open("alice").map == {"Gesendet": "Sent"}
+    assert FolderAliases(store, "standby").load("alice") == {"Gesendet": "Sent"}  # as stored
+    session.map["Elsewhere"] = "x"  # a session's own copy
+    assert adapter.open("alice").map == {"Gesendet": "Sent"}

@@ -170,12 +170,42 @@ def test_a_second_cutover_after_failback_starts_from_a_rebuilt_view(tmp_path):
     assert flags[b"Subject: first outage 1"] == {"\\Answered"} and b"Subject: between 2" not in flags
 
 
-def _replicate_one_pass(p: Sites):
+def _replicate_one_pass(p: Sites, listing=()):
     """Capture, ship, and one replay pass; its report (what the pass wrote)."""
     p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
     while p.shipper.ship_once():
         pass
-    return p.replay.replay(p.rid(), p.standby.open("alice"))
+    return p.replay.replay(p.rid(), p.standby.open("alice"), listing=listing)
+
+
+class CountingSession:
+    """A standby session that counts what it is asked: LISTs (all folders, one folder) and deltas."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.lists, self.infos, self.deltas = inner, 0, [], 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def list_folders(self):
+        self.lists += 1
+        return self.inner.list_folders()
+
+    def folder_info(self, folder):
+        self.infos.append(folder)
+        return self.inner.folder_info(folder)
+
+    def changes_since(self, folder, since):
+        self.deltas += 1
+        return self.inner.changes_since(folder, since)
+
+
+def _rebuilt_from_nothing(p: Sites, rid: int, view: StandbyView):
+    with p.dst.tx() as s:
+        s.execute(delete(Mailbox).where(Mailbox.address == "alice"))
+        s.get(Replica, rid).view_seq = None
+    view.refresh(rid, p.standby.open("alice"))
+    return view_of(p.dst)
 
 
 def _without_guids(view):
@@ -203,18 +233,55 @@ def test_a_pass_that_only_appended_is_catalogued_from_what_the_replayer_wrote(tm
         uid(p.standby, "INBOX", f"m body {i}".encode()) for i in range(6, 10)}
 
 
-def test_the_view_reads_a_folder_back_when_the_pass_did_more_than_append_or_someone_else_wrote(tmp_path):
+def test_flags_stored_and_messages_expunged_by_the_pass_are_catalogued_from_the_journal(tmp_path):
     p = seeded(tmp_path)
     rid, view = p.rid(), StandbyView(p.dst)
     view.refresh(rid, p.standby.open("alice"))
-    # a flag change in the same pass as an append: INBOX is read back, Work was not written
-    p.primary.deliver("alice", body(6))
+    # appends, a flag change of an old message and of a new one, an old and a new message expunged
+    for i in (6, 7, 8):
+        p.primary.deliver("alice", body(i))
     p.primary.set_flags("alice", "INBOX", uid(p.primary, "INBOX", b"m body 0"), {"\\Flagged"})
-    p.primary.deliver("alice", body(3, "work"), folder="Work")
-    report = _replicate_one_pass(p)
-    assert view.refresh(rid, p.standby.open("alice"), report.journal) == 1
-    cats = view_of(p.dst)[0]
+    p.primary.set_flags("alice", "INBOX", uid(p.primary, "INBOX", b"m body 6"), {"\\Seen", "$Done"})
+    p.primary.expunge("alice", "INBOX", [uid(p.primary, "INBOX", b"m body 1"), uid(p.primary, "INBOX", b"m body 7")])
+    p.primary.set_flags("alice", "Work", uid(p.primary, "Work", b"work body 1"), {"\\Answered"})
+    listing = p.standby.open("alice").list_folders()  # as the replay worker lists before a pass
+    report = _replicate_one_pass(p, listing)
+    assert report.applied and not report.journal.touched and report.journal.exact
+    standby = CountingSession(p.standby.open("alice"))
+    assert view.refresh(rid, standby, report.journal, listing) == 0  # nothing read back
+    # no LIST of the whole copy: only the folders the pass wrote, each listed once
+    assert standby.lists == 0 and sorted(standby.infos) == ["INBOX", "Work"] and standby.deltas == 0
+    from_journal = view_of(p.dst)
+    cats = from_journal[0]
     assert [c[2] for c in cats if c[0] == "INBOX" and c[1] == uid(p.standby, "INBOX", b"m body 0")] == ["\\Flagged"]
+    assert not any(c[0] == "INBOX" and c[1] == 2 for c in cats)  # m body 1 is gone
+    assert _without_guids(_rebuilt_from_nothing(p, rid, view)) == _without_guids(from_journal)
+
+
+def test_a_message_expunged_behind_the_replayers_back_makes_the_view_read_the_folder(tmp_path):
+    p = seeded(tmp_path)
+    rid, view = p.rid(), StandbyView(p.dst)
+    view.refresh(rid, p.standby.open("alice"))
+    p.standby.expunge("alice", "INBOX", [uid(p.standby, "INBOX", b"m body 2")])  # not by the replayer
+    p.primary.set_flags("alice", "INBOX", uid(p.primary, "INBOX", b"m body 0"), {"\\Flagged"})
+    listing = p.standby.open("alice").list_folders()
+    report = _replicate_one_pass(p, listing)
+    assert view.refresh(rid, p.standby.open("alice"), report.journal, listing) == 1  # counts do not add up
+    assert _without_guids(view_of(p.dst)) == _without_guids(_rebuilt_from_nothing(p, rid, view))
+
+
+def test_the_view_reads_a_folder_back_when_the_pass_did_more_than_the_journal_knows_or_someone_else_wrote(tmp_path):
+    p = seeded(tmp_path)
+    rid, view = p.rid(), StandbyView(p.dst)
+    view.refresh(rid, p.standby.open("alice"))
+    # a move in the same pass as an append: both folders are read back
+    p.primary.deliver("alice", body(6))
+    p.primary.move("alice", "INBOX", uid(p.primary, "INBOX", b"m body 0"), "Work")
+    report = _replicate_one_pass(p)
+    assert view.refresh(rid, p.standby.open("alice"), report.journal) == 2
+    cats = view_of(p.dst)[0]
+    assert [c[0] for c in cats if c[1] == uid(p.standby, "Work", b"m body 0") and c[0] == "Work"] == ["Work"]
+    assert _without_guids(view_of(p.dst)) == _without_guids(_rebuilt_from_nothing(p, rid, view))
     # a message delivered to the standby behind the replayer's back, then a pass that appends:
     # the counts do not add up, the folder is read and the stranger left pending
     p.standby.deliver("alice", body(1, "stranger"))
