@@ -57,6 +57,9 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _run_gateway(args: argparse.Namespace) -> int:
+    # httpx imports its own command-line client (rich, click, pygments: ~4 MB) when they are
+    # installed, as they are for this command; a gateway never runs it
+    sys.modules.setdefault("httpx._main", None)
     role = load_role(args.role)
     role.run(role.load_settings(args.config))
     return EXIT_OK
