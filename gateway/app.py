@@ -43,6 +43,7 @@ from mailrepl.shared.store.diskspace import sqlite_dir
 from mailrepl.shared.protocol.peer_client import HttpTransport, make_peer_client
 from mailrepl.shared.runtime.process import prepare_process
 from mailrepl.shared.store import open_store
+from mailrepl.shared.store.db import migrate_apart
 from mailrepl.shared.store.sealing import Sealer
 from mailrepl.shared.store.models import Mailbox
 from mailrepl.shared.runtime.workers import Job, MailboxWorkers
@@ -285,5 +286,6 @@ def guard_policy(g, tokens: TokenStore) -> GuardPolicy:
 
 def run(settings) -> None:
     prepare_process(settings.gateway.log_level, insecure_demo=settings.gateway.insecure_demo)
+    migrate_apart(settings.gateway.state_url)  # Alembic in a process of its own, not in this one
     gw = SourceGateway(settings)
     serve(gw.app(), settings.gateway.listen, settings.gateway.tls, what="source gateway")

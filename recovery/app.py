@@ -60,6 +60,7 @@ from mailrepl.shared.engines.replay import ReplayEngine
 from mailrepl.shared.site_state import SiteState
 from mailrepl.shared.runtime.process import prepare_process
 from mailrepl.shared.store import open_store
+from mailrepl.shared.store.db import migrate_apart
 from mailrepl.shared.store.sealing import Sealer
 from mailrepl.shared.store.models import Mailbox, Replica
 from mailrepl.shared.runtime.workers import Job, MailboxWorkers
@@ -418,6 +419,7 @@ def run(settings) -> None:
     if settings.failover.redirect_key is None:
         log.warning("the login redirect (/auth) answers without a key (redirect_key_required = false): "
                     "keep it reachable by nginx only")
+    migrate_apart(settings.gateway.state_url)  # Alembic in a process of its own, not in this one
     gw = RecoveryGateway(settings)
     extra = None
     if settings.failover.redirect_listen is not None:

@@ -6,8 +6,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
-from cryptography import x509
-
 from mailrepl.shared.alerts.model import Alarm
 
 __all__ = ["certificate_expiry", "expiry_producer"]
@@ -17,6 +15,8 @@ log = logging.getLogger("mailrepl.alerts")
 
 def certificate_expiry(path: Path) -> datetime | None:
     """When the first certificate of a PEM file expires (UTC); None if it cannot be read."""
+    from cryptography import x509  # only where certificate files are configured (TLS)
+
     try:
         data = path.read_bytes()
         if len(data) > 1024 * 1024:

@@ -57,6 +57,12 @@ EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _run_gateway(args: argparse.Namespace) -> int:
+    # Optional parts of dependencies that load only because they are installed, and that a
+    # gateway never uses (~8 MB): httpx's command-line client (rich, click, pygments, installed
+    # for this command) and trio for httpcore's trio backend (the gateways' HTTP clients are
+    # synchronous, their servers run on asyncio)
+    for optional in ("httpx._main", "trio"):
+        sys.modules.setdefault(optional, None)
     role = load_role(args.role)
     role.run(role.load_settings(args.config))
     return EXIT_OK

@@ -23,7 +23,7 @@ from sqlalchemy import delete, insert, select
 
 from mailrepl.shared.content.blobstore import BlobCorrupt, BlobMissing, BlobStore
 from mailrepl.shared.errors import StoreError
-from mailrepl.shared.content.mime_split import SkeletonError, reassemble, skeleton_keys
+from mailrepl.shared.content.mime_split import SkeletonError, reassemble, reassembled_digest, skeleton_keys
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.chunks import chunks
 from mailrepl.shared.store.sealing import SealError, UnknownKey
@@ -115,16 +115,16 @@ class BodyStore:
             if len(found) != len(keys):
                 continue
             try:
-                raw = reassemble(skeleton, found)
+                size, digest = reassembled_digest(skeleton, found)  # checked as reassembled, not built
             except SkeletonError as exc:
                 log.warning("body %s… does not reassemble (%s): asking for it whole", sha[:16], exc)
                 staged.whole.append(sha)
                 continue
-            if hashlib.sha256(raw).hexdigest() != sha:
+            if digest != sha:
                 log.warning("body %s… does not reassemble to its hash: asking for it whole", sha[:16])
                 staged.whole.append(sha)
                 continue
-            staged.skeletons[sha] = (skeleton, len(raw), keys)
+            staged.skeletons[sha] = (skeleton, size, keys)
         return staged
 
     def store_staged(self, s, staged: Staged) -> None:

@@ -23,10 +23,13 @@ input (NUL, bare CR/LF, text that looks like the magic) is unambiguous.
 Splitting is a small byte-level MIME scanner (header block up to the first empty line,
 ``Content-Type`` and its ``boundary``, delimiter lines, nested multiparts and message/rfc822).
 Whatever it does not understand stays literal. Whatever it returns is checked by reassembling
-it; a mismatch falls back to the whole message as one literal (``Split.whole``).
+it (piece by piece against the message, no copy is built); a mismatch falls back to the whole
+message as one literal (``Split.whole``). A message shorter than the threshold is not scanned:
+no part of it can be cut out.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 import struct
 from collections.abc import Mapping
@@ -43,6 +46,7 @@ __all__ = [
     "Split",
     "blob_key",
     "reassemble",
+    "reassembled_digest",
     "skeleton_keys",
     "split_message",
     "whole_skeleton",
@@ -108,6 +112,8 @@ def split_message(raw: bytes, *, threshold: int = BLOB_THRESHOLD) -> Split:
     if threshold < 1:
         raise ValueError(f"threshold must be at least 1 byte, not {threshold}")
     raw = bytes(raw)
+    if len(raw) < threshold:  # no part of it can be that long: nothing to scan
+        return _whole(raw)
     try:
         cuts = _Scanner(raw, threshold).scan()
     except Exception:  # noqa: BLE001 - a scanner bug may cost the dedupe, never the message
@@ -118,7 +124,7 @@ def split_message(raw: bytes, *, threshold: int = BLOB_THRESHOLD) -> Split:
     # The safety net: whatever the scanner decided, only a skeleton that gives back exactly
     # ``raw`` leaves this function. Keep this check.
     try:
-        same = reassemble(skeleton, dict(blobs)) == raw
+        same = _gives_back(skeleton, dict(blobs), raw)
     except SkeletonError:
         same = False
     if not same:
@@ -308,6 +314,47 @@ def reassemble(skeleton: bytes, blobs: Mapping[str, bytes]) -> bytes:
     Every blob is checked against its key and the result against the end record; any mismatch,
     a missing blob or a malformed or truncated skeleton raises :class:`SkeletonError`.
     """
+    pieces, digest = _pieces(skeleton, blobs)
+    message = b"".join(pieces)
+    if xxhash.xxh3_128_digest(message) != digest:
+        raise SkeletonError("reassembled message does not match the skeleton's checksum")
+    return message
+
+
+def reassembled_digest(skeleton: bytes, blobs: Mapping[str, bytes]) -> tuple[int, str]:
+    """(size, SHA-256 hex) of what :func:`reassemble` gives, with the same checks and errors,
+    without building the message: for a receiver that only checks a body before storing it."""
+    pieces, digest = _pieces(skeleton, blobs)
+    check, sha = xxhash.xxh3_128(), hashlib.sha256()
+    size = 0
+    for piece in pieces:
+        check.update(piece)
+        sha.update(piece)
+        size += len(piece)
+    if check.digest() != digest:
+        raise SkeletonError("reassembled message does not match the skeleton's checksum")
+    return size, sha.hexdigest()
+
+
+def _gives_back(skeleton: bytes, blobs: Mapping[str, bytes], raw: bytes) -> bool:
+    """Whether :func:`reassemble` gives exactly ``raw`` (SkeletonError where it would raise),
+    compared piece by piece against ``raw`` instead of building a copy of it."""
+    pieces, digest = _pieces(skeleton, blobs)
+    pos = 0
+    for piece in pieces:
+        if not raw.startswith(piece, pos):
+            return False
+        pos += len(piece)
+    if pos != len(raw):
+        return False
+    if xxhash.xxh3_128_digest(raw) != digest:
+        raise SkeletonError("reassembled message does not match the skeleton's checksum")
+    return True
+
+
+def _pieces(skeleton: bytes, blobs: Mapping[str, bytes]) -> tuple[list[bytes | memoryview], bytes]:
+    """The pieces of the message in order and its XXH3-128 from the end record; every record
+    and blob checked as :func:`reassemble` documents (the end checksum is the caller's)."""
     view = memoryview(skeleton)
     size = len(view)
     if bytes(view[:len(SKELETON_MAGIC)]) != SKELETON_MAGIC:
@@ -353,10 +400,7 @@ def reassemble(skeleton: bytes, blobs: Mapping[str, bytes]) -> bytes:
         raise SkeletonError(f"{size - pos} bytes after the skeleton's end record")
     if total != length:
         raise SkeletonError(f"skeleton gives {total} bytes, its end record says {length}")
-    message = b"".join(pieces)
-    if xxhash.xxh3_128_digest(message) != digest:
-        raise SkeletonError("reassembled message does not match the skeleton's checksum")
-    return message
+    return pieces, digest
 
 
 def skeleton_keys(skeleton: bytes) -> list[str]:

@@ -44,6 +44,7 @@ it had is gone: ``missing`` lists them; the sender asks again and re-sends) or `
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import struct
 from dataclasses import dataclass, field
@@ -187,13 +188,23 @@ def encode_batch(batch: Batch, *, level: int = 3, compress: bool = True) -> byte
     head = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
     chunks = [_U32.pack(len(head)), head, *batch.messages.values(), *(batch.parts[k] for k in packed)]
     if compress:
-        # one frame, fed piece by piece (no joined copy of the payload), declaring its size
+        # one frame, fed piece by piece (no joined copy of the payload), declaring its size,
+        # written straight into the encoded batch as it comes out (no list of pieces joined
+        # into a second copy at the end); its length is filled in once known
+        out = io.BytesIO()
+        out.write(_PREFIX.pack(MAGIC, WIRE_VERSION, CODEC_ZSTD))
+        out.write(_U64.pack(0))
         zc = zstandard.ZstdCompressor(level=level).compressobj(size=sum(len(c) for c in chunks))
-        frame = [zc.compress(c) for c in chunks]
-        frame.append(zc.flush())
-        tail = [batch.parts[k] for k in batch.parts if k in stored]
-        return b"".join([_PREFIX.pack(MAGIC, WIRE_VERSION, CODEC_ZSTD), _U64.pack(sum(len(f) for f in frame)),
-                         *frame, *tail])
+        for c in chunks:
+            out.write(zc.compress(c))
+        out.write(zc.flush())
+        frame_len = out.tell() - _PREFIX.size - _U64.size
+        for key in batch.parts:
+            if key in stored:
+                out.write(batch.parts[key])
+        out.seek(_PREFIX.size)
+        out.write(_U64.pack(frame_len))
+        return out.getvalue()  # the buffer itself, not a copy
     return _PREFIX.pack(MAGIC, WIRE_VERSION, CODEC_NONE) + b"".join(chunks)
 
 

@@ -132,15 +132,17 @@ def serve(app: Any, listen: ListenAddress, tls: ServerTlsSettings, *, what: str,
         log.info("%s API served over HTTPS on %s%s", what, listen,
                  " (mutual TLS: client certificates required)" if tls.mutual else "")
     host, port = listen
-    # log_config=None: uvicorn's loggers go through the root handler (escaped lines)
-    config = TlsConfig(app, tls_context=context, host=host, port=port, log_level="warning", log_config=None)
+    # log_config=None: uvicorn's loggers go through the root handler (escaped lines); no route
+    # is a WebSocket, so no WebSocket protocol is loaded
+    config = TlsConfig(app, tls_context=context, host=host, port=port, log_level="warning", log_config=None,
+                       ws="none")
     if plain_extra is None:
         uvicorn.Server(config).run()
         return
     extra_app, (extra_host, extra_port) = plain_extra
     log.info("%s login redirect served over plain HTTP on %s (loopback only)", what, plain_extra[1])
     extra = uvicorn.Config(extra_app, host=extra_host, port=extra_port, log_level="warning", log_config=None,
-                           lifespan="off")
+                           lifespan="off", ws="none")
     asyncio.run(_serve_both(uvicorn.Server(config), uvicorn.Server(extra)))
 
 

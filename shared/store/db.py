@@ -20,20 +20,23 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailrepl.shared.errors import DiskFull, StoreError
 from mailrepl.shared.store.diskspace import is_disk_full
+from mailrepl.shared.store.schema_revision import newest_revision
 from mailrepl.shared.store.sealing import PLAIN, Sealer
 from mailrepl.shared.store.sqlite_writer import writer_queue
 
-__all__ = ["Store", "open_store"]
+__all__ = ["Store", "migrate_apart", "open_store"]
 
 BUSY_TIMEOUT = 60.0  # seconds a SQLite writer waits for the write lock before the store reports it busy
 _MIGRATIONS = Path(__file__).with_name("migrations")
@@ -86,8 +89,33 @@ class Store:
         finally:
             session.close()
 
-    def migrate(self) -> None:
-        """Bring the schema to the newest Alembic revision."""
+    def revisions(self) -> list[str]:
+        """The schema revisions the store is at (Alembic's version table; empty for a new store)."""
+        with self.read() as s:
+            if not inspect(s.connection()).has_table("alembic_version"):
+                return []
+            return list(s.scalars(text("SELECT version_num FROM alembic_version")))
+
+    def migrate(self, *, apart: bool = False) -> None:
+        """Bring the schema to the newest Alembic revision.
+
+        A store already there is left as it is without importing Alembic. ``apart``: a store that
+        is behind is migrated by a short-lived process of its own (``schema_revision``), so that
+        Alembic never stays in the memory of a long-running gateway; if that fails (or the store
+        is in memory), it is migrated here, which reports what is wrong.
+        """
+        newest = newest_revision()
+        if newest is not None and self.revisions() == [newest]:
+            return
+        url = self.engine.url
+        if apart and url.database not in (None, "", ":memory:"):
+            done = subprocess.run(
+                [sys.executable, "-c", "from mailrepl.shared.store.schema_revision import main; raise SystemExit(main())"],
+                input=url.render_as_string(hide_password=False) + "\n", text=True, check=False,
+                stdout=subprocess.DEVNULL,
+            )
+            if done.returncode == 0 and self.revisions() == [newest]:
+                return
         from alembic import command
         from alembic.config import Config
 
@@ -162,6 +190,17 @@ def open_store(url: str, *, echo: bool = False, sealer: Sealer = PLAIN) -> Store
             shown = "(unparsable URL)"
         raise StoreError(f"state store {shown}: {str(exc).replace(url, shown)}", retryable=False) from exc
     return Store(engine, sealer)
+
+
+def migrate_apart(url: str) -> None:
+    """Bring the store at ``url`` to the newest schema before a gateway opens it, Alembic in a
+    short-lived process of its own (``Store.migrate(apart=True)``): the gateway's own migration
+    then finds nothing to do and never imports Alembic."""
+    store = open_store(url)
+    try:
+        store.migrate(apart=True)
+    finally:
+        store.dispose()
 
 
 def _private_sqlite_file(path: Path) -> None:

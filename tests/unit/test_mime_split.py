@@ -317,6 +317,55 @@ def test_the_reassembly_check_guards_every_split(sample, monkeypatch):
     assert round_trip(raw).whole
     monkeypatch.setattr(mime_split._Scanner, "scan", lambda self: 1 / 0)
     assert round_trip(raw).whole
+    monkeypatch.undo()
+    # every piece right but the end record's checksum wrong: the receiver would refuse it
+    def bad_end(data, cuts):
+        skeleton, blobs = real_encode(data, cuts)
+        return skeleton[:-1] + bytes([skeleton[-1] ^ 1]), blobs
+    monkeypatch.setattr(mime_split, "_encode", bad_end)
+    assert round_trip(raw).whole
+    # a piece missing at the end, or one too many
+    monkeypatch.setattr(mime_split._Scanner, "scan", lambda self: [(len(raw) - 6_000, len(raw))])
+    monkeypatch.setattr(mime_split, "_encode", lambda data, cuts: real_encode(data[:-1], [(cuts[0][0], cuts[0][1] - 1)]))
+    assert round_trip(raw).whole
+    monkeypatch.setattr(mime_split, "_encode", lambda data, cuts: real_encode(data + b"x", cuts))
+    assert round_trip(raw).whole
+
+
+def test_a_message_shorter_than_the_threshold_is_not_scanned(monkeypatch):
+    scanned = []
+    real_scan = mime_split._Scanner.scan
+    monkeypatch.setattr(mime_split._Scanner, "scan", lambda self: scanned.append(len(self.raw)) or real_scan(self))
+    body = b"x" * 100
+    raw = b"Subject: s\r\n\r\n" + body
+    assert round_trip(raw, threshold=len(raw) + 1).whole and scanned == []
+    assert round_trip(raw, threshold=len(raw)).whole and scanned == [len(raw)]  # long enough to be scanned
+    assert [data for _, data in round_trip(raw, threshold=len(body)).blobs] == [body]
+
+
+def test_reassembled_digest_is_that_of_the_reassembled_message(sample, corpus):
+    import hashlib
+
+    from mailrepl.shared.content.mime_split import reassembled_digest, whole_skeleton
+
+    raw, split = sample
+    cases = [(raw, split.skeleton, dict(split.blobs)), (raw, whole_skeleton(raw), {})]
+    cases += [(r, sp.skeleton, dict(sp.blobs)) for _, r, sp in corpus[:200]]
+    for message, skeleton, blobs in cases:
+        assert reassembled_digest(skeleton, blobs) == (len(message), hashlib.sha256(message).hexdigest())
+    # the same refusals as reassemble
+    blobs = dict(split.blobs)
+    for skeleton in [split.skeleton[:cut] for cut in range(0, len(split.skeleton), 7)] + [
+            split.skeleton + b"\x00", split.skeleton.replace(b"preamble", b"preambel"), raw]:
+        with pytest.raises(SkeletonError):
+            reassemble(skeleton, blobs)
+        with pytest.raises(SkeletonError):
+            reassembled_digest(skeleton, blobs)
+    key = split.keys()[0]
+    for damaged in ({k: v for k, v in blobs.items() if k != key}, blobs | {key: blobs[key][1:]},
+                    blobs | {key: blobs[key][:-1] + b"?"}):
+        with pytest.raises(SkeletonError, match=key):
+            reassembled_digest(split.skeleton, damaged)
 
 
 def test_large_messages_are_linear():

@@ -95,3 +95,63 @@ def test_migrations_are_self_contained_and_0003_writes_skeletons_current_code_re
         frozen = m0003.whole_skeleton(raw)
         assert frozen == whole_skeleton(raw)
         assert reassemble(frozen, {}) == raw
+
+
+# --- schema revisions: Alembic only where the schema is behind, and then in a process of its own
+
+def test_the_newest_revision_read_from_the_files_is_alembics_head(tmp_path):
+    from alembic.script import ScriptDirectory
+    from mailrepl.shared.store import db
+    from mailrepl.shared.store.schema_revision import VERSIONS, newest_revision
+
+    assert newest_revision() == ScriptDirectory(str(db._MIGRATIONS)).get_current_head()
+    # anything not plain is left to Alembic: two heads, a file without its revision line
+    for name, text in (("a.py", 'revision = "x1"\ndown_revision = None\n'),
+                       ("b.py", 'revision = "x2"\ndown_revision = "x1"\n')):
+        (tmp_path / name).write_text(text)
+    assert newest_revision(tmp_path) == "x2"
+    (tmp_path / "c.py").write_text('revision = "x3"\ndown_revision = "x1"\n')
+    assert newest_revision(tmp_path) is None
+    (tmp_path / "c.py").write_text('"""no revision here"""\n')
+    assert newest_revision(tmp_path) is None
+    assert newest_revision(tmp_path / "empty") is None
+    assert len(list(VERSIONS.glob("*.py"))) >= 12
+
+
+def test_a_gateway_process_migrates_without_importing_alembic(gateway_states, tmp_path):
+    """migrate_apart runs Alembic in a child process; the store is then at the newest revision
+    and neither it nor a later start (already there) imports Alembic in the calling process."""
+    import subprocess
+    import sys
+
+    from mailrepl.shared.store.schema_revision import newest_revision
+
+    url = gateway_states[0]
+    probe = ("import sys; from mailrepl.shared.store.db import migrate_apart, open_store; "
+             f"migrate_apart({url!r}); s = open_store({url!r}); s.migrate(); "
+             "print(s.revisions(), 'alembic' in sys.modules)")
+    for _ in range(2):  # a new store, then one already at the newest revision
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+        assert out.strip() == f"[{newest_revision()!r}] False"
+    if url.startswith("sqlite"):
+        assert (tmp_path / "source.sqlite").stat().st_mode & 0o077 == 0
+    store = open_store(url)
+    with store.tx() as s:
+        s.add(Mailbox(server="primary", address="a@example.org"))
+    with store.read() as s:
+        assert s.scalar(select(func.count()).select_from(Mailbox)) == 1
+
+
+def test_a_failed_migration_apart_is_done_in_process(tmp_path, monkeypatch):
+    import sys
+
+    from mailrepl.shared.store.schema_revision import newest_revision
+
+    monkeypatch.setattr(sys, "executable", "/bin/false")  # the child cannot run
+    store = open_store(f"sqlite:///{tmp_path}/state.sqlite")
+    assert store.revisions() == []
+    store.migrate(apart=True)
+    assert store.revisions() == [newest_revision()]
+    memory = open_store("sqlite://")  # in memory: a child could not see it, migrated here
+    memory.migrate(apart=True)
+    assert memory.revisions() == [newest_revision()]

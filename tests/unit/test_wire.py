@@ -154,3 +154,30 @@ def test_a_frame_that_holds_less_than_it_declares_is_refused():
     data = b"MRPL" + bytes([WIRE_VERSION, 1]) + struct.pack(">Q", len(truncated)) + truncated
     with pytest.raises(WireError):
         decode_batch(data)
+
+
+def test_encoding_holds_one_copy_of_the_encoded_batch():
+    # The compressed frame is written into the encoded batch as it comes out: building an
+    # 8 MiB batch of hardly compressible bodies (plus a part that travels stored) allocates the
+    # encoded bytes once, not its pieces and then their joined copy.
+    import base64
+    import dataclasses
+    import os
+    import tracemalloc
+
+    bodies = {hashlib.sha256(b"%d" % i).hexdigest(): b"Subject: x\r\n\r\n" + base64.encodebytes(os.urandom(38_000))
+              for i in range(160)}
+    from mailrepl.shared.content.mime_split import blob_key
+
+    stored = os.urandom(200_000)
+    batch = dataclasses.replace(sample(), messages=bodies, parts={blob_key(stored): stored})
+    tracemalloc.start()
+    try:
+        data = encode_batch(batch)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(data) > 5 * 2**20 and data.endswith(stored)
+    assert peak < 1.3 * len(data), (peak, len(data))
+    decoded = decode_batch(data)
+    assert decoded.messages == bodies and decoded.parts == {blob_key(stored): stored}
