@@ -136,8 +136,23 @@ class CaptureState:
         self.rows[row.id] = row
         return row.id
 
-    def rename_folder(self, folder_id: int, name: str) -> None:
-        self.rows[folder_id].name = name
+    def rename_folder(self, old: str, new: str) -> None:
+        """Folder ``old`` and its subfolders are renamed to ``new`` (as the server renames them),
+        written now. The names they take are free (``folder_order`` sees to it); they pass
+        through placeholders first, so that no statement meets a name one of them still holds."""
+        moved = {row: new + row.name[len(old):] for row in self.rows.values()
+                 if row.name == old or row.name.startswith(old + "/")}
+        if len(moved) > 1:
+            for row in moved:
+                row.name = f"\x01renaming-{row.id}"
+            self.s.flush()
+        for row, name in moved.items():
+            row.name = name
+        self.s.flush()
+
+    def folder_names(self) -> dict[int, str]:
+        """Every known folder of the mailbox: id -> name."""
+        return {folder_id: row.name for folder_id, row in self.rows.items()}
 
     def note_folder(self, folder_id: int, info: FolderInfo) -> None:
         """What the listing says of a folder: its id (kept if the server gives none) and size."""
