@@ -19,10 +19,10 @@ there until it is deleted (after the moves out of it), any other goes on to its 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping
 
-__all__ = ["FolderStep", "TEMP_PREFIX", "order_folder_steps"]
+__all__ = ["TEMP_PREFIX", "FolderStep", "order_folder_steps"]
 
 TEMP_PREFIX = "mailrepl-renaming-"
 

@@ -7,11 +7,11 @@ servers; the same on real Dovecot is in tests/e2e/test_folder_renames.py."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import select
-
 from mailrepl.shared.capture_state.folder_order import FolderStep, order_folder_steps
 from mailrepl.shared.model import Kind
 from mailrepl.shared.store.models import FolderState, InboxRow
+from sqlalchemy import select
+
 from tests.unit.memory_server import Folder, MemoryServer
 from tests.unit.test_pipeline_memory import Pipeline, _msg
 
