@@ -6,14 +6,19 @@ ends equal to the primary, every message in its folder. In one process against i
 servers; the same on real Dovecot is in tests/e2e/test_folder_renames.py."""
 from __future__ import annotations
 
+import json
+
 import pytest
+from mailrepl.recovery.standby_view import StandbyView
 from mailrepl.shared.capture_state.folder_order import FolderStep, order_folder_steps
-from mailrepl.shared.model import Kind
-from mailrepl.shared.store.models import FolderState, InboxRow
-from sqlalchemy import select
+from mailrepl.shared.model import Change, Kind
+from mailrepl.shared.store.models import FolderState, InboxRow, Mailbox, Replica
+from sqlalchemy import delete, select
 
 from tests.unit.memory_server import Folder, MemoryServer
+from tests.unit.test_failback_memory import Sites, body
 from tests.unit.test_pipeline_memory import Pipeline, _msg
+from tests.unit.test_standby_view import view_of
 
 
 def _seeded(tmp_path, folders=("A", "B")) -> Pipeline:
@@ -32,9 +37,6 @@ def _state_names(p: Pipeline) -> set[str]:
 
 
 def _folder_changes(p: Pipeline) -> list[tuple[str, str, str | None]]:
-    import json
-
-    from mailrepl.shared.model import Change
     with p.dst.read() as s:  # as the recovery gateway received them
         rows = s.scalars(select(InboxRow).order_by(InboxRow.seq))
         out = []
@@ -137,6 +139,52 @@ def test_each_step_applied_twice_changes_nothing(tmp_path):
         sb.rename_folder(old, new)
         sb.rename_folder(old, new)  # old is gone: a no-op
     assert set(copy.box("alice")) == set(p.primary.box("alice"))
+
+
+def _reuse_names(server, old: str) -> None:
+    """A swap of A and B through T, and Work renamed to ``old`` with a new Work."""
+    server.rename_folder("alice", "A", "T")
+    server.rename_folder("alice", "B", "A")
+    server.rename_folder("alice", "T", "B")
+    server.rename_folder("alice", "Work", old)
+    server.deliver("alice", body(len(old), "new work"), folder="Work")
+
+
+def test_standby_view_and_failback_through_reused_names(tmp_path):
+    """The standby view follows the renames the replay made, cutover, users at DR reuse names
+    again, and the DR capture (the same engine) sends them back to the primary in an order it
+    can apply."""
+    p = Sites(tmp_path)
+    for n, name in enumerate(("A", "B", "Work")):
+        for i in range(2):
+            p.primary.deliver("alice", body(10 * n + i, name), folder=name)
+    p.sync()
+    p.sync()
+    rid, view = p.rid(), StandbyView(p.dst)
+    view.refresh(rid, p.standby.open("alice"))
+    _reuse_names(p.primary, "Old")
+    p.sync()
+    p.sync()
+    p.assert_equal()
+    view.refresh(rid, p.standby.open("alice"))
+    incremental = view_of(p.dst)
+    assert {c[0] for c in incremental[0]} == {"A", "B", "Old", "Work"}
+    with p.dst.tx() as s:  # the same view built from nothing
+        mbx_id = s.scalar(select(Mailbox.id).where(Mailbox.address == "alice"))
+        s.execute(delete(FolderState).where(FolderState.mailbox_id == mbx_id))
+        s.get(Replica, rid).view_seq = None
+    view.refresh(rid, p.standby.open("alice"))
+    assert view_of(p.dst)[0] == incremental[0]
+
+    assert p.cutovers.cutover([rid])[0]["status"] == "ok"
+    p.puller.step()
+    _reuse_names(p.standby, "Older")  # the users at DR: A and B swapped back, Work renamed again
+    p.dr_cycle()
+    p.dr_cycle()
+    p.fail_back()
+    p.assert_equal()
+    assert set(p.primary.box("alice")) == {"INBOX", "A", "B", "Old", "Older", "Work"}
+    assert any(b"A body 0" in m.body for m in p.primary.box("alice")["A"].msgs.values())  # swapped back
 
 
 # ------------------------------------------------------------------ the pure order
