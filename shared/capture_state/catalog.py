@@ -23,7 +23,7 @@ from mailrepl.shared.store.chunks import chunks
 from mailrepl.shared.store.models import CatalogEntry, FolderState
 
 __all__ = ["CaptureState", "CatalogRow", "NewEntry", "PendingWork", "insert_entries", "known_folders",
-           "pending_folders", "set_flags"]
+           "pending_folders", "placeholder_name", "set_flags"]
 
 _CATALOG = CatalogEntry.__table__
 
@@ -36,6 +36,12 @@ def insert_entries(s: Session, rows: Sequence[dict]) -> list[int]:
     s.flush()  # the folders they go to, created in this transaction, exist first
     result = s.execute(insert(_CATALOG).returning(_CATALOG.c.mid, sort_by_parameter_order=True), list(rows))
     return list(result.scalars())
+
+
+def placeholder_name(folder_id: int) -> str:
+    """A name a folder holds for a moment, inside one transaction, while names are handed round
+    (no folder name has a control character; PostgreSQL text cannot hold NUL)."""
+    return f"\x01folder-{folder_id}"
 
 
 def set_flags(s: Session, flags_by_mid: Sequence[tuple[int, str]]) -> None:
@@ -144,7 +150,7 @@ class CaptureState:
                  if row.name == old or row.name.startswith(old + "/")}
         if len(moved) > 1:
             for row in moved:
-                row.name = f"\x01renaming-{row.id}"
+                row.name = placeholder_name(row.id)
             self.s.flush()
         for row, name in moved.items():
             row.name = name

@@ -12,13 +12,25 @@ import pytest
 from mailrepl.recovery.standby_view import StandbyView
 from mailrepl.shared.capture_state.folder_order import FolderStep, order_folder_steps
 from mailrepl.shared.model import Change, Kind
+from mailrepl.shared.store import open_store
 from mailrepl.shared.store.models import FolderState, InboxRow, Mailbox, Replica
 from sqlalchemy import delete, select
 
+from tests.unit import test_pipeline_memory as pipeline_module
 from tests.unit.memory_server import Folder, MemoryServer
 from tests.unit.test_failback_memory import Sites, body
 from tests.unit.test_pipeline_memory import Pipeline, _msg
 from tests.unit.test_standby_view import view_of
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def states(request, tmp_path, monkeypatch) -> None:
+    """Both gateways' state stores of one kind: PostgreSQL checks each statement's unique names
+    (and refuses NUL in text) where SQLite may let a name pass through a clash."""
+    if request.param == "postgres":
+        databases = request.getfixturevalue("postgres_databases")
+        urls = iter([databases.create(), databases.create()])
+        monkeypatch.setattr(pipeline_module, "open_store", lambda url: open_store(next(urls)))
 
 
 def _seeded(tmp_path, folders=("A", "B")) -> Pipeline:
@@ -56,7 +68,7 @@ def _settle(p: Pipeline) -> None:
     assert mbx.applied_seq == mbx.last_seq and mbx.error is None
 
 
-def test_rename_then_create_under_the_old_name(tmp_path):
+def test_rename_then_create_under_the_old_name(tmp_path, states):
     p = _seeded(tmp_path)
     p.primary.rename_folder("alice", "A", "C")
     p.primary.deliver("alice", _msg(50), folder="A")
@@ -65,14 +77,14 @@ def test_rename_then_create_under_the_old_name(tmp_path):
     assert kinds[-2:] == [Kind.FOLDER_RENAME.value, Kind.FOLDER_CREATE.value]  # the name freed, then reused
 
 
-def test_rename_onto_a_name_another_rename_frees(tmp_path):
+def test_rename_onto_a_name_another_rename_frees(tmp_path, states):
     p = _seeded(tmp_path, ("A", "B"))
     p.primary.rename_folder("alice", "A", "C")
     p.primary.rename_folder("alice", "B", "A")
     _settle(p)
 
 
-def test_swap_goes_through_a_temporary_name(tmp_path):
+def test_swap_goes_through_a_temporary_name(tmp_path, states):
     p = _seeded(tmp_path, ("A", "B"))
     p.primary.rename_folder("alice", "A", "T")
     p.primary.rename_folder("alice", "B", "A")
@@ -84,7 +96,7 @@ def test_swap_goes_through_a_temporary_name(tmp_path):
     assert tmp not in ("A", "B", "T") and renames[-1][1] == tmp
 
 
-def test_parent_renamed_and_a_new_parent_of_the_old_name_created_with_children(tmp_path):
+def test_parent_renamed_and_a_new_parent_of_the_old_name_created_with_children(tmp_path, states):
     p = _seeded(tmp_path, ("P", "P/x", "P/x/y"))
     p.primary.rename_folder("alice", "P", "Q")
     p.primary.deliver("alice", _msg(60), folder="P")
@@ -93,7 +105,7 @@ def test_parent_renamed_and_a_new_parent_of_the_old_name_created_with_children(t
     assert set(p.standby.box("alice")) == {"INBOX", "P", "P/x", "Q", "Q/x", "Q/x/y"}
 
 
-def test_swap_of_parents_with_children(tmp_path):
+def test_swap_of_parents_with_children(tmp_path, states):
     p = _seeded(tmp_path, ("A", "A/x", "B", "B/y"))
     p.primary.rename_folder("alice", "A", "T")
     p.primary.rename_folder("alice", "B", "A")
@@ -102,7 +114,7 @@ def test_swap_of_parents_with_children(tmp_path):
     assert set(p.standby.box("alice")) == {"INBOX", "A", "A/y", "B", "B/x"}
 
 
-def test_deleted_folder_whose_name_a_rename_takes(tmp_path):
+def test_deleted_folder_whose_name_a_rename_takes(tmp_path, states):
     p = _seeded(tmp_path, ("A", "B"))
     uid = next(iter(p.primary.box("alice")["A"].msgs))
     p.primary.move("alice", "A", uid, "INBOX")  # moved out of A before A goes: a move, no body
@@ -113,7 +125,7 @@ def test_deleted_folder_whose_name_a_rename_takes(tmp_path):
     assert p.shipper.stats.raw_bytes == raw
 
 
-def test_child_moved_out_of_a_renamed_parent(tmp_path):
+def test_child_moved_out_of_a_renamed_parent(tmp_path, states):
     p = _seeded(tmp_path, ("A", "A/x"))
     p.primary.rename_folder("alice", "A", "B")
     p.primary.rename_folder("alice", "B/x", "C")
@@ -150,7 +162,7 @@ def _reuse_names(server, old: str) -> None:
     server.deliver("alice", body(len(old), "new work"), folder="Work")
 
 
-def test_standby_view_and_failback_through_reused_names(tmp_path):
+def test_standby_view_and_failback_through_reused_names(tmp_path, states):
     """The standby view follows the renames the replay made, cutover, users at DR reuse names
     again, and the DR capture (the same engine) sends them back to the primary in an order it
     can apply."""
