@@ -86,18 +86,18 @@ def order_folder_steps(names: Mapping[int, str], targets: Mapping[int, str], cre
 
     limit = 4 * (len(cur) + len(todo)) + 8
     while len(steps) <= limit:
-        # what is left: (depth of the name it takes, name, row or None for a create)
-        left = sorted([(_depth(t), t, r) for r, t in want.items() if cur[r] != t]
-                      + [(_depth(n), n, -1) for n in todo])
+        # what is left: (depth of the name it takes, name, a create?, known folder (0: none))
+        left = sorted([(_depth(t), t, False, r) for r, t in want.items() if cur[r] != t]
+                      + [(_depth(n), n, True, 0) for n in todo])
         if not left:
             return steps
         level = [x for x in left if x[0] == left[0][0]]
-        for _, name, r in level:
-            if not blockers(None if r < 0 else r, name):
+        for _, name, create, r in level:
+            if not blockers(None if create else r, name):
                 break
         else:
-            _, name, r = level[0]
-            holder = blockers(None if r < 0 else r, name)[0]
+            _, name, create, r = level[0]
+            holder = blockers(None if create else r, name)[0]
             # the holder goes straight to its own name if that is free, else out of the way
             own = want.get(holder)
             if own is not None and cur[holder] != own and not blockers(holder, own):
@@ -105,9 +105,10 @@ def order_folder_steps(names: Mapping[int, str], targets: Mapping[int, str], cre
             else:
                 rename(holder, fresh())
             continue
-        if r < 0:
+        if create:
             todo.remove(name)
-            cur[-1 - len(steps)] = name  # a new folder holds its name from now on
+            made = -1 - len(steps)  # known from now on, under an id no stored folder has
+            cur[made] = want[made] = name  # moved with a parent that moves, it is moved back
             steps.append(FolderStep(None, None, name))
         else:
             rename(r, name)
