@@ -5,6 +5,9 @@ One *cycle* brings a mailbox's outbox up to date with its server:
 1. Finish pending work of earlier cycles (new messages whose bodies were not yet captured).
 2. List folders; compare with what is known (by folder id where the server has one, else by
    name): created, renamed, deleted, reset (UIDVALIDITY changed or the folder was recreated).
+   Renames and creates are written (and shipped) in an order in which each takes a free name:
+   a name given up in the cycle is freed before it is taken again, a swap goes through a
+   temporary name (``capture_state.folder_order``).
 3. Ask each changed folder for its delta since its cursor (QRESYNC: vanished, changed flags,
    new messages with metadata only).
 4. Pair vanished messages with new ones carrying the same message GUID (or, without GUIDs, the
