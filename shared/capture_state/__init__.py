@@ -8,6 +8,8 @@ written into), ``replica_folder`` (the folders that server's copy must have) and
 store's migrations):
 
 - :mod:`.pairing` — which known folder is which live folder (pure);
+- :mod:`.folder_order` — the order of a cycle's folder renames and creates, each onto a free
+  name (a swap through a temporary name), as the capture state and the standby apply them (pure);
 - :mod:`.catalog` — :class:`CaptureState`, the folder and catalogue reads and writes of the
   capture engine, one mailbox in the caller's transaction;
 - :mod:`.rebuild` — the capture state of a copy rebuilt from a server listing: a pure plan and

@@ -23,7 +23,7 @@ from mailrepl.shared.store.chunks import chunks
 from mailrepl.shared.store.models import CatalogEntry, FolderState
 
 __all__ = ["CaptureState", "CatalogRow", "NewEntry", "PendingWork", "insert_entries", "known_folders",
-           "pending_folders", "set_flags"]
+           "pending_folders", "placeholder_name", "set_flags"]
 
 _CATALOG = CatalogEntry.__table__
 
@@ -36,6 +36,12 @@ def insert_entries(s: Session, rows: Sequence[dict]) -> list[int]:
     s.flush()  # the folders they go to, created in this transaction, exist first
     result = s.execute(insert(_CATALOG).returning(_CATALOG.c.mid, sort_by_parameter_order=True), list(rows))
     return list(result.scalars())
+
+
+def placeholder_name(folder_id: int) -> str:
+    """A name a folder holds for a moment, inside one transaction, while names are handed round
+    (no folder name has a control character; PostgreSQL text cannot hold NUL)."""
+    return f"\x01folder-{folder_id}"
 
 
 def set_flags(s: Session, flags_by_mid: Sequence[tuple[int, str]]) -> None:
@@ -136,8 +142,23 @@ class CaptureState:
         self.rows[row.id] = row
         return row.id
 
-    def rename_folder(self, folder_id: int, name: str) -> None:
-        self.rows[folder_id].name = name
+    def rename_folder(self, old: str, new: str) -> None:
+        """Folder ``old`` and its subfolders are renamed to ``new`` (as the server renames them),
+        written now. The names they take are free (``folder_order`` sees to it); they pass
+        through placeholders first, so that no statement meets a name one of them still holds."""
+        moved = {row: new + row.name[len(old):] for row in self.rows.values()
+                 if row.name == old or row.name.startswith(old + "/")}
+        if len(moved) > 1:
+            for row in moved:
+                row.name = placeholder_name(row.id)
+            self.s.flush()
+        for row, name in moved.items():
+            row.name = name
+        self.s.flush()
+
+    def folder_names(self) -> dict[int, str]:
+        """Every known folder of the mailbox: id -> name."""
+        return {folder_id: row.name for folder_id, row in self.rows.items()}
 
     def note_folder(self, folder_id: int, info: FolderInfo) -> None:
         """What the listing says of a folder: its id (kept if the server gives none) and size."""

@@ -21,7 +21,7 @@ from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from mailrepl.shared.adapters.base import FolderDelta, MessageMeta
-from mailrepl.shared.capture_state.catalog import CatalogRow, insert_entries
+from mailrepl.shared.capture_state.catalog import CatalogRow, insert_entries, placeholder_name
 from mailrepl.shared.capture_state.pairing import FolderMatch, KnownFolder
 from mailrepl.shared.model import Cursor, UidSet, flags_text
 from mailrepl.shared.store.chunks import chunks
@@ -178,7 +178,7 @@ def apply_rebuild(s: Session, mailbox_id: int, plan: RebuildPlan) -> list[int]:
                   .execution_options(synchronize_session=False))
     renamed = {o.row_id for o in plan.folders if o.row_id in rows and rows[o.row_id].name != o.name}
     for folder_id in renamed | set(plan.gone):
-        rows[folder_id].name = f"\x00{folder_id}"
+        rows[folder_id].name = placeholder_name(folder_id)
     s.flush()
     # 2. forget
     for part in chunks(plan.dropped_mids):

@@ -5,6 +5,9 @@ One *cycle* brings a mailbox's outbox up to date with its server:
 1. Finish pending work of earlier cycles (new messages whose bodies were not yet captured).
 2. List folders; compare with what is known (by folder id where the server has one, else by
    name): created, renamed, deleted, reset (UIDVALIDITY changed or the folder was recreated).
+   Renames and creates are written (and shipped) in an order in which each takes a free name:
+   a name given up in the cycle is freed before it is taken again, a swap goes through a
+   temporary name (``capture_state.folder_order``).
 3. Ask each changed folder for its delta since its cursor (QRESYNC: vanished, changed flags,
    new messages with metadata only).
 4. Pair vanished messages with new ones carrying the same message GUID (or, without GUIDs, the
@@ -55,6 +58,7 @@ from mailrepl.shared.engines.queue_gate import QueueGate
 from mailrepl.shared.capture_state import (
     CaptureState, CatalogRow, KnownFolder, known_folders, pair_folders,
 )
+from mailrepl.shared.capture_state.folder_order import order_folder_steps
 from mailrepl.shared.errors import CursorInvalid, DiskFull, FolderNotFound
 from mailrepl.shared.model import Change, Cursor, Kind, UidSet, utcnow
 from mailrepl.shared.store import Store
@@ -398,15 +402,20 @@ class CaptureEngine:
             seq = Seq(s, mbx, report)
             st = CaptureState(s, mailbox_id)
             seeding = mbx.phase == "seeding"
-            # 1. creates and renames, parents first
-            for p in sorted(plans, key=lambda p: p.info.name.count("/")):
-                name = st.folder_name(p.row_id) if p.row_id else None
-                if name is None:
+            # 1. creates and renames, parents first, each onto a free name (a name given up in
+            #    this cycle is freed before it is taken again; swaps go through a temporary name)
+            names = st.folder_names()
+            new = {p.info.name: p for p in plans if p.row_id not in names}
+            targets = {p.row_id: p.info.name for p in plans if p.row_id in names}
+            for step in order_folder_steps(names, targets, new):
+                if step.old is None:
+                    p = new[step.new]
                     p.row_id = st.create_folder(p.info)
                     seq.emit(Change(Kind.FOLDER_CREATE, p.info.name, special_use=tuple(p.info.special_use)))
-                elif name != p.info.name:
-                    seq.emit(Change(Kind.FOLDER_RENAME, name, new_folder=p.info.name))
-                    st.rename_folder(p.row_id, p.info.name)
+                else:
+                    seq.emit(Change(Kind.FOLDER_RENAME, step.old, new_folder=step.new))
+                    st.rename_folder(step.old, step.new)
+            for p in plans:
                 st.note_folder(p.row_id, p.info)
             # 2. moves (the body is not sent again)
             for p in plans:

@@ -30,6 +30,7 @@ from mailrepl.shared.errors import (
     FolderNotFound,
     MailboxNotFound,
     MessageRejected,
+    ProtocolError,
     ServerUnavailable,
 )
 from mailrepl.shared.model import Cursor
@@ -111,6 +112,10 @@ class MemoryServer:
         box = self.boxes[user]
         for name in [n for n in box if n == folder or n.startswith(folder + "/")]:
             del box[name]
+
+    def rename_folder(self, user: str, old: str, new: str) -> None:
+        """A user renames ``old`` (its subfolders with it) to ``new``: folder ids and messages kept."""
+        self.open(user).rename_folder(old, new)
 
     def reset_uidvalidity(self, user: str, folder: str) -> None:
         f = self.boxes[user][folder]
@@ -225,6 +230,8 @@ class MemorySession:
         box = self._check()
         if old not in box:
             return
+        if new in box or new.startswith(old + "/"):  # as an IMAP server refuses it
+            raise ProtocolError(f"cannot rename {old!r} to {new!r}: it exists or is inside {old!r}")
         for name in sorted([n for n in box if n == old or n.startswith(old + "/")]):
             f = box.pop(name)
             f.name = new + name[len(old):]
