@@ -33,12 +33,12 @@ from sqlalchemy import bindparam, select, update
 
 from mailrepl.shared.adapters.base import FolderInfo, MailboxSession
 from mailrepl.shared.capture_state import (
-    Fresh, FolderListing, IdMap, KnownFolder, apply_rebuild, known_folders, pair_folders, plan_rebuild,
+    Fresh, FolderListing, IdMap, KnownFolder, apply_rebuild, known_folders_counted, pair_folders, plan_rebuild,
 )
 from mailrepl.shared.errors import CursorInvalid, FolderNotFound
 from mailrepl.shared.store import Store
 from mailrepl.shared.engines.replay_journal import PassJournal
-from mailrepl.shared.store.models import FolderState, Mailbox, Replica
+from mailrepl.shared.store.models import Mailbox, Replica
 
 __all__ = ["StandbyView", "ViewState", "is_fresh", "view_state"]
 
@@ -53,30 +53,28 @@ class ViewState:
     address: str
     applied: int  # the applied sequence number the refreshed view will match
     known: list[KnownFolder]
-    counts: dict[int, int | None]  # folder row -> message count (only where a journal is used)
+    counts: dict[int, int | None]  # folder row -> message count
     mailbox_id: int | None = None  # the view's mailbox row (None: not made yet)
 
 
 _MAILBOX = Mailbox.__table__
-_FOLDER = FolderState.__table__
 _REPLICA = Replica.__table__
 # built once: read or written at every replay pass that changed the copy
 _MAILBOX_ID = select(_MAILBOX.c.id).where(_MAILBOX.c.server == bindparam("server"),
                                           _MAILBOX.c.address == bindparam("address"))
-_COUNTS = select(_FOLDER.c.id, _FOLDER.c.messages).where(_FOLDER.c.mailbox_id == bindparam("mailbox_id"))
 _SET_VIEW_SEQ = update(_REPLICA).where(_REPLICA.c.id == bindparam("rid")).values(view_seq=bindparam("seq"))
 
 
 def view_state(s, rid: int, *, with_counts: bool, server: str | None = None, address: str | None = None,
                applied: int | None = None) -> ViewState:
     """Read the view of replica ``rid`` in the caller's reading session ``s`` (``server``,
-    ``address``, ``applied``: the replica's, when the caller has just read them)."""
+    ``address``, ``applied``: the replica's, when the caller has just read them). The folders'
+    message counts come with them (``with_counts`` is kept for callers; they cost nothing more)."""
     if server is None or address is None or applied is None:
         rep = s.get(Replica, rid)
         server, address, applied = rep.server, rep.address, rep.applied_seq
     mbx_id = s.scalar(_MAILBOX_ID, {"server": server, "address": address})
-    known = known_folders(s, mbx_id) if mbx_id else []
-    counts = dict(s.execute(_COUNTS, {"mailbox_id": mbx_id}).all()) if with_counts and mbx_id else {}
+    known, counts = known_folders_counted(s, mbx_id) if mbx_id else ([], {})
     return ViewState(server, address, applied, known, counts, mbx_id)
 
 
@@ -142,7 +140,9 @@ class StandbyView:
                 return Fresh(sha) if sha is not None else None
 
             plan = plan_rebuild(listings, deleted, identify)
-            apply_rebuild(s, mbx_id, plan)
+            # the rows as read for this refresh (under the mailbox's lock nothing else writes them)
+            rows = {k.id: (k.name, k.fid, counts.get(k.id)) for k in known} if state.mailbox_id else None
+            apply_rebuild(s, mbx_id, plan, rows)
             if complete:
                 s.execute(_SET_VIEW_SEQ, {"rid": rid, "seq": applied})
         for out in plan.folders:
