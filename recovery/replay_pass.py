@@ -18,14 +18,13 @@ from __future__ import annotations
 import dataclasses
 import time
 
-from sqlalchemy import bindparam, select
-
 from mailrepl.recovery.standby_check import ResyncRequests, standby_damage
 from mailrepl.recovery.standby_view import StandbyView, view_state
 from mailrepl.shared.engines.replay import ReplayEngine, ReplayReport
 from mailrepl.shared.site_state import SiteState
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import Replica
+from sqlalchemy import bindparam, select
 
 __all__ = ["ReplayPass"]
 
