@@ -180,24 +180,32 @@ class RecoveryGateway:
                     )
                 )
             )
-            if self.settings.lag.enabled:  # a lagged copy with nothing due yet is left alone
+            waiting: set[int] = set()  # lagged copies with nothing due yet: left alone, even when woken
+            if self.settings.lag.enabled:
                 fresh = {rid for rid, vs, ap in s.execute(select(Replica.id, Replica.view_seq, Replica.applied_seq))
                          if vs is not None and vs == ap}
-                rows = [r for r in rows if r[0] not in fresh or self.gate.due(r[0])]
+                waiting = {r[0] for r in rows if r[0] in fresh and not self.gate.due(r[0])}
+                rows = [r for r in rows if r[0] not in waiting]
             busy = {rid for rid, _, _ in rows}
             idle = s.execute(select(Replica.id, Replica.target, Replica.address).where(
                 Replica.site_state == SiteState.REPLICATING.value))
             now = time.monotonic()
-            # nothing to apply: the standby copy is still checked now and then
-            rows += [r for r in idle if r[0] not in busy and now - self.passes.checked.setdefault(r[0], now)
-                     >= self.check_interval]
+            # nothing to apply: the standby copy is still checked now and then; the others are
+            # listed for a wake-up by name (a received batch), which then needs no new listing
+            swept = {rid: True for rid in busy}
+            for r in idle:
+                if r[0] not in busy:
+                    due = now - self.passes.checked.setdefault(r[0], now) >= self.check_interval
+                    if due or r[0] not in waiting:
+                        swept[r[0]] = due
+                        rows.append(r)
         jobs = []
         for rid, target, address in rows:
             adapter = self.adapters.get(target)
             if adapter is None:
                 continue
             jobs.append(Job(key=rid, open_session=lambda a=adapter, addr=address: a.open(addr),
-                            run=lambda sess, r=rid: self._replay(r, sess), group=target))
+                            run=lambda sess, r=rid: self._replay(r, sess), group=target, swept=swept[rid]))
         return jobs
 
     def _replay(self, rid: int, session) -> None:

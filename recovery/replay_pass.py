@@ -15,16 +15,23 @@ missing, and every resync, written through it, would not bring them back.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from mailrepl.recovery.standby_check import ResyncRequests, standby_damage
-from mailrepl.recovery.standby_view import StandbyView, is_fresh, view_state
+from mailrepl.recovery.standby_view import StandbyView, view_state
 from mailrepl.shared.engines.replay import ReplayEngine, ReplayReport
 from mailrepl.shared.site_state import SiteState
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import Replica
+from sqlalchemy import bindparam, select
 
 __all__ = ["ReplayPass"]
+
+_R = Replica.__table__
+# built once: read at every pass
+_REPLICA_ROW = select(_R.c.site_state, _R.c.server, _R.c.address, _R.c.applied_seq, _R.c.view_seq, _R.c.error).where(
+    _R.c.id == bindparam("rid"))
 
 class ReplayPass:
     def __init__(self, store: Store, replay: ReplayEngine, view: StandbyView, resyncs: ResyncRequests) -> None:
@@ -36,31 +43,33 @@ class ReplayPass:
 
     def run(self, rid: int, session) -> tuple[ReplayReport, str | None] | None:
         """One pass of replica ``rid`` through its standby ``session``: its report and the
-        replica's error after it; None if it does not replicate (cutting over: the cutover
+        replica's error before it; None if it does not replicate (cutting over: the cutover
         drains; or users are on the standby). The copy is listed once for the check, replay and
-        the view (again only where a folder reset or the journal says it must be)."""
+        the view (again only where a folder reset or the journal says it must be). The replica
+        and its view are read once, before replay: under the mailbox's lock only this pass
+        writes them, and replay reports the applied sequence number it leaves."""
         live = session.list_folders()
         with self.store.read() as s:
-            rep = s.get(Replica, rid)
-            if rep.site_state != SiteState.REPLICATING.value:
+            rep = s.execute(_REPLICA_ROW, {"rid": rid}).first()
+            if rep is None or rep.site_state != SiteState.REPLICATING.value:
                 return None
-            view_fresh = is_fresh(rep)
-            self._check(s, rid, session, live, view_fresh=view_fresh)
+            view_fresh = rep.view_seq is not None and rep.view_seq == rep.applied_seq
+            state = view_state(s, rid, with_counts=view_fresh, server=rep.server, address=rep.address,
+                               applied=rep.applied_seq)
+            self._check(s, rid, session, live, view_fresh=view_fresh, known=state.known, applied=rep.applied_seq)
         report = self.replay.replay(rid, session, listing=live)
         if report.last_reset_seq:
             self.resyncs.reset_applied(rid, report.last_reset_seq)
             self.check(rid, session, view_fresh=False)  # what the reset answered may be damaged again
-        with self.store.read() as s:
-            rep = s.get(Replica, rid)
-            fresh, error = is_fresh(rep), rep.error
-            state = None if fresh else view_state(s, rid, with_counts=view_fresh)
-        if not fresh:
+        applied = rep.applied_seq if report.applied_seq is None else report.applied_seq
+        if rep.view_seq is None or rep.view_seq != applied:
+            state = dataclasses.replace(state, applied=applied)
             # what the pass wrote is the view's delta where the view was current before it
             if view_fresh:
                 self.view.refresh(rid, session, report.journal, live, state)
             else:
                 self.view.refresh(rid, session, state=state)
-        return report, error
+        return report, rep.error
 
     def check(self, rid: int, session, *, view_fresh: bool) -> list[str]:
         """Was the standby copy changed behind our back? If so, a resync is asked for; returns
@@ -69,10 +78,12 @@ class ReplayPass:
         with self.store.read() as s:
             return self._check(s, rid, session, live, view_fresh=view_fresh)
 
-    def _check(self, s, rid: int, session, live, *, view_fresh: bool) -> list[str]:
-        """``check`` of the copy as listed (``live``), in the reading session ``s``."""
+    def _check(self, s, rid: int, session, live, *, view_fresh: bool, known=None, applied: int | None = None) -> list[str]:
+        """``check`` of the copy as listed (``live``), in the reading session ``s`` (``known``,
+        ``applied``: the view's folders and the applied sequence number, just read)."""
         self.checked[rid] = time.monotonic()
-        damaged = standby_damage(s, rid, live, view_fresh=view_fresh, use_fid=session.features.folder_id)
+        damaged = standby_damage(s, rid, live, view_fresh=view_fresh, use_fid=session.features.folder_id,
+                                 known=known, applied=applied)
         if damaged:
             self.resyncs.want(s.get(Replica, rid), damaged)
             if (discard := getattr(session, "discard", None)) is not None:

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from sqlalchemy import func, select
 
 from mailrepl.shared.adapters.base import FolderInfo
-from mailrepl.shared.capture_state import ReplicaFolders, known_folders, pair_folders
+from mailrepl.shared.capture_state import KnownFolder, ReplicaFolders, known_folders, pair_folders
 from mailrepl.shared.model import Change, Kind
 from mailrepl.shared.store.models import IdMapEntry, InboxRow, Mailbox, Replica
 
@@ -44,8 +44,11 @@ __all__ = ["ResyncRequests", "standby_damage"]
 log = logging.getLogger("mailrepl.standby_check")
 
 
-def standby_damage(s, rid: int, live: Sequence[FolderInfo], *, view_fresh: bool, use_fid: bool) -> list[str]:
-    """Folders of replica ``rid``'s standby copy changed by someone else (sorted; empty: none)."""
+def standby_damage(s, rid: int, live: Sequence[FolderInfo], *, view_fresh: bool, use_fid: bool,
+                   known: Sequence[KnownFolder] | None = None, applied: int | None = None) -> list[str]:
+    """Folders of replica ``rid``'s standby copy changed by someone else (sorted; empty: none).
+    ``known``: the view's folders and ``applied``: the replica's applied sequence number, when
+    the caller has just read them in ``s``."""
     by_name = {f.name: f for f in live}
     # a folder gone, or of another UIDVALIDITY; or holding, by the id map, a UID the server has not
     # given yet: recreated with its old UIDVALIDITY (taken from the clock, its record wiped too)
@@ -56,21 +59,26 @@ def standby_damage(s, rid: int, live: Sequence[FolderInfo], *, view_fresh: bool,
     # a folder the applied changes say the copy has (empty ones included) that is gone
     damaged |= ReplicaFolders(s, rid).names() - by_name.keys()
     if view_fresh:
-        rep = s.get(Replica, rid)
-        mbx_id = s.scalar(select(Mailbox.id).where(Mailbox.server == rep.server, Mailbox.address == rep.address))
-        if mbx_id is not None:
-            matches, deleted = pair_folders(known_folders(s, mbx_id), live, use_fid)
+        if known is None:
+            rep = s.get(Replica, rid)
+            mbx_id = s.scalar(select(Mailbox.id).where(Mailbox.server == rep.server, Mailbox.address == rep.address))
+            known = known_folders(s, mbx_id) if mbx_id is not None else []
+        if known:
+            matches, deleted = pair_folders(known, live, use_fid)
             damaged |= {k.name for k in deleted}
             damaged |= {m.known.name for m in matches if m.identity_changed}
     # the next change to apply may be done on the server already (the process stopped before its
     # bookkeeping): a folder it renames or deletes, and their subfolders, may be gone by right
-    gone = _maybe_gone(s, rid)
+    if not damaged:
+        return []
+    gone = _maybe_gone(s, rid, applied)
     return sorted(f for f in damaged if gone is None or not (f == gone or f.startswith(gone + "/")))
 
 
-def _maybe_gone(s, rid: int) -> str | None:
-    rep = s.get(Replica, rid)
-    text = s.scalar(select(InboxRow.change).where(InboxRow.replica_id == rid, InboxRow.seq == rep.applied_seq + 1))
+def _maybe_gone(s, rid: int, applied: int | None) -> str | None:
+    if applied is None:
+        applied = s.get(Replica, rid).applied_seq
+    text = s.scalar(select(InboxRow.change).where(InboxRow.replica_id == rid, InboxRow.seq == applied + 1))
     if text is None:
         return None
     ch = Change.from_dict(json.loads(text))

@@ -29,16 +29,16 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 
 from mailrepl.shared.adapters.base import FolderInfo, MailboxSession
 from mailrepl.shared.capture_state import (
-    Fresh, FolderListing, IdMap, KnownFolder, apply_rebuild, known_folders, pair_folders, plan_rebuild,
+    Fresh, FolderListing, IdMap, KnownFolder, apply_rebuild, known_folders_counted, pair_folders, plan_rebuild,
 )
 from mailrepl.shared.errors import CursorInvalid, FolderNotFound
 from mailrepl.shared.store import Store
 from mailrepl.shared.engines.replay_journal import PassJournal
-from mailrepl.shared.store.models import FolderState, Mailbox, Replica
+from mailrepl.shared.store.models import Mailbox, Replica
 
 __all__ = ["StandbyView", "ViewState", "is_fresh", "view_state"]
 
@@ -53,18 +53,29 @@ class ViewState:
     address: str
     applied: int  # the applied sequence number the refreshed view will match
     known: list[KnownFolder]
-    counts: dict[int, int | None]  # folder row -> message count (only where a journal is used)
+    counts: dict[int, int | None]  # folder row -> message count
+    mailbox_id: int | None = None  # the view's mailbox row (None: not made yet)
 
 
-def view_state(s, rid: int, *, with_counts: bool) -> ViewState:
-    """Read the view of replica ``rid`` in the caller's reading session ``s``."""
-    rep = s.get(Replica, rid)
-    server, address = rep.server, rep.address
-    mbx_id = s.scalar(select(Mailbox.id).where(Mailbox.server == server, Mailbox.address == address))
-    known = known_folders(s, mbx_id) if mbx_id else []
-    counts = (dict(s.execute(select(FolderState.id, FolderState.messages).where(FolderState.mailbox_id == mbx_id)).all())
-              if with_counts and mbx_id else {})
-    return ViewState(server, address, rep.applied_seq, known, counts)
+_MAILBOX = Mailbox.__table__
+_REPLICA = Replica.__table__
+# built once: read or written at every replay pass that changed the copy
+_MAILBOX_ID = select(_MAILBOX.c.id).where(_MAILBOX.c.server == bindparam("server"),
+                                          _MAILBOX.c.address == bindparam("address"))
+_SET_VIEW_SEQ = update(_REPLICA).where(_REPLICA.c.id == bindparam("rid")).values(view_seq=bindparam("seq"))
+
+
+def view_state(s, rid: int, *, with_counts: bool, server: str | None = None, address: str | None = None,
+               applied: int | None = None) -> ViewState:
+    """Read the view of replica ``rid`` in the caller's reading session ``s`` (``server``,
+    ``address``, ``applied``: the replica's, when the caller has just read them). The folders'
+    message counts come with them (``with_counts`` is kept for callers; they cost nothing more)."""
+    if server is None or address is None or applied is None:
+        rep = s.get(Replica, rid)
+        server, address, applied = rep.server, rep.address, rep.applied_seq
+    mbx_id = s.scalar(_MAILBOX_ID, {"server": server, "address": address})
+    known, counts = known_folders_counted(s, mbx_id) if mbx_id else ([], {})
+    return ViewState(server, address, applied, known, counts, mbx_id)
 
 
 def is_fresh(rep: Replica) -> bool:
@@ -118,7 +129,7 @@ class StandbyView:
                 complete, delta = False, None
             listings.append(FolderListing(m, delta, reset))
         with self.store.tx(durable=False) as s:  # lost in a power failure: refreshed again
-            mbx = _mailbox(s, server, address)
+            mbx_id = state.mailbox_id or _mailbox(s, server, address).id
             known_shas = journal.shas if journal is not None else {}
             unknown = {x.match.info.name: uids for x in listings if x.delta is not None
                        if (uids := [m.uid for m in x.delta.new if (x.match.info.name, m.uid) not in known_shas])}
@@ -129,9 +140,11 @@ class StandbyView:
                 return Fresh(sha) if sha is not None else None
 
             plan = plan_rebuild(listings, deleted, identify)
-            apply_rebuild(s, mbx.id, plan)
+            # the rows as read for this refresh (under the mailbox's lock nothing else writes them)
+            rows = {k.id: (k.name, k.fid, counts.get(k.id)) for k in known} if state.mailbox_id else None
+            apply_rebuild(s, mbx_id, plan, rows)
             if complete:
-                s.get(Replica, rid).view_seq = applied
+                s.execute(_SET_VIEW_SEQ, {"rid": rid, "seq": applied})
         for out in plan.folders:
             if out.pending:
                 log.info("%s: %d message(s) in %r on the standby that replay did not write; captured as new "

@@ -19,7 +19,7 @@ store's migrations):
   the applied changes say (empty ones included), kept by replay.
 """
 from mailrepl.shared.capture_state.catalog import (
-    CaptureState, CatalogRow, NewEntry, PendingWork, known_folders, pending_folders,
+    CaptureState, CatalogRow, NewEntry, PendingWork, known_folders, known_folders_counted, pending_folders,
 )
 from mailrepl.shared.capture_state.idmap import (
     IdMap, MapEntry, alias_catalogued, aliases, drop_aliases, rebuild_from_catalog, seed_from_catalog,
@@ -31,7 +31,8 @@ from mailrepl.shared.capture_state.rebuild import (
 )
 
 __all__ = [
-    "CaptureState", "CatalogRow", "NewEntry", "PendingWork", "known_folders", "pending_folders",
+    "CaptureState", "CatalogRow", "NewEntry", "PendingWork", "known_folders", "known_folders_counted",
+    "pending_folders",
     "IdMap", "MapEntry", "alias_catalogued", "aliases", "drop_aliases", "rebuild_from_catalog", "seed_from_catalog",
     "FolderMatch", "KnownFolder", "pair_folders", "ReplicaFolders",
     "Addition", "FolderListing", "FolderOutcome", "Fresh", "Keep", "Placement", "RebuildPlan", "apply_rebuild",

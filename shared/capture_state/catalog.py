@@ -98,6 +98,16 @@ def known_folders(s: Session, mailbox_id: int) -> list[KnownFolder]:
     return [_known(f) for f in s.execute(_KNOWN_QUERY, {"mailbox_id": mailbox_id})]
 
 
+_COUNTED_QUERY = select(_FOLDER.c.id, _FOLDER.c.name, _FOLDER.c.fid, _FOLDER.c.cursor, _FOLDER.c.pending_uids,
+                        _FOLDER.c.messages).where(_FOLDER.c.mailbox_id == bindparam("mailbox_id"))
+
+
+def known_folders_counted(s: Session, mailbox_id: int) -> tuple[list[KnownFolder], dict[int, int | None]]:
+    """``known_folders`` and each folder row's message count, in one query."""
+    rows = list(s.execute(_COUNTED_QUERY, {"mailbox_id": mailbox_id}))
+    return [_known(f) for f in rows], {f.id: f.messages for f in rows}
+
+
 def pending_folders(s: Session, mailbox_id: int) -> list[int]:
     """Ids of the folders with capture work left over from an earlier cycle."""
     return list(s.scalars(select(FolderState.id).where(

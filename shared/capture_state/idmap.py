@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Collection, Iterable, Mapping, Sequence
 
-from sqlalchemy import case, delete, func, insert, select, update
+from sqlalchemy import bindparam, case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from mailrepl.shared.model import Cursor
@@ -23,6 +23,15 @@ __all__ = ["MapEntry", "IdMap", "seed_from_catalog", "rebuild_from_catalog", "al
            "aliases"]
 
 ALIAS_CHUNK = 200  # mailboxes per INSERT ... SELECT
+
+_IDMAP = IdMapEntry.__table__
+# built once: replay reads and writes the map at every group it applies (Core rows, no ORM objects)
+_OF_REPLICA = _IDMAP.c.replica_id == bindparam("rid")
+_MIDS = _IDMAP.c.mid.in_(bindparam("mids", expanding=True))
+_ENTRIES = select(_IDMAP.c.mid, _IDMAP.c.folder, _IDMAP.c.uidvalidity, _IDMAP.c.uid, _IDMAP.c.sha256).where(
+    _OF_REPLICA, _MIDS)
+_MAPPED = select(_IDMAP.c.mid).where(_OF_REPLICA, _MIDS)
+_DROP = delete(_IDMAP).where(_OF_REPLICA, _MIDS)
 
 
 @dataclass(frozen=True)
@@ -52,17 +61,15 @@ class IdMap:
     def entries(self, mids: Iterable[int]) -> dict[int, MapEntry]:
         out: dict[int, MapEntry] = {}
         for part in chunks(mids):
-            for e in self.s.scalars(select(IdMapEntry).where(IdMapEntry.replica_id == self.rid,
-                                                             IdMapEntry.mid.in_(part))):
-                out[e.mid] = MapEntry.of(e)
+            for e in self.s.execute(_ENTRIES, {"rid": self.rid, "mids": list(part)}):
+                out[e.mid] = MapEntry(e.mid, e.folder, e.uidvalidity, e.uid, e.sha256)
         return out
 
     def mapped(self, mids: Iterable[int]) -> set[int]:
         """Which of ``mids`` the map holds."""
         out: set[int] = set()
         for part in chunks(mids):
-            out.update(self.s.scalars(select(IdMapEntry.mid).where(IdMapEntry.replica_id == self.rid,
-                                                                   IdMapEntry.mid.in_(part))))
+            out.update(self.s.scalars(_MAPPED, {"rid": self.rid, "mids": list(part)}))
         return out
 
     def all(self) -> dict[int, MapEntry]:
@@ -100,7 +107,7 @@ class IdMap:
 
     def drop(self, mids: Iterable[int]) -> None:
         for part in chunks(mids):
-            self.s.execute(delete(IdMapEntry).where(IdMapEntry.replica_id == self.rid, IdMapEntry.mid.in_(part)))
+            self.s.execute(_DROP, {"rid": self.rid, "mids": list(part)})
 
     def drop_folder(self, folder: str) -> None:
         """Forget the messages of one folder."""

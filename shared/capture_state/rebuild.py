@@ -28,6 +28,7 @@ from mailrepl.shared.store.chunks import chunks
 from mailrepl.shared.store.models import CatalogEntry, FolderState
 
 _CATALOG = CatalogEntry.__table__
+_FOLDER_T = FolderState.__table__
 
 __all__ = ["Keep", "Fresh", "FolderListing", "FolderOutcome", "Placement", "Addition", "RebuildPlan",
            "plan_rebuild", "apply_rebuild"]
@@ -166,9 +167,15 @@ def plan_rebuild(listings: Sequence[FolderListing], gone: Sequence[KnownFolder],
     return plan
 
 
-def apply_rebuild(s: Session, mailbox_id: int, plan: RebuildPlan) -> list[int]:
+def apply_rebuild(s: Session, mailbox_id: int, plan: RebuildPlan,
+                  known: Mapping[int, tuple[str, str, int | None]] | None = None) -> list[int]:
     """Write ``plan`` into the capture state of ``mailbox_id``; returns the ids given to
-    ``plan.added``, in order."""
+    ``plan.added``, in order. ``known``: the mailbox's folder rows as the caller has just read
+    them in this transaction (row id -> name, fid, message count); a plan that only moves
+    cursors and counts, flags, expunges and adds in folders that keep their rows and names is
+    then written with a statement per changed folder, without loading the rows."""
+    if known is not None and _in_place(plan, known):
+        return _apply_in_place(s, mailbox_id, plan, known)
     rows = {f.id: f for f in s.scalars(select(FolderState).where(FolderState.mailbox_id == mailbox_id))}
     # 1. free what is taken over: the (folder, uid) slots of messages that move, the names of
     #    folders renamed or gone (a folder may take the name another one just gave up)
@@ -224,3 +231,38 @@ def apply_rebuild(s: Session, mailbox_id: int, plan: RebuildPlan) -> list[int]:
     for folder_id in plan.gone:
         s.expunge(rows.pop(folder_id))
     return mids
+
+
+def _in_place(plan: RebuildPlan, known: Mapping[int, tuple[str, str, int | None]]) -> bool:
+    return (not plan.gone and not plan.placed and not plan.dropped_mids
+            and all(o.row_id in known and known[o.row_id][0] == o.name and not o.reset for o in plan.folders))
+
+
+def _apply_in_place(s: Session, mailbox_id: int, plan: RebuildPlan,
+                    known: Mapping[int, tuple[str, str, int | None]]) -> list[int]:
+    """``apply_rebuild`` of a plan ``_in_place`` accepts: the same rows, written as Core statements."""
+    for folder_id, uids in plan.dropped_uids.items():
+        for part in chunks(uids):
+            s.execute(delete(CatalogEntry).where(CatalogEntry.folder_id == folder_id, CatalogEntry.uid.in_(part)))
+    by_name: dict[str, int] = {}
+    for o in plan.folders:
+        _, fid, messages = known[o.row_id]
+        values: dict = {}
+        if (o.fid or fid) != fid:
+            values["fid"] = o.fid
+        if o.messages != messages:
+            values["messages"] = o.messages
+        if o.cursor is not None:
+            cursor = o.cursor.format()
+            values.update(cursor=cursor, pending_cursor=cursor if o.pending else None,
+                          pending_uids=UidSet(o.pending).format() if o.pending else None,
+                          pending_replace=None, resetting=False)
+        if values:
+            s.execute(update(_FOLDER_T).where(_FOLDER_T.c.id == o.row_id).values(**values))
+        by_name[o.name] = o.row_id
+    for folder_id, flags in plan.flags.items():
+        s.execute(update(_CATALOG).where(_CATALOG.c.folder_id == folder_id, _CATALOG.c.uid == bindparam("u"))
+                  .values(flags=bindparam("f")), [{"u": uid, "f": text} for uid, text in flags.items()])
+    return insert_entries(s, [
+        {"mailbox_id": mailbox_id, "folder_id": by_name[a.folder], "uid": a.uid, "guid": a.guid,
+         "sha256": a.sha256, "size": a.size, "flags": a.flags} for a in plan.added])

@@ -38,7 +38,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import bindparam, delete, insert, select, update
 
 from mailrepl.shared.adapters.base import AppendItem, FolderInfo, MailboxSession
 from mailrepl.shared.capture_state import IdMap, MapEntry, ReplicaFolders
@@ -65,6 +65,22 @@ __all__ = ["Group", "plan", "ReplayEngine", "ReplayReport", "DEFAULT_APPEND_BATC
 log = logging.getLogger("mailrepl.replay")
 
 _INBOX = InboxRow.__table__  # Core: rows are read as tuples
+_REPLICA = Replica.__table__
+_INTENT = ReplayIntent.__table__
+# built once: written at every group a pass applies
+_ADVANCE = (update(_REPLICA).where(_REPLICA.c.id == bindparam("rid"), _REPLICA.c.applied_seq == bindparam("before"))
+            .values(applied_seq=bindparam("last"), last_applied_at=bindparam("at")))
+_MARK_APPLIED = (update(_INBOX).where(_INBOX.c.replica_id == bindparam("rid"), _INBOX.c.seq >= bindparam("first"),
+                                      _INBOX.c.seq <= bindparam("last"), _INBOX.c.state == "received")
+                 .values(state="applied"))
+_DROP_INTENT = delete(_INTENT).where(_INTENT.c.replica_id == bindparam("rid"))
+_ORPHAN = Orphan.__table__
+_ORPHANS_IN = select(_ORPHAN).where(_ORPHAN.c.replica_id == bindparam("rid"), _ORPHAN.c.folder == bindparam("folder"))
+_INTENT_ROW = select(_INTENT).where(_INTENT.c.replica_id == bindparam("rid"))
+_APPLIED_SEQ = select(_REPLICA.c.applied_seq).where(_REPLICA.c.id == bindparam("rid"))
+_NEXT_CHANGES = (select(_INBOX.c.seq, _INBOX.c.change)
+                 .where(_INBOX.c.replica_id == bindparam("rid"), _INBOX.c.seq >= bindparam("start"))
+                 .order_by(_INBOX.c.seq).limit(bindparam("limit")))
 
 DEFAULT_APPEND_BATCH = 100
 DEFAULT_APPEND_BYTES = 8 * 1024 * 1024
@@ -140,6 +156,7 @@ class ReplayReport:
     last_reset_seq: int = 0  # the last folder reset applied in this pass (0: none)
     held: int = 0  # changes set aside by the gate
     kept_folders: list[dict] = field(default_factory=list)  # deleted there, kept here (keep_unknown)
+    applied_seq: int | None = None  # the replica's applied sequence number as the pass left it
     journal: PassJournal = field(default_factory=PassJournal)  # what the pass wrote (the standby view's input)
 
 
@@ -178,19 +195,18 @@ class ReplayEngine:
         report.journal.listed.update((f.name, f) for f in listing)
         dates: Dates = {}  # read once a pass
         self._recorded.pop(replica_id, None)
-        self._reconcile(replica_id, session, report)
+        intent, first = None, True
         while True:
-            with self.store.read() as s:
-                rep = s.get(Replica, replica_id)
-                start = rep.applied_seq + 1
-                rows = list(
-                    s.execute(
-                        select(_INBOX.c.seq, _INBOX.c.change)
-                        .where(_INBOX.c.replica_id == replica_id, _INBOX.c.seq >= start)
-                        .order_by(_INBOX.c.seq)
-                        .limit(self.window)
-                    )
-                )
+            with self.store.read() as s:  # a crash's intent looked up with the first changes
+                if first:
+                    intent = s.execute(_INTENT_ROW, {"rid": replica_id}).first()
+                report.applied_seq = s.scalar(_APPLIED_SEQ, {"rid": replica_id})
+                start = report.applied_seq + 1
+                rows = list(s.execute(_NEXT_CHANGES, {"rid": replica_id, "start": start, "limit": self.window}))
+            if first:
+                first = False
+                if intent is not None:  # the id map is read after this, per group: no changes read again
+                    self._reconcile(replica_id, session, report, intent)
             changes: list[tuple[int, Change]] = []
             for seq, text in rows:
                 if seq != start + len(changes):
@@ -216,7 +232,7 @@ class ReplayEngine:
             rep = s.get(Replica, rid)
             if rep.applied_seq != first - 1:
                 raise StoreError(f"replica {rid}: applied {rep.applied_seq}, held run starts at {first}", retryable=False)
-            rep.applied_seq = last
+            rep.applied_seq = report.applied_seq = last
             s.execute(update(InboxRow).where(InboxRow.replica_id == rid, InboxRow.seq >= first, InboxRow.seq <= last,
                                              InboxRow.state == "received").values(state="held"))
         report.held += last - first + 1
@@ -305,8 +321,8 @@ class ReplayEngine:
                     dates: Dates) -> None:
         with self.store.read() as s:
             mapped = IdMap(s, rid).mapped(c.mid for _, c in g.items)
-            orphans: dict[str, list[Orphan]] = {}
-            for o in s.scalars(select(Orphan).where(Orphan.replica_id == rid, Orphan.folder == g.folder)):
+            orphans: dict[str, list[Orphan]] = {}  # Core rows (id, folder, UIDVALIDITY, UID, SHA-256)
+            for o in s.execute(_ORPHANS_IN, {"rid": rid, "folder": g.folder}):
                 orphans.setdefault(o.sha256, []).append(o)
         claims: list[tuple[int, Change, Orphan]] = []
         todo: list[tuple[int, Change]] = []
@@ -360,10 +376,18 @@ class ReplayEngine:
                                      what=a.what, message_id=a.who.message_id, subject=a.who.subject, msg_date=a.who.date))
                 log.warning("%s/%s: the standby altered a message (seq %s, folder %r, %s): %s", rep.server,
                             rep.address, a.seq, g.folder, a.who.describe(), a.what)
-            s.execute(delete(ReplayIntent).where(ReplayIntent.replica_id == rid))
+            s.execute(_DROP_INTENT, {"rid": rid})
             self._advance(s, rid, g, report, skip_states={r[0] for r in rejected})
         report.rejected += len(rejected)
         report.altered += len(altered)
+
+    def _intend(self, rid: int, folder: str, info: FolderInfo, first_seq: int, last_seq: int) -> None:
+        """Record durably, before the write, where it will put messages (replacing an earlier intent)."""
+        with self.store.tx() as s:
+            s.execute(_DROP_INTENT, {"rid": rid})
+            s.execute(insert(_INTENT), {"replica_id": rid, "folder": folder, "uidvalidity": info.uidvalidity,
+                                        "uidnext": info.uidnext, "first_seq": first_seq, "last_seq": last_seq,
+                                        "created_at": utcnow()})
 
     def _append(self, rid, folder, todo, session, rejected, report, altered) -> list[MapEntry]:
         """MULTIAPPEND ``todo`` under an intent; on rejection retry one by one to find the culprit.
@@ -380,13 +404,7 @@ class ReplayEngine:
             info = session.folder_info(folder)
             if info is None:
                 raise FolderNotFound(f"folder {folder!r} could not be created")
-        with self.store.tx() as s:
-            s.merge(
-                ReplayIntent(
-                    replica_id=rid, folder=folder, uidvalidity=info.uidvalidity, uidnext=info.uidnext,
-                    first_seq=todo[0][0], last_seq=todo[-1][0],
-                )
-            )
+        self._intend(rid, folder, info, todo[0][0], todo[-1][0])
         try:
             res = session.append(folder, items)
         except MessageRejected as exc:
@@ -419,13 +437,7 @@ class ReplayEngine:
                 report.journal.void()
                 session.create_folder(dest)
                 info = session.folder_info(dest)
-            with self.store.tx() as s:
-                s.merge(
-                    ReplayIntent(
-                        replica_id=rid, folder=dest, uidvalidity=info.uidvalidity, uidnext=info.uidnext,
-                        first_seq=g.first_seq, last_seq=g.last_seq,
-                    )
-                )
+            self._intend(rid, dest, info, g.first_seq, g.last_seq)
             by_folder: dict[str, list[MapEntry]] = {}
             for e in todo.values():
                 by_folder.setdefault(e.folder, []).append(e)
@@ -456,9 +468,12 @@ class ReplayEngine:
 
     # ------------------------------------------------------------------ crash recovery
 
-    def _reconcile(self, rid: int, session: MailboxSession, report: ReplayReport) -> None:
+    def _reconcile(self, rid: int, session: MailboxSession, report: ReplayReport, intent=None) -> None:
+        """Recover from a crash between a write of messages and its bookkeeping (``intent``: the
+        replica's intent row, when the caller has just read it; else looked up here)."""
         with self.store.read() as s:
-            intent = s.get(ReplayIntent, rid)
+            if intent is None:
+                intent = s.execute(_INTENT_ROW, {"rid": rid}).first()
             if intent is None:
                 return
             report.journal.void()  # recovering from a crash: the view reads the copy back
@@ -560,18 +575,22 @@ class ReplayEngine:
 
     def _advance(self, s, rid: int, g: Group, report: ReplayReport, skip_states=frozenset()) -> None:
         self._note_folders(s, rid, g)
-        rep = s.get(Replica, rid)
-        if rep.applied_seq != g.first_seq - 1:
-            raise StoreError(f"replica {rid}: applied {rep.applied_seq}, group starts at {g.first_seq}", retryable=False)
-        rep.applied_seq = g.last_seq
-        rep.last_applied_at = utcnow()
-        s.execute(
-            update(InboxRow)
-            .where(InboxRow.replica_id == rid, InboxRow.seq >= g.first_seq, InboxRow.seq <= g.last_seq,
-                   InboxRow.state == "received", InboxRow.seq.not_in(list(skip_states) or [-1]))
-            .values(state="applied")
-        )
+        # the group continues the applied sequence, or nothing is recorded (one statement, no load)
+        moved = s.execute(_ADVANCE, {"rid": rid, "before": g.first_seq - 1, "last": g.last_seq, "at": utcnow()})
+        if moved.rowcount != 1:
+            applied = s.scalar(select(_REPLICA.c.applied_seq).where(_REPLICA.c.id == rid))
+            raise StoreError(f"replica {rid}: applied {applied}, group starts at {g.first_seq}", retryable=False)
+        if skip_states:
+            s.execute(
+                update(InboxRow)
+                .where(InboxRow.replica_id == rid, InboxRow.seq >= g.first_seq, InboxRow.seq <= g.last_seq,
+                       InboxRow.state == "received", InboxRow.seq.not_in(list(skip_states)))
+                .values(state="applied")
+            )
+        else:
+            s.execute(_MARK_APPLIED, {"rid": rid, "first": g.first_seq, "last": g.last_seq})
         report.applied += len(g.items)
+        report.applied_seq = g.last_seq
 
 
     def _note_folders(self, s, rid: int, g: Group) -> None:

@@ -61,6 +61,9 @@ class Job:
     open_session: Callable[[], MailboxSession]
     run: Callable[[MailboxSession], object]
     group: Hashable | None = None  # the server: its jobs' back-offs end together when it is back
+    # the periodic sweep runs it; False: only a wake-up by name does (listed anyway, so that the
+    # wake-up of a job with nothing to do at the last listing needs no new listing)
+    swept: bool = True
 
 
 @dataclass
@@ -208,7 +211,7 @@ class MailboxWorkers:
     def _sweep_order(self, by_key: dict, woken: dict, now: float, forced: bool) -> list[Hashable]:
         """The keys a sweep queues (lock held): all of them, or with ``idle_poll_max`` those due,
         the most recently active first."""
-        keys = [k for k in by_key if k not in woken]
+        keys = [k for k in by_key if k not in woken and by_key[k].swept]
         slots = self._slots
         if self.sweep_skips_woken and not forced:
             ran = now - self.poll_interval

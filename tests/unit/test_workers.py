@@ -464,3 +464,32 @@ def test_a_job_woken_once_is_swept_again_within_two_poll_intervals():
         assert later and later[0] - first <= 2 * 0.2 + 0.1, (first, ran)
     finally:
         workers.stop()
+
+
+def test_a_job_listed_as_not_swept_runs_only_when_woken_and_its_wake_up_needs_no_listing():
+    """The recovery gateway lists a mailbox with nothing to replay as not swept: the poll leaves
+    it alone, and the wake-up of its next received batch runs it from the list it has."""
+    listed = []
+    ran: list[int] = []
+
+    def list_jobs() -> list[Job]:
+        listed.append(time.monotonic())
+        return [Job(key=k, open_session=FakeSession, run=lambda session, k=k: ran.append(k), swept=k == 0)
+                for k in range(3)]
+
+    workers = MailboxWorkers("t", list_jobs, workers=2, poll_interval=0.5)
+    workers.start()
+    try:
+        time.sleep(1.2)  # two polls and more
+        assert ran.count(0) >= 2 and 1 not in ran and 2 not in ran
+        time.sleep(0.1)
+        before, woken_at = len(listed), time.monotonic()
+        workers.wake(2)
+        deadline = woken_at + 5
+        while 2 not in ran and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert 2 in ran and 1 not in ran
+        if time.monotonic() - listed[-1] > 0.05:  # unless the poll's listing fell in between
+            assert len(listed) == before
+    finally:
+        workers.stop()
