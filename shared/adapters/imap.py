@@ -14,7 +14,6 @@ the user), and ``[AUTHENTICATIONFAILED]`` when the credentials were wrong. The f
 """
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -240,45 +239,25 @@ class ImapSession:
         raise_for(res, f"renaming folder {old!r} to {new!r}")
 
     def delete_folder(self, folder: str) -> None:
-        """DELETE ``folder`` alone: its subfolders stay (RFC 3501; the name may stay as a
+        """DELETE ``folder`` alone: its subfolders stay (RFC 3501; Dovecot keeps the name as a
         \\Noselect parent). A server that refuses to delete a folder with children (Cyrus:
-        HASCHILDREN; Dovecot, for a \\Noselect parent) has them moved aside under a name of
-        their own, the folder deleted, and the children moved back. A delete interrupted midway
-        is finished by the next one: children left aside are moved back first."""
+        HASCHILDREN; it also makes a real parent of any folder created or renamed under a
+        missing one, so no child can outlive its parent there) has the folder emptied instead:
+        its messages go, the subfolders and theirs stay."""
         mb = self._mb
         raw = mb.names.to_server(folder)
         if raw == "INBOX":
             raise ProtocolError("INBOX cannot be deleted")
-        aside = mb.names.to_server(_aside_name(folder)) if mb.names.delimiter else None
-        if aside is not None:
-            self._move_children(aside, raw)  # left aside by an interrupted delete
         entry = mb.entry(folder)
         if entry is None or entry.has("\\Noselect"):
             return  # gone, or only a parent name now: nothing of its own left to delete
         res = mb.client.run(b"DELETE ", quoted(raw))
-        if res.ok:
+        if res.ok or mb.entry(folder) is None:
             return
-        if aside is None or not self._move_children(raw, aside):
-            if mb.entry(folder) is None:
-                return
+        if not (mb.names.delimiter and mb.list_entries(raw + mb.names.delimiter + "%")[0]):
             raise_for(res, f"deleting folder {folder!r}")
-        res = mb.client.run(b"DELETE ", quoted(raw))
-        if not res.ok and mb.entry(folder) is not None:
-            raise_for(res, f"deleting folder {folder!r}")
-        self._move_children(aside, raw)
-        mb.client.run(b"DELETE ", quoted(aside))  # a parent the server made for them, if any
-
-    def _move_children(self, src: str, dest: str) -> bool:
-        """RENAME the direct children of server name ``src`` (with theirs) under ``dest``;
-        whether there were any."""
-        mb = self._mb
-        prefix = src + mb.names.delimiter
-        entries, _ = mb.list_entries(prefix + "%")
-        names = sorted({e.name for e in entries if e.name.startswith(prefix) and not e.has("\\NonExistent")})
-        for name in names:
-            target = dest + mb.names.delimiter + name[len(prefix):]
-            raise_for(mb.client.run(b"RENAME ", quoted(name), b" ", quoted(target)), f"moving folder {name!r}")
-        return bool(names)
+        left = self.changes_since(folder, None).new
+        self.expunge(folder, [m.uid for m in left])
 
     # ------------------------------------------------------------------ messages
 
@@ -430,8 +409,3 @@ def _is_event(resp: Response) -> bool:
     """An untagged response that signals a change (not a keep-alive or capability news)."""
     return resp.tag == "*" and resp.name not in ("OK", "NO", "BAD", "CAPABILITY", "ENABLED")
 
-
-def _aside_name(folder: str) -> str:
-    """Where the subfolders of ``folder`` wait while it is deleted: a top-level name no user
-    folder plausibly has, the same for the same folder (an interrupted delete is found again)."""
-    return "mailrepl-aside-" + hashlib.sha256(folder.encode()).hexdigest()[:16]
