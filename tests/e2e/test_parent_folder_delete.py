@@ -1,22 +1,23 @@
 """A folder deleted on the primary while its subfolders stay (RFC 3501 allows it: Dovecot keeps
 the name as a \\Noselect parent; Cyrus lets neither users nor admins do it): the standby must
-lose that folder and its messages and keep the subfolders with theirs, end to end on two real
-Dovecot instances and both gateways.
+lose that folder and its messages and keep the subfolders with theirs, and verify find the
+copies equal, end to end on two real Dovecot instances and both gateways.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
-
 from mailrepl.shared.adapters.base import AppendItem
+
+from tests.e2e.test_verify import run_verify
 from tests.support.canonical_compare import adapter_for, canonical_snapshot, differences
 from tests.support.gateways import GatewayPair
 from tests.support.net import eventually
 
 pytestmark = [pytest.mark.dovecot]
 
-DATE = datetime(2024, 5, 6, 7, 8, 9, tzinfo=timezone.utc)
+DATE = datetime(2024, 5, 6, 7, 8, 9, tzinfo=UTC)
 USERS = ["alice"]
 
 
@@ -62,5 +63,8 @@ def test_a_parent_deleted_on_the_primary_leaves_its_subfolders_on_the_standby(do
         assert sum(got["Projects/Keep"].values()) == 3 and sum(got["Projects/Keep/Deep"].values()) == 1
         assert "Projects" not in got
         assert pair.status()["alice"]["rejected"] == 0
+        # verify agrees: the primary's \\Noselect parent name is no folder on either side
+        report = run_verify(pair, addresses=USERS)
+        assert report["equal"] is True, report
     finally:
         pair.stop()
