@@ -187,7 +187,10 @@ class MailboxSession(Protocol):
         ``new`` exists, no-op."""
 
     def delete_folder(self, folder: str) -> None:
-        """Delete ``folder`` and its messages. Idempotent: missing folder -> no-op."""
+        """Delete ``folder`` and its messages; its subfolders, if any, stay (a parent deleted
+        alone on the other side: deletes of subfolders come as their own). Idempotent: missing
+        folder -> no-op. Servers that cannot (Exchange; Cyrus keeps it emptied) say so in their
+        adapter's notes."""
 
     def wait_for_change(self, timeout: float) -> bool:
         """Block up to ``timeout`` seconds for a sign of change anywhere in the mailbox (NOTIFY

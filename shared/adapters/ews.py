@@ -35,6 +35,10 @@ How the IMAP-shaped contract maps onto EWS:
   wake-ups only, SyncFolderItems stays the truth.
 - **append** is one CreateItem request; Exchange stores item by item, so on a refusal the
   items created by that request are deleted again (all or none) before ``MessageRejected``.
+- **delete_folder** is DeleteFolder, which deletes the folder *with its subfolders*: the contract
+  asks for that folder alone (an IMAP primary may delete a parent whose subfolders stay), so an
+  Exchange standby loses the subfolders of such a folder; they are not moved aside and back.
+  Exchange itself never deletes a parent alone, so as a primary it cannot make the case.
 """
 from __future__ import annotations
 
@@ -266,6 +270,7 @@ class EwsSession:
         self.tree.rename(old, new)
 
     def delete_folder(self, folder: str) -> None:
+        """Deletes the subfolders too (DeleteFolder): see the module notes."""
         self.tree.delete(folder)
 
     def wait_for_change(self, timeout: float) -> bool:

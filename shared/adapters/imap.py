@@ -239,22 +239,25 @@ class ImapSession:
         raise_for(res, f"renaming folder {old!r} to {new!r}")
 
     def delete_folder(self, folder: str) -> None:
-        """DELETE the folder and, first, its children: Dovecot refuses to delete a folder that
-        has any ("Mailbox has children, delete them first")."""
+        """DELETE ``folder`` alone: its subfolders stay (RFC 3501; Dovecot keeps the name as a
+        \\Noselect parent). A server that refuses to delete a folder with children (Cyrus:
+        HASCHILDREN; it also makes a real parent of any folder created or renamed under a
+        missing one, so no child can outlive its parent there) has the folder emptied instead:
+        its messages go, the subfolders and theirs stay."""
         mb = self._mb
         raw = mb.names.to_server(folder)
         if raw == "INBOX":
             raise ProtocolError("INBOX cannot be deleted")
-        if mb.names.delimiter:
-            prefix = raw + mb.names.delimiter
-            children, _ = mb.list_entries(prefix + "*")
-            names = sorted({e.name for e in children if e.name.startswith(prefix)}, key=lambda n: -n.count(mb.names.delimiter))
-            for tag in [mb.client.send(b"DELETE ", astring(n)) for n in names]:
-                mb.client.result(tag)  # a placeholder may vanish with its last child: checked below
+        entry = mb.entry(folder)
+        if entry is None or entry.has("\\Noselect"):
+            return  # gone, or only a parent name now: nothing of its own left to delete
         res = mb.client.run(b"DELETE ", quoted(raw))
         if res.ok or mb.entry(folder) is None:
             return
-        raise_for(res, f"deleting folder {folder!r}")
+        if not (mb.names.delimiter and mb.list_entries(raw + mb.names.delimiter + "%")[0]):
+            raise_for(res, f"deleting folder {folder!r}")
+        left = self.changes_since(folder, None).new
+        self.expunge(folder, [m.uid for m in left])
 
     # ------------------------------------------------------------------ messages
 
@@ -405,3 +408,4 @@ def _entries(untagged: list[Response]) -> list[ListEntry]:
 def _is_event(resp: Response) -> bool:
     """An untagged response that signals a change (not a keep-alive or capability news)."""
     return resp.tag == "*" and resp.name not in ("OK", "NO", "BAD", "CAPABILITY", "ENABLED")
+

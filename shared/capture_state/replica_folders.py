@@ -5,7 +5,8 @@ The id map names only the folders that hold replayed messages; an empty folder (
 or emptied) leaves no trace in it. This record names every folder the source has told the
 replayer about, as of the applied sequence number: created (with the special use it was
 created with), renamed (with its subfolders), reset, written into (an add or a move creates a
-missing folder); forgotten when deleted (with its subfolders). A folder of this record missing
+missing folder); forgotten when deleted (that folder alone: a subfolder the source still has
+stays, and a deleted one comes with a delete of its own). A folder of this record missing
 on the server means someone else removed it (a wipe or a restore on that server), whenever that
 happened relative to replay, and the special use it is recorded with is the one it gets back.
 """
@@ -48,8 +49,8 @@ class ReplicaFolders:
                 self._note(ch.new_folder)
             elif ch.kind == Kind.FOLDER_RENAME:
                 self._rename(ch.folder, ch.new_folder)
-            elif ch.kind == Kind.FOLDER_DELETE:
-                self._forget(ch.folder)
+            elif ch.kind == Kind.FOLDER_DELETE:  # that folder alone: its subfolders, if any
+                self._forget_one(ch.folder)     # are still there (the source sends their own deletes)
 
     def replace(self, names: Iterable[str]) -> None:
         """The copy's folders are these now (re-based from a listing of it)."""
@@ -74,6 +75,12 @@ class ReplicaFolders:
         for row in self._subtree(name):
             self.s.delete(row)
         self.s.flush()
+
+    def _forget_one(self, name: str) -> None:
+        row = self.s.get(ReplicaFolder, (self.rid, name))
+        if row is not None:
+            self.s.delete(row)
+            self.s.flush()
 
     def _rename(self, old: str, new: str) -> None:
         moved = [(new + r.name[len(old):], r.special_use) for r in self._subtree(old)]

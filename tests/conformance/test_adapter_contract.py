@@ -288,6 +288,34 @@ def test_folder_operations_are_idempotent(contract_env):
     assert not names() & {"Archiv 2024", "Archiv 2024/Älter", "Entwürfe/Ünter", odd}
 
 
+def test_delete_folder_deletes_that_folder_alone(contract_env):
+    """A folder deleted on the primary while its subfolders stay (RFC 3501 allows it) is replayed
+    as a delete of that folder: its subfolders, their messages and UIDVALIDITY stay. Cyrus
+    cannot hold a subfolder without its parent (it refuses the delete, HASCHILDREN): there the
+    folder stays, emptied."""
+    limitation(contract_env, "ews", "Exchange's DeleteFolder deletes the folder with its subfolders")
+    session = contract_env.open_session()
+    session.append("Parent", [item(message(1))])
+    session.append("Parent/Child", [item(message(2)), item(message(3), "\\Seen")])
+    session.append("Parent/Child/Deep", [item(message(4))])
+    session.append("Parent/Other", [item(message(5))])
+    before = {n: session.folder_info(n) for n in ("Parent/Child", "Parent/Child/Deep", "Parent/Other")}
+    for _ in range(2):  # idempotent
+        session.delete_folder("Parent")
+    listed = {f.name: f for f in session.list_folders()}
+    if contract_env.name.startswith("imap-cyrus"):
+        assert listed["Parent"].messages == 0
+    else:
+        assert "Parent" not in listed
+    for name, info in before.items():
+        assert (listed[name].uidvalidity, listed[name].messages) == (info.uidvalidity, info.messages), name
+    assert [m.body for m in session.fetch("Parent/Child/Deep", [1, 2, 3])] == [message(4)]
+    session.delete_folder("Parent/Child/Deep")
+    session.delete_folder("Parent/Child")
+    left = {f.name for f in session.list_folders() if f.name.startswith("Parent")}
+    assert left - {"Parent"} == {"Parent/Other"}
+
+
 def test_folder_names_with_quotes_backslashes_and_wildcards(contract_env):
     session = contract_env.open_session()
     odd = 'Say "hi" & \\ more 100%^'

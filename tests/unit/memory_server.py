@@ -107,10 +107,11 @@ class MemoryServer:
         self.expunge(user, folder, [uid])
         return new
 
-    def delete_folder(self, user: str, folder: str) -> None:
-        """A user deletes ``folder`` and its subfolders, with their messages."""
+    def delete_folder(self, user: str, folder: str, *, subfolders: bool = True) -> None:
+        """A user deletes ``folder`` and its subfolders, with their messages; with
+        ``subfolders=False`` the folder alone (its subfolders stay, as RFC 3501 allows)."""
         box = self.boxes[user]
-        for name in [n for n in box if n == folder or n.startswith(folder + "/")]:
+        for name in [n for n in box if n == folder or (subfolders and n.startswith(folder + "/"))]:
             del box[name]
 
     def rename_folder(self, user: str, old: str, new: str) -> None:
@@ -239,7 +240,7 @@ class MemorySession:
 
     def delete_folder(self, folder: str) -> None:
         self._check()
-        self.server.delete_folder(self.user, folder)  # children too, as IMAP and EWS adapters do
+        self.server.delete_folder(self.user, folder, subfolders=False)  # that folder alone, as the IMAP adapter does
 
     def wait_for_change(self, timeout: float) -> bool:
         return False

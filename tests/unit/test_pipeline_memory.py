@@ -407,6 +407,33 @@ def test_folder_delete_keeps_messages_the_id_map_does_not_know_only_when_asked(t
         assert not s.scalars(select(IdMapEntry).where(IdMapEntry.folder.like("Projects%"))).all()
 
 
+def test_a_parent_deleted_alone_on_the_primary_leaves_its_subfolders_on_the_standby(tmp_path):
+    """RFC 3501 lets a server delete a folder whose subfolders stay: the standby deletes that
+    folder, keeps the subfolders with their messages, and its folder record still names them."""
+    from mailrepl.shared.capture_state.replica_folders import ReplicaFolders
+
+    p = Pipeline(tmp_path)
+    for i in range(3):
+        p.primary.deliver("alice", _msg(i), folder="Projects")
+    p.primary.deliver("alice", _msg(3), folder="Projects/2024")
+    p.primary.deliver("alice", _msg(4), folder="Projects/2024/Q1")
+    p.primary.open("alice").create_folder("Projects/Empty")
+    p.sync()
+    p.assert_equal()
+    p.primary.delete_folder("alice", "Projects", subfolders=False)
+    p.sync()
+    p.assert_equal()
+    left = snapshot(p.standby, "alice")
+    assert "Projects" not in left
+    assert sum(left["Projects/2024"].values()) == 1 and sum(left["Projects/2024/Q1"].values()) == 1
+    assert "Projects/Empty" in left
+    with p.dst.read() as s:
+        rid = s.scalar(select(Replica.id).where(Replica.address == "alice"))
+        names = ReplicaFolders(s, rid).names()
+        assert {"Projects/2024", "Projects/2024/Q1", "Projects/Empty"} <= names and "Projects" not in names
+        assert len(s.scalars(select(IdMapEntry).where(IdMapEntry.folder.like("Projects/2024%"))).all()) == 2
+
+
 def test_a_mailbox_the_standby_lacks_is_set_aside_and_the_others_keep_replicating(tmp_path):
     """The recovery gateway refuses a batch naming a mailbox its standby does not have, with no
     state change; the source sets that mailbox aside (its error says why) and ships the others;

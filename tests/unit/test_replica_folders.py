@@ -42,7 +42,8 @@ def test_the_record_follows_creates_renames_deletes_and_writes(store):
             Change(Kind.FOLDER_RENAME, "Projects", new_folder="Done"),
             Change(Kind.FOLDER_RENAME, "Receipts", new_folder="Bills"),
             Change(Kind.FOLDER_RESET, "Bills"),  # a reset keeps what the folder was created with
-            Change(Kind.FOLDER_DELETE, "Done/2024"),  # with its subfolders
+            Change(Kind.FOLDER_DELETE, "Done/2024/Q1"),  # children first, as capture sends them
+            Change(Kind.FOLDER_DELETE, "Done/2024"),
         ])
         assert folders.names() == {"Bills", "Done", "Later"}
         assert folders.special_use("Bills") == {"\\Archive"} and folders.special_use("Done") == frozenset()
