@@ -80,6 +80,12 @@ MAX_DECODED_BYTES = 1 << 30  # refuse to inflate a batch beyond 1 GiB
 _PREFIX = struct.Struct(">4sBB")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
+# zstd level of a batch: measured on a 2,000-message realistic corpus (7.7 MB) and on generated mail
+# with 20 % base64 attachments, one frame per batch as sent: level 1 compresses at 541 / 748 MB/s to
+# 0.208 / 0.673 of the size, level 3 at 294 / 591 MB/s to 0.184 / 0.672. On mail, level 3 buys
+# 2-13 % fewer bytes for 25-85 % more CPU in the source gateway; the link takes the difference
+# easily at any rate where the gateway's CPU is the limit, so level 1 it is.
+DEFAULT_LEVEL = 1
 STORE_MIN = 16 * 1024  # parts smaller than this are always compressed (the sample test costs more)
 _SAMPLE = 64 * 1024
 _SHRINK = 0.97  # a sample that zstd cannot bring below this fraction of its size: stored
@@ -161,7 +167,7 @@ class Ack:
             raise WireError(f"malformed acknowledgement: {exc}") from exc
 
 
-def encode_batch(batch: Batch, *, level: int = 3, compress: bool = True) -> bytes:
+def encode_batch(batch: Batch, *, level: int = DEFAULT_LEVEL, compress: bool = True) -> bytes:
     header = {
         "source": batch.source,
         "created": batch.created or datetime.now().astimezone().isoformat(timespec="seconds"),
