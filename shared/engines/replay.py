@@ -2,7 +2,7 @@
 
 Two parts:
 
-- :func:`plan` (pure): cuts the next contiguous run of changes into groups the server can take
+- :func:`plan` (pure, ``replay_plan``): cuts the next contiguous run of changes into groups the server can take
   in one command (consecutive adds to one folder -> one MULTIAPPEND; consecutive expunges,
   flag sets or moves of one folder -> one UID command). Order is never changed.
 - :class:`ReplayEngine`: applies groups through an adapter session and records the result
@@ -12,7 +12,7 @@ Exactly once across crashes: a group that creates messages (add, replace, move) 
 ``replay_intent`` (folder, UIDVALIDITY, UIDNEXT before the write), durably. If the process dies after the
 server stored the messages but before the id map was recorded, the next run finds the intent,
 reads the messages at UID >= that UIDNEXT, matches them by SHA-256 to the intended changes and
-records them instead of writing again. An add whose mid is already mapped is a no-op; expunge,
+records them instead of writing again (``replay_recover``). An add whose mid is already mapped is a no-op; expunge,
 flag and folder operations are idempotent on the server.
 
 So the transaction that records a group's result (id map, applied sequence number, intent
@@ -32,7 +32,6 @@ or dropping it later is the gate owner's business. Without a gate every received
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -49,7 +48,9 @@ from mailrepl.shared.engines.replay_check import Alteration, check_written
 from mailrepl.shared.engines.replay_journal import PassJournal
 from mailrepl.shared.engines.replay_claims import Dates, proven, same_copy
 from mailrepl.shared.engines.replay_keep import plan_delete
-from mailrepl.shared.content.standby_copy import identity, standby_forms
+from mailrepl.shared.engines.replay_plan import DEFAULT_APPEND_BATCH, DEFAULT_APPEND_BYTES, Group, by_folder, plan, runs
+from mailrepl.shared.engines.replay_recover import reconcile
+from mailrepl.shared.content.standby_copy import identity
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import (
     AlteredMessage,
@@ -82,68 +83,10 @@ _NEXT_CHANGES = (select(_INBOX.c.seq, _INBOX.c.change)
                  .where(_INBOX.c.replica_id == bindparam("rid"), _INBOX.c.seq >= bindparam("start"))
                  .order_by(_INBOX.c.seq).limit(bindparam("limit")))
 
-DEFAULT_APPEND_BATCH = 100
-DEFAULT_APPEND_BYTES = 8 * 1024 * 1024
-_GROUPABLE = (Kind.MSG_ADD, Kind.MSG_EXPUNGE, Kind.MSG_FLAGS, Kind.MSG_MOVE)
 _WRITES_INTO = (Kind.MSG_ADD, Kind.MSG_REPLACE, Kind.MSG_MOVE, Kind.FOLDER_RESET)  # a folder the copy has
 # (replica id, the next contiguous changes) -> (how many of them may be played now, the sequence
 # numbers among those to set aside instead)
 Gate = Callable[[int, Sequence[tuple[int, Change]]], tuple[int, frozenset[int]]]
-
-
-@dataclass
-class Group:
-    kind: Kind
-    folder: str
-    items: list[tuple[int, Change]] = field(default_factory=list)
-
-    @property
-    def first_seq(self) -> int:
-        return self.items[0][0]
-
-    @property
-    def last_seq(self) -> int:
-        return self.items[-1][0]
-
-
-def _group_key(ch: Change) -> tuple:
-    if ch.kind == Kind.MSG_FLAGS:
-        return (ch.kind, ch.folder, ch.flags)
-    if ch.kind == Kind.MSG_MOVE:
-        return (ch.kind, ch.folder, ch.new_folder)
-    return (ch.kind, ch.folder)
-
-
-def plan(
-    changes: Sequence[tuple[int, Change]],
-    *,
-    append_batch: int = DEFAULT_APPEND_BATCH,
-    append_bytes: int = DEFAULT_APPEND_BYTES,
-    max_group: int = 500,
-) -> list[Group]:
-    """Group consecutive same-kind changes of one folder; never reorders. ``changes`` must be
-    contiguous and ascending by sequence number (``ValueError`` otherwise)."""
-    groups: list[Group] = []
-    size = 0
-    prev_seq = None
-    for seq, ch in changes:
-        if prev_seq is not None and seq != prev_seq + 1:
-            raise ValueError(f"changes not contiguous: {prev_seq} then {seq}")
-        prev_seq = seq
-        last = groups[-1] if groups else None
-        if (
-            last is not None
-            and ch.kind in _GROUPABLE
-            and _group_key(last.items[-1][1]) == _group_key(ch)
-            and len(last.items) < (append_batch if ch.kind == Kind.MSG_ADD else max_group)
-            and not (ch.kind == Kind.MSG_ADD and size + (ch.size or 0) > append_bytes)
-        ):
-            last.items.append((seq, ch))
-            size += ch.size or 0
-            continue
-        groups.append(Group(ch.kind, ch.folder, [(seq, ch)]))
-        size = ch.size or 0
-    return groups
 
 
 @dataclass
@@ -218,7 +161,7 @@ class ReplayEngine:
                 changes = changes[:eligible]
             if not changes:
                 break
-            for aside, run in _runs(changes, held):
+            for aside, run in runs(changes, held):
                 if aside:
                     self._set_aside(replica_id, run[0][0], run[-1][0], report)
                     continue
@@ -246,14 +189,14 @@ class ReplayEngine:
             self._apply_adds(rid, g, session, report, {} if dates is None else dates)
         elif k == Kind.MSG_EXPUNGE:
             entries = self._mapped(rid, [c.mid for _, c in g.items])
-            for (folder, uidvalidity), uids in _by_folder(entries.values()).items():
+            for (folder, uidvalidity), uids in by_folder(entries.values()).items():
                 session.expunge(folder, uids)
                 report.journal.expunged(folder, uidvalidity, uids)
             self._done(rid, g, report, drop_mids=list(entries))
         elif k == Kind.MSG_FLAGS:
             entries = self._mapped(rid, [c.mid for _, c in g.items])
             flags = frozenset(g.items[0][1].flags or ())
-            for (folder, uidvalidity), uids in _by_folder(entries.values()).items():
+            for (folder, uidvalidity), uids in by_folder(entries.values()).items():
                 session.store_flags(folder, uids, flags)
                 report.journal.flags_stored(folder, uidvalidity, uids, flags)
             self._done(rid, g, report)
@@ -471,68 +414,8 @@ class ReplayEngine:
     def _reconcile(self, rid: int, session: MailboxSession, report: ReplayReport, intent=None) -> None:
         """Recover from a crash between a write of messages and its bookkeeping (``intent``: the
         replica's intent row, when the caller has just read it; else looked up here)."""
-        with self.store.read() as s:
-            if intent is None:
-                intent = s.execute(_INTENT_ROW, {"rid": rid}).first()
-            if intent is None:
-                return
-            report.journal.void()  # recovering from a crash: the view reads the copy back
-            rows = list(
-                s.scalars(
-                    select(InboxRow.change).where(
-                        InboxRow.replica_id == rid, InboxRow.seq >= intent.first_seq, InboxRow.seq <= intent.last_seq
-                    ).order_by(InboxRow.seq)
-                )
-            )
-            folder, uv, uidnext = intent.folder, intent.uidvalidity, intent.uidnext
-            wanted: list[tuple[int, str]] = []  # (mid, sha) in order
-            moving: dict[int, MapEntry] = {}  # mid -> where a move took the message from
-            mapped = IdMap(s, rid).all()
-            for text in rows:
-                ch = Change.from_dict(json.loads(text))
-                if ch.kind.carries_body and ch.mid not in mapped:
-                    wanted.append((ch.mid, ch.sha256))
-                elif ch.kind == Kind.MSG_MOVE and ch.mid in mapped and mapped[ch.mid].folder != folder:
-                    wanted.append((ch.mid, mapped[ch.mid].sha256))
-                    moving[ch.mid] = mapped[ch.mid]
-        found: list[MapEntry] = []
-        info = session.folder_info(folder)
-        if wanted and info is not None and info.uidvalidity == uv and info.uidnext > uidnext:
-            on_server = [
-                (m.uid, hashlib.sha256(m.body).hexdigest())
-                for m in session.fetch(folder, list(range(uidnext, info.uidnext)))
-            ]
-            used: set[int] = set()
-            forms: dict[str, set[str]] = {}  # the forms the standby may have stored a body in
-            for mid, sha in wanted:
-                for exact in (True, False):
-                    if not exact and sha not in forms:
-                        body = self._bodies(rid, [sha]).get(sha) if any(u not in used for u, _ in on_server) else None
-                        forms[sha] = set(standby_forms(body)) if body is not None else set()
-                    hit = next((uid for uid, got in on_server if uid not in used
-                                and (got == sha if exact else got in forms[sha])), None)
-                    if hit is not None:
-                        used.add(hit)
-                        found.append(MapEntry(mid=mid, folder=folder, uidvalidity=uv, uid=hit, sha256=sha))
-                        break
-        # a move is a copy and an expunge: a crash between them leaves the message in both
-        # folders; the copy is the one kept (found above), the original goes now
-        left: dict[str, list[MapEntry]] = {}
-        for e in found:
-            old = moving.get(e.mid)
-            if old is not None:
-                left.setdefault(old.folder, []).append(old)
-        for src, olds in left.items():
-            src_info = session.folder_info(src)
-            stale = [o.uid for o in olds if src_info is not None and o.uidvalidity == src_info.uidvalidity]
-            if stale:
-                session.expunge(src, stale)  # a no-op for the UIDs the move did expunge
-        with self.store.tx() as s:
-            IdMap(s, rid).put(found)
-            s.execute(delete(ReplayIntent).where(ReplayIntent.replica_id == rid))
-        if found:
-            log.info("recovered %d message(s) written before a crash in %r", len(found), folder)
-        report.recovered += len(found)
+        report.recovered += reconcile(self.store, lambda shas: self._bodies(rid, shas), rid, session,
+                                      report.journal, intent)
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -612,23 +495,3 @@ class ReplayEngine:
             seen.clear()
         else:
             seen.add(into)
-
-
-def _by_folder(entries) -> dict[tuple[str, int], list[int]]:
-    """(folder, UIDVALIDITY) -> the UIDs of ``entries`` there."""
-    out: dict[tuple[str, int], list[int]] = {}
-    for e in entries:
-        out.setdefault((e.folder, e.uidvalidity), []).append(e.uid)
-    return out
-
-
-def _runs(changes: Sequence[tuple[int, Change]], held: frozenset[int]):
-    """Consecutive changes cut where they switch between held and played: (held?, run)."""
-    run: list[tuple[int, Change]] = []
-    for item in changes:
-        if run and (item[0] in held) != (run[-1][0] in held):
-            yield run[-1][0] in held, run
-            run = []
-        run.append(item)
-    if run:
-        yield run[-1][0] in held, run
