@@ -12,6 +12,10 @@ they never hold more than ``max_connections`` connections to that server:
   most ``idle_seconds``), unless a call on it raised or its holder called ``discard()`` (it
   saw something that makes the connection's view of the mailbox suspect), which closes it for
   good.
+- A connection closed to make room for another mailbox (``evicted``) means the bound is smaller
+  than the set of mailboxes with work: each such change then costs a new login, for the gateway
+  and the server. The pool counts them and, when that goes on (``CHURN_WARN_PER_MINUTE`` in a
+  minute), logs a warning at most every ``CHURN_WARN_EVERY`` seconds naming the bound to raise.
 - A server that refuses or drops a new connection while others to it are open is at *its*
   limit, not down: the pool lowers its own limit to what the server took, waits a back-off
   before opening again, and raises the limit one step at a time after each later success. The
@@ -44,6 +48,8 @@ DEFAULT_WAIT_SECONDS = 20.0  # how long ``open`` waits for a connection to be gi
 REFUSED_BACK_OFF = 2.0  # first back-off after the server refused a connection; doubles up to the next
 REFUSED_BACK_OFF_MAX = 60.0
 RAISE_AFTER = 20  # successful opens before a lowered limit grows by one again
+CHURN_WARN_PER_MINUTE = 60  # evictions within a minute that make the pool warn (one a second)
+CHURN_WARN_EVERY = 600.0  # at most one such warning per pool in this many seconds
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class PoolStats:
     opened: int  # connections opened since start
     refused: int  # new connections the server refused or dropped while others were open
     waits: int  # opens that had to wait for a connection to be given back
+    evicted: int = 0  # idle connections of a mailbox closed to open one for another (a login each)
 
 
 class _Lease:
@@ -126,8 +133,11 @@ class PooledAdapter:
         self._not_before = 0.0
         self._refused_back_off = REFUSED_BACK_OFF
         self._since_lowered = 0
-        self._opened = self._refused = self._waits = 0
+        self._opened = self._refused = self._waits = self._evicted = 0
         self._push_held = 0
+        self._churn_since = clock()  # the current minute of evictions: its start and count
+        self._churn_count = 0
+        self._churn_warned = float("-inf")
 
     def __getattr__(self, name: str) -> Any:  # list_mailboxes, check, users, ...: the adapter's own
         return getattr(self.adapter, name)
@@ -199,6 +209,7 @@ class PooledAdapter:
                         break
                     if self._idle:  # room made by closing the least recently used idle connection
                         _, (_, evicted, _) = self._idle.popitem(last=False)
+                        self._count_eviction(now)
                         break
                 left = deadline - now
                 if left <= 0:
@@ -210,6 +221,19 @@ class PooledAdapter:
         if evicted is not None:
             _close_quietly(evicted)
         return None
+
+    def _count_eviction(self, now: float) -> None:
+        """One more connection closed for another mailbox; warn when it goes on (lock held)."""
+        self._evicted += 1
+        if now - self._churn_since >= 60.0:
+            self._churn_since, self._churn_count = now, 0
+        self._churn_count += 1
+        if self._churn_count == CHURN_WARN_PER_MINUTE and now - self._churn_warned >= CHURN_WARN_EVERY:
+            self._churn_warned = now
+            log.warning("server %r: %d connections of idle mailboxes closed within a minute to open others "
+                        "(a new login for nearly every change): max_connections = %d is smaller than the set of "
+                        "mailboxes with work; raise it toward their number, within the server's limits",
+                        self.name, self._churn_count, self.limit)
 
     def _on_refused(self, exc: ServerUnavailable) -> Exception:
         """The server did not take a new connection: busy (others are open) or down (none is)."""
@@ -283,7 +307,8 @@ class PooledAdapter:
     def stats(self) -> PoolStats:
         with self._cond:
             return PoolStats(server=self.name, limit=self.limit, allowed=self._allowed, open=self._count(),
-                             in_use=self._in_use, opened=self._opened, refused=self._refused, waits=self._waits)
+                             in_use=self._in_use, opened=self._opened, refused=self._refused, waits=self._waits,
+                             evicted=self._evicted)
 
 
 def _close_quietly(session: Any) -> None:

@@ -1,11 +1,13 @@
 """What the connection pools and the link's rate cap show: in ``/healthz`` and on ``/metrics``.
 
 ``/healthz``: ``connections`` (per server: limit, allowed now, open, in use, opened, refused,
-waits) and, on the source gateway, ``link`` (the cap in force in bit/s, the live share, bytes
+waits, evicted) and, on the source gateway, ``link`` (the cap in force in bit/s, the live share, bytes
 sent through it as seed and as live changes, seconds senders waited, what the seed leaves for
 live changes now in bit/s). Metrics:
 ``mailrepl_<role>_server_connections{server,state="open"|"in_use"|"limit"|"allowed"}``,
-``mailrepl_<role>_server_connections_refused_total{server}``, and on the source
+``mailrepl_<role>_server_connections_refused_total{server}``,
+``mailrepl_<role>_server_connections_evicted_total{server}`` (idle connections closed to open one
+for another mailbox: a login each; growing steadily, the bound is too small), and on the source
 ``mailrepl_source_link_rate_cap_bits`` (0: no cap), ``mailrepl_source_link_bytes_total{traffic}``,
 ``mailrepl_source_link_wait_seconds_total``, ``mailrepl_source_push_wakeups_total{result}``.
 """
@@ -51,6 +53,9 @@ class ScaleCollector:
         refused = CounterMetricFamily(f"mailrepl_{self.role}_server_connections_refused",
                                       "New connections a mail server refused or dropped while others were open",
                                       labels=["server"])
+        evicted = CounterMetricFamily(f"mailrepl_{self.role}_server_connections_evicted",
+                                      "Idle connections of a mailbox closed to open one for another (a login each)",
+                                      labels=["server"])
         for a in self.adapters:
             if not isinstance(a, PooledAdapter):
                 continue
@@ -58,8 +63,10 @@ class ScaleCollector:
             for state in ("open", "in_use", "limit", "allowed"):
                 conns.add_metric([st.server, state], getattr(st, state))
             refused.add_metric([st.server], st.refused)
+            evicted.add_metric([st.server], st.evicted)
         yield conns
         yield refused
+        yield evicted
         if self.pushes is not None:
             pushed = CounterMetricFamily(f"mailrepl_{self.role}_push_wakeups",
                                          "Server-side push wake-ups received, by whether a protected mailbox was woken",

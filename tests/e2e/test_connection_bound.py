@@ -90,6 +90,14 @@ def test_connections_stay_within_the_bound_with_many_mailboxes(dovecot_factory, 
         assert src["connections"]["primary"]["limit"] == limit and src["connections"]["primary"]["open"] <= limit
         assert rec["connections"]["standby"]["open"] <= limit
         assert src["connections"]["primary"]["opened"] >= 1
+        # 50 mailboxes through 6 connections: idle ones were closed to open others, and it shows
+        evicted = src["connections"]["primary"]["evicted"]
+        assert evicted >= 1, src["connections"]
+        metrics = httpx.get(pair.source.url + "/metrics", timeout=10,
+                            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).text
+        line = next(x for x in metrics.splitlines()
+                    if x.startswith('mailrepl_source_server_connections_evicted_total{server="primary"}'))
+        assert float(line.rsplit(" ", 1)[1]) >= evicted
     finally:
         pair.stop()
 

@@ -215,3 +215,49 @@ def test_a_discarded_connection_is_closed_when_given_back():
     s = pool.open("a")
     s.close()
     assert pool.open("a") is not None and server.opened == 2  # an undiscarded one is reused
+
+
+def test_evictions_are_counted_and_a_steady_churn_warns_once(caplog):
+    """A bound smaller than the mailboxes with work closes idle connections to open others: each is
+    counted (healthz, metrics) and, when it goes on, one warning names the bound to raise."""
+    server = Server()
+    now = [0.0]
+    pool = PooledAdapter(server, 2, clock=lambda: now[0])
+    pool.open("a").close()
+    pool.open("b").close()
+    assert pool.stats().evicted == 0  # room left: nothing closed
+    pool.open("a").close()  # its own idle connection again
+    assert pool.stats().evicted == 0
+    caplog.set_level("WARNING", logger="mailrepl.pool")
+    for i in range(59):  # 59 evictions within the minute: no warning yet
+        pool.open(f"m{i}").close()
+        now[0] += 0.5
+    assert pool.stats().evicted == 59
+    assert not [r for r in caplog.records if "max_connections" in r.getMessage()]
+    pool.open("m59").close()  # the 60th within the minute
+    warned = [r.getMessage() for r in caplog.records if "max_connections" in r.getMessage()]
+    assert len(warned) == 1 and "max_connections = 2" in warned[0] and "'primary'" in warned[0]
+    for i in range(200):  # it goes on: no second warning within ten minutes
+        pool.open(f"n{i}").close()
+        now[0] += 0.5
+    assert len([r for r in caplog.records if "max_connections" in r.getMessage()]) == 1
+    assert pool.stats().evicted == 260
+    assert server.opened == 262 and server.open_now == 2  # a login for each, never more than the bound
+    now[0] += 600  # (the two idle connections expire meanwhile: the first two opens find room)
+    for i in range(62):  # ten minutes later and still churning: warned again
+        pool.open(f"o{i}").close()
+    assert len([r for r in caplog.records if "max_connections" in r.getMessage()]) == 2
+
+
+def test_slow_evictions_do_not_warn(caplog):
+    """A bound that suffices most of the time: the odd eviction (fewer than one a second) is not
+    worth a warning."""
+    server = Server()
+    now = [0.0]
+    pool = PooledAdapter(server, 2, clock=lambda: now[0])
+    caplog.set_level("WARNING", logger="mailrepl.pool")
+    for i in range(300):
+        pool.open(f"m{i}").close()
+        now[0] += 2.0  # one every two seconds: 30 in any minute
+    assert pool.stats().evicted == 298
+    assert not [r for r in caplog.records if "max_connections" in r.getMessage()]
