@@ -57,7 +57,7 @@ import httpx  # noqa: E402
 
 from tests.bench.profile_summary import stop_profilers  # noqa: E402
 from tests.support.arrival_watch import ArrivalWatch  # noqa: E402
-from tests.support.dovecot import SENDER, lmtp_recipient  # noqa: E402
+from tests.support.dovecot import lmtp_recipient, lmtp_send  # noqa: E402
 from tests.support.gateways import ADMIN_TOKEN  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.netns import socket_in_netns  # noqa: E402
@@ -150,14 +150,9 @@ def deliver_schedule(rig: TwoSiteRig, tag: str, rate: float, duration: float, se
             while (item := due_q.get()) is not None:
                 due, (_i, user, msgid, raw) = item
                 slips.append(time.monotonic() - due)
-                code, reply = lmtp.mail(SENDER)
-                if code == 250:
-                    code, reply = lmtp.docmd("RCPT", f"TO:<{lmtp_recipient(user, None)}>")
-                if code == 250:
-                    code, reply = lmtp.data(raw)
+                code, reply = lmtp_send(lmtp, lmtp_recipient(user, None), raw)
                 if code != 250:
                     failures.append(f"LMTP refused a delivery to {user}: {code} {reply!r}")
-                    lmtp.rset()
                     continue
                 accepted[msgid] = time.monotonic()
 

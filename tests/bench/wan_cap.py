@@ -31,7 +31,7 @@ import httpx
 
 from tests.bench.wan_corpus import LinkSampler, fill_generated, harness_dir, mailbox_size, wait_synced
 from tests.support.arrival_watch import ArrivalWatch
-from tests.support.dovecot import SENDER, lmtp_recipient
+from tests.support.dovecot import lmtp_recipient, lmtp_send
 from tests.support.gateways import ADMIN_TOKEN
 from tests.support.mailcompare import assert_same_mailbox
 from tests.support.netns import run, socket_in_netns
@@ -67,11 +67,7 @@ class LiveDeliveries:
                 start, i = time.monotonic(), 0
                 while not self._stop.wait(max(0.0, start + i * self.interval - time.monotonic())):
                     msgid, raw = live_message(i)
-                    code, reply = lmtp.mail(SENDER)
-                    if code == 250:
-                        code, reply = lmtp.docmd("RCPT", f"TO:<{lmtp_recipient(LIVE_USER, None)}>")
-                    if code == 250:
-                        code, reply = lmtp.data(raw)
+                    code, reply = lmtp_send(lmtp, lmtp_recipient(LIVE_USER, None), raw)
                     if code != 250:
                         raise RuntimeError(f"LMTP refused a live delivery: {code} {reply!r}")
                     self.accepted[msgid] = time.monotonic()

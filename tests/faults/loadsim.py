@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.dovecot import SENDER, lmtp_recipient
+from tests.support.dovecot import lmtp_recipient, lmtp_send
 from tests.support.imapclient import login_as_user
 
 __all__ = ["LoadSim", "TrafficCounts", "pick_corpus"]
@@ -290,12 +290,10 @@ class LoadSim:
 
 
 def _lmtp_send(lmtp: smtplib.LMTP, rcpt: str, raw: bytes) -> str:
-    code, reply = lmtp.mail(SENDER)
+    code, _reply = lmtp_send(lmtp, rcpt, raw)
     if code == 250:
-        code, reply = lmtp.docmd("RCPT", f"TO:<{rcpt}>")
-    if code != 250:
-        lmtp.rset()
-        return "refused" if 500 <= code < 600 else "failed"
+        return "delivered"
+    return "refused" if 500 <= code < 600 else "failed"
     try:
         code, reply = lmtp.data(raw)
     except smtplib.SMTPDataError as exc:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.dovecot import DeliveryError, find_binary, render_config
+from tests.support.dovecot import DeliveryError, find_binary, lmtp_send, render_config
 from tests.support.imapclient import login_as_master, login_as_user
 from tests.support.net import free_port, wait_for_greeting
 
@@ -50,7 +50,6 @@ PROFILES = ("debian-default", "recommended")
 ADMIN = "repl"
 PASSWORD = "secret"
 SERVERNAME = "cyrus-test"
-SENDER = "mailrepl-tests@localhost"
 SPECIAL_FOLDERS = (("Drafts", "\\Drafts"), ("Sent", "\\Sent"), ("Trash", "\\Trash"),
                    ("Junk", "\\Junk"), ("Archive", "\\Archive"))
 START_TIMEOUT = 30.0
@@ -258,16 +257,7 @@ class CyrusServer:
         count = 0
         with smtplib.LMTP(self.host, self.lmtp_port, timeout=120) as lmtp:
             for raw in raws:
-                code, reply = lmtp.mail(SENDER)
-                if code == 250:
-                    code, reply = lmtp.docmd("RCPT", f"TO:<{user}@localhost>")
-                if code != 250:
-                    lmtp.rset()
-                    raise DeliveryError(user, code, reply)
-                try:
-                    code, reply = lmtp.data(raw)
-                except smtplib.SMTPDataError as exc:
-                    code, reply = exc.smtp_code, exc.smtp_error
+                code, reply = lmtp_send(lmtp, f"{user}@localhost", raw)
                 if code != 250:
                     raise DeliveryError(user, code, reply)
                 count += 1

@@ -121,6 +121,24 @@ def mailbox_size(server, user: str) -> tuple[int, int]:
     return msgs, size
 
 
+def lmtp_send(lmtp: smtplib.LMTP, rcpt: str, raw: bytes) -> tuple[int, bytes]:
+    """One LMTP transaction of ``raw`` to the single recipient ``rcpt``: the code and reply of the
+    step that ended it (250 when delivered). A refused MAIL or RCPT is reset so the session can go on."""
+    code, reply = lmtp.mail(SENDER)
+    if code == 250:
+        # not lmtp.rcpt(): its address parsing would unquote a quoted local part
+        code, reply = lmtp.docmd("RCPT", f"TO:<{rcpt}>")
+    if code != 250:
+        lmtp.rset()
+        return code, reply
+    try:
+        # LMTP answers per recipient after the data; smtplib's data() returns that reply without
+        # checking it (only sendmail() does)
+        return lmtp.data(raw)
+    except smtplib.SMTPDataError as exc:
+        return exc.smtp_code, exc.smtp_error
+
+
 def lmtp_recipient(user: str, folder: str | None, domain: str = "localhost") -> str:
     """The LMTP address that files into ``folder`` (``user+folder``, quoted when needed).
 
@@ -409,19 +427,7 @@ class DovecotServer:
         count = 0
         with smtplib.LMTP(self.host, self.lmtp_port, timeout=120) as lmtp:
             for raw in raws:
-                code, reply = lmtp.mail(SENDER)
-                if code == 250:
-                    # not lmtp.rcpt(): its address parsing would unquote a quoted local part
-                    code, reply = lmtp.docmd("RCPT", f"TO:<{rcpt}>")
-                if code != 250:
-                    lmtp.rset()
-                    raise DeliveryError(user, code, reply)
-                try:
-                    # LMTP answers per recipient after the data; smtplib's data() returns that
-                    # reply without checking it (only sendmail() does)
-                    code, reply = lmtp.data(raw)
-                except smtplib.SMTPDataError as exc:
-                    code, reply = exc.smtp_code, exc.smtp_error
+                code, reply = lmtp_send(lmtp, rcpt, raw)
                 if code != 250:
                     raise DeliveryError(user, code, reply)
                 count += 1
