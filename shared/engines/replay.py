@@ -2,9 +2,10 @@
 
 Two parts:
 
-- :func:`plan` (pure, ``replay_plan``): cuts the next contiguous run of changes into groups the server can take
-  in one command (consecutive adds to one folder -> one MULTIAPPEND; consecutive expunges,
-  flag sets or moves of one folder -> one UID command). Order is never changed.
+- :func:`plan` (pure, ``replay_plan``): cuts the next contiguous run of changes into groups
+  the server can take in one command (consecutive adds to one folder -> one MULTIAPPEND;
+  consecutive expunges, flag sets or moves of one folder -> one UID command). Order is never
+  changed.
 - :class:`ReplayEngine`: applies groups through an adapter session and records the result
   (id map, applied sequence number) in one transaction per group.
 
@@ -12,8 +13,8 @@ Exactly once across crashes: a group that creates messages (add, replace, move) 
 ``replay_intent`` (folder, UIDVALIDITY, UIDNEXT before the write), durably. If the process dies after the
 server stored the messages but before the id map was recorded, the next run finds the intent,
 reads the messages at UID >= that UIDNEXT, matches them by SHA-256 to the intended changes and
-records them instead of writing again (``replay_recover``). An add whose mid is already mapped is a no-op; expunge,
-flag and folder operations are idempotent on the server.
+records them instead of writing again (``replay_recover``). An add whose mid is already mapped
+is a no-op; expunge, flag and folder operations are idempotent on the server.
 
 So the transaction that records a group's result (id map, applied sequence number, intent
 removed) need not be flushed to disk on its own (``Store.tx(durable=False)``): the next durable
