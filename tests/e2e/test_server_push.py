@@ -5,7 +5,9 @@ bring the change to the standby within the test."""
 from __future__ import annotations
 
 import shutil
+import socket
 import tempfile
+import threading
 from pathlib import Path
 
 import httpx
@@ -17,6 +19,22 @@ from tests.support.net import eventually, free_port
 pytestmark = [pytest.mark.dovecot]
 
 SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "dovecot" / "mailrepl-push.lua"
+
+
+def plugin_lines(script_dir: Path, url: str, extra: str = "") -> str:
+    """The Dovecot lines loading the product's push script from a copy in ``script_dir``."""
+    script_dir.chmod(0o755)  # read by Dovecot's mail processes
+    script = script_dir / "mailrepl-push.lua"
+    shutil.copyfile(SCRIPT, script)
+    script.chmod(0o644)
+    return f"""
+mail_plugins = $mail_plugins mail_lua notify push_notification push_notification_lua
+plugin {{
+  push_notification_driver = lua:file={script}
+  mailrepl_push_url = {url}
+  mailrepl_push_token = {ADMIN_TOKEN}
+{extra}}}
+"""
 
 
 def message(i: int) -> bytes:
@@ -33,19 +51,8 @@ def pushes(url: str) -> dict[str, float]:
 def test_a_change_pushed_by_the_server_is_captured_without_polling(dovecot_factory, tmp_path):
     users = ["alice", "bob"]
     script_dir = Path(tempfile.mkdtemp(prefix="mailrepl-push-"))
-    script_dir.chmod(0o755)  # read by Dovecot's mail processes
-    script = script_dir / "mailrepl-push.lua"
-    shutil.copyfile(SCRIPT, script)
-    script.chmod(0o644)
     port = free_port()
-    push = f"""
-mail_plugins = $mail_plugins mail_lua notify push_notification push_notification_lua
-plugin {{
-  push_notification_driver = lua:file={script}
-  mailrepl_push_url = http://127.0.0.1:{port}/api/v1/push/primary
-  mailrepl_push_token = {ADMIN_TOKEN}
-}}
-"""
+    push = plugin_lines(script_dir, f"http://127.0.0.1:{port}/api/v1/push/primary")
     try:
         primary = dovecot_factory("primary", users, extra_config=push)
         standby = dovecot_factory("standby", users)
@@ -77,4 +84,58 @@ plugin {{
         finally:
             pair.stop()
     finally:
+        shutil.rmtree(script_dir, ignore_errors=True)
+
+
+def test_a_gateway_that_does_not_answer_costs_an_imap_session_one_timeout(dovecot_factory):
+    """A gateway that takes the connection and never answers: the post gives up after the
+    configured timeout, and the same IMAP session then posts nothing for a while (its changes
+    wait once, not at every change); mail and changes go through regardless."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(50)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:  # take every connection, answer nothing
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    script_dir = Path(tempfile.mkdtemp(prefix="mailrepl-push-"))
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/api/v1/push/primary"
+    try:
+        primary = dovecot_factory("primary", ["bob"],
+                                  extra_config=plugin_lines(script_dir, url, "  mailrepl_push_timeout_msecs = 300\n"))
+        primary.deliver("bob", message(0))
+        primary.deliver("bob", message(1))
+        imap = primary.imap("bob")
+        try:
+            imap.select("INBOX")
+            for i in range(6):
+                typ, _ = imap.store("1:2", "+FLAGS", f"(k{i})")
+                assert typ == "OK"
+            typ, data = imap.fetch("1:2", "(FLAGS)")
+            assert typ == "OK" and all(b"k5" in d for d in data), data
+        finally:
+            imap.logout()
+        timed_out = "mailrepl push: no answer from the gateway within 300 ms"
+        log = eventually(lambda: (t := primary.log_path.read_text()).count(timed_out) >= 3 and t, timeout=10,
+                         what="the push script's warnings in Dovecot's log")
+        warned = [line for line in log.splitlines() if timed_out in line]
+        # each LMTP delivery loads the script anew: each waited its timeout and said so
+        assert len([w for w in warned if "lmtp(" in w]) == 2, warned
+        # the IMAP session's six changes: one post timed out, the next five were not attempted
+        assert len([w for w in warned if "imap(" in w]) == 1, warned
+    finally:
+        stop.set()
+        thread.join(5)
+        for c in held:
+            c.close()
+        listener.close()
         shutil.rmtree(script_dir, ignore_errors=True)
