@@ -57,28 +57,11 @@ import httpx  # noqa: E402
 
 from tests.bench.profile_summary import stop_profilers  # noqa: E402
 from tests.support.arrival_watch import ArrivalWatch  # noqa: E402
-from tests.support.dovecot import lmtp_recipient, lmtp_send  # noqa: E402
+from tests.support.dovecot import lmtp_recipient, lmtp_send, push_plugin_config  # noqa: E402
 from tests.support.gateways import ADMIN_TOKEN  # noqa: E402
 from tests.support.net import free_port  # noqa: E402
 from tests.support.netns import socket_in_netns  # noqa: E402
 from tests.support.two_site import TwoSiteRig  # noqa: E402
-
-
-def push_plugin(work: Path, url: str) -> str:
-    """The primary Dovecot's lines for server-side push: its push_notification plugin runs the
-    product's Lua script, which posts each change's mailbox to the source gateway at ``url``."""
-    script = work / "mailrepl-push.lua"
-    shutil.copyfile(REPO / "deploy" / "dovecot" / "mailrepl-push.lua", script)
-    work.chmod(0o755)
-    script.chmod(0o644)
-    return f"""
-mail_plugins = $mail_plugins mail_lua notify push_notification push_notification_lua
-plugin {{
-  push_notification_driver = lua:file={script}
-  mailrepl_push_url = {url}
-  mailrepl_push_token = {ADMIN_TOKEN}
-}}
-"""
 
 
 def start_profilers(rig: TwoSiteRig, out: Path, link: str) -> list[subprocess.Popen]:
@@ -349,7 +332,8 @@ def main() -> int:
     primary_extra = ""
     if args.server_push:
         options["source_port"] = free_port()
-        primary_extra = push_plugin(work, f"http://127.0.0.1:{options['source_port']}/api/v1/push/primary")
+        primary_extra = push_plugin_config(work, f"http://127.0.0.1:{options['source_port']}/api/v1/push/primary",
+                                           ADMIN_TOKEN)
     print(f"server push: {'on' if args.server_push else 'off'}; {args.senders} LMTP sessions; connections per server: "
           f"{args.max_connections or 'default'}, push: {'default' if args.push_connections is None else args.push_connections}")
     with TwoSiteRig(work / "rig", args.mailboxes, poll_interval=args.poll_interval, primary_extra=primary_extra,

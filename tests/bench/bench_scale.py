@@ -56,7 +56,7 @@ sys.path.insert(0, str(REPO))
 import httpx
 
 from tests.support.arrival_watch import ArrivalWatch
-from tests.support.dovecot import DovecotServer
+from tests.support.dovecot import DovecotServer, push_plugin_config
 from tests.support.gateways import ADMIN_TOKEN, GatewayPair
 from tests.support.net import free_port
 from tests.bench.profile_summary import stop_profilers  # noqa: E402
@@ -208,18 +208,7 @@ def main() -> int:
     source_port = free_port()
     push = ""
     if args.server_push:
-        script = work / "mailrepl-push.lua"
-        shutil.copyfile(REPO / "deploy" / "dovecot" / "mailrepl-push.lua", script)
-        work.chmod(0o755)
-        script.chmod(0o644)
-        push = f"""
-mail_plugins = $mail_plugins mail_lua notify push_notification push_notification_lua
-plugin {{
-  push_notification_driver = lua:file={script}
-  mailrepl_push_url = http://127.0.0.1:{source_port}/api/v1/push/primary
-  mailrepl_push_token = {ADMIN_TOKEN}
-}}
-"""
+        push = push_plugin_config(work, f"http://127.0.0.1:{source_port}/api/v1/push/primary", ADMIN_TOKEN)
     primary = DovecotServer("primary", users, extra_config=push)
     standby = DovecotServer("standby", users)
     primary.start()

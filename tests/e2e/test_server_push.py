@@ -13,28 +13,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.dovecot import push_plugin_config
 from tests.support.gateways import ADMIN_TOKEN, GatewayPair
 from tests.support.net import eventually, free_port
 
 pytestmark = [pytest.mark.dovecot]
 
-SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "dovecot" / "mailrepl-push.lua"
-
-
-def plugin_lines(script_dir: Path, url: str, extra: str = "") -> str:
-    """The Dovecot lines loading the product's push script from a copy in ``script_dir``."""
-    script_dir.chmod(0o755)  # read by Dovecot's mail processes
-    script = script_dir / "mailrepl-push.lua"
-    shutil.copyfile(SCRIPT, script)
-    script.chmod(0o644)
-    return f"""
-mail_plugins = $mail_plugins mail_lua notify push_notification push_notification_lua
-plugin {{
-  push_notification_driver = lua:file={script}
-  mailrepl_push_url = {url}
-  mailrepl_push_token = {ADMIN_TOKEN}
-{extra}}}
-"""
 
 
 def message(i: int) -> bytes:
@@ -52,7 +36,7 @@ def test_a_change_pushed_by_the_server_is_captured_without_polling(dovecot_facto
     users = ["alice", "bob"]
     script_dir = Path(tempfile.mkdtemp(prefix="mailrepl-push-"))
     port = free_port()
-    push = plugin_lines(script_dir, f"http://127.0.0.1:{port}/api/v1/push/primary")
+    push = push_plugin_config(script_dir, f"http://127.0.0.1:{port}/api/v1/push/primary", ADMIN_TOKEN)
     try:
         primary = dovecot_factory("primary", users, extra_config=push)
         standby = dovecot_factory("standby", users)
@@ -111,7 +95,8 @@ def test_a_gateway_that_does_not_answer_costs_an_imap_session_one_timeout(doveco
     url = f"http://127.0.0.1:{listener.getsockname()[1]}/api/v1/push/primary"
     try:
         primary = dovecot_factory("primary", ["bob"],
-                                  extra_config=plugin_lines(script_dir, url, "  mailrepl_push_timeout_msecs = 300\n"))
+                                  extra_config=push_plugin_config(script_dir, url, ADMIN_TOKEN,
+                                                                 "  mailrepl_push_timeout_msecs = 300\n"))
         primary.deliver("bob", message(0))
         primary.deliver("bob", message(1))
         imap = primary.imap("bob")

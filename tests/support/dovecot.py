@@ -121,6 +121,24 @@ def mailbox_size(server, user: str) -> tuple[int, int]:
     return msgs, size
 
 
+def push_plugin_config(directory: Path, url: str, token: str, extra: str = "") -> str:
+    """Lines for a Dovecot configuration that load the product's server-side push script
+    (``deploy/dovecot/mailrepl-push.lua``, copied into ``directory``, readable by Dovecot's mail
+    processes) posting to ``url`` with ``token``; ``extra``: more lines for its plugin section."""
+    directory.chmod(0o755)
+    script = directory / "mailrepl-push.lua"
+    shutil.copyfile(REPO / "deploy" / "dovecot" / "mailrepl-push.lua", script)
+    script.chmod(0o644)
+    return f"""
+mail_plugins = $mail_plugins mail_lua notify push_notification push_notification_lua
+plugin {{
+  push_notification_driver = lua:file={script}
+  mailrepl_push_url = {url}
+  mailrepl_push_token = {token}
+{extra}}}
+"""
+
+
 def lmtp_send(lmtp: smtplib.LMTP, rcpt: str, raw: bytes) -> tuple[int, bytes]:
     """One LMTP transaction of ``raw`` to the single recipient ``rcpt``: the code and reply of the
     step that ended it (250 when delivered). A refused MAIL or RCPT is reset so the session can go on."""

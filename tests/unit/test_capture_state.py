@@ -11,7 +11,6 @@ from mailrepl.shared.capture_state import (
     known_folders, pair_folders, plan_rebuild, seed_from_catalog,
 )
 from mailrepl.shared.model import Cursor, UidSet, flags_text
-from mailrepl.shared.store import open_store
 from mailrepl.shared.store.chunks import chunks
 from mailrepl.shared.store.models import CatalogEntry, FolderState, Mailbox, Replica
 
@@ -73,14 +72,6 @@ def test_flags_text_is_sorted_without_recent():
 
 
 # ---------------------------------------------------------------------------- store
-
-
-@pytest.fixture
-def store(tmp_path):
-    st = open_store(f"sqlite:///{tmp_path}/state.sqlite")
-    st.migrate()
-    yield st
-    st.dispose()
 
 
 def _mailbox(store) -> int:

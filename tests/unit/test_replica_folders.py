@@ -3,26 +3,16 @@ special ones included, so that a copy that lost one is found and a resync brings
 was (the same story against a wiped real Dovecot is tests/e2e/test_standby_folder_loss.py)."""
 from __future__ import annotations
 
-import pytest
 from mailrepl.recovery.standby_check import standby_damage
 from mailrepl.shared.adapters.base import FolderInfo
 from mailrepl.shared.capture_state import ReplicaFolders
 from mailrepl.shared.model import Change, Kind
-from mailrepl.shared.store import open_store
 from mailrepl.shared.store.models import InboxRow, Replica
 from sqlalchemy import select
 
 from tests.unit.memory_server import Folder
 from tests.unit.test_failback_memory import Sites, body
 from tests.unit.test_pipeline_memory import Pipeline, _msg
-
-
-@pytest.fixture
-def store(tmp_path):
-    st = open_store(f"sqlite:///{tmp_path}/r.sqlite")
-    st.migrate()
-    yield st
-    st.dispose()
 
 
 def test_the_record_follows_creates_renames_deletes_and_writes(store):

@@ -6,16 +6,7 @@ import pytest
 
 from mailrepl.recovery.standby_check import standby_damage
 from mailrepl.shared.adapters.base import FolderInfo
-from mailrepl.shared.store import open_store
 from mailrepl.shared.store.models import IdMapEntry, Replica
-
-
-@pytest.fixture
-def store(tmp_path):
-    st = open_store(f"sqlite:///{tmp_path}/r.sqlite")
-    st.migrate()
-    yield st
-    st.dispose()
 
 
 def _replica_with(store, entries: list[tuple[str, int, int]]) -> int:
