@@ -32,19 +32,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from fastapi.testclient import TestClient
-from mailrepl.gateway.shipper import Shipper
-from mailrepl.recovery.app import RecoveryGateway
-from mailrepl.recovery.settings import load_recovery_settings
 from mailrepl.recovery.standby_view import is_fresh
-from mailrepl.shared.adapters.imap import ImapAdapter, ImapEndpoint
-from mailrepl.shared.engines.capture import CaptureEngine
-from mailrepl.shared.store import open_store
-from mailrepl.shared.store.models import Mailbox, Replica
+from mailrepl.shared.store.models import Replica
 from sqlalchemy import select
 
+from tests.support.canonical_compare import adapter_for
 from tests.support.dovecot import DovecotServer
-from tests.support.gateways import INGEST_TOKEN, GatewayPair
+from tests.support.in_process import in_process_pair
 
 
 def message(i: int) -> bytes:
@@ -73,23 +67,13 @@ def main() -> None:
 
 
 def run(tmp: Path, primary, standby, users: list[str], args) -> None:
-    GatewayPair(tmp, primary, standby, users=users, source_state=f"sqlite:///{tmp}/source.sqlite",
-                recovery_state=f"sqlite:///{tmp}/recovery.sqlite")  # writes both configuration files
-    gw = RecoveryGateway(load_recovery_settings(tmp / "recovery.toml", dict(os.environ)))
-    src = open_store(f"sqlite:///{tmp}/source.sqlite")
-    src.migrate()
-    with src.tx() as s:
-        for user in users:
-            s.add(Mailbox(server="primary", address=user, protected=True, phase="seeding"))
-    with src.read() as s:
-        mids = dict(s.execute(select(Mailbox.address, Mailbox.id)).all())
-    shipper = Shipper(src, "hq", TestClient(gw.app(), base_url="http://recovery"), token=INGEST_TOKEN)
-    capture = CaptureEngine(src)
+    pair = in_process_pair(tmp, primary, standby, users)
+    gw, mids, shipper, capture = pair.recovery, pair.mailbox_ids, pair.shipper, pair.capture
     p_sessions = {}
     for user in users:
         primary.deliver_many(user, [message(-1 - i) for i in range(args.initial)])
     for user in users:
-        p_sessions[user] = primary_session = gw_primary_adapter(tmp, primary).open(user)
+        p_sessions[user] = primary_session = adapter_for(primary, "primary").open(user)
         capture.cycle(mids[user], primary_session)
     ingest_cpu: list[float] = []
 
@@ -133,7 +117,7 @@ def run(tmp: Path, primary, standby, users: list[str], args) -> None:
                   or s.get(Replica, rid).applied_seq != s.get(Replica, rid).received_seq]
     for session in p_sessions.values():
         session.close()
-    src.dispose()
+    pair.source.dispose()
     gw.store.dispose()
 
     def ms(xs: list[float]) -> str:
@@ -147,12 +131,6 @@ def run(tmp: Path, primary, standby, users: list[str], args) -> None:
     print(f"  ship (the source's send and the recovery gateway's ingest, in process): {ms(ingest_cpu)}")
     print(f"  replicas behind or with a stale view at the end: {len(behind)}")
     print(f"  load average: {os.getloadavg()[0]:.1f}")
-
-
-def gw_primary_adapter(tmp: Path, primary) -> ImapAdapter:
-    return ImapAdapter("primary", ImapEndpoint(host="127.0.0.1", port=primary.imap_port, tls="none",
-                                               service_user=primary.master_user,
-                                               service_password=primary.master_password, auth="sasl-plain"))
 
 
 if __name__ == "__main__":

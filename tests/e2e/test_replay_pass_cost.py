@@ -11,21 +11,14 @@ statements (11 and 34 before). A change that reads the same rows again, or loads
 shows here; the message must still be on the standby, applied, and the view current."""
 from __future__ import annotations
 
-import os
 
 import pytest
-from fastapi.testclient import TestClient
-from mailrepl.gateway.shipper import Shipper
-from mailrepl.recovery.app import RecoveryGateway
-from mailrepl.recovery.settings import load_recovery_settings
 from mailrepl.recovery.standby_view import is_fresh
-from mailrepl.shared.engines.capture import CaptureEngine
-from mailrepl.shared.store import open_store
-from mailrepl.shared.store.models import Mailbox, Replica
+from mailrepl.shared.store.models import Replica
 from sqlalchemy import event, select
 
 from tests.support.canonical_compare import adapter_for
-from tests.support.gateways import INGEST_TOKEN, GatewayPair
+from tests.support.in_process import in_process_pair
 from tests.support.mailcompare import assert_same_mailbox
 
 pytestmark = [pytest.mark.dovecot]
@@ -43,17 +36,8 @@ def message(i: int) -> bytes:
 def test_a_pass_of_one_new_message_reads_the_replica_and_the_view_once(dovecot_factory, tmp_path):
     primary = dovecot_factory("primary", USERS)
     standby = dovecot_factory("standby", USERS)
-    GatewayPair(tmp_path, primary, standby, users=USERS, source_state=f"sqlite:///{tmp_path}/source.sqlite",
-                recovery_state=f"sqlite:///{tmp_path}/recovery.sqlite")  # writes both configuration files
-    gw = RecoveryGateway(load_recovery_settings(tmp_path / "recovery.toml", dict(os.environ)))
-    src = open_store(f"sqlite:///{tmp_path}/source.sqlite")
-    src.migrate()
-    with src.tx() as s:
-        s.add(Mailbox(server="primary", address="alice", protected=True, phase="seeding"))
-    with src.read() as s:
-        mbx_id = s.scalar(select(Mailbox.id).where(Mailbox.address == "alice"))
-    shipper = Shipper(src, "hq", TestClient(gw.app(), base_url="http://recovery"), token=INGEST_TOKEN)
-    capture = CaptureEngine(src)
+    pair = in_process_pair(tmp_path, primary, standby, USERS[:1])
+    gw, mbx_id, shipper, capture = pair.recovery, pair.mailbox_ids["alice"], pair.shipper, pair.capture
     primary_session = adapter_for(primary, "primary").open("alice")
     counts = {"tx": 0, "stmt": 0}
     counting = [False]
@@ -99,5 +83,5 @@ def test_a_pass_of_one_new_message_reads_the_replica_and_the_view_once(dovecot_f
         assert counts["stmt"] <= MAX_STATEMENTS, counts
     finally:
         primary_session.close()
-        src.dispose()
+        pair.source.dispose()
         gw.store.dispose()
