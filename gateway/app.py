@@ -91,6 +91,7 @@ class SourceGateway:
             "capture", self._jobs, workers=g.workers, poll_interval=g.poll_interval,
             on_error=self.registry.record_error, idle_poll_max=g.idle_poll_max, release_sessions=True,
             sweep_skips_woken=True,  # a mailbox a push wake-up just captured is left out of the next sweep
+            sweep_rate=g.idle_polls_per_second,  # seeding mailboxes (known work) are not counted
         )
         self.watchers = PushWatchers(self.workers.wake, limit=sum(self.push_budget.values()))
         # cutover/failback: learns where each mailbox is active, replays the standby's changes
@@ -139,7 +140,7 @@ class SourceGateway:
         with self.store.read() as s:
             rows = list(
                 s.execute(
-                    select(Mailbox.id, Mailbox.server, Mailbox.address).where(
+                    select(Mailbox.id, Mailbox.server, Mailbox.address, Mailbox.phase == "seeding").where(
                         Mailbox.protected.is_(True), Mailbox.active_site == "primary"
                     )
                 )
@@ -149,7 +150,7 @@ class SourceGateway:
         # push connections for the most recently active mailboxes of each server, within its budget
         active = set(self.workers.most_active(sum(self.push_budget.values()) * 4))
         per_server: dict[str, int] = {}
-        for mid, server, address in sorted(rows, key=lambda r: r[0] not in active):
+        for mid, server, address, seeding in sorted(rows, key=lambda r: r[0] not in active):
             adapter = self.adapters.get(server)
             if adapter is None:
                 continue
@@ -162,6 +163,7 @@ class SourceGateway:
                     open_session=lambda a=adapter, addr=address: a.open(addr),
                     run=lambda sess, m=mid: self._cycle(m, sess),
                     group=server,
+                    has_work=bool(seeding),
                 )
             )
         self.watchers.sync(watch)

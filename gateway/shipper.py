@@ -8,14 +8,15 @@ same sequence number with the same content as a no-op). The recovery gateway is 
 """
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Collection, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
+from mailrepl.gateway.ack_apply import apply_ack
 from mailrepl.shared.content.mime_split import BLOB_THRESHOLD
 from mailrepl.shared.engines.batch_builder import BatchBuilder, Built
 from mailrepl.shared.errors import PeerRefused
@@ -24,32 +25,17 @@ from mailrepl.shared.protocol.peer_client import HttpClient, PeerClient, as_peer
 from mailrepl.shared.protocol.wire import Ack, encode_batch
 from mailrepl.shared.runtime.background import Background
 from mailrepl.shared.store import Store
-from mailrepl.shared.store.models import Mailbox, OutboxRow
-from mailrepl.shared.store.outbox import drop_unreferenced_bodies
-from sqlalchemy import bindparam, delete, func, select, update
+from mailrepl.shared.store.models import Mailbox
+from sqlalchemy import func, select, update
 
 __all__ = ["ShipStats", "Shipper"]
-
-_OUTBOX = OutboxRow.__table__
-# what applying an answer reads of each mailbox it names
-_COUNTERS = (Mailbox.id, Mailbox.server, Mailbox.address, Mailbox.acked_seq, Mailbox.applied_seq, Mailbox.last_seq,
-             Mailbox.rejected, Mailbox.dr_error)
-# statements built once (an answer is applied several times a second), run for many mailboxes at a time
-_MAILBOX = Mailbox.__table__
-_APPLY = update(_MAILBOX).where(_MAILBOX.c.id == bindparam("m")).values(
-    acked_seq=bindparam("acked"), applied_seq=bindparam("applied"),
-    shipped_raw_bytes=_MAILBOX.c.shipped_raw_bytes + bindparam("raw"),
-    shipped_payload_bytes=_MAILBOX.c.shipped_payload_bytes + bindparam("payload"),
-    shipped_wire_bytes=_MAILBOX.c.shipped_wire_bytes + bindparam("wire"))
-_APPLIED_SHAS = select(_OUTBOX.c.sha256).where(_OUTBOX.c.mailbox_id == bindparam("m"), _OUTBOX.c.seq <= bindparam("a"),
-                                               _OUTBOX.c.sha256.is_not(None))
-_DROP_APPLIED = delete(_OUTBOX).where(_OUTBOX.c.mailbox_id == bindparam("m"), _OUTBOX.c.seq <= bindparam("a"))
 
 log = logging.getLogger("mailrepl.shipper")
 
 REFUSED_PREFIX = "refused by the recovery gateway: "
 INSUFFICIENT_STORAGE = 507  # the recovery gateway could not store a batch: its disk is full
 REFUSED_RETRY = 300.0  # seconds: mailboxes set aside for a refusal are tried again this often
+IN_FLIGHT = 2  # batches on the link at once (a round trip and the peer's store write hidden)
 LIVE_BACKLOG = 20  # under a rate cap, a mailbox at most this many changes behind ships as live traffic
 # while batches flow (a seed), the peer is asked how far it applied at most this often when a
 # mailbox outside the batch just sent waits to be applied: an ack only tells about the mailboxes
@@ -59,6 +45,11 @@ PROGRESS_EVERY = 1.0
 # with nothing to send, how often the peer is asked how far it applied while a mailbox waits to be
 # applied there (each answer names every mailbox of the source: its cost grows with their number)
 PROGRESS_IDLE_EVERY = 1.0
+# ... and while the progress watcher follows the peer's replay (a peer that answers waiting
+# progress queries), only this often: the watcher hears of each replay pass as it commits
+PROGRESS_WATCHED_EVERY = 5.0
+PROGRESS_WAIT = 5.0  # seconds the recovery gateway may hold the watcher's progress query
+WATCH_GAP = 0.05  # seconds between two of the watcher's queries (replay passes come in runs)
 
 
 class ShipStats:
@@ -85,6 +76,7 @@ class Shipper:
         retry_max: float = 30.0,
         body_lock: threading.Lock | None = None,
         rate_cap: LinkRateCap | None = None,
+        in_flight: int = IN_FLIGHT,
     ) -> None:
         self.store = store
         self.rate_cap = rate_cap if rate_cap is not None and rate_cap.enabled else None
@@ -104,7 +96,12 @@ class Shipper:
         self.wake_event = threading.Event()
         self._background = Background("shipper", self._loop)
         self._stop = self._background.stopping
-        self._ahead = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shipper-prepare")
+        self.in_flight = max(1, in_flight)
+        self._senders = ThreadPoolExecutor(max_workers=self.in_flight, thread_name_prefix="shipper-send")
+        # follows the peer's replay: a waiting progress query, answered as a replay pass commits
+        self._watcher = Background("progress-watcher", self._watch)
+        self._acked = threading.Event()  # set when an answer leaves a mailbox waiting to be applied
+        self.watching = False  # the peer answers waiting progress queries (and the watcher runs)
         # a mailbox cut over to DR ships no more (what it captured late is re-based at failback)
         self.builder = BatchBuilder(store, source_id, self._held, max_changes=max_changes, max_bytes=max_bytes,
                                     part_threshold=part_threshold, where=Mailbox.site_state == "replicating")
@@ -146,41 +143,62 @@ class Shipper:
     def ship_pipelined(self) -> int:
         """Send batches until the outbox is drained; returns how many were sent.
 
-        The next batch is read, split and compressed while the current one is in flight (the
-        store, zstd and the socket release the GIL), so the link and the peer are kept busy.
-        Any failure or any answer other than "ok" ends the run: the next run starts again from
-        what the peer acknowledged.
+        Up to ``in_flight`` batches travel at once (one under a rate cap), each on its own
+        connection, and the next is read, split and compressed meanwhile (the store, zstd and
+        the socket release the GIL): across a long link the link and the peer are kept busy
+        instead of idling a round trip and the peer's store write per batch. The peer stores
+        batches of one source in the order they arrive (``mailrepl.recovery.ingest_order``);
+        their answers are applied here in the order sent. Any failure or any answer other than
+        "ok" ends the run once the batches in flight are answered: the next run starts again
+        from what the peer acknowledged.
         """
         sent = 0
+        depth = 1 if self.rate_cap is not None else self.in_flight
         upto: dict[tuple[str, str], int] = {}
+        window: deque[tuple[Built, int, Future]] = deque()
         pending = self._prepare(upto, frozenset())
-        while pending is not None and not self._stop.is_set():
-            built, data = pending
-            if self._live_overtaken(built):
-                # live changes came in after this seed batch was prepared: they go first
-                pending = self._prepare(dict(upto), frozenset())
-                if pending is None:
-                    break
-                built, data = pending
-            for seg in built.batch.segments:
-                upto[(seg.server, seg.address)] = seg.range.last
-            ahead = self._ahead.submit(self._prepare, dict(upto), frozenset(built.batch.parts))
-            try:
-                ack = self._send(data, built)
-                if ack is not None:
-                    self._record(ack, built, len(data))
-            finally:
-                try:
-                    pending = ahead.result()
-                except Exception as exc:  # noqa: BLE001 - built again from the store next run
-                    log.warning("preparing the next batch failed: %s", exc)
+        try:
+            while not self._stop.is_set():
+                while pending is not None and len(window) < depth and not self._stop.is_set():
+                    built, data = pending
+                    if self._live_overtaken(built):
+                        # live changes came in after this seed batch was prepared: they go first
+                        pending = self._prepare(dict(upto), _parts(window))
+                        if pending is None:
+                            break
+                        built, data = pending
+                    for seg in built.batch.segments:
+                        upto[(seg.server, seg.address)] = seg.range.last
+                    window.append((built, len(data), self._senders.submit(self._send, data, built)))
+                    del data
                     pending = None
-            sent += 1
-            if ack is None or any(res.status != "ok" for res in ack.results):
-                break
-            if time.monotonic() - self._last_progress >= PROGRESS_EVERY and \
-                    self._pending_apply(besides={(seg.server, seg.address) for seg in built.batch.segments}):
-                self.poll_progress()
+                    try:
+                        pending = self._prepare(dict(upto), _parts(window))
+                    except Exception as exc:  # noqa: BLE001 - built again from the store next run
+                        log.warning("preparing the next batch failed: %s", exc)
+                if not window:
+                    break
+                built, size, answer = window.popleft()
+                ack = answer.result()
+                if ack is not None:
+                    self._record(ack, built, size)
+                sent += 1
+                if ack is None or any(res.status != "ok" for res in ack.results):
+                    break
+                if time.monotonic() - self._last_progress >= PROGRESS_EVERY and \
+                        self._pending_apply(besides={(seg.server, seg.address) for seg in built.batch.segments}):
+                    self.poll_progress()
+        finally:
+            # the batches still in flight are answered before the run ends (their acks count)
+            for built, size, answer in window:
+                try:
+                    ack = answer.result()
+                except Exception as exc:  # noqa: BLE001 - sent again from what the peer acknowledged
+                    log.debug("a batch in flight failed: %s", exc)
+                    continue
+                if ack is not None:
+                    self._record(ack, built, size)
+                sent += 1
         return sent
 
     def _send(self, data: bytes, built: Built) -> Ack | None:
@@ -278,104 +296,33 @@ class Shipper:
         self._last_progress = time.monotonic()
         self._record(self.peer.progress())
 
-    def _record(self, ack: Ack, built: Built | None = None, wire_bytes: int = 0) -> None:
-        """Apply an acknowledgement (and, for a sent batch, its bytes accounting) to the store."""
-        released: set[str] = set()
+    def _record(self, ack: Ack, built: Built | None = None, wire_bytes: int = 0, *, forward_only: bool = False) -> None:
+        """Apply an acknowledgement (and, for a sent batch, its bytes accounting) to the store
+        (``mailrepl.gateway.ack_apply``). ``forward_only``: an answer of the progress watcher."""
         if built is not None:
             self.stats.batches += 1
             self.stats.changes += sum(len(seg.range) for seg in built.batch.segments)
             self.stats.wire_bytes += wire_bytes
             self.stats.raw_bytes += built.raw_total
             self.stats.payload_bytes += built.payload_total
-        # not flushed on its own: lost in a power failure, the peer's next answer says it again
-        # (a change sent again is a no-op there), and the outbox rows it removes come back
-        with self.store.read() as s:
-            todo = _changed(s, ack, built)
-        if not todo:
-            return
-        with self.body_lock, self.store.tx(durable=False) as s:
-            # Core statements: a progress answer changes dozens of mailboxes a second; loading
-            # each as an ORM object and flushing it cost more than the answer itself
-            rows = {(r.server, r.address): r for r in s.execute(
-                select(*_COUNTERS).where(Mailbox.id.in_([mid for mid, _ in todo])))}
-            applied_upto: list[dict] = []
-            counters: list[dict] = []  # the usual change: acknowledged and applied positions, bytes sent
-            for _, res in todo:
-                row = rows.get((res.server, res.address))
-                if row is None:
-                    continue
-                sent = self._account(row, built, wire_bytes) if built is not None and res.status == "ok" else None
-                values: dict = {}
-                acked, applied = row.acked_seq, row.applied_seq
-                if res.status == "conflict":
-                    values["ship_error"] = f"recovery gateway reports a conflict: {res.detail}"
-                    log.error("%s/%s: %s", res.server, res.address, values["ship_error"])
-                elif res.status == "gap":
-                    resend = res.resend_from or 1
-                    if resend <= applied:
-                        values["ship_error"] = (
-                            f"recovery gateway lost changes from {resend} on, which were already applied and "
-                            "removed here; protect the mailbox again to re-seed"
-                        )
-                    else:
-                        acked = min(acked, resend - 1)
-                elif res.status == "error":
-                    values["ship_error"] = f"recovery gateway: {res.detail}"
-                elif res.status == "missing":  # asked again and sent on the next run
-                    log.info("%s/%s: recovery gateway lacks %d bodies or parts it was said to hold",
-                             res.server, res.address, len(res.missing))
-                    if res.whole:
-                        log.warning("%s/%s: %d bodies did not reassemble at the recovery gateway; "
-                                    "sending them unsplit", res.server, res.address, len(res.whole))
-                        self.builder.send_whole.update(res.whole)
-                if res.status == "ok":
-                    if res.acked < acked:
-                        # the peer holds less than it acknowledged before (it dropped a damaged
-                        # body and asks again): send again from there
-                        acked = max(res.acked, applied)
-                    else:
-                        acked = min(res.acked, row.last_seq)
-                if res.applied > applied:
-                    applied = min(res.applied, row.last_seq)
-                    applied_upto.append({"m": row.id, "a": applied})
-                if sent is not None or acked != row.acked_seq or applied != row.applied_seq:
-                    counters.append({"m": row.id, "acked": acked, "applied": applied,
-                                     **(sent or {"raw": 0, "payload": 0, "wire": 0})})
-                if res.rejected and json.dumps(list(res.rejected)) != row.rejected:
-                    values["rejected"] = json.dumps(list(res.rejected))
-                if res.status != "error" and row.dr_error != res.dr_error:
-                    values["dr_error"] = res.dr_error  # set and cleared by the recovery gateway's answer
-                if values:
-                    s.execute(update(Mailbox).where(Mailbox.id == row.id).values(**values))
-            if counters:
-                s.execute(_APPLY, counters)
-            for upto in applied_upto:
-                released.update(s.scalars(_APPLIED_SHAS, upto))
-            if applied_upto:
-                s.execute(_DROP_APPLIED, applied_upto)
-            # bodies of the removed rows that no remaining row refers to (same message elsewhere)
-            drop_unreferenced_bodies(s, released)
-
-    @staticmethod
-    def _account(row, built: Built, wire_bytes: int) -> dict:
-        """The bytes accounting of a sent batch's mailbox ``row``: what its byte counters grow by."""
-        who = (row.server, row.address)
-        payload = built.payload.get(who, 0)
-        # the compressed batch is shared: each mailbox carries its share of the payload
-        total = built.payload_total
-        return {"raw": built.raw.get(who, 0), "payload": payload,
-                "wire": round(wire_bytes * payload / total) if total else 0}
+        outcome = apply_ack(self.store, self.body_lock, ack, built, wire_bytes, forward_only=forward_only)
+        self.builder.send_whole.update(outcome.send_whole)
+        if outcome.waiting:
+            self._acked.set()  # the watcher follows their replay
 
     # ------------------------------------------------------------------ loop
 
     def start(self) -> None:
         self._background.start()
+        self._watcher.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self.wake_event.set()
+        self._acked.set()
         self._background.stop(timeout)
-        self._ahead.shutdown(wait=False, cancel_futures=True)
+        self._watcher.stop(0)  # not waited for: a progress query held at the peer ends on its own
+        self._senders.shutdown(wait=False, cancel_futures=True)
 
     def _pending_apply(self, besides: Collection[tuple[str, str]] = frozenset()) -> bool:
         """Does a mailbox (other than ``besides``, (server, address)) wait to be applied at DR?"""
@@ -385,6 +332,34 @@ class Shipper:
                                      .where(Mailbox.applied_seq < Mailbox.acked_seq)))
             waiting = s.execute(select(Mailbox.server, Mailbox.address).where(Mailbox.applied_seq < Mailbox.acked_seq))
             return any((server, address) not in besides for server, address in waiting)
+
+    def _watch(self) -> None:
+        """While a mailbox waits to be applied at DR, hold a progress query at the peer that it
+        answers as soon as a replay pass commits (``PROGRESS_WAIT`` at most): the applied
+        position here, the status and the end of a seed follow the standby within a round trip,
+        not a polling interval. A peer that gives no token is polled by the shipper instead."""
+        token: str | None = None
+        delay = self.retry_initial
+        while not self._stop.is_set():
+            try:
+                if not self._pending_apply():
+                    self._acked.wait(PROGRESS_WAIT)
+                    self._acked.clear()
+                    continue
+                ack = self.peer.progress(seen=token, wait=PROGRESS_WAIT if token is not None else 0.0)
+                if ack.token is None:
+                    self.watching = False
+                    log.info("recovery gateway does not answer waiting progress queries: polled instead")
+                    return
+                self.watching, token = True, ack.token
+                if not self._stop.is_set():
+                    self._record(ack, forward_only=True)
+                delay = self.retry_initial
+                self._stop.wait(WATCH_GAP)
+            except Exception as exc:  # noqa: BLE001 - the shipper's own progress queries go on meanwhile
+                log.debug("progress watcher: %s (again in %.1fs)", exc, delay)
+                self._stop.wait(max(delay, getattr(exc, "back_off", 0.0) or 0.0))
+                delay = min(self.retry_max, delay * 2)
 
     def _loop(self) -> None:
         delay = self.retry_initial
@@ -398,8 +373,8 @@ class Shipper:
                     self.release_refused()
                 self._fit_to_cap()
                 sent = self.ship_pipelined() > 0
-                if not sent and time.monotonic() - self._last_progress >= PROGRESS_IDLE_EVERY and \
-                        self._pending_apply():
+                every = PROGRESS_WATCHED_EVERY if self.watching else PROGRESS_IDLE_EVERY
+                if not sent and time.monotonic() - self._last_progress >= every and self._pending_apply():
                     self.poll_progress()
                 self.last_error = None
                 self.peer_disk_full = None
@@ -418,32 +393,6 @@ class Shipper:
 
 
 
-def _changed(s, ack: Ack, built: Built | None) -> list[tuple[int, object]]:
-    """The results of ``ack`` that change something here, with their mailbox's id: one read of
-    every answered mailbox's counters (a progress answer names all of a source's mailboxes, most
-    of them unchanged), instead of loading each mailbox."""
-    if not ack.results:
-        return []
-    wanted = {(r.server, r.address) for r in ack.results}
-    query = select(*_COUNTERS).where(Mailbox.server.in_({srv for srv, _ in wanted}))
-    if built is not None:  # a batch's answer names its own few mailboxes, a progress answer all of them
-        query = query.where(Mailbox.address.in_({address for _, address in wanted}))
-    current = {(r.server, r.address): r for r in s.execute(query) if (r.server, r.address) in wanted}
-    todo = []
-    for res in ack.results:
-        row = current.get((res.server, res.address))
-        if row is not None and (built is not None or _differs(res, row)):
-            todo.append((row.id, res))
-    return todo
-
-
-def _differs(res, row) -> bool:
-    """Whether applying progress answer ``res`` would change the mailbox's ``row`` (see ``_record``)."""
-    if res.status != "ok":
-        return True  # conflicts, gaps, errors and missing bodies are always handled
-    acked = max(res.acked, row.applied_seq) if res.acked < row.acked_seq else min(res.acked, row.last_seq)
-    if acked != row.acked_seq or res.applied > row.applied_seq:
-        return True
-    if res.rejected and json.dumps(list(res.rejected)) != row.rejected:
-        return True
-    return row.dr_error != res.dr_error
+def _parts(window) -> frozenset[str]:
+    """The parts of the batches in flight: held by the peer for the next batch's purpose."""
+    return frozenset(key for built, _, _ in window for key in built.batch.parts)

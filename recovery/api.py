@@ -7,7 +7,10 @@ that what it names belongs to that source before anything is read or written
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import functools
+import time
 from typing import Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -16,6 +19,7 @@ from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
 from mailrepl.recovery.alert_sources import replica_statuses
+from mailrepl.recovery.ingest_order import IngestOrder
 from mailrepl.recovery.source_access import SourceAccess
 from mailrepl.recovery.standby_view import is_fresh
 from mailrepl.shared.runtime.principals import Principal
@@ -29,11 +33,15 @@ from mailrepl.recovery.site import history, report_of
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import AlteredMessage, InboxRow, RejectedMessage, Replica
 from mailrepl.shared.protocol.messages import HeldAnswer, HeldQuery
-from mailrepl.shared.protocol.wire import MAX_DECODED_BYTES, MEDIA_TYPE, decode_batch
+from mailrepl.shared.protocol.wire import MAX_DECODED_BYTES, MAX_TOKEN, MEDIA_TYPE, decode_batch
+from mailrepl.shared.engines.progress_signal import MAX_WAIT
 from mailrepl.shared.engines.receiver import Receiver
 
 __all__ = ["ingest_router", "admin_router", "replica_status"]
 
+
+MAX_WAITERS = 64  # progress queries that may wait at once; more are answered at once
+WAIT_STEP = 0.05  # seconds between two looks at the applied-progress token while a query waits
 
 INGEST_RESPONSES = {**ERROR_RESPONSES, 507: {
     "model": ErrorDetail, "description": "no space left to store the batch: nothing of it is acknowledged; "
@@ -41,26 +49,51 @@ INGEST_RESPONSES = {**ERROR_RESPONSES, 507: {
 
 
 def ingest_router(receiver: Receiver, access: SourceAccess, max_bytes: int,
-                  max_inflated: int = MAX_DECODED_BYTES, disk: DiskGuard | None = None) -> APIRouter:
+                  max_inflated: int = MAX_DECODED_BYTES, disk: DiskGuard | None = None,
+                  order: IngestOrder | None = None) -> APIRouter:
     r = APIRouter(prefix="/api/v1/ingest", tags=["ingest"], responses=INGEST_RESPONSES)
     as_source = access.dependency()
+    order = order or IngestOrder()
 
     @r.post("/batches")
     async def post_batch(request: Request, caller: Principal = Depends(as_source)) -> dict:
         ctype = request.headers.get("content-type", "")
         if ctype.split(";")[0].strip() != MEDIA_TYPE:
             raise HTTPException(415, f"expected Content-Type {MEDIA_TYPE}")
-        data = await request.body()
-        if len(data) > max_bytes:
-            raise HTTPException(413, f"batch larger than {max_bytes} bytes")
-        # decompressing, hash checks and the store write run off the event loop, so the API
-        # keeps answering while a large batch is taken in
-        return await run_in_threadpool(_ingest_stored, receiver, access, caller, data, max_inflated, disk)
+        # batches of one source sent side by side are stored in the order they arrive in
+        with order.arriving(caller.source_id or "") as ticket:
+            data = await request.body()
+            if len(data) > max_bytes:
+                raise HTTPException(413, f"batch larger than {max_bytes} bytes")
+            # decompressing, hash checks and the store write run off the event loop, so the API
+            # keeps answering while a large batch is taken in
+            turn = functools.partial(order.wait_turn, ticket=ticket)
+            return await run_in_threadpool(_ingest_stored, receiver, access, caller, data, max_inflated, disk, turn)
+
+    waiting = [0]  # progress queries waiting now (bounded: each holds a connection)
 
     @r.get("/progress")
-    def progress(source: str, caller: Principal = Depends(as_source)) -> dict:
+    async def progress(source: str, caller: Principal = Depends(as_source),
+                       wait: float = Query(0.0, ge=0.0, le=MAX_WAIT),
+                       seen: str | None = Query(None, max_length=MAX_TOKEN)) -> dict:
+        """Where the source's replicas stand. With ``seen`` (the ``token`` of an earlier answer)
+        and ``wait``: answered once a replay pass applied something after it (or after ``wait``
+        seconds), with only the replicas applied since; without, or with a token this process
+        did not give, at once with all of them."""
         access.source_of(caller, source)
-        return receiver.progress(source).to_json()
+        signal = receiver.signal
+        since = signal.since(seen)
+        if wait and waiting[0] < MAX_WAITERS:
+            waiting[0] += 1
+            try:
+                deadline = time.monotonic() + wait
+                while not signal.changed(since) and time.monotonic() < deadline:
+                    await asyncio.sleep(WAIT_STEP)
+            finally:
+                waiting[0] -= 1
+        token = signal.token  # before the read: what is applied after it is in the next answer
+        ack = await run_in_threadpool(receiver.progress, source, signal.replicas(since))
+        return dataclasses.replace(ack, token=token).to_json()
 
     @r.post("/missing", response_model=HeldAnswer)
     def missing(query: HeldQuery, caller: Principal = Depends(as_source)) -> HeldAnswer:
@@ -72,21 +105,23 @@ def ingest_router(receiver: Receiver, access: SourceAccess, max_bytes: int,
 
 
 def _ingest_stored(receiver: Receiver, access: SourceAccess, caller: Principal, data: bytes, max_inflated: int,
-                   disk: DiskGuard | None) -> dict:
+                   disk: DiskGuard | None, turn: Callable | None = None) -> dict:
     """``_ingest``, refused with 507 + Retry-After when the batch cannot be stored for lack of
     space (checked first against the floor; a write that still fails rolled back)."""
     if disk is None:
-        return _ingest(receiver, access, caller, data, max_inflated)
+        return _ingest(receiver, access, caller, data, max_inflated, turn)
     try:
         disk.check()
-        answer = _ingest(receiver, access, caller, data, max_inflated)
+        answer = _ingest(receiver, access, caller, data, max_inflated, turn)
     except DiskFull as exc:
         raise HTTPException(507, disk.refused_for(exc), headers={"Retry-After": retry_after(exc.back_off)}) from exc
     disk.stored()
     return answer
 
 
-def _ingest(receiver: Receiver, access: SourceAccess, caller: Principal, data: bytes, max_inflated: int) -> dict:
+def _ingest(receiver: Receiver, access: SourceAccess, caller: Principal, data: bytes, max_inflated: int,
+            turn: Callable | None = None) -> dict:
+    """``turn(source, ready)``: waits while a batch sent before this one is still arriving."""
     try:
         batch = decode_batch(data, max_bytes=max_inflated)
     except UnsupportedVersion as exc:
@@ -94,6 +129,8 @@ def _ingest(receiver: Receiver, access: SourceAccess, caller: Principal, data: b
     except WireError as exc:
         raise HTTPException(400, f"malformed batch: {exc}") from exc
     access.admit(caller, batch)  # the whole batch, before the receiver writes anything
+    if turn is not None:
+        turn(batch.source, ready=lambda: receiver.continues(batch))
     return receiver.ingest(batch).to_json()
 
 

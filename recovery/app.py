@@ -103,7 +103,7 @@ class RecoveryGateway:
         self.passes = ReplayPass(self.store, self.replay, self.view, self.resyncs)
         self.workers = MailboxWorkers(
             "replay", self._jobs, workers=g.workers, poll_interval=1.0, on_error=self._record_error,
-            release_sessions=True,
+            release_sessions=True, sweep_rate=g.standby_checks_per_second,  # replicas with work are not counted
         )
         self.receiver = Receiver(self.store, self.bodies, self.route, on_received=self.workers.wake)
         # who may send what: checked before the receiver writes anything
@@ -205,7 +205,8 @@ class RecoveryGateway:
             if adapter is None:
                 continue
             jobs.append(Job(key=rid, open_session=lambda a=adapter, addr=address: a.open(addr),
-                            run=lambda sess, r=rid: self._replay(r, sess), group=target, swept=swept[rid]))
+                            run=lambda sess, r=rid: self._replay(r, sess), group=target, swept=swept[rid],
+                            has_work=rid in busy))
         return jobs
 
     def _replay(self, rid: int, session) -> None:
@@ -219,6 +220,9 @@ class RecoveryGateway:
                 rep = s.get(Replica, rid)
                 if rep.error and not rep.error.startswith("conflict"):
                     rep.error = None
+        if report.applied or report.rejected or error:
+            # committed: a source gateway waiting for progress is answered now
+            self.receiver.signal.applied(rid)
         if report.applied:
             log.debug("replica %s: applied %d", rid, report.applied)
 

@@ -3,7 +3,7 @@
 ::
 
     [gateway]   id, state_url, listen, admin_token, workers, append_batch, blob_dir,
-                blob_grace_seconds, standby_check_interval, log_level, tls_cert, tls_key, tls_client_ca, plaintext,
+                blob_grace_seconds, standby_check_interval, standby_checks_per_second, log_level, tls_cert, tls_key, tls_client_ca, plaintext,
                 encryption_key(_file), encryption_old_key_files, max_json_bytes, max_batch_bytes,
                 max_inflated_bytes, max_concurrent_ingests, metrics_open, docs_open, min_free_bytes
     [[sources]] the source gateways that may send: id, certificate_cn, token, servers, mailboxes
@@ -87,6 +87,10 @@ DEFAULT_APPEND_BATCH = 100
 DEFAULT_BLOB_DIR = "mailrepl-blobs"
 DEFAULT_BLOB_GRACE = 600
 DEFAULT_STANDBY_CHECK_INTERVAL = 300  # seconds between checks of an idle standby copy (see standby_check.py)
+# checks of idle standby copies (each most often a login) started per second at most: with
+# thousands of copies, each is checked less often than standby_check_interval instead of the
+# checks taking the standby and the gateway
+DEFAULT_STANDBY_CHECKS_PER_SECOND = 5.0
 DEFAULT_OUTAGE = 120.0
 DEFAULT_CHECK_INTERVAL = 10.0
 DEFAULT_HOLD = 3600.0
@@ -125,6 +129,7 @@ class RecoveryGatewaySettings:
     blob_grace_seconds: int = DEFAULT_BLOB_GRACE  # GC never deletes a part younger than this
     # how often a standby copy with nothing to replay is checked for damage behind our back
     standby_check_interval: float = DEFAULT_STANDBY_CHECK_INTERVAL
+    standby_checks_per_second: float = DEFAULT_STANDBY_CHECKS_PER_SECOND
     log_level: str = "info"
     encryption: EncryptionSettings = EncryptionSettings()
     insecure_demo: bool = False  # loopback demo: secrets in a file others may read (warned at start-up)
@@ -220,6 +225,8 @@ def _read_gateway(table: Table) -> RecoveryGatewaySettings:
         blob_grace_seconds=table.integer("blob_grace_seconds", DEFAULT_BLOB_GRACE, minimum=60),
         standby_check_interval=table.integer("standby_check_interval", DEFAULT_STANDBY_CHECK_INTERVAL, minimum=1,
                                              maximum=86400),
+        standby_checks_per_second=table.number("standby_checks_per_second", DEFAULT_STANDBY_CHECKS_PER_SECOND,
+                                               minimum=0.1),
         log_level=read_log_level(table),
         encryption=read_encryption(table),
         insecure_demo=demo,

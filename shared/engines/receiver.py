@@ -18,14 +18,16 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Callable
 
 from sqlalchemy import insert, select
 
 from mailrepl.shared.content.bodies import BodyStore
+from mailrepl.shared.engines.progress_signal import ProgressSignal
 from mailrepl.shared.model import utcnow
 from mailrepl.shared.store import Store
+from mailrepl.shared.store.chunks import IN_CHUNK
 from mailrepl.shared.store.models import InboxRow, RejectedMessage, Replica
 from mailrepl.shared.protocol.wire import Ack, Batch, Segment, SegmentResult
 
@@ -48,6 +50,7 @@ class Receiver:
         self.route = route  # capturing server name -> server replayed into (None: no route)
         self.body_lock = bodies.lock
         self.on_received = on_received  # called with each replica id that received new changes
+        self.signal = ProgressSignal()  # told of each replay pass that applied: waiting progress queries answer
 
     def ingest(self, batch: Batch) -> Ack:
         received: list[int] = []
@@ -60,16 +63,37 @@ class Receiver:
                 self.on_received(replica_id)
         return Ack(tuple(results))
 
-    def progress(self, source: str) -> Ack:
+    def continues(self, batch: Batch) -> bool:
+        """Does every segment of ``batch`` continue (or overlap) what is stored of its mailbox?
+        False: one would be answered as a gap now (a batch sent before it is still on its way)."""
+        with self.store.read() as s:
+            for seg in batch.segments:
+                held = s.scalar(select(Replica.received_seq).where(
+                    Replica.source_id == batch.source, Replica.server == seg.server, Replica.address == seg.address))
+                if seg.range.first > (held or 0) + 1:
+                    return False
+        return True
+
+    def progress(self, source: str, only: Collection[int] | None = None) -> Ack:
         """Where every replica of ``source`` stands (asked every fraction of a second while
-        anything waits to be applied): two reads whatever the number of replicas."""
+        anything waits to be applied): two reads whatever the number of replicas. ``only``:
+        just these replicas (those applied since the asker's last answer)."""
+        if only is not None and not only:
+            return Ack(())
         with self.store.read() as s:
             # rows, not ORM objects: only the fields of the answer
-            reps = s.execute(select(Replica.id, Replica.server, Replica.address, Replica.received_seq,
-                                    Replica.applied_seq, Replica.error).where(Replica.source_id == source)).all()
+            query = select(Replica.id, Replica.server, Replica.address, Replica.received_seq,
+                           Replica.applied_seq, Replica.error).where(Replica.source_id == source)
+            rejected_query = (select(RejectedMessage).join(Replica, Replica.id == RejectedMessage.replica_id)
+                              .where(Replica.source_id == source).order_by(RejectedMessage.seq))
+            if only is not None and len(only) <= IN_CHUNK:
+                query = query.where(Replica.id.in_(list(only)))
+                rejected_query = rejected_query.where(Replica.id.in_(list(only)))
+            reps = s.execute(query).all()
+            if only is not None:  # more than one statement takes: read all, keep those asked for
+                reps = [rep for rep in reps if rep.id in only]
             rejected: dict[int, list[RejectedMessage]] = {}
-            for r in s.scalars(select(RejectedMessage).join(Replica, Replica.id == RejectedMessage.replica_id)
-                               .where(Replica.source_id == source).order_by(RejectedMessage.seq)):
+            for r in s.scalars(rejected_query):
                 rejected.setdefault(r.replica_id, []).append(r)
             return Ack(tuple(self._result(s, rep, "ok", rejected=rejected.get(rep.id, ())) for rep in reps))
 

@@ -132,9 +132,19 @@ class PeerClient:
                            refused_back_off=REFUSED_BATCH_BACK_OFF)
         return _ack(r, "a batch")
 
-    def progress(self) -> Ack:
-        """How far the peer has applied (acknowledgements otherwise only come with batches)."""
-        r = self._exchange("GET", "/progress", "a progress query", params={"source": self.source_id})
+    def progress(self, *, seen: str | None = None, wait: float = 0.0) -> Ack:
+        """How far the peer has applied (acknowledgements otherwise only come with batches).
+
+        ``seen``: the ``token`` of an earlier answer; the peer then answers once a replay pass
+        applied something after it, or after ``wait`` seconds, with only the mailboxes applied
+        since (a peer that does not know the token, or gives none, answers at once with all)."""
+        params: dict[str, Any] = {"source": self.source_id}
+        kw: dict[str, Any] = {}
+        if seen is not None and wait > 0:
+            params.update(seen=seen, wait=f"{wait:g}")
+            t = self.http.timeout
+            kw["timeout"] = httpx.Timeout(connect=t.connect, read=(t.read or 0.0) + wait, write=t.write, pool=t.pool)
+        r = self._exchange("GET", "/progress", "a progress query", params=params, **kw)
         return _ack(r, "a progress query")
 
     # ------------------------------------------------------------------ cutover and failback

@@ -149,20 +149,32 @@ class SegmentResult:
         return cls(**{k: v for k, v in d.items() if k in known})  # fields of newer peers are ignored
 
 
+MAX_TOKEN = 40  # characters of a progress answer's token
+
+
 @dataclass(frozen=True)
 class Ack:
     results: tuple[SegmentResult, ...]
     version: int = WIRE_VERSION
+    # progress answers: the recovery gateway's applied-progress token (``progress_signal``),
+    # named by the next query to wait for what is applied after it; absent from older peers
+    token: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"v": self.version, "results": [r.to_dict() for r in self.results]}
+        d: dict[str, Any] = {"v": self.version, "results": [r.to_dict() for r in self.results]}
+        if self.token is not None:
+            d["token"] = self.token
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "Ack":
         if d.get("v") not in READABLE_VERSIONS:
             raise UnsupportedVersion(f"acknowledgement version {d.get('v')!r}, this gateway speaks {WIRE_VERSION}")
+        token = d.get("token")
+        if token is not None and (not isinstance(token, str) or len(token) > MAX_TOKEN):
+            raise WireError(f"malformed acknowledgement: token must be a string of at most {MAX_TOKEN} characters")
         try:
-            return cls(tuple(SegmentResult.from_dict(r) for r in d["results"]))
+            return cls(tuple(SegmentResult.from_dict(r) for r in d["results"]), token=token)
         except (KeyError, TypeError) as exc:
             raise WireError(f"malformed acknowledgement: {exc}") from exc
 

@@ -20,7 +20,9 @@ Idle cost at scale (``idle_poll_max``): a job whose run returns a false value fo
 do; the periodic sweep then leaves it out for longer after each such run (``poll_interval``
 times 3 per quiet run, at most ``idle_poll_max``), and one that found work is swept every
 ``poll_interval`` again, and keeps being so for ``active_window`` seconds after its last work
-(mail comes in bursts: a mailbox that just had a change is likely to have the next soon). The sweep takes the most recently active first. A wake-up (by name, or
+(mail comes in bursts: a mailbox that just had a change is likely to have the next soon). The sweep takes the jobs known to have work first (``Job.has_work``: a replica
+with received changes goes before the standby checks of idle copies, which would otherwise hold a
+backlog behind thousands of quick looks), then the most recently active. A wake-up (by name, or
 of all after an admin action) always runs the job. ``most_active(n)`` names the mailboxes that
 had work most recently (the ones worth a push connection). With ``release_sessions`` a job's
 session is closed after each run (a pooled adapter keeps the connection for the next one, within
@@ -64,6 +66,9 @@ class Job:
     # the periodic sweep runs it; False: only a wake-up by name does (listed anyway, so that the
     # wake-up of a job with nothing to do at the last listing needs no new listing)
     swept: bool = True
+    # known to have work (a replica with received changes to apply): ahead of the sweep's jobs
+    # that only look (a standby check of an idle copy), whatever their recent activity
+    has_work: bool = False
 
 
 @dataclass
@@ -95,8 +100,13 @@ class MailboxWorkers:
         active_window: float = ACTIVE_WINDOW,
         release_sessions: bool = False,
         sweep_skips_woken: bool = False,
+        sweep_rate: float | None = None,
     ) -> None:
         self.name = name
+        # at most this many swept jobs without known work queued per second, on average (None: all due)
+        self.sweep_rate = sweep_rate
+        self._allowance = sweep_rate * max(poll_interval, 1.0) if sweep_rate else 0.0
+        self._allowed_at = time.monotonic()
         self.sweep_skips_woken = sweep_skips_woken
         self.idle_poll_max = idle_poll_max
         self.active_window = active_window
@@ -216,11 +226,40 @@ class MailboxWorkers:
         if self.sweep_skips_woken and not forced:
             ran = now - self.poll_interval
             keys = [k for k in keys if k not in slots or slots[k].woken_run < ran]
-        if self.idle_poll_max is None:
-            return keys
-        if not forced:
+        if self.idle_poll_max is not None and not forced:
             keys = [k for k in keys if k not in slots or slots[k].next_sweep <= now]
-        return sorted(keys, key=lambda k: -slots[k].last_active if k in slots else 0.0)
+        if self.idle_poll_max is None and self.sweep_rate is None:
+            return keys
+        return self._within_rate(sorted(keys, key=lambda k: self._sweep_rank(by_key[k], now)), by_key, now)
+
+    def _sweep_rank(self, job: Job, now: float) -> tuple:
+        """Jobs with known work first; then those active within ``active_window``, the most
+        recent first; then the quiet ones, the longest due first (each gets its turn under
+        ``sweep_rate``)."""
+        slot = self._slots.get(job.key)
+        if job.has_work:
+            return (0, 0.0)
+        if slot is not None and now - slot.last_active <= self.active_window:
+            return (1, -slot.last_active)
+        return (2, slot.next_sweep if slot is not None else float("-inf"))
+
+    def _within_rate(self, keys: list[Hashable], by_key: dict, now: float) -> list[Hashable]:
+        """``keys`` (ranked) cut to the sweep's allowance: ``sweep_rate`` per second since the last
+        sweep, saved up for at most two poll intervals. Jobs with known work always go; the
+        others left out stay due and go first in a later sweep (lock held)."""
+        if self.sweep_rate is None:
+            return keys
+        cap = self.sweep_rate * max(self.poll_interval, 1.0) * 2
+        self._allowance = min(cap, self._allowance + (now - self._allowed_at) * self.sweep_rate)
+        self._allowed_at = now
+        out = []
+        for k in keys:
+            if not by_key[k].has_work:
+                if self._allowance < 1.0:
+                    continue
+                self._allowance -= 1.0
+            out.append(k)
+        return out
 
     def _group_back(self, group: Hashable) -> None:
         """A job of ``group`` succeeded after failing: its server is back; the group's waiting jobs

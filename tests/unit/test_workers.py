@@ -493,3 +493,76 @@ def test_a_job_listed_as_not_swept_runs_only_when_woken_and_its_wake_up_needs_no
             assert len(listed) == before
     finally:
         workers.stop()
+
+
+def test_a_sweep_runs_the_jobs_with_work_before_the_recently_active_ones_that_only_look():
+    """A recovery gateway seeding thousands of mailboxes: the copies already applied come due for
+    their standby check while others still wait to be applied. The sweep runs those with work
+    first, however recently the others were active (they would otherwise hold the backlog behind
+    thousands of quick looks)."""
+    order: list[int] = []
+    gate = threading.Event()
+
+    def job(key: int, has_work: bool) -> Job:
+        def run(session) -> bool:
+            gate.wait(5)
+            order.append(key)
+            return has_work
+        return Job(key=key, open_session=FakeSession, run=run, has_work=has_work)
+
+    jobs = [job(k, has_work=k >= 3) for k in range(6)]
+    workers = MailboxWorkers("t", lambda: list(jobs), workers=1, poll_interval=30, idle_poll_max=60)
+    now = time.monotonic()
+    for k in range(3):  # the looking-only jobs had work a moment ago, the others never ran
+        workers._slots[k] = _Slot(last_active=now - k)
+    assert workers._sweep_order({j.key: j for j in jobs}, {}, now, forced=False)[:3] == [3, 4, 5]
+    workers.start()
+    try:
+        gate.set()
+        deadline = time.monotonic() + 5
+        while len(order) < 6 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert sorted(order[:3]) == [3, 4, 5] and order[3:] == [0, 1, 2]
+    finally:
+        workers.stop()
+
+
+def test_a_sweep_starts_at_most_sweep_rate_quiet_jobs_a_second_but_every_job_with_work():
+    """Thousands of quiet mailboxes: their polls (logins) are a bounded trickle, the longest
+    waiting first, while every mailbox with known work (seeding, a replica to apply) runs."""
+    runs: list[int] = []
+    lock = threading.Lock()
+
+    def job(key: int) -> Job:
+        def run(session) -> bool:
+            with lock:
+                runs.append(key)
+            return key >= 100
+        return Job(key=key, open_session=FakeSession, run=run, has_work=key >= 100)
+
+    jobs = [job(k) for k in range(40)] + [job(k) for k in range(100, 110)]
+    workers = MailboxWorkers("t", lambda: list(jobs), workers=2, poll_interval=0.1, idle_poll_max=0.1,
+                             sweep_rate=5.0)
+    workers.start()
+    try:
+        time.sleep(2.0)
+    finally:
+        workers.stop()
+    with lock:
+        quiet = [k for k in runs if k < 100]
+        busy = {k for k in runs if k >= 100}
+    # 5 saved up at the start, then 5 a second: about 15 in 2 s (every quiet job was due at every sweep)
+    assert 8 <= len(quiet) <= 18, len(quiet)
+    assert busy == set(range(100, 110)), "jobs with work are not held by the rate"
+    assert len(set(quiet)) == len(quiet), "the longest waiting go first: none polled twice before the others"
+
+
+def test_the_rate_allowance_is_saved_up_for_two_poll_intervals_at_most():
+    workers = MailboxWorkers("t", lambda: [], poll_interval=1.0, sweep_rate=3.0)
+    quiet = {k: Job(key=k, open_session=FakeSession, run=lambda s: None) for k in range(50)}
+    now = time.monotonic()
+    first = workers._within_rate(list(quiet), quiet, now)
+    assert len(first) == 3  # one poll interval's worth to start with
+    later = workers._within_rate(list(quiet), quiet, now + 100)  # a long pause: capped, not 300
+    assert len(later) == 6
+    assert workers._within_rate(list(quiet), quiet, now + 100) == []
