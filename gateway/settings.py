@@ -76,9 +76,10 @@ DEFAULT_POLL_INTERVAL = 5.0
 # An idle mailbox is polled further apart after each quiet poll, up to this (push wake-ups and the
 # most recently active mailboxes keep their latency; 1,000 idle mailboxes cost ~8 polls a second)
 DEFAULT_IDLE_POLL_MAX = 120.0
-# polls of quiet mailboxes (each most often a login within the connection bound) started per
-# second at most: thousands of protected mailboxes cost a bounded trickle when nothing changes
-DEFAULT_IDLE_POLLS_PER_SECOND = 10.0
+# polls of mailboxes (each most often a login within the connection bound) started per second
+# at most, by default this many per poll interval (10 a second at the default 5 s): thousands of
+# protected mailboxes cost a bounded trickle when nothing changes
+DEFAULT_POLLS_PER_INTERVAL = 50.0
 DEFAULT_LIVE_SHARE_PERCENT = 20
 DEFAULT_WORKERS = 4
 DEFAULT_FETCH_CHUNK = 200
@@ -100,7 +101,7 @@ class SourceGatewaySettings:
     tls: ServerTlsSettings = ServerTlsSettings(plaintext=True)
     poll_interval: float = DEFAULT_POLL_INTERVAL
     idle_poll_max: float = DEFAULT_IDLE_POLL_MAX  # a mailbox quiet for long is polled at most this far apart
-    idle_polls_per_second: float = DEFAULT_IDLE_POLLS_PER_SECOND  # polls of quiet mailboxes, at most
+    idle_polls_per_second: float = DEFAULT_POLLS_PER_INTERVAL / DEFAULT_POLL_INTERVAL  # polls a second, at most
     workers: int = DEFAULT_WORKERS
     fetch_chunk: int = DEFAULT_FETCH_CHUNK
     failback_blob_dir: str = DEFAULT_FAILBACK_BLOB_DIR  # parts of standby changes replayed at failback
@@ -193,7 +194,9 @@ def _read_gateway(table: Table) -> SourceGatewaySettings:
         tls=read_server_tls(table),
         poll_interval=table.seconds("poll_interval", DEFAULT_POLL_INTERVAL),
         idle_poll_max=table.seconds("idle_poll_max", DEFAULT_IDLE_POLL_MAX),
-        idle_polls_per_second=table.number("idle_polls_per_second", DEFAULT_IDLE_POLLS_PER_SECOND, minimum=0.1),
+        idle_polls_per_second=table.number(
+            "idle_polls_per_second", DEFAULT_POLLS_PER_INTERVAL / table.seconds("poll_interval", DEFAULT_POLL_INTERVAL),
+            minimum=0.1),
         workers=table.integer("workers", DEFAULT_WORKERS, minimum=1),
         fetch_chunk=table.integer("fetch_chunk", DEFAULT_FETCH_CHUNK, minimum=1),
         failback_blob_dir=str(table.resolve(table.string("failback_blob_dir", DEFAULT_FAILBACK_BLOB_DIR))),

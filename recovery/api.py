@@ -115,7 +115,10 @@ def _ingest_stored(receiver: Receiver, access: SourceAccess, caller: Principal, 
         answer = _ingest(receiver, access, caller, data, max_inflated, turn)
     except DiskFull as exc:
         raise HTTPException(507, disk.refused_for(exc), headers={"Retry-After": retry_after(exc.back_off)}) from exc
-    disk.stored()
+    if any(r.get("status") == "ok" for r in answer.get("results", ())):
+        # something was written: the disk has room again (a batch answered only with gaps,
+        # e.g. the one sent behind a refused batch, wrote nothing and proves nothing)
+        disk.stored()
     return answer
 
 

@@ -49,14 +49,23 @@ class ReplayPass:
         and its view are read once, before replay: under the mailbox's lock only this pass
         writes them, and replay reports the applied sequence number it leaves."""
         live = session.list_folders()
-        with self.store.read() as s:
-            rep = s.execute(_REPLICA_ROW, {"rid": rid}).first()
-            if rep is None or rep.site_state != SiteState.REPLICATING.value:
-                return None
-            view_fresh = rep.view_seq is not None and rep.view_seq == rep.applied_seq
-            state = view_state(s, rid, with_counts=view_fresh, server=rep.server, address=rep.address,
-                               applied=rep.applied_seq)
-            self._check(s, rid, session, live, view_fresh=view_fresh, known=state.known, applied=rep.applied_seq)
+        for first in (True, False):
+            with self.store.read() as s:
+                rep = s.execute(_REPLICA_ROW, {"rid": rid}).first()
+                if rep is None or rep.site_state != SiteState.REPLICATING.value:
+                    return None
+                new_copy = first and rep.view_seq is None and rep.applied_seq == 0
+                if not new_copy:
+                    view_fresh = rep.view_seq is not None and rep.view_seq == rep.applied_seq
+                    state = view_state(s, rid, with_counts=view_fresh, server=rep.server, address=rep.address,
+                                       applied=rep.applied_seq)
+                    self._check(s, rid, session, live, view_fresh=view_fresh, known=state.known,
+                                applied=rep.applied_seq)
+                    break
+            # a new copy: its view is taken before the first pass (a listing, where the copy is
+            # still empty), so that what the pass writes — most of a seed, often — is catalogued
+            # from its journal instead of read back afterwards
+            self.view.refresh(rid, session)
         report = self.replay.replay(rid, session, listing=live)
         if report.last_reset_seq:
             self.resyncs.reset_applied(rid, report.last_reset_seq)

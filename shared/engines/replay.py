@@ -204,8 +204,8 @@ class ReplayEngine:
         elif k == Kind.MSG_MOVE:
             self._apply_moves(rid, g, session, report)
         elif k == Kind.FOLDER_CREATE:
-            report.journal.void()
             ch = g.items[0][1]
+            report.journal.created(ch.folder)
             session.create_folder(ch.folder, frozenset(ch.special_use or ()))
             self._done(rid, g, report)
         elif k == Kind.FOLDER_RENAME:

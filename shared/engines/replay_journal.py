@@ -10,8 +10,8 @@ the whole story, so that the view reads those folders back as before:
 
 - a message moved into or out of the folder, an orphan claimed, a draft replaced: the folder is
   *touched*;
-- a folder was created, renamed, deleted or reset, or a crash was recovered from: the whole
-  journal is void (``exact`` False);
+- a folder was created (one the listing at the start of the pass did not have), renamed,
+  deleted or reset, or a crash was recovered from: the whole journal is void (``exact`` False);
 - the appends do not chain: a MULTIAPPEND's UIDs are not ``UIDNEXT, UIDNEXT+1, …`` of the
   folder as read just before it, or the next append does not start where the last one ended
   (someone else appended in between); or the pass wrote the folder under two UIDVALIDITYs.
@@ -59,6 +59,13 @@ class PassJournal:
     # the folders as listed at the start of the pass: a folder's state before the pass's first
     # write into it (UIDVALIDITY and UIDNEXT move only by writes, and only the replayer writes)
     listed: dict[str, FolderInfo] = field(default_factory=dict)
+
+    def created(self, folder: str) -> None:
+        """The pass created ``folder``: the journal stays exact only if the listing at the start
+        of the pass had it already (the CREATE changed nothing: a seed's first change creates
+        INBOX, which every copy has); a folder that came is new to the view: void."""
+        if folder not in self.listed:
+            self.void()
 
     def touch(self, folders: Iterable[str]) -> None:
         self.touched.update(folders)

@@ -19,7 +19,12 @@ With ``--profile DIR`` both gateways are sampled by ``py-spy`` while they seed (
 the GIL, collapsed stacks in ``DIR/source.txt`` and ``DIR/recovery.txt``; summarise them with
 ``tests/bench/profile_summary.py``).
 
-    python tests/bench/bench_seed.py [--count 2500] [--state sqlite|postgres] [--json FILE] [--profile DIR]
+    python tests/bench/bench_seed.py [--count 2500] [--corpus gen|real] [--state sqlite|postgres] [--json FILE]
+        [--profile DIR]
+
+``--corpus real`` seeds the realistic public corpus instead (``--count`` messages as
+``bench_wan.py`` selects them, stored by IMAP APPEND): small ordinary mail, where the cost per
+message rather than per byte shows.
 """
 from __future__ import annotations
 
@@ -173,6 +178,9 @@ def burst(primary: DovecotServer, harness: Path) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--count", type=int, default=2500, help="messages to seed (default 2500, about 100 MB)")
+    ap.add_argument("--corpus", choices=["gen", "real"], default="gen",
+                    help="gen: the handbook generator's mail (default); real: the realistic public corpus "
+                         "(as bench_wan.py selects it)")
     ap.add_argument("--state", choices=["sqlite", "postgres"], default="sqlite")
     ap.add_argument("--postgres-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
     ap.add_argument("--harness", help="directory holding make-corpus.py (default: ../shared/harness)")
@@ -191,12 +199,17 @@ def main() -> int:
         primary.start()
         standby.start()
         t0 = time.monotonic()
-        subprocess.run(
-            [sys.executable, str(harness / "make-corpus.py"), "--user", USER, "--password", primary.user_password,
-             "--count", str(a.count), "--seed", "1", "--attach-kb", "140",
-             "--lmtp-port", str(primary.lmtp_port), "--imap-port", str(primary.imap_port)],
-            check=True, stdout=subprocess.DEVNULL,
-        )
+        if a.corpus == "real":
+            from tests.bench.wan_corpus import fill_public_into  # imports this module: not at the top
+
+            fill_public_into(primary, USER, a.count)
+        else:
+            subprocess.run(
+                [sys.executable, str(harness / "make-corpus.py"), "--user", USER, "--password", primary.user_password,
+                 "--count", str(a.count), "--seed", "1", "--attach-kb", "140",
+                 "--lmtp-port", str(primary.lmtp_port), "--imap-port", str(primary.imap_port)],
+                check=True, stdout=subprocess.DEVNULL,
+            )
         msgs, size = mailbox_size(primary, USER)
         figures.update(messages=msgs, bytes=size)
         print(f"corpus: {msgs} messages, {size / 1e6:.1f} MB on the primary (generated in {time.monotonic() - t0:.1f}s)")
@@ -224,6 +237,9 @@ def main() -> int:
         pair = GatewayPair(work, primary, standby, users=[USER], source_state=states[0], recovery_state=states[1],
                            poll_interval=0.5)
         pair.start()
+        # the pre-flight check runs once per server, at the first protection after start:
+        # start-up, not seeding (untimed)
+        pair.preflight("primary", USER)
         spies = start_profilers(pair, Path(a.profile)) if a.profile else []
         figures.update(source_start_rss_mb=vm_hwm_mb(pair.source.proc.pid),
                        recovery_start_rss_mb=vm_hwm_mb(pair.recovery.proc.pid))

@@ -22,7 +22,9 @@ runs of each (default 2), every run from an empty standby:
   the gateways' traffic), tuned for the WAN: ``mail_prefetch_count = --prefetch`` (default 400),
   ``imapc_features = rfc822.size fetch-headers``. Time: the doveadm process's wall time.
 - ``mailrepl``: both gateways as processes, state and DR blob store removed and both restarted
-  before the run (start-up not timed); time from protecting the mailbox until the source gateway
+  before the run and the source's pre-flight check of the primary run (start-up and the check,
+  which runs once per server at the first protection, not timed); status polled every 0.1 s;
+  time from protecting the mailbox until the source gateway
   reports it replicating with both queues empty and everything captured applied.
 
 After each run the standby is compared with the primary message by message (SHA-256 of

@@ -34,14 +34,14 @@ from tests.support.dovecot import mailbox_size as dovecot_mailbox_size
 from tests.support.mailcompare import corpus_files
 from tests.support.two_site import TwoSiteRig
 
-__all__ = ["LinkSampler", "cpu_seconds", "fill_generated", "fill_public", "harness_dir", "mailbox_size",
+__all__ = ["LinkSampler", "cpu_seconds", "fill_generated", "fill_public", "fill_public_into", "harness_dir", "mailbox_size",
            "public_selection", "reset_mailrepl", "synced", "wait_synced"]
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLIC_GROUPS = ("hard_ham", "spam", "easy_ham")
 PUBLIC_DATE = datetime(2024, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
 _MESSAGE_ID = re.compile(rb"(?im)^(Message-ID:[ \t]*<)")
-POLL = 0.2  # seconds between status requests
+POLL = 0.1  # seconds between status requests
 
 
 def harness_dir(arg: str | None) -> Path:
@@ -86,9 +86,14 @@ def _copy_bytes(raw: bytes, copy: int) -> bytes:
 
 def fill_public(rig: TwoSiteRig, user: str, count: int) -> tuple[int, int]:
     """Store the selection in ``user``'s INBOX; (stored, refused by the primary)."""
+    return fill_public_into(rig.primary, user, count)
+
+
+def fill_public_into(primary, user: str, count: int) -> tuple[int, int]:
+    """Store the selection in ``user``'s INBOX on the Dovecot ``primary``; (stored, refused)."""
     items = [AppendItem(_copy_bytes(path.read_bytes(), copy), frozenset(), PUBLIC_DATE)
              for path, copy in public_selection(count)]
-    session = primary_adapter(rig.primary).open(user)
+    session = primary_adapter(primary).open(user)
     stored = refused = 0
     try:
         for i in range(0, len(items), 100):
@@ -115,7 +120,8 @@ def mailbox_size(rig: TwoSiteRig, user: str) -> tuple[int, int]:
 
 def reset_mailrepl(rig: TwoSiteRig) -> None:
     """Both gateways stopped, their state and the DR blob store removed, the standby emptied of
-    every user, both gateways started again: the next protect seeds from nothing."""
+    every user, both gateways started again and the source's pre-flight check of the primary
+    run: the next protect seeds from nothing."""
     rig.pair.stop()
     for pattern in ("source.sqlite*", "recovery.sqlite*"):
         for path in rig.tmp.glob(pattern):
@@ -124,6 +130,9 @@ def reset_mailrepl(rig: TwoSiteRig) -> None:
     for user in rig.users:
         rig.standby.wipe_user(user)
     rig.pair.start()
+    # the pre-flight check runs once per server, at the first protection after start: part of
+    # start-up (untimed), not of a seed
+    rig.pair.preflight("primary", rig.users[0])
 
 
 def synced(st: dict, min_seq: int = 1) -> bool:

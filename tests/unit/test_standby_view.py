@@ -311,3 +311,54 @@ def test_a_message_catalogued_without_its_guid_still_moves_as_a_move_after_cutov
     assert kinds == ["msg.move"], kinds  # paired by content hash: the body does not travel back
     p.fail_back()
     p.assert_equal()
+
+
+class ReadBack(CountingSession):
+    """Also counts the messages read back from the standby (the metadata of each)."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.messages = 0
+
+    def changes_since(self, folder, since):
+        delta = super().changes_since(folder, since)
+        self.messages += len(delta.new)
+        return delta
+
+
+def test_the_first_pass_of_a_new_copy_is_catalogued_from_its_journal_not_read_back(tmp_path):
+    """A seed: the view of the (empty) copy is taken before the first pass, so what the pass
+    writes — most of a seed — is catalogued from what the replayer wrote, never read back."""
+    from mailrepl.recovery.replay_pass import ReplayPass
+    from mailrepl.recovery.standby_check import ResyncRequests
+
+    p = Sites(tmp_path)
+    for i in range(6):
+        p.primary.deliver("alice", body(i), flags={"\\Seen"} if i % 2 else set())
+    p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
+    while p.shipper.ship_once():
+        pass
+    rid, view = p.rid(), StandbyView(p.dst)
+    standby = ReadBack(p.standby.open("alice"))
+    report, _ = ReplayPass(p.dst, p.replay, view, ResyncRequests()).run(rid, standby)
+    assert report.appended == 6 and report.journal.exact, "creating INBOX, which the copy has, changed nothing"
+    assert standby.messages == 0, "nothing the pass wrote was read back"
+    with p.dst.read() as s:
+        rep = s.get(Replica, rid)
+        assert rep.view_seq == rep.applied_seq == p.mailbox().last_seq
+    from_journal = view_of(p.dst)
+    assert _without_guids(_rebuilt_from_nothing(p, rid, view)) == _without_guids(from_journal)
+    p.assert_equal()
+
+
+def test_a_folder_the_pass_created_is_read_back_by_the_view():
+    """A folder the copy did not have before the pass is new to the view: the journal is void
+    and the view reads the copy (nothing taken on trust)."""
+    from mailrepl.shared.adapters.base import FolderInfo
+    from mailrepl.shared.engines.replay_journal import PassJournal
+    journal = PassJournal()
+    journal.listed["INBOX"] = FolderInfo("INBOX", "", uidvalidity=1, uidnext=1, highestmodseq=1, messages=0)
+    journal.created("INBOX")
+    assert journal.exact
+    journal.created("Work")
+    assert not journal.exact
