@@ -106,6 +106,7 @@ class RecoveryGateway:
             release_sessions=True, sweep_rate=g.standby_checks_per_second,  # replicas with work are not counted
         )
         self.receiver = Receiver(self.store, self.bodies, self.route, on_received=self.workers.wake)
+        self.replay.on_applied = self.receiver.signal.applied  # a waiting progress query answers
         # who may send what: checked before the receiver writes anything
         self.access = SourceAccess(settings.sources, self.route, self.adapters, self.store)
         # cutover and failback: capture on the standby while users are there (same engine as at

@@ -126,6 +126,8 @@ class ReplayEngine:
         # replica id -> folders this pass found in, or wrote to, the replica's folder record
         # (forgotten at the start of each pass: the record may be rewritten between passes)
         self._recorded: dict[int, set[str]] = {}
+        # called with the replica id after each group's changes are applied and committed
+        self.on_applied: Callable[[int], None] | None = None
 
     # ------------------------------------------------------------------ driver
 
@@ -168,6 +170,8 @@ class ReplayEngine:
                     continue
                 for group in plan(run, append_batch=self.append_batch, append_bytes=self.append_bytes):
                     self._apply(replica_id, group, session, report, dates)
+                    if self.on_applied is not None:
+                        self.on_applied(replica_id)  # committed: the source may hear of it now
         return report
 
     def _set_aside(self, rid: int, first: int, last: int, report: ReplayReport) -> None:

@@ -133,7 +133,7 @@ def synced(st: dict, min_seq: int = 0) -> bool:
     )
 
 
-POLL = 0.2  # seconds between status requests (one costs the source gateway a few ms of CPU)
+POLL = 0.1  # seconds between status requests (one costs the source gateway a few ms of CPU)
 
 
 def wait_until(pair: GatewayPair, min_seq: int, timeout: float) -> tuple[float, dict]:

@@ -190,3 +190,21 @@ def test_a_small_progress_answer_among_many_mailboxes_is_applied(tmp_path):
     p.shipper._record(ack, forward_only=True)
     last = positions(p, "alice")[0]
     assert positions(p, "alice")[2] == 2 <= last
+
+
+def test_replay_tells_of_each_group_it_committed_not_only_the_end_of_the_pass(tmp_path):
+    """A long pass (a seed) applies group after group: each is told as it commits, so a waiting
+    progress query answers while the pass goes on."""
+    p = Pipeline(tmp_path)
+    rid = seeded(p, "alice", 10)  # appended 4 at a time (the pipeline's append_batch)
+    seen: list[int] = []
+
+    def applied(replica_id: int) -> None:
+        with p.dst.read() as s:  # what a progress query would read now
+            seen.append(s.scalar(select(Replica.applied_seq).where(Replica.id == replica_id)))
+
+    p.replay.on_applied = applied
+    p.replay.replay(rid, p.standby.open("alice"))
+    last = positions(p, "alice")[0]
+    assert len(seen) >= 3 and seen == sorted(seen) and seen[-1] == last
+    assert seen[0] < last, "the first group was visible before the pass ended"
