@@ -87,10 +87,11 @@ DEFAULT_APPEND_BATCH = 100
 DEFAULT_BLOB_DIR = "mailrepl-blobs"
 DEFAULT_BLOB_GRACE = 600
 DEFAULT_STANDBY_CHECK_INTERVAL = 300  # seconds between checks of an idle standby copy (see standby_check.py)
-# checks of idle standby copies (each most often a login) started per second at most: with
-# thousands of copies, each is checked less often than standby_check_interval instead of the
-# checks taking the standby and the gateway
-DEFAULT_STANDBY_CHECKS_PER_SECOND = 5.0
+# checks of idle standby copies (each most often a login) started per second at most, by default
+# this many per standby_check_interval (5 a second at the default 300 s): with more copies than
+# that, each is checked less often than the interval instead of the checks taking the standby
+# and the gateway
+DEFAULT_CHECKS_PER_INTERVAL = 1500.0
 DEFAULT_OUTAGE = 120.0
 DEFAULT_CHECK_INTERVAL = 10.0
 DEFAULT_HOLD = 3600.0
@@ -129,7 +130,7 @@ class RecoveryGatewaySettings:
     blob_grace_seconds: int = DEFAULT_BLOB_GRACE  # GC never deletes a part younger than this
     # how often a standby copy with nothing to replay is checked for damage behind our back
     standby_check_interval: float = DEFAULT_STANDBY_CHECK_INTERVAL
-    standby_checks_per_second: float = DEFAULT_STANDBY_CHECKS_PER_SECOND
+    standby_checks_per_second: float = DEFAULT_CHECKS_PER_INTERVAL / DEFAULT_STANDBY_CHECK_INTERVAL
     log_level: str = "info"
     encryption: EncryptionSettings = EncryptionSettings()
     insecure_demo: bool = False  # loopback demo: secrets in a file others may read (warned at start-up)
@@ -225,8 +226,11 @@ def _read_gateway(table: Table) -> RecoveryGatewaySettings:
         blob_grace_seconds=table.integer("blob_grace_seconds", DEFAULT_BLOB_GRACE, minimum=60),
         standby_check_interval=table.integer("standby_check_interval", DEFAULT_STANDBY_CHECK_INTERVAL, minimum=1,
                                              maximum=86400),
-        standby_checks_per_second=table.number("standby_checks_per_second", DEFAULT_STANDBY_CHECKS_PER_SECOND,
-                                               minimum=0.1),
+        standby_checks_per_second=table.number(
+            "standby_checks_per_second",
+            DEFAULT_CHECKS_PER_INTERVAL / table.integer("standby_check_interval", DEFAULT_STANDBY_CHECK_INTERVAL,
+                                                        minimum=1, maximum=86400),
+            minimum=0.1),
         log_level=read_log_level(table),
         encryption=read_encryption(table),
         insecure_demo=demo,

@@ -479,3 +479,25 @@ def test_scale_settings_connections_idle_poll_and_link_cap(tmp_path):
         load_source_settings(write(tmp_path, text.replace('from = "19:00"', 'from = "25:00"')))
     with pytest.raises(ConfigError, match="idle_poll_max"):
         load_source_settings(write(tmp_path, base.replace("idle_poll_max = 120.0", "idle_poll_max = 1.0")))
+
+
+def test_poll_and_check_budgets_default_to_a_share_of_their_interval(tmp_path):
+    """Quiet polls and standby checks are held to a rate: by default 50 polls per poll interval
+    and 1,500 checks per check interval, so that a shorter interval does not silently hit a
+    budget made for the default; set explicitly, the rate is taken as given."""
+    source = (EXAMPLES / "source.toml").read_text().replace("idle_polls_per_second = 10.0\n", "")
+    assert load_source_settings(write(tmp_path, source)).gateway.idle_polls_per_second == 10.0
+    faster = source.replace("poll_interval = 5.0", "poll_interval = 0.5")
+    assert load_source_settings(write(tmp_path, faster)).gateway.idle_polls_per_second == 100.0
+    explicit = faster.replace("idle_poll_max = 120.0", "idle_poll_max = 120.0\nidle_polls_per_second = 2.5")
+    assert load_source_settings(write(tmp_path, explicit)).gateway.idle_polls_per_second == 2.5
+    with pytest.raises(ConfigError, match="idle_polls_per_second"):
+        load_source_settings(write(tmp_path, explicit.replace("idle_polls_per_second = 2.5",
+                                                              "idle_polls_per_second = 0")))
+
+    recovery = (EXAMPLES / "recovery.toml").read_text().replace("standby_checks_per_second = 5.0\n", "")
+    assert load_recovery_settings(write(tmp_path, recovery, "r.toml"), {}).gateway.standby_checks_per_second == 5.0
+    often = recovery.replace("standby_check_interval = 300", "standby_check_interval = 5")
+    assert load_recovery_settings(write(tmp_path, often, "r.toml"), {}).gateway.standby_checks_per_second == 300.0
+    explicit = often.replace("standby_check_interval = 5", "standby_check_interval = 5\nstandby_checks_per_second = 1")
+    assert load_recovery_settings(write(tmp_path, explicit, "r.toml"), {}).gateway.standby_checks_per_second == 1.0
