@@ -20,9 +20,12 @@ Idle cost at scale (``idle_poll_max``): a job whose run returns a false value fo
 do; the periodic sweep then leaves it out for longer after each such run (``poll_interval``
 times 3 per quiet run, at most ``idle_poll_max``), and one that found work is swept every
 ``poll_interval`` again, and keeps being so for ``active_window`` seconds after its last work
-(mail comes in bursts: a mailbox that just had a change is likely to have the next soon). The sweep takes the jobs known to have work first (``Job.has_work``: a replica
-with received changes goes before the standby checks of idle copies, which would otherwise hold a
-backlog behind thousands of quick looks), then the most recently active. A wake-up (by name, or
+(mail comes in bursts: a mailbox that just had a change is likely to have the next soon). The
+sweep takes the jobs known to have work first (``Job.has_work``: a replica with received changes
+goes before the standby checks of idle copies, which would otherwise hold a backlog behind
+thousands of quick looks), then the most recently active, then the quiet ones longest due; with
+``sweep_rate`` at most that many of the jobs without known work start a second (each is most
+often a login), the others staying due for a later sweep. A wake-up (by name, or
 of all after an admin action) always runs the job. ``most_active(n)`` names the mailboxes that
 had work most recently (the ones worth a push connection). With ``release_sessions`` a job's
 session is closed after each run (a pooled adapter keeps the connection for the next one, within
