@@ -221,8 +221,9 @@ class RecoveryGateway:
                 rep = s.get(Replica, rid)
                 if rep.error and not rep.error.startswith("conflict"):
                     rep.error = None
-        if report.applied or report.rejected or error:
-            # committed: a source gateway waiting for progress is answered now
+        if error or report.held:
+            # an error cleared, changes set aside by the gate: a source gateway waiting for progress
+            # is answered now (each applied group told it already, as it committed)
             self.receiver.signal.applied(rid)
         if report.applied:
             log.debug("replica %s: applied %d", rid, report.applied)

@@ -27,7 +27,7 @@ from mailrepl.shared.content.bodies import BodyStore
 from mailrepl.shared.engines.progress_signal import ProgressSignal
 from mailrepl.shared.model import utcnow
 from mailrepl.shared.store import Store
-from mailrepl.shared.store.chunks import IN_CHUNK
+from mailrepl.shared.store.chunks import IN_CHUNK, chunks
 from mailrepl.shared.store.models import InboxRow, RejectedMessage, Replica
 from mailrepl.shared.protocol.wire import Ack, Batch, Segment, SegmentResult
 
@@ -66,13 +66,13 @@ class Receiver:
     def continues(self, batch: Batch) -> bool:
         """Does every segment of ``batch`` continue (or overlap) what is stored of its mailbox?
         False: one would be answered as a gap now (a batch sent before it is still on its way)."""
-        with self.store.read() as s:
-            for seg in batch.segments:
-                held = s.scalar(select(Replica.received_seq).where(
-                    Replica.source_id == batch.source, Replica.server == seg.server, Replica.address == seg.address))
-                if seg.range.first > (held or 0) + 1:
-                    return False
-        return True
+        held: dict[tuple[str, str], int] = {}
+        with self.store.read() as s:  # one read per batch, however many mailboxes it carries
+            for part in chunks(sorted({seg.address for seg in batch.segments})):
+                held.update(((server, address), seq) for server, address, seq in s.execute(
+                    select(Replica.server, Replica.address, Replica.received_seq).where(
+                        Replica.source_id == batch.source, Replica.address.in_(part))))
+        return all(seg.range.first <= held.get((seg.server, seg.address), 0) + 1 for seg in batch.segments)
 
     def progress(self, source: str, only: Collection[int] | None = None) -> Ack:
         """Where every replica of ``source`` stands (asked every fraction of a second while

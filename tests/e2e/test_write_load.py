@@ -27,6 +27,7 @@ from mailrepl.shared.engines.receiver import Receiver
 from mailrepl.shared.engines.replay import ReplayEngine
 from mailrepl.shared.store import open_store
 from mailrepl.shared.store.models import Mailbox, OutboxRow, Replica
+from tests.support.in_process import seeding_mailboxes
 from tests.support.mailcompare import assert_same_mailbox
 
 pytestmark = [pytest.mark.dovecot]
@@ -130,11 +131,7 @@ def test_a_batch_is_stored_in_one_transaction_and_a_replayed_message_costs_one_f
     src.migrate()
     dst = open_store(f"sqlite:///{tmp_path}/dst.sqlite")
     dst.migrate()
-    with src.tx() as s:
-        for user in users:
-            s.add(Mailbox(server="primary", address=user, protected=True, phase="seeding"))
-    with src.read() as s:
-        mids = dict(s.execute(select(Mailbox.address, Mailbox.id)).all())
+    mids = seeding_mailboxes(src, users)
     bodies = BodyStore(dst, BlobStore(tmp_path / "blobs"))
     standby_adapter = adapter("standby", standby)
     woken: list[int] = []

@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from tests.support.gateways import INGEST_TOKEN, GatewayPair
 
-__all__ = ["InProcessPair", "in_process_pair"]
+__all__ = ["InProcessPair", "in_process_pair", "seeding_mailboxes"]
 
 
 @dataclass
@@ -34,6 +34,16 @@ class InProcessPair:
     capture: CaptureEngine
 
 
+def seeding_mailboxes(src, users: list[str]) -> dict[str, int]:
+    """``users`` of server "primary" protected (phase seeding) in the source state ``src``;
+    address -> mailbox id."""
+    with src.tx() as s:
+        for user in users:
+            s.add(Mailbox(server="primary", address=user, protected=True, phase="seeding"))
+    with src.read() as s:
+        return dict(s.execute(select(Mailbox.address, Mailbox.id)).all())
+
+
 def in_process_pair(tmp: Path, primary, standby, users: list[str]) -> InProcessPair:
     """``users`` protected (phase seeding) on a fresh SQLite source state under ``tmp``."""
     GatewayPair(tmp, primary, standby, users=users, source_state=f"sqlite:///{tmp}/source.sqlite",
@@ -41,10 +51,6 @@ def in_process_pair(tmp: Path, primary, standby, users: list[str]) -> InProcessP
     gw = RecoveryGateway(load_recovery_settings(tmp / "recovery.toml", dict(os.environ)))
     src = open_store(f"sqlite:///{tmp}/source.sqlite")
     src.migrate()
-    with src.tx() as s:
-        for user in users:
-            s.add(Mailbox(server="primary", address=user, protected=True, phase="seeding"))
-    with src.read() as s:
-        mids = dict(s.execute(select(Mailbox.address, Mailbox.id)).all())
+    mids = seeding_mailboxes(src, users)
     shipper = Shipper(src, "hq", TestClient(gw.app(), base_url="http://recovery"), token=INGEST_TOKEN)
     return InProcessPair(gw, src, mids, shipper, CaptureEngine(src))
