@@ -41,7 +41,7 @@ from mailrepl.shared.engines.capture import CaptureEngine
 from mailrepl.shared.engines.queue_gate import QueueGate
 from mailrepl.shared.store.diskspace import sqlite_dir
 from mailrepl.shared.protocol.peer_client import HttpTransport, make_peer_client
-from mailrepl.shared.runtime.process import prepare_process
+from mailrepl.shared.runtime.process import prepare_process, settle_heap
 from mailrepl.shared.store import open_store
 from mailrepl.shared.store.db import migrate_apart
 from mailrepl.shared.store.sealing import Sealer
@@ -290,4 +290,6 @@ def run(settings) -> None:
     prepare_process(settings.gateway.log_level, insecure_demo=settings.gateway.insecure_demo)
     migrate_apart(settings.gateway.state_url)  # Alembic in a process of its own, not in this one
     gw = SourceGateway(settings)
-    serve(gw.app(), settings.gateway.listen, settings.gateway.tls, what="source gateway")
+    app = gw.app()
+    settle_heap()
+    serve(app, settings.gateway.listen, settings.gateway.tls, what="source gateway")

@@ -58,7 +58,7 @@ from mailrepl.shared.content.bodies import BodyStore
 from mailrepl.shared.engines.capture import CaptureEngine
 from mailrepl.shared.engines.replay import ReplayEngine
 from mailrepl.shared.site_state import SiteState
-from mailrepl.shared.runtime.process import prepare_process
+from mailrepl.shared.runtime.process import prepare_process, settle_heap
 from mailrepl.shared.store import open_store
 from mailrepl.shared.store.db import migrate_apart
 from mailrepl.shared.store.sealing import Sealer
@@ -438,4 +438,6 @@ def run(settings) -> None:
     extra = None
     if settings.failover.redirect_listen is not None:
         extra = (gw.redirect_app(), settings.failover.redirect_listen)
-    serve(gw.app(), settings.gateway.listen, settings.gateway.tls, what="recovery gateway", plain_extra=extra)
+    app = gw.app()
+    settle_heap()
+    serve(app, settings.gateway.listen, settings.gateway.tls, what="recovery gateway", plain_extra=extra)

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
-from sqlalchemy import bindparam, delete, insert, select, update
+from sqlalchemy import bindparam, delete, select, update
 from sqlalchemy.orm import Session
 
 from mailrepl.shared.adapters.base import FolderInfo
@@ -21,6 +21,7 @@ from mailrepl.shared.capture_state.pairing import KnownFolder
 from mailrepl.shared.model import Cursor, UidSet, flags_text
 from mailrepl.shared.store.chunks import chunks
 from mailrepl.shared.store.models import CatalogEntry, FolderState
+from mailrepl.shared.store.row_writes import insert_rows_with_ids
 
 __all__ = ["CaptureState", "CatalogRow", "NewEntry", "PendingWork", "insert_entries", "known_folders",
            "pending_folders", "placeholder_name", "set_flags"]
@@ -28,14 +29,15 @@ __all__ = ["CaptureState", "CatalogRow", "NewEntry", "PendingWork", "insert_entr
 _CATALOG = CatalogEntry.__table__
 
 
+_ENTRY_COLUMNS = ("mailbox_id", "folder_id", "uid", "guid", "sha256", "size", "flags")
+
+
 def insert_entries(s: Session, rows: Sequence[dict]) -> list[int]:
     """Catalogue rows (``catalog`` columns but ``mid``) in one multi-row insert; returns the
-    message ids given to them, in order."""
-    if not rows:
-        return []
-    s.flush()  # the folders they go to, created in this transaction, exist first
-    result = s.execute(insert(_CATALOG).returning(_CATALOG.c.mid, sort_by_parameter_order=True), list(rows))
-    return list(result.scalars())
+    message ids given to them, in order. The folders they go to, created in this transaction,
+    are flushed first."""
+    return insert_rows_with_ids(s, _CATALOG, "mid", _ENTRY_COLUMNS,
+                                [tuple(row[c] for c in _ENTRY_COLUMNS) for row in rows])
 
 
 def placeholder_name(folder_id: int) -> str:

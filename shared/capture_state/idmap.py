@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from mailrepl.shared.model import Cursor
 from mailrepl.shared.store.chunks import chunks
 from mailrepl.shared.store.models import CatalogEntry, FolderState, IdMapEntry, MidAlias
+from mailrepl.shared.store.row_writes import insert_rows
 
 __all__ = ["MapEntry", "IdMap", "seed_from_catalog", "rebuild_from_catalog", "alias_catalogued", "drop_aliases",
            "aliases"]
@@ -97,9 +98,8 @@ class IdMap:
         if not entries:
             return
         self.drop([e.mid for e in entries])
-        self.s.execute(insert(IdMapEntry.__table__), [
-            dict(replica_id=self.rid, mid=e.mid, folder=e.folder, uidvalidity=e.uidvalidity, uid=e.uid,
-                 sha256=e.sha256) for e in entries])
+        insert_rows(self.s, IdMapEntry.__table__, ("replica_id", "mid", "folder", "uidvalidity", "uid", "sha256"),
+                    [(self.rid, e.mid, e.folder, e.uidvalidity, e.uid, e.sha256) for e in entries])
 
     def relocate(self, mid: int, folder: str, uidvalidity: int, uid: int) -> None:
         self.s.execute(update(IdMapEntry).where(IdMapEntry.replica_id == self.rid, IdMapEntry.mid == mid)

@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 
 from mailrepl.shared.content.blobstore import BlobCorrupt, BlobMissing, BlobStore
 from mailrepl.shared.errors import StoreError
@@ -28,6 +28,7 @@ from mailrepl.shared.store import Store
 from mailrepl.shared.store.chunks import chunks
 from mailrepl.shared.store.sealing import SealError, UnknownKey
 from mailrepl.shared.store.models import HistorySnapshotBody, IdMapEntry, InboxBody, InboxPart, InboxRow
+from mailrepl.shared.store.row_writes import insert_rows
 
 __all__ = ["BodyStore", "BodyCorrupt", "Staged", "GcReport"]
 
@@ -132,13 +133,12 @@ class BodyStore:
         if staged.parts:
             self.blobs.put_many(staged.parts.items())
         if staged.skeletons:
-            s.execute(insert(InboxBody.__table__), [
-                dict(sha256=sha, size=size, data=self.store.sealer.seal(skeleton, sha))
+            insert_rows(s, InboxBody.__table__, ("sha256", "size", "data"), [
+                (sha, size, self.store.sealer.seal(skeleton, sha))
                 for sha, (skeleton, size, _) in staged.skeletons.items()
             ])
-            refs = [dict(sha256=sha, key=key) for sha, (_, _, keys) in staged.skeletons.items() for key in set(keys)]
-            if refs:
-                s.execute(insert(InboxPart.__table__), refs)
+            insert_rows(s, InboxPart.__table__, ("sha256", "key"),
+                        [(sha, key) for sha, (_, _, keys) in staged.skeletons.items() for key in set(keys)])
 
     # ------------------------------------------------------------------ replay
 

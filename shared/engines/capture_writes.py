@@ -14,13 +14,15 @@ from mailrepl.shared.adapters.base import FetchedMessage
 from mailrepl.shared.capture_state import CaptureState, NewEntry
 from mailrepl.shared.model import Change, Kind, flags_text, format_internaldate
 from mailrepl.shared.store.models import Mailbox, OutboxBody, OutboxRow
-from sqlalchemy import event, insert, select
+from mailrepl.shared.store.row_writes import insert_rows
+from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
 __all__ = ["CycleReport", "Seq", "body_hashes", "expunge_unreplaced", "write_messages"]
 
 _OUTBOX = OutboxRow.__table__
 _OUTBOX_BODY = OutboxBody.__table__
+_OUTBOX_COLUMNS = ("mailbox_id", "seq", "change", "digest", "sha256", "size")
 
 
 @dataclass
@@ -42,20 +44,19 @@ class Seq:
 
     def __init__(self, session: Session, mailbox: Mailbox, report: CycleReport) -> None:
         self.s, self.mbx, self.report = session, mailbox, report
-        self.rows: list[dict] = []
+        self.rows: list[tuple] = []  # _OUTBOX_COLUMNS
         event.listen(session, "before_commit", self._write, once=True)
 
     def emit(self, change: Change, size: int = 0) -> int:
         self.mbx.last_seq += 1
         text, digest = change.encoded()
-        self.rows.append({"mailbox_id": self.mbx.id, "seq": self.mbx.last_seq, "change": text, "digest": digest,
-                          "sha256": change.sha256, "size": size})
+        self.rows.append((self.mbx.id, self.mbx.last_seq, text, digest, change.sha256, size))
         self.report.changes += 1
         return self.mbx.last_seq
 
     def _write(self, session: Session) -> None:
         if self.rows:
-            session.execute(insert(_OUTBOX), self.rows)
+            insert_rows(session, _OUTBOX, _OUTBOX_COLUMNS, self.rows)
             self.rows = []
 
 
@@ -79,8 +80,8 @@ def write_messages(s: Session, st: CaptureState, seq: Seq, folder_id: int, name:
         if sha not in have:
             fresh.setdefault(sha, msg.body)
     if fresh:
-        s.execute(insert(_OUTBOX_BODY), [{"sha256": k, "size": len(v), "data": sealer.seal(v, k)}
-                                         for k, v in fresh.items()])
+        insert_rows(s, _OUTBOX_BODY, ("sha256", "size", "data"),
+                    [(k, len(v), sealer.seal(v, k)) for k, v in fresh.items()])
     texts = [flags_text(msg.flags) for msg in batch]
     mids = st.add_entries(folder_id, [NewEntry(msg.uid, msg.guid, sha, len(msg.body), text)
                                       for msg, sha, text in zip(batch, shas, texts)])

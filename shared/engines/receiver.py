@@ -21,7 +21,7 @@ from datetime import datetime
 from collections.abc import Collection, Sequence
 from typing import Callable
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from mailrepl.shared.content.bodies import BodyStore
 from mailrepl.shared.engines.progress_signal import ProgressSignal
@@ -29,10 +29,12 @@ from mailrepl.shared.model import utcnow
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.chunks import IN_CHUNK, chunks
 from mailrepl.shared.store.models import InboxRow, RejectedMessage, Replica
+from mailrepl.shared.store.row_writes import insert_rows
 from mailrepl.shared.protocol.wire import Ack, Batch, Segment, SegmentResult
 
 __all__ = ["Receiver"]
 
+_INBOX_COLUMNS = ("replica_id", "seq", "change", "digest", "sha256", "state", "captured_at")
 log = logging.getLogger("mailrepl.receiver")
 
 
@@ -170,9 +172,8 @@ class Receiver:
                                        f"{len(staged.whole)} of them unsplit")
         self.bodies.store_staged(s, staged)
         if new:
-            s.execute(insert(InboxRow.__table__), [
-                dict(replica_id=rep.id, seq=seq, change=text, digest=digest, sha256=ch.sha256, state="received",
-                     captured_at=_parse(captured))
+            insert_rows(s, InboxRow.__table__, _INBOX_COLUMNS, [
+                (rep.id, seq, text, digest, ch.sha256, "received", _parse(captured))
                 for seq, ch, (text, digest), captured in new
             ])
         if new:
