@@ -81,6 +81,7 @@ class SourceGateway:
             retry_initial=peer.retry_initial, retry_max=peer.retry_max, body_lock=self.body_lock,
             rate_cap=self.rate_cap,
         )
+        self.capture.on_committed = self.shipper.wake_event.set  # a seed ships while it is read
         self.registry = Registry(self.store, self.adapters, shipper_error=lambda: self.shipper.last_error,
                                  queue_fields=lambda usage, protected, site: mailbox_queue_fields(
                                      self.queue_gate, usage, protected, site))

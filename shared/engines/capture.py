@@ -48,7 +48,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from sqlalchemy import bindparam, select
 
@@ -123,8 +123,12 @@ class CaptureEngine:
         body_lock: threading.Lock | None = None,
         gate: QueueGate | None = None,
         idle_note_seconds: float = IDLE_NOTE_SECONDS,
+        on_committed: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
+        # told after each chunk of captured messages commits (the shipper may send it while the
+        # rest of the mailbox is still being read)
+        self.on_committed = on_committed
         self.idle_note_seconds = idle_note_seconds
         self._noted: dict[int, float] = {}  # mailbox id -> monotonic time last_capture_at was written
         self._caught_up: dict[int, int] = {}  # mailbox id -> cycles that ended caught up (written or not)
@@ -515,6 +519,12 @@ class CaptureEngine:
                 return  # that commit finished the folder's pending work
 
     def _commit_chunk(self, mailbox_id, folder_id, batch, remaining: UidSet, replace, report) -> None:
+        changes = report.changes
+        self._write_chunk(mailbox_id, folder_id, batch, remaining, replace, report)
+        if report.changes > changes and self.on_committed is not None:
+            self.on_committed()
+
+    def _write_chunk(self, mailbox_id, folder_id, batch, remaining: UidSet, replace, report) -> None:
         shas = body_hashes(batch)  # outside the write lock
         with self.body_lock, self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id, with_for_update=True)

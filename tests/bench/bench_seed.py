@@ -20,7 +20,7 @@ the GIL, collapsed stacks in ``DIR/source.txt`` and ``DIR/recovery.txt``; summar
 ``tests/bench/profile_summary.py``).
 
     python tests/bench/bench_seed.py [--count 2500] [--corpus gen|real] [--state sqlite|postgres] [--json FILE]
-        [--profile DIR]
+        [--profile DIR] [--timeline]
 
 ``--corpus real`` seeds the realistic public corpus instead (``--count`` messages as
 ``bench_wan.py`` selects them, stored by IMAP APPEND): small ordinary mail, where the cost per
@@ -136,13 +136,17 @@ def synced(st: dict, min_seq: int = 0) -> bool:
 POLL = 0.1  # seconds between status requests (one costs the source gateway a few ms of CPU)
 
 
-def wait_until(pair: GatewayPair, min_seq: int, timeout: float) -> tuple[float, dict]:
+def wait_until(pair: GatewayPair, min_seq: int, timeout: float,
+               timeline: list | None = None) -> tuple[float, dict]:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         try:
             st = pair.status().get(USER, {})
         except Exception:  # the API may be busy for a moment; keep polling
             st = {}
+        if timeline is not None and st:
+            timeline.append((time.monotonic() - t0, st.get("last_captured_seq", 0), st.get("copy_queue", 0),
+                             st.get("replay_queue", 0), st.get("last_applied_seq", 0)))
         if synced(st, min_seq):
             return time.monotonic() - t0, st
         time.sleep(POLL)
@@ -187,6 +191,8 @@ def main() -> int:
     ap.add_argument("--no-peers", action="store_true", help="skip the dsync/mbsync baseline")
     ap.add_argument("--json", help="also write the figures to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--timeline", action="store_true",
+                    help="print the seed's progress at each status poll (captured, queues, applied)")
     ap.add_argument("--profile", help="sample both gateways with py-spy while seeding; raw profiles go to this directory")
     a = ap.parse_args()
     harness = harness_dir(a.harness)
@@ -248,8 +254,14 @@ def main() -> int:
         cpu0 = {g.role: cpu_seconds(g.proc.pid) for g in (pair.source, pair.recovery)}
         t_protect = time.monotonic()
         pair.protect(USER)
-        secs, st = wait_until(pair, 1, timeout=1800)
+        timeline: list | None = [] if a.timeline else None
+        secs, st = wait_until(pair, 1, timeout=1800, timeline=timeline)
         secs = time.monotonic() - t_protect
+        if timeline:
+            print("timeline (s since protect: captured seq, copy queue, replay queue, applied seq):")
+            for t, captured, copy_q, replay_q, applied in timeline:
+                print(f"  {t:6.2f}  captured {captured:6d}  copy queue {copy_q:6d}  replay queue {replay_q:6d}  "
+                      f"applied {applied:6d}")
         cpu = {g.role: cpu_seconds(g.proc.pid) - cpu0[g.role] for g in (pair.source, pair.recovery)}
         stop_profilers(spies)
         figures.update(seed_s=secs, seed_msgs_per_s=msgs / secs, seed_mb_per_s=size / 1e6 / secs,

@@ -170,3 +170,30 @@ def test_more_new_messages_than_a_chunk_are_left_pending_and_drained_by_chunks(t
         assert s.get(Mailbox, mid).last_seq == s.scalar(select(OutboxRow.seq).order_by(OutboxRow.seq.desc()))
     p.sync()
     p.assert_equal()
+
+
+def test_each_committed_chunk_is_announced_while_the_rest_is_still_pending(tmp_path):
+    """The shipper is told as each chunk of a long drain commits, so a seed is sent while it is
+    still being read; what it then finds in the outbox is exactly what committed so far."""
+    p = seeded(tmp_path, chunk=3)
+    mid = p.mailbox().id
+    for i in range(40, 47):
+        p.primary.deliver("alice", _msg(i))
+    seen: list[tuple[int, int]] = []  # (outbox rows, messages still pending) at each announcement
+
+    def committed() -> None:
+        with p.src.read() as s:
+            rows = len(s.scalars(select(OutboxRow.seq)).all())
+            pending = [f.pending_uids for f in s.scalars(select(FolderState)) if f.pending_uids]
+        seen.append((rows, len(pending)))
+
+    p.capture.on_committed = committed
+    with p.src.read() as s:
+        before = len(s.scalars(select(OutboxRow.seq)).all())
+    assert p.capture.cycle(mid, p.primary.open("alice")).messages == 7
+    assert [rows - before for rows, _ in seen] == [3, 6, 7]  # one msg.add per message, chunk by chunk
+    assert [pending for _, pending in seen] == [1, 1, 0]  # the first two while the folder still had work
+    assert p.capture.cycle(mid, p.primary.open("alice")).changes == 0
+    assert len(seen) == 3  # a cycle that commits no change announces nothing
+    p.sync()
+    p.assert_equal()
