@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import bindparam, select, update
 
-from mailrepl.shared.adapters.base import FolderInfo, MailboxSession
+from mailrepl.shared.adapters.base import FolderDelta, FolderInfo, MailboxSession
 from mailrepl.shared.capture_state import (
     Fresh, FolderListing, IdMap, KnownFolder, apply_rebuild, known_folders_counted, pair_folders, plan_rebuild,
 )
@@ -119,6 +119,11 @@ class StandbyView:
                      if journal is not None and since is not None else None)
             if delta is not None:
                 listings.append(FolderListing(m, delta))
+                continue
+            if since is None and m.info.messages == 0:
+                # listed empty just now (nothing writes the copy meanwhile): all there is to
+                # read is its cursor, which the listing gave (a new copy's default folders)
+                listings.append(FolderListing(m, FolderDelta(m.info.cursor), reset))
                 continue
             read += 1
             try:

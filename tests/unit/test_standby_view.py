@@ -362,3 +362,27 @@ def test_a_folder_the_pass_created_is_read_back_by_the_view():
     assert journal.exact
     journal.created("Work")
     assert not journal.exact
+
+
+def test_folders_listed_empty_are_catalogued_from_the_listing_without_reading_them(tmp_path):
+    """A new copy's view: the folders the listing shows empty (the standby's default folders)
+    are taken from the listing, with its cursor; a folder holding messages is read. The view
+    is the one a full read gives."""
+    p = Sites(tmp_path)
+    p.standby.deliver("alice", body(9, "kept"), folder="Kept")  # on the standby before the seed
+    p.standby.open("alice").create_folder("Empty")
+    p.primary.deliver("alice", body(0))
+    p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
+    while p.shipper.ship_once():
+        pass
+    rid, view = p.rid(), StandbyView(p.dst)
+    standby = CountingSession(p.standby.open("alice"))
+    listed = {f.name: f for f in standby.inner.list_folders()}
+    assert listed["Empty"].messages == 0 and listed["Kept"].messages == 1
+    view.refresh(rid, standby)
+    assert standby.deltas == sum(1 for f in listed.values() if f.messages), "only folders with messages are read"
+    _, cursors, _ = view_of(p.dst)
+    assert cursors["Empty"][0] == listed["Empty"].cursor.format()
+    assert cursors["Empty"][2] == 0
+    taken = view_of(p.dst)
+    assert _without_guids(_rebuilt_from_nothing(p, rid, view)) == _without_guids(taken)
