@@ -211,6 +211,10 @@ class PeerClient:
             r = self.http.request(method, PREFIX + route, headers={**(headers or {}), **auth}, **kw)
         except httpx.HTTPError as exc:
             raise TransportError(f"recovery gateway unreachable: {exc.__class__.__name__}: {exc}") from exc
+        # The answer is read in full. The response and its stream refer to each other, and the
+        # response holds its request and with it the body sent (a batch: megabytes): let the
+        # stream go, or that body would wait for the cyclic garbage collector.
+        r.stream = httpx.ByteStream(b"")
         if r.status_code in ok:
             return r
         code, detail = r.status_code, _detail(r)

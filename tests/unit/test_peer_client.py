@@ -328,3 +328,48 @@ def test_shipper_and_puller_wrap_an_http_client_with_their_token(site):
     shared = PeerClient(site.client, token=TOKEN, source_id="hq")
     shipper = Shipper(site.src, "hq", shared)
     assert shipper.peer is shared and shipper.client is site.client
+
+
+def test_a_sent_batch_is_let_go_when_the_answer_is_read_not_at_the_next_garbage_collection():
+    """Through a real HTTP connection the response, its stream and its request refer to each
+    other; the batch they hold (megabytes) must be freed as soon as the call returns, without
+    the cyclic garbage collector (which runs rarely in a gateway)."""
+    import gc
+    import threading
+    import tracemalloc
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    answer = json.dumps({"v": 2, "results": []}).encode()
+
+    class Peer(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Peer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    client = make_peer_client(f"http://127.0.0.1:{server.server_port}", token=TOKEN, source_id="hq", timeout=10)
+    enabled = gc.isenabled()
+    try:
+        client.send_batch(b"warm-up")  # connection and modules before measuring
+        gc.collect()
+        gc.disable()
+        tracemalloc.start()
+        assert client.send_batch(b"b" * 8_000_000).results == ()
+        alive, _ = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert alive < 1_000_000, f"{alive} bytes still held after the call"
+    finally:
+        if enabled:
+            gc.enable()
+        client.close()
+        server.shutdown()
