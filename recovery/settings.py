@@ -66,6 +66,7 @@ from mailrepl.recovery.history_settings import HistorySettings, read_history
 from mailrepl.recovery.lag_settings import LagSettings, read_lag
 from mailrepl.shared.config.tls_settings import ServerTlsSettings, read_server_tls
 from mailrepl.shared.config.toml_reader import Table, open_config, show_value
+from mailrepl.shared.engines.replay_plan import DEFAULT_APPEND_BATCH
 
 __all__ = [
     "BoundSource",
@@ -83,7 +84,6 @@ ENV_REDIRECT_KEY = "MAILREPL_REDIRECT_KEY"
 DEFAULT_STATE_URL = "sqlite:///mailrepl-recovery.sqlite"
 DEFAULT_LISTEN = "127.0.0.1:8471"
 DEFAULT_WORKERS = 4
-DEFAULT_APPEND_BATCH = 100
 DEFAULT_BLOB_DIR = "mailrepl-blobs"
 DEFAULT_BLOB_GRACE = 600
 DEFAULT_STANDBY_CHECK_INTERVAL = 300  # seconds between checks of an idle standby copy (see standby_check.py)

@@ -10,7 +10,10 @@ from mailrepl.shared.model import Change, Kind
 
 __all__ = ["DEFAULT_APPEND_BATCH", "DEFAULT_APPEND_BYTES", "Group", "by_folder", "plan", "runs"]
 
-DEFAULT_APPEND_BATCH = 100
+# Messages per APPEND (MULTIAPPEND) of a replay group, within DEFAULT_APPEND_BYTES. Each group
+# costs a round trip, a check of what was stored and a commit: a seed of 2,000 ordinary messages
+# took 5-10 % less time at 400 than at 100, on one host and across a 40 ms link.
+DEFAULT_APPEND_BATCH = 400
 DEFAULT_APPEND_BYTES = 8 * 1024 * 1024
 _GROUPABLE = (Kind.MSG_ADD, Kind.MSG_EXPUNGE, Kind.MSG_FLAGS, Kind.MSG_MOVE)
 

@@ -122,7 +122,7 @@ def test_defaults(tmp_path):
     r = load_recovery_settings(write(tmp_path, RECOVERY, "r.toml"), {})
     assert r.gateway.listen == ("127.0.0.1", 8471)
     assert r.gateway.state_url == f"sqlite:///{tmp_path / 'mailrepl-recovery.sqlite'}"
-    assert (r.gateway.workers, r.gateway.append_batch, r.gateway.log_level) == (4, 100, "info")
+    assert (r.gateway.workers, r.gateway.append_batch, r.gateway.log_level) == (4, 400, "info")
     assert r.servers[0].port == 993  # implicit TLS
     assert dict(r.routes) == {}
 
