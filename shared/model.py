@@ -303,9 +303,12 @@ class Change:
         return hashlib.sha256(self.canonical()).hexdigest()
 
     def encoded(self) -> tuple[str, str]:
-        """The change as stored (compact JSON) and its digest, from one ``to_dict``."""
-        d = self.to_dict()
-        return _COMPACT.encode(d), hashlib.sha256(_CANONICAL.encode(d).encode()).hexdigest()
+        """The change as stored and its digest: its canonical JSON (sorted keys, compact, UTF-8
+        text; what ``digest`` hashes) and that hash, from one ``to_dict`` and one encoding. Rows
+        stored by earlier versions hold it with ASCII escapes and unsorted keys: the same change
+        when read, and the same digest."""
+        text = _CANONICAL.encode(self.to_dict())
+        return text, hashlib.sha256(text.encode()).hexdigest()
 
 
 _NEED: dict[Kind, tuple[str, ...]] = {
@@ -320,7 +323,6 @@ _FIELDS = tuple(Change.__dataclass_fields__)
 _FIELD_SET = frozenset(_FIELDS)
 # built once: ``json.dumps`` with options makes a new encoder per call
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-_COMPACT = json.JSONEncoder(separators=(",", ":"))
 _LISTS = frozenset({"flags", "special_use"})
 
 

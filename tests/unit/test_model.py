@@ -89,3 +89,18 @@ def test_cursor_without_token_keeps_its_text_form():
 def test_cursor_with_token_rejects_garbage(bad):
     with pytest.raises(ValueError):
         Cursor.parse(bad)
+
+
+def test_a_change_is_stored_as_its_canonical_json_and_reads_back_as_rows_of_earlier_versions_do():
+    import json as _json
+
+    ch = Change(Kind.MSG_ADD, "Entwürfe/日本語 \"q\"", mid=7, sha256="a" * 64, size=12, flags=("\\Seen", "$Label"),
+                internaldate="2026-12-07T03:04:05+01:00")
+    text, digest = ch.encoded()
+    assert digest == ch.digest() and text.encode() == ch.canonical()
+    assert Change.from_dict(_json.loads(text)) == ch
+    assert "Entwürfe/日本語" in text  # UTF-8 text, not escapes
+    earlier = _json.dumps(ch.to_dict(), separators=(",", ":"))  # how rows were stored before
+    assert earlier != text and "\\u" in earlier
+    again = Change.from_dict(_json.loads(earlier))
+    assert again == ch and again.encoded() == (text, digest)
