@@ -34,7 +34,7 @@ Ethernet frames), the gateways' CPU; per link a table of medians.
 
 ``--cap MBIT`` instead measures the link rate cap on the shaped link (``wan_cap.py``).
 
-    python tests/bench/bench_wan.py [--runs 2] [--links shaped,unshaped] [--corpora gen,real] [--quick]
+    python tests/bench/bench_wan.py [--runs 2] [--links shaped,unshaped] [--corpora gen,real] [--quick] [--timeline]
     python tests/bench/bench_wan.py --cap 20 [--quick]
 
 Needs root (network namespaces), Debian's dovecot-imapd/dovecot-lmtpd, iproute2 and nftables.
@@ -92,14 +92,18 @@ def run_dsync(rig: TwoSiteRig, relay: DelayRelay, user: str, prefetch: int, log:
     return {"seconds": secs, "link_bytes": link_bytes(rig) - bytes0, "cpu": ""}
 
 
-def run_mailrepl(rig: TwoSiteRig, user: str) -> dict:
+def run_mailrepl(rig: TwoSiteRig, user: str, timeline: bool = False) -> dict:
     reset_mailrepl(rig)
     pids = (rig.pair.source.proc.pid, rig.pair.recovery.proc.pid)
     cpu0 = [cpu_seconds(p) for p in pids]
     bytes0, t0 = link_bytes(rig), time.monotonic()
     rig.pair.protect(user)
-    wait_synced(rig, user, timeout=1800)
+    polls: list | None = [] if timeline else None
+    wait_synced(rig, user, timeout=1800, timeline=polls)
     secs = time.monotonic() - t0
+    for t, captured, copy_q, replay_q, applied in polls or ():
+        print(f"      {t:6.2f} s  captured {captured:6d}  copy queue {copy_q:6d}  replay queue {replay_q:6d}  "
+              f"applied {applied:6d}")
     cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0)]
     return {"seconds": secs, "link_bytes": link_bytes(rig) - bytes0, "cpu": f"{cpu[0]:.1f} / {cpu[1]:.1f}",
             "wire_bytes": rig.pair.wire_bytes()}
@@ -124,7 +128,7 @@ def measure_link(rig: TwoSiteRig, link: str, corpora: dict, args, relay: DelayRe
                 if tool == "dsync":
                     result = run_dsync(rig, relay, user, args.prefetch, rig.tmp / "dsync.log")
                 else:
-                    result = run_mailrepl(rig, user)
+                    result = run_mailrepl(rig, user, timeline=args.timeline)
                 assert_same_mailbox(rig.primary, rig.standby_local, user)
                 row = {"link": link, "corpus": corpus, "tool": tool, "run": run + 1, "messages": msgs, "bytes": size,
                        "load_before": before, **result}
@@ -208,6 +212,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="smoke run: 200 messages per corpus, one run each")
     ap.add_argument("--harness", help="directory holding make-corpus.py (default: ../shared/harness)")
     ap.add_argument("--json", help="also write the figures to this file")
+    ap.add_argument("--timeline", action="store_true",
+                    help="print each mailrepl run's progress at every status poll (captured, queues, applied)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = ap.parse_args()
     args.corpora = [c.strip() for c in args.corpora.split(",") if c.strip()]

@@ -140,14 +140,19 @@ def synced(st: dict, min_seq: int = 1) -> bool:
             and st.get("last_applied_seq") == st.get("last_captured_seq") and (st.get("last_captured_seq") or 0) >= min_seq)
 
 
-def wait_synced(rig: TwoSiteRig, user: str, timeout: float) -> dict:
-    """Poll the source gateway until ``user`` is seeded and applied (bench_seed's condition)."""
-    deadline = time.monotonic() + timeout
+def wait_synced(rig: TwoSiteRig, user: str, timeout: float, timeline: list | None = None) -> dict:
+    """Poll the source gateway until ``user`` is seeded and applied (bench_seed's condition);
+    ``timeline`` collects (seconds, captured, copy queue, replay queue, applied) at each poll."""
+    t0 = time.monotonic()
+    deadline = t0 + timeout
     while time.monotonic() < deadline:
         try:
             st = rig.pair.status().get(user, {})
         except Exception:  # the API may be busy for a moment; keep polling
             st = {}
+        if timeline is not None and st:
+            timeline.append((time.monotonic() - t0, st.get("last_captured_seq", 0), st.get("copy_queue", 0),
+                             st.get("replay_queue", 0), st.get("last_applied_seq", 0)))
         if synced(st):
             return st
         time.sleep(POLL)
