@@ -12,6 +12,14 @@
    count as held. A body the recovery gateway could not reassemble to its hash is sent
    unsplit (``send_whole``) from then on.
 
+While the recovery gateway lacked nearly every body asked about last time (a seed: at least
+``ONE_QUESTION_FROM`` of them), both questions are asked at once instead: the ranges are trimmed
+as if every body had to travel (the bound holds), those bodies are split, and one round trip
+asks for bodies and parts together; what it holds is then left out, bodies and the parts only
+they needed. Across a long link that saves a round trip per batch, which on a busy link waits
+behind the batches in flight. Where it held more (mail delivered to many mailboxes), the two
+questions come back: a batch is then filled by what really travels.
+
 Accounting per mailbox: ``raw`` (the bodies its changes refer to, as captured) and ``payload``
 (the skeleton and part bytes it put into the batch, before compression); the shipper adds the
 wire bytes after compression.
@@ -38,6 +46,7 @@ __all__ = ["BatchBuilder", "Built", "Held"]
 _ROW, _BODY = OutboxRow.__table__, OutboxBody.__table__  # Core: rows are read as tuples
 
 Held = Callable[[Sequence[str], Sequence[str]], tuple[list[str], list[str]]]  # -> missing (bodies, parts)
+ONE_QUESTION_FROM = 0.9  # share of the bodies asked about that the peer lacked, last time
 
 
 @dataclass
@@ -78,6 +87,7 @@ class BatchBuilder:
         self.part_threshold = part_threshold
         # bodies the recovery gateway could not reassemble: sent unsplit from now on
         self.send_whole: set[str] = set()
+        self.lacked_share = 0.0  # of the bodies last asked about, the share the peer lacked
 
     def build(self, after: Mapping[tuple[str, str], int] | None = None,
               in_flight: Collection[str] = frozenset()) -> Built | None:
@@ -90,32 +100,51 @@ class BatchBuilder:
         if not ranges:
             return None
         shas = list(dict.fromkeys(r[2] for rng in ranges for r in rng.rows if r[2]))
-        lacking = set(self.held(shas, [])[0]) if shas else set()
-        ranges = self._trim(ranges, lacking)
+        one_question = bool(shas) and self.lacked_share >= ONE_QUESTION_FROM
+        if one_question:
+            ranges = self._trim(ranges, set(shas))  # as if every body travels: the bound holds
+            shas = list(dict.fromkeys(r[2] for rng in ranges for r in rng.rows if r[2]))
+            lacking = set(shas)  # for now: the answer below tells
+        else:
+            lacking = set(self.held(shas, [])[0]) if shas else set()
+            self._learn(len(lacking), len(shas))
+            ranges = self._trim(ranges, lacking)
         built = Built(Batch(self.source_id, ()))
-        messages: dict[str, bytes] = {}
-        parts: dict[str, bytes] = {}
-        owner: dict[str, tuple[str, str]] = {}  # body / part -> first mailbox that needed it
+        split: dict[str, tuple[tuple[str, str], bytes, list[str]]] = {}  # sha -> owner, skeleton, part keys
+        blobs: dict[str, bytes] = {}  # each part once, however many bodies hold it
         with self.store.read() as s:
             for rng in ranges:
                 who = (rng.mbx[1], rng.mbx[2])
                 built.raw[who] = built.raw.get(who, 0) + sum(r[3] for r in rng.rows if r[2])
-                need = [r[2] for r in rng.rows if r[2] in lacking and r[2] not in messages]
+                need = [r[2] for r in rng.rows if r[2] in lacking and r[2] not in split]
                 for sha, data in self._bodies(s, dict.fromkeys(need), rng.mbx[2]):
                     if sha in self.send_whole:
-                        messages[sha] = whole_skeleton(data)
-                        owner[sha] = who
+                        split[sha] = (who, whole_skeleton(data), [])
                         continue
-                    split = split_message(data, threshold=self.part_threshold)
-                    messages[sha] = split.skeleton
-                    owner[sha] = who
-                    for key, body in split.blobs:
-                        if key not in parts:
-                            parts[key] = body
-                            owner[key] = who
-        candidates = [k for k in parts if k not in in_flight]
-        missing_parts = set(self.held([], candidates)[1]) if candidates else set()
-        parts = {k: v for k, v in parts.items() if k in missing_parts}
+                    pieces = split_message(data, threshold=self.part_threshold)
+                    split[sha] = (who, pieces.skeleton, [key for key, _ in pieces.blobs])
+                    for key, body in pieces.blobs:
+                        blobs.setdefault(key, body)
+        candidates = [k for k in blobs if k not in in_flight]
+        if one_question:
+            lacked, lacked_parts = self.held(shas, candidates)
+            lacking = set(lacked)
+            self._learn(len(lacking), len(shas))
+            split = {sha: v for sha, v in split.items() if sha in lacking}  # held: nothing of it travels
+            missing_parts = set(lacked_parts)
+        else:
+            missing_parts = set(self.held([], candidates)[1]) if candidates else set()
+        messages: dict[str, bytes] = {}
+        parts: dict[str, bytes] = {}
+        owner: dict[str, tuple[str, str]] = {}  # body / part -> first mailbox that needed it
+        for sha, (who, skeleton, keys) in split.items():
+            messages[sha] = skeleton
+            owner[sha] = who
+            for key in keys:
+                if key in missing_parts and key not in parts:
+                    parts[key] = blobs[key]
+                    owner[key] = who
+        del blobs
         for sha, skeleton in messages.items():
             built.payload[owner[sha]] = built.payload.get(owner[sha], 0) + len(skeleton)
         for key, body in parts.items():
@@ -133,6 +162,10 @@ class BatchBuilder:
         return built
 
     # ------------------------------------------------------------------ steps
+
+    def _learn(self, lacked: int, asked: int) -> None:
+        if asked:
+            self.lacked_share = lacked / asked
 
     def _candidates(self, after: Mapping[tuple[str, str], int]) -> list[_Range]:
         budget = self.max_changes

@@ -140,3 +140,54 @@ def test_a_body_that_does_not_reassemble_is_sent_again_unsplit(tmp_path, monkeyp
     assert len(damaged) == 1, "a body asked for whole is not split again"
     with p.dst.tx() as s:
         assert s.scalar(select(InboxPart.key)) is None
+
+
+def test_while_the_peer_lacks_nearly_every_body_one_question_asks_for_bodies_and_parts(tmp_path):
+    """A seed: after an answer that lacked every body, the next batch asks for bodies and parts in
+    one round trip; what the peer turns out to hold (a body, an attachment) still does not
+    travel, and once it held more, the two questions come back."""
+    p = Pipeline(tmp_path)
+    p.shipper.builder.max_changes = 100
+    asked: list[tuple[int, int]] = []  # (bodies, parts) per question
+    ask = p.shipper.builder.held
+
+    def held(shas, keys):
+        asked.append((len(shas), len(keys)))
+        return ask(shas, keys)
+
+    p.shipper.builder.held = held
+    shared = os.urandom(100_000)
+    for i in range(4):
+        p.primary.deliver("alice", with_attachment(f"first {i}", os.urandom(50_000)))
+    p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
+    assert p.shipper.ship_once()
+    assert asked == [(4, 0), (0, 4)], "first batch: bodies, then parts"
+    assert p.shipper.builder.lacked_share == 1.0
+
+    # the peer already holds one body (the same bytes delivered again) and one attachment
+    inbox = p.primary.box("alice")["INBOX"].msgs
+    first = inbox[min(inbox)].body
+    asked.clear()
+    p.primary.deliver("alice", first, folder="Archive")  # a body the peer holds
+    p.primary.deliver("alice", with_attachment("second 1", shared))
+    p.primary.deliver("alice", with_attachment("second 2", shared))  # the same attachment twice
+    p.primary.deliver("alice", with_attachment("second 3", os.urandom(50_000)))
+    p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
+    before = p.shipper.stats.payload_bytes
+    assert p.shipper.ship_once()
+    assert asked == [(4, 3)], "one question: four bodies, the three distinct parts of them"
+    sent = p.shipper.stats.payload_bytes - before
+    # base64 makes a part 1.37 times its bytes: the shared part once and the new one, no more
+    # (the held body's attachment would add 68 KB, the shared part twice 137 KB)
+    assert sent < 1.4 * (100_000 + 50_000) + 5_000, "the held body did not travel, the shared part once"
+    assert p.shipper.builder.lacked_share == 0.75  # below the mark: two questions again
+    while p.shipper.ship_once():
+        pass
+    p.sync()
+    p.assert_equal()
+
+    asked.clear()
+    p.primary.deliver("alice", with_attachment("third", os.urandom(30_000)))
+    p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
+    assert p.shipper.ship_once()
+    assert asked == [(1, 0), (0, 1)]
