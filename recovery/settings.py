@@ -212,6 +212,7 @@ def _read_gateway(table: Table) -> RecoveryGatewaySettings:
         raise table.error("ingest_token", "replaced by [[sources]] tables (id, certificate_cn and/or token, "
                                           "servers, mailboxes): one per source gateway, see deploy/examples/recovery.toml")
     blob_dir = table.string("blob_dir", DEFAULT_BLOB_DIR)
+    check_interval = table.integer("standby_check_interval", DEFAULT_STANDBY_CHECK_INTERVAL, minimum=1, maximum=86400)
     demo = read_insecure_demo(table, DEFAULT_LISTEN)  # before any secret is read
     settings = RecoveryGatewaySettings(
         id=read_gateway_id(table),
@@ -224,13 +225,9 @@ def _read_gateway(table: Table) -> RecoveryGatewaySettings:
         # the key is read even when the environment overrides it (else it would count as unknown)
         blob_dir=str(table.resolve(table.environ.get(ENV_BLOB_DIR) or blob_dir)),
         blob_grace_seconds=table.integer("blob_grace_seconds", DEFAULT_BLOB_GRACE, minimum=60),
-        standby_check_interval=table.integer("standby_check_interval", DEFAULT_STANDBY_CHECK_INTERVAL, minimum=1,
-                                             maximum=86400),
-        standby_checks_per_second=table.number(
-            "standby_checks_per_second",
-            DEFAULT_CHECKS_PER_INTERVAL / table.integer("standby_check_interval", DEFAULT_STANDBY_CHECK_INTERVAL,
-                                                        minimum=1, maximum=86400),
-            minimum=0.1),
+        standby_check_interval=check_interval,
+        standby_checks_per_second=table.number("standby_checks_per_second",
+                                               DEFAULT_CHECKS_PER_INTERVAL / check_interval, minimum=0.1),
         log_level=read_log_level(table),
         encryption=read_encryption(table),
         insecure_demo=demo,

@@ -32,12 +32,11 @@ _CATALOG = CatalogEntry.__table__
 _ENTRY_COLUMNS = ("mailbox_id", "folder_id", "uid", "guid", "sha256", "size", "flags")
 
 
-def insert_entries(s: Session, rows: Sequence[dict]) -> list[int]:
-    """Catalogue rows (``catalog`` columns but ``mid``) in one multi-row insert; returns the
-    message ids given to them, in order. The folders they go to, created in this transaction,
-    are flushed first."""
-    return insert_rows_with_ids(s, _CATALOG, "mid", _ENTRY_COLUMNS,
-                                [tuple(row[c] for c in _ENTRY_COLUMNS) for row in rows])
+def insert_entries(s: Session, rows: Sequence[tuple]) -> list[int]:
+    """Catalogue rows (tuples of ``_ENTRY_COLUMNS``: mailbox id, folder id, uid, guid, sha256,
+    size, flags text) in one multi-row insert; returns the message ids given to them, in order.
+    The folders they go to, created in this transaction, are flushed first."""
+    return insert_rows_with_ids(s, _CATALOG, "mid", _ENTRY_COLUMNS, rows)
 
 
 def placeholder_name(folder_id: int) -> str:
@@ -239,9 +238,8 @@ class CaptureState:
 
     def add_entries(self, folder_id: int, entries: Sequence[NewEntry]) -> list[int]:
         """Catalogue new messages; returns their message ids, in order."""
-        return insert_entries(self.s, [
-            {"mailbox_id": self.mailbox_id, "folder_id": folder_id, "uid": e.uid, "guid": e.guid,
-             "sha256": e.sha256, "size": e.size, "flags": e.flags} for e in entries])
+        return insert_entries(self.s, [(self.mailbox_id, folder_id, e.uid, e.guid, e.sha256, e.size, e.flags)
+                                       for e in entries])
 
     def move_entry(self, mid: int, folder_id: int, uid: int, flags: Iterable[str]) -> None:
         cat = self.s.get(CatalogEntry, mid)

@@ -221,9 +221,7 @@ def apply_rebuild(s: Session, mailbox_id: int, plan: RebuildPlan,
     for folder_id, flags in plan.flags.items():
         s.execute(update(_CATALOG).where(_CATALOG.c.folder_id == folder_id, _CATALOG.c.uid == bindparam("u"))
                   .values(flags=bindparam("f")), [{"u": uid, "f": text} for uid, text in flags.items()])
-    mids = insert_entries(s, [
-        {"mailbox_id": mailbox_id, "folder_id": by_name[a.folder], "uid": a.uid, "guid": a.guid,
-         "sha256": a.sha256, "size": a.size, "flags": a.flags} for a in plan.added])
+    mids = _insert_added(s, mailbox_id, plan, by_name)
     # 5. folders no longer there, with what is left in them
     for part in chunks(plan.gone):
         s.execute(delete(CatalogEntry).where(CatalogEntry.folder_id.in_(part)))
@@ -263,6 +261,10 @@ def _apply_in_place(s: Session, mailbox_id: int, plan: RebuildPlan,
     for folder_id, flags in plan.flags.items():
         s.execute(update(_CATALOG).where(_CATALOG.c.folder_id == folder_id, _CATALOG.c.uid == bindparam("u"))
                   .values(flags=bindparam("f")), [{"u": uid, "f": text} for uid, text in flags.items()])
-    return insert_entries(s, [
-        {"mailbox_id": mailbox_id, "folder_id": by_name[a.folder], "uid": a.uid, "guid": a.guid,
-         "sha256": a.sha256, "size": a.size, "flags": a.flags} for a in plan.added])
+    return _insert_added(s, mailbox_id, plan, by_name)
+
+
+def _insert_added(s: Session, mailbox_id: int, plan: RebuildPlan, by_name: Mapping[str, int]) -> list[int]:
+    """The catalogue rows of ``plan.added`` (``by_name``: folder name -> row id); their ids, in order."""
+    return insert_entries(s, [(mailbox_id, by_name[a.folder], a.uid, a.guid, a.sha256, a.size, a.flags)
+                              for a in plan.added])

@@ -33,6 +33,8 @@ from sqlalchemy import Table, func, insert, select, text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import Session
 
+from mailrepl.shared.errors import StoreError
+
 __all__ = ["insert_rows", "insert_rows_with_ids"]
 
 _MARKS = {"qmark": "?", "format": "%s", "pyformat": "%s"}
@@ -46,7 +48,8 @@ class _Prepared:
     def __init__(self, dialect: Dialect, table: Table, columns: Sequence[str]) -> None:
         mark = _MARKS.get(dialect.paramstyle)
         if mark is None:
-            raise NotImplementedError(f"row_writes: paramstyle {dialect.paramstyle!r} is not supported")
+            raise StoreError(f"state store: the {dialect.name} driver's parameter style {dialect.paramstyle!r} is "
+                             "not supported (use SQLite or PostgreSQL)", retryable=False)
         given = list(columns)
         defaults: list[Callable[[], Any]] = []
         for col in table.columns:

@@ -46,6 +46,7 @@ from tests.support.dovecot import DovecotServer, mailbox_size  # noqa: E402
 from tests.support.gateways import GatewayPair  # noqa: E402
 from tests.support.mailcompare import assert_same_mailbox, snapshot, total_messages  # noqa: E402
 from tests.bench.profile_summary import stop_profilers  # noqa: E402
+from tests.bench.timeline import HEADER, print_timeline, progress_row  # noqa: E402
 
 USER = "alice"
 
@@ -145,8 +146,7 @@ def wait_until(pair: GatewayPair, min_seq: int, timeout: float,
         except Exception:  # the API may be busy for a moment; keep polling
             st = {}
         if timeline is not None and st:
-            timeline.append((time.monotonic() - t0, st.get("last_captured_seq", 0), st.get("copy_queue", 0),
-                             st.get("replay_queue", 0), st.get("last_applied_seq", 0)))
+            timeline.append(progress_row(time.monotonic() - t0, st))
         if synced(st, min_seq):
             return time.monotonic() - t0, st
         time.sleep(POLL)
@@ -258,10 +258,8 @@ def main() -> int:
         secs, st = wait_until(pair, 1, timeout=1800, timeline=timeline)
         secs = time.monotonic() - t_protect
         if timeline:
-            print("timeline (s since protect: captured seq, copy queue, replay queue, applied seq):")
-            for t, captured, copy_q, replay_q, applied in timeline:
-                print(f"  {t:6.2f}  captured {captured:6d}  copy queue {copy_q:6d}  replay queue {replay_q:6d}  "
-                      f"applied {applied:6d}")
+            print(HEADER)
+            print_timeline(timeline)
         cpu = {g.role: cpu_seconds(g.proc.pid) - cpu0[g.role] for g in (pair.source, pair.recovery)}
         stop_profilers(spies)
         figures.update(seed_s=secs, seed_msgs_per_s=msgs / secs, seed_mb_per_s=size / 1e6 / secs,

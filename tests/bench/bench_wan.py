@@ -55,6 +55,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
+from tests.bench.timeline import print_timeline  # noqa: E402
 from tests.bench.wan_corpus import (  # noqa: E402
     cpu_seconds, fill_generated, fill_public, harness_dir, mailbox_size, reset_mailrepl, wait_synced,
 )
@@ -101,9 +102,7 @@ def run_mailrepl(rig: TwoSiteRig, user: str, timeline: bool = False) -> dict:
     polls: list | None = [] if timeline else None
     wait_synced(rig, user, timeout=1800, timeline=polls)
     secs = time.monotonic() - t0
-    for t, captured, copy_q, replay_q, applied in polls or ():
-        print(f"      {t:6.2f} s  captured {captured:6d}  copy queue {copy_q:6d}  replay queue {replay_q:6d}  "
-              f"applied {applied:6d}")
+    print_timeline(polls or [], indent="      ")
     cpu = [cpu_seconds(p) - c for p, c in zip(pids, cpu0)]
     return {"seconds": secs, "link_bytes": link_bytes(rig) - bytes0, "cpu": f"{cpu[0]:.1f} / {cpu[1]:.1f}",
             "wire_bytes": rig.pair.wire_bytes()}

@@ -30,6 +30,7 @@ from pathlib import Path
 from mailrepl.shared.adapters.base import AppendItem
 from mailrepl.shared.errors import MessageRejected
 from tests.bench.bench_dedup import primary_adapter
+from tests.bench.timeline import progress_row
 from tests.support.dovecot import mailbox_size as dovecot_mailbox_size
 from tests.support.mailcompare import corpus_files
 from tests.support.two_site import TwoSiteRig
@@ -151,8 +152,7 @@ def wait_synced(rig: TwoSiteRig, user: str, timeout: float, timeline: list | Non
         except Exception:  # the API may be busy for a moment; keep polling
             st = {}
         if timeline is not None and st:
-            timeline.append((time.monotonic() - t0, st.get("last_captured_seq", 0), st.get("copy_queue", 0),
-                             st.get("replay_queue", 0), st.get("last_applied_seq", 0)))
+            timeline.append(progress_row(time.monotonic() - t0, st))
         if synced(st):
             return st
         time.sleep(POLL)

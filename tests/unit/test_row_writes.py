@@ -37,9 +37,9 @@ def _folder(store) -> tuple[int, int]:
         return mbx.id, folder.id
 
 
-def _entry(mbx: int, folder: int, uid: int) -> dict:
-    return {"mailbox_id": mbx, "folder_id": folder, "uid": uid, "guid": f"g{uid}" if uid % 2 else None,
-            "sha256": f"{uid:064x}", "size": 100 + uid, "flags": "\\Seen" if uid % 3 else ""}
+def _entry(mbx: int, folder: int, uid: int) -> tuple:
+    """A catalogue row as ``insert_entries`` takes it: mailbox, folder, uid, guid, sha256, size, flags."""
+    return (mbx, folder, uid, f"g{uid}" if uid % 2 else None, f"{uid:064x}", 100 + uid, "\\Seen" if uid % 3 else "")
 
 
 def test_catalogue_ids_come_back_in_row_order_and_name_the_rows_written(store):
@@ -52,10 +52,9 @@ def test_catalogue_ids_come_back_in_row_order_and_name_the_rows_written(store):
     with store.read() as s:
         rows = {c.mid: c for c in s.scalars(select(CatalogEntry))}
     for mid, uid in zip(one + many, range(1, 302)):
-        want = _entry(mbx, folder, uid)
         got = rows[mid]
-        assert (got.uid, got.guid, got.sha256, got.size, got.flags) == (
-            uid, want["guid"], want["sha256"], want["size"], want["flags"])
+        assert (got.mailbox_id, got.folder_id, got.uid, got.guid, got.sha256, got.size, got.flags) == \
+            _entry(mbx, folder, uid)
 
 
 def test_a_catalogue_id_is_never_handed_out_twice_after_the_newest_is_deleted(store):
