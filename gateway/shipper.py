@@ -49,7 +49,7 @@ PROGRESS_IDLE_EVERY = 1.0
 # progress queries), only this often: the watcher hears of each replay pass as it commits
 PROGRESS_WATCHED_EVERY = 5.0
 PROGRESS_WAIT = 5.0  # seconds the recovery gateway may hold the watcher's progress query
-WATCH_GAP = 0.1  # seconds between two of the watcher's queries (replay groups commit in runs)
+WATCH_GAP = 0.05  # seconds between two of the watcher's queries (replay groups commit in runs)
 
 
 class ShipStats:

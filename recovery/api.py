@@ -7,10 +7,8 @@ that what it names belongs to that source before anything is read or written
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import functools
-import time
 from typing import Callable
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
@@ -41,7 +39,6 @@ __all__ = ["ingest_router", "admin_router", "replica_status"]
 
 
 MAX_WAITERS = 64  # progress queries that may wait at once; more are answered at once
-WAIT_STEP = 0.05  # seconds between two looks at the applied-progress token while a query waits
 
 INGEST_RESPONSES = {**ERROR_RESPONSES, 507: {
     "model": ErrorDetail, "description": "no space left to store the batch: nothing of it is acknowledged; "
@@ -86,9 +83,7 @@ def ingest_router(receiver: Receiver, access: SourceAccess, max_bytes: int,
         if wait and waiting[0] < MAX_WAITERS:
             waiting[0] += 1
             try:
-                deadline = time.monotonic() + wait
-                while not signal.changed(since) and time.monotonic() < deadline:
-                    await asyncio.sleep(WAIT_STEP)
+                await signal.wait(since, wait)
             finally:
                 waiting[0] -= 1
         token = signal.token  # before the read: what is applied after it is in the next answer

@@ -13,7 +13,7 @@
    unsplit (``send_whole``) from then on.
 
 While the recovery gateway lacked nearly every body asked about last time (a seed: at least
-``ONE_QUESTION_FROM`` of them), both questions are asked at once instead: the ranges are trimmed
+``ONE_QUESTION_FROM`` of them; so too before its first answer), both questions are asked at once instead: the ranges are trimmed
 as if every body had to travel (the bound holds), those bodies are split, and one round trip
 asks for bodies and parts together; what it holds is then left out, bodies and the parts only
 they needed. Across a long link that saves a round trip per batch, which on a busy link waits
@@ -87,7 +87,10 @@ class BatchBuilder:
         self.part_threshold = part_threshold
         # bodies the recovery gateway could not reassemble: sent unsplit from now on
         self.send_whole: set[str] = set()
-        self.lacked_share = 0.0  # of the bodies last asked about, the share the peer lacked
+        # of the bodies last asked about, the share the peer lacked; before the first answer it is
+        # taken to lack them all (a gateway starts with a seed or a backlog more often than not): a
+        # wrong guess costs one batch trimmed as if every body travelled, and the answer corrects it
+        self.lacked_share = 1.0
 
     def build(self, after: Mapping[tuple[str, str], int] | None = None,
               in_flight: Collection[str] = frozenset()) -> Built | None:

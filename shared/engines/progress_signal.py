@@ -9,10 +9,15 @@ until it changes, and is then answered with only the replicas applied since (a s
 mailboxes does not get all of them back for every pass). A token of another epoch (the recovery
 gateway restarted) or none gets the full answer at once.
 
-Memory: one integer per replica that was ever applied in this process.
+A waiting query is woken by the pass's commit itself (``wait``), not by looking at the token
+now and then: the source hears of the last group of a seed a round trip after it commits.
+
+Memory: one integer per replica that was ever applied in this process, and one future per
+query waiting now (the API bounds how many wait).
 """
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
 import threading
@@ -42,6 +47,7 @@ class ProgressSignal:
         self._generation = 0
         self._applied_at: dict[int, int] = {}  # replica id -> generation of its last applied pass
         self._lock = threading.Lock()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future]] = []  # queries waiting now
 
     @property
     def token(self) -> str:
@@ -52,6 +58,34 @@ class ProgressSignal:
         with self._lock:
             self._generation += 1
             self._applied_at[replica_id] = self._generation
+            waiters, self._waiters = self._waiters, []
+        for loop, fut in waiters:  # replay passes run in worker threads; the queries in the event loop
+            try:
+                loop.call_soon_threadsafe(_wake, fut)
+            except RuntimeError:  # that loop is closed: nobody waits there any more
+                pass
+
+    async def wait(self, since: Since, timeout: float) -> bool:
+        """Wait until something is applied after ``since``, at most ``timeout`` seconds; whether it was."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            with self._lock:  # looked at under the lock: a pass committing now wakes us or is seen here
+                if self.changed(since):
+                    return True
+                left = deadline - loop.time()
+                if left <= 0:
+                    return False
+                entry = (loop, loop.create_future())
+                self._waiters.append(entry)
+            try:
+                await asyncio.wait_for(entry[1], left)
+            except asyncio.TimeoutError:
+                pass
+            finally:
+                with self._lock:
+                    if entry in self._waiters:
+                        self._waiters.remove(entry)
 
     def since(self, seen: str | None) -> Since:
         """What ``seen`` (a token from an earlier answer, or None) asks for."""
@@ -70,3 +104,8 @@ class ProgressSignal:
             return None
         with self._lock:
             return {rid for rid, gen in self._applied_at.items() if gen > since.after}  # type: ignore[operator]
+
+
+def _wake(fut: asyncio.Future) -> None:
+    if not fut.done():  # a query that timed out (its future cancelled) is not woken
+        fut.set_result(None)

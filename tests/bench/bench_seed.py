@@ -17,10 +17,11 @@ Peak RSS of each gateway is the kernel's VmHWM of its process.
 
 With ``--profile DIR`` both gateways are sampled by ``py-spy`` while they seed (samples holding
 the GIL, collapsed stacks in ``DIR/source.txt`` and ``DIR/recovery.txt``; summarise them with
-``tests/bench/profile_summary.py``).
+``tests/bench/profile_summary.py``). With ``--perf DIR`` they are recorded by ``perf`` instead,
+kernel and native frames included (``perf report -i DIR/source.data``).
 
     python tests/bench/bench_seed.py [--count 2500] [--corpus gen|real] [--state sqlite|postgres] [--json FILE]
-        [--profile DIR] [--timeline]
+        [--profile DIR] [--perf DIR] [--timeline]
 
 ``--corpus real`` seeds the realistic public corpus instead (``--count`` messages as
 ``bench_wan.py`` selects them, stored by IMAP APPEND): small ordinary mail, where the cost per
@@ -127,6 +128,17 @@ def start_profilers(pair: GatewayPair, out: Path) -> list[subprocess.Popen]:
     return procs
 
 
+def start_perf(pair: GatewayPair, out: Path) -> list[subprocess.Popen]:
+    """``perf record`` on each gateway process: kernel and native frames too (copies, hashing,
+    compression, fsync), which py-spy does not see. ``perf report -i DIR/source.data`` reads them."""
+    out.mkdir(parents=True, exist_ok=True)
+    procs = [subprocess.Popen(["perf", "record", "-e", "cpu-clock", "-F", "999", "-g", "-o", str(out / f"{g.role}.data"),
+                               "-p", str(g.proc.pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             for g in (pair.source, pair.recovery)]
+    time.sleep(1.0)
+    return procs
+
+
 def synced(st: dict, min_seq: int = 0) -> bool:
     return (
         st.get("phase") == "replicating" and st.get("copy_queue") == 0 and st.get("replay_queue") == 0
@@ -194,6 +206,8 @@ def main() -> int:
     ap.add_argument("--timeline", action="store_true",
                     help="print the seed's progress at each status poll (captured, queues, applied)")
     ap.add_argument("--profile", help="sample both gateways with py-spy while seeding; raw profiles go to this directory")
+    ap.add_argument("--perf", help="record both gateways with perf (kernel and native frames) while seeding; "
+                                   "source.data and recovery.data go to this directory")
     a = ap.parse_args()
     harness = harness_dir(a.harness)
     work = Path(tempfile.mkdtemp(prefix="mailrepl-bench-"))
@@ -247,6 +261,7 @@ def main() -> int:
         # start-up, not seeding (untimed)
         pair.preflight("primary", USER)
         spies = start_profilers(pair, Path(a.profile)) if a.profile else []
+        spies += start_perf(pair, Path(a.perf)) if a.perf else []
         figures.update(source_start_rss_mb=vm_hwm_mb(pair.source.proc.pid),
                        recovery_start_rss_mb=vm_hwm_mb(pair.recovery.proc.pid))
         print(f"peak RSS after start-up: source gateway {figures['source_start_rss_mb']:.0f} MB, "

@@ -143,9 +143,9 @@ def test_a_body_that_does_not_reassemble_is_sent_again_unsplit(tmp_path, monkeyp
 
 
 def test_while_the_peer_lacks_nearly_every_body_one_question_asks_for_bodies_and_parts(tmp_path):
-    """A seed: after an answer that lacked every body, the next batch asks for bodies and parts in
-    one round trip; what the peer turns out to hold (a body, an attachment) still does not
-    travel, and once it held more, the two questions come back."""
+    """A seed: before the first answer, and after an answer that lacked every body, a batch asks for
+    bodies and parts in one round trip; what the peer turns out to hold (a body, an attachment)
+    still does not travel, and once it held more, the two questions come back."""
     p = Pipeline(tmp_path)
     p.shipper.builder.max_changes = 100
     asked: list[tuple[int, int]] = []  # (bodies, parts) per question
@@ -161,7 +161,7 @@ def test_while_the_peer_lacks_nearly_every_body_one_question_asks_for_bodies_and
         p.primary.deliver("alice", with_attachment(f"first {i}", os.urandom(50_000)))
     p.capture.cycle(p.mailbox().id, p.primary.open("alice"))
     assert p.shipper.ship_once()
-    assert asked == [(4, 0), (0, 4)], "first batch: bodies, then parts"
+    assert asked == [(4, 4)], "first batch, nothing known yet: bodies and parts at once"
     assert p.shipper.builder.lacked_share == 1.0
 
     # the peer already holds one body (the same bytes delivered again) and one attachment

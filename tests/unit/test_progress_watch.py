@@ -3,6 +3,7 @@ replay pass commits (with only the replicas applied since), and the source gatew
 watcher follows the replay through them, moving positions forward only."""
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
@@ -85,6 +86,67 @@ def test_the_answer_carries_its_token_and_a_bad_one_is_refused():
         Ack.from_json({"v": 1, "results": [], "token": "t" * 41})
     with pytest.raises(WireError):
         Ack.from_json({"v": 1, "results": [], "token": 5})
+
+
+def test_a_wait_is_woken_by_the_commit_of_a_pass_in_another_thread():
+    sig = ProgressSignal()
+    since = sig.since(sig.token)
+
+    async def waiting():
+        threading.Timer(0.05, sig.applied, (3,)).start()  # replay passes run in worker threads
+        t0 = time.monotonic()
+        changed = await sig.wait(since, 5.0)
+        return changed, time.monotonic() - t0
+
+    changed, waited = asyncio.run(waiting())
+    assert changed and sig.replicas(since) == {3}
+    assert waited < 2.5, f"woken by the commit, not at the end of the wait ({waited:.2f} s)"
+    assert sig._waiters == []
+
+
+def test_a_wait_ends_at_once_when_something_was_applied_and_after_its_time_when_not():
+    sig = ProgressSignal()
+    since = sig.since(sig.token)
+    t0 = time.monotonic()
+    assert asyncio.run(sig.wait(since, 0.3)) is False
+    assert time.monotonic() - t0 >= 0.3 and sig._waiters == []
+    sig.applied(1)
+    assert asyncio.run(sig.wait(since, 30.0)) is True  # applied before the wait: no wait at all
+    assert asyncio.run(sig.wait(Since(None), 30.0)) is True  # a full answer is always due
+
+
+def test_waits_in_several_event_loops_are_all_woken_and_a_cancelled_one_leaves_nothing():
+    sig = ProgressSignal()
+    since = sig.since(sig.token)
+    results: list[bool] = []
+
+    def in_own_loop():
+        results.append(asyncio.run(sig.wait(since, 10.0)))
+
+    threads = [threading.Thread(target=in_own_loop) for _ in range(3)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 5
+    while len(sig._waiters) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(sig._waiters) == 3
+    sig.applied(9)
+    deadline = time.monotonic() + 4  # well before their wait of 10 s ends
+    for t in threads:
+        t.join(max(0.0, deadline - time.monotonic()))
+    assert results == [True, True, True] and sig._waiters == []
+
+    async def cancelled():
+        task = asyncio.ensure_future(sig.wait(sig.since(sig.token), 10.0))
+        await asyncio.sleep(0.05)
+        assert len(sig._waiters) == 1
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled())  # a client that went away
+    assert sig._waiters == []
+    sig.applied(9)  # and a commit afterwards wakes nobody, without error
 
 
 # ---------------------------------------------------------------- the recovery gateway's route
