@@ -23,7 +23,9 @@ times 3 per quiet run, at most ``idle_poll_max``), and one that found work is sw
 (mail comes in bursts: a mailbox that just had a change is likely to have the next soon). The
 sweep takes the jobs known to have work first (``Job.has_work``: a replica with received changes
 goes before the standby checks of idle copies, which would otherwise hold a backlog behind
-thousands of quick looks), then the most recently active, then the quiet ones longest due; with
+thousands of quick looks), then those not run for ``idle_poll_max`` (their bound is up: the
+recently active, swept at every poll, must not take every turn of ``sweep_rate`` meanwhile),
+then the most recently active, then the quiet ones longest due; with
 ``sweep_rate`` at most that many of the jobs without known work start a second (each is most
 often a login), the others staying due for a later sweep. A wake-up (by name, or
 of all after an admin action) always runs the job. ``most_active(n)`` names the mailboxes that
@@ -84,6 +86,7 @@ class _Slot:
     quiet: int = 0  # runs in a row that found nothing to do
     next_sweep: float = 0.0  # the periodic sweep leaves the job out until then (idle_poll_max)
     last_active: float = 0.0  # when a run last found work
+    ran_at: float = float("-inf")  # when a run last ended well (swept or woken)
     woken_run: float = float("-inf")  # when a run woken by name last started
 
 
@@ -236,15 +239,20 @@ class MailboxWorkers:
         return self._within_rate(sorted(keys, key=lambda k: self._sweep_rank(by_key[k], now)), by_key, now)
 
     def _sweep_rank(self, job: Job, now: float) -> tuple:
-        """Jobs with known work first; then those active within ``active_window``, the most
-        recent first; then the quiet ones, the longest due first (each gets its turn under
-        ``sweep_rate``)."""
+        """Jobs with known work first; then those not run for ``idle_poll_max`` (or never), the
+        longest waiting first: their bound is up, and under ``sweep_rate`` the recently active
+        must not take every turn while a quiet mailbox waits on and on; then those active within
+        ``active_window``, the most recent first; then the quiet ones, the longest due first."""
         slot = self._slots.get(job.key)
         if job.has_work:
             return (0, 0.0)
-        if slot is not None and now - slot.last_active <= self.active_window:
-            return (1, -slot.last_active)
-        return (2, slot.next_sweep if slot is not None else float("-inf"))
+        if slot is None:
+            return (1, float("-inf"))
+        if self.idle_poll_max is not None and now - slot.ran_at >= self.idle_poll_max:
+            return (1, slot.ran_at)
+        if now - slot.last_active <= self.active_window:
+            return (2, -slot.last_active)
+        return (3, slot.next_sweep)
 
     def _within_rate(self, keys: list[Hashable], by_key: dict, now: float) -> list[Hashable]:
         """``keys`` (ranked) cut to the sweep's allowance: ``sweep_rate`` per second since the last
@@ -333,9 +341,10 @@ class MailboxWorkers:
 
     def _note_result(self, slot: _Slot, found: bool) -> None:
         """Adaptive sweep (``idle_poll_max``): back to every poll after work, further apart when quiet."""
+        now = time.monotonic()
+        slot.ran_at = now
         if self.idle_poll_max is None:
             return
-        now = time.monotonic()
         if found:
             slot.quiet, slot.last_active, slot.next_sweep = 0, now, 0.0
             return

@@ -514,7 +514,7 @@ def test_a_sweep_runs_the_jobs_with_work_before_the_recently_active_ones_that_on
     workers = MailboxWorkers("t", lambda: list(jobs), workers=1, poll_interval=30, idle_poll_max=60)
     now = time.monotonic()
     for k in range(3):  # the looking-only jobs had work a moment ago, the others never ran
-        workers._slots[k] = _Slot(last_active=now - k)
+        workers._slots[k] = _Slot(last_active=now - k, ran_at=now - k)
     assert workers._sweep_order({j.key: j for j in jobs}, {}, now, forced=False)[:3] == [3, 4, 5]
     workers.start()
     try:
@@ -555,6 +555,47 @@ def test_a_sweep_starts_at_most_sweep_rate_quiet_jobs_a_second_but_every_job_wit
     assert 8 <= len(quiet) <= 18, len(quiet)
     assert busy == set(range(100, 110)), "jobs with work are not held by the rate"
     assert len(set(quiet)) == len(quiet), "the longest waiting go first: none polled twice before the others"
+
+
+def test_the_recently_active_do_not_starve_a_quiet_job_whose_idle_poll_max_is_up():
+    """Under ``sweep_rate``, more recently active mailboxes than the rate can poll at every sweep
+    (mail arriving at many of them): a quiet mailbox is still polled about every
+    ``idle_poll_max``, not left out until the others go quiet."""
+    runs: list[int] = []
+    lock = threading.Lock()
+
+    def job(key: int) -> Job:
+        def run(session) -> bool:
+            with lock:
+                runs.append(key)
+            return key != 0  # key 0 is quiet; the others find mail at every look
+        return Job(key=key, open_session=FakeSession, run=run)
+
+    jobs = [job(k) for k in range(20)]
+    # 20 a poll wanted every 0.05 s (400 a second) against 20 a second allowed
+    workers = MailboxWorkers("t", lambda: list(jobs), workers=2, poll_interval=0.05, idle_poll_max=0.4,
+                             active_window=60.0, sweep_rate=20.0)
+    workers.start()
+    try:
+        time.sleep(3.0)
+    finally:
+        workers.stop()
+    with lock:
+        quiet = runs.count(0)
+        active = len(runs) - quiet
+    assert quiet >= 4, f"the quiet job ran {quiet} times in 3 s with idle_poll_max 0.4 s"
+    assert active > 3 * quiet, "the rest of the allowance still goes to the recently active"
+
+
+def test_the_sweep_ranks_a_job_whose_idle_poll_max_is_up_before_the_recently_active():
+    workers = MailboxWorkers("t", lambda: [], poll_interval=5.0, idle_poll_max=120.0)
+    jobs = {k: Job(key=k, open_session=FakeSession, run=lambda s: None) for k in range(4)}
+    now = time.monotonic()
+    workers._slots[0] = _Slot(last_active=now - 1, ran_at=now - 1)  # active, polled a moment ago
+    workers._slots[1] = _Slot(quiet=5, next_sweep=now - 1, ran_at=now - 121)  # quiet, its bound is up
+    workers._slots[2] = _Slot(quiet=2, next_sweep=now - 2, ran_at=now - 17)  # quiet, due, within its bound
+    workers._slots[3] = _Slot(last_active=now - 200, quiet=5, next_sweep=now - 0.5, ran_at=now - 130)
+    assert workers._sweep_order(jobs, {}, now, forced=False) == [3, 1, 0, 2]
 
 
 def test_the_rate_allowance_is_saved_up_for_two_poll_intervals_at_most():
