@@ -50,17 +50,23 @@ def test_take_session_hands_over_only_an_idle_cached_session():
     assert not opened[0].closed  # the caller owns it now: stopping the pool does not close it
 
 
-def test_a_keyed_wake_runs_only_that_job_and_the_poll_runs_all():
-    runs: list[int] = []
+def recording_jobs(keys, found=lambda key: None, has_work=lambda key: False):
+    """Jobs that note their key in ``runs`` (under ``lock``) each time they run and return ``found(key)``."""
+    runs: list = []
     lock = threading.Lock()
 
-    def job(key: int) -> Job:
-        def run(session) -> None:
+    def job(key) -> Job:
+        def run(session):
             with lock:
                 runs.append(key)
-        return Job(key=key, open_session=FakeSession, run=run)
+            return found(key)
+        return Job(key=key, open_session=FakeSession, run=run, has_work=has_work(key))
 
-    jobs = [job(k) for k in range(10)]
+    return [job(k) for k in keys], runs, lock
+
+
+def test_a_keyed_wake_runs_only_that_job_and_the_poll_runs_all():
+    jobs, runs, _ = recording_jobs(range(10))
     workers = MailboxWorkers("t", lambda: list(jobs), workers=2, poll_interval=1.5)
     workers.start()
     try:
@@ -530,17 +536,8 @@ def test_a_sweep_runs_the_jobs_with_work_before_the_recently_active_ones_that_on
 def test_a_sweep_starts_at_most_sweep_rate_quiet_jobs_a_second_but_every_job_with_work():
     """Thousands of quiet mailboxes: their polls (logins) are a bounded trickle, the longest
     waiting first, while every mailbox with known work (seeding, a replica to apply) runs."""
-    runs: list[int] = []
-    lock = threading.Lock()
-
-    def job(key: int) -> Job:
-        def run(session) -> bool:
-            with lock:
-                runs.append(key)
-            return key >= 100
-        return Job(key=key, open_session=FakeSession, run=run, has_work=key >= 100)
-
-    jobs = [job(k) for k in range(40)] + [job(k) for k in range(100, 110)]
+    jobs, runs, lock = recording_jobs([*range(40), *range(100, 110)], found=lambda k: k >= 100,
+                                      has_work=lambda k: k >= 100)
     workers = MailboxWorkers("t", lambda: list(jobs), workers=2, poll_interval=0.1, idle_poll_max=0.1,
                              sweep_rate=5.0)
     workers.start()
@@ -561,17 +558,8 @@ def test_the_recently_active_do_not_starve_a_quiet_job_whose_idle_poll_max_is_up
     """Under ``sweep_rate``, more recently active mailboxes than the rate can poll at every sweep
     (mail arriving at many of them): a quiet mailbox is still polled about every
     ``idle_poll_max``, not left out until the others go quiet."""
-    runs: list[int] = []
-    lock = threading.Lock()
-
-    def job(key: int) -> Job:
-        def run(session) -> bool:
-            with lock:
-                runs.append(key)
-            return key != 0  # key 0 is quiet; the others find mail at every look
-        return Job(key=key, open_session=FakeSession, run=run)
-
-    jobs = [job(k) for k in range(20)]
+    # key 0 is quiet; the others find mail at every look
+    jobs, runs, lock = recording_jobs(range(20), found=lambda k: k != 0)
     # 20 a poll wanted every 0.05 s (400 a second) against 20 a second allowed
     workers = MailboxWorkers("t", lambda: list(jobs), workers=2, poll_interval=0.05, idle_poll_max=0.4,
                              active_window=60.0, sweep_rate=20.0)
