@@ -19,6 +19,10 @@
    bound make the verdict ``in_flight``.
 
 Verdicts: ``equal``, ``different`` (with the differences), ``in_flight``, ``error`` (with why).
+A retryable failure (the recovery gateway or the server not answering in time: a link that just
+came back, a busy server) starts the mailbox's check again after its back-off, up to
+:data:`ATTEMPTS` times within the settle bound; only then, or at once for any other failure,
+is the verdict ``error``.
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ log = logging.getLogger("mailrepl.verify")
 
 SETTLE_POLL = 0.2  # seconds between looks at the queues while waiting for changes in flight
 CONFIRM_LOOKS = 3  # a difference is reported once found this many times, with the queues settled between
+ATTEMPTS = 3  # checks of one mailbox started, when the ones before failed for a retryable reason
 
 
 @dataclass
@@ -111,16 +116,26 @@ class MailboxVerifier:
 
     def verify(self, server: str, address: str, progress: Progress | None = None,
                settle_timeout: float | None = None) -> MailboxReport:
-        report = MailboxReport(server, address)
         progress = progress or Progress()
-        start = progress.messages_checked
-        try:
-            self._verify(report, progress, self.settle_timeout if settle_timeout is None else settle_timeout)
-        except MailreplError as exc:
-            report.verdict, report.error = "error", f"{exc.__class__.__name__}: {exc}"
-            report.differences = []
-        report.messages_checked = progress.messages_checked - start
-        return report
+        settle_timeout = self.settle_timeout if settle_timeout is None else settle_timeout
+        deadline = time.monotonic() + settle_timeout
+        attempt = 0
+        while True:
+            attempt += 1
+            report = MailboxReport(server, address)
+            start = progress.messages_checked
+            try:
+                self._verify(report, progress, settle_timeout if attempt == 1 else deadline - time.monotonic())
+            except MailreplError as exc:
+                report.verdict, report.error = "error", f"{exc.__class__.__name__}: {exc}"
+                report.differences = []
+                wait = max(exc.back_off, 1.0)
+                if exc.retryable and attempt < ATTEMPTS and time.monotonic() + wait < deadline:
+                    log.info("verify of %s/%s: %s; checking it again in %.0f s", server, address, report.error, wait)
+                    time.sleep(wait)
+                    continue
+            report.messages_checked = progress.messages_checked - start
+            return report
 
     # ------------------------------------------------------------------ the check
 

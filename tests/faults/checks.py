@@ -139,13 +139,25 @@ def _flags(key) -> str:
 
 # --- the product's verify report ----------------------------------------------------------------
 
+def _verify_failure(stdout: str) -> str:
+    """What made a verify report an error: the report's own error and the mailboxes not found
+    equal (a long report's tail alone is most often the equal ones)."""
+    try:
+        report = json.loads(stdout)
+    except ValueError:
+        return stdout[-3000:]
+    failed = [m for m in report.get("mailboxes", []) if m.get("verdict") != "equal"]
+    return json.dumps({"state": report.get("state"), "error": report.get("error"), "not_equal": failed},
+                      indent=2)[:6000]
+
+
 def run_verify(source_url: str, token: str, *, timeout: float = VERIFY_TIMEOUT) -> dict:
     """``mailrepl verify --all --json`` against the source gateway; the report (exit 0 or 1)."""
     proc = subprocess.run([sys.executable, "-m", "mailrepl", "verify", "--all", "--json", "--url", source_url,
                            "--token", token], capture_output=True, text=True, cwd=REPO, timeout=timeout,
                           env=dict(os.environ, PYTHONUNBUFFERED="1"))
     if proc.returncode not in (0, 1):
-        raise AssertionError(f"mailrepl verify failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
+        raise AssertionError(f"mailrepl verify failed (exit {proc.returncode}):\n{_verify_failure(proc.stdout)}\n"
                              f"{proc.stderr[-3000:]}")
     try:
         report = json.loads(proc.stdout)

@@ -10,6 +10,8 @@ from datetime import timedelta
 import httpx
 import pytest
 
+from mailrepl.shared.errors import MailreplError, TransportError
+from mailrepl.shared.protocol.peer_client import PeerClient
 from tests.unit.test_cli import TOKEN, Site, cli
 
 INGEST = "ingest-token-Kl3Zx6Cv9Bn2Mq5We8Rt1"
@@ -62,6 +64,31 @@ def test_equal_copies_and_the_report_shape(site):
     assert alice["folders_checked"] == 2 and alice["messages_checked"] == 13
     assert alice["folders_listed"] == 0  # the cheap pass proved both folders equal
     assert report["progress"]["mailboxes_done"] == report["progress"]["mailboxes_total"] == 2
+
+
+@pytest.mark.parametrize("retryable", [True, False])
+def test_a_retryable_failure_is_checked_again_and_another_is_an_error(site, monkeypatch, retryable):
+    """The recovery gateway not answering in time (a link just back) does not make the verdict an
+    error: the mailbox is checked again after the back-off. Any other failure is reported."""
+    calls: list[str] = []
+    listing = PeerClient.verify
+
+    def flaky(self, server, address, folders=()):
+        calls.append(address)
+        if address == "alice" and calls.count("alice") == 1:
+            raise TransportError("the recovery gateway did not answer in time") if retryable else \
+                MailreplError("the recovery gateway refused the listing")
+        return listing(self, server, address, folders)
+
+    monkeypatch.setattr(PeerClient, "verify", flaky)
+    report = verify(site, addresses=["alice"], settle_timeout=20)
+    alice = report["mailboxes"][0]
+    if retryable:
+        assert alice["verdict"] == "equal" and alice["error"] is None and report["equal"] is True
+        assert calls.count("alice") >= 2 and alice["messages_checked"] == 13
+    else:
+        assert alice["verdict"] == "error" and "refused the listing" in alice["error"]
+        assert calls.count("alice") == 1
 
 
 def test_differences_on_the_standby(site):
