@@ -15,10 +15,11 @@
 While the recovery gateway lacked nearly every body asked about last time (a seed: at least
 ``ONE_QUESTION_FROM`` of them; so too before its first answer), both questions are asked at
 once instead: the ranges are trimmed as if every body had to travel (the bound holds), those
-bodies are split, and one round trip asks for bodies and parts together; what it holds is then left out, bodies and the parts only
-they needed. Across a long link that saves a round trip per batch, which on a busy link waits
-behind the batches in flight. Where it held more (mail delivered to many mailboxes), the two
-questions come back: a batch is then filled by what really travels.
+bodies are split, and one round trip asks for bodies and parts together; what it holds is then
+left out, bodies and the parts only they needed. Across a long link that saves a round trip per
+batch, which on a busy link waits behind the batches in flight. Where it held more (mail
+delivered to many mailboxes), the two questions come back: a batch is then filled by what
+really travels.
 
 Accounting per mailbox: ``raw`` (the bodies its changes refer to, as captured) and ``payload``
 (the skeleton and part bytes it put into the batch, before compression); the shipper adds the
