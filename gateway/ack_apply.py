@@ -45,21 +45,31 @@ _DROP_APPLIED = delete(_OUTBOX).where(_OUTBOX.c.mailbox_id == bindparam("m"), _O
 class Outcome:
     send_whole: set[str] = field(default_factory=set)  # bodies the peer could not reassemble: sent unsplit
     waiting: bool = False  # a mailbox the answer moved waits to be applied at DR
+    # (server, address) of gaps that ask again for changes known here to be applied at DR: an
+    # answer overtaken by later ones, or a peer that lost changes (``check_loss`` tells which)
+    doubtful: set[tuple[str, str]] = field(default_factory=set)
 
 
 def apply_ack(store: Store, body_lock: threading.Lock, ack: Ack, built: Built | None = None, wire_bytes: int = 0,
-              *, forward_only: bool = False) -> Outcome:
+              *, forward_only: bool = False, check_loss: bool = False) -> Outcome:
     """Apply ``ack`` (for a sent batch ``built`` of ``wire_bytes`` on the wire, with its bytes
     accounting). ``forward_only``: an answer of the progress watcher, taken while batches may
     be in flight — it moves positions forward only (an answer read before a batch was stored
     must not send that batch again); the shipper's own progress queries see a peer that lost
-    changes."""
+    changes.
+
+    A gap that asks for changes already applied at DR (and removed here) is only *doubtful*
+    (``Outcome.doubtful``): batches travel side by side, and one that reached the peer before
+    the batch sent ahead of it is answered as a gap, an answer that the progress watcher may
+    have overtaken meanwhile. ``check_loss``: a progress answer asked with no batch in flight,
+    which is never overtaken: a mailbox the peer holds less of than was applied there lost
+    changes, and is set aside with that error."""
     outcome = Outcome()
     released: set[str] = set()
     # not flushed on its own: lost in a power failure, the peer's next answer says it again
     # (a change sent again is a no-op there), and the outbox rows it removes come back
     with store.read() as s:
-        todo = _changed(s, ack, built)
+        todo = _changed(s, ack, built, every=check_loss)
     if not todo:
         return outcome
     with body_lock, store.tx(durable=False) as s:
@@ -81,11 +91,8 @@ def apply_ack(store: Store, body_lock: threading.Lock, ack: Ack, built: Built | 
                 log.error("%s/%s: %s", res.server, res.address, values["ship_error"])
             elif res.status == "gap":
                 resend = res.resend_from or 1
-                if resend <= applied:
-                    values["ship_error"] = (
-                        f"recovery gateway lost changes from {resend} on, which were already applied and "
-                        "removed here; protect the mailbox again to re-seed"
-                    )
+                if resend <= applied:  # nothing changes here until a progress answer tells which
+                    outcome.doubtful.add((res.server, res.address))
                 else:
                     acked = min(acked, resend - 1)
             elif res.status == "error":
@@ -97,6 +104,12 @@ def apply_ack(store: Store, body_lock: threading.Lock, ack: Ack, built: Built | 
                     log.warning("%s/%s: %d bodies did not reassemble at the recovery gateway; "
                                 "sending them unsplit", res.server, res.address, len(res.whole))
                     outcome.send_whole.update(res.whole)
+            if res.status == "ok" and check_loss and res.acked < applied:
+                values["ship_error"] = (
+                    f"recovery gateway lost changes from {res.acked + 1} on, which were already applied and "
+                    "removed here; protect the mailbox again to re-seed"
+                )
+                log.error("%s/%s: %s", res.server, res.address, values["ship_error"])
             if res.status == "ok" and forward_only:
                 acked = max(acked, min(res.acked, row.last_seq))
             elif res.status == "ok":
@@ -140,10 +153,10 @@ def _account(row, built: Built, wire_bytes: int) -> dict:
             "wire": round(wire_bytes * payload / total) if total else 0}
 
 
-def _changed(s, ack: Ack, built: Built | None) -> list[tuple[int, object]]:
-    """The results of ``ack`` that change something here, with their mailbox's id: one read of
-    every answered mailbox's counters (a progress answer names all of a source's mailboxes, most
-    of them unchanged), instead of loading each mailbox."""
+def _changed(s, ack: Ack, built: Built | None, every: bool = False) -> list[tuple[int, object]]:
+    """The results of ``ack`` that change something here (``every``: all of them), with their
+    mailbox's id: one read of every answered mailbox's counters (a progress answer names all of
+    a source's mailboxes, most of them unchanged), instead of loading each mailbox."""
     if not ack.results:
         return []
     wanted = {(r.server, r.address) for r in ack.results}
@@ -155,7 +168,7 @@ def _changed(s, ack: Ack, built: Built | None) -> list[tuple[int, object]]:
     todo = []
     for res in ack.results:
         row = current.get((res.server, res.address))
-        if row is not None and (built is not None or _differs(res, row)):
+        if row is not None and (built is not None or every or _differs(res, row)):
             todo.append((row.id, res))
     return todo
 

@@ -22,7 +22,7 @@ from mailrepl.shared.engines.batch_builder import BatchBuilder, Built
 from mailrepl.shared.errors import PeerRefused
 from mailrepl.shared.protocol.link_rate import LinkRateCap
 from mailrepl.shared.protocol.peer_client import HttpClient, PeerClient, as_peer_client
-from mailrepl.shared.protocol.wire import Ack, encode_batch
+from mailrepl.shared.protocol.wire import Ack, SegmentResult, encode_batch
 from mailrepl.shared.runtime.background import Background
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.models import Mailbox
@@ -102,6 +102,8 @@ class Shipper:
         self._watcher = Background("progress-watcher", self._watch)
         self._acked = threading.Event()  # set when an answer leaves a mailbox waiting to be applied
         self.watching = False  # the peer answers waiting progress queries (and the watcher runs)
+        # gaps asking again for changes applied at DR: settled by a progress query with nothing in flight
+        self._doubtful: set[tuple[str, str]] = set()
         # a mailbox cut over to DR ships no more (what it captured late is re-based at failback)
         self.builder = BatchBuilder(store, source_id, self._held, max_changes=max_changes, max_bytes=max_bytes,
                                     part_threshold=part_threshold, where=Mailbox.site_state == "replicating")
@@ -138,6 +140,7 @@ class Shipper:
         ack = self._send(data, built)
         if ack is not None:
             self._record(ack, built, len(data))
+        self.settle_doubts()
         return True
 
     def ship_pipelined(self) -> int:
@@ -152,6 +155,7 @@ class Shipper:
         "ok" ends the run once the batches in flight are answered: the next run starts again
         from what the peer acknowledged.
         """
+        self.settle_doubts()  # left by a run that failed: settled before anything is sent again
         sent = 0
         depth = 1 if self.rate_cap is not None else self.in_flight
         upto: dict[tuple[str, str], int] = {}
@@ -296,6 +300,29 @@ class Shipper:
         self._last_progress = time.monotonic()
         self._record(self.peer.progress())
 
+    def settle_doubts(self) -> None:
+        """Ask how far the peer holds the mailboxes whose batch was answered with a gap asking for
+        changes applied at DR (``mailrepl.gateway.ack_apply``), with no batch in flight: an
+        answer overtaken by the progress watcher's is let go (the batch is sent again from what
+        the peer holds), a peer that holds less than it applied lost changes (set aside, with
+        that error). Kept for the next run if the peer does not answer."""
+        if not self._doubtful:
+            return
+        doubtful, self._doubtful = self._doubtful, set()
+        try:
+            ack = self.peer.progress()
+        except BaseException:
+            self._doubtful |= doubtful
+            raise
+        answered = {(res.server, res.address): res for res in ack.results if (res.server, res.address) in doubtful}
+        # a mailbox the peer does not name at all holds nothing there
+        results = tuple(answered.get(who) or SegmentResult(who[0], who[1], "ok", 0) for who in sorted(doubtful))
+        self._last_progress = time.monotonic()
+        apply_ack(self.store, self.body_lock, Ack(results), check_loss=True)
+        for res in results:
+            log.info("%s/%s: a batch answered as a gap behind changes applied at DR: the recovery gateway "
+                     "holds up to %d", res.server, res.address, res.acked)
+
     def _record(self, ack: Ack, built: Built | None = None, wire_bytes: int = 0, *, forward_only: bool = False) -> None:
         """Apply an acknowledgement (and, for a sent batch, its bytes accounting) to the store
         (``mailrepl.gateway.ack_apply``). ``forward_only``: an answer of the progress watcher."""
@@ -307,6 +334,8 @@ class Shipper:
             self.stats.payload_bytes += built.payload_total
         outcome = apply_ack(self.store, self.body_lock, ack, built, wire_bytes, forward_only=forward_only)
         self.builder.send_whole.update(outcome.send_whole)
+        if outcome.doubtful:  # only batch answers have gaps: only the shipper's thread gets here
+            self._doubtful |= outcome.doubtful
         if outcome.waiting:
             self._acked.set()  # the watcher follows their replay
 
