@@ -114,7 +114,7 @@ class Batch:
     source: str
     segments: tuple[Segment, ...]
     messages: dict[str, bytes] = field(default_factory=dict)  # whole-message SHA-256 -> skeleton
-    parts: dict[str, bytes] = field(default_factory=dict)  # XXH3-128 key -> part body
+    parts: dict[str, bytes] = field(default_factory=dict)  # XXH3-128 key -> part body (decoded: a view)
     created: str = ""
 
 
@@ -251,6 +251,7 @@ def decode_batch(data: bytes, *, max_bytes: int = MAX_DECODED_BYTES, born_ids: b
             f"{', '.join(map(str, READABLE_VERSIONS))}); upgrade the recovery gateway first"
         )
     body = memoryview(data)[_PREFIX.size :]
+    tail = memoryview(b"")  # parts stored as they are, after the compressed frame
     if codec == CODEC_ZSTD:
         if version >= 2:
             if len(body) < _U64.size:
@@ -260,58 +261,67 @@ def decode_batch(data: bytes, *, max_bytes: int = MAX_DECODED_BYTES, born_ids: b
                 raise WireError("batch truncated inside its compressed frame")
             frame, tail = body[_U64.size : _U64.size + frame_len], body[_U64.size + frame_len :]
         else:
-            frame, tail = body, memoryview(b"")
+            frame = body
         room = max_bytes - len(tail)  # the stored parts count towards the limit too
         if room < 0:
             raise WireError(f"batch inflates beyond {max_bytes} bytes")
-        payload = _inflate(frame, room, max_bytes)
-        if len(tail):
-            payload = b"".join((payload, tail))  # the stored parts follow the compressed ones
+        payload = memoryview(_inflate(frame, room, max_bytes))
     elif codec == CODEC_NONE:
         if len(body) > max_bytes:
             raise WireError(f"batch inflates beyond {max_bytes} bytes")
-        payload = bytes(body)
+        payload = body
     else:
         raise WireError(f"unknown codec {codec}")
-    if len(payload) < 4:
+    # the inflated frame and the stored parts read as one stream, never joined into a copy
+    total = len(payload) + len(tail)
+    if total < 4:
         raise WireError("batch payload truncated")
-    (hlen,) = _U32.unpack_from(payload)
-    if hlen > len(payload) - 4:
+    (hlen,) = _U32.unpack(_span(payload, tail, 0, 4))
+    if hlen > total - 4:
         raise WireError("batch truncated inside its header")
     try:
-        header = json.loads(bytes(payload[4 : 4 + hlen]))
+        header = json.loads(bytes(_span(payload, tail, 4, hlen)))
     except (ValueError, RecursionError) as exc:  # RecursionError: brackets nested beyond reason
         raise WireError(f"malformed batch header: not JSON ({str(exc)[:100]})") from None
     source, created, seg_fields, listed, part_list = read_header(header, version, born_ids=born_ids)
     segments = tuple(Segment(server=srv, address=addr, range=rng, changes=changes, captured=captured)
                      for srv, addr, rng, changes, captured in seg_fields)
-    if sum(size for _, size in listed) + sum(size for _, size in part_list) > len(payload) - 4 - hlen:
+    if sum(size for _, size in listed) + sum(size for _, size in part_list) > total - 4 - hlen:
         raise WireError("batch truncated: its header lists more bytes than it carries")
-    view = memoryview(payload)
     off = 4 + hlen
     messages: dict[str, bytes] = {}
     for sha, size in listed:
-        chunk = bytes(view[off : off + size])
-        if len(chunk) != size:
-            raise WireError("batch truncated inside a message")
+        chunk = bytes(_span(payload, tail, off, size))
         if version == 1:  # whole bodies: check them here and carry them as whole skeletons
             if hashlib.sha256(chunk).hexdigest() != sha:
                 raise WireError(f"message {sha[:16]}… does not match its hash")
             chunk = whole_skeleton(chunk)
         messages[sha] = chunk
         off += size
-    parts: dict[str, bytes] = {}
+    # parts are views into the received and the inflated bytes, not copies: the largest share
+    # of a batch, on their way to the blob store's files
+    parts: dict[str, bytes | memoryview] = {}
     for key, size in part_list:
-        chunk = bytes(view[off : off + size])
-        if len(chunk) != size:
-            raise WireError("batch truncated inside a part")
+        chunk = _span(payload, tail, off, size)
         if xxhash.xxh3_128(chunk).hexdigest() != key:
             raise WireError(f"part {key[:16]}… does not match its hash")
         parts[key] = chunk
         off += size
-    if off != len(payload):
+    if off != total:
         raise WireError("trailing bytes after the last part")
     return Batch(source=source, segments=segments, messages=messages, parts=parts, created=created)
+
+
+def _span(first: memoryview, second: memoryview, off: int, size: int) -> bytes | memoryview:
+    """``size`` bytes at ``off`` of ``first`` followed by ``second``: a view into one of them, or
+    a copy of the two pieces for an item that straddles the boundary (the encoder never writes
+    one; the offsets and sizes come from a checked header, within the total)."""
+    cut = len(first)
+    if off + size <= cut:
+        return first[off : off + size]
+    if off >= cut:
+        return second[off - cut : off - cut + size]
+    return bytes(first[off:]) + bytes(second[: off + size - cut])
 
 
 def _inflate(frame: memoryview, room: int, limit: int) -> bytes:

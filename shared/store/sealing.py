@@ -65,9 +65,10 @@ class Sealer:
         return f"Sealer(key_id={self.key_id!r}, readable={sorted(self._aead)!r})"
 
     def seal(self, data: bytes, address: str) -> bytes:
-        """``data`` as stored: sealed under the current key, or as it is (escaped if need be)."""
+        """``data`` (any bytes-like object) as stored: sealed under the current key, or as it is
+        (escaped if need be)."""
         if self.key_id is None:
-            return MAGIC + b"\0" + data if data.startswith(MAGIC) else data
+            return MAGIC + b"\0" + data if bytes(data[:len(MAGIC)]) == MAGIC else data
         nonce = os.urandom(_NONCE)
         kid = self.key_id.encode()
         return (MAGIC + bytes([len(kid)]) + kid + nonce
