@@ -117,15 +117,14 @@ class MailboxVerifier:
     def verify(self, server: str, address: str, progress: Progress | None = None,
                settle_timeout: float | None = None) -> MailboxReport:
         progress = progress or Progress()
-        settle_timeout = self.settle_timeout if settle_timeout is None else settle_timeout
-        deadline = time.monotonic() + settle_timeout
+        deadline = time.monotonic() + (self.settle_timeout if settle_timeout is None else settle_timeout)
         attempt = 0
         while True:
             attempt += 1
             report = MailboxReport(server, address)
             start = progress.messages_checked
             try:
-                self._verify(report, progress, settle_timeout if attempt == 1 else deadline - time.monotonic())
+                self._verify(report, progress, max(0.0, deadline - time.monotonic()))
             except MailreplError as exc:
                 report.verdict, report.error = "error", f"{exc.__class__.__name__}: {exc}"
                 report.differences = []
