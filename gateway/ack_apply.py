@@ -139,7 +139,7 @@ def apply_ack(store: Store, body_lock: threading.Lock, ack: Ack, built: Built | 
             s.execute(_DROP_APPLIED, applied_upto)
         outcome.waiting = any(c["acked"] > c["applied"] for c in counters)
         # bodies of the removed rows that no remaining row refers to (same message elsewhere)
-        drop_unreferenced_bodies(s, released)
+        drop_unreferenced_bodies(s, released, store)
     return outcome
 
 

@@ -44,6 +44,7 @@ from mailrepl.shared.protocol.peer_client import HttpTransport, make_peer_client
 from mailrepl.shared.runtime.process import prepare_process, settle_heap
 from mailrepl.shared.store import open_store
 from mailrepl.shared.store.db import migrate_apart
+from mailrepl.shared.store.outbox import sweep_spool
 from mailrepl.shared.store.sealing import Sealer
 from mailrepl.shared.store.models import Mailbox
 from mailrepl.shared.runtime.workers import Job, MailboxWorkers
@@ -60,8 +61,11 @@ class SourceGateway:
         g, peer = settings.gateway, settings.peer
         self.settings = settings
         sealer = Sealer(g.encryption.key, g.encryption.old_keys)  # at-rest encryption (off without a key)
-        self.store = open_store(g.state_url, sealer=sealer)
+        self.store = open_store(g.state_url, sealer=sealer, spool_dir=g.outbox_dir)
         self.store.migrate()
+        swept = sweep_spool(self.store)  # before any worker runs: segments a crash left behind
+        if swept:
+            log.info("outbox spool: removed %d segment(s) no queued body is stored in", len(swept))
         # one bounded pool of connections per server, shared by capture, push, verify and failback
         self.adapters = {srv.name: pooled(srv, make_adapter(srv)) for srv in settings.servers}
         self.push_budget = {srv.name: push_budget(srv) for srv in settings.servers}

@@ -343,7 +343,7 @@ class FailbackPuller:
             shas = set(s.scalars(select(OutboxRow.sha256).where(OutboxRow.mailbox_id == mbx.id,
                                                                OutboxRow.sha256.is_not(None))))
             s.execute(delete(OutboxRow).where(OutboxRow.mailbox_id == mbx.id))
-            drop_unreferenced_bodies(s, shas)
+            drop_unreferenced_bodies(s, shas, self.store)
             mbx.acked_seq = mbx.applied_seq = mbx.last_seq
             # a retry after a refused re-base finds the catalog rebuilt: what the first run found stays
             forward = _merged(pending.get("forward", []), [c.to_dict() for c in forward])

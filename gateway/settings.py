@@ -2,7 +2,7 @@
 
 ::
 
-    [gateway]   id, state_url, listen, admin_token, poll_interval, idle_poll_max, idle_polls_per_second, workers, fetch_chunk, log_level,
+    [gateway]   id, state_url, listen, admin_token, poll_interval, idle_poll_max, idle_polls_per_second, workers, fetch_chunk, outbox_dir, log_level,
                 tls_cert, tls_key, tls_client_ca, plaintext (the admin API; see ``tls_settings``),
                 encryption_key(_file), encryption_old_key_files,
                 max_json_bytes, metrics_open, docs_open,
@@ -90,6 +90,7 @@ DEFAULT_PEER_TIMEOUT = 60.0
 DEFAULT_RETRY_INITIAL = 1.0
 DEFAULT_RETRY_MAX = 60.0
 DEFAULT_FAILBACK_BLOB_DIR = "mailrepl-failback-blobs"
+DEFAULT_OUTBOX_DIR = "mailrepl-outbox"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -105,6 +106,7 @@ class SourceGatewaySettings:
     workers: int = DEFAULT_WORKERS
     fetch_chunk: int = DEFAULT_FETCH_CHUNK
     failback_blob_dir: str = DEFAULT_FAILBACK_BLOB_DIR  # parts of standby changes replayed at failback
+    outbox_dir: str = DEFAULT_OUTBOX_DIR  # the outbox's bulk bodies (spool segments), part of the state
     log_level: str = "info"
     encryption: EncryptionSettings = EncryptionSettings()
     insecure_demo: bool = False  # loopback demo: secrets in a file others may read (warned at start-up)
@@ -164,7 +166,7 @@ class SourceSettings:
         """What ``check-config`` prints: the parsed settings without secrets."""
         g, p = self.gateway, self.peer
         lines = [
-            f'source gateway "{g.id}": listen {g.listen}, state {display_state_url(g.state_url)}',
+            f'source gateway "{g.id}": listen {g.listen}, state {display_state_url(g.state_url)}, outbox spool {g.outbox_dir}',
             f"  poll every {g.poll_interval:g} s, {g.workers} workers, fetch {g.fetch_chunk} messages per chunk, "
             f"log level {g.log_level}"
             + (" (insecure_demo: loopback demo)" if g.insecure_demo else ""),
@@ -200,6 +202,7 @@ def _read_gateway(table: Table) -> SourceGatewaySettings:
         workers=table.integer("workers", DEFAULT_WORKERS, minimum=1),
         fetch_chunk=table.integer("fetch_chunk", DEFAULT_FETCH_CHUNK, minimum=1),
         failback_blob_dir=str(table.resolve(table.string("failback_blob_dir", DEFAULT_FAILBACK_BLOB_DIR))),
+        outbox_dir=str(table.resolve(table.string("outbox_dir", DEFAULT_OUTBOX_DIR))),
         log_level=read_log_level(table),
         encryption=read_encryption(table),
         insecure_demo=demo,

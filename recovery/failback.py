@@ -204,7 +204,7 @@ class FailbackService:
                     done = (OutboxRow.mailbox_id == dr.id) & (OutboxRow.seq <= dr.applied_seq)
                     shas = set(s.scalars(select(OutboxRow.sha256).where(done, OutboxRow.sha256.is_not(None))))
                     s.execute(delete(OutboxRow).where(done))
-                    drop_unreferenced_bodies(s, shas)
+                    drop_unreferenced_bodies(s, shas, self.store)
 
     def next_batch(self, source: str, ready: Iterable[tuple[str, str]]) -> Batch | None:
         """The next reverse batch for the mailboxes (server, address) the source is ready to replay
@@ -251,7 +251,7 @@ class FailbackService:
                 shas = set(s.scalars(select(OutboxRow.sha256).where(OutboxRow.mailbox_id == dr.id,
                                                                    OutboxRow.sha256.is_not(None))))
                 s.execute(delete(OutboxRow).where(OutboxRow.mailbox_id == dr.id))
-                drop_unreferenced_bodies(s, shas)
+                drop_unreferenced_bodies(s, shas, self.store)
                 drop_aliases(s, dr.id)
                 CaptureState(s, dr.id).forget()
                 dr.acked_seq = dr.applied_seq = dr.last_seq
@@ -299,7 +299,7 @@ class FailbackService:
                 s.delete(dr)  # the replay workers build the standby view afresh
                 s.flush()
                 rep.view_seq = None
-                drop_unreferenced_bodies(s, shas)
+                drop_unreferenced_bodies(s, shas, self.store)
                 rep.received_seq = rep.applied_seq = max(base_seq, rep.applied_seq)
                 rep.error = None
                 full = dict(report)

@@ -2,7 +2,7 @@
 
 ::
 
-    [gateway]   id, state_url, listen, admin_token, workers, append_batch, blob_dir,
+    [gateway]   id, state_url, listen, admin_token, workers, append_batch, blob_dir, outbox_dir,
                 blob_grace_seconds, standby_check_interval, standby_checks_per_second, log_level, tls_cert, tls_key, tls_client_ca, plaintext,
                 encryption_key(_file), encryption_old_key_files, max_json_bytes, max_batch_bytes,
                 max_inflated_bytes, max_concurrent_ingests, metrics_open, docs_open, min_free_bytes
@@ -85,6 +85,7 @@ DEFAULT_STATE_URL = "sqlite:///mailrepl-recovery.sqlite"
 DEFAULT_LISTEN = "127.0.0.1:8471"
 DEFAULT_WORKERS = 4
 DEFAULT_BLOB_DIR = "mailrepl-blobs"
+DEFAULT_OUTBOX_DIR = "mailrepl-recovery-outbox"  # standby changes on their way back at failback
 DEFAULT_BLOB_GRACE = 600
 DEFAULT_STANDBY_CHECK_INTERVAL = 300  # seconds between checks of an idle standby copy (see standby_check.py)
 # checks of idle standby copies (each most often a login) started per second at most, by default
@@ -128,6 +129,7 @@ class RecoveryGatewaySettings:
     append_batch: int = DEFAULT_APPEND_BATCH
     blob_dir: str = DEFAULT_BLOB_DIR  # content-addressed message parts (absolute after loading)
     blob_grace_seconds: int = DEFAULT_BLOB_GRACE  # GC never deletes a part younger than this
+    outbox_dir: str = DEFAULT_OUTBOX_DIR  # the outbox's bulk bodies at failback (spool segments), part of the state
     # how often a standby copy with nothing to replay is checked for damage behind our back
     standby_check_interval: float = DEFAULT_STANDBY_CHECK_INTERVAL
     standby_checks_per_second: float = DEFAULT_CHECKS_PER_INTERVAL / DEFAULT_STANDBY_CHECK_INTERVAL
@@ -179,7 +181,7 @@ class RecoverySettings:
         """What ``check-config`` prints: the parsed settings without secrets."""
         g = self.gateway
         lines = [
-            f'recovery gateway "{g.id}": listen {g.listen}, state {display_state_url(g.state_url)}',
+            f'recovery gateway "{g.id}": listen {g.listen}, state {display_state_url(g.state_url)}, outbox spool {g.outbox_dir}',
             f"  {g.workers} workers, append {g.append_batch} messages per batch, log level {g.log_level}"
             + (" (insecure_demo: loopback demo)" if g.insecure_demo else ""),
             f"  blob store {g.blob_dir} (GC grace {g.blob_grace_seconds}s), {g.encryption.describe()}",
@@ -225,6 +227,7 @@ def _read_gateway(table: Table) -> RecoveryGatewaySettings:
         # the key is read even when the environment overrides it (else it would count as unknown)
         blob_dir=str(table.resolve(table.environ.get(ENV_BLOB_DIR) or blob_dir)),
         blob_grace_seconds=table.integer("blob_grace_seconds", DEFAULT_BLOB_GRACE, minimum=60),
+        outbox_dir=str(table.resolve(table.string("outbox_dir", DEFAULT_OUTBOX_DIR))),
         standby_check_interval=check_interval,
         standby_checks_per_second=table.number("standby_checks_per_second",
                                                DEFAULT_CHECKS_PER_INTERVAL / check_interval, minimum=0.1),

@@ -235,11 +235,26 @@ class BatchBuilder:
         return out
 
     def _bodies(self, s, shas: Mapping[str, None], address: str):
+        """``(sha, plaintext)`` of the bodies ``shas``: from their rows, or read from the spool's
+        segments (in segment and offset order, each segment opened once)."""
         wanted = list(shas)
         found = 0
+        sealer, spool = self.store.sealer, self.store.spool
         for part in chunks(wanted, 100):  # bodies are large: few per query
-            for sha, data in s.execute(select(_BODY.c.sha256, _BODY.c.data).where(_BODY.c.sha256.in_(part))):
+            spooled = []
+            for sha, data, segment, at, length in s.execute(
+                    select(_BODY.c.sha256, _BODY.c.data, _BODY.c.segment, _BODY.c.seg_offset, _BODY.c.seg_length)
+                    .where(_BODY.c.sha256.in_(part))):
                 found += 1
-                yield sha, self.store.sealer.open(data, sha)
+                if segment is None:
+                    yield sha, sealer.open(data, sha)
+                else:
+                    spooled.append((sha, segment, at, length))
+            if spooled:
+                if spool is None:
+                    raise StoreError(f"an outbox body of {address} is in spool segment {spooled[0][1]}, but this "
+                                     "gateway has no outbox spool configured (outbox_dir)", retryable=False)
+                spooled.sort(key=lambda p: (p[1], p[2]))
+                yield from spool.read(spooled)
         if found != len(wanted):
             raise StoreError(f"an outbox body of {address} is missing", retryable=False)

@@ -470,7 +470,7 @@ class CaptureEngine:
                 if todo:
                     replace = dict(p.replaces)
                     write_messages(s, st, seq, p.row_id, p.info.name, p.fetched, shas[id(p)], replace,
-                                   self.store.sealer, report)
+                                   self.store, report)
                     expunge_unreplaced(st, seq, p.info.name, replace)
                 if st.advance(p.row_id, p.delta.cursor):
                     seq.emit(Change(Kind.FOLDER_RESET_DONE, p.info.name))
@@ -533,7 +533,7 @@ class CaptureEngine:
             st = CaptureState(s, mailbox_id)
             name = st.folder_name(folder_id)
             seq = Seq(s, mbx, report)
-            write_messages(s, st, seq, folder_id, name, batch, shas, replace, self.store.sealer, report)
+            write_messages(s, st, seq, folder_id, name, batch, shas, replace, self.store, report)
             if remaining:
                 st.shrink_pending(folder_id, remaining, replace)
                 report.pending = len(remaining)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from mailrepl.shared.adapters.base import FetchedMessage
 from mailrepl.shared.capture_state import CaptureState, NewEntry
 from mailrepl.shared.model import Change, Kind, flags_text, format_internaldate
+from mailrepl.shared.store import Store
+from mailrepl.shared.store.body_spool import SPOOL_MIN_BYTES
 from mailrepl.shared.store.models import Mailbox, OutboxBody, OutboxRow
 from mailrepl.shared.store.row_writes import insert_rows
 from sqlalchemy import event, select
@@ -67,12 +69,13 @@ def body_hashes(batch: Sequence[FetchedMessage]) -> list[str]:
 
 def write_messages(s: Session, st: CaptureState, seq: Seq, folder_id: int, name: str,
                    batch: Sequence[FetchedMessage], shas: Sequence[str], replace: dict[int, int],
-                   sealer, report: CycleReport) -> None:
+                   store: Store, report: CycleReport) -> None:
     """Queue the captured messages ``batch`` of folder ``folder_id`` (``name``): their bodies not
     yet held, their catalogue rows, one change each (a draft edit of ``replace``, new uid -> the
     old draft's message id, is a ``msg.replace``; the entries it used are taken out of it).
-    Set-based: one query for the bodies already held, one insert for the new ones, one for the
-    catalogue rows (their ids are the changes' message ids)."""
+    Set-based: one query for the bodies already held, one insert for the new ones (or one spool
+    segment holding them, see ``_store_bodies``), one for the catalogue rows (their ids are the
+    changes' message ids)."""
     mbx = seq.mbx
     have = set(s.scalars(select(OutboxBody.sha256).where(OutboxBody.sha256.in_(set(shas))))) if shas else set()
     fresh: dict[str, bytes] = {}
@@ -80,8 +83,7 @@ def write_messages(s: Session, st: CaptureState, seq: Seq, folder_id: int, name:
         if sha not in have:
             fresh.setdefault(sha, msg.body)
     if fresh:
-        insert_rows(s, _OUTBOX_BODY, ("sha256", "size", "data"),
-                    [(k, len(v), sealer.seal(v, k)) for k, v in fresh.items()])
+        _store_bodies(s, store, fresh)
     texts = [flags_text(msg.flags) for msg in batch]
     mids = st.add_entries(folder_id, [NewEntry(msg.uid, msg.guid, sha, len(msg.body), text)
                                       for msg, sha, text in zip(batch, shas, texts)])
@@ -102,6 +104,22 @@ def write_messages(s: Session, st: CaptureState, seq: Seq, folder_id: int, name:
         if seeding:
             mbx.seed_msgs_done += 1
             mbx.seed_bytes_done += len(msg.body)
+
+
+def _store_bodies(s: Session, store: Store, fresh: Mapping[str, bytes]) -> None:
+    """The new bodies of a chunk: in their rows, or, from ``SPOOL_MIN_BYTES`` and with a spool,
+    in one segment written durably now (before this transaction commits); a rollback removes it."""
+    spool = store.spool
+    if spool is None or sum(len(v) for v in fresh.values()) < SPOOL_MIN_BYTES:
+        sealer = store.sealer
+        insert_rows(s, _OUTBOX_BODY, ("sha256", "size", "data"),
+                    [(k, len(v), sealer.seal(v, k)) for k, v in fresh.items()])
+        return
+    placed = spool.write(list(fresh.items()))
+    segment = placed[0][0]
+    event.listen(s, "after_rollback", lambda _s: spool.discard([segment]), once=True)
+    insert_rows(s, _OUTBOX_BODY, ("sha256", "size", "segment", "seg_offset", "seg_length"),
+                [(k, len(v), seg, at, n) for (k, v), (seg, at, n) in zip(fresh.items(), placed)])
 
 
 def expunge_unreplaced(st: CaptureState, seq: Seq, name: str, replace: Mapping[int, int]) -> None:

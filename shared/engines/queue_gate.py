@@ -118,7 +118,7 @@ class QueueGate:
     """Answers "may capture take more work for this mailbox now?" and keeps the alarms.
 
     ``state_dir``: the directory of a SQLite state store (its free space is checked against
-    ``min_free_bytes``), None for PostgreSQL. The gateway-wide usage is measured at most every
+    ``min_free_bytes``, as is the outbox spool's), None for PostgreSQL. The gateway-wide usage is measured at most every
     ``cache_seconds`` (one aggregate over the outbox)."""
 
     def __init__(self, store: Store, limits: QueueLimits, *, state_dir: Path | None = None,
@@ -127,6 +127,9 @@ class QueueGate:
         self.store = store
         self.limits = limits
         self.state_dir = state_dir
+        spool = store.spool.root if store.spool is not None else None
+        # the directories whose free space is checked: the SQLite file's and the outbox spool's
+        self.watched = tuple(dict.fromkeys(d for d in (state_dir, spool) if d is not None))
         self.cache_seconds = cache_seconds
         self.clock = clock
         self.free = free
@@ -203,11 +206,14 @@ class QueueGate:
 
     def _under_floor(self) -> str | None:
         floor = self.limits.min_free_bytes
-        if not floor or self.state_dir is None:
+        if not floor or not self.watched:
             return None
-        free = self.free(self.state_dir)
-        reason = (f"{free} bytes free in {self.state_dir}, under min_free_bytes ({floor})"
-                  if free is not None and free < floor else None)
+        reason = None
+        for where in self.watched:
+            free = self.free(where)
+            if free is not None and free < floor:
+                reason = f"{free} bytes free in {where}, under min_free_bytes ({floor})"
+                break
         self._set_disk("floor", reason)
         return reason
 

@@ -23,7 +23,7 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine, make_url
@@ -31,6 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailrepl.shared.errors import DiskFull, StoreError
+from mailrepl.shared.store.body_spool import BodySpool
 from mailrepl.shared.store.diskspace import is_disk_full
 from mailrepl.shared.store.schema_revision import newest_revision
 from mailrepl.shared.store.sealing import PLAIN, Sealer
@@ -46,11 +47,14 @@ class Store:
     """The state database: a session factory plus schema migration.
 
     ``sealer`` seals and opens the message content kept in it (``outbox_body.data``,
-    ``inbox_body.data``); the default stores plaintext (``mailrepl.shared.store.sealing``)."""
+    ``inbox_body.data``); the default stores plaintext (``mailrepl.shared.store.sealing``).
+    ``spool``: the segment files that hold the outbox's bulk bodies (``body_spool``); without
+    one, every queued body is kept in its row."""
 
-    def __init__(self, engine: Engine, sealer: Sealer = PLAIN) -> None:
+    def __init__(self, engine: Engine, sealer: Sealer = PLAIN, spool: BodySpool | None = None) -> None:
         self.engine = engine
         self.sealer = sealer
+        self.spool = spool
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._relaxed = sessionmaker(engine.execution_options(mailrepl_durable=False), expire_on_commit=False)
         self._readers = sessionmaker(engine.execution_options(mailrepl_read_only=True), expire_on_commit=False)
@@ -88,6 +92,23 @@ class Store:
             raise StoreError(f"state store: {exc.__class__.__name__}: {exc}".splitlines()[0]) from exc
         finally:
             session.close()
+
+    def once_durable(self, s: Session, then: Callable[[], None]) -> None:
+        """Run ``then`` after the transaction of ``s`` has committed and is on disk, even if it
+        was begun with ``durable=False``: PostgreSQL commits it synchronously; SQLite's log,
+        which holds the commit, is flushed before ``then`` runs."""
+        if self.dialect == "postgresql":
+            s.execute(text("SET LOCAL synchronous_commit = on"))
+            event.listen(s, "after_commit", lambda _s: then(), once=True)
+            return
+        path = self.engine.url.database if self.dialect == "sqlite" else None
+
+        def flushed(_s) -> None:  # noqa: ANN001
+            if path and path != ":memory:":
+                _fsync_if_present(f"{path}-wal")
+            then()
+
+        event.listen(s, "after_commit", flushed, once=True)
 
     def revisions(self) -> list[str]:
         """The schema revisions the store is at (Alembic's version table; empty for a new store)."""
@@ -145,8 +166,9 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-def open_store(url: str, *, echo: bool = False, sealer: Sealer = PLAIN) -> Store:
-    """Open (not migrate) the store at ``url``; SQLite parent directories are created."""
+def open_store(url: str, *, echo: bool = False, sealer: Sealer = PLAIN, spool_dir: str | None = None) -> Store:
+    """Open (not migrate) the store at ``url``; SQLite parent directories are created.
+    ``spool_dir``: where the outbox keeps bulk bodies (``body_spool``; None: in the rows)."""
     try:
         if url.startswith("sqlite"):
             path = (url.split("///", 1)[1] if "///" in url else "").partition("?")[0]
@@ -189,7 +211,7 @@ def open_store(url: str, *, echo: bool = False, sealer: Sealer = PLAIN) -> Store
         except (SQLAlchemyError, ValueError):
             shown = "(unparsable URL)"
         raise StoreError(f"state store {shown}: {str(exc).replace(url, shown)}", retryable=False) from exc
-    return Store(engine, sealer)
+    return Store(engine, sealer, BodySpool(spool_dir, sealer) if spool_dir else None)
 
 
 def migrate_apart(url: str) -> None:
@@ -201,6 +223,18 @@ def migrate_apart(url: str) -> None:
         store.migrate(apart=True)
     finally:
         store.dispose()
+
+
+def _fsync_if_present(path: str) -> None:
+    """Flush a file to disk (a SQLite log; absent once checkpointed and removed: nothing to do)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _private_sqlite_file(path: Path) -> None:

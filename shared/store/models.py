@@ -172,11 +172,17 @@ class OutboxRow(Base):
 
 
 class OutboxBody(Base):
+    """A queued body: in ``data``, or stored in a segment of the outbox spool
+    (``mailrepl.shared.store.body_spool``) at ``seg_offset``, ``seg_length`` bytes as sealed."""
+
     __tablename__ = "outbox_body"
 
     sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
     size: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    data: Mapped[bytes] = mapped_column(LargeBinary, nullable=False)
+    data: Mapped[bytes | None] = mapped_column(LargeBinary)
+    segment: Mapped[str | None] = mapped_column(String(40), index=True)
+    seg_offset: Mapped[int | None] = mapped_column(BigInteger)
+    seg_length: Mapped[int | None] = mapped_column(BigInteger)
 
 
 # --------------------------------------------------------------------------- replay side
