@@ -42,6 +42,7 @@ from mailrepl.shared.config.settings_common import (
     read_max_json_bytes,
     DEFAULT_MAX_JSON_BYTES,
     read_servers,
+    read_outbox_dir,
     read_state_url,
     read_encryption,
     read_insecure_demo,
@@ -188,9 +189,11 @@ class SourceSettings:
 
 def _read_gateway(table: Table) -> SourceGatewaySettings:
     demo = read_insecure_demo(table, DEFAULT_LISTEN)  # before any secret is read
+    state_url = read_state_url(table, DEFAULT_STATE_URL)
     settings = SourceGatewaySettings(
         id=read_gateway_id(table),
-        state_url=read_state_url(table, DEFAULT_STATE_URL),
+        state_url=state_url,
+        outbox_dir=read_outbox_dir(table, state_url, DEFAULT_OUTBOX_DIR),
         listen=read_listen(table, DEFAULT_LISTEN),
         admin_token=read_token(table, "admin_token", ENV_ADMIN_TOKEN),
         tls=read_server_tls(table),
@@ -202,7 +205,6 @@ def _read_gateway(table: Table) -> SourceGatewaySettings:
         workers=table.integer("workers", DEFAULT_WORKERS, minimum=1),
         fetch_chunk=table.integer("fetch_chunk", DEFAULT_FETCH_CHUNK, minimum=1),
         failback_blob_dir=str(table.resolve(table.string("failback_blob_dir", DEFAULT_FAILBACK_BLOB_DIR))),
-        outbox_dir=str(table.resolve(table.string("outbox_dir", DEFAULT_OUTBOX_DIR))),
         log_level=read_log_level(table),
         encryption=read_encryption(table),
         insecure_demo=demo,

@@ -54,6 +54,7 @@ from mailrepl.shared.config.settings_common import (
     read_max_json_bytes,
     DEFAULT_MAX_JSON_BYTES,
     read_servers,
+    read_outbox_dir,
     read_state_url,
     read_encryption,
     read_insecure_demo,
@@ -216,9 +217,11 @@ def _read_gateway(table: Table) -> RecoveryGatewaySettings:
     blob_dir = table.string("blob_dir", DEFAULT_BLOB_DIR)
     check_interval = table.integer("standby_check_interval", DEFAULT_STANDBY_CHECK_INTERVAL, minimum=1, maximum=86400)
     demo = read_insecure_demo(table, DEFAULT_LISTEN)  # before any secret is read
+    state_url = read_state_url(table, DEFAULT_STATE_URL)
     settings = RecoveryGatewaySettings(
         id=read_gateway_id(table),
-        state_url=read_state_url(table, DEFAULT_STATE_URL),
+        state_url=state_url,
+        outbox_dir=read_outbox_dir(table, state_url, DEFAULT_OUTBOX_DIR),
         listen=read_listen(table, DEFAULT_LISTEN),
         admin_token=read_token(table, "admin_token", ENV_ADMIN_TOKEN),
         tls=read_server_tls(table),
@@ -227,7 +230,6 @@ def _read_gateway(table: Table) -> RecoveryGatewaySettings:
         # the key is read even when the environment overrides it (else it would count as unknown)
         blob_dir=str(table.resolve(table.environ.get(ENV_BLOB_DIR) or blob_dir)),
         blob_grace_seconds=table.integer("blob_grace_seconds", DEFAULT_BLOB_GRACE, minimum=60),
-        outbox_dir=str(table.resolve(table.string("outbox_dir", DEFAULT_OUTBOX_DIR))),
         standby_check_interval=check_interval,
         standby_checks_per_second=table.number("standby_checks_per_second",
                                                DEFAULT_CHECKS_PER_INTERVAL / check_interval, minimum=0.1),

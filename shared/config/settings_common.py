@@ -43,6 +43,7 @@ __all__ = [
     "server_password_env",
     "read_gateway_id",
     "read_state_url",
+    "read_outbox_dir",
     "read_listen",
     "read_token",
     "read_log_level",
@@ -197,6 +198,19 @@ def display_state_url(url: str) -> str:
 
 def read_gateway_id(table: Table) -> str:
     return table.name("id")
+
+
+def read_outbox_dir(table: Table, state_url: str, default: str) -> str:
+    """``outbox_dir``: where the outbox spool keeps bulk bodies (``body_spool``), an absolute
+    path. Relative paths resolve against the config file's directory. Unset: beside a SQLite
+    state file (``<file>-outbox``: it is part of the state and lives where the state lives),
+    else ``default`` against the config file's directory."""
+    if "outbox_dir" in table.keys():
+        return str(table.resolve(table.string("outbox_dir", default)))
+    database = make_url(state_url).database if state_url.startswith("sqlite") else None
+    if database and database != ":memory:":
+        return f"{Path(database).absolute()}-outbox"
+    return str(table.resolve(default))
 
 
 def read_state_url(table: Table, default: str) -> str:

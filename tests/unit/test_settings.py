@@ -309,6 +309,22 @@ def test_state_url_resolves_relative_sqlite_paths_against_the_config_dir(tmp_pat
     assert load_source_settings(path, {}).gateway.state_url == expected.format(dir=tmp_path / "etc")
 
 
+@pytest.mark.parametrize("keys, expected", [
+    ('state_url = "sqlite:///state/s.sqlite?timeout=5"', "{dir}/state/s.sqlite-outbox"),  # beside the state file
+    ('state_url = "sqlite:////var/lib/mailrepl/s.sqlite"', "/var/lib/mailrepl/s.sqlite-outbox"),
+    ('state_url = "postgresql+psycopg://u@db/src"', "{dir}/mailrepl-outbox"),  # no file: beside the config
+    ('state_url = "postgresql+psycopg://u@db/src"\noutbox_dir = "/srv/spool"', "/srv/spool"),
+    ('outbox_dir = "spool"', "{dir}/spool"),
+])
+def test_the_outbox_spool_lives_with_the_state_unless_set(tmp_path, monkeypatch, keys, expected):
+    path = write(tmp_path, edit(SOURCE, 'id = "hq"', f'id = "hq"\n{keys}'), "etc/gw.toml")
+    monkeypatch.chdir(tmp_path)  # the working directory must not matter
+    assert load_source_settings(path, {}).gateway.outbox_dir == expected.format(dir=tmp_path / "etc")
+    recovery = write(tmp_path, edit(RECOVERY, 'id = "dr"', f'id = "dr"\n{keys}'), "etc/dr.toml")
+    assert load_recovery_settings(recovery, {}).gateway.outbox_dir == expected.format(dir=tmp_path / "etc") \
+        .replace("mailrepl-outbox", "mailrepl-recovery-outbox")
+
+
 @pytest.mark.parametrize("text, expected", [
     ("127.0.0.1:8470", ("127.0.0.1", 8470)),
     ("0.0.0.0:80", ("0.0.0.0", 80)),
