@@ -203,13 +203,15 @@ def read_gateway_id(table: Table) -> str:
 def read_outbox_dir(table: Table, state_url: str, default: str) -> str:
     """``outbox_dir``: where the outbox spool keeps bulk bodies (``body_spool``), an absolute
     path. Relative paths resolve against the config file's directory. Unset: beside a SQLite
-    state file (``<file>-outbox``: it is part of the state and lives where the state lives),
-    else ``default`` against the config file's directory."""
+    state file, named after it (``state.sqlite`` -> ``state.outbox``: it is part of the state and
+    lives where the state lives, but a copy of ``state.sqlite*`` does not meet a directory), else
+    ``default`` against the config file's directory."""
     if "outbox_dir" in table.keys():
         return str(table.resolve(table.string("outbox_dir", default)))
     database = make_url(state_url).database if state_url.startswith("sqlite") else None
     if database and database != ":memory:":
-        return f"{Path(database).absolute()}-outbox"
+        path = Path(database).absolute()
+        return str(path.with_name(f"{path.stem}.outbox"))
     return str(table.resolve(default))
 
 

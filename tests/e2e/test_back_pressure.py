@@ -198,36 +198,53 @@ def test_recovery_disk_full_refuses_batches_then_catches_up(dovecot_factory, tmp
             pair.stop()
 
 
-def test_source_disk_full_stops_capture_cleanly_then_resumes(dovecot_factory, tmp_path):
+@pytest.mark.parametrize("where", ["spool", "rows"])
+def test_source_disk_full_stops_capture_cleanly_then_resumes(dovecot_factory, tmp_path, where):
+    """The disk fills while a bulk chunk's bodies are written to a spool segment (one large
+    message), or while bodies too small for the spool are written to the state database
+    (``fetch_chunk = 1``, each message under the spool's threshold)."""
     primary = dovecot_factory("primary", ["alice"])
     standby = dovecot_factory("standby", ["alice"])
     with small_disk(tmp_path / "sdisk", "4m") as disk:
         pair = GatewayPair(tmp_path, primary, standby, users=["alice"],
                            source_state=f"sqlite:///{tmp_path}/sdisk/s.sqlite",
                            recovery_state=f"sqlite:///{tmp_path}/r.sqlite",
+                           fetch_chunk=1 if where == "rows" else 200,
                            source_gateway_extra="min_free_bytes = 0\n")  # the write itself finds the disk full
+        spool = tmp_path / "sdisk" / "s.outbox"  # beside the state file
         try:
             pair.start()
             pair.protect("alice")
             primary.deliver_many("alice", (msg(i) for i in range(5)))
             pair.wait_synced(["alice"])
             before = pair.status()["alice"]["last_captured_seq"]
-            primary.deliver("alice", with_attachment(2, 6 * MB))  # more than the tmpfs holds
+            if where == "spool":
+                primary.deliver("alice", with_attachment(2, 6 * MB))  # more than the tmpfs holds
+            else:  # 8 x ~0.8 MB, each under SPOOL_MIN_BYTES: more than the tmpfs holds, in rows
+                primary.deliver_many("alice", (with_attachment(20 + i, 600 * 1024) for i in range(8)))
             primary.deliver_many("alice", (msg(i) for i in range(5, 10)))
             st = eventually(lambda: s if ((s := pair.status()["alice"])["queue_alarm"] or "").startswith("disk full")
                             else None, what="disk full alarm", logs=(pair.source,))
-            assert st["last_captured_seq"] == before, "nothing of the message is half-written"
             a = alarms(pair.source)
-            assert "database or disk is full" in a["disk_full"], a  # SQLite's own error, translated
+            if where == "spool":
+                assert st["last_captured_seq"] == before, "nothing of the message is half-written"
+                assert "outbox spool" in a["disk_full"] and "No space left on device" in a["disk_full"], a
+                assert list(spool.glob("*.seg")) == [], "the segment that did not fit is removed"
+            else:
+                assert before <= st["last_captured_seq"] < before + 13, st  # stopped before the end
+                assert "database or disk is full" in a["disk_full"], a  # SQLite's own error, translated
             assert any(x.startswith("disk full") for x in a["alarms"]), a
             assert metrics(pair.source)["mailrepl_source_disk_full"] == 1
+            stopped = pair.status()["alice"]["last_captured_seq"]
             time.sleep(2)
-            assert pair.status()["alice"]["last_captured_seq"] == before  # stays stopped, the API answers
+            assert pair.status()["alice"]["last_captured_seq"] == stopped  # stays stopped, the API answers
 
             disk.resize("64m")  # space returns
             st = pair.wait_synced(["alice"], timeout=60)
-            assert st["alice"]["last_captured_seq"] > before and st["alice"]["queue_alarm"] is None
+            assert st["alice"]["last_captured_seq"] > stopped and st["alice"]["queue_alarm"] is None
             assert_same_mailbox(primary, standby, "alice")
             assert metrics(pair.source)["mailrepl_source_disk_full"] == 0
+            if where == "spool":
+                eventually(lambda: not list(spool.glob("*.seg")), what="segments removed once applied")
         finally:
             pair.stop()

@@ -133,8 +133,10 @@ def test_no_secret_in_logs_or_answers_and_nothing_stored_in_clear(dovecot_factor
         for answer in seen:
             assert value not in answer, f"a secret appears in an answer: {answer[:200]}"
 
-    # at rest: state databases (with their WAL) and blob files hold no plaintext of the mail
-    stored = [p for p in tmp_path.glob("*.sqlite*")] + [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()]
+    # at rest: state databases (with their WAL), outbox spool segments and blob files hold no
+    # plaintext of the mail
+    stored = ([p for p in tmp_path.glob("*.sqlite*")] + list(tmp_path.glob("*.outbox/*.seg"))
+              + [p for p in (tmp_path / "blobs").rglob("*") if p.is_file()])
     assert any("blobs" in str(p) for p in stored), "parts were stored as blobs"
     for path in stored:
         assert MARK not in path.read_bytes(), f"plaintext mail in {path}"

@@ -310,8 +310,8 @@ def test_state_url_resolves_relative_sqlite_paths_against_the_config_dir(tmp_pat
 
 
 @pytest.mark.parametrize("keys, expected", [
-    ('state_url = "sqlite:///state/s.sqlite?timeout=5"', "{dir}/state/s.sqlite-outbox"),  # beside the state file
-    ('state_url = "sqlite:////var/lib/mailrepl/s.sqlite"', "/var/lib/mailrepl/s.sqlite-outbox"),
+    ('state_url = "sqlite:///state/s.sqlite?timeout=5"', "{dir}/state/s.outbox"),  # beside the state file
+    ('state_url = "sqlite:////var/lib/mailrepl/s.sqlite"', "/var/lib/mailrepl/s.outbox"),
     ('state_url = "postgresql+psycopg://u@db/src"', "{dir}/mailrepl-outbox"),  # no file: beside the config
     ('state_url = "postgresql+psycopg://u@db/src"\noutbox_dir = "/srv/spool"', "/srv/spool"),
     ('outbox_dir = "spool"', "{dir}/spool"),
