@@ -42,7 +42,7 @@ def test_kill9_during_seeding_and_during_a_burst(victim, dovecot_factory, tmp_pa
     primary = dovecot_factory("primary", USERS)
     standby = dovecot_factory("standby", USERS)
     pair = GatewayPair(
-        tmp_path, primary, standby, users=USERS, fetch_chunk=50,
+        tmp_path, primary, standby, users=USERS, fetch_chunk=60,
         source_state=f"sqlite:///{tmp_path}/source.sqlite", recovery_state=f"sqlite:///{tmp_path}/recovery.sqlite",
     )
     for u in USERS:
@@ -66,6 +66,11 @@ def test_kill9_during_seeding_and_during_a_burst(victim, dovecot_factory, tmp_pa
         pair.wait_synced(USERS, timeout=240)
         for u in USERS:
             assert_same_mailbox(primary, standby, u)
+        # chunks of 60 seed messages (about 1.2 MB) went to the source's outbox spool: what a
+        # killed capture left there was swept at the restart, the rest removed once applied
+        spool = tmp_path / "source.outbox"
+        assert spool.is_dir()
+        wait_for(lambda: not list(spool.glob("*.seg")), timeout=10, what="the source's outbox spool emptied")
 
         # a burst of changes, and a kill in the middle of it
         M = primary.imap("alice")
