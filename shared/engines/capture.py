@@ -53,7 +53,9 @@ from typing import Callable, Iterable, Sequence
 from sqlalchemy import bindparam, select
 
 from mailrepl.shared.adapters.base import FetchedMessage, FolderDelta, FolderInfo, MailboxSession, MessageMeta
-from mailrepl.shared.engines.capture_writes import CycleReport, Seq, body_hashes, expunge_unreplaced, write_messages
+from mailrepl.shared.engines.capture_writes import (
+    CycleReport, Seq, Spooled, body_hashes, expunge_unreplaced, release_segment, spool_bodies, write_messages,
+)
 from mailrepl.shared.engines.queue_gate import QueueGate
 from mailrepl.shared.capture_state import (
     CaptureState, CatalogRow, KnownFolder, known_folders, pair_folders,
@@ -526,6 +528,19 @@ class CaptureEngine:
 
     def _write_chunk(self, mailbox_id, folder_id, batch, remaining: UidSet, replace, report) -> None:
         shas = body_hashes(batch)  # outside the write lock
+        spooled = spool_bodies(self.store, batch, shas)  # a bulk chunk's bodies: flushed outside it too
+        if spooled is None:
+            self._chunk_tx(mailbox_id, folder_id, batch, shas, remaining, replace, report, None)
+            return
+        used = None
+        try:
+            used = self._chunk_tx(mailbox_id, folder_id, batch, shas, remaining, replace, report, spooled)
+        finally:
+            release_segment(self.store, spooled, used=used)
+
+    def _chunk_tx(self, mailbox_id, folder_id, batch, shas, remaining: UidSet, replace, report,
+                  spooled: Spooled | None) -> bool:
+        """The chunk's transaction; whether a row of it names ``spooled``'s segment."""
         with self.body_lock, self.store.tx() as s:
             mbx = s.get(Mailbox, mailbox_id, with_for_update=True)
             mbx.last_capture_at = utcnow()
@@ -533,16 +548,17 @@ class CaptureEngine:
             st = CaptureState(s, mailbox_id)
             name = st.folder_name(folder_id)
             seq = Seq(s, mbx, report)
-            write_messages(s, st, seq, folder_id, name, batch, shas, replace, self.store, report)
+            used = write_messages(s, st, seq, folder_id, name, batch, shas, replace, self.store, report, spooled)
             if remaining:
                 st.shrink_pending(folder_id, remaining, replace)
                 report.pending = len(remaining)
-                return
+                return used
             # Replaced drafts whose replacement vanished before capture: plain expunge.
             expunge_unreplaced(st, seq, name, replace)
             report.pending = 0
             if st.finish_pending(folder_id):
                 seq.emit(Change(Kind.FOLDER_RESET_DONE, name))
+        return used
 
 
 def _deleted_name(deleted: Sequence[KnownFolder], folder_id: int) -> str:

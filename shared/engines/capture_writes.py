@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from mailrepl.shared.adapters.base import FetchedMessage
 from mailrepl.shared.capture_state import CaptureState, NewEntry
+from mailrepl.shared.errors import MailreplError
 from mailrepl.shared.model import Change, Kind, flags_text, format_internaldate
 from mailrepl.shared.store import Store
 from mailrepl.shared.store.body_spool import SPOOL_MIN_BYTES
@@ -20,7 +21,8 @@ from mailrepl.shared.store.row_writes import insert_rows
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-__all__ = ["CycleReport", "Seq", "body_hashes", "expunge_unreplaced", "write_messages"]
+__all__ = ["CycleReport", "Seq", "Spooled", "body_hashes", "expunge_unreplaced", "release_segment", "spool_bodies",
+           "write_messages"]
 
 _OUTBOX = OutboxRow.__table__
 _OUTBOX_BODY = OutboxBody.__table__
@@ -67,22 +69,65 @@ def body_hashes(batch: Sequence[FetchedMessage]) -> list[str]:
     return [hashlib.sha256(msg.body).hexdigest() for msg in batch]
 
 
+@dataclass(frozen=True)
+class Spooled:
+    """A chunk's bodies written to a spool segment before its transaction: where each one is."""
+    segment: str
+    placed: Mapping[str, tuple[int, int]]  # sha -> (offset, stored length)
+
+
+def spool_bodies(store: Store, batch: Sequence[FetchedMessage], shas: Sequence[str]) -> Spooled | None:
+    """A bulk chunk's bodies (from ``SPOOL_MIN_BYTES``, with a spool) written to one segment and
+    flushed, outside the transaction and its locks: other writers do not wait for the flush.
+    None for a chunk whose bodies go into rows. The caller releases an unused segment
+    (``release_segment``)."""
+    spool = store.spool
+    unique: dict[str, bytes] = {}
+    for msg, sha in zip(batch, shas):
+        unique.setdefault(sha, msg.body)
+    if spool is None or sum(len(v) for v in unique.values()) < SPOOL_MIN_BYTES:
+        return None
+    placed = spool.write(list(unique.items()))
+    return Spooled(placed[0][0], {sha: (at, n) for sha, (_, at, n) in zip(unique, placed)})
+
+
+def release_segment(store: Store, spooled: Spooled, *, used: bool | None) -> None:
+    """After the chunk's transaction: remove its segment unless a committed row names it
+    (``used``; None: the transaction failed, the store is asked, and the segment is left for the
+    start-up sweep if it cannot answer)."""
+    if used is None:
+        try:
+            with store.read() as s:
+                used = s.scalar(select(OutboxBody.sha256).where(OutboxBody.segment == spooled.segment).limit(1)) \
+                    is not None
+        except MailreplError:
+            return
+    if not used:
+        store.spool.discard([spooled.segment])
+
+
 def write_messages(s: Session, st: CaptureState, seq: Seq, folder_id: int, name: str,
                    batch: Sequence[FetchedMessage], shas: Sequence[str], replace: dict[int, int],
-                   store: Store, report: CycleReport) -> None:
+                   store: Store, report: CycleReport, spooled: Spooled | None = None) -> bool:
     """Queue the captured messages ``batch`` of folder ``folder_id`` (``name``): their bodies not
     yet held, their catalogue rows, one change each (a draft edit of ``replace``, new uid -> the
     old draft's message id, is a ``msg.replace``; the entries it used are taken out of it).
     Set-based: one query for the bodies already held, one insert for the new ones (or one spool
-    segment holding them, see ``_store_bodies``), one for the catalogue rows (their ids are the
-    changes' message ids)."""
+    segment holding them: ``spooled``, written before, or one written now, see
+    ``_store_bodies``), one for the catalogue rows (their ids are the changes' message ids).
+    Whether a row now names ``spooled``'s segment."""
     mbx = seq.mbx
     have = set(s.scalars(select(OutboxBody.sha256).where(OutboxBody.sha256.in_(set(shas))))) if shas else set()
     fresh: dict[str, bytes] = {}
     for msg, sha in zip(batch, shas):
         if sha not in have:
             fresh.setdefault(sha, msg.body)
-    if fresh:
+    used = False
+    if fresh and spooled is not None:
+        insert_rows(s, _OUTBOX_BODY, ("sha256", "size", "segment", "seg_offset", "seg_length"),
+                    [(k, len(v), spooled.segment, *spooled.placed[k]) for k, v in fresh.items()])
+        used = True
+    elif fresh:
         _store_bodies(s, store, fresh)
     texts = [flags_text(msg.flags) for msg in batch]
     mids = st.add_entries(folder_id, [NewEntry(msg.uid, msg.guid, sha, len(msg.body), text)
@@ -104,11 +149,13 @@ def write_messages(s: Session, st: CaptureState, seq: Seq, folder_id: int, name:
         if seeding:
             mbx.seed_msgs_done += 1
             mbx.seed_bytes_done += len(msg.body)
+    return used
 
 
 def _store_bodies(s: Session, store: Store, fresh: Mapping[str, bytes]) -> None:
     """The new bodies of a chunk: in their rows, or, from ``SPOOL_MIN_BYTES`` and with a spool,
-    in one segment written durably now (before this transaction commits); a rollback removes it."""
+    in one segment written durably now (before this transaction commits; a capture cycle's own
+    small fetches come this way); a rollback removes it."""
     spool = store.spool
     if spool is None or sum(len(v) for v in fresh.values()) < SPOOL_MIN_BYTES:
         sealer = store.sealer
