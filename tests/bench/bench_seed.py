@@ -13,7 +13,9 @@ Not a test: it prints figures (the machines are noisy, so nothing here asserts a
 4. A burst of 100 changes on the primary (40 flag changes, 20 deletes, 20 moves, 20 new
    deliveries) and the time until the standby is equal again.
 
-Peak RSS of each gateway is the kernel's VmHWM of its process.
+Peak RSS of each gateway is the kernel's VmHWM of its process. The host's CPU during the seed
+(``/proc/stat``) is printed beside the gateways': how busy the two cores were, and what the rest
+(both Dovecots above all) took of them.
 
 With ``--profile DIR`` both gateways are sampled by ``py-spy`` while they seed (samples holding
 the GIL, collapsed stacks in ``DIR/source.txt`` and ``DIR/recovery.txt``; summarise them with
@@ -64,6 +66,14 @@ def vm_hwm_mb(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def host_cpu() -> tuple[float, float]:
+    """(busy, total) core-seconds of the whole host so far (/proc/stat; idle and iowait are not busy)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal
+    return (total - fields[3] - fields[4]) / tick, total / tick
 
 
 def cpu_seconds(pid: int) -> float:
@@ -267,6 +277,7 @@ def main() -> int:
         print(f"peak RSS after start-up: source gateway {figures['source_start_rss_mb']:.0f} MB, "
               f"recovery gateway {figures['recovery_start_rss_mb']:.0f} MB")
         cpu0 = {g.role: cpu_seconds(g.proc.pid) for g in (pair.source, pair.recovery)}
+        host0 = host_cpu()
         t_protect = time.monotonic()
         pair.protect(USER)
         timeline: list | None = [] if a.timeline else None
@@ -276,6 +287,7 @@ def main() -> int:
             print(HEADER)
             print_timeline(timeline)
         cpu = {g.role: cpu_seconds(g.proc.pid) - cpu0[g.role] for g in (pair.source, pair.recovery)}
+        host1 = host_cpu()
         stop_profilers(spies)
         figures.update(seed_s=secs, seed_msgs_per_s=msgs / secs, seed_mb_per_s=size / 1e6 / secs,
                        source_peak_rss_mb=vm_hwm_mb(pair.source.proc.pid),
@@ -287,6 +299,12 @@ def main() -> int:
             print(f"mailrepl / dsync throughput: {figures['peer_dsync-imapc_s'] / secs:.2f}x")
         print(f"CPU during seeding: source gateway {cpu['source']:.2f}s ({cpu['source'] / msgs * 1e3:.2f} ms/msg), "
               f"recovery gateway {cpu['recovery']:.2f}s ({cpu['recovery'] / msgs * 1e3:.2f} ms/msg)")
+        busy, total = host1[0] - host0[0], host1[1] - host0[1]
+        others = max(0.0, busy - cpu["source"] - cpu["recovery"])
+        figures.update(host_busy_s=busy, host_other_s=others)
+        print(f"host CPU during seeding: {busy:.2f} of {total:.2f} core-seconds busy ({busy / total:.0%}); "
+              f"the gateways {cpu['source'] + cpu['recovery']:.2f} s, everything else (both Dovecots, "
+              f"the bench, the system) {others:.2f} s")
         assert_same_mailbox(primary, standby, USER)
         print("standby equal to primary after seeding: yes")
         # what the gateways spend when there is nothing to do, with the same status polling: the
