@@ -118,8 +118,8 @@ class QueueGate:
     """Answers "may capture take more work for this mailbox now?" and keeps the alarms.
 
     ``state_dir``: the directory of a SQLite state store (its free space is checked against
-    ``min_free_bytes``, as is the outbox spool's), None for PostgreSQL. The gateway-wide usage is measured at most every
-    ``cache_seconds`` (one aggregate over the outbox)."""
+    ``min_free_bytes``, as is the outbox spool's), None for PostgreSQL. The gateway-wide usage
+    is measured at most every ``cache_seconds`` (one aggregate over the outbox)."""
 
     def __init__(self, store: Store, limits: QueueLimits, *, state_dir: Path | None = None,
                  cache_seconds: float = 1.0, clock: Callable[[], float] = time.monotonic,
