@@ -529,14 +529,12 @@ class CaptureEngine:
     def _write_chunk(self, mailbox_id, folder_id, batch, remaining: UidSet, replace, report) -> None:
         shas = body_hashes(batch)  # outside the write lock
         spooled = spool_bodies(self.store, batch, shas)  # a bulk chunk's bodies: flushed outside it too
-        if spooled is None:
-            self._chunk_tx(mailbox_id, folder_id, batch, shas, remaining, replace, report, None)
-            return
         used = None
         try:
             used = self._chunk_tx(mailbox_id, folder_id, batch, shas, remaining, replace, report, spooled)
         finally:
-            release_segment(self.store, spooled, used=used)
+            if spooled is not None:
+                release_segment(self.store, spooled, used=used)
 
     def _chunk_tx(self, mailbox_id, folder_id, batch, shas, remaining: UidSet, replace, report,
                   spooled: Spooled | None) -> bool:

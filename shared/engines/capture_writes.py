@@ -81,14 +81,20 @@ def spool_bodies(store: Store, batch: Sequence[FetchedMessage], shas: Sequence[s
     flushed, outside the transaction and its locks: other writers do not wait for the flush.
     None for a chunk whose bodies go into rows. The caller releases an unused segment
     (``release_segment``)."""
-    spool = store.spool
     unique: dict[str, bytes] = {}
     for msg, sha in zip(batch, shas):
         unique.setdefault(sha, msg.body)
-    if spool is None or sum(len(v) for v in unique.values()) < SPOOL_MIN_BYTES:
+    return _spool(store, unique)
+
+
+def _spool(store: Store, bodies: Mapping[str, bytes]) -> Spooled | None:
+    """``bodies`` (sha -> body) in a new segment, flushed; None without a spool or below
+    ``SPOOL_MIN_BYTES`` (they go into rows)."""
+    spool = store.spool
+    if spool is None or sum(len(v) for v in bodies.values()) < SPOOL_MIN_BYTES:
         return None
-    placed = spool.write(list(unique.items()))
-    return Spooled(placed[0][0], {sha: (at, n) for sha, (_, at, n) in zip(unique, placed)})
+    placed = spool.write(list(bodies.items()))
+    return Spooled(placed[0][0], {sha: (at, n) for sha, (_, at, n) in zip(bodies, placed)})
 
 
 def release_segment(store: Store, spooled: Spooled, *, used: bool | None) -> None:
@@ -112,8 +118,8 @@ def write_messages(s: Session, st: CaptureState, seq: Seq, folder_id: int, name:
     """Queue the captured messages ``batch`` of folder ``folder_id`` (``name``): their bodies not
     yet held, their catalogue rows, one change each (a draft edit of ``replace``, new uid -> the
     old draft's message id, is a ``msg.replace``; the entries it used are taken out of it).
-    Set-based: one query for the bodies already held, one insert for the new ones (or one spool
-    segment holding them: ``spooled``, written before, or one written now, see
+    Set-based: one query for the bodies already held, one insert for the new ones (in rows, or
+    in one spool segment: ``spooled``, written before, or one written now, see
     ``_store_bodies``), one for the catalogue rows (their ids are the changes' message ids).
     Whether a row now names ``spooled``'s segment."""
     mbx = seq.mbx
@@ -122,13 +128,9 @@ def write_messages(s: Session, st: CaptureState, seq: Seq, folder_id: int, name:
     for msg, sha in zip(batch, shas):
         if sha not in have:
             fresh.setdefault(sha, msg.body)
-    used = False
-    if fresh and spooled is not None:
-        insert_rows(s, _OUTBOX_BODY, ("sha256", "size", "segment", "seg_offset", "seg_length"),
-                    [(k, len(v), spooled.segment, *spooled.placed[k]) for k, v in fresh.items()])
-        used = True
-    elif fresh:
-        _store_bodies(s, store, fresh)
+    used = bool(fresh) and spooled is not None
+    if fresh:
+        _store_bodies(s, store, fresh, spooled)
     texts = [flags_text(msg.flags) for msg in batch]
     mids = st.add_entries(folder_id, [NewEntry(msg.uid, msg.guid, sha, len(msg.body), text)
                                       for msg, sha, text in zip(batch, shas, texts)])
@@ -152,21 +154,22 @@ def write_messages(s: Session, st: CaptureState, seq: Seq, folder_id: int, name:
     return used
 
 
-def _store_bodies(s: Session, store: Store, fresh: Mapping[str, bytes]) -> None:
-    """The new bodies of a chunk: in their rows, or, from ``SPOOL_MIN_BYTES`` and with a spool,
-    in one segment written durably now (before this transaction commits; a capture cycle's own
-    small fetches come this way); a rollback removes it."""
-    spool = store.spool
-    if spool is None or sum(len(v) for v in fresh.values()) < SPOOL_MIN_BYTES:
-        sealer = store.sealer
-        insert_rows(s, _OUTBOX_BODY, ("sha256", "size", "data"),
-                    [(k, len(v), sealer.seal(v, k)) for k, v in fresh.items()])
-        return
-    placed = spool.write(list(fresh.items()))
-    segment = placed[0][0]
-    event.listen(s, "after_rollback", lambda _s: spool.discard([segment]), once=True)
+def _store_bodies(s: Session, store: Store, fresh: Mapping[str, bytes], spooled: Spooled | None) -> None:
+    """The new bodies of a chunk: in ``spooled``'s segment (written before the transaction), else
+    in their rows, or, from ``SPOOL_MIN_BYTES`` and with a spool, in one segment written durably
+    now (before this transaction commits; a capture cycle's own small fetches come this way),
+    which a rollback removes."""
+    if spooled is None:
+        spooled = _spool(store, fresh)
+        if spooled is None:
+            sealer = store.sealer
+            insert_rows(s, _OUTBOX_BODY, ("sha256", "size", "data"),
+                        [(k, len(v), sealer.seal(v, k)) for k, v in fresh.items()])
+            return
+        segment, spool = spooled.segment, store.spool
+        event.listen(s, "after_rollback", lambda _s: spool.discard([segment]), once=True)
     insert_rows(s, _OUTBOX_BODY, ("sha256", "size", "segment", "seg_offset", "seg_length"),
-                [(k, len(v), seg, at, n) for (k, v), (seg, at, n) in zip(fresh.items(), placed)])
+                [(k, len(v), spooled.segment, *spooled.placed[k]) for k, v in fresh.items()])
 
 
 def expunge_unreplaced(st: CaptureState, seq: Seq, name: str, replace: Mapping[int, int]) -> None:

@@ -142,14 +142,6 @@ class BodySpool:
         self.discard(gone)
         return gone
 
-    def size(self) -> int:
-        """Bytes held in segments."""
-        total = 0
-        for name in self.segments():
-            with contextlib.suppress(FileNotFoundError):
-                total += (self.root / name).stat().st_size
-        return total
-
     # ------------------------------------------------------------------ internals
 
     def _sync_dir(self) -> None:

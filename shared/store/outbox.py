@@ -19,17 +19,19 @@ def drop_unreferenced_bodies(s: Session, shas: Iterable[str | None], store: Stor
     """Delete the outbox bodies among ``shas`` that no outbox row refers to any more; the spool
     segments that held the last of them are removed once the transaction has committed durably
     (``Store.once_durable``)."""
+    spool = store.spool
     touched: set[str] = set()
     for part in chunks(sorted({x for x in shas if x})):
         used = select(OutboxRow.sha256).where(OutboxRow.sha256.in_(part))
         gone = OutboxBody.sha256.in_(part) & OutboxBody.sha256.not_in(used)
-        touched.update(s.scalars(select(OutboxBody.segment).where(gone, OutboxBody.segment.is_not(None)).distinct()))
+        if spool is not None:  # without one no segment can be removed: not asked
+            touched.update(s.scalars(select(OutboxBody.segment)
+                                     .where(gone, OutboxBody.segment.is_not(None)).distinct()))
         s.execute(delete(OutboxBody).where(gone))
     emptied = set(touched)
     for part in chunks(sorted(touched)):
         emptied.difference_update(s.scalars(select(OutboxBody.segment).where(OutboxBody.segment.in_(part)).distinct()))
-    spool = store.spool
-    if emptied and spool is not None:
+    if emptied:
         names = sorted(emptied)
         store.once_durable(s, lambda: spool.discard(names))
 
